@@ -1,0 +1,58 @@
+//! A model as the user points at it: a Hugging Face folder → resolved config, tokenizer with chat
+//! template, and the transformer on a device.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::{Transformer, loader};
+use crate::tokenizer::ChatTokenizer;
+use crate::weights::{StoredDtype, WeightFiles};
+
+pub struct ModelBundle {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub tokenizer: ChatTokenizer,
+    pub model: Transformer,
+    /// Storage type of the checkpoint on disk.
+    pub stored_dtype: StoredDtype,
+}
+
+impl ModelBundle {
+    /// Loads a Hugging Face model folder onto `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if path.is_file() {
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if matches!(ext, "bin" | "pt" | "pth" | "ckpt") {
+                return Err(Error::PickleWeights {
+                    path: path.to_path_buf(),
+                });
+            }
+            return Err(Error::Invalid(format!(
+                "{}: expected a Hugging Face model folder (config.json, tokenizer.json, *.safetensors)",
+                path.display()
+            )));
+        }
+        if !path.is_dir() {
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+                hint: "Pass --model a Hugging Face model folder (config.json, tokenizer.json, *.safetensors)."
+                    .into(),
+            });
+        }
+        let config = ModelConfig::from_dir(path)?;
+        let tokenizer = ChatTokenizer::from_dir(path, &config.eos_token_ids)?;
+        let files = WeightFiles::open_dir(path)?;
+        let stored_dtype = loader::validate(&config, &files)?;
+        let model = loader::load(&config, &files, device)?;
+        Ok(Self {
+            dir: path.to_path_buf(),
+            config,
+            tokenizer,
+            model,
+            stored_dtype,
+        })
+    }
+}

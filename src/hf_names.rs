@@ -1,0 +1,113 @@
+//! The one place that knows Hugging Face tensor names for the Llama / Mistral / Qwen2 decoders,
+//! and the shape each tensor must have for a given config.
+
+use crate::config::ModelConfig;
+
+pub const EMBED: &str = "model.embed_tokens.weight";
+pub const FINAL_NORM: &str = "model.norm.weight";
+pub const LM_HEAD: &str = "lm_head.weight";
+
+/// The tensors of one decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerTensor {
+    InputNorm,
+    PostAttentionNorm,
+    Q,
+    K,
+    V,
+    O,
+    QBias,
+    KBias,
+    VBias,
+    OBias,
+    Gate,
+    Up,
+    Down,
+    GateBias,
+    UpBias,
+    DownBias,
+}
+
+impl LayerTensor {
+    fn suffix(self) -> &'static str {
+        match self {
+            LayerTensor::InputNorm => "input_layernorm.weight",
+            LayerTensor::PostAttentionNorm => "post_attention_layernorm.weight",
+            LayerTensor::Q => "self_attn.q_proj.weight",
+            LayerTensor::K => "self_attn.k_proj.weight",
+            LayerTensor::V => "self_attn.v_proj.weight",
+            LayerTensor::O => "self_attn.o_proj.weight",
+            LayerTensor::QBias => "self_attn.q_proj.bias",
+            LayerTensor::KBias => "self_attn.k_proj.bias",
+            LayerTensor::VBias => "self_attn.v_proj.bias",
+            LayerTensor::OBias => "self_attn.o_proj.bias",
+            LayerTensor::Gate => "mlp.gate_proj.weight",
+            LayerTensor::Up => "mlp.up_proj.weight",
+            LayerTensor::Down => "mlp.down_proj.weight",
+            LayerTensor::GateBias => "mlp.gate_proj.bias",
+            LayerTensor::UpBias => "mlp.up_proj.bias",
+            LayerTensor::DownBias => "mlp.down_proj.bias",
+        }
+    }
+}
+
+/// Full name of a layer tensor, e.g. `model.layers.3.self_attn.q_proj.weight`.
+pub fn layer(index: usize, tensor: LayerTensor) -> String {
+    format!("model.layers.{index}.{}", tensor.suffix())
+}
+
+/// Expected shape of a layer tensor (Hugging Face stores linear weights as `[out, in]`).
+pub fn layer_shape(cfg: &ModelConfig, tensor: LayerTensor) -> Vec<usize> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let q = cfg.num_heads * cfg.head_dim;
+    let kv = cfg.num_kv_heads * cfg.head_dim;
+    match tensor {
+        LayerTensor::InputNorm | LayerTensor::PostAttentionNorm => vec![h],
+        LayerTensor::Q => vec![q, h],
+        LayerTensor::K | LayerTensor::V => vec![kv, h],
+        LayerTensor::O => vec![h, q],
+        LayerTensor::QBias => vec![q],
+        LayerTensor::KBias | LayerTensor::VBias => vec![kv],
+        LayerTensor::OBias | LayerTensor::DownBias => vec![h],
+        LayerTensor::Gate | LayerTensor::Up => vec![i, h],
+        LayerTensor::Down => vec![h, i],
+        LayerTensor::GateBias | LayerTensor::UpBias => vec![i],
+    }
+}
+
+/// The layer tensors a config has, in a stable order.
+pub fn layer_tensors(cfg: &ModelConfig) -> Vec<LayerTensor> {
+    use LayerTensor::*;
+    let mut t = vec![InputNorm, PostAttentionNorm, Q, K, V, O, Gate, Up, Down];
+    if cfg.qkv_bias {
+        t.extend([QBias, KBias, VBias]);
+    }
+    if cfg.o_bias {
+        t.push(OBias);
+    }
+    if cfg.mlp_bias {
+        t.extend([GateBias, UpBias, DownBias]);
+    }
+    t
+}
+
+/// Every tensor name and shape a checkpoint of this config holds, in a stable order.
+pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let mut all = vec![(EMBED.to_string(), vec![cfg.vocab_size, cfg.hidden_size])];
+    for l in 0..cfg.num_layers {
+        for t in layer_tensors(cfg) {
+            all.push((layer(l, t), layer_shape(cfg, t)));
+        }
+    }
+    all.push((FINAL_NORM.to_string(), vec![cfg.hidden_size]));
+    if !cfg.tie_word_embeddings {
+        all.push((LM_HEAD.to_string(), vec![cfg.vocab_size, cfg.hidden_size]));
+    }
+    all
+}
+
+/// Names that checkpoints may carry but that are not weights (recomputed buffers), or that a tied
+/// model may store redundantly.
+pub fn is_ignorable(cfg: &ModelConfig, name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || (cfg.tie_word_embeddings && name == LM_HEAD)
+}

@@ -1,0 +1,19 @@
+//! wgspin: SPIN (Self-Play fIne-tuNing) of small language models on any GPU wgpu reaches
+//! (Vulkan, Metal, DX12), with a CPU fallback. See ARCHITECTURE.md for the module map.
+
+pub mod bundle;
+pub mod chat_template;
+pub mod config;
+pub mod data;
+pub mod decode;
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod hf_names;
+pub mod model;
+pub mod score;
+pub mod tokenizer;
+pub mod weights;
+
+pub use bundle::ModelBundle;
+pub use error::{Error, Result};

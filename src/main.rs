@@ -1,0 +1,147 @@
+//! The `wgspin` command line: argument parsing and user-facing output; the work is in the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use wgspin::device::{self, DeviceSpec};
+use wgspin::score::{ScoreOptions, TokenizedPair, score_all};
+use wgspin::{ModelBundle, data, fsutil};
+
+#[derive(Parser)]
+#[command(
+    name = "wgspin",
+    version,
+    about = "SPIN (Self-Play fIne-tuNing) of small language models on any GPU wgpu reaches, with a CPU fallback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the GPU adapters wgpu can use (index for --device gpu:N, backend, type, f16 support).
+    Devices,
+    /// Log-probabilities of responses given prompts, as the SPIN trainer computes them.
+    ///
+    /// Input: JSONL rows {"prompt": str, "response": str}. Output: JSONL rows
+    /// {"index", "logprob", "tokens", "token_logprobs"} in input order. The prompt is rendered
+    /// with the model's chat template (add_generation_prompt) and the response gets eos appended.
+    Logprobs {
+        /// Hugging Face model folder (config.json, tokenizer.json, *.safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// JSONL file of {"prompt", "response"} rows.
+        #[arg(long)]
+        data: PathBuf,
+        /// Output JSONL file (stdout when omitted).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        #[arg(long, default_value = "auto")]
+        device: DeviceSpec,
+        /// Sequences per forward pass.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Devices => devices(),
+        Command::Logprobs {
+            model,
+            data,
+            out,
+            device,
+            batch_size,
+        } => logprobs(model, data, out, device, batch_size),
+    }
+}
+
+fn devices() -> Result<()> {
+    let adapters = device::list_adapters();
+    if adapters.is_empty() {
+        println!("No GPU adapter found. Commands still run with --device cpu.");
+        println!("On Linux, `apt-get install mesa-vulkan-drivers` gives a software Vulkan device.");
+        return Ok(());
+    }
+    println!(
+        "{:<7} {:<40} {:<8} {:<11} {:<4} driver",
+        "device", "name", "backend", "type", "f16"
+    );
+    for a in &adapters {
+        println!(
+            "gpu:{:<3} {:<40} {:<8} {:<11} {:<4} {}",
+            a.index,
+            a.name,
+            format!("{:?}", a.backend),
+            a.type_name(),
+            if a.shader_f16 { "yes" } else { "no" },
+            a.driver
+        );
+    }
+    println!("cpu     burn CPU backend (always available)");
+    Ok(())
+}
+
+fn logprobs(
+    model_dir: PathBuf,
+    data_path: PathBuf,
+    out: Option<PathBuf>,
+    spec: DeviceSpec,
+    batch_size: usize,
+) -> Result<()> {
+    if batch_size == 0 {
+        anyhow::bail!("--batch-size must be at least 1");
+    }
+    let dev = device::select(spec)?;
+    eprintln!("device: {}", dev.description);
+    let rows = data::read_prompt_responses(&data_path)?;
+    let bundle = ModelBundle::load(&model_dir, &dev.device)
+        .with_context(|| format!("loading model {}", model_dir.display()))?;
+    let tok = &bundle.tokenizer;
+    let pairs = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            TokenizedPair::new(tok, &r.prompt, &r.response)
+                .with_context(|| format!("{}:{}: tokenizing", data_path.display(), i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pad = tok.pad_token_id.unwrap_or(tok.eos_token_id);
+    let total = pairs.len();
+    let mut done = 0;
+    let start = std::time::Instant::now();
+    let scores = score_all(
+        &bundle.model,
+        &pairs,
+        pad,
+        ScoreOptions {
+            batch_size,
+            ..Default::default()
+        },
+        |n| {
+            done += n;
+            eprintln!("scored {done}/{total}");
+        },
+    )?;
+    let secs = start.elapsed().as_secs_f64();
+    let mut text = String::new();
+    for (i, lp) in scores.iter().enumerate() {
+        let sum: f64 = lp.iter().map(|&x| x as f64).sum();
+        let row = serde_json::json!({"index": i, "logprob": sum, "tokens": lp.len(), "token_logprobs": lp});
+        text.push_str(&row.to_string());
+        text.push('\n');
+    }
+    match out {
+        Some(path) => fsutil::write_atomic(&path, text.as_bytes())?,
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    eprintln!("scored {total} sequences in {secs:.2}s");
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! The decoder-only transformer shared by Llama, Mistral and Qwen2: token embeddings, `num_layers`
+//! pre-norm blocks (RMSNorm → attention → residual, RMSNorm → SwiGLU → residual), a final RMSNorm
+//! and the lm_head (tied to the embeddings or not).
+
+pub mod attention;
+pub mod layers;
+pub mod loader;
+pub mod rope;
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+pub use attention::KvCache;
+use attention::{Attention, build_mask};
+use layers::{Mlp, RmsNorm};
+use rope::Rope;
+
+use crate::config::{AttentionWindow, ModelConfig};
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub input_norm: RmsNorm,
+    pub attn: Attention,
+    pub post_attn_norm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<5>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .attn
+                .forward(self.input_norm.forward(x), cos, sin, mask, cache);
+        h.clone() + self.mlp.forward(self.post_attn_norm.forward(h))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Transformer {
+    /// `[vocab, hidden]`
+    pub embed: Param<Tensor<2>>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `[vocab, hidden]`; `None` when tied to `embed`.
+    pub lm_head: Option<Param<Tensor<2>>>,
+    #[module(skip)]
+    pub rope: Rope,
+    #[module(skip)]
+    pub window: AttentionWindow,
+}
+
+/// A batch of token rows for one forward step. Rows have equal length; padding slots carry any
+/// token id and position `None`.
+#[derive(Debug, Clone)]
+pub struct StepInput {
+    /// `[batch][seq]`
+    pub tokens: Vec<Vec<u32>>,
+    /// `[batch][seq]` position of each token, `None` for padding.
+    pub positions: Vec<Vec<Option<usize>>>,
+}
+
+impl StepInput {
+    /// Right-padded rows starting at position 0 (scoring and training).
+    pub fn right_padded(rows: &[Vec<u32>], pad_id: u32) -> Self {
+        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut tokens = vec![];
+        let mut positions = vec![];
+        for r in rows {
+            let mut t = r.clone();
+            t.resize(len, pad_id);
+            tokens.push(t);
+            positions.push((0..len).map(|p| (p < r.len()).then_some(p)).collect());
+        }
+        Self { tokens, positions }
+    }
+}
+
+impl Transformer {
+    pub fn config_rope(cfg: &ModelConfig) -> Rope {
+        Rope::new(&cfg.rope, cfg.head_dim)
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed.val().device()
+    }
+
+    /// Final hidden states (after the last norm) `[batch, seq, hidden]`. With a cache, the step's
+    /// tokens follow the cached slots and are appended to them.
+    pub fn forward_hidden(&self, input: &StepInput, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let device = self.device();
+        let b = input.tokens.len();
+        let s = input.tokens.first().map_or(0, Vec::len);
+        let ids: Vec<i32> = input.tokens.iter().flatten().map(|&t| t as i32).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * s]), &device);
+        let hidden = self.embed.val().dims()[1];
+        let mut x = self.embed.val().select(0, ids).reshape([b, s, hidden]); // [b, s, hidden]
+
+        let rope_pos: Vec<Vec<usize>> = input
+            .positions
+            .iter()
+            .map(|r| r.iter().map(|p| p.unwrap_or(0)).collect())
+            .collect();
+        let (cos, sin) = self.rope.angles(&rope_pos, &device);
+        let key_pos: Vec<Vec<Option<usize>>> = match &cache {
+            Some(c) if !c.key_pos.is_empty() => c
+                .key_pos
+                .iter()
+                .zip(&input.positions)
+                .map(|(cached, new)| cached.iter().chain(new).copied().collect())
+                .collect(),
+            _ => input.positions.clone(),
+        };
+        let mask = build_mask(&input.positions, &key_pos, self.window, &device);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &cos, &sin, &mask, slot);
+        }
+        if let Some(c) = cache {
+            c.key_pos = key_pos;
+        }
+        self.norm.forward(x)
+    }
+
+    /// lm_head weight `[vocab, hidden]`.
+    pub fn head_weight(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.embed.val(),
+        }
+    }
+
+    /// Logits for hidden states `[..., hidden]` → `[..., vocab]`.
+    pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::linear(hidden, self.head_weight().transpose(), None)
+    }
+
+    /// Full logits `[batch, seq, vocab]`.
+    pub fn forward(&self, input: &StepInput, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.logits(self.forward_hidden(input, cache))
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+}

@@ -1,0 +1,152 @@
+//! Scoring: log π(response | prompt) summed over response tokens (prompt masked, eos appended),
+//! batched with right padding. Only positions that predict a response token reach the lm_head,
+//! and they do so in chunks, so memory beyond the activations is `O(chunk × vocab)`.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+use crate::model::{StepInput, Transformer};
+use crate::tokenizer::ChatTokenizer;
+
+/// A tokenized (prompt, response) pair; `response` ends with eos.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedPair {
+    pub prompt: Vec<u32>,
+    pub response: Vec<u32>,
+}
+
+impl TokenizedPair {
+    /// Tokenizes by the shared rule (see [`crate::tokenizer`]).
+    pub fn new(tok: &ChatTokenizer, prompt: &str, response: &str) -> Result<Self> {
+        let prompt_ids = tok.prompt_ids(prompt)?;
+        if prompt_ids.is_empty() {
+            return Err(Error::Invalid(
+                "the prompt tokenizes to nothing and the model has no bos token to start from"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            prompt: prompt_ids,
+            response: tok.response_ids(response)?,
+        })
+    }
+
+    /// Model input: prompt + response without its last token (nothing is predicted after it).
+    fn input(&self) -> Vec<u32> {
+        let mut ids = self.prompt.clone();
+        ids.extend_from_slice(&self.response[..self.response.len() - 1]);
+        ids
+    }
+}
+
+/// Options of the scoring pass.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreOptions {
+    /// Sequences per forward pass.
+    pub batch_size: usize,
+    /// Upper bound on `positions × vocab` logits alive at once (default 2²³ = 32 MiB of f32).
+    pub max_logits: usize,
+}
+
+impl Default for ScoreOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 8,
+            max_logits: 1 << 23,
+        }
+    }
+}
+
+/// burn-ops reference of the token log-prob: `log_softmax(logits)[n, targets[n]]`.
+/// `logits`: `[n, vocab]`, `targets`: `[n]` → `[n]`.
+pub fn token_logprobs_reference(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let n = targets.dims()[0];
+    log_softmax(logits, 1)
+        .gather(1, targets.reshape([n, 1]))
+        .reshape([n])
+}
+
+/// Per-token log-probs of each pair's response tokens, for one batch (one forward pass).
+pub fn score_batch(
+    model: &Transformer,
+    pairs: &[TokenizedPair],
+    pad_id: u32,
+    max_logits: usize,
+) -> Result<Vec<Vec<f32>>> {
+    if pairs.is_empty() {
+        return Ok(vec![]);
+    }
+    let device = model.device();
+    let rows: Vec<Vec<u32>> = pairs.iter().map(TokenizedPair::input).collect();
+    let input = StepInput::right_padded(&rows, pad_id);
+    let seq = input.tokens[0].len();
+    let hidden = model.forward_hidden(&input, None); // [b, seq, hidden]
+    let [b, _, h] = hidden.dims();
+    let hidden = hidden.reshape([b * seq, h]);
+
+    // Flattened positions whose next token is a response token, and those targets.
+    let mut index = vec![];
+    let mut targets = vec![];
+    for (row, pair) in pairs.iter().enumerate() {
+        let first = pair.prompt.len() - 1;
+        for (j, &t) in pair.response.iter().enumerate() {
+            index.push((row * seq + first + j) as i32);
+            targets.push(t as i32);
+        }
+    }
+    let n = index.len();
+    let vocab = model.head_weight().dims()[0];
+    let chunk = (max_logits / vocab).max(1);
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        let idx = Tensor::<1, Int>::from_data(
+            TensorData::new(index[start..end].to_vec(), [end - start]),
+            &device,
+        );
+        let tgt = Tensor::<1, Int>::from_data(
+            TensorData::new(targets[start..end].to_vec(), [end - start]),
+            &device,
+        );
+        let logits = model.logits(hidden.clone().select(0, idx)); // [chunk, vocab]
+        let lp = token_logprobs_reference(logits, tgt);
+        let values = lp
+            .try_into_data()
+            .map_err(|e| Error::Device(format!("reading log-probs back failed: {e:?}")))?
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::Device(format!("reading log-probs back failed: {e:?}")))?;
+        out.extend(values);
+    }
+    let mut result = vec![];
+    let mut at = 0;
+    for pair in pairs {
+        result.push(out[at..at + pair.response.len()].to_vec());
+        at += pair.response.len();
+    }
+    Ok(result)
+}
+
+/// Scores all pairs, batching sequences of similar length together; results in input order.
+pub fn score_all(
+    model: &Transformer,
+    pairs: &[TokenizedPair],
+    pad_id: u32,
+    opts: ScoreOptions,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<Vec<f32>>> {
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(pairs[i].prompt.len() + pairs[i].response.len()));
+    let mut result = vec![vec![]; pairs.len()];
+    for batch in order.chunks(opts.batch_size.max(1)) {
+        let items: Vec<TokenizedPair> = batch.iter().map(|&i| pairs[i].clone()).collect();
+        for (&i, lp) in batch
+            .iter()
+            .zip(score_batch(model, &items, pad_id, opts.max_logits)?)
+        {
+            result[i] = lp;
+        }
+        progress(batch.len());
+    }
+    Ok(result)
+}

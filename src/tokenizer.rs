@@ -1,0 +1,176 @@
+//! Tokenizer and the tokenization rule every wgspin stage shares (scoring, generation, training):
+//!
+//! - prompt ids = tokenize(chat_template([{user: prompt}], add_generation_prompt=True),
+//!   add_special_tokens=False), or tokenize(prompt) with special tokens when there is no template;
+//! - response ids = tokenize(response, add_special_tokens=False) + [eos].
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::chat_template::{ChatTemplate, Message, select_template};
+use crate::error::{Error, Result};
+
+/// `tokenizer.json` plus the chat template and special tokens of `tokenizer_config.json`.
+pub struct ChatTokenizer {
+    inner: tokenizers::Tokenizer,
+    template: Option<ChatTemplate>,
+    /// Appended to every response; ends generation.
+    pub eos_token_id: u32,
+    pub bos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+/// A special token in tokenizer_config.json: a string or an AddedToken object with `content`.
+fn token_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+impl ChatTokenizer {
+    /// Loads from a model folder; `config_eos` (from config.json) is the fallback eos id.
+    pub fn from_dir(dir: &Path, config_eos: &[u32]) -> Result<Self> {
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Err(Error::MissingFile {
+                path: tok_path,
+                hint: "wgspin needs the fast-tokenizer file tokenizer.json; \
+                       in Python, `AutoTokenizer.from_pretrained(dir).save_pretrained(dir)` writes it."
+                    .into(),
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::Tokenizer {
+            path: tok_path.clone(),
+            message: e.to_string(),
+        })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Value = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+            serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: cfg_path.clone(),
+                source,
+            })?
+        } else {
+            Value::Null
+        };
+        let jinja_path = dir.join("chat_template.jinja");
+        let source = if jinja_path.exists() {
+            Some(std::fs::read_to_string(&jinja_path).map_err(|e| Error::io(&jinja_path, e))?)
+        } else {
+            match cfg.get("chat_template") {
+                Some(v) => select_template(v)?,
+                None => None,
+            }
+        };
+        Self::new(inner, &cfg, source.as_deref(), config_eos, &cfg_path)
+    }
+
+    /// Builds from parts: `special_cfg` is a tokenizer_config-like object (`bos_token`, `eos_token`, ...).
+    pub fn new(
+        inner: tokenizers::Tokenizer,
+        special_cfg: &Value,
+        template: Option<&str>,
+        config_eos: &[u32],
+        origin: &Path,
+    ) -> Result<Self> {
+        let mut special = vec![];
+        for key in [
+            "bos_token",
+            "eos_token",
+            "pad_token",
+            "unk_token",
+            "sep_token",
+            "cls_token",
+            "mask_token",
+        ] {
+            if let Some(s) = special_cfg.get(key).and_then(token_string) {
+                special.push((key.to_string(), s));
+            }
+        }
+        let id_of = |key: &str| {
+            special
+                .iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, s)| inner.token_to_id(s))
+        };
+        let eos_token_id = id_of("eos_token")
+            .or(config_eos.first().copied())
+            .ok_or_else(|| Error::Tokenizer {
+                path: origin.to_path_buf(),
+                message: "no eos token: set `eos_token` in tokenizer_config.json or \
+                          `eos_token_id` in config.json"
+                    .into(),
+            })?;
+        let bos_token_id = id_of("bos_token");
+        let pad_token_id = id_of("pad_token");
+        let template = template
+            .map(|src| ChatTemplate::new(src, special.clone()))
+            .transpose()?;
+        Ok(Self {
+            inner,
+            template,
+            eos_token_id,
+            bos_token_id,
+            pad_token_id,
+        })
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Raw encoding.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, add_special_tokens)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Tokenizer {
+                path: "tokenizer.json".into(),
+                message: format!("encoding failed: {e}"),
+            })
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenizer {
+                path: "tokenizer.json".into(),
+                message: format!("decoding failed: {e}"),
+            })
+    }
+
+    /// Renders a conversation with the chat template.
+    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        match &self.template {
+            Some(t) => t.render(messages, add_generation_prompt),
+            None => Err(Error::ChatTemplate {
+                message: "the model has no chat template".into(),
+            }),
+        }
+    }
+
+    /// Prompt ids by the shared rule (see the module header).
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        match &self.template {
+            Some(t) => {
+                let text = t.render(&[Message::user(prompt)], true)?;
+                self.encode(&text, false)
+            }
+            None => self.encode(prompt, true),
+        }
+    }
+
+    /// Response ids by the shared rule: no special tokens added, eos appended.
+    pub fn response_ids(&self, response: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(response, false)?;
+        ids.push(self.eos_token_id);
+        Ok(ids)
+    }
+}

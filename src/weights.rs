@@ -1,0 +1,302 @@
+//! Reading Hugging Face safetensors checkpoints (one file or sharded with
+//! `model.safetensors.index.json`) into host f32 buffers; f32, f16 and bf16 on disk.
+//! Pickle checkpoints (`.bin`, `.pt`, `.pth`) are refused: unpickling can run arbitrary code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// Floating-point storage type of a checkpoint tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl StoredDtype {
+    /// Name used by `torch_dtype` in config.json.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            StoredDtype::F32 => "float32",
+            StoredDtype::F16 => "float16",
+            StoredDtype::BF16 => "bfloat16",
+        }
+    }
+}
+
+/// A tensor read to the host and widened to f32.
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    pub dtype: StoredDtype,
+}
+
+struct Shard {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    /// Byte offset of the data section (8-byte length + JSON header).
+    data_start: usize,
+    metadata: Metadata,
+}
+
+/// All safetensors files of a checkpoint, with an index from tensor name to file.
+pub struct WeightFiles {
+    shards: Vec<Shard>,
+    index: BTreeMap<String, usize>,
+}
+
+fn is_pickle(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("bin" | "pt" | "pth" | "ckpt")
+    )
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = vec![];
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        files.push(entry.path());
+    }
+    files.sort();
+    Ok(files)
+}
+
+impl WeightFiles {
+    /// Finds the weights of a model folder: the sharded index, `model.safetensors`, or else every
+    /// `*.safetensors` file there.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index_path.exists() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| Error::Json {
+                    path: index_path.clone(),
+                    source,
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Config {
+                    path: index_path.clone(),
+                    message: "missing `weight_map` object".into(),
+                })?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect();
+            names.sort();
+            names.dedup();
+            names.iter().map(|n| dir.join(n)).collect()
+        } else if dir.join("model.safetensors").exists() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            let all = list_dir(dir)?;
+            let st: Vec<PathBuf> = all
+                .iter()
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("safetensors"))
+                .cloned()
+                .collect();
+            if st.is_empty() {
+                if let Some(p) = all.iter().find(|p| is_pickle(p)) {
+                    return Err(Error::PickleWeights { path: p.clone() });
+                }
+                return Err(Error::MissingFile {
+                    path: dir.join("model.safetensors"),
+                    hint: "The model folder has no *.safetensors weights.".into(),
+                });
+            }
+            st
+        };
+        Self::open_files(&files)
+    }
+
+    /// Opens the given safetensors files; a tensor name must live in exactly one of them.
+    pub fn open_files(files: &[PathBuf]) -> Result<Self> {
+        let mut shards = vec![];
+        let mut index = BTreeMap::new();
+        for path in files {
+            if is_pickle(path) {
+                return Err(Error::PickleWeights { path: path.clone() });
+            }
+            let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::MissingFile {
+                    path: path.clone(),
+                    hint: "A weight shard named in the index is missing: download it again.".into(),
+                },
+                _ => Error::io(path, e),
+            })?;
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&bytes).map_err(|e| Error::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            for name in metadata.tensors().keys() {
+                if index.insert(name.clone(), shards.len()).is_some() {
+                    return Err(Error::Tensor {
+                        path: path.clone(),
+                        name: name.clone(),
+                        message: "appears in more than one weight file".into(),
+                    });
+                }
+            }
+            shards.push(Shard {
+                path: path.clone(),
+                bytes,
+                data_start: 8 + header_len,
+                metadata,
+            });
+        }
+        Ok(Self { shards, index })
+    }
+
+    /// Names of every tensor, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// File that holds `name` (or the first file, for error messages about missing tensors).
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        let i = self.index.get(name).copied().unwrap_or(0);
+        self.shards
+            .get(i)
+            .map(|s| s.path.clone())
+            .unwrap_or_default()
+    }
+
+    /// Shape and storage type of `name` without reading its data.
+    pub fn info(&self, name: &str) -> Option<(Vec<usize>, Dtype)> {
+        let shard = &self.shards[*self.index.get(name)?];
+        let info = shard.metadata.info(name)?;
+        Some((info.shape.clone(), info.dtype))
+    }
+
+    /// Reads `name` and widens it to f32.
+    pub fn read(&self, name: &str) -> Result<HostTensor> {
+        let shard_index = *self.index.get(name).ok_or_else(|| Error::Tensor {
+            path: self.path_of(name),
+            name: name.into(),
+            message: "missing from the checkpoint".into(),
+        })?;
+        let shard = &self.shards[shard_index];
+        let err = |message: String| Error::Tensor {
+            path: shard.path.clone(),
+            name: name.into(),
+            message,
+        };
+        let info = shard
+            .metadata
+            .info(name)
+            .ok_or_else(|| err("missing from the header".into()))?;
+        let (start, end) = info.data_offsets;
+        let bytes = shard
+            .bytes
+            .get(shard.data_start + start..shard.data_start + end)
+            .ok_or_else(|| err("data offsets point past the end of the file".into()))?;
+        let (data, dtype) = match info.dtype {
+            Dtype::F32 => (
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                StoredDtype::F32,
+            ),
+            Dtype::F16 => (
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                StoredDtype::F16,
+            ),
+            Dtype::BF16 => (
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                StoredDtype::BF16,
+            ),
+            other => {
+                return Err(err(format!(
+                    "dtype {other:?} is not supported (expected F32, F16 or BF16)"
+                )));
+            }
+        };
+        let data: Vec<f32> = data;
+        let numel: usize = info.shape.iter().product();
+        if data.len() != numel {
+            return Err(err(format!(
+                "holds {} values but its shape {:?} needs {numel}",
+                data.len(),
+                info.shape
+            )));
+        }
+        Ok(HostTensor {
+            shape: info.shape.clone(),
+            data,
+            dtype,
+        })
+    }
+}
+
+/// Writes f32 host tensors to a safetensors file in the given storage type. Written to a temporary
+/// file next to `path` and renamed, so a crash never leaves a half-written checkpoint.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, HostTensor)],
+    dtype: StoredDtype,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    use safetensors::tensor::TensorView;
+    let encoded: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let bytes = match dtype {
+                StoredDtype::F32 => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                StoredDtype::F16 => t
+                    .data
+                    .iter()
+                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                StoredDtype::BF16 => t
+                    .data
+                    .iter()
+                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            };
+            (name.clone(), bytes, t.shape.clone())
+        })
+        .collect();
+    let st_dtype = match dtype {
+        StoredDtype::F32 => Dtype::F32,
+        StoredDtype::F16 => Dtype::F16,
+        StoredDtype::BF16 => Dtype::BF16,
+    };
+    let views = encoded
+        .iter()
+        .map(|(name, bytes, shape)| {
+            TensorView::new(st_dtype, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Tensor {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    message: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    crate::fsutil::write_atomic(path, &bytes)
+}

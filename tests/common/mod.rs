@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests: fixture paths, the reference outputs written by
+//! `tests/fixtures/make_fixtures.py` (transformers), and the devices to run on.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use wgspin::device::{self, ComputeDevice, DeviceSpec};
+
+pub const TINY_MODELS: &[&str] = &["tiny-llama-bf16", "tiny-qwen2-f32", "tiny-mistral-f16"];
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
+}
+
+/// `../shared/fixtures/<name>` next to the repository (CI and sessions have it).
+pub fn shared_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("shared")
+        .join("fixtures")
+        .join(name)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefCase {
+    pub prompt: String,
+    pub response: String,
+    pub prompt_ids: Vec<u32>,
+    pub response_ids: Vec<u32>,
+    pub token_logprobs: Vec<f64>,
+    pub logprob: f64,
+    #[serde(default)]
+    pub argmax: Vec<u32>,
+    #[serde(default)]
+    pub last_logits: Vec<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefGreedy {
+    pub prompt_ids: Vec<u32>,
+    pub tokens: Vec<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    pub cases: Vec<RefCase>,
+    pub greedy: Vec<RefGreedy>,
+}
+
+pub fn reference(dir: &std::path::Path) -> Reference {
+    let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
+    serde_json::from_str(&text).expect("reference.json parses")
+}
+
+/// The CPU backend and, when the machine has one, the best wgpu adapter. Set
+/// `WGSPIN_REQUIRE_GPU=1` (CI does) to make a missing adapter a failure instead of a CPU-only run.
+pub fn devices() -> Vec<ComputeDevice> {
+    let mut out = vec![device::cpu_device()];
+    match device::select(DeviceSpec::Gpu) {
+        Ok(d) => out.push(d),
+        Err(e) => {
+            if std::env::var("WGSPIN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("WGSPIN_REQUIRE_GPU=1 but no wgpu adapter: {e}");
+            }
+            eprintln!("note: no wgpu adapter, testing the CPU backend only ({e})");
+        }
+    }
+    out
+}
+
+/// Relative difference with a floor on the denominator.
+pub fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-6)
+}

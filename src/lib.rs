@@ -9,6 +9,7 @@ pub mod decode;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod kernels;
 pub mod hf_names;
 pub mod model;
 pub mod score;

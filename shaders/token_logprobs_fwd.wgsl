@@ -1,0 +1,88 @@
+// token_logprobs_fwd.wgsl — log-probability of one target token per row of logits.
+//
+// Computes, for logits [N, V] (row-major, contiguous) and targets [N]:
+//   lse[n]  = log Σ_v exp(logits[n, v])
+//   logp[n] = logits[n, targets[n]] − lse[n]
+// Algorithm: one workgroup per row, one pass over V. Each invocation keeps an online (max, sum)
+// pair over a strided slice of the row (sum rescaled whenever the max grows), then the workgroup
+// merges the pairs by a tree reduction in shared memory. Logits are read exactly once.
+// −inf entries (masked vocabulary) contribute 0; a target outside [0, V) gives logp = 0.
+// Element type: {{ elem }} (f32 or f16; accumulation is always f32).
+//
+// Bindings (group 0):
+//   0 logits  {{ elem }} [N * V]  read
+//   1 targets i32        [N]      read
+//   2 logp    f32        [N]      write
+//   3 lse     f32        [N]      write
+//   4 info    u32        [2]      read: N, V
+// Dispatch: workgroups (x, y, 1) with x * y ≥ N (row = x + y * num_workgroups.x); 256 invocations.
+{{ enable }}
+@group(0) @binding(0) var<storage, read> logits: array<{{ elem }}>;
+@group(0) @binding(1) var<storage, read> targets: array<i32>;
+@group(0) @binding(2) var<storage, read_write> logp: array<f32>;
+@group(0) @binding(3) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(4) var<storage, read> info: array<u32>;
+
+const WG: u32 = 256u;
+// Stand-in for −inf that keeps exp() arguments finite.
+const LOWEST: f32 = -3.4028235e38;
+
+var<workgroup> part_max: array<f32, 256>;
+var<workgroup> part_sum: array<f32, 256>;
+var<workgroup> shape_n: u32;
+var<workgroup> shape_v: u32;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) groups: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    if (lid == 0u) {
+        shape_n = info[0];
+        shape_v = info[1];
+    }
+    // Loaded through workgroupUniformLoad so the early return below stays in uniform control flow.
+    let n = workgroupUniformLoad(&shape_n);
+    let v = workgroupUniformLoad(&shape_v);
+    let row = wid.x + wid.y * groups.x;
+    if (row >= n) {
+        return;
+    }
+    let base = row * v;
+
+    var m = LOWEST;
+    var s = 0.0;
+    for (var i = lid; i < v; i += WG) {
+        let x = f32(logits[base + i]);
+        if (x > m) {
+            s = s * exp(m - x) + 1.0;
+            m = x;
+        } else {
+            s += exp(x - m);
+        }
+    }
+    part_max[lid] = m;
+    part_sum[lid] = s;
+    workgroupBarrier();
+
+    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
+        if (lid < k) {
+            let m1 = part_max[lid];
+            let m2 = part_max[lid + k];
+            let mm = max(m1, m2);
+            part_sum[lid] = part_sum[lid] * exp(m1 - mm) + part_sum[lid + k] * exp(m2 - mm);
+            part_max[lid] = mm;
+        }
+        workgroupBarrier();
+    }
+
+    if (lid == 0u) {
+        let l = part_max[0] + log(part_sum[0]);
+        lse[row] = l;
+        let t = targets[row];
+        if (t >= 0 && u32(t) < v) {
+            logp[row] = f32(logits[base + u32(t)]) - l;
+        } else {
+            logp[row] = 0.0;
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Hand-written WGSL kernels on the hot paths, each next to its burn-ops twin.
+
+pub mod logprobs;
+pub mod sample;

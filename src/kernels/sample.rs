@@ -1,0 +1,293 @@
+//! The fused sampler: temperature, top-k, top-p, min-p and greedy in one WGSL kernel per batch
+//! (`shaders/sample.wgsl`, no sort) on wgpu, and a sort-based twin on the host for every other
+//! backend and as the test reference. Randomness comes from a counter-based hash of
+//! (seed, request id, step), so a row's token never depends on the batch it was drawn in.
+
+use burn::backend::fusion::custom::TensorSpec;
+use burn::backend::ops::{FloatTensorOps, IntTensorOps};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous};
+use burn::backend::{Backend, DType, Dispatch, DispatchDevice, FloatDType, IntDType, RuntimeId, Shape, TensorMetadata, backend_extension};
+use burn::cubecl::prelude::KernelId;
+use burn::cubecl::server::KernelArguments;
+use burn::cubecl::{CubeCount, CubeDim};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+
+/// How one row is sampled. Defaults: plain sampling at temperature 1, no truncation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy (argmax).
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 = off.
+    pub top_k: u32,
+    /// Keep the smallest set of most likely tokens with this much mass (after top-k); 1 = off.
+    pub top_p: f32,
+    /// Keep tokens with probability ≥ min_p · the top probability; 0 = off.
+    pub min_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Invalid(m.into()));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature must be a finite number ≥ 0 (0 = greedy)");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top-p must be in (0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min-p must be in [0, 1]");
+        }
+        Ok(())
+    }
+}
+
+/// Where a row's random number comes from: its request (prompt) id and decoding step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrawId {
+    pub request: u32,
+    pub step: u32,
+}
+
+/// pcg4d of Jarzynski & Olano (2020), the same arithmetic as the shader.
+pub fn pcg4d(mut v: [u32; 4]) -> [u32; 4] {
+    for x in &mut v {
+        *x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+    }
+    let mix = |v: &mut [u32; 4]| {
+        v[0] = v[0].wrapping_add(v[1].wrapping_mul(v[3]));
+        v[1] = v[1].wrapping_add(v[2].wrapping_mul(v[0]));
+        v[2] = v[2].wrapping_add(v[0].wrapping_mul(v[1]));
+        v[3] = v[3].wrapping_add(v[1].wrapping_mul(v[2]));
+    };
+    mix(&mut v);
+    for x in &mut v {
+        *x ^= *x >> 16;
+    }
+    mix(&mut v);
+    v
+}
+
+/// The uniform number in [0, 1) of a draw.
+pub fn uniform(seed: u64, id: DrawId) -> f32 {
+    let h = pcg4d([seed as u32, (seed >> 32) as u32, id.request, id.step]);
+    (h[0] >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
+/// Sort-based twin of the kernel for one row: the same filters and the same inverse CDF in
+/// vocabulary order, with the thresholds found by sorting. Returns (token, raw log-prob).
+pub fn sample_row_reference(logits: &[f32], p: &SamplingParams, u: f32) -> (u32, f32) {
+    let m_raw = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = m_raw + logits.iter().map(|&x| ((x - m_raw) as f64).exp()).sum::<f64>().ln() as f32;
+    let token = if p.temperature <= 0.0 {
+        // First index of the maximum.
+        let mut best = 0;
+        for (i, &x) in logits.iter().enumerate() {
+            if x > logits[best] {
+                best = i;
+            }
+        }
+        best
+    } else {
+        let inv_t = 1.0 / p.temperature;
+        let x: Vec<f32> = logits.iter().map(|&l| l * inv_t).collect();
+        let mx = m_raw * inv_t;
+        let mut order: Vec<usize> = (0..x.len()).filter(|&i| x[i] > f32::MIN).collect();
+        order.sort_by(|&a, &b| x[b].total_cmp(&x[a]));
+        let mut tau = f32::MIN;
+        if p.min_p > 0.0 {
+            tau = mx + p.min_p.ln();
+        }
+        let mut tau_k = f32::MIN;
+        if p.top_k > 0 && (p.top_k as usize) < x.len() && !order.is_empty() {
+            tau_k = x[order[(p.top_k as usize).min(order.len()) - 1]];
+        }
+        if p.top_p < 1.0 {
+            let w = |i: usize| ((x[i] - mx) as f64).exp();
+            let kept: f64 = order.iter().filter(|&&i| x[i] >= tau_k).map(|&i| w(i)).sum();
+            let target = p.top_p as f64 * kept;
+            let mut cum = 0.0;
+            for &i in &order {
+                cum += w(i);
+                if cum >= target {
+                    tau = tau.max(x[i]);
+                    break;
+                }
+            }
+        }
+        tau = tau.max(tau_k);
+        let weights: Vec<f64> = x
+            .iter()
+            .map(|&v| if v >= tau { ((v - mx) as f64).exp() } else { 0.0 })
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let target = u as f64 * total;
+        let mut acc = 0.0;
+        let mut pick = None;
+        let mut last = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            if w > 0.0 {
+                last = i;
+                acc += w;
+                if acc > target && pick.is_none() {
+                    pick = Some(i);
+                }
+            }
+        }
+        pick.unwrap_or(last)
+    };
+    (token as u32, logits[token] - lse)
+}
+
+// ------------------------------------------------------------------------------ kernel launch
+
+#[backend_extension(Cube, Fusion)]
+pub trait SampleBackend: Backend {
+    /// `logits [B, V]`, `params [B, 8]` (i32 bit patterns, see the shader) → `[B, 2]`
+    /// (token id as f32, log-prob).
+    #[fusion(meta = |logits, _params| TensorSpec::new(Shape::new([logits.shape[0], 2]), DType::F32))]
+    fn sample_rows(logits: FloatTensor<Self>, params: IntTensor<Self>) -> FloatTensor<Self>;
+}
+
+struct SampleSource;
+
+impl KernelSource for SampleSource {
+    fn source(&self) -> SourceTemplate {
+        SourceTemplate::new(include_str!("../../shaders/sample.wgsl"))
+    }
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>()
+    }
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}
+
+impl SampleBackend for CubeBackend {
+    fn sample_rows(logits: CubeTensor, params: CubeTensor) -> CubeTensor {
+        let logits = if logits.dtype == DType::F32 {
+            logits
+        } else {
+            CubeBackend::float_cast(logits, FloatDType::F32)
+        };
+        let params = if params.dtype == DType::I32 {
+            params
+        } else {
+            CubeBackend::int_cast(params, IntDType::I32)
+        };
+        let logits = into_contiguous(logits);
+        let params = into_contiguous(params);
+        let [b, v] = logits.shape().dims::<2>();
+        let shape = Shape::new([b, 2]);
+        let out = CubeTensor::new_contiguous(
+            logits.client.clone(),
+            logits.device.clone(),
+            shape,
+            logits.client.empty((b * 2).max(1) * 4),
+            DType::F32,
+        );
+        if b == 0 {
+            return out;
+        }
+        let info: Vec<u8> = [b as u32, v as u32].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let info = logits.client.create_from_slice(&info);
+        let n = b as u32;
+        let x = n.clamp(1, 65535);
+        logits.client.launch(
+            Box::new(SourceKernel::new(SampleSource, CubeDim::new_1d(256))),
+            CubeCount::Static(x, n.div_ceil(x), 1),
+            KernelArguments::new().with_buffers(vec![
+                logits.handle.clone().binding(),
+                params.handle.clone().binding(),
+                out.handle.clone().binding(),
+                info.binding(),
+            ]),
+        );
+        out
+    }
+}
+
+/// Whether tensors on `device` run on the wgpu runtime (where WGSL kernels launch).
+pub fn is_wgpu(device: &Device) -> bool {
+    matches!(device.as_dispatch(), DispatchDevice::Cube(d) if d.runtime() == RuntimeId::Wgpu)
+}
+
+fn params_words(p: &SamplingParams, id: DrawId) -> [i32; 8] {
+    [
+        p.temperature.to_bits() as i32,
+        p.top_k as i32,
+        p.top_p.to_bits() as i32,
+        p.min_p.to_bits() as i32,
+        p.seed as u32 as i32,
+        (p.seed >> 32) as u32 as i32,
+        id.request as i32,
+        id.step as i32,
+    ]
+}
+
+/// Samples one token per row of `logits [B, V]`; row `i` uses `params[i]` and `ids[i]`.
+/// Returns the tokens and their log-probs under the unmodified distribution.
+pub fn sample(
+    logits: Tensor<2>,
+    params: &[SamplingParams],
+    ids: &[DrawId],
+) -> Result<(Vec<u32>, Vec<f32>)> {
+    let [b, v] = logits.dims();
+    if params.len() != b || ids.len() != b {
+        return Err(Error::Invalid(format!(
+            "sample: {b} rows but {} params and {} draw ids",
+            params.len(),
+            ids.len()
+        )));
+    }
+    for p in params {
+        p.validate()?;
+    }
+    let device = logits.device();
+    let read = |t: Tensor<2>| {
+        t.try_into_data()
+            .map_err(|e| Error::Device(format!("reading samples back failed: {e:?}")))?
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::Device(format!("reading samples back failed: {e:?}")))
+    };
+    if is_wgpu(&device) {
+        let words: Vec<i32> = params
+            .iter()
+            .zip(ids)
+            .flat_map(|(p, id)| params_words(p, *id))
+            .collect();
+        let params = Tensor::<2, Int>::from_data(TensorData::new(words, [b, 8]), &device);
+        let out = Tensor::<2>::from_dispatch(<Dispatch as SampleBackend>::sample_rows(
+            logits.into_dispatch(),
+            params.into_dispatch(),
+        ));
+        let out = read(out)?;
+        Ok((
+            out.chunks(2).map(|c| c[0] as u32).collect(),
+            out.chunks(2).map(|c| c[1]).collect(),
+        ))
+    } else {
+        let data = read(logits)?;
+        let (tokens, logprobs) = data
+            .chunks(v.max(1))
+            .zip(params.iter().zip(ids))
+            .map(|(row, (p, id))| sample_row_reference(row, p, uniform(p.seed, *id)))
+            .unzip();
+        Ok((tokens, logprobs))
+    }
+}

@@ -1,0 +1,189 @@
+//! The token log-prob op (WGSL kernel on wgpu, burn-ops twin elsewhere) against the independent
+//! reference `log_softmax(logits).gather(targets)` written with plain burn tensor ops.
+//!
+//! Tolerances (f32): forward |Δ| ≤ 1e-5 · max(1, |lse|) (logp = x_t − lse cancels, so the error
+//! scales with the log-sum-exp); gradients |Δ| ≤ 1e-6 + 1e-5 · |ref|; finite differences (h = 1e-2,
+//! central) |Δ| ≤ 2e-3.
+
+mod common;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use common::devices;
+use wgspin::kernels::logprobs::{head_logprobs, set_poison_outputs, token_logprobs};
+
+/// Deterministic pseudo-random numbers (SplitMix64) so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn normal(&mut self) -> f32 {
+        let (u1, u2) = (self.uniform().max(1e-7), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Random logits `[n, v]` with scale `scale` and a fraction of −inf entries (never the target).
+fn case(rng: &mut Rng, n: usize, v: usize, scale: f32, masked: f32) -> (Vec<f32>, Vec<i32>) {
+    let targets: Vec<i32> = (0..n).map(|_| rng.below(v) as i32).collect();
+    let mut logits: Vec<f32> = (0..n * v).map(|_| rng.normal() * scale).collect();
+    for (row, &t) in targets.iter().enumerate() {
+        for c in 0..v {
+            if c as i32 != t && rng.uniform() < masked {
+                logits[row * v + c] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    (logits, targets)
+}
+
+fn reference(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let n = targets.dims()[0];
+    log_softmax(logits, 1).gather(1, targets.reshape([n, 1])).reshape([n])
+}
+
+fn vec1(t: Tensor<1>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+fn vec2(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+fn tensors(logits: &[f32], targets: &[i32], n: usize, v: usize, device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
+    (
+        Tensor::from_data(TensorData::new(logits.to_vec(), [n, v]), device),
+        Tensor::from_data(TensorData::new(targets.to_vec(), [n]), device),
+    )
+}
+
+#[test]
+fn forward_matches_reference_on_random_shapes() {
+    set_poison_outputs(true);
+    let mut rng = Rng(7);
+    let shapes = [(1, 1), (1, 7), (3, 255), (5, 257), (64, 1000), (512, 33), (2, 4099), (3, 152_064)];
+    for dev in devices() {
+        for &(n, v) in &shapes {
+            for &(scale, masked) in &[(1.0, 0.0), (30.0, 0.1), (1000.0, 0.5)] {
+                let (l, t) = case(&mut rng, n, v, scale, masked);
+                let (logits, targets) = tensors(&l, &t, n, v, &dev.device);
+                let (logp, lse) = token_logprobs(logits.clone(), targets.clone());
+                let got = vec1(logp);
+                let lse = vec1(lse);
+                let want = vec1(reference(logits, targets));
+                for i in 0..n {
+                    let tol = 1e-5 * lse[i].abs().max(1.0);
+                    assert!(
+                        (got[i] - want[i]).abs() <= tol && got[i].is_finite(),
+                        "{} n={n} v={v} scale={scale}: row {i}: {} vs {}",
+                        dev.description, got[i], want[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gradient_matches_reference() {
+    set_poison_outputs(true);
+    let mut rng = Rng(11);
+    for dev in devices() {
+        let device = dev.device.clone().autodiff();
+        for &(n, v) in &[(1, 5), (7, 300), (33, 2049)] {
+            let (l, t) = case(&mut rng, n, v, 3.0, 0.2);
+            let w: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+            let weights = Tensor::<1>::from_data(TensorData::new(w, [n]), &device);
+            let grad_of = |use_kernel: bool| {
+                let (logits, targets) = tensors(&l, &t, n, v, &device);
+                let logits = logits.require_grad();
+                let logp = if use_kernel {
+                    token_logprobs(logits.clone(), targets).0
+                } else {
+                    reference(logits.clone(), targets)
+                };
+                let grads = (logp * weights.clone()).sum().backward();
+                vec2(logits.grad(&grads).unwrap())
+            };
+            let (got, want) = (grad_of(true), grad_of(false));
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 + 1e-5 * b.abs(),
+                    "{} n={n} v={v}: dlogits[{i}] {a} vs {b}", dev.description
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gradient_matches_finite_differences() {
+    let mut rng = Rng(3);
+    for dev in devices() {
+        let (n, v) = (2, 9);
+        let (l, t) = case(&mut rng, n, v, 1.0, 0.0);
+        let device = dev.device.clone().autodiff();
+        let (logits, targets) = tensors(&l, &t, n, v, &device);
+        let logits = logits.require_grad();
+        let grads = token_logprobs(logits.clone(), targets).0.sum().backward();
+        let analytic = vec2(logits.grad(&grads).unwrap());
+        let f = |x: &[f32]| -> f32 {
+            let (lg, tg) = tensors(x, &t, n, v, &dev.device);
+            vec1(token_logprobs(lg, tg).0).iter().sum()
+        };
+        let h = 1e-2;
+        for i in 0..n * v {
+            let (mut up, mut down) = (l.clone(), l.clone());
+            up[i] += h;
+            down[i] -= h;
+            let numeric = (f(&up) - f(&down)) / (2.0 * h);
+            assert!((numeric - analytic[i]).abs() <= 2e-3, "{}: d/dx[{i}] {numeric} vs {}", dev.description, analytic[i]);
+        }
+    }
+}
+
+#[test]
+fn fused_head_matches_reference_forward_and_backward() {
+    set_poison_outputs(true);
+    let mut rng = Rng(5);
+    for dev in devices() {
+        let device = dev.device.clone().autodiff();
+        let (n, h, v) = (13, 16, 301);
+        let hid: Vec<f32> = (0..n * h).map(|_| rng.normal()).collect();
+        let wts: Vec<f32> = (0..v * h).map(|_| rng.normal() * 0.5).collect();
+        let tg: Vec<i32> = (0..n).map(|_| rng.below(v) as i32).collect();
+        let w: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+        let run = |chunk: Option<usize>| {
+            let hidden = Tensor::<2>::from_data(TensorData::new(hid.clone(), [n, h]), &device).require_grad();
+            let weight = Tensor::<2>::from_data(TensorData::new(wts.clone(), [v, h]), &device).require_grad();
+            let targets = Tensor::<1, Int>::from_data(TensorData::new(tg.clone(), [n]), &device);
+            let logp = match chunk {
+                Some(c) => head_logprobs(hidden.clone(), weight.clone(), targets, c),
+                None => reference(hidden.clone().matmul(weight.clone().transpose()), targets),
+            };
+            let scale = Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), &device);
+            let grads = (logp.clone() * scale).sum().backward();
+            (vec1(logp), vec2(hidden.grad(&grads).unwrap()), vec2(weight.grad(&grads).unwrap()))
+        };
+        let want = run(None);
+        for chunk in [1, 4, n, 1000] {
+            let got = run(Some(chunk));
+            for (name, a, b) in [("logp", &got.0, &want.0), ("dhidden", &got.1, &want.1), ("dweight", &got.2, &want.2)] {
+                for (x, y) in a.iter().zip(b.iter()) {
+                    assert!((x - y).abs() <= 1e-4 + 1e-4 * y.abs(), "{} chunk {chunk}: {name} {x} vs {y}", dev.description);
+                }
+            }
+        }
+    }
+}

@@ -8,7 +8,8 @@ use wgspin::score::{ScoreOptions, TokenizedPair, score_all};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let (Some(model), Some(prompt), Some(response)) = (args.next(), args.next(), args.next()) else {
+    let (Some(model), Some(prompt), Some(response)) = (args.next(), args.next(), args.next())
+    else {
         anyhow::bail!("usage: score MODEL_DIR PROMPT RESPONSE");
     };
     let dev = device::select(DeviceSpec::Auto)?;
@@ -19,6 +20,9 @@ fn main() -> Result<()> {
     let lp = score_all(&bundle.model, &[pair], pad, ScoreOptions::default(), |_| {})?;
     let total: f32 = lp[0].iter().sum();
     println!("device: {}", dev.description);
-    println!("log p(response | prompt) = {total:.4} over {} tokens", lp[0].len());
+    println!(
+        "log p(response | prompt) = {total:.4} over {} tokens",
+        lp[0].len()
+    );
     Ok(())
 }

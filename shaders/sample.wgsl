@@ -25,10 +25,12 @@
 //   3 info    u32 [2]      read: B, V
 // Dispatch: workgroups (x, y, 1) with x * y ≥ B (row = x + y * num_workgroups.x).
 
-@group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<storage, read> params: array<u32>;
+// All bindings are read_write: cubecl sub-allocates tensors from shared buffers, and wgpu forbids
+// binding one buffer both read-only and read-write in a dispatch.
+@group(0) @binding(0) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> params: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read> info: array<u32>;
+@group(0) @binding(3) var<storage, read_write> info: array<u32>;
 
 const WG: u32 = 256u;
 const LOWEST: f32 = -3.4028235e38;
@@ -211,7 +213,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             tau_k = lo;
         }
         if (top_p < 1.0) {
-            let target = top_p * mass_at_least(base, v, inv_t, mx, tau_k, lid);
+            let goal = top_p * mass_at_least(base, v, inv_t, mx, tau_k, lid);
             var lo = tau_k;
             if (lo <= LOWEST) {
                 var lo_local = mx;
@@ -222,13 +224,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 lo = reduce_min(lo_local, lid);
             }
             var hi = mx;
-            if (mass_at_least(base, v, inv_t, mx, hi, lid) >= target) {
+            if (mass_at_least(base, v, inv_t, mx, hi, lid) >= goal) {
                 lo = hi;
             } else {
                 for (var it = 0u; it < BISECT_STEPS; it++) {
                     let mid = lo + (hi - lo) * 0.5;
                     if (mid <= lo || mid >= hi) { break; }
-                    if (mass_at_least(base, v, inv_t, mx, mid, lid) >= target) { lo = mid; } else { hi = mid; }
+                    if (mass_at_least(base, v, inv_t, mx, mid, lid) >= goal) { lo = mid; } else { hi = mid; }
                 }
             }
             tau = max(tau, lo);
@@ -271,17 +273,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
 
         let seed = vec4<u32>(sh_p[4], sh_p[5], sh_p[6], sh_p[7]);
         let u = f32(pcg4d(seed).x >> 8u) * (1.0 / 16777216.0);
-        let target = u * total;
+        let goal = u * total;
         if (last != NONE) {
             atomicMax(&last_kept, last + 1u);
-            if (target >= excl && target < incl) {
+            if (goal >= excl && goal < incl) {
                 var acc = excl;
                 var pick = last;
                 for (var i = start; i < end; i++) {
                     let x = logits[base + i] * inv_t;
                     if (x >= tau) {
                         acc += exp(x - mx);
-                        if (acc > target) { pick = i; break; }
+                        if (acc > goal) { pick = i; break; }
                     }
                 }
                 atomicMin(&chosen, pick);

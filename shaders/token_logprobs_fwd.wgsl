@@ -17,11 +17,13 @@
 //   4 info    u32        [2]      read: N, V
 // Dispatch: workgroups (x, y, 1) with x * y ≥ N (row = x + y * num_workgroups.x); 256 invocations.
 {{ enable }}
-@group(0) @binding(0) var<storage, read> logits: array<{{ elem }}>;
-@group(0) @binding(1) var<storage, read> targets: array<i32>;
+// All bindings are read_write: cubecl sub-allocates tensors from shared buffers, and wgpu forbids
+// binding one buffer both read-only and read-write in a dispatch.
+@group(0) @binding(0) var<storage, read_write> logits: array<{{ elem }}>;
+@group(0) @binding(1) var<storage, read_write> targets: array<i32>;
 @group(0) @binding(2) var<storage, read_write> logp: array<f32>;
 @group(0) @binding(3) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(4) var<storage, read> info: array<u32>;
+@group(0) @binding(4) var<storage, read_write> info: array<u32>;
 
 const WG: u32 = 256u;
 // Stand-in for −inf that keeps exp() arguments finite.

@@ -1,6 +1,7 @@
 //! wgspin: SPIN (Self-Play fIne-tuNing) of small language models on any GPU wgpu reaches
 //! (Vulkan, Metal, DX12), with a CPU fallback. See ARCHITECTURE.md for the module map.
 
+pub mod bench;
 pub mod bundle;
 pub mod chat_template;
 pub mod config;
@@ -9,8 +10,8 @@ pub mod decode;
 pub mod device;
 pub mod error;
 pub mod fsutil;
-pub mod kernels;
 pub mod hf_names;
+pub mod kernels;
 pub mod model;
 pub mod score;
 pub mod tokenizer;

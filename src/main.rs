@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use wgspin::bench::{self, BenchSizes};
 use wgspin::device::{self, DeviceSpec};
 use wgspin::score::{ScoreOptions, TokenizedPair, score_all};
 use wgspin::{ModelBundle, data, fsutil};
@@ -47,6 +48,43 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
     },
+    /// Benchmarks: each WGSL kernel against its burn-ops / sort-based twin, side by side.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time the token log-prob kernel and the sampler against their twins (median of --iters).
+    Kernels {
+        #[arg(long, default_value = "auto")]
+        device: DeviceSpec,
+        /// Rows of logits for the log-prob kernel.
+        #[arg(long, default_value_t = 1024)]
+        rows: usize,
+        #[arg(long, default_value_t = 32768)]
+        vocab: usize,
+        /// Rows for the sampler.
+        #[arg(long, default_value_t = 32)]
+        sample_rows: usize,
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+    },
+    /// Device memory reserved by a forward + backward of the chunked lm_head + log-prob path
+    /// (run once per setting: the number is the allocator's high-water mark in this process).
+    Memory {
+        #[arg(long, default_value = "auto")]
+        device: DeviceSpec,
+        #[arg(long, default_value_t = 8192)]
+        positions: usize,
+        #[arg(long, default_value_t = 576)]
+        hidden: usize,
+        #[arg(long, default_value_t = 49152)]
+        vocab: usize,
+        /// Positions per chunk of logits.
+        #[arg(long, default_value_t = 1024)]
+        chunk: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -60,7 +98,62 @@ fn main() -> Result<()> {
             device,
             batch_size,
         } => logprobs(model, data, out, device, batch_size),
+        Command::Bench(BenchCommand::Kernels {
+            device,
+            rows,
+            vocab,
+            sample_rows,
+            iters,
+        }) => bench_kernels(
+            device,
+            BenchSizes {
+                rows,
+                vocab,
+                sample_rows,
+                iters,
+            },
+        ),
+        Command::Bench(BenchCommand::Memory {
+            device,
+            positions,
+            hidden,
+            vocab,
+            chunk,
+        }) => {
+            let dev = device::select(device)?;
+            println!("device: {}", dev.description);
+            match bench::head_loss_memory(&dev.device, positions, hidden, vocab, chunk)? {
+                Some(bytes) => println!(
+                    "lm_head + log-prob forward+backward, {positions} positions, [{vocab} x {hidden}] head, chunk {chunk}: {:.1} MiB reserved (unchunked logits alone would be {:.1} MiB)",
+                    bytes as f64 / 1048576.0,
+                    (positions * vocab * 4) as f64 / 1048576.0
+                ),
+                None => println!("this backend does not report memory use"),
+            }
+            Ok(())
+        }
     }
+}
+
+fn bench_kernels(spec: DeviceSpec, sizes: BenchSizes) -> Result<()> {
+    let dev = device::select(spec)?;
+    println!("device: {}", dev.description);
+    println!(
+        "{:<38} {:<22} {:>10} {:>10} {:>7} {:>9}",
+        "kernel", "shape", "ours ms", "twin ms", "ratio", "GB/s"
+    );
+    for r in bench::bench_kernels(&dev.device, sizes)? {
+        println!(
+            "{:<38} {:<22} {:>10.3} {:>10.3} {:>6.2}x {:>9.2}",
+            r.name,
+            r.shape,
+            r.ours_ms,
+            r.twin_ms,
+            r.ratio(),
+            r.gb_per_s
+        );
+    }
+    Ok(())
 }
 
 fn devices() -> Result<()> {

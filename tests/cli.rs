@@ -20,12 +20,22 @@ fn logprobs_command_matches_reference() {
     let text: String = r
         .cases
         .iter()
-        .map(|c| serde_json::json!({"prompt": c.prompt, "response": c.response, "extra": 1}).to_string() + "\n")
+        .map(|c| {
+            serde_json::json!({"prompt": c.prompt, "response": c.response, "extra": 1}).to_string()
+                + "\n"
+        })
         .collect();
     std::fs::write(&data, text).unwrap();
     let out = tmp.path().join("out.jsonl");
     let status = wgspin()
-        .args(["logprobs", "--device", "cpu", "--batch-size", "2", "--model"])
+        .args([
+            "logprobs",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+            "--model",
+        ])
         .arg(&dir)
         .arg("--data")
         .arg(&data)
@@ -43,7 +53,10 @@ fn logprobs_command_matches_reference() {
     for (i, (row, c)) in rows.iter().zip(&r.cases).enumerate() {
         assert_eq!(row["index"], i);
         assert_eq!(row["tokens"], c.response_ids.len());
-        assert_eq!(row["token_logprobs"].as_array().unwrap().len(), c.response_ids.len());
+        assert_eq!(
+            row["token_logprobs"].as_array().unwrap().len(),
+            c.response_ids.len()
+        );
         let lp = row["logprob"].as_f64().unwrap();
         assert!(rel(lp, c.logprob) < 1e-3, "row {i}: {lp} vs {}", c.logprob);
     }
@@ -53,7 +66,11 @@ fn logprobs_command_matches_reference() {
 fn logprobs_command_names_bad_line() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("bad.jsonl");
-    std::fs::write(&data, "{\"prompt\": \"a\", \"response\": \"b\"}\nnot json\n").unwrap();
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"a\", \"response\": \"b\"}\nnot json\n",
+    )
+    .unwrap();
     let out = wgspin()
         .args(["logprobs", "--device", "cpu", "--model"])
         .arg(fixture("tiny-llama-bf16"))

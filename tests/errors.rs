@@ -25,7 +25,8 @@ fn load_err(dir: &Path) -> String {
 }
 
 fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(path, v.to_string()).unwrap();
 }
@@ -43,7 +44,10 @@ fn missing_tokenizer() {
     let d = copy_fixture("tiny-llama-bf16");
     std::fs::remove_file(d.path().join("tokenizer.json")).unwrap();
     let e = load_err(d.path());
-    assert!(e.contains("tokenizer.json") && e.contains("not found"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("not found"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -68,30 +72,47 @@ fn pickle_weights_are_refused() {
     std::fs::remove_file(d.path().join("model.safetensors")).unwrap();
     std::fs::write(d.path().join("pytorch_model.bin"), b"\x80\x02not really").unwrap();
     let e = load_err(d.path());
-    assert!(e.contains("pytorch_model.bin") && e.contains("safetensors") && e.contains("pickle"), "{e}");
+    assert!(
+        e.contains("pytorch_model.bin") && e.contains("safetensors") && e.contains("pickle"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unsupported_model_type() {
     let d = copy_fixture("tiny-llama-bf16");
-    edit_json(&d.path().join("config.json"), |v| v["model_type"] = "gpt_neox".into());
+    edit_json(&d.path().join("config.json"), |v| {
+        v["model_type"] = "gpt_neox".into()
+    });
     let e = load_err(d.path());
-    assert!(e.contains("gpt_neox") && e.contains("llama, mistral, qwen2"), "{e}");
+    assert!(
+        e.contains("gpt_neox") && e.contains("llama, mistral, qwen2"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_tensor_shape() {
     let d = copy_fixture("tiny-llama-bf16");
-    edit_json(&d.path().join("config.json"), |v| v["intermediate_size"] = 128.into());
+    edit_json(&d.path().join("config.json"), |v| {
+        v["intermediate_size"] = 128.into()
+    });
     let e = load_err(d.path());
-    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[96, 64]") && e.contains("[128, 64]"), "{e}");
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight")
+            && e.contains("[96, 64]")
+            && e.contains("[128, 64]"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_tensor() {
     let d = copy_fixture("tiny-llama-bf16");
     // Untied config: the checkpoint has no lm_head.weight.
-    edit_json(&d.path().join("config.json"), |v| v["tie_word_embeddings"] = false.into());
+    edit_json(&d.path().join("config.json"), |v| {
+        v["tie_word_embeddings"] = false.into()
+    });
     let e = load_err(d.path());
     assert!(e.contains("lm_head.weight") && e.contains("missing"), "{e}");
 }
@@ -100,9 +121,14 @@ fn missing_tensor() {
 fn unexpected_tensor() {
     let d = copy_fixture("tiny-llama-bf16");
     // One layer fewer than the checkpoint holds.
-    edit_json(&d.path().join("config.json"), |v| v["num_hidden_layers"] = 1.into());
+    edit_json(&d.path().join("config.json"), |v| {
+        v["num_hidden_layers"] = 1.into()
+    });
     let e = load_err(d.path());
-    assert!(e.contains("model.layers.1.") && e.contains("unexpected"), "{e}");
+    assert!(
+        e.contains("model.layers.1.") && e.contains("unexpected"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -119,7 +145,13 @@ fn truncated_safetensors() {
 fn malformed_jsonl_line_is_named() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("data.jsonl");
-    std::fs::write(&p, "{\"prompt\": \"a\", \"response\": \"b\"}\n\n{\"prompt\": \"a\"}\n").unwrap();
-    let e = wgspin::data::read_prompt_responses(&p).unwrap_err().to_string();
+    std::fs::write(
+        &p,
+        "{\"prompt\": \"a\", \"response\": \"b\"}\n\n{\"prompt\": \"a\"}\n",
+    )
+    .unwrap();
+    let e = wgspin::data::read_prompt_responses(&p)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("data.jsonl:3:") && e.contains("response"), "{e}");
 }

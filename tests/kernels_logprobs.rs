@@ -50,7 +50,9 @@ fn case(rng: &mut Rng, n: usize, v: usize, scale: f32, masked: f32) -> (Vec<f32>
 
 fn reference(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     let n = targets.dims()[0];
-    log_softmax(logits, 1).gather(1, targets.reshape([n, 1])).reshape([n])
+    log_softmax(logits, 1)
+        .gather(1, targets.reshape([n, 1]))
+        .reshape([n])
 }
 
 fn vec1(t: Tensor<1>) -> Vec<f32> {
@@ -61,7 +63,13 @@ fn vec2(t: Tensor<2>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap()
 }
 
-fn tensors(logits: &[f32], targets: &[i32], n: usize, v: usize, device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
+fn tensors(
+    logits: &[f32],
+    targets: &[i32],
+    n: usize,
+    v: usize,
+    device: &Device,
+) -> (Tensor<2>, Tensor<1, Int>) {
     (
         Tensor::from_data(TensorData::new(logits.to_vec(), [n, v]), device),
         Tensor::from_data(TensorData::new(targets.to_vec(), [n]), device),
@@ -72,7 +80,16 @@ fn tensors(logits: &[f32], targets: &[i32], n: usize, v: usize, device: &Device)
 fn forward_matches_reference_on_random_shapes() {
     set_poison_outputs(true);
     let mut rng = Rng(7);
-    let shapes = [(1, 1), (1, 7), (3, 255), (5, 257), (64, 1000), (512, 33), (2, 4099), (3, 152_064)];
+    let shapes = [
+        (1, 1),
+        (1, 7),
+        (3, 255),
+        (5, 257),
+        (64, 1000),
+        (512, 33),
+        (2, 4099),
+        (3, 152_064),
+    ];
     for dev in devices() {
         for &(n, v) in &shapes {
             for &(scale, masked) in &[(1.0, 0.0), (30.0, 0.1), (1000.0, 0.5)] {
@@ -87,7 +104,9 @@ fn forward_matches_reference_on_random_shapes() {
                     assert!(
                         (got[i] - want[i]).abs() <= tol && got[i].is_finite(),
                         "{} n={n} v={v} scale={scale}: row {i}: {} vs {}",
-                        dev.description, got[i], want[i]
+                        dev.description,
+                        got[i],
+                        want[i]
                     );
                 }
             }
@@ -120,7 +139,8 @@ fn gradient_matches_reference() {
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-6 + 1e-5 * b.abs(),
-                    "{} n={n} v={v}: dlogits[{i}] {a} vs {b}", dev.description
+                    "{} n={n} v={v}: dlogits[{i}] {a} vs {b}",
+                    dev.description
                 );
             }
         }
@@ -148,7 +168,12 @@ fn gradient_matches_finite_differences() {
             up[i] += h;
             down[i] -= h;
             let numeric = (f(&up) - f(&down)) / (2.0 * h);
-            assert!((numeric - analytic[i]).abs() <= 2e-3, "{}: d/dx[{i}] {numeric} vs {}", dev.description, analytic[i]);
+            assert!(
+                (numeric - analytic[i]).abs() <= 2e-3,
+                "{}: d/dx[{i}] {numeric} vs {}",
+                dev.description,
+                analytic[i]
+            );
         }
     }
 }
@@ -165,8 +190,10 @@ fn fused_head_matches_reference_forward_and_backward() {
         let tg: Vec<i32> = (0..n).map(|_| rng.below(v) as i32).collect();
         let w: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
         let run = |chunk: Option<usize>| {
-            let hidden = Tensor::<2>::from_data(TensorData::new(hid.clone(), [n, h]), &device).require_grad();
-            let weight = Tensor::<2>::from_data(TensorData::new(wts.clone(), [v, h]), &device).require_grad();
+            let hidden = Tensor::<2>::from_data(TensorData::new(hid.clone(), [n, h]), &device)
+                .require_grad();
+            let weight = Tensor::<2>::from_data(TensorData::new(wts.clone(), [v, h]), &device)
+                .require_grad();
             let targets = Tensor::<1, Int>::from_data(TensorData::new(tg.clone(), [n]), &device);
             let logp = match chunk {
                 Some(c) => head_logprobs(hidden.clone(), weight.clone(), targets, c),
@@ -174,14 +201,26 @@ fn fused_head_matches_reference_forward_and_backward() {
             };
             let scale = Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), &device);
             let grads = (logp.clone() * scale).sum().backward();
-            (vec1(logp), vec2(hidden.grad(&grads).unwrap()), vec2(weight.grad(&grads).unwrap()))
+            (
+                vec1(logp),
+                vec2(hidden.grad(&grads).unwrap()),
+                vec2(weight.grad(&grads).unwrap()),
+            )
         };
         let want = run(None);
         for chunk in [1, 4, n, 1000] {
             let got = run(Some(chunk));
-            for (name, a, b) in [("logp", &got.0, &want.0), ("dhidden", &got.1, &want.1), ("dweight", &got.2, &want.2)] {
+            for (name, a, b) in [
+                ("logp", &got.0, &want.0),
+                ("dhidden", &got.1, &want.1),
+                ("dweight", &got.2, &want.2),
+            ] {
                 for (x, y) in a.iter().zip(b.iter()) {
-                    assert!((x - y).abs() <= 1e-4 + 1e-4 * y.abs(), "{} chunk {chunk}: {name} {x} vs {y}", dev.description);
+                    assert!(
+                        (x - y).abs() <= 1e-4 + 1e-4 * y.abs(),
+                        "{} chunk {chunk}: {name} {x} vs {y}",
+                        dev.description
+                    );
                 }
             }
         }

@@ -24,10 +24,17 @@ fn incremental_decoding_equals_full_forward() {
             // Two rows of different lengths: the shorter one is left-padded.
             let rows: Vec<Vec<u32>> = r.cases[..2]
                 .iter()
-                .map(|c| c.prompt_ids.iter().chain(&c.response_ids).copied().collect())
+                .map(|c| {
+                    c.prompt_ids
+                        .iter()
+                        .chain(&c.response_ids)
+                        .copied()
+                        .collect()
+                })
                 .collect();
             let n_new = 6;
-            let prompts: Vec<Vec<u32>> = rows.iter().map(|r| r[..r.len() - n_new].to_vec()).collect();
+            let prompts: Vec<Vec<u32>> =
+                rows.iter().map(|r| r[..r.len() - n_new].to_vec()).collect();
 
             // Full forward of each row alone, unpadded.
             let full: Vec<(Vec<usize>, Vec<f32>)> = rows
@@ -51,7 +58,11 @@ fn incremental_decoding_equals_full_forward() {
             }
             for step in 0..n_new - 1 {
                 let input = StepInput {
-                    tokens: rows.iter().zip(&prompts).map(|(r, p)| vec![r[p.len() + step]]).collect(),
+                    tokens: rows
+                        .iter()
+                        .zip(&prompts)
+                        .map(|(r, p)| vec![r[p.len() + step]])
+                        .collect(),
                     positions: prompts.iter().map(|p| vec![Some(p.len() + step)]).collect(),
                 };
                 let (_, got) = to_vec(model.forward(&input, Some(&mut cache)));
@@ -63,7 +74,11 @@ fn incremental_decoding_equals_full_forward() {
                     }
                 }
             }
-            assert!(max_err < 1e-4, "{name} on {}: max |Δlogit| {max_err:e}", dev.description);
+            assert!(
+                max_err < 1e-4,
+                "{name} on {}: max |Δlogit| {max_err:e}",
+                dev.description
+            );
         }
     }
 }
@@ -83,7 +98,11 @@ fn greedy_tokens_match_transformers() {
                 assert_eq!(got, &g.tokens, "{name} on {} (batched)", dev.description);
             }
             let single = greedy(&bundle.model, &prompts[..1], max_new, &[], 0).unwrap();
-            assert_eq!(single[0], r.greedy[0].tokens, "{name} on {} (single)", dev.description);
+            assert_eq!(
+                single[0], r.greedy[0].tokens,
+                "{name} on {} (single)",
+                dev.description
+            );
         }
     }
 }

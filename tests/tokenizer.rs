@@ -29,7 +29,11 @@ fn smollm2_ids_match_transformers() {
     for c in &r.cases {
         let pair = TokenizedPair::new(&tok, &c.prompt, &c.response).unwrap();
         assert_eq!(pair.prompt, c.prompt_ids, "prompt ids of {:?}", c.prompt);
-        assert_eq!(pair.response, c.response_ids, "response ids of {:?}", c.response);
+        assert_eq!(
+            pair.response, c.response_ids,
+            "response ids of {:?}",
+            c.response
+        );
     }
 }
 

@@ -17,10 +17,12 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::ops::{FloatTensorOps, IntTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous};
+use burn::backend::wgpu::{
+    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
+};
 use burn::backend::{
-    Autodiff, AutodiffBackend, Backend, DType, Dispatch, FloatDType, Flex, IntDType, RuntimeId, Shape,
-    TensorMetadata, backend_extension,
+    Autodiff, AutodiffBackend, Backend, DType, Dispatch, Flex, FloatDType, IntDType, RuntimeId,
+    Shape, TensorMetadata, backend_extension,
 };
 use burn::cubecl::prelude::KernelId;
 use burn::cubecl::server::KernelArguments;
@@ -68,7 +70,10 @@ pub trait LogprobBackend: Backend {
         let mut lse = vec![];
         for (s, e) in chunks(n, chunk) {
             let h = Self::float_slice(hidden.clone(), &rows(s, e));
-            let t = Self::int_slice(targets.clone(), &[Slice::new(s as isize, Some(e as isize), 1)]);
+            let t = Self::int_slice(
+                targets.clone(),
+                &[Slice::new(s as isize, Some(e as isize), 1)],
+            );
             let (lp, l) = Self::token_logprobs(Self::float_matmul(h, wt.clone()), t);
             logp.push(lp);
             lse.push(l);
@@ -115,7 +120,10 @@ pub fn reference_backward<B: Backend>(
     let n = logits.shape()[0];
     let logits = B::float_cast(logits, FloatDType::F32);
     let g = B::float_reshape(grad, Shape::new([n, 1]));
-    let p = B::float_exp(B::float_sub(logits, B::float_reshape(lse, Shape::new([n, 1]))));
+    let p = B::float_exp(B::float_sub(
+        logits,
+        B::float_reshape(lse, Shape::new([n, 1])),
+    ));
     let d = B::float_neg(B::float_mul(p, g.clone()));
     // d[n, t] += g[n]
     B::float_scatter(
@@ -194,7 +202,13 @@ fn new_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
     } else {
         like.client.empty(len * 4)
     };
-    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, DType::F32)
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        DType::F32,
+    )
 }
 
 fn info_buffer(like: &CubeTensor, n: usize, v: usize) -> burn::cubecl::server::Handle {
@@ -311,7 +325,13 @@ struct HeadLogprobsBackward;
 
 impl<B: Backend + LogprobBackend> Backward<B, 2> for HeadLogprobsBackward {
     /// hidden [N, H], weight [V, H], targets [N], lse [N], chunk
-    type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, FloatTensor<B>, usize);
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        IntTensor<B>,
+        FloatTensor<B>,
+        usize,
+    );
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [hidden_node, weight_node] = ops.parents;
@@ -370,7 +390,10 @@ impl<B: Backend + LogprobBackend, C: CheckpointStrategy> LogprobBackend for Auto
             }
             OpsKind::UnTracked(prep) => {
                 let (logp, lse) = B::token_logprobs(prim, targets);
-                (prep.finish(logp), <Self as AutodiffBackend>::from_inner(lse))
+                (
+                    prep.finish(logp),
+                    <Self as AutodiffBackend>::from_inner(lse),
+                )
             }
         }
     }
@@ -396,7 +419,10 @@ impl<B: Backend + LogprobBackend, C: CheckpointStrategy> LogprobBackend for Auto
             }
             OpsKind::UnTracked(prep) => {
                 let (logp, lse) = B::head_logprobs(hidden, weight, targets, chunk);
-                (prep.finish(logp), <Self as AutodiffBackend>::from_inner(lse))
+                (
+                    prep.finish(logp),
+                    <Self as AutodiffBackend>::from_inner(lse),
+                )
             }
         }
     }
@@ -407,8 +433,10 @@ impl<B: Backend + LogprobBackend, C: CheckpointStrategy> LogprobBackend for Auto
 /// Log-prob of `targets [N]` under `logits [N, V]` → `(logp [N], lse [N])`; differentiable in the
 /// logits. The WGSL kernel on wgpu devices, the burn-ops twin elsewhere.
 pub fn token_logprobs(logits: Tensor<2>, targets: Tensor<1, Int>) -> (Tensor<1>, Tensor<1>) {
-    let (logp, lse) =
-        <Dispatch as LogprobBackend>::token_logprobs(logits.into_dispatch(), targets.into_dispatch());
+    let (logp, lse) = <Dispatch as LogprobBackend>::token_logprobs(
+        logits.into_dispatch(),
+        targets.into_dispatch(),
+    );
     (Tensor::from_dispatch(logp), Tensor::from_dispatch(lse))
 }
 

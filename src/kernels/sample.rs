@@ -6,8 +6,13 @@
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::ops::{FloatTensorOps, IntTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous};
-use burn::backend::{Backend, DType, Dispatch, DispatchDevice, FloatDType, IntDType, RuntimeId, Shape, TensorMetadata, backend_extension};
+use burn::backend::wgpu::{
+    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
+};
+use burn::backend::{
+    Backend, DType, Dispatch, DispatchDevice, FloatDType, IntDType, RuntimeId, Shape,
+    TensorMetadata, backend_extension,
+};
 use burn::cubecl::prelude::KernelId;
 use burn::cubecl::server::KernelArguments;
 use burn::cubecl::{CubeCount, CubeDim};
@@ -93,7 +98,12 @@ pub fn uniform(seed: u64, id: DrawId) -> f32 {
 /// vocabulary order, with the thresholds found by sorting. Returns (token, raw log-prob).
 pub fn sample_row_reference(logits: &[f32], p: &SamplingParams, u: f32) -> (u32, f32) {
     let m_raw = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = m_raw + logits.iter().map(|&x| ((x - m_raw) as f64).exp()).sum::<f64>().ln() as f32;
+    let lse = m_raw
+        + logits
+            .iter()
+            .map(|&x| ((x - m_raw) as f64).exp())
+            .sum::<f64>()
+            .ln() as f32;
     let token = if p.temperature <= 0.0 {
         // First index of the maximum.
         let mut best = 0;
@@ -119,7 +129,11 @@ pub fn sample_row_reference(logits: &[f32], p: &SamplingParams, u: f32) -> (u32,
         }
         if p.top_p < 1.0 {
             let w = |i: usize| ((x[i] - mx) as f64).exp();
-            let kept: f64 = order.iter().filter(|&&i| x[i] >= tau_k).map(|&i| w(i)).sum();
+            let kept: f64 = order
+                .iter()
+                .filter(|&&i| x[i] >= tau_k)
+                .map(|&i| w(i))
+                .sum();
             let target = p.top_p as f64 * kept;
             let mut cum = 0.0;
             for &i in &order {
@@ -133,7 +147,13 @@ pub fn sample_row_reference(logits: &[f32], p: &SamplingParams, u: f32) -> (u32,
         tau = tau.max(tau_k);
         let weights: Vec<f64> = x
             .iter()
-            .map(|&v| if v >= tau { ((v - mx) as f64).exp() } else { 0.0 })
+            .map(|&v| {
+                if v >= tau {
+                    ((v - mx) as f64).exp()
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let total: f64 = weights.iter().sum();
         let target = u as f64 * total;
@@ -204,7 +224,10 @@ impl SampleBackend for CubeBackend {
         if b == 0 {
             return out;
         }
-        let info: Vec<u8> = [b as u32, v as u32].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let info: Vec<u8> = [b as u32, v as u32]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         let info = logits.client.create_from_slice(&info);
         let n = b as u32;
         let x = n.clamp(1, 65535);

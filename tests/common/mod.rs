@@ -57,9 +57,13 @@ pub fn reference(dir: &std::path::Path) -> Reference {
 }
 
 /// The CPU backend and, when the machine has one, the best wgpu adapter. Set
-/// `WGSPIN_REQUIRE_GPU=1` (CI does) to make a missing adapter a failure instead of a CPU-only run.
+/// `WGSPIN_REQUIRE_GPU=1` (CI does) to make a missing adapter a failure instead of a CPU-only run,
+/// or `WGSPIN_TEST_DEVICES=cpu` to test the CPU backend only.
 pub fn devices() -> Vec<ComputeDevice> {
     let mut out = vec![device::cpu_device()];
+    if std::env::var("WGSPIN_TEST_DEVICES").is_ok_and(|v| v == "cpu") {
+        return out;
+    }
     match device::select(DeviceSpec::Gpu) {
         Ok(d) => out.push(d),
         Err(e) => {

@@ -1,0 +1,149 @@
+//! Kernel benchmarks (`wgspin bench kernels`): each WGSL kernel against its twin, measured side by
+//! side in one process on one device, plus the device memory of the chunked scoring + loss path.
+//! Absolute times only mean something on a real GPU; the ratios are the point.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+use crate::kernels::logprobs::{head_logprobs, token_logprobs};
+use crate::kernels::sample::{DrawId, SamplingParams, sample, sample_row_reference, uniform};
+use crate::score::token_logprobs_reference;
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    pub name: String,
+    pub shape: String,
+    pub ours_ms: f64,
+    pub twin_ms: f64,
+    /// Logit bytes read per call divided by our time.
+    pub gb_per_s: f64,
+}
+
+impl BenchRow {
+    pub fn ratio(&self) -> f64 {
+        self.twin_ms / self.ours_ms
+    }
+}
+
+/// Sizes of the benchmark cases.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchSizes {
+    /// Rows of logits for the log-prob kernel.
+    pub rows: usize,
+    pub vocab: usize,
+    /// Rows for the sampler.
+    pub sample_rows: usize,
+    pub iters: usize,
+}
+
+fn sync(device: &Device) -> Result<()> {
+    device
+        .sync()
+        .map_err(|e| Error::Device(format!("device sync failed: {e:?}")))
+}
+
+/// Median milliseconds of `iters` runs of `f` after one warm-up run.
+fn time_ms(device: &Device, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    sync(device)?;
+    let mut times = vec![];
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        f()?;
+        sync(device)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+pub fn bench_kernels(device: &Device, sizes: BenchSizes) -> Result<Vec<BenchRow>> {
+    let (n, v) = (sizes.rows, sizes.vocab);
+    let logits = Tensor::<2>::random([n, v], Distribution::Normal(0.0, 3.0), device);
+    let targets = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), device);
+    let ours = time_ms(device, sizes.iters, || {
+        let (lp, _) = token_logprobs(logits.clone(), targets.clone());
+        drop(lp);
+        Ok(())
+    })?;
+    let twin = time_ms(device, sizes.iters, || {
+        drop(token_logprobs_reference(logits.clone(), targets.clone()));
+        Ok(())
+    })?;
+    let bytes = (n * v * 4) as f64;
+    let mut rows = vec![BenchRow {
+        name: "token_logprobs forward".into(),
+        shape: format!("[{n} x {v}] f32"),
+        ours_ms: ours,
+        twin_ms: twin,
+        gb_per_s: bytes / (ours * 1e-3) / 1e9,
+    }];
+
+    let b = sizes.sample_rows;
+    let slogits = Tensor::<2>::random([b, v], Distribution::Normal(0.0, 3.0), device);
+    let p = SamplingParams {
+        temperature: 0.8,
+        top_k: 50,
+        top_p: 0.9,
+        min_p: 0.0,
+        seed: 1,
+    };
+    let ids: Vec<DrawId> = (0..b as u32)
+        .map(|r| DrawId {
+            request: r,
+            step: 0,
+        })
+        .collect();
+    let ours = time_ms(device, sizes.iters, || {
+        sample(slogits.clone(), &vec![p; b], &ids).map(drop)
+    })?;
+    let twin = time_ms(device, sizes.iters, || {
+        let data = slogits
+            .clone()
+            .try_into_data()
+            .map_err(|e| Error::Device(format!("{e:?}")))?
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::Device(format!("{e:?}")))?;
+        for (row, id) in data.chunks(v).zip(&ids) {
+            sample_row_reference(row, &p, uniform(p.seed, *id));
+        }
+        Ok(())
+    })?;
+    rows.push(BenchRow {
+        name: "sample (T 0.8, top-k 50, top-p 0.9)".into(),
+        shape: format!("[{b} x {v}] f32"),
+        ours_ms: ours,
+        twin_ms: twin,
+        gb_per_s: (b * v * 4) as f64 / (ours * 1e-3) / 1e9,
+    });
+    Ok(rows)
+}
+
+/// Device bytes reserved after a forward + backward of the chunked lm_head + log-prob path for
+/// `positions` rows of `hidden` against a `[vocab, hidden]` head, or `None` where the backend does
+/// not report memory. Each call should run in a fresh process for a clean number.
+pub fn head_loss_memory(
+    device: &Device,
+    positions: usize,
+    hidden: usize,
+    vocab: usize,
+    chunk: usize,
+) -> Result<Option<u64>> {
+    let ad = device.clone().autodiff();
+    let h = Tensor::<2>::random([positions, hidden], Distribution::Normal(0.0, 1.0), &ad)
+        .require_grad();
+    let w =
+        Tensor::<2>::random([vocab, hidden], Distribution::Normal(0.0, 0.05), &ad).require_grad();
+    let t: Vec<i32> = (0..positions).map(|i| (i * 7919 % vocab) as i32).collect();
+    let t = Tensor::<1, Int>::from_data(TensorData::new(t, [positions]), &ad);
+    let grads = head_logprobs(h.clone(), w.clone(), t, chunk)
+        .sum()
+        .backward();
+    let gw = w.grad(&grads);
+    drop(gw);
+    sync(device)?;
+    Ok(device.memory_pool_usage().map(|u| u.bytes_reserved))
+}

@@ -1,11 +1,13 @@
 //! Scoring: log π(response | prompt) summed over response tokens (prompt masked, eos appended),
 //! batched with right padding. Only positions that predict a response token reach the lm_head,
-//! and they do so in chunks, so memory beyond the activations is `O(chunk × vocab)`.
+//! and they do so in chunks through the fused log-prob op (`kernels::logprobs::head_logprobs`), so
+//! memory beyond the activations is `O(chunk × vocab)`.
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::kernels::logprobs::head_logprobs;
 use crate::model::{StepInput, Transformer};
 use crate::tokenizer::ChatTokenizer;
 
@@ -98,26 +100,15 @@ pub fn score_batch(
     let n = index.len();
     let vocab = model.head_weight().dims()[0];
     let chunk = (max_logits / vocab).max(1);
-    let mut out: Vec<f32> = Vec::with_capacity(n);
-    for start in (0..n).step_by(chunk) {
-        let end = (start + chunk).min(n);
-        let idx = Tensor::<1, Int>::from_data(
-            TensorData::new(index[start..end].to_vec(), [end - start]),
-            &device,
-        );
-        let tgt = Tensor::<1, Int>::from_data(
-            TensorData::new(targets[start..end].to_vec(), [end - start]),
-            &device,
-        );
-        let logits = model.logits(hidden.clone().select(0, idx)); // [chunk, vocab]
-        let lp = token_logprobs_reference(logits, tgt);
-        let values = lp
-            .try_into_data()
-            .map_err(|e| Error::Device(format!("reading log-probs back failed: {e:?}")))?
-            .try_into_vec_as::<f32>()
-            .map_err(|e| Error::Device(format!("reading log-probs back failed: {e:?}")))?;
-        out.extend(values);
-    }
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &device);
+    let tgt = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &device);
+    // Only response positions reach the lm_head, `chunk` at a time (fused WGSL log-prob on wgpu).
+    let lp = head_logprobs(hidden.select(0, idx), model.head_weight(), tgt, chunk); // [n]
+    let out = lp
+        .try_into_data()
+        .map_err(|e| Error::Device(format!("reading log-probs back failed: {e:?}")))?
+        .try_into_vec_as::<f32>()
+        .map_err(|e| Error::Device(format!("reading log-probs back failed: {e:?}")))?;
     let mut result = vec![];
     let mut at = 0;
     for pair in pairs {

@@ -42,6 +42,8 @@ pub struct RefCase {
 #[derive(Debug, Deserialize)]
 pub struct RefGreedy {
     pub prompt_ids: Vec<u32>,
+    /// `ids` in the shared SmolLM2 reference.
+    #[serde(alias = "ids")]
     pub tokens: Vec<u32>,
 }
 
@@ -74,6 +76,16 @@ pub fn devices() -> Vec<ComputeDevice> {
         }
     }
     out
+}
+
+/// The model the (slow, software) GPU legs of the model tests run on: GQA, llama3 RoPE, tied
+/// embeddings, explicit head_dim, bf16 weights. On lavapipe one forward pass of a tiny model costs
+/// tens of seconds, so the other fixtures are checked on the CPU backend only.
+pub const GPU_MODEL: &str = "tiny-llama-bf16";
+
+/// Whether `model` is tested on `dev`.
+pub fn runs_on(dev: &ComputeDevice, model: &str) -> bool {
+    !dev.is_gpu || model == GPU_MODEL
 }
 
 /// Relative difference with a floor on the denominator.

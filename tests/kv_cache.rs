@@ -39,7 +39,11 @@ fn incremental_decoding_equals_full_forward() {
             // Full forward of each row alone, unpadded.
             let full: Vec<(Vec<usize>, Vec<f32>)> = rows
                 .iter()
-                .map(|r| to_vec(model.forward(&StepInput::right_padded(&[r.clone()], 0), None)))
+                .map(|r| {
+                    to_vec(
+                        model.forward(&StepInput::right_padded(std::slice::from_ref(r), 0), None),
+                    )
+                })
                 .collect();
 
             let mut cache = KvCache::new(model.num_layers());

@@ -34,7 +34,7 @@ impl Rope {
                         let f = f as f64;
                         let wavelen = 2.0 * std::f64::consts::PI / f;
                         let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                        let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                         if medium {
                             let smooth = (old_ctx / wavelen - low_freq_factor)
                                 / (high_freq_factor - low_freq_factor);

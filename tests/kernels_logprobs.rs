@@ -9,30 +9,8 @@ mod common;
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use common::devices;
+use common::{Rng, devices};
 use wgspin::kernels::logprobs::{head_logprobs, set_poison_outputs, token_logprobs};
-
-/// Deterministic pseudo-random numbers (SplitMix64) so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn normal(&mut self) -> f32 {
-        let (u1, u2) = (self.uniform().max(1e-7), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// Random logits `[n, v]` with scale `scale` and a fraction of −inf entries (never the target).
 fn case(rng: &mut Rng, n: usize, v: usize, scale: f32, masked: f32) -> (Vec<f32>, Vec<i32>) {

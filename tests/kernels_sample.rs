@@ -10,24 +10,8 @@
 mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use common::devices;
+use common::{Rng, devices};
 use wgspin::kernels::sample::{DrawId, SamplingParams, sample, sample_row_reference, uniform};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn normal(&mut self) -> f32 {
-        let u1 = ((self.next() >> 40) as f32 / (1u64 << 24) as f32).max(1e-7);
-        let u2 = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-    }
-}
 
 fn logits_tensor(rows: &[Vec<f32>], device: &Device) -> Tensor<2> {
     let v = rows[0].len();

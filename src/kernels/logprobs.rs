@@ -161,7 +161,7 @@ impl KernelSource for WgslSource {
     }
 }
 
-fn as_f32(t: CubeTensor) -> CubeTensor {
+pub(crate) fn as_f32(t: CubeTensor) -> CubeTensor {
     if t.dtype == DType::F32 {
         t
     } else {
@@ -169,7 +169,7 @@ fn as_f32(t: CubeTensor) -> CubeTensor {
     }
 }
 
-fn as_i32(t: CubeTensor) -> CubeTensor {
+pub(crate) fn as_i32(t: CubeTensor) -> CubeTensor {
     if t.dtype == DType::I32 {
         t
     } else {
@@ -178,7 +178,7 @@ fn as_i32(t: CubeTensor) -> CubeTensor {
 }
 
 /// One workgroup per row; rows folded into (x, y) because a dimension holds at most 65535 groups.
-fn rows_grid(n: usize) -> CubeCount {
+pub(crate) fn rows_grid(n: usize) -> CubeCount {
     let n = n as u32;
     let x = n.clamp(1, 65535);
     CubeCount::Static(x, n.div_ceil(x).max(1), 1)
@@ -192,7 +192,7 @@ pub fn set_poison_outputs(on: bool) {
     POISON_OUTPUTS.store(on, Ordering::Relaxed);
 }
 
-fn new_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
+pub(crate) fn new_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
     let len = shape.num_elements().max(1);
     let handle = if POISON_OUTPUTS.load(Ordering::Relaxed) {
         let nan: Vec<u8> = std::iter::repeat_n(f32::NAN.to_le_bytes(), len)
@@ -211,7 +211,7 @@ fn new_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
     )
 }
 
-fn info_buffer(like: &CubeTensor, n: usize, v: usize) -> burn::cubecl::server::Handle {
+pub(crate) fn info_buffer(like: &CubeTensor, n: usize, v: usize) -> burn::cubecl::server::Handle {
     let words: Vec<u8> = [n as u32, v as u32]
         .iter()
         .flat_map(|x| x.to_le_bytes())

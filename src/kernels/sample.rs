@@ -4,20 +4,19 @@
 //! (seed, request id, step), so a row's token never depends on the batch it was drawn in.
 
 use burn::backend::fusion::custom::TensorSpec;
-use burn::backend::ops::{FloatTensorOps, IntTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{
     CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
 };
 use burn::backend::{
-    Backend, DType, Dispatch, DispatchDevice, FloatDType, IntDType, RuntimeId, Shape,
-    TensorMetadata, backend_extension,
+    Backend, DType, Dispatch, DispatchDevice, RuntimeId, Shape, TensorMetadata, backend_extension,
 };
+use burn::cubecl::CubeDim;
 use burn::cubecl::prelude::KernelId;
 use burn::cubecl::server::KernelArguments;
-use burn::cubecl::{CubeCount, CubeDim};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use super::logprobs::{as_f32, as_i32, info_buffer, new_f32, rows_grid};
 use crate::error::{Error, Result};
 
 /// How one row is sampled. Defaults: plain sampling at temperature 1, no truncation.
@@ -200,40 +199,17 @@ impl KernelSource for SampleSource {
 
 impl SampleBackend for CubeBackend {
     fn sample_rows(logits: CubeTensor, params: CubeTensor) -> CubeTensor {
-        let logits = if logits.dtype == DType::F32 {
-            logits
-        } else {
-            CubeBackend::float_cast(logits, FloatDType::F32)
-        };
-        let params = if params.dtype == DType::I32 {
-            params
-        } else {
-            CubeBackend::int_cast(params, IntDType::I32)
-        };
-        let logits = into_contiguous(logits);
-        let params = into_contiguous(params);
+        let logits = into_contiguous(as_f32(logits));
+        let params = into_contiguous(as_i32(params));
         let [b, v] = logits.shape().dims::<2>();
-        let shape = Shape::new([b, 2]);
-        let out = CubeTensor::new_contiguous(
-            logits.client.clone(),
-            logits.device.clone(),
-            shape,
-            logits.client.empty((b * 2).max(1) * 4),
-            DType::F32,
-        );
+        let out = new_f32(&logits, Shape::new([b, 2]));
         if b == 0 {
             return out;
         }
-        let info: Vec<u8> = [b as u32, v as u32]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        let info = logits.client.create_from_slice(&info);
-        let n = b as u32;
-        let x = n.clamp(1, 65535);
+        let info = info_buffer(&logits, b, v);
         logits.client.launch(
             Box::new(SourceKernel::new(SampleSource, CubeDim::new_1d(256))),
-            CubeCount::Static(x, n.div_ceil(x), 1),
+            rows_grid(b),
             KernelArguments::new().with_buffers(vec![
                 logits.handle.clone().binding(),
                 params.handle.clone().binding(),

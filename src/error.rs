@@ -64,6 +64,10 @@ pub enum Error {
         message: String,
     },
 
+    /// A data file as a whole is unusable (not a readable Parquet file, or no usable rows).
+    #[error("{path}: {message}")]
+    Dataset { path: PathBuf, message: String },
+
     #[error("device: {0}")]
     Device(String),
 

@@ -1,0 +1,327 @@
+//! SFT and SPIN-pair data: reads JSON lines (`.jsonl`/`.json`) or Parquet files holding the row
+//! shapes Hugging Face datasets use (prompt/response, chat messages, SPIN real/generated pairs,
+//! ShareGPT conversations) into one list of examples with unique ids.
+//!
+//! Two kinds of bad input are told apart: a corrupt file (malformed JSON, unreadable Parquet) is an
+//! error naming the file and line/row, because reading on would silently drop data; a well-formed
+//! row that is not usable (other shape, missing turn, empty text) is skipped and reported in
+//! [`Dataset::skipped`], because real datasets contain a few such rows.
+
+mod jsonl;
+mod parquet;
+mod shapes;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Which row shape a file holds. `Auto` detects it from the first usable row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataFormat {
+    #[default]
+    Auto,
+    PromptResponse,
+    Messages,
+    Spin,
+    ShareGpt,
+}
+
+impl DataFormat {
+    /// Every format with its command-line name.
+    pub const ALL: [DataFormat; 5] = [
+        DataFormat::Auto,
+        DataFormat::PromptResponse,
+        DataFormat::Messages,
+        DataFormat::Spin,
+        DataFormat::ShareGpt,
+    ];
+
+    /// The command-line name (`--format`), as `FromStr` reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataFormat::Auto => "auto",
+            DataFormat::PromptResponse => "prompt-response",
+            DataFormat::Messages => "messages",
+            DataFormat::Spin => "spin",
+            DataFormat::ShareGpt => "sharegpt",
+        }
+    }
+
+    /// What a row of this shape looks like, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DataFormat::Auto => "any of the shapes below",
+            DataFormat::PromptResponse => {
+                "{\"prompt\", \"response\"|\"completion\"|\"output\"} or {\"instruction\", \"input\", \"output\"}"
+            }
+            DataFormat::Messages => "{\"messages\": [{\"role\", \"content\"}, ...]}",
+            DataFormat::Spin => {
+                "{\"real\": [{\"role\", \"content\"}, ...], \"generated\": [{\"role\", \"content\"}, ...]}"
+            }
+            DataFormat::ShareGpt => "{\"conversations\": [{\"from\", \"value\"}, ...]}",
+        }
+    }
+}
+
+impl std::str::FromStr for DataFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        DataFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = DataFormat::ALL.iter().map(|f| f.name()).collect();
+                Error::Invalid(format!(
+                    "unknown data format {s:?}; expected one of: {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+impl std::fmt::Display for DataFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One usable example. `generated` is set only for SPIN rows (their generated assistant turn).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SftExample {
+    pub id: String,
+    pub prompt: String,
+    pub response: String,
+    pub generated: Option<String>,
+}
+
+/// A row that was skipped, and why. `line` is the 1-based JSONL line, or the 1-based Parquet row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub line: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub path: PathBuf,
+    /// The resolved format, never `Auto`.
+    pub format: DataFormat,
+    pub examples: Vec<SftExample>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// How many skip reasons the "no usable rows" error quotes.
+const REASONS_SHOWN: usize = 3;
+
+/// Reads a `.jsonl`/`.json` (JSON lines) or `.parquet` file.
+///
+/// The container is recognised by content (Parquet's `PAR1` magic), not by extension, so a renamed
+/// file still reads. Errors: a missing file, malformed JSON or an unreadable Parquet row (naming
+/// file and line/row), duplicate ids (naming both lines), or no usable row at all.
+pub fn read_dataset(path: &Path, format: DataFormat) -> Result<Dataset> {
+    let mut builder = Builder::new(path, format);
+    if parquet::is_parquet(path)? {
+        parquet::read_rows(path, &mut |line, row| builder.add(line, &row))?;
+    } else {
+        jsonl::read_rows(path, &mut |line, row| builder.add(line, &row))?;
+    }
+    builder.finish()
+}
+
+/// Opens a data file; a missing one gets a hint on what `--data` takes.
+fn open(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingFile {
+            path: path.to_path_buf(),
+            hint: "Pass --data a JSON lines (.jsonl) or Parquet (.parquet) file, e.g. with one \
+                   {\"prompt\", \"response\"} or {\"messages\": [...]} object per row."
+                .into(),
+        },
+        _ => Error::io(path, e),
+    })
+}
+
+/// A prompt and its human-written response (the input of `wgspin logprobs`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct PromptResponse {
+    pub prompt: String,
+    pub response: String,
+}
+
+/// Reads every row of a data file as prompt/response pairs, in file order.
+///
+/// Stricter than [`read_dataset`]: scoring writes one output per input row, so a row that would be
+/// skipped is an error naming its line instead of a silent gap.
+pub fn read_prompt_responses(path: &Path) -> Result<Vec<PromptResponse>> {
+    let data = read_dataset(path, DataFormat::Auto)?;
+    if let Some(s) = data.skipped.first() {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            line: s.line,
+            message: s.reason.clone(),
+        });
+    }
+    Ok(data
+        .examples
+        .into_iter()
+        .map(|e| PromptResponse {
+            prompt: e.prompt,
+            response: e.response,
+        })
+        .collect())
+}
+
+/// Accumulates rows in file order: resolves the format, parses, records skips, checks ids.
+struct Builder<'a> {
+    path: &'a Path,
+    requested: DataFormat,
+    /// The resolved format and the line that decided it (`None` until a row has a known shape).
+    resolved: Option<(DataFormat, usize)>,
+    examples: Vec<SftExample>,
+    skipped: Vec<Skipped>,
+    /// id → line of the example that has it.
+    ids: HashMap<String, usize>,
+    rows: usize,
+}
+
+impl<'a> Builder<'a> {
+    fn new(path: &'a Path, requested: DataFormat) -> Self {
+        Builder {
+            path,
+            requested,
+            resolved: (requested != DataFormat::Auto).then_some((requested, 0)),
+            examples: vec![],
+            skipped: vec![],
+            ids: HashMap::new(),
+            rows: 0,
+        }
+    }
+
+    fn skip(&mut self, line: usize, reason: String) {
+        self.skipped.push(Skipped { line, reason });
+    }
+
+    fn add(&mut self, line: usize, row: &Value) -> Result<()> {
+        self.rows += 1;
+        let (format, decided_at) = match self.resolved {
+            Some(r) => r,
+            None => match shapes::detect(row) {
+                Some(f) => *self.resolved.insert((f, line)),
+                None => {
+                    self.skip(line, format!("not a known row shape ({})", known_keys(row)));
+                    return Ok(());
+                }
+            },
+        };
+        let parsed = match shapes::parse(format, row) {
+            Ok(p) => p,
+            Err(reason) => {
+                // Say when the row is simply of another shape than the file's: that is the likely
+                // cause, and more useful than the missing key it leads to.
+                let reason = match shapes::detect(row) {
+                    Some(other) if other != format && self.requested == DataFormat::Auto => {
+                        format!(
+                            "a {other} row in a {format} file (detected from line {decided_at})"
+                        )
+                    }
+                    Some(other) if other != format => {
+                        format!("a {other} row, but the format is {format}")
+                    }
+                    _ => format!("not a {format} row: {reason}"),
+                };
+                self.skip(line, reason);
+                return Ok(());
+            }
+        };
+        let id = shapes::row_id(row).unwrap_or_else(|| format!("row-{line}"));
+        // Generation resumes by id, so two rows with one id would make one of them never run (or
+        // run twice); renaming them silently would break resuming against an earlier run.
+        if let Some(first) = self.ids.insert(id.clone(), line) {
+            return Err(Error::Data {
+                path: self.path.to_path_buf(),
+                line,
+                message: format!(
+                    "duplicate id {id:?} (also on line {first}); ids must be unique because generation resumes by id"
+                ),
+            });
+        }
+        self.examples.push(SftExample {
+            id,
+            prompt: parsed.prompt,
+            response: parsed.response,
+            generated: parsed.generated,
+        });
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Dataset> {
+        match self.resolved {
+            Some((format, _)) if !self.examples.is_empty() => Ok(Dataset {
+                path: self.path.to_path_buf(),
+                format,
+                examples: self.examples,
+                skipped: self.skipped,
+            }),
+            _ => Err(Error::Dataset {
+                path: self.path.to_path_buf(),
+                message: self.no_rows_message(),
+            }),
+        }
+    }
+
+    fn no_rows_message(&self) -> String {
+        let accepted: Vec<String> = DataFormat::ALL[1..]
+            .iter()
+            .map(|f| format!("{f}: {}", f.describe()))
+            .collect();
+        let mut msg = if self.rows == 0 {
+            "no rows (the file is empty)".to_string()
+        } else {
+            let reasons: Vec<String> = self
+                .skipped
+                .iter()
+                .take(REASONS_SHOWN)
+                .map(|s| format!("line {}: {}", s.line, s.reason))
+                .collect();
+            format!(
+                "no usable rows: all {} rows were skipped ({}{})",
+                self.rows,
+                reasons.join("; "),
+                if self.skipped.len() > REASONS_SHOWN {
+                    "; ..."
+                } else {
+                    ""
+                }
+            )
+        };
+        if self.requested == DataFormat::Auto {
+            msg.push_str(". Accepted row shapes: ");
+            msg.push_str(&accepted.join("; "));
+        } else {
+            msg.push_str(&format!(
+                ". The format {} expects rows {}",
+                self.requested,
+                self.requested.describe()
+            ));
+        }
+        msg
+    }
+}
+
+/// The top-level keys of a row (or its JSON type), to show what an unknown row holds.
+fn known_keys(row: &Value) -> String {
+    match row.as_object() {
+        Some(obj) if obj.is_empty() => "an empty object".into(),
+        Some(obj) => {
+            let keys: Vec<_> = obj.keys().take(8).map(|k| format!("{k:?}")).collect();
+            format!("keys {}", keys.join(", "))
+        }
+        None => "not a JSON object".into(),
+    }
+}

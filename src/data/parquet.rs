@@ -1,0 +1,117 @@
+//! Parquet rows (as Hugging Face stores datasets) converted to JSON values, so the shape parser for
+//! JSON lines serves Parquet too. Uses the parquet crate's row API: it assembles nested columns
+//! (a `messages` list of `{role, content}` structs) into nested fields, which map one to one onto
+//! JSON arrays and objects.
+
+use std::io::Read;
+use std::path::Path;
+
+use ::parquet::file::reader::FileReader;
+use ::parquet::file::serialized_reader::SerializedFileReader;
+use ::parquet::record::{Field, Row};
+use serde_json::{Map, Number, Value};
+
+use crate::error::{Error, Result};
+
+/// Parquet files begin (and end) with these four bytes.
+const MAGIC: &[u8; 4] = b"PAR1";
+
+/// Whether the file is Parquet, judged by its magic bytes rather than its name.
+pub(super) fn is_parquet(path: &Path) -> Result<bool> {
+    let mut head = [0u8; 4];
+    let mut file = super::open(path)?;
+    let mut n = 0;
+    // `read` may return fewer bytes than asked even before the end; a shorter file is not Parquet.
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => return Ok(false),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Ok(&head == MAGIC)
+}
+
+/// Calls `sink(row, value)` for every row (1-based row numbers across all row groups).
+pub(super) fn read_rows(
+    path: &Path,
+    sink: &mut dyn FnMut(usize, Value) -> Result<()>,
+) -> Result<()> {
+    let file = super::open(path)?;
+    let reader = SerializedFileReader::new(file).map_err(|e| Error::Dataset {
+        path: path.to_path_buf(),
+        message: format!("not a readable Parquet file: {e}"),
+    })?;
+    let rows = reader.get_row_iter(None).map_err(|e| Error::Dataset {
+        path: path.to_path_buf(),
+        message: format!("cannot read Parquet rows: {e}"),
+    })?;
+    for (i, row) in rows.enumerate() {
+        let row_no = i + 1;
+        let row = row.map_err(|e| Error::Data {
+            path: path.to_path_buf(),
+            line: row_no,
+            message: format!("Parquet row {row_no}: {e}"),
+        })?;
+        sink(row_no, row_to_json(&row))?;
+    }
+    Ok(())
+}
+
+fn row_to_json(row: &Row) -> Value {
+    Value::Object(
+        row.get_column_iter()
+            .map(|(name, field)| (name.clone(), field_to_json(field)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+/// Converts one field. Text and integers are what SFT data holds; other scalar types (timestamps,
+/// decimals, ...) become their display string, which is enough for ids and for "wrong type"
+/// reasons. Binary that is not UTF-8 becomes null (unusable text), never a lossy string.
+fn field_to_json(field: &Field) -> Value {
+    match field {
+        Field::Null => Value::Null,
+        Field::Bool(b) => Value::Bool(*b),
+        Field::Byte(n) => Value::from(*n),
+        Field::Short(n) => Value::from(*n),
+        Field::Int(n) => Value::from(*n),
+        Field::Long(n) => Value::from(*n),
+        Field::UByte(n) => Value::from(*n),
+        Field::UShort(n) => Value::from(*n),
+        Field::UInt(n) => Value::from(*n),
+        Field::ULong(n) => Value::from(*n),
+        Field::Float(x) => float(f64::from(*x)),
+        Field::Double(x) => float(*x),
+        Field::Float16(x) => float(f64::from(*x)),
+        Field::Str(s) => Value::String(s.clone()),
+        Field::Bytes(b) => std::str::from_utf8(b.data())
+            .map(|s| Value::String(s.to_owned()))
+            .unwrap_or(Value::Null),
+        Field::Group(row) => row_to_json(row),
+        Field::ListInternal(list) => {
+            Value::Array(list.elements().iter().map(field_to_json).collect())
+        }
+        Field::MapInternal(map) => Value::Object(
+            map.entries()
+                .iter()
+                .map(|(k, v)| {
+                    let key = match field_to_json(k) {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (key, field_to_json(v))
+                })
+                .collect(),
+        ),
+        other => Value::String(other.to_string()),
+    }
+}
+
+/// JSON has no NaN or infinity; those become null.
+fn float(x: f64) -> Value {
+    Number::from_f64(x)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
+}

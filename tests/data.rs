@@ -409,3 +409,19 @@ fn prompt_responses_stay_strict() {
     assert_eq!(rows[1].prompt, "Capital of Italy?");
     assert_eq!(rows[1].response, "Rome.");
 }
+
+#[test]
+fn corrupt_parquet_bytes_never_panic() {
+    // The parquet crate's row reader asserts on some corrupt inputs (two single-byte flips of this
+    // fixture hit one); read_dataset must turn that into an error, not a panic.
+    let bytes = std::fs::read(fixture("messages.parquet")).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("flipped.parquet");
+    for i in 4..bytes.len() - 4 {
+        let mut b = bytes.clone();
+        b[i] ^= 0xa5;
+        std::fs::write(&p, &b).unwrap();
+        let r = std::panic::catch_unwind(|| read_dataset(&p, DataFormat::Auto));
+        assert!(r.is_ok(), "flipping byte {i} panicked");
+    }
+}

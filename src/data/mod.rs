@@ -125,8 +125,9 @@ const REASONS_SHOWN: usize = 3;
 /// file still reads. Errors: a missing file, malformed JSON or an unreadable Parquet row (naming
 /// file and line/row), duplicate ids (naming both lines), or no usable row at all.
 pub fn read_dataset(path: &Path, format: DataFormat) -> Result<Dataset> {
-    let mut builder = Builder::new(path, format);
-    if parquet::is_parquet(path)? {
+    let is_parquet = parquet::is_parquet(path)?;
+    let mut builder = Builder::new(path, format, if is_parquet { "row" } else { "line" });
+    if is_parquet {
         parquet::read_rows(path, &mut |line, row| builder.add(line, &row))?;
     } else {
         jsonl::read_rows(path, &mut |line, row| builder.add(line, &row))?;
@@ -181,6 +182,8 @@ pub fn read_prompt_responses(path: &Path) -> Result<Vec<PromptResponse>> {
 struct Builder<'a> {
     path: &'a Path,
     requested: DataFormat,
+    /// What `Skipped::line` counts in this file ("line" or "row"), for messages.
+    unit: &'static str,
     /// The resolved format and the line that decided it (`None` until a row has a known shape).
     resolved: Option<(DataFormat, usize)>,
     examples: Vec<SftExample>,
@@ -191,10 +194,11 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    fn new(path: &'a Path, requested: DataFormat) -> Self {
+    fn new(path: &'a Path, requested: DataFormat, unit: &'static str) -> Self {
         Builder {
             path,
             requested,
+            unit,
             resolved: (requested != DataFormat::Auto).then_some((requested, 0)),
             examples: vec![],
             skipped: vec![],
@@ -227,7 +231,8 @@ impl<'a> Builder<'a> {
                 let reason = match shapes::detect(row) {
                     Some(other) if other != format && self.requested == DataFormat::Auto => {
                         format!(
-                            "a {other} row in a {format} file (detected from line {decided_at})"
+                            "a {other} row in a {format} file (detected from {} {decided_at})",
+                            self.unit
                         )
                     }
                     Some(other) if other != format => {
@@ -247,7 +252,8 @@ impl<'a> Builder<'a> {
                 path: self.path.to_path_buf(),
                 line,
                 message: format!(
-                    "duplicate id {id:?} (also on line {first}); ids must be unique because generation resumes by id"
+                    "duplicate id {id:?} (also on {} {first}); ids must be unique because generation resumes by id",
+                    self.unit
                 ),
             });
         }
@@ -287,7 +293,7 @@ impl<'a> Builder<'a> {
                 .skipped
                 .iter()
                 .take(REASONS_SHOWN)
-                .map(|s| format!("line {}: {}", s.line, s.reason))
+                .map(|s| format!("{} {}: {}", self.unit, s.line, s.reason))
                 .collect();
             format!(
                 "no usable rows: all {} rows were skipped ({}{})",

@@ -34,7 +34,32 @@ pub(super) fn is_parquet(path: &Path) -> Result<bool> {
 }
 
 /// Calls `sink(row, value)` for every row (1-based row numbers across all row groups).
+///
+/// The parquet crate's row reader panics on some corrupt files (asserts in its metadata and level
+/// decoding, found by flipping single bytes of the fixtures), so the read runs under
+/// `catch_unwind` and such a panic becomes an error naming the file. The panic hook may still print
+/// the panic message; an error is better than taking the caller down.
 pub(super) fn read_rows(
+    path: &Path,
+    sink: &mut dyn FnMut(usize, Value) -> Result<()>,
+) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_rows_unguarded(path, sink)
+    }))
+    .unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::Dataset {
+            path: path.to_path_buf(),
+            message: format!("the Parquet reader failed (corrupt file?): {what}"),
+        })
+    })
+}
+
+fn read_rows_unguarded(
     path: &Path,
     sink: &mut dyn FnMut(usize, Value) -> Result<()>,
 ) -> Result<()> {

@@ -20,6 +20,10 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 /// Which row shape a file holds. `Auto` detects it from the first usable row.
+///
+/// Precisely: `Auto` takes the shape of the first row whose keys match a shape (rows before it are
+/// skipped as unknown), judged by keys alone, so a row of the right shape with, say, an empty answer
+/// still decides the format and is then skipped. Later rows of another shape are skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DataFormat {
     #[default]

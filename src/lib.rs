@@ -4,17 +4,22 @@
 pub mod bench;
 pub mod bundle;
 pub mod chat_template;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod decode;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod generate;
 pub mod hf_names;
 pub mod kernels;
 pub mod model;
+pub mod progress;
 pub mod score;
+pub mod spin;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use bundle::ModelBundle;

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod cli;
+
 use wgspin::bench::{self, BenchSizes};
+use wgspin::data::DataFormat;
 use wgspin::device::{self, DeviceSpec};
 use wgspin::score::{ScoreOptions, TokenizedPair, score_all};
 use wgspin::{ModelBundle, data, fsutil};
@@ -47,6 +50,38 @@ enum Command {
         /// Sequences per forward pass.
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
+    },
+    /// The opponent's turn: sample a response for every SFT prompt, written as SPIN pairs.
+    ///
+    /// Output JSONL rows {"id", "real": [user, assistant], "generated": [user, assistant],
+    /// "finish_reason": "eos"|"length", "generated_tokens"}, in input order. Rows are flushed as
+    /// they finish; rerunning the same command after an interruption keeps them and generates
+    /// only the rest.
+    Generate {
+        /// Hugging Face model folder (config.json, tokenizer.json, *.safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// SFT data: JSONL or Parquet with prompt/response, chat `messages`, SPIN
+        /// `real`/`generated` or ShareGPT `conversations` rows.
+        #[arg(long)]
+        data: PathBuf,
+        /// Row shape of --data: auto, prompt-response, messages, spin, sharegpt.
+        #[arg(long, default_value = "auto")]
+        format: DataFormat,
+        /// Output JSONL file (SPIN format).
+        #[arg(long)]
+        out: PathBuf,
+        /// Only the first N examples.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        #[arg(long, default_value = "auto")]
+        device: DeviceSpec,
+        /// Prompts decoded together (continuous batching).
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[command(flatten)]
+        sampling: cli::GenFlags,
     },
     /// Benchmarks: each WGSL kernel against its burn-ops / sort-based twin, side by side.
     #[command(subcommand)]
@@ -98,6 +133,18 @@ fn main() -> Result<()> {
             device,
             batch_size,
         } => logprobs(model, data, out, device, batch_size),
+        Command::Generate {
+            model,
+            data,
+            format,
+            out,
+            limit,
+            device,
+            batch_size,
+            sampling,
+        } => cli::generate::run(
+            model, data, format, out, limit, device, sampling, batch_size,
+        ),
         Command::Bench(BenchCommand::Kernels {
             device,
             rows,

@@ -69,6 +69,68 @@ pub fn token_logprobs_reference(logits: Tensor<2>, targets: Tensor<1, Int>) -> T
         .reshape([n])
 }
 
+/// Flattened `[batch·seq]` indices of the positions whose next token is a response token, the
+/// targets (right-padded rows of width `seq`).
+fn response_positions(pairs: &[TokenizedPair], seq: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut index = vec![];
+    let mut targets = vec![];
+    for (row, pair) in pairs.iter().enumerate() {
+        let first = pair.prompt.len() - 1;
+        for (j, &t) in pair.response.iter().enumerate() {
+            index.push((row * seq + first + j) as i32);
+            targets.push(t as i32);
+        }
+    }
+    (index, targets)
+}
+
+/// Log-probs of every response token of `pairs`, in order `[Σ response lengths]`, from one
+/// forward pass. Differentiable when the model lives on an autodiff device.
+pub fn response_token_logprobs(
+    model: &Transformer,
+    pairs: &[TokenizedPair],
+    pad_id: u32,
+    max_logits: usize,
+) -> Tensor<1> {
+    let device = model.device();
+    let rows: Vec<Vec<u32>> = pairs.iter().map(TokenizedPair::input).collect();
+    let input = StepInput::right_padded(&rows, pad_id);
+    let seq = input.tokens[0].len();
+    let hidden = model.forward_hidden(&input, None); // [b, seq, hidden]
+    let [b, _, h] = hidden.dims();
+    let hidden = hidden.reshape([b * seq, h]);
+    let (index, targets) = response_positions(pairs, seq);
+    let n = index.len();
+    let vocab = model.head_weight().dims()[0];
+    let chunk = (max_logits / vocab).max(1);
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &device);
+    let tgt = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &device);
+    // Only response positions reach the lm_head, `chunk` at a time (fused WGSL log-prob on wgpu).
+    head_logprobs(hidden.select(0, idx), model.head_weight(), tgt, chunk) // [n]
+}
+
+/// Summed response log-prob of each pair `[pairs]`, differentiable (the training loss uses it).
+pub fn sequence_logprobs(
+    model: &Transformer,
+    pairs: &[TokenizedPair],
+    pad_id: u32,
+    max_logits: usize,
+) -> Tensor<1> {
+    let lp = response_token_logprobs(model, pairs, pad_id, max_logits); // [n]
+    let n = lp.dims()[0];
+    // Segment sums as a [pairs, n] 0/1 matrix product: tiny next to the forward pass.
+    let mut seg = vec![0f32; pairs.len() * n];
+    let mut at = 0;
+    for (row, pair) in pairs.iter().enumerate() {
+        for _ in 0..pair.response.len() {
+            seg[row * n + at] = 1.0;
+            at += 1;
+        }
+    }
+    let seg = Tensor::<2>::from_data(TensorData::new(seg, [pairs.len(), n]), &lp.device());
+    seg.matmul(lp.reshape([n, 1])).reshape([pairs.len()])
+}
+
 /// Per-token log-probs of each pair's response tokens, for one batch (one forward pass).
 pub fn score_batch(
     model: &Transformer,
@@ -79,31 +141,7 @@ pub fn score_batch(
     if pairs.is_empty() {
         return Ok(vec![]);
     }
-    let device = model.device();
-    let rows: Vec<Vec<u32>> = pairs.iter().map(TokenizedPair::input).collect();
-    let input = StepInput::right_padded(&rows, pad_id);
-    let seq = input.tokens[0].len();
-    let hidden = model.forward_hidden(&input, None); // [b, seq, hidden]
-    let [b, _, h] = hidden.dims();
-    let hidden = hidden.reshape([b * seq, h]);
-
-    // Flattened positions whose next token is a response token, and those targets.
-    let mut index = vec![];
-    let mut targets = vec![];
-    for (row, pair) in pairs.iter().enumerate() {
-        let first = pair.prompt.len() - 1;
-        for (j, &t) in pair.response.iter().enumerate() {
-            index.push((row * seq + first + j) as i32);
-            targets.push(t as i32);
-        }
-    }
-    let n = index.len();
-    let vocab = model.head_weight().dims()[0];
-    let chunk = (max_logits / vocab).max(1);
-    let idx = Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &device);
-    let tgt = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &device);
-    // Only response positions reach the lm_head, `chunk` at a time (fused WGSL log-prob on wgpu).
-    let lp = head_logprobs(hidden.select(0, idx), model.head_weight(), tgt, chunk); // [n]
+    let lp = response_token_logprobs(model, pairs, pad_id, max_logits);
     let out = lp
         .try_into_data()
         .map_err(|e| Error::Device(format!("reading log-probs back failed: {e:?}")))?

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod layers;
 pub mod loader;
+pub mod named;
 pub mod rope;
 
 use burn::module::{Module, Param};

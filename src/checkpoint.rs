@@ -1,0 +1,117 @@
+//! Checkpoints in Hugging Face layout: `config.json`, `model.safetensors` (in the input's dtype
+//! unless told otherwise), and the tokenizer / generation files copied from the source model, so
+//! `transformers.AutoModelForCausalLM.from_pretrained(dir)` loads them. A checkpoint folder is
+//! written beside its final place and renamed into it, so a crash never leaves a half-written one.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::model::Transformer;
+use crate::model::named::params_mut;
+use crate::weights::{HostTensor, StoredDtype, write_safetensors};
+
+/// Files of a model folder that are not weights and that a checkpoint carries over.
+fn is_metadata(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let weights = lower.ends_with(".safetensors")
+        || lower.ends_with(".safetensors.index.json")
+        || lower.ends_with(".bin")
+        || lower.ends_with(".bin.index.json")
+        || lower.ends_with(".gguf")
+        || lower.ends_with(".pt")
+        || lower.ends_with(".pth");
+    let ours = lower == "trainer_state.json" || lower.starts_with('.');
+    let kind = lower.ends_with(".json")
+        || lower.ends_with(".jinja")
+        || lower.ends_with(".txt")
+        || lower.ends_with(".model");
+    kind && !weights && !ours
+}
+
+/// Host copies of every parameter, by Hugging Face name.
+pub fn named_host_tensors(
+    model: &Transformer,
+    dtype: StoredDtype,
+) -> Result<Vec<(String, HostTensor)>> {
+    let mut m = model.clone();
+    let mut out = vec![];
+    for (name, p) in params_mut(&mut m) {
+        let shape = p.shape();
+        let data = p
+            .value_flat()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::Device(format!("reading {name} back failed: {e:?}")))?;
+        out.push((name, HostTensor { shape, data, dtype }));
+    }
+    Ok(out)
+}
+
+/// Writes a complete checkpoint folder at `dest`: the model's weights in `dtype`, the metadata
+/// files of `source_dir`, and `extra` files (name, bytes), replacing any folder already there.
+pub fn save(
+    model: &Transformer,
+    source_dir: &Path,
+    dest: &Path,
+    dtype: StoredDtype,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<()> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        copy_metadata(source_dir, &tmp)?;
+        let tensors = named_host_tensors(model, dtype)?;
+        write_safetensors(
+            &tmp.join("model.safetensors"),
+            &tensors,
+            dtype,
+            Some(
+                [("format".to_string(), "pt".to_string())]
+                    .into_iter()
+                    .collect(),
+            ),
+        )?;
+        for (file, bytes) in extra {
+            crate::fsutil::write_atomic(&tmp.join(file), bytes)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    // Two renames (Windows cannot rename over a folder); at every instant one complete
+    // checkpoint exists under `dest` or `old`.
+    if dest.exists() {
+        std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
+    }
+    std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Copies the non-weight files (config, tokenizer, chat template, generation config) of a model
+/// folder into `dest`.
+pub fn copy_metadata(source_dir: &Path, dest: &Path) -> Result<Vec<PathBuf>> {
+    let mut copied = vec![];
+    let entries = std::fs::read_dir(source_dir).map_err(|e| Error::io(source_dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(source_dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.path().is_file() || !is_metadata(&name) {
+            continue;
+        }
+        let to = dest.join(&name);
+        std::fs::copy(entry.path(), &to).map_err(|e| Error::io(entry.path(), e))?;
+        copied.push(to);
+    }
+    Ok(copied)
+}

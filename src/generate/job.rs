@@ -1,0 +1,241 @@
+//! `wgspin generate` as a library call: SFT examples in, SPIN pairs out, resumable.
+//!
+//! Output rows are SPIN's own format, so the official pipeline reads them too:
+//! `{"id", "real": [user, assistant], "generated": [user, assistant], "finish_reason",
+//! "generated_tokens"}`. Each row is appended and flushed as soon as its request finishes, so a
+//! killed run loses at most the rows in flight. Rerunning the same job keeps the rows already in
+//! the file (their ids and prompts are checked against the data), drops a torn last line, and
+//! generates only what is missing; because every request has its own random stream, the result
+//! equals an uninterrupted run. At the end the file is rewritten atomically in input order.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{Finished, GenOptions, GenRequest, generate};
+use crate::bundle::ModelBundle;
+use crate::data::SftExample;
+use crate::error::{Error, Result};
+use crate::fsutil;
+
+/// Where a generation job stands, reported after every finished request.
+#[derive(Debug, Clone)]
+pub struct GenProgress {
+    /// Requests finished, including those found in the file on resume.
+    pub done: usize,
+    pub total: usize,
+    /// Tokens generated in this run.
+    pub tokens: usize,
+    pub elapsed: Duration,
+}
+
+/// What a generation job did.
+#[derive(Debug, Clone, Default)]
+pub struct GenSummary {
+    pub total: usize,
+    /// Rows already present in the output file and kept.
+    pub resumed: usize,
+    /// Rows generated in this run.
+    pub generated: usize,
+    /// Tokens generated in this run (stop tokens included).
+    pub tokens: usize,
+    pub finished_eos: usize,
+    pub finished_length: usize,
+    pub seconds: f64,
+}
+
+impl GenSummary {
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// A SPIN-format output row.
+pub fn spin_row(
+    id: &str,
+    prompt: &str,
+    real: &str,
+    generated: &str,
+    finish: &str,
+    n: usize,
+) -> Value {
+    let turn = |role: &str, content: &str| json!({"role": role, "content": content});
+    json!({
+        "id": id,
+        "real": [turn("user", prompt), turn("assistant", real)],
+        "generated": [turn("user", prompt), turn("assistant", generated)],
+        "finish_reason": finish,
+        "generated_tokens": n,
+    })
+}
+
+fn row_prompt(row: &Value) -> Option<&str> {
+    row.get("real")?.get(0)?.get("content")?.as_str()
+}
+
+/// Reads the rows already in `out` (dropping a torn last line), checks that they belong to
+/// `examples`, and returns them by id.
+fn recover(out: &Path, examples: &[SftExample]) -> Result<HashMap<String, String>> {
+    let bytes = match std::fs::read(out) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(Error::io(out, e)),
+    };
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if complete < bytes.len() {
+        // A line cut short by a crash: drop it, it will be generated again.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(out)
+            .map_err(|e| Error::io(out, e))?;
+        f.set_len(complete as u64).map_err(|e| Error::io(out, e))?;
+    }
+    let by_id: HashMap<&str, &SftExample> = examples.iter().map(|e| (e.id.as_str(), e)).collect();
+    let text = String::from_utf8_lossy(&bytes[..complete]);
+    let mut rows = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| Error::Data {
+            path: out.to_path_buf(),
+            line: i + 1,
+            message: format!(
+                "{message}. This file is not the output of this generation job: delete it or choose another --out"
+            ),
+        };
+        let row: Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not a JSON row ({e})")))?;
+        let id = row
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("row without a string \"id\"".into()))?;
+        let ex = by_id
+            .get(id)
+            .ok_or_else(|| bad(format!("row id {id:?} is not in the data")))?;
+        if row_prompt(&row) != Some(ex.prompt.as_str()) {
+            return Err(bad(format!(
+                "row id {id:?} has a different prompt than the data"
+            )));
+        }
+        rows.insert(id.to_string(), line.to_string());
+    }
+    Ok(rows)
+}
+
+/// Generates a response for every example whose id is not yet in `out`, then rewrites `out` in
+/// input order.
+pub fn run_generate(
+    bundle: &ModelBundle,
+    examples: &[SftExample],
+    out: &Path,
+    opts: &GenOptions,
+    mut progress: impl FnMut(&GenProgress),
+) -> Result<GenSummary> {
+    let start = Instant::now();
+    if u32::try_from(examples.len()).is_err() {
+        return Err(Error::Invalid("more than 2³² prompts in one job".into()));
+    }
+    let mut seen = HashSet::new();
+    if let Some(dup) = examples.iter().find(|e| !seen.insert(e.id.as_str())) {
+        return Err(Error::Invalid(format!(
+            "id {:?} appears twice in the data; ids must be unique to resume",
+            dup.id
+        )));
+    }
+    let existing = recover(out, examples)?;
+    let mut summary = GenSummary {
+        total: examples.len(),
+        resumed: existing.len(),
+        ..Default::default()
+    };
+    let tok = &bundle.tokenizer;
+    let mut requests = vec![];
+    for (i, ex) in examples.iter().enumerate() {
+        if existing.contains_key(&ex.id) {
+            continue;
+        }
+        let prompt = tok
+            .prompt_ids(&ex.prompt)
+            .map_err(|e| Error::Invalid(format!("example {:?}: {e}", ex.id)))?;
+        if prompt.is_empty() {
+            return Err(Error::Invalid(format!(
+                "example {:?}: the prompt tokenizes to nothing and the model has no bos token",
+                ex.id
+            )));
+        }
+        requests.push(GenRequest {
+            index: i as u32,
+            prompt,
+        });
+    }
+    // Longest first: prompts prefilled together have similar lengths, and a prompt too long for
+    // the device fails at the start rather than hours in.
+    requests.sort_by_key(|r| std::cmp::Reverse(r.prompt.len()));
+
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .map_err(|e| Error::io(out, e))?;
+    let mut lines = existing;
+    let mut done = summary.resumed;
+    progress(&GenProgress {
+        done,
+        total: summary.total,
+        tokens: 0,
+        elapsed: start.elapsed(),
+    });
+    generate(&bundle.model, &requests, opts, |f: Finished| {
+        let ex = &examples[f.index as usize];
+        let text_ids: &[u32] = match f.tokens.last() {
+            Some(t) if opts.stop_ids.contains(t) => &f.tokens[..f.tokens.len() - 1],
+            _ => &f.tokens,
+        };
+        let text = tok.decode(text_ids, true)?;
+        let row = spin_row(
+            &ex.id,
+            &ex.prompt,
+            &ex.response,
+            &text,
+            f.finish_reason.as_str(),
+            f.tokens.len(),
+        );
+        let line = row.to_string();
+        file.write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| file.flush())
+            .map_err(|e| Error::io(out, e))?;
+        lines.insert(ex.id.clone(), line);
+        summary.generated += 1;
+        summary.tokens += f.tokens.len();
+        match f.finish_reason {
+            super::FinishReason::Eos => summary.finished_eos += 1,
+            super::FinishReason::Length => summary.finished_length += 1,
+        }
+        done += 1;
+        progress(&GenProgress {
+            done,
+            total: summary.total,
+            tokens: summary.tokens,
+            elapsed: start.elapsed(),
+        });
+        Ok(())
+    })?;
+    drop(file);
+    let mut ordered = String::new();
+    for ex in examples {
+        if let Some(l) = lines.get(&ex.id) {
+            ordered.push_str(l);
+            ordered.push('\n');
+        }
+    }
+    fsutil::write_atomic(out, ordered.as_bytes())?;
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(summary)
+}

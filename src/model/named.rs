@@ -1,0 +1,111 @@
+//! The transformer's parameters by Hugging Face name: what the trainer updates and what a
+//! checkpoint writes. Names come from [`crate::hf_names`]; this file only pairs them with fields,
+//! in the order of [`crate::hf_names::expected_tensors`].
+
+use burn::module::Param;
+use burn::tensor::Gradients;
+use burn::tensor::Tensor;
+
+use super::Transformer;
+use super::layers::Linear;
+use crate::hf_names::{self, LayerTensor};
+
+/// A mutable parameter of rank 1 (norms, biases) or 2 (matrices).
+pub enum ParamRef<'a> {
+    One(&'a mut Param<Tensor<1>>),
+    Two(&'a mut Param<Tensor<2>>),
+}
+
+impl ParamRef<'_> {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            ParamRef::One(p) => p.val().dims().to_vec(),
+            ParamRef::Two(p) => p.val().dims().to_vec(),
+        }
+    }
+
+    /// The value, flattened, without autodiff tracking `[numel]`.
+    pub fn value_flat(&self) -> Tensor<1> {
+        match self {
+            ParamRef::One(p) => p.val().inner(),
+            ParamRef::Two(p) => {
+                let [a, b] = p.val().dims();
+                p.val().inner().reshape([a * b])
+            }
+        }
+    }
+
+    /// This parameter's gradient in `grads`, flattened `[numel]`.
+    pub fn grad_flat(&self, grads: &Gradients) -> Option<Tensor<1>> {
+        match self {
+            ParamRef::One(p) => p.val().grad(grads),
+            ParamRef::Two(p) => p.val().grad(grads).map(|g| {
+                let [a, b] = g.dims();
+                g.reshape([a * b])
+            }),
+        }
+    }
+
+    /// Replaces the value with `flat` (reshaped to this parameter's shape); on an autodiff
+    /// device the new value is a fresh leaf that requires grad.
+    pub fn set_flat(&mut self, flat: Tensor<1>) {
+        let leaf = |t: Tensor<1>, autodiff: bool| if autodiff { t.autodiff() } else { t };
+        match self {
+            ParamRef::One(p) => {
+                let ad = p.val().is_autodiff();
+                **p = Param::from_tensor(leaf(flat, ad));
+            }
+            ParamRef::Two(p) => {
+                let ad = p.val().is_autodiff();
+                let [a, b] = p.val().dims();
+                **p = Param::from_tensor(leaf(flat, ad).reshape([a, b]));
+            }
+        }
+    }
+}
+
+fn linear<'a>(
+    out: &mut Vec<(String, ParamRef<'a>)>,
+    l: usize,
+    lin: &'a mut Linear,
+    w: LayerTensor,
+    b: LayerTensor,
+) {
+    out.push((hf_names::layer(l, w), ParamRef::Two(&mut lin.weight)));
+    if let Some(bias) = lin.bias.as_mut() {
+        out.push((hf_names::layer(l, b), ParamRef::One(bias)));
+    }
+}
+
+/// Every parameter with its Hugging Face name.
+pub fn params_mut(m: &mut Transformer) -> Vec<(String, ParamRef<'_>)> {
+    use LayerTensor::*;
+    let mut out = vec![(hf_names::EMBED.to_string(), ParamRef::Two(&mut m.embed))];
+    for (l, layer) in m.layers.iter_mut().enumerate() {
+        out.push((
+            hf_names::layer(l, InputNorm),
+            ParamRef::One(&mut layer.input_norm.weight),
+        ));
+        out.push((
+            hf_names::layer(l, PostAttentionNorm),
+            ParamRef::One(&mut layer.post_attn_norm.weight),
+        ));
+        let a = &mut layer.attn;
+        linear(&mut out, l, &mut a.q, Q, QBias);
+        linear(&mut out, l, &mut a.k, K, KBias);
+        linear(&mut out, l, &mut a.v, V, VBias);
+        linear(&mut out, l, &mut a.o, O, OBias);
+        let f = &mut layer.mlp;
+        linear(&mut out, l, &mut f.gate, Gate, GateBias);
+        linear(&mut out, l, &mut f.up, Up, UpBias);
+        linear(&mut out, l, &mut f.down, Down, DownBias);
+    }
+    out.push((
+        hf_names::FINAL_NORM.to_string(),
+        ParamRef::One(&mut m.norm.weight),
+    ));
+    if let Some(head) = m.lm_head.as_mut() {
+        out.push((hf_names::LM_HEAD.to_string(), ParamRef::Two(head)));
+    }
+    out
+}

@@ -1,0 +1,348 @@
+//! The self-play loop: for t = 0, 1, …, the opponent θ_t writes responses to the training prompts,
+//! the main player (initialised from θ_t) learns to tell them from the human ones, and becomes
+//! θ_{t+1}. Iteration t trains on the pairs of t and t−1 together, as the paper does.
+//!
+//! Layout of the output folder:
+//! `iter-T/{generated.jsonl, ref_logps.jsonl, metrics.jsonl, checkpoint/, eval_generated.jsonl,
+//! eval.json}` and `summary.json`. Every stage is resumable on its own (generation keeps finished
+//! rows, training resumes from its checkpoint, a finished stage is skipped), so rerunning the same
+//! command after an interruption picks up at the right stage of the right iteration.
+//!
+//! Evaluation uses a held-out slice of the data: θ_t answers the held-out prompts, then θ_{t+1}
+//! and θ_t score the human and the generated responses. Reward accuracy near 50% means the
+//! player can no longer tell real from generated, SPIN's convergence signal.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::bundle::ModelBundle;
+use crate::data::{DataFormat, SftExample, read_dataset};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::generate::GenOptions;
+use crate::generate::job::{GenProgress, GenSummary, run_generate};
+use crate::score::{ScoreOptions, TokenizedPair, score_all};
+use crate::train::job::{CHECKPOINT, TrainEvent, TrainSummary, is_complete, run_train};
+use crate::train::{PairLogps, RewardStats, TrainConfig, pair_logps, reward_stats, tokenize_pairs};
+
+/// Loop settings (training and sampling settings live in their own structs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpinConfig {
+    /// Self-play iterations (3, as the paper).
+    pub iterations: usize,
+    /// Use only the first N training prompts (all when absent).
+    pub prompts: Option<usize>,
+    /// Train iteration t on the pairs of t and t−1 (true, as the paper).
+    pub mix_previous: bool,
+    /// Stop when held-out reward accuracy of a finished iteration is at most this (0.55).
+    pub stop_accuracy: f64,
+    /// Held-out examples for evaluation, taken from the end of the data (10% up to 64, at least 1).
+    pub eval_size: Option<usize>,
+    /// Prompts decoded together.
+    pub gen_batch_size: usize,
+}
+
+impl Default for SpinConfig {
+    fn default() -> Self {
+        Self {
+            iterations: 3,
+            prompts: None,
+            mix_previous: true,
+            stop_accuracy: 0.55,
+            eval_size: None,
+            gen_batch_size: 8,
+        }
+    }
+}
+
+/// Progress of the loop, for the CLI to draw.
+pub enum SpinEvent<'a> {
+    Stage {
+        iteration: usize,
+        stage: &'static str,
+    },
+    Generate(&'a GenProgress),
+    Generated(&'a GenSummary),
+    Train(TrainEvent<'a>),
+    Trained(&'a TrainSummary),
+    Evaluated {
+        iteration: usize,
+        eval: &'a EvalResult,
+    },
+    Skipped {
+        iteration: usize,
+        stage: &'static str,
+    },
+}
+
+/// Held-out evaluation of θ_{t+1} against θ_t.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub examples: usize,
+    /// Share of held-out pairs where θ_{t+1}'s reward for the human response beats the generated one.
+    pub reward_accuracy: f64,
+    pub reward_margin: f64,
+    pub loss: f64,
+    /// Mean log-likelihood per token of the held-out human responses under θ_{t+1} (and θ_t).
+    pub human_logprob_per_token: f64,
+    pub human_logprob_per_token_before: f64,
+}
+
+fn iter_dir(out: &Path, t: usize) -> PathBuf {
+    out.join(format!("iter-{t}"))
+}
+
+/// The model θ_t: the input for t = 0, else the checkpoint of iteration t−1.
+pub fn model_of(out: &Path, input: &Path, t: usize) -> PathBuf {
+    if t == 0 {
+        input.to_path_buf()
+    } else {
+        iter_dir(out, t - 1).join(CHECKPOINT)
+    }
+}
+
+/// Splits examples into (train, held-out): the held-out slice is the end of the data.
+pub fn split(examples: &[SftExample], cfg: &SpinConfig) -> (Vec<SftExample>, Vec<SftExample>) {
+    let n = examples.len();
+    let eval = cfg
+        .eval_size
+        .unwrap_or_else(|| (n / 10).clamp(1, 64))
+        .min(n.saturating_sub(1));
+    let (train, held) = examples.split_at(n - eval);
+    let mut train = train.to_vec();
+    if let Some(p) = cfg.prompts {
+        train.truncate(p);
+    }
+    (train, held.to_vec())
+}
+
+fn read_pairs(path: &Path) -> Result<Vec<SftExample>> {
+    Ok(read_dataset(path, DataFormat::Spin)?.examples)
+}
+
+/// Mean per-token log-likelihood of the human responses.
+fn human_ll(
+    model: &crate::model::Transformer,
+    tok: &crate::tokenizer::ChatTokenizer,
+    examples: &[SftExample],
+    batch: usize,
+) -> Result<f64> {
+    let pairs = examples
+        .iter()
+        .map(|e| TokenizedPair::new(tok, &e.prompt, &e.response))
+        .collect::<Result<Vec<_>>>()?;
+    let pad = tok.pad_token_id.unwrap_or(tok.eos_token_id);
+    let opts = ScoreOptions {
+        batch_size: batch,
+        ..Default::default()
+    };
+    let lps = score_all(model, &pairs, pad, opts, |_| {})?;
+    let (sum, n) = lps
+        .iter()
+        .flatten()
+        .fold((0.0, 0usize), |(s, n), &x| (s + x as f64, n + 1));
+    Ok(sum / n.max(1) as f64)
+}
+
+/// Held-out pairs generated by θ_t, scored by θ_t and θ_{t+1}.
+fn evaluate(
+    before: &Path,
+    after: &Path,
+    eval_pairs: &[SftExample],
+    train_cfg: &TrainConfig,
+    device: &Device,
+) -> Result<EvalResult> {
+    let score = |model_path: &Path| -> Result<(PairLogps, f64)> {
+        let b = ModelBundle::load(model_path, device)?;
+        let tok = &b.tokenizer;
+        let pairs = tokenize_pairs(tok, eval_pairs, train_cfg)?;
+        let pad = tok.pad_token_id.unwrap_or(tok.eos_token_id);
+        let lp = pair_logps(
+            &b.model,
+            &pairs,
+            pad,
+            train_cfg.batch_size,
+            train_cfg.max_logits,
+            |_| {},
+        )?;
+        let ll = human_ll(&b.model, tok, eval_pairs, train_cfg.batch_size)?;
+        Ok((lp, ll))
+    };
+    let (reference, ll_before) = score(before)?;
+    let (policy, ll_after) = score(after)?;
+    let s: RewardStats = reward_stats(&policy, &reference, train_cfg.loss, train_cfg.beta);
+    Ok(EvalResult {
+        examples: eval_pairs.len(),
+        reward_accuracy: s.accuracies,
+        reward_margin: s.margins,
+        loss: s.loss,
+        human_logprob_per_token: ll_after,
+        human_logprob_per_token_before: ll_before,
+    })
+}
+
+/// Outcome of the loop.
+#[derive(Debug, Clone)]
+pub struct SpinSummary {
+    pub iterations_done: usize,
+    pub converged_at: Option<usize>,
+    pub final_model: PathBuf,
+    pub evals: Vec<EvalResult>,
+}
+
+/// Runs (or resumes) the self-play loop.
+#[allow(clippy::too_many_arguments)]
+pub fn run_spin(
+    model: &Path,
+    examples: &[SftExample],
+    out: &Path,
+    cfg: &SpinConfig,
+    gen_opts: &GenOptions,
+    train_cfg: &TrainConfig,
+    device: &Device,
+    mut report: impl FnMut(SpinEvent),
+) -> Result<SpinSummary> {
+    if cfg.iterations == 0 {
+        return Err(Error::Invalid("iterations must be at least 1".into()));
+    }
+    if examples.len() < 2 {
+        return Err(Error::Invalid(
+            "SPIN needs at least 2 examples (training prompts plus a held-out one)".into(),
+        ));
+    }
+    train_cfg.validate()?;
+    gen_opts.sampling.validate()?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let (train, held) = split(examples, cfg);
+    let mut evals = vec![];
+    let mut converged_at = None;
+    let mut done = 0;
+    for t in 0..cfg.iterations {
+        let dir = iter_dir(out, t);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let theta = model_of(out, model, t);
+        let gen_path = dir.join("generated.jsonl");
+        let eval_gen_path = dir.join("eval_generated.jsonl");
+
+        if is_complete(&dir)? {
+            report(SpinEvent::Skipped {
+                iteration: t,
+                stage: "generate+train",
+            });
+        } else {
+            report(SpinEvent::Stage {
+                iteration: t,
+                stage: "generate",
+            });
+            let bundle = ModelBundle::load(&theta, device)?;
+            // The held-out prompts get θ_t's responses too: evaluation compares against them.
+            let g = run_generate(&bundle, &train, &gen_path, gen_opts, |p| {
+                report(SpinEvent::Generate(p))
+            })?;
+            report(SpinEvent::Generated(&g));
+            let g = run_generate(&bundle, &held, &eval_gen_path, gen_opts, |p| {
+                report(SpinEvent::Generate(p))
+            })?;
+            report(SpinEvent::Generated(&g));
+            drop(bundle);
+
+            report(SpinEvent::Stage {
+                iteration: t,
+                stage: "train",
+            });
+            let mut pairs = read_pairs(&gen_path)?;
+            if cfg.mix_previous && t > 0 {
+                let prev = read_pairs(&iter_dir(out, t - 1).join("generated.jsonl"))?;
+                pairs.extend(prev.into_iter().map(|mut e| {
+                    e.id = format!("iter-{}/{}", t - 1, e.id);
+                    e
+                }));
+            }
+            let s = run_train(&theta, &pairs, &dir, train_cfg, true, device, |e| {
+                report(SpinEvent::Train(e))
+            })?;
+            report(SpinEvent::Trained(&s));
+        }
+
+        let eval_path = dir.join("eval.json");
+        let eval: EvalResult = match std::fs::read_to_string(&eval_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+        {
+            Some(e) => e,
+            None => {
+                report(SpinEvent::Stage {
+                    iteration: t,
+                    stage: "evaluate",
+                });
+                let eval_pairs = read_pairs(&eval_gen_path)?;
+                let e = evaluate(
+                    &theta,
+                    &dir.join(CHECKPOINT),
+                    &eval_pairs,
+                    train_cfg,
+                    device,
+                )?;
+                fsutil::write_atomic(
+                    &eval_path,
+                    serde_json::to_string_pretty(&e)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                )?;
+                e
+            }
+        };
+        report(SpinEvent::Evaluated {
+            iteration: t,
+            eval: &eval,
+        });
+        evals.push(eval.clone());
+        done = t + 1;
+        write_summary(out, model, &evals, None)?;
+        if eval.reward_accuracy <= cfg.stop_accuracy {
+            converged_at = Some(t);
+            break;
+        }
+    }
+    write_summary(out, model, &evals, converged_at)?;
+    Ok(SpinSummary {
+        iterations_done: done,
+        converged_at,
+        final_model: iter_dir(out, done - 1).join(CHECKPOINT),
+        evals,
+    })
+}
+
+fn write_summary(
+    out: &Path,
+    model: &Path,
+    evals: &[EvalResult],
+    converged: Option<usize>,
+) -> Result<()> {
+    let iters: Vec<Value> = evals
+        .iter()
+        .enumerate()
+        .map(|(t, e)| {
+            json!({
+                "iteration": t,
+                "model": iter_dir(out, t).join(CHECKPOINT).to_string_lossy(),
+                "eval": e,
+            })
+        })
+        .collect();
+    let s = json!({
+        "input_model": model.to_string_lossy(),
+        "iterations": iters,
+        "converged_at": converged,
+    });
+    fsutil::write_atomic(
+        &out.join("summary.json"),
+        serde_json::to_string_pretty(&s)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+}

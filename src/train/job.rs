@@ -1,0 +1,289 @@
+//! `wgspin train` as a library call: the files around a [`Trainer`] run.
+//!
+//! Output folder layout:
+//! - `train_config.json`: the resolved settings (a resumed run must use the same ones);
+//! - `ref_logps.jsonl`: the reference model's log-probs of every pair, computed once;
+//! - `metrics.jsonl`: one row of [`StepMetrics`] per logging step;
+//! - `checkpoint/`: Hugging Face layout plus `trainer_state.json` (and, while the run is not
+//!   finished, `optimizer.safetensors`), replaced atomically at every save.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde_json::{Value, json};
+
+use super::optim::{OptimConfig, Optimizer};
+use super::{PairLogps, StepMetrics, TrainConfig, Trainer, pair_logps, tokenize_pairs};
+use crate::bundle::ModelBundle;
+use crate::data::SftExample;
+use crate::error::{Error, Result};
+use crate::{checkpoint, fsutil};
+
+pub const CHECKPOINT: &str = "checkpoint";
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const REF_FILE: &str = "ref_logps.jsonl";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CONFIG_FILE: &str = "train_config.json";
+
+/// What the job reports while it runs (the CLI draws bars and prints from these).
+pub enum TrainEvent<'a> {
+    /// Reference scoring progress: sequences scored of total.
+    Reference {
+        done: usize,
+        total: usize,
+    },
+    /// Reference log-probs were found in the output folder.
+    ReferenceCached,
+    /// Resuming at this step.
+    Resumed {
+        step: usize,
+    },
+    Step {
+        metrics: &'a StepMetrics,
+        total_steps: usize,
+    },
+    Saved {
+        step: usize,
+        path: &'a Path,
+    },
+}
+
+/// Outcome of a training job.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub checkpoint: PathBuf,
+    pub steps: usize,
+    pub last: Option<StepMetrics>,
+    pub seconds: f64,
+}
+
+fn state_of(dir: &Path) -> Result<Option<Value>> {
+    let path = dir.join(CHECKPOINT).join(STATE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|source| Error::Json { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// True when `out` holds a finished training run.
+pub fn is_complete(out: &Path) -> Result<bool> {
+    Ok(state_of(out)?
+        .and_then(|s| s.get("complete").and_then(Value::as_bool))
+        .unwrap_or(false))
+}
+
+fn load_ref_cache(path: &Path, ids: &[String]) -> Option<PairLogps> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let rows: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    if rows.len() != ids.len() {
+        return None;
+    }
+    let mut out = PairLogps {
+        real: vec![],
+        generated: vec![],
+    };
+    for (row, id) in rows.iter().zip(ids) {
+        if row.get("id")?.as_str()? != id {
+            return None;
+        }
+        out.real.push(row.get("real")?.as_f64()?);
+        out.generated.push(row.get("generated")?.as_f64()?);
+    }
+    Some(out)
+}
+
+/// Trains on `examples` (with `generated` set) from the model at `model_path`, into `out`.
+/// With `resume`, continues from `out/checkpoint`; without it, refuses a folder that holds a run.
+pub fn run_train(
+    model_path: &Path,
+    examples: &[SftExample],
+    out: &Path,
+    cfg: &TrainConfig,
+    resume: bool,
+    device: &Device,
+    mut report: impl FnMut(TrainEvent),
+) -> Result<TrainSummary> {
+    let start = std::time::Instant::now();
+    cfg.validate()?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let state = state_of(out)?;
+    if state.is_some() && !resume {
+        return Err(Error::Invalid(format!(
+            "{} already holds a training run; pass --resume to continue it, or choose another --out",
+            out.display()
+        )));
+    }
+    let config_json = serde_json::to_value(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
+    if let Some(s) = &state
+        && s.get("config") != Some(&config_json)
+    {
+        return Err(Error::Invalid(format!(
+            "{}: the run there used other settings ({}); resume with the same flags, or choose another --out",
+            out.join(CHECKPOINT).join(STATE_FILE).display(),
+            s.get("config").map(Value::to_string).unwrap_or_default()
+        )));
+    }
+    fsutil::write_atomic(
+        &out.join(CONFIG_FILE),
+        serde_json::to_string_pretty(&config_json)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+
+    // The opponent θ_t, frozen: tokenizer, and reference log-probs of every pair.
+    let bundle = ModelBundle::load(model_path, device)?;
+    let tok = &bundle.tokenizer;
+    let pad = tok.pad_token_id.unwrap_or(tok.eos_token_id);
+    let dtype = bundle.stored_dtype;
+    let source_dir = bundle.dir.clone();
+    let pairs = tokenize_pairs(tok, examples, cfg)?;
+    let ids: Vec<String> = pairs.iter().map(|p| p.id.clone()).collect();
+    let ref_path = out.join(REF_FILE);
+    let reference = match load_ref_cache(&ref_path, &ids) {
+        Some(r) => {
+            report(TrainEvent::ReferenceCached);
+            r
+        }
+        None => {
+            let total = 2 * pairs.len();
+            let mut done = 0;
+            let r = pair_logps(
+                &bundle.model,
+                &pairs,
+                pad,
+                cfg.batch_size,
+                cfg.max_logits,
+                |n| {
+                    done += n;
+                    report(TrainEvent::Reference { done, total });
+                },
+            )?;
+            let mut text = String::new();
+            for (i, id) in ids.iter().enumerate() {
+                text.push_str(
+                    &json!({"id": id, "real": r.real[i], "generated": r.generated[i]}).to_string(),
+                );
+                text.push('\n');
+            }
+            fsutil::write_atomic(&ref_path, text.as_bytes())?;
+            r
+        }
+    };
+    drop(bundle);
+
+    // The main player, from θ_t or from the checkpoint being resumed.
+    let ckpt = out.join(CHECKPOINT);
+    let resume_step = state
+        .as_ref()
+        .and_then(|s| s.get("step").and_then(Value::as_u64))
+        .unwrap_or(0) as usize;
+    let load_from = if state.is_some() { &ckpt } else { model_path };
+    let train_device = device.clone().autodiff();
+    let player = ModelBundle::load(load_from, &train_device)?;
+    let mut trainer = Trainer::new(player.model, cfg.clone(), pairs, reference, pad)?;
+    if state.is_some() {
+        trainer.step = resume_step;
+        let opt_path = ckpt.join(OPTIMIZER_FILE);
+        if opt_path.exists() {
+            trainer.optimizer = Optimizer::load(
+                OptimConfig {
+                    kind: cfg.optimizer,
+                    weight_decay: cfg.weight_decay,
+                },
+                &opt_path,
+                resume_step as u64,
+                &trainer.model,
+                device,
+            )?;
+        }
+        report(TrainEvent::Resumed { step: resume_step });
+    }
+
+    // Metrics rows past the resumed step came from work that was lost: drop them.
+    let metrics_path = out.join(METRICS_FILE);
+    let kept: String = std::fs::read_to_string(&metrics_path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(Value::as_u64))
+                .is_some_and(|s| (s as usize) <= resume_step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fsutil::write_atomic(&metrics_path, kept.as_bytes())?;
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+
+    let save = |trainer: &Trainer, complete: bool| -> Result<()> {
+        let state = json!({
+            "step": trainer.step,
+            "total_steps": trainer.plan.total_steps,
+            "complete": complete,
+            "source_model": model_path.to_string_lossy(),
+            "config": serde_json::to_value(&trainer.cfg).unwrap_or(Value::Null),
+        });
+        let mut extra = vec![(
+            STATE_FILE,
+            serde_json::to_string_pretty(&state)
+                .unwrap_or_default()
+                .into_bytes(),
+        )];
+        let tmp_opt = out.join(format!(".optimizer.tmp-{}", std::process::id()));
+        if !complete {
+            trainer.optimizer.save(&tmp_opt, &trainer.model)?;
+            let bytes = std::fs::read(&tmp_opt).map_err(|e| Error::io(&tmp_opt, e))?;
+            let _ = std::fs::remove_file(&tmp_opt);
+            extra.push((OPTIMIZER_FILE, bytes));
+        }
+        checkpoint::save(&trainer.model, &source_dir, &ckpt, dtype, &extra)
+    };
+
+    let mut last = None;
+    while !trainer.is_done() {
+        let m = trainer.train_step()?;
+        if m.step % cfg.logging_steps == 0 || m.step == trainer.plan.total_steps {
+            writeln!(metrics_file, "{}", m.to_json())
+                .and_then(|_| metrics_file.flush())
+                .map_err(|e| Error::io(&metrics_path, e))?;
+        }
+        report(TrainEvent::Step {
+            metrics: &m,
+            total_steps: trainer.plan.total_steps,
+        });
+        if cfg.save_every > 0 && m.step % cfg.save_every == 0 && !trainer.is_done() {
+            save(&trainer, false)?;
+            report(TrainEvent::Saved {
+                step: m.step,
+                path: &ckpt,
+            });
+        }
+        last = Some(m);
+    }
+    if !is_complete(out)? {
+        save(&trainer, true)?;
+        report(TrainEvent::Saved {
+            step: trainer.step,
+            path: &ckpt,
+        });
+    }
+    Ok(TrainSummary {
+        checkpoint: ckpt,
+        steps: trainer.step,
+        last,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,542 @@
+//! SPIN training on (prompt, real, generated) pairs: the main player θ_{t+1} learns to tell the
+//! human response from the opponent's, with the opponent θ_t as the frozen reference.
+//!
+//! The reference log-probs are computed once, before training, and cached in the output folder,
+//! so only one model is in memory while training. Each optimizer step feeds the real and the
+//! generated responses of its pairs through one forward pass, sums response-token log-probs
+//! (prompt masked, eos appended) through the fused chunked log-prob op, and applies the pairwise
+//! loss to the margin (see [`loss`]). Data order, learning rate and optimizer state are all
+//! functions of (seed, step), so a resumed run continues exactly where the saved one stopped.
+
+pub mod job;
+pub mod loss;
+pub mod optim;
+
+use std::time::Instant;
+
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::data::SftExample;
+use crate::error::{Error, Result};
+use crate::model::Transformer;
+use crate::model::named::params_mut;
+use crate::score::{ScoreOptions, TokenizedPair, score_all, sequence_logprobs};
+use crate::tokenizer::ChatTokenizer;
+use loss::{LossKind, pair_loss_host, pair_losses};
+use optim::{OptimConfig, Optimizer, OptimizerKind, Schedule, grad_norm, lr_at};
+
+/// Every training setting, with the defaults of the SPIN recipes where they have one. Also the
+/// schema of `--config FILE.toml` (`[train]` table) and of the saved resolved config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Pairwise loss: sigmoid (SPIN's logistic loss), hinge or ipo.
+    pub loss: LossKind,
+    /// β, the inverse temperature of the margin (0.1).
+    pub beta: f64,
+    /// Peak learning rate (5e-7, SPIN's iteration-0 value).
+    pub lr: f64,
+    /// rmsprop (SPIN's choice) or adamw.
+    pub optimizer: OptimizerKind,
+    pub weight_decay: f64,
+    /// Passes over the pairs (2).
+    pub epochs: usize,
+    /// Pairs per forward pass (8); real and generated responses go through together.
+    pub batch_size: usize,
+    /// Forward passes per optimizer step (1).
+    pub grad_accum: usize,
+    /// Longest prompt + response in tokens (1024).
+    pub max_length: usize,
+    /// Longest prompt kept when a pair is too long (512; the end of the prompt is kept).
+    pub max_prompt_length: usize,
+    /// Fraction of steps with linear warmup (0.1).
+    pub warmup_ratio: f64,
+    pub schedule: Schedule,
+    /// Clip the global gradient norm to this (1.0; 0 = off).
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// Save a resumable checkpoint every N steps (0 = only at the end).
+    pub save_every: usize,
+    /// Write metrics every N steps (1).
+    pub logging_steps: usize,
+    /// Upper bound on `positions × vocab` logits alive at once (2²³).
+    pub max_logits: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            loss: LossKind::Sigmoid,
+            beta: 0.1,
+            lr: 5e-7,
+            optimizer: OptimizerKind::Rmsprop,
+            weight_decay: 0.0,
+            epochs: 2,
+            batch_size: 8,
+            grad_accum: 1,
+            max_length: 1024,
+            max_prompt_length: 512,
+            warmup_ratio: 0.1,
+            schedule: Schedule::Linear,
+            max_grad_norm: 1.0,
+            seed: 42,
+            save_every: 0,
+            logging_steps: 1,
+            max_logits: 1 << 23,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        if !(self.beta > 0.0 && self.beta.is_finite()) {
+            return bad(format!("beta must be > 0, got {}", self.beta));
+        }
+        if !(self.lr >= 0.0 && self.lr.is_finite()) {
+            return bad(format!("lr must be ≥ 0, got {}", self.lr));
+        }
+        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("epochs, batch size and grad accum must be at least 1".into());
+        }
+        if self.max_prompt_length == 0 || self.max_length <= self.max_prompt_length {
+            return bad(format!(
+                "max-length ({}) must exceed max-prompt-length ({}) so responses keep some tokens",
+                self.max_length, self.max_prompt_length
+            ));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad("warmup-ratio must be in [0, 1)".into());
+        }
+        if self.logging_steps == 0 {
+            return bad("logging-steps must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A tokenized training pair; both responses end with eos unless truncated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainPair {
+    pub id: String,
+    pub prompt: Vec<u32>,
+    pub real: Vec<u32>,
+    pub generated: Vec<u32>,
+}
+
+impl TrainPair {
+    pub fn real_pair(&self) -> TokenizedPair {
+        TokenizedPair {
+            prompt: self.prompt.clone(),
+            response: self.real.clone(),
+        }
+    }
+    pub fn generated_pair(&self) -> TokenizedPair {
+        TokenizedPair {
+            prompt: self.prompt.clone(),
+            response: self.generated.clone(),
+        }
+    }
+    pub fn tokens(&self) -> usize {
+        2 * self.prompt.len() + self.real.len() + self.generated.len()
+    }
+}
+
+/// SPIN's truncation: when prompt + the longer response exceed `max_length`, keep the end of the
+/// prompt (at most `max_prompt_length` tokens), then cut both responses to fit.
+pub fn truncate(
+    mut prompt: Vec<u32>,
+    mut real: Vec<u32>,
+    mut generated: Vec<u32>,
+    max_length: usize,
+    max_prompt_length: usize,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let longest = real.len().max(generated.len());
+    if prompt.len() + longest > max_length && prompt.len() > max_prompt_length {
+        prompt.drain(..prompt.len() - max_prompt_length);
+    }
+    if prompt.len() + longest > max_length {
+        let keep = max_length.saturating_sub(prompt.len()).max(1);
+        real.truncate(keep);
+        generated.truncate(keep);
+    }
+    (prompt, real, generated)
+}
+
+/// Tokenizes pairs by the shared rule (prompt through the chat template, eos appended) and
+/// truncates them. Examples need `generated`.
+pub fn tokenize_pairs(
+    tok: &ChatTokenizer,
+    examples: &[SftExample],
+    cfg: &TrainConfig,
+) -> Result<Vec<TrainPair>> {
+    examples
+        .iter()
+        .map(|ex| {
+            let generated = ex.generated.as_deref().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "example {:?} has no generated response; train on the output of `wgspin generate` (SPIN format)",
+                    ex.id
+                ))
+            })?;
+            let prompt = tok.prompt_ids(&ex.prompt)?;
+            if prompt.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "example {:?}: the prompt tokenizes to nothing",
+                    ex.id
+                )));
+            }
+            let (prompt, real, generated) = truncate(
+                prompt,
+                tok.response_ids(&ex.response)?,
+                tok.response_ids(generated)?,
+                cfg.max_length,
+                cfg.max_prompt_length,
+            );
+            Ok(TrainPair {
+                id: ex.id.clone(),
+                prompt,
+                real,
+                generated,
+            })
+        })
+        .collect()
+}
+
+/// log π(y|x) of the real and generated response of every pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairLogps {
+    pub real: Vec<f64>,
+    pub generated: Vec<f64>,
+}
+
+/// Scores every pair's two responses with `model` (no gradients), batched by length.
+pub fn pair_logps(
+    model: &Transformer,
+    pairs: &[TrainPair],
+    pad_id: u32,
+    batch_size: usize,
+    max_logits: usize,
+    progress: impl FnMut(usize),
+) -> Result<PairLogps> {
+    let seqs: Vec<TokenizedPair> = pairs
+        .iter()
+        .map(TrainPair::real_pair)
+        .chain(pairs.iter().map(TrainPair::generated_pair))
+        .collect();
+    let opts = ScoreOptions {
+        batch_size,
+        max_logits,
+    };
+    let lps = score_all(model, &seqs, pad_id, opts, progress)?;
+    let sums: Vec<f64> = lps
+        .iter()
+        .map(|l| l.iter().map(|&x| x as f64).sum())
+        .collect();
+    let n = pairs.len();
+    Ok(PairLogps {
+        real: sums[..n].to_vec(),
+        generated: sums[n..].to_vec(),
+    })
+}
+
+/// Metrics of one optimizer step, named as TRL names them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub epoch: f64,
+    pub loss: f64,
+    pub rewards_real: f64,
+    pub rewards_generated: f64,
+    pub margins: f64,
+    pub accuracies: f64,
+    pub logps_real: f64,
+    pub logps_generated: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+}
+
+impl StepMetrics {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": self.loss,
+            "rewards/real": self.rewards_real,
+            "rewards/generated": self.rewards_generated,
+            "rewards/margins": self.margins,
+            "rewards/accuracies": self.accuracies,
+            "logps/real": self.logps_real,
+            "logps/generated": self.logps_generated,
+            "lr": self.lr,
+            "grad_norm": self.grad_norm,
+            "tokens/s": self.tokens_per_s,
+        })
+    }
+}
+
+/// Reward statistics of pairs under a policy and a reference (metrics and evaluation).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RewardStats {
+    pub loss: f64,
+    pub rewards_real: f64,
+    pub rewards_generated: f64,
+    pub margins: f64,
+    pub accuracies: f64,
+    pub logps_real: f64,
+    pub logps_generated: f64,
+}
+
+pub fn reward_stats(
+    policy: &PairLogps,
+    reference: &PairLogps,
+    kind: LossKind,
+    beta: f64,
+) -> RewardStats {
+    let n = policy.real.len().max(1) as f64;
+    let mut s = RewardStats::default();
+    for i in 0..policy.real.len() {
+        let rr = beta * (policy.real[i] - reference.real[i]);
+        let rg = beta * (policy.generated[i] - reference.generated[i]);
+        s.loss += pair_loss_host(kind, (rr - rg) / beta, beta) / n;
+        s.rewards_real += rr / n;
+        s.rewards_generated += rg / n;
+        s.margins += (rr - rg) / n;
+        s.accuracies += if rr > rg { 1.0 / n } else { 0.0 };
+        s.logps_real += policy.real[i] / n;
+        s.logps_generated += policy.generated[i] / n;
+    }
+    s
+}
+
+/// splitmix64: the data-order RNG (a pure function of the seed, so resume replays it).
+fn splitmix(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The order of the pairs in `epoch`: a Fisher–Yates shuffle keyed by (seed, epoch).
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut state = seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// The step plan: how the pairs split into forward passes and optimizer steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub micro_per_epoch: usize,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+    pub warmup_steps: usize,
+}
+
+impl Plan {
+    pub fn new(n_pairs: usize, cfg: &TrainConfig) -> Self {
+        let micro = n_pairs.div_ceil(cfg.batch_size);
+        let spe = micro.div_ceil(cfg.grad_accum);
+        let total = spe * cfg.epochs;
+        Self {
+            micro_per_epoch: micro,
+            steps_per_epoch: spe,
+            total_steps: total,
+            warmup_steps: (cfg.warmup_ratio * total as f64).ceil() as usize,
+        }
+    }
+
+    /// Pair indices of each forward pass of optimizer step `step`.
+    pub fn micro_batches(&self, step: usize, n_pairs: usize, cfg: &TrainConfig) -> Vec<Vec<usize>> {
+        let epoch = step / self.steps_per_epoch;
+        let order = epoch_order(n_pairs, cfg.seed, epoch);
+        let first = (step % self.steps_per_epoch) * cfg.grad_accum;
+        let last = (first + cfg.grad_accum).min(self.micro_per_epoch);
+        (first..last)
+            .map(|m| {
+                let lo = m * cfg.batch_size;
+                order[lo..(lo + cfg.batch_size).min(n_pairs)].to_vec()
+            })
+            .collect()
+    }
+}
+
+/// The main player under training.
+pub struct Trainer {
+    /// On an autodiff device.
+    pub model: Transformer,
+    pub cfg: TrainConfig,
+    pub pairs: Vec<TrainPair>,
+    pub reference: PairLogps,
+    pub optimizer: Optimizer,
+    pub plan: Plan,
+    /// Optimizer steps done.
+    pub step: usize,
+    pub pad_id: u32,
+}
+
+fn read_f32(t: Tensor<1>, what: &str) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| Error::Device(format!("reading {what} back failed: {e:?}")))
+}
+
+impl Trainer {
+    pub fn new(
+        model: Transformer,
+        cfg: TrainConfig,
+        pairs: Vec<TrainPair>,
+        reference: PairLogps,
+        pad_id: u32,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        if pairs.is_empty() {
+            return Err(Error::Invalid("no training pairs".into()));
+        }
+        let plan = Plan::new(pairs.len(), &cfg);
+        let optimizer = Optimizer::new(OptimConfig {
+            kind: cfg.optimizer,
+            weight_decay: cfg.weight_decay,
+        });
+        Ok(Self {
+            model,
+            cfg,
+            pairs,
+            reference,
+            optimizer,
+            plan,
+            step: 0,
+            pad_id,
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.step >= self.plan.total_steps
+    }
+
+    /// Loss of pairs `idx` (differentiable, summed, not averaged) and the policy log-probs.
+    fn forward(&self, idx: &[usize]) -> (Tensor<1>, Tensor<1>) {
+        let b = idx.len();
+        let seqs: Vec<TokenizedPair> = idx
+            .iter()
+            .map(|&i| self.pairs[i].real_pair())
+            .chain(idx.iter().map(|&i| self.pairs[i].generated_pair()))
+            .collect();
+        let logps = sequence_logprobs(&self.model, &seqs, self.pad_id, self.cfg.max_logits); // [2b]
+        let device = logps.device();
+        let reference: Vec<f32> = idx
+            .iter()
+            .map(|&i| (self.reference.real[i] - self.reference.generated[i]) as f32)
+            .collect();
+        let reference = Tensor::<1>::from_data(TensorData::new(reference, [b]), &device);
+        let policy_real = logps.clone().slice([0..b]);
+        let policy_gen = logps.clone().slice([b..2 * b]);
+        let margin = policy_real - policy_gen - reference; // [b]
+        (
+            pair_losses(self.cfg.loss, margin, self.cfg.beta).sum(),
+            logps,
+        )
+    }
+
+    /// One optimizer step (its forward passes, backward, clipping, update). Fails on a
+    /// non-finite loss or gradient, leaving the model as it was before the step.
+    pub fn train_step(&mut self) -> Result<StepMetrics> {
+        let start = Instant::now();
+        let step = self.step;
+        let micro = self.plan.micro_batches(step, self.pairs.len(), &self.cfg);
+        let n_step: usize = micro.iter().map(Vec::len).sum();
+        let mut grads: Option<Vec<Tensor<1>>> = None;
+        let mut policy = PairLogps {
+            real: vec![],
+            generated: vec![],
+        };
+        let mut reference = policy.clone();
+        let mut tokens = 0;
+        for idx in &micro {
+            let (loss, logps) = self.forward(idx);
+            let g = loss.div_scalar(n_step as f64).backward();
+            let mut m = self.model.clone();
+            let step_grads: Vec<Tensor<1>> = params_mut(&mut m)
+                .iter()
+                .map(|(name, p)| {
+                    p.grad_flat(&g).ok_or_else(|| {
+                        Error::Device(format!(
+                            "no gradient reached {name}; the model is not on an autodiff device"
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?;
+            grads = Some(match grads {
+                None => step_grads,
+                Some(acc) => acc
+                    .into_iter()
+                    .zip(step_grads)
+                    .map(|(a, b)| a + b)
+                    .collect(),
+            });
+            let lp = read_f32(logps.inner(), "log-probs")?;
+            let b = idx.len();
+            for (k, &i) in idx.iter().enumerate() {
+                policy.real.push(lp[k] as f64);
+                policy.generated.push(lp[b + k] as f64);
+                reference.real.push(self.reference.real[i]);
+                reference.generated.push(self.reference.generated[i]);
+                tokens += self.pairs[i].tokens();
+            }
+        }
+        let stats = reward_stats(&policy, &reference, self.cfg.loss, self.cfg.beta);
+        if !stats.loss.is_finite() {
+            return Err(Error::Invalid(format!(
+                "step {}: the loss is {} (log-probs real {:?}, generated {:?}); stopping, the last checkpoint is kept. Try a lower --lr",
+                step + 1,
+                stats.loss,
+                policy.real,
+                policy.generated
+            )));
+        }
+        let mut grads = grads.unwrap_or_default();
+        let norm = grad_norm(&grads)?;
+        if !norm.is_finite() {
+            return Err(Error::Invalid(format!(
+                "step {}: the gradient norm is {norm}; stopping, the last checkpoint is kept. Try a lower --lr or --max-grad-norm",
+                step + 1
+            )));
+        }
+        if self.cfg.max_grad_norm > 0.0 && norm > self.cfg.max_grad_norm {
+            let scale = self.cfg.max_grad_norm / (norm + 1e-6);
+            grads = grads.into_iter().map(|g| g.mul_scalar(scale)).collect();
+        }
+        let lr = lr_at(
+            self.cfg.schedule,
+            self.cfg.lr,
+            step,
+            self.plan.total_steps,
+            self.plan.warmup_steps,
+        );
+        self.optimizer.step(&mut self.model, grads, lr);
+        self.step += 1;
+        let secs = start.elapsed().as_secs_f64();
+        Ok(StepMetrics {
+            step: self.step,
+            epoch: self.step as f64 / self.plan.steps_per_epoch as f64,
+            loss: stats.loss,
+            rewards_real: stats.rewards_real,
+            rewards_generated: stats.rewards_generated,
+            margins: stats.margins,
+            accuracies: stats.accuracies,
+            logps_real: stats.logps_real,
+            logps_generated: stats.logps_generated,
+            lr,
+            grad_norm: norm,
+            tokens_per_s: tokens as f64 / secs.max(1e-9),
+        })
+    }
+}

@@ -10,22 +10,24 @@ use crate::model::Transformer;
 use crate::model::named::params_mut;
 use crate::weights::{HostTensor, StoredDtype, write_safetensors};
 
-/// Files of a model folder that are not weights and that a checkpoint carries over.
+/// Files of a model folder that a checkpoint carries over: configuration, tokenizer and chat
+/// template (the names transformers reads); weights and anything else stay behind.
+const METADATA_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+];
+
 fn is_metadata(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    let weights = lower.ends_with(".safetensors")
-        || lower.ends_with(".safetensors.index.json")
-        || lower.ends_with(".bin")
-        || lower.ends_with(".bin.index.json")
-        || lower.ends_with(".gguf")
-        || lower.ends_with(".pt")
-        || lower.ends_with(".pth");
-    let ours = lower == "trainer_state.json" || lower.starts_with('.');
-    let kind = lower.ends_with(".json")
-        || lower.ends_with(".jinja")
-        || lower.ends_with(".txt")
-        || lower.ends_with(".model");
-    kind && !weights && !ours
+    METADATA_FILES.contains(&name)
 }
 
 /// Host copies of every parameter, by Hugging Face name.

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cli;
 
@@ -82,6 +82,92 @@ enum Command {
         batch_size: usize,
         #[command(flatten)]
         sampling: cli::GenFlags,
+        /// TOML file with any of these flags as keys (flags given here override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The main player's turn: SPIN training on (prompt, real, generated) pairs.
+    ///
+    /// The input model is both the starting point and the frozen reference (the opponent θ_t);
+    /// its log-probs of every pair are computed once and cached in --out. Writes
+    /// metrics.jsonl, train_config.json and checkpoint/ (Hugging Face layout) into --out.
+    Train {
+        /// Hugging Face model folder of θ_t.
+        #[arg(long)]
+        model: PathBuf,
+        /// SPIN pairs: the output of `wgspin generate`, or JSONL/Parquet rows with
+        /// "real" and "generated" conversations.
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Row shape of --pairs (auto detects SPIN rows).
+        #[arg(long, default_value = "auto")]
+        format: DataFormat,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue the run in --out from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Seed of the data order.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        #[arg(long, default_value = "auto")]
+        device: DeviceSpec,
+        #[command(flatten)]
+        train: cli::TrainFlags,
+        /// TOML file with any of these flags as keys (flags given here override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The self-play loop: per iteration, generate with θ_t, train θ_{t+1} on the pairs of t and
+    /// t−1, evaluate on held-out prompts; stop early when the player can no longer tell real from
+    /// generated. Rerun the same command to resume after an interruption.
+    ///
+    /// Layout: OUT/iter-T/{generated.jsonl, ref_logps.jsonl, metrics.jsonl, checkpoint/,
+    /// eval_generated.jsonl, eval.json}, OUT/summary.json, OUT/spin_config.json.
+    Spin {
+        /// Hugging Face model folder of the SFT model θ_0.
+        #[arg(long)]
+        model: PathBuf,
+        /// SFT data (JSONL or Parquet; prompt/response, messages, SPIN or ShareGPT rows). The
+        /// last 10% (at most 64, see --eval-size) are held out for evaluation.
+        #[arg(long)]
+        data: PathBuf,
+        /// Row shape of --data: auto, prompt-response, messages, spin, sharegpt.
+        #[arg(long, default_value = "auto")]
+        format: DataFormat,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Self-play iterations.
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        /// Use only the first N training prompts.
+        #[arg(long)]
+        prompts: Option<usize>,
+        /// Train iteration t on the pairs of t and t−1 together (as the paper).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        mix_previous: bool,
+        /// Stop when held-out reward accuracy of an iteration is at most this.
+        #[arg(long, default_value_t = 0.55)]
+        stop_accuracy: f64,
+        /// Held-out examples (default: 10% of the data, at most 64).
+        #[arg(long)]
+        eval_size: Option<usize>,
+        /// Prompts decoded together during generation.
+        #[arg(long, default_value_t = 8)]
+        gen_batch_size: usize,
+        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        #[arg(long, default_value = "auto")]
+        device: DeviceSpec,
+        #[command(flatten)]
+        sampling: cli::GenFlags,
+        #[command(flatten)]
+        train: cli::TrainFlags,
+        /// TOML file with any of these flags as keys (flags given here override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Benchmarks: each WGSL kernel against its burn-ops / sort-based twin, side by side.
     #[command(subcommand)]
@@ -123,7 +209,10 @@ enum BenchCommand {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = cli::config::apply(Cli::command(), &args)?;
+    let matches = cmd.get_matches_from(&args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Devices => devices(),
         Command::Logprobs {
@@ -142,9 +231,53 @@ fn main() -> Result<()> {
             device,
             batch_size,
             sampling,
+            config: _,
         } => cli::generate::run(
             model, data, format, out, limit, device, sampling, batch_size,
         ),
+        Command::Train {
+            model,
+            pairs,
+            format,
+            out,
+            resume,
+            seed,
+            device,
+            train,
+            config: _,
+        } => cli::train::run(model, pairs, format, out, resume, seed, device, train),
+        Command::Spin {
+            model,
+            data,
+            format,
+            out,
+            iterations,
+            prompts,
+            mix_previous,
+            stop_accuracy,
+            eval_size,
+            gen_batch_size,
+            device,
+            sampling,
+            train,
+            config: _,
+        } => cli::spin::run(cli::spin::SpinArgs {
+            model,
+            data,
+            format,
+            out,
+            device,
+            spin: wgspin::spin::SpinConfig {
+                iterations,
+                prompts,
+                mix_previous,
+                stop_accuracy,
+                eval_size,
+                gen_batch_size,
+            },
+            sampling,
+            train,
+        }),
         Command::Bench(BenchCommand::Kernels {
             device,
             rows,

@@ -369,6 +369,16 @@ impl Plan {
     }
 }
 
+/// Gradients of one optimizer step and the log-probs behind them.
+pub struct StepGrads {
+    /// Aligned with [`params_mut`], flattened.
+    pub grads: Vec<Tensor<1>>,
+    pub policy: PairLogps,
+    pub reference: PairLogps,
+    /// Tokens fed (prompts counted twice: once per response).
+    pub tokens: usize,
+}
+
 /// The main player under training.
 pub struct Trainer {
     /// On an autodiff device.
@@ -446,12 +456,9 @@ impl Trainer {
         )
     }
 
-    /// One optimizer step (its forward passes, backward, clipping, update). Fails on a
-    /// non-finite loss or gradient, leaving the model as it was before the step.
-    pub fn train_step(&mut self) -> Result<StepMetrics> {
-        let start = Instant::now();
-        let step = self.step;
-        let micro = self.plan.micro_batches(step, self.pairs.len(), &self.cfg);
+    /// Gradients of the mean loss over the pairs of `micro` (one forward + backward per entry),
+    /// aligned with [`params_mut`], and the policy / reference log-probs of those pairs.
+    pub fn gradients(&self, micro: &[Vec<usize>]) -> Result<StepGrads> {
         let n_step: usize = micro.iter().map(Vec::len).sum();
         let mut grads: Option<Vec<Tensor<1>>> = None;
         let mut policy = PairLogps {
@@ -460,7 +467,7 @@ impl Trainer {
         };
         let mut reference = policy.clone();
         let mut tokens = 0;
-        for idx in &micro {
+        for idx in micro {
             let (loss, logps) = self.forward(idx);
             let g = loss.div_scalar(n_step as f64).backward();
             let mut m = self.model.clone();
@@ -476,11 +483,7 @@ impl Trainer {
                 .collect::<Result<_>>()?;
             grads = Some(match grads {
                 None => step_grads,
-                Some(acc) => acc
-                    .into_iter()
-                    .zip(step_grads)
-                    .map(|(a, b)| a + b)
-                    .collect(),
+                Some(acc) => acc.into_iter().zip(step_grads).map(|(a, b)| a + b).collect(),
             });
             let lp = read_f32(logps.inner(), "log-probs")?;
             let b = idx.len();
@@ -492,6 +495,26 @@ impl Trainer {
                 tokens += self.pairs[i].tokens();
             }
         }
+        Ok(StepGrads {
+            grads: grads.unwrap_or_default(),
+            policy,
+            reference,
+            tokens,
+        })
+    }
+
+    /// One optimizer step (its forward passes, backward, clipping, update). Fails on a
+    /// non-finite loss or gradient, leaving the model as it was before the step.
+    pub fn train_step(&mut self) -> Result<StepMetrics> {
+        let start = Instant::now();
+        let step = self.step;
+        let micro = self.plan.micro_batches(step, self.pairs.len(), &self.cfg);
+        let StepGrads {
+            grads,
+            policy,
+            reference,
+            tokens,
+        } = self.gradients(&micro)?;
         let stats = reward_stats(&policy, &reference, self.cfg.loss, self.cfg.beta);
         if !stats.loss.is_finite() {
             return Err(Error::Invalid(format!(
@@ -502,7 +525,7 @@ impl Trainer {
                 policy.generated
             )));
         }
-        let mut grads = grads.unwrap_or_default();
+        let mut grads = grads;
         let norm = grad_norm(&grads)?;
         if !norm.is_finite() {
             return Err(Error::Invalid(format!(

@@ -73,7 +73,10 @@ fn greedy_generation_equals_transformers() {
                 None => w.clone(),
             })
             .collect();
-        assert!(expect[0].len() < max_new, "{name}: stop id must end row 0 early");
+        assert!(
+            expect[0].len() < max_new,
+            "{name}: stop id must end row 0 early"
+        );
         let got = run(&bundle, &prompts, &greedy_opts(2, max_new, vec![stop]));
         assert_eq!(got, expect, "{name}, continuous batching with a stop id");
     }
@@ -172,7 +175,11 @@ fn generate_resumes_after_sigkill() {
 
     let full = tmp.path().join("full.jsonl");
     let st = wgspin().args(generate_args(&data, &full)).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let full_text = std::fs::read_to_string(&full).unwrap();
     assert_eq!(full_text.lines().count(), 60);
 
@@ -213,9 +220,16 @@ fn generate_resumes_after_sigkill() {
     std::fs::write(&out, &torn).unwrap();
 
     let st = wgspin().args(generate_args(&data, &out)).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let resumed = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(resumed, full_text, "resumed run differs from an uninterrupted one");
+    assert_eq!(
+        resumed, full_text,
+        "resumed run differs from an uninterrupted one"
+    );
     let stderr = String::from_utf8_lossy(&st.stderr);
     assert!(stderr.contains("kept"), "resume not reported: {stderr}");
 
@@ -229,10 +243,7 @@ fn generate_resumes_after_sigkill() {
             .replace("\"p0\"", "\"zz\""),
     )
     .unwrap();
-    let st = wgspin()
-        .args(generate_args(&other, &out))
-        .output()
-        .unwrap();
+    let st = wgspin().args(generate_args(&other, &out)).output().unwrap();
     assert!(!st.status.success());
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(err.contains("out.jsonl"), "error names the file: {err}");

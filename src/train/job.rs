@@ -5,7 +5,8 @@
 //! - `ref_logps.jsonl`: the reference model's log-probs of every pair, computed once;
 //! - `metrics.jsonl`: one row of [`StepMetrics`] per logging step;
 //! - `checkpoint/`: Hugging Face layout plus `trainer_state.json` (and, while the run is not
-//!   finished, `optimizer.safetensors`), replaced atomically at every save.
+//!   finished, `optimizer.safetensors` and f32 weights), replaced atomically at every save; the
+//!   finished checkpoint stores the weights in the input's dtype.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use super::{PairLogps, StepMetrics, TrainConfig, Trainer, pair_logps, tokenize_p
 use crate::bundle::ModelBundle;
 use crate::data::SftExample;
 use crate::error::{Error, Result};
+use crate::weights::StoredDtype;
 use crate::{checkpoint, fsutil};
 
 pub const CHECKPOINT: &str = "checkpoint";
@@ -249,7 +251,10 @@ pub fn run_train(
             let _ = std::fs::remove_file(&tmp_opt);
             extra.push((OPTIMIZER_FILE, bytes));
         }
-        checkpoint::save(&trainer.model, &source_dir, &ckpt, dtype, &extra)
+        // A resumable checkpoint keeps the f32 master weights (a bf16 round trip would change
+        // the continued run); the finished one is stored like the input.
+        let save_dtype = if complete { dtype } else { StoredDtype::F32 };
+        checkpoint::save(&trainer.model, &source_dir, &ckpt, save_dtype, &extra)
     };
 
     let mut last = None;

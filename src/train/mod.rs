@@ -483,7 +483,11 @@ impl Trainer {
                 .collect::<Result<_>>()?;
             grads = Some(match grads {
                 None => step_grads,
-                Some(acc) => acc.into_iter().zip(step_grads).map(|(a, b)| a + b).collect(),
+                Some(acc) => acc
+                    .into_iter()
+                    .zip(step_grads)
+                    .map(|(a, b)| a + b)
+                    .collect(),
             });
             let lp = read_f32(logps.inner(), "log-probs")?;
             let b = idx.len();

@@ -1,0 +1,428 @@
+//! SPIN training against PyTorch (`tests/fixtures/make_spin_reference.py`): per-pair losses of
+//! every loss type, gradient norms, and one RMSprop / AdamW step, within 1e-4 relative; SPIN's
+//! truncation; checkpoints with the input's tensor names, shapes and dtypes that load back with
+//! the same logits; a non-finite loss stops with the step named; and `wgspin train` killed with
+//! SIGKILL and resumed equals an uninterrupted run.
+//!
+//! On the CPU backend: a training step on a software GPU costs minutes; the fused log-prob
+//! kernel's backward is checked on the GPU in `kernels_logprobs`.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Tensor, TensorData};
+use common::*;
+use serde_json::Value;
+use wgspin::ModelBundle;
+use wgspin::data::SftExample;
+use wgspin::device::cpu_device;
+use wgspin::model::StepInput;
+use wgspin::model::named::params_mut;
+use wgspin::train::loss::{LossKind, pair_losses};
+use wgspin::train::optim::{OptimizerKind, Schedule, lr_at};
+use wgspin::train::{PairLogps, TrainConfig, Trainer, tokenize_pairs, truncate};
+use wgspin::weights::WeightFiles;
+
+fn spin_reference() -> Value {
+    let text = std::fs::read_to_string(fixture("spin_reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn config(optimizer: OptimizerKind, weight_decay: f64) -> TrainConfig {
+    TrainConfig {
+        beta: 1.0,
+        lr: 1e-3,
+        optimizer,
+        weight_decay,
+        epochs: 1,
+        batch_size: 3,
+        warmup_ratio: 0.0,
+        schedule: Schedule::Constant,
+        max_grad_norm: 0.0,
+        ..Default::default()
+    }
+}
+
+fn trainer(name: &str, r: &Value, cfg: TrainConfig) -> Trainer {
+    let dev = cpu_device();
+    let bundle = ModelBundle::load(&fixture(name), &dev.device.clone().autodiff()).unwrap();
+    let pairs_ref = r["pairs"].as_array().unwrap();
+    let examples: Vec<SftExample> = pairs_ref
+        .iter()
+        .enumerate()
+        .map(|(i, p)| SftExample {
+            id: format!("{i}"),
+            prompt: p["prompt"].as_str().unwrap().into(),
+            response: p["real"].as_str().unwrap().into(),
+            generated: Some(p["generated"].as_str().unwrap().into()),
+        })
+        .collect();
+    let pairs = tokenize_pairs(&bundle.tokenizer, &examples, &cfg).unwrap();
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    for (p, want) in pairs.iter().zip(pairs_ref) {
+        assert_eq!(p.prompt, ids(&want["prompt_ids"]), "{name} prompt ids");
+        assert_eq!(p.real, ids(&want["real_ids"]), "{name} real ids");
+        assert_eq!(
+            p.generated,
+            ids(&want["generated_ids"]),
+            "{name} generated ids"
+        );
+    }
+    let reference = PairLogps {
+        real: pairs_ref
+            .iter()
+            .map(|p| p["ref_real"].as_f64().unwrap())
+            .collect(),
+        generated: pairs_ref
+            .iter()
+            .map(|p| p["ref_generated"].as_f64().unwrap())
+            .collect(),
+    };
+    let pad = bundle.tokenizer.eos_token_id;
+    Trainer::new(bundle.model, cfg, pairs, reference, pad).unwrap()
+}
+
+fn norm(t: Tensor<1>) -> f64 {
+    let v = t.into_data().try_into_vec_as::<f32>().unwrap();
+    v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+fn named_values(t: &Trainer) -> Vec<(String, Tensor<1>)> {
+    let mut m = t.model.clone();
+    params_mut(&mut m)
+        .into_iter()
+        .map(|(n, p)| (n, p.value_flat()))
+        .collect()
+}
+
+#[test]
+fn losses_gradients_and_optimizer_steps_match_pytorch() {
+    let all = spin_reference();
+    for name in ["tiny-llama-bf16", "tiny-qwen2-f32"] {
+        let r = &all[name];
+        let t = trainer(name, r, config(OptimizerKind::Rmsprop, 0.0));
+        let g = t.gradients(&[vec![0, 1, 2]]).unwrap();
+
+        // Per-pair losses from our log-probs and loss functions vs PyTorch.
+        let margins: Vec<f32> = (0..3)
+            .map(|i| {
+                ((g.policy.real[i] - g.reference.real[i])
+                    - (g.policy.generated[i] - g.reference.generated[i])) as f32
+            })
+            .collect();
+        for (kind, key) in [
+            (LossKind::Sigmoid, "sigmoid"),
+            (LossKind::Hinge, "hinge"),
+            (LossKind::Ipo, "ipo"),
+        ] {
+            let m =
+                Tensor::<1>::from_data(TensorData::new(margins.clone(), [3]), &cpu_device().device);
+            let got = pair_losses(kind, m, 1.0)
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap();
+            for (a, b) in got.iter().zip(f64s(&r["losses"][key])) {
+                assert!(
+                    (*a as f64 - b).abs() <= 1e-4 * b.abs().max(1e-2),
+                    "{name} {key}: {a} vs torch {b}"
+                );
+            }
+        }
+
+        // Gradient norms of the mean sigmoid loss.
+        let mut m = t.model.clone();
+        let names: Vec<String> = params_mut(&mut m).into_iter().map(|(n, _)| n).collect();
+        let total = g
+            .grads
+            .iter()
+            .map(|x| norm(x.clone()).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let want_total = r["grad_norm"].as_f64().unwrap();
+        assert!(
+            rel(total, want_total) < 1e-4,
+            "{name} grad norm {total} vs torch {want_total}"
+        );
+        for (tensor, want) in r["grad_norms"].as_object().unwrap() {
+            let i = names.iter().position(|n| n == tensor).unwrap();
+            let got = norm(g.grads[i].clone());
+            let want = want.as_f64().unwrap();
+            assert!(
+                rel(got, want) < 1e-4,
+                "{name} grad of {tensor}: {got} vs torch {want}"
+            );
+        }
+
+        // One optimizer step each.
+        for (kind, wd, key) in [
+            (OptimizerKind::Rmsprop, 0.0, "rmsprop_delta_norms"),
+            (OptimizerKind::Adamw, 0.01, "adamw_delta_norms"),
+        ] {
+            let mut t = trainer(name, r, config(kind, wd));
+            let before = named_values(&t);
+            t.train_step().unwrap();
+            let after = named_values(&t);
+            for (tensor, want) in r[key].as_object().unwrap() {
+                let i = before.iter().position(|(n, _)| n == tensor).unwrap();
+                let got = norm(after[i].1.clone() - before[i].1.clone());
+                let want = want.as_f64().unwrap();
+                assert!(
+                    rel(got, want) < 1e-4,
+                    "{name} {key} {tensor}: |Δ| {got} vs torch {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn truncation_keeps_the_end_of_the_prompt_then_cuts_responses() {
+    let p: Vec<u32> = (0..10).collect();
+    let r: Vec<u32> = (100..106).collect();
+    let g: Vec<u32> = (200..203).collect();
+    // Fits: unchanged.
+    assert_eq!(
+        truncate(p.clone(), r.clone(), g.clone(), 16, 8),
+        (p.clone(), r.clone(), g.clone())
+    );
+    // Too long: the prompt keeps its last 8 tokens, then responses fit in 12 − 8.
+    let (tp, tr, tg) = truncate(p.clone(), r.clone(), g.clone(), 12, 8);
+    assert_eq!(tp, (2..10).collect::<Vec<u32>>());
+    assert_eq!(tr, (100..104).collect::<Vec<u32>>());
+    assert_eq!(tg, g);
+    // Prompt short enough after cutting: responses untouched.
+    let (tp, tr, _) = truncate(p.clone(), r.clone(), g.clone(), 14, 8);
+    assert_eq!((tp.len(), tr.len()), (8, 6));
+}
+
+#[test]
+fn learning_rate_schedules_follow_transformers() {
+    // get_linear_schedule_with_warmup(total 10, warmup 2): 0, .5, 1, 7/8, 6/8, …, 1/8.
+    let lin: Vec<f64> = (0..10)
+        .map(|s| lr_at(Schedule::Linear, 1.0, s, 10, 2))
+        .collect();
+    let want = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125];
+    for (a, b) in lin.iter().zip(want) {
+        assert!((a - b).abs() < 1e-12, "{lin:?}");
+    }
+    // Cosine: 1 right after warmup, ½ at mid-decay.
+    assert!((lr_at(Schedule::Cosine, 1.0, 2, 10, 2) - 1.0).abs() < 1e-12);
+    assert!((lr_at(Schedule::Cosine, 1.0, 6, 10, 2) - 0.5).abs() < 1e-12);
+    assert_eq!(lr_at(Schedule::Constant, 2.0, 7, 10, 2), 2.0);
+}
+
+#[test]
+fn non_finite_loss_stops_naming_the_step() {
+    let all = spin_reference();
+    let r = &all["tiny-llama-bf16"];
+    let mut t = trainer("tiny-llama-bf16", r, config(OptimizerKind::Rmsprop, 0.0));
+    t.reference.real[1] = f64::NAN;
+    let before = named_values(&t);
+    let err = t.train_step().unwrap_err().to_string();
+    assert!(err.contains("step 1") && err.contains("NaN"), "{err}");
+    assert_eq!(t.step, 0);
+    let after = named_values(&t);
+    for ((n, a), (_, b)) in before.iter().zip(&after) {
+        assert_eq!(norm(a.clone() - b.clone()), 0.0, "{n} changed");
+    }
+}
+
+#[test]
+fn checkpoints_keep_names_shapes_dtypes_and_logits() {
+    let dev = cpu_device();
+    for name in TINY_MODELS {
+        let dir = fixture(name);
+        let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("ckpt");
+        wgspin::checkpoint::save(&bundle.model, &dir, &out, bundle.stored_dtype, &[]).unwrap();
+        let a = WeightFiles::open_dir(&dir).unwrap();
+        let b = WeightFiles::open_dir(&out).unwrap();
+        let mut an: Vec<&str> = a.names().collect();
+        let mut bn: Vec<&str> = b.names().collect();
+        an.sort();
+        bn.sort();
+        assert_eq!(an, bn, "{name}: tensor names");
+        for n in an {
+            assert_eq!(a.info(n), b.info(n), "{name}: {n} shape/dtype");
+        }
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            assert!(out.join(f).exists(), "{name}: {f} copied");
+        }
+        let back = ModelBundle::load(&out, &dev.device).unwrap();
+        let input = StepInput::right_padded(&[vec![1, 2, 3, 4, 5]], 0);
+        let x = bundle
+            .model
+            .forward(&input, None)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let y = back
+            .model
+            .forward(&input, None)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert_eq!(x, y, "{name}: logits after a save/load round trip");
+    }
+}
+
+fn wgspin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wgspin"))
+}
+
+fn train_args(pairs: &std::path::Path, out: &std::path::Path) -> Vec<String> {
+    [
+        "train",
+        "--device",
+        "cpu",
+        "--model",
+        fixture("tiny-llama-bf16").to_str().unwrap(),
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--lr",
+        "1e-3",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.01",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "3",
+        "--save-every",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn write_pairs(path: &std::path::Path) {
+    let mut text = String::new();
+    for i in 0..8 {
+        let row = wgspin::generate::job::spin_row(
+            &format!("q{i}"),
+            &format!("question number {i}?"),
+            &format!("the human answer is {}", i * 7),
+            &format!("model says {} {}", i, "la ".repeat(i)),
+            "eos",
+            3,
+        );
+        text += &row.to_string();
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn losses(out: &std::path::Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn train_resumes_after_sigkill_like_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = tmp.path().join("pairs.jsonl");
+    write_pairs(&pairs);
+    let full = tmp.path().join("full");
+    let st = wgspin().args(train_args(&pairs, &full)).output().unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let want = losses(&full);
+    assert_eq!(want.len(), 12);
+    // Rewards separate on the training pairs.
+    let last: Value = serde_json::from_str(
+        std::fs::read_to_string(full.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(last["rewards/margins"].as_f64().unwrap() > 0.0, "{last}");
+
+    let out = tmp.path().join("out");
+    let mut child = wgspin()
+        .args(train_args(&pairs, &out))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = out.join("checkpoint").join("trainer_state.json");
+    let start = Instant::now();
+    while !state.exists() {
+        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(s["complete"], false, "killed after the run finished: {s}");
+
+    // Without --resume the folder is refused; with it, the run continues.
+    let st = wgspin().args(train_args(&pairs, &out)).output().unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("--resume"));
+    let mut args = train_args(&pairs, &out);
+    args.push("--resume".into());
+    let st = wgspin().args(args).output().unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let got = losses(&out);
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for ((s1, a), (s2, b)) in got.iter().zip(&want) {
+        assert_eq!(s1, s2);
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
+            "step {s1}: loss {a} resumed vs {b} uninterrupted"
+        );
+    }
+    let a = WeightFiles::open_dir(&full.join("checkpoint")).unwrap();
+    let b = WeightFiles::open_dir(&out.join("checkpoint")).unwrap();
+    for n in a.names() {
+        let (x, y) = (a.read(n).unwrap().data, b.read(n).unwrap().data);
+        let d = x
+            .iter()
+            .zip(&y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d < 1e-4,
+            "{n}: max |Δ| {d} between resumed and uninterrupted weights"
+        );
+    }
+}

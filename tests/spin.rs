@@ -1,0 +1,183 @@
+//! `wgspin spin` end to end on a tiny model (CPU backend): two self-play iterations with settings
+//! from a `--config` TOML file (flags override it) raise rewards/accuracies above 0.5 and margins
+//! above 0 on their pairs, write every output file, and produce checkpoints that load; a run
+//! killed with SIGKILL during the second iteration and rerun skips the finished iteration and ends
+//! with the same results as an uninterrupted one.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use wgspin::ModelBundle;
+use wgspin::device::cpu_device;
+
+fn wgspin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wgspin"))
+}
+
+fn write_data(path: &Path) {
+    let mut text = String::new();
+    for i in 0..10 {
+        text += &serde_json::json!({
+            "messages": [
+                {"role": "user", "content": format!("What is {i} plus {i}?")},
+                {"role": "assistant", "content": format!("{i} plus {i} is {}.", 2 * i)},
+            ]
+        })
+        .to_string();
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn args(data: &Path, out: &Path, config: &Path) -> Vec<String> {
+    [
+        "spin",
+        "--device",
+        "cpu",
+        "--model",
+        fixture("tiny-llama-bf16").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--iterations",
+        "2",
+        "--lr",
+        "2e-3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn spin_runs_two_iterations_and_resumes_after_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sft.jsonl");
+    write_data(&data);
+    let config = tmp.path().join("spin.toml");
+    // `lr` here is overridden by the flag; the rest is taken from the file.
+    std::fs::write(
+        &config,
+        "lr = 1.0\noptimizer = \"adamw\"\nmax_new_tokens = 10\nbatch-size = 3\nepochs = 2\n\
+         stop-accuracy = 0.0\neval-size = 2\ntemperature = 0.7\nseed = 5\n",
+    )
+    .unwrap();
+
+    let full = tmp.path().join("full");
+    let st = wgspin().args(args(&data, &full, &config)).output().unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+
+    let resolved = json(&full.join("spin_config.json"));
+    assert_eq!(resolved["train"]["lr"], 2e-3, "flag overrides the file");
+    assert_eq!(resolved["train"]["optimizer"], "adamw", "file sets a flag");
+    assert_eq!(resolved["sampling"]["max_new_tokens"], 10);
+
+    let summary = json(&full.join("summary.json"));
+    assert_eq!(summary["iterations"].as_array().unwrap().len(), 2);
+    for t in 0..2 {
+        let dir = full.join(format!("iter-{t}"));
+        for f in [
+            "generated.jsonl",
+            "eval_generated.jsonl",
+            "ref_logps.jsonl",
+            "metrics.jsonl",
+            "train_config.json",
+            "eval.json",
+            "checkpoint/config.json",
+            "checkpoint/model.safetensors",
+            "checkpoint/tokenizer.json",
+        ] {
+            assert!(dir.join(f).exists(), "missing {}", dir.join(f).display());
+        }
+        let gen_rows = std::fs::read_to_string(dir.join("generated.jsonl")).unwrap();
+        assert_eq!(
+            gen_rows.lines().count(),
+            8,
+            "8 training prompts (2 held out)"
+        );
+        let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let last: Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+        assert!(
+            last["rewards/accuracies"].as_f64().unwrap() > 0.5,
+            "iteration {t}: {last}"
+        );
+        assert!(
+            last["rewards/margins"].as_f64().unwrap() > 0.0,
+            "iteration {t}: {last}"
+        );
+        ModelBundle::load(&dir.join("checkpoint"), &cpu_device().device).unwrap();
+    }
+    // Iteration 1 trains on the pairs of iterations 1 and 0.
+    let refs = std::fs::read_to_string(full.join("iter-1").join("ref_logps.jsonl")).unwrap();
+    assert_eq!(refs.lines().count(), 16);
+
+    // Kill during the second iteration, rerun, compare.
+    let out = tmp.path().join("out");
+    let mut child = wgspin()
+        .args(args(&data, &out, &config))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = out.join("iter-1").join("generated.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&marker).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "iteration 1 never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !out.join("summary.json").exists()
+            || json(&out.join("summary.json"))["iterations"]
+                .as_array()
+                .unwrap()
+                .len()
+                < 2
+    );
+    let st = wgspin().args(args(&data, &out, &config)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&st.stderr);
+    assert!(st.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("iteration 0: generate+train already done"),
+        "{stderr}"
+    );
+    let a = json(&full.join("summary.json"));
+    let b = json(&out.join("summary.json"));
+    for t in 0..2 {
+        for key in [
+            "reward_accuracy",
+            "reward_margin",
+            "human_logprob_per_token",
+        ] {
+            let x = a["iterations"][t]["eval"][key].as_f64().unwrap();
+            let y = b["iterations"][t]["eval"][key].as_f64().unwrap();
+            assert!(
+                (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+                "iteration {t} {key}: {y} after resume vs {x}"
+            );
+        }
+    }
+}

@@ -271,13 +271,13 @@ fn checkpoints_keep_names_shapes_dtypes_and_logits() {
             .model
             .forward(&input, None)
             .into_data()
-            .to_vec::<f32>()
+            .try_into_vec_as::<f32>()
             .unwrap();
         let y = back
             .model
             .forward(&input, None)
             .into_data()
-            .to_vec::<f32>()
+            .try_into_vec_as::<f32>()
             .unwrap();
         assert_eq!(x, y, "{name}: logits after a save/load round trip");
     }

@@ -21,8 +21,9 @@ use wgspin::{ModelBundle, data, fsutil};
     about = "SPIN (Self-Play fIne-tuNing) of small language models on any GPU wgpu reaches, with a CPU fallback"
 )]
 struct Cli {
+    /// Without a subcommand, runs `wgspin demo`.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -169,6 +170,57 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Supervised fine-tuning (next-token loss on response tokens) on prompt/response data.
+    ///
+    /// Writes metrics.jsonl and checkpoint/ (Hugging Face layout) into --out. The SPIN-only
+    /// flags (--loss, --beta) are ignored.
+    Sft {
+        /// Hugging Face model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// SFT data (JSONL or Parquet; prompt/response, messages, SPIN or ShareGPT rows).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "auto")]
+        format: DataFormat,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the data order.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        #[arg(long, default_value = "auto")]
+        device: DeviceSpec,
+        #[command(flatten)]
+        train: cli::TrainFlags,
+        /// TOML file with any of these flags as keys (flags given here override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The built-in demo (also what `wgspin` runs without a subcommand): a tiny Llama learns to
+    /// reverse strings; a short SFT makes a weak model, then SPIN iterations run against
+    /// continued SFT with the same compute. Prints a table per stage and writes OUT/report.svg.
+    Demo {
+        /// Output folder (data, models, metrics, report.svg).
+        #[arg(long, default_value = "wgspin-demo")]
+        out: PathBuf,
+        /// Reduced mode (fewer examples and steps, one seed), for CI and a first look.
+        #[arg(long)]
+        quick: bool,
+        /// Number of seeds (default: 3, or 1 with --quick).
+        #[arg(long)]
+        seeds: Option<usize>,
+        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        #[arg(long, default_value = "auto")]
+        device: DeviceSpec,
+    },
+    /// Draws OUT/report.svg for the output folder of `wgspin spin` or `wgspin train`:
+    /// loss, reward margins and accuracy per step, held-out reward accuracy per iteration.
+    Plot {
+        /// The --out folder of a run.
+        run_dir: PathBuf,
+    },
     /// Benchmarks: each WGSL kernel against its burn-ops / sort-based twin, side by side.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -213,7 +265,34 @@ fn main() -> Result<()> {
     let cmd = cli::config::apply(Cli::command(), &args)?;
     let matches = cmd.get_matches_from(&args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    match cli.command {
+    let command = cli.command.unwrap_or(Command::Demo {
+        out: PathBuf::from("wgspin-demo"),
+        quick: false,
+        seeds: None,
+        device: DeviceSpec::Auto,
+    });
+    match command {
+        Command::Sft {
+            model,
+            data,
+            format,
+            out,
+            seed,
+            device,
+            train,
+            config: _,
+        } => cli::sft::run(model, data, format, out, seed, device, train),
+        Command::Demo {
+            out,
+            quick,
+            seeds,
+            device,
+        } => cli::demo::run(out, quick, seeds, device),
+        Command::Plot { run_dir } => {
+            let path = wgspin::plot::report_for_run(&run_dir)?;
+            println!("{}", path.display());
+            Ok(())
+        }
         Command::Devices => devices(),
         Command::Logprobs {
             model,

@@ -2,7 +2,9 @@
 //! between commands (generation, training) live here so `spin` takes exactly the same ones.
 
 pub mod config;
+pub mod demo;
 pub mod generate;
+pub mod sft;
 pub mod spin;
 pub mod train;
 

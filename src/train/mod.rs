@@ -369,6 +369,53 @@ impl Plan {
     }
 }
 
+/// The gradient of every parameter in `grads`, aligned with [`params_mut`], flattened.
+pub fn param_grads(model: &Transformer, grads: &burn::tensor::Gradients) -> Result<Vec<Tensor<1>>> {
+    let mut m = model.clone();
+    params_mut(&mut m)
+        .iter()
+        .map(|(name, p)| {
+            p.grad_flat(grads).ok_or_else(|| {
+                Error::Device(format!(
+                    "no gradient reached {name}; the model is not on an autodiff device"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Clips `grads` to `cfg.max_grad_norm` and takes optimizer step `step` at the scheduled learning
+/// rate. Fails, changing nothing, when the gradient norm is not finite. Returns (lr, norm).
+pub fn apply_update(
+    model: &mut Transformer,
+    optimizer: &mut Optimizer,
+    mut grads: Vec<Tensor<1>>,
+    cfg: &TrainConfig,
+    plan: &Plan,
+    step: usize,
+) -> Result<(f64, f64)> {
+    let norm = grad_norm(&grads)?;
+    if !norm.is_finite() {
+        return Err(Error::Invalid(format!(
+            "step {}: the gradient norm is {norm}; stopping, the last checkpoint is kept. Try a lower --lr or --max-grad-norm",
+            step + 1
+        )));
+    }
+    if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm {
+        let scale = cfg.max_grad_norm / (norm + 1e-6);
+        grads = grads.into_iter().map(|g| g.mul_scalar(scale)).collect();
+    }
+    let lr = lr_at(
+        cfg.schedule,
+        cfg.lr,
+        step,
+        plan.total_steps,
+        plan.warmup_steps,
+    );
+    optimizer.step(model, grads, lr);
+    Ok((lr, norm))
+}
+
 /// Gradients of one optimizer step and the log-probs behind them.
 pub struct StepGrads {
     /// Aligned with [`params_mut`], flattened.
@@ -393,7 +440,7 @@ pub struct Trainer {
     pub pad_id: u32,
 }
 
-fn read_f32(t: Tensor<1>, what: &str) -> Result<Vec<f32>> {
+pub(crate) fn read_f32(t: Tensor<1>, what: &str) -> Result<Vec<f32>> {
     t.into_data()
         .try_into_vec_as::<f32>()
         .map_err(|e| Error::Device(format!("reading {what} back failed: {e:?}")))
@@ -470,17 +517,7 @@ impl Trainer {
         for idx in micro {
             let (loss, logps) = self.forward(idx);
             let g = loss.div_scalar(n_step as f64).backward();
-            let mut m = self.model.clone();
-            let step_grads: Vec<Tensor<1>> = params_mut(&mut m)
-                .iter()
-                .map(|(name, p)| {
-                    p.grad_flat(&g).ok_or_else(|| {
-                        Error::Device(format!(
-                            "no gradient reached {name}; the model is not on an autodiff device"
-                        ))
-                    })
-                })
-                .collect::<Result<_>>()?;
+            let step_grads = param_grads(&self.model, &g)?;
             grads = Some(match grads {
                 None => step_grads,
                 Some(acc) => acc
@@ -529,26 +566,14 @@ impl Trainer {
                 policy.generated
             )));
         }
-        let mut grads = grads;
-        let norm = grad_norm(&grads)?;
-        if !norm.is_finite() {
-            return Err(Error::Invalid(format!(
-                "step {}: the gradient norm is {norm}; stopping, the last checkpoint is kept. Try a lower --lr or --max-grad-norm",
-                step + 1
-            )));
-        }
-        if self.cfg.max_grad_norm > 0.0 && norm > self.cfg.max_grad_norm {
-            let scale = self.cfg.max_grad_norm / (norm + 1e-6);
-            grads = grads.into_iter().map(|g| g.mul_scalar(scale)).collect();
-        }
-        let lr = lr_at(
-            self.cfg.schedule,
-            self.cfg.lr,
+        let (lr, norm) = apply_update(
+            &mut self.model,
+            &mut self.optimizer,
+            grads,
+            &self.cfg,
+            &self.plan,
             step,
-            self.plan.total_steps,
-            self.plan.warmup_steps,
-        );
-        self.optimizer.step(&mut self.model, grads, lr);
+        )?;
         self.step += 1;
         let secs = start.elapsed().as_secs_f64();
         Ok(StepMetrics {

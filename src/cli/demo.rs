@@ -1,0 +1,134 @@
+//! `wgspin demo` (and `wgspin` with no subcommand): the built-in SPIN demo with its live table.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use wgspin::demo::{DemoConfig, DemoEvent, StageResult, run_demo};
+use wgspin::device::{self, DeviceSpec};
+use wgspin::progress::Progress;
+use wgspin::spin::SpinEvent;
+
+use super::TrainReporter;
+
+fn pct(x: f64) -> String {
+    format!("{:5.1}%", 100.0 * x)
+}
+
+fn print_table(rows: &[StageResult]) {
+    eprintln!();
+    eprintln!(
+        "{:<5} {:<22} {:>11} {:>16} {:>10} {:>9} {:>8}",
+        "seed", "stage", "exact match", "held-out ll/tok", "reward acc", "margin", "time"
+    );
+    for r in rows {
+        eprintln!(
+            "{:<5} {:<22} {:>11} {:>16.4} {:>10} {:>9} {:>7.1}s",
+            r.seed,
+            r.stage,
+            pct(r.exact_match),
+            r.heldout_loglik_per_token,
+            r.reward_accuracy.map(pct).unwrap_or_else(|| "-".into()),
+            r.reward_margin
+                .map(|m| format!("{m:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            r.seconds
+        );
+    }
+    eprintln!();
+}
+
+fn summary(rows: &[StageResult]) {
+    let seeds: std::collections::BTreeSet<u64> = rows.iter().map(|r| r.seed).collect();
+    if seeds.len() < 2 {
+        return;
+    }
+    eprintln!(
+        "mean ± std over {} seeds (held-out exact match):",
+        seeds.len()
+    );
+    let mut stages: Vec<&str> = vec![];
+    for r in rows {
+        if !stages.contains(&r.stage.as_str()) {
+            stages.push(&r.stage);
+        }
+    }
+    for s in stages {
+        let v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.stage == s)
+            .map(|r| r.exact_match)
+            .collect();
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        eprintln!("  {s:<22} {:5.1}% ± {:4.1}", 100.0 * m, 100.0 * sd);
+    }
+}
+
+pub fn run(out: PathBuf, quick: bool, seeds: Option<usize>, spec: DeviceSpec) -> Result<()> {
+    let dev = device::select(spec)?;
+    eprintln!("device: {}", dev.description);
+    let mut cfg = if quick {
+        DemoConfig::quick()
+    } else {
+        DemoConfig::full()
+    };
+    if let Some(n) = seeds {
+        cfg.seeds = (1..=n as u64).collect();
+    }
+    eprintln!(
+        "wgspin demo: a tiny Llama learns to reverse strings ({} training / {} held-out examples, {} seed(s)).\n\
+         A short SFT makes a weak model; then {} SPIN iterations, against continued SFT with the same compute.",
+        cfg.train_examples,
+        cfg.eval_examples,
+        cfg.seeds.len(),
+        cfg.spin_iterations
+    );
+    let start = std::time::Instant::now();
+    let mut rows: Vec<StageResult> = vec![];
+    let mut bar: Option<Progress> = None;
+    let mut train_rep = TrainReporter::new(1_000_000);
+    let all = run_demo(&out, &cfg, &dev.device, |e| match e {
+        DemoEvent::Stage(s) => {
+            if let Some(mut b) = bar.take() {
+                b.finish();
+            }
+            eprintln!("== {s}");
+        }
+        DemoEvent::SftStep { step, total, loss } => {
+            let b = bar.get_or_insert_with(|| Progress::new("sft", total));
+            b.update(step, &format!("steps, loss {loss:.4}"));
+            if step == total {
+                b.finish();
+                bar = None;
+            }
+        }
+        DemoEvent::Result(r) => {
+            rows.push(r.clone());
+            print_table(&rows);
+        }
+        DemoEvent::Spin(SpinEvent::Generate(p)) => {
+            let b = bar.get_or_insert_with(|| Progress::new("generate", p.total));
+            b.update(p.done, "prompts");
+            if p.done == p.total {
+                b.finish();
+                bar = None;
+            }
+        }
+        DemoEvent::Spin(SpinEvent::Train(t)) => train_rep.event(t),
+        DemoEvent::Spin(SpinEvent::Stage { iteration, stage }) => {
+            eprintln!("== SPIN iteration {}: {stage}", iteration + 1)
+        }
+        DemoEvent::Spin(_) => {}
+    })
+    .with_context(|| format!("demo into {}", out.display()))?;
+    print_table(&all);
+    summary(&all);
+    eprintln!(
+        "done in {:.1}s. Report: {}  (data, models and metrics under {})",
+        start.elapsed().as_secs_f64(),
+        out.join("report.svg").display(),
+        out.display()
+    );
+    Ok(())
+}

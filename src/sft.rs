@@ -1,0 +1,197 @@
+//! Supervised fine-tuning: next-token loss on response tokens (prompt masked, eos appended), the
+//! mean over the response tokens of each step. Makes the SFT model SPIN starts from, and is the
+//! baseline SPIN is compared with (continued SFT on the same data).
+//!
+//! Shares the optimizers, schedules, clipping, data order and checkpoint format of SPIN training
+//! ([`crate::train`]); the pairwise-loss settings of [`TrainConfig`] are unused here.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use serde_json::json;
+
+use crate::bundle::ModelBundle;
+use crate::checkpoint;
+use crate::data::SftExample;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::model::Transformer;
+use crate::score::{TokenizedPair, response_token_logprobs};
+use crate::train::job::{CHECKPOINT, METRICS_FILE};
+use crate::train::optim::{OptimConfig, Optimizer};
+use crate::train::{Plan, TrainConfig, apply_update, param_grads, read_f32, truncate};
+
+/// Metrics of one SFT step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SftMetrics {
+    pub step: usize,
+    pub epoch: f64,
+    /// Mean negative log-likelihood per response token.
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+}
+
+pub struct SftTrainer {
+    /// On an autodiff device.
+    pub model: Transformer,
+    pub cfg: TrainConfig,
+    pub seqs: Vec<TokenizedPair>,
+    pub optimizer: Optimizer,
+    pub plan: Plan,
+    pub step: usize,
+    pub pad_id: u32,
+}
+
+impl SftTrainer {
+    pub fn new(
+        model: Transformer,
+        cfg: TrainConfig,
+        seqs: Vec<TokenizedPair>,
+        pad_id: u32,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        if seqs.is_empty() {
+            return Err(Error::Invalid("no SFT examples".into()));
+        }
+        let plan = Plan::new(seqs.len(), &cfg);
+        let optimizer = Optimizer::new(OptimConfig {
+            kind: cfg.optimizer,
+            weight_decay: cfg.weight_decay,
+        });
+        Ok(Self {
+            model,
+            cfg,
+            seqs,
+            optimizer,
+            plan,
+            step: 0,
+            pad_id,
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.step >= self.plan.total_steps
+    }
+
+    pub fn train_step(&mut self) -> Result<SftMetrics> {
+        let start = Instant::now();
+        let step = self.step;
+        let micro = self.plan.micro_batches(step, self.seqs.len(), &self.cfg);
+        let n_tokens: usize = micro
+            .iter()
+            .flatten()
+            .map(|&i| self.seqs[i].response.len())
+            .sum();
+        let mut grads: Option<Vec<burn::tensor::Tensor<1>>> = None;
+        let mut nll = 0.0;
+        let mut fed = 0;
+        for idx in &micro {
+            let batch: Vec<TokenizedPair> = idx.iter().map(|&i| self.seqs[i].clone()).collect();
+            fed += batch
+                .iter()
+                .map(|p| p.prompt.len() + p.response.len())
+                .sum::<usize>();
+            let lp = response_token_logprobs(&self.model, &batch, self.pad_id, self.cfg.max_logits);
+            let loss = lp.clone().sum().neg().div_scalar(n_tokens as f64);
+            let g = param_grads(&self.model, &loss.backward())?;
+            grads = Some(match grads {
+                None => g,
+                Some(acc) => acc.into_iter().zip(g).map(|(a, b)| a + b).collect(),
+            });
+            nll -= read_f32(lp.inner(), "log-probs")?
+                .iter()
+                .map(|&x| x as f64)
+                .sum::<f64>();
+        }
+        let loss = nll / n_tokens.max(1) as f64;
+        if !loss.is_finite() {
+            return Err(Error::Invalid(format!(
+                "step {}: the loss is {loss}; stopping. Try a lower --lr",
+                step + 1
+            )));
+        }
+        let (lr, norm) = apply_update(
+            &mut self.model,
+            &mut self.optimizer,
+            grads.unwrap_or_default(),
+            &self.cfg,
+            &self.plan,
+            step,
+        )?;
+        self.step += 1;
+        Ok(SftMetrics {
+            step: self.step,
+            epoch: self.step as f64 / self.plan.steps_per_epoch as f64,
+            loss,
+            lr,
+            grad_norm: norm,
+            tokens_per_s: fed as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        })
+    }
+}
+
+/// Tokenizes SFT examples (prompt through the chat template, response + eos), truncated as SPIN
+/// truncates pairs.
+pub fn tokenize_sft(
+    tok: &crate::tokenizer::ChatTokenizer,
+    examples: &[SftExample],
+    cfg: &TrainConfig,
+) -> Result<Vec<TokenizedPair>> {
+    examples
+        .iter()
+        .map(|e| {
+            let p = TokenizedPair::new(tok, &e.prompt, &e.response)?;
+            let (prompt, response, _) = truncate(
+                p.prompt,
+                p.response,
+                vec![],
+                cfg.max_length,
+                cfg.max_prompt_length,
+            );
+            Ok(TokenizedPair { prompt, response })
+        })
+        .collect()
+}
+
+/// Fine-tunes the model at `model_path` on `examples`; writes `out/checkpoint` (Hugging Face
+/// layout, the input's dtype) and `out/metrics.jsonl`.
+pub fn run_sft(
+    model_path: &Path,
+    examples: &[SftExample],
+    out: &Path,
+    cfg: &TrainConfig,
+    device: &Device,
+    mut report: impl FnMut(&SftMetrics, usize),
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let bundle = ModelBundle::load(model_path, &device.clone().autodiff())?;
+    let tok = &bundle.tokenizer;
+    let pad = tok.pad_token_id.unwrap_or(tok.eos_token_id);
+    let seqs = tokenize_sft(tok, examples, cfg)?;
+    let (dtype, source) = (bundle.stored_dtype, bundle.dir.clone());
+    let mut t = SftTrainer::new(bundle.model, cfg.clone(), seqs, pad)?;
+    let metrics_path = out.join(METRICS_FILE);
+    fsutil::write_atomic(&metrics_path, b"")?;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    while !t.is_done() {
+        let m = t.train_step()?;
+        if m.step % cfg.logging_steps.max(1) == 0 || t.is_done() {
+            let row = json!({"step": m.step, "epoch": m.epoch, "loss": m.loss, "lr": m.lr,
+                "grad_norm": m.grad_norm, "tokens/s": m.tokens_per_s});
+            writeln!(file, "{row}")
+                .and_then(|_| file.flush())
+                .map_err(|e| Error::io(&metrics_path, e))?;
+        }
+        report(&m, t.plan.total_steps);
+    }
+    let ckpt = out.join(CHECKPOINT);
+    checkpoint::save(&t.model, &source, &ckpt, dtype, &[])?;
+    Ok(ckpt)
+}

@@ -147,3 +147,112 @@ pub fn head_loss_memory(
     sync(device)?;
     Ok(device.memory_pool_usage().map(|u| u.bytes_reserved))
 }
+
+/// Generation throughput at one batch size: `batch` prompts of `prompt_len` random tokens, exactly
+/// `new_tokens` greedy tokens each (no stop ids), as `scripts/bench_generate.py` measures
+/// transformers. Returns generated tokens per second (prefill included in the time).
+pub fn bench_generate(
+    model: &crate::model::Transformer,
+    vocab: usize,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+) -> Result<f64> {
+    let mut state = 0x5EED_u64;
+    let requests: Vec<crate::generate::GenRequest> = (0..batch)
+        .map(|i| crate::generate::GenRequest {
+            index: i as u32,
+            prompt: (0..prompt_len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    3 + ((state >> 33) as usize % (vocab - 3)) as u32
+                })
+                .collect(),
+        })
+        .collect();
+    let opts = crate::generate::GenOptions {
+        batch_size: batch,
+        max_new_tokens: new_tokens,
+        sampling: crate::kernels::sample::SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        stop_ids: vec![],
+        pad_id: 0,
+    };
+    let t = Instant::now();
+    let mut tokens = 0;
+    crate::generate::generate(model, &requests, &opts, |f| {
+        tokens += f.tokens.len();
+        Ok(())
+    })?;
+    Ok(tokens as f64 / t.elapsed().as_secs_f64())
+}
+
+/// SPIN training throughput: `pairs` pairs of random sequences of `seq_len` tokens (prompt
+/// `prompt_len`), one optimizer step (RMSprop) per batch, as `scripts/bench_train.py` measures
+/// PyTorch. `model` must live on an autodiff device. Returns (tokens/s, median step seconds).
+pub fn bench_train(
+    model: crate::model::Transformer,
+    vocab: usize,
+    pairs: usize,
+    seq_len: usize,
+    prompt_len: usize,
+    steps: usize,
+) -> Result<(f64, f64)> {
+    use crate::train::{PairLogps, TrainConfig, TrainPair, Trainer};
+    let mut state = 7u64;
+    let mut tok = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        3 + ((state >> 33) as usize % (vocab - 3)) as u32
+    };
+    let n = pairs * (steps + 1);
+    let data: Vec<TrainPair> = (0..n)
+        .map(|i| {
+            let prompt: Vec<u32> = (0..prompt_len).map(|_| tok()).collect();
+            TrainPair {
+                id: i.to_string(),
+                prompt,
+                real: (prompt_len..seq_len).map(|_| tok()).collect(),
+                generated: (prompt_len..seq_len).map(|_| tok()).collect(),
+            }
+        })
+        .collect();
+    let reference = PairLogps {
+        real: vec![0.0; n],
+        generated: vec![0.0; n],
+    };
+    let cfg = TrainConfig {
+        batch_size: pairs,
+        epochs: 1,
+        lr: 5e-7,
+        warmup_ratio: 0.0,
+        max_length: seq_len + 1,
+        max_prompt_length: prompt_len,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(model, cfg, data, reference, 0)?;
+    let mut times = vec![];
+    for s in 0..=steps {
+        let t = Instant::now();
+        trainer.train_step()?;
+        if s > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(((2 * pairs * seq_len) as f64 / median, median))
+}
+
+/// Peak resident memory of this process in bytes, where the OS tells it cheaply (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

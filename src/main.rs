@@ -243,6 +243,40 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         iters: usize,
     },
+    /// Generated tokens/s of greedy decoding at several batch sizes (random prompts, a fixed
+    /// number of new tokens; compare with scripts/bench_generate.py on the same machine).
+    Generate {
+        /// Hugging Face model folder.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "auto")]
+        device: DeviceSpec,
+        /// Comma-separated batch sizes.
+        #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+        batch_sizes: Vec<usize>,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 256)]
+        new_tokens: usize,
+    },
+    /// SPIN training tokens/s: P pairs of L-token sequences per step, real and generated in one
+    /// forward pass, RMSprop (compare with scripts/bench_train.py on the same machine).
+    Train {
+        /// Hugging Face model folder.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "auto")]
+        device: DeviceSpec,
+        #[arg(long, default_value_t = 8)]
+        pairs: usize,
+        #[arg(long, default_value_t = 512)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        /// Timed steps (after one warmup step).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
     /// Device memory reserved by a forward + backward of the chunked lm_head + log-prob path
     /// (run once per setting: the number is the allocator's high-water mark in this process).
     Memory {
@@ -372,6 +406,69 @@ fn main() -> Result<()> {
                 iters,
             },
         ),
+        Command::Bench(BenchCommand::Generate {
+            model,
+            device,
+            batch_sizes,
+            prompt_len,
+            new_tokens,
+        }) => {
+            let dev = device::select(device)?;
+            println!("device: {}", dev.description);
+            let b = ModelBundle::load(&model, &dev.device)?;
+            println!(
+                "{:>6} {:>11} {:>11} {:>12}",
+                "batch", "prompt", "new tokens", "tokens/s"
+            );
+            for batch in batch_sizes {
+                let tps = bench::bench_generate(
+                    &b.model,
+                    b.config.vocab_size,
+                    batch,
+                    prompt_len,
+                    new_tokens,
+                )?;
+                println!("{batch:>6} {prompt_len:>11} {new_tokens:>11} {tps:>12.1}");
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Train {
+            model,
+            device,
+            pairs,
+            seq_len,
+            prompt_len,
+            steps,
+        }) => {
+            anyhow::ensure!(
+                prompt_len < seq_len && steps > 0,
+                "need prompt-len < seq-len and steps ≥ 1"
+            );
+            let dev = device::select(device)?;
+            println!("device: {}", dev.description);
+            let b = ModelBundle::load(&model, &dev.device.clone().autodiff())?;
+            let (tps, secs) = bench::bench_train(
+                b.model,
+                b.config.vocab_size,
+                pairs,
+                seq_len,
+                prompt_len,
+                steps,
+            )?;
+            let mem = match dev.device.memory_pool_usage() {
+                Some(u) => format!(
+                    "{:.1} MiB device memory reserved",
+                    u.bytes_reserved as f64 / 1048576.0
+                ),
+                None => bench::peak_rss_bytes()
+                    .map(|b| format!("{:.1} MiB peak process RSS", b as f64 / 1048576.0))
+                    .unwrap_or_else(|| "memory not reported here".into()),
+            };
+            println!(
+                "SPIN train step: {pairs} pairs x {seq_len} tokens (prompt {prompt_len}): {secs:.4} s/step (median of {steps}), {tps:.1} tokens/s; {mem}"
+            );
+            Ok(())
+        }
         Command::Bench(BenchCommand::Memory {
             device,
             positions,

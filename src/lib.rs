@@ -10,6 +10,7 @@ pub mod decode;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod gguf;
 pub mod hf_names;
 pub mod kernels;
 pub mod model;

@@ -1,0 +1,1 @@
+//! GGUF writing (placeholder, filled in by the export step).

@@ -322,3 +322,68 @@ pub fn from_gguf(g: &GgufFile) -> Result<TokenizerParts> {
         pad_token_id: pad,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::writer::GgufWriter;
+    use std::path::Path;
+
+    /// A SentencePiece (`llama`) vocabulary with byte fallback tokens and scores.
+    fn spm_gguf() -> GgufFile {
+        let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+        let mut types = vec![TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_CONTROL];
+        for b in 0..=255u8 {
+            tokens.push(format!("<0x{b:02X}>"));
+            types.push(TOKEN_BYTE);
+        }
+        let pieces = [
+            "▁", "h", "e", "l", "o", "▁h", "ll", "he", "llo", "▁he", "▁hello", "w",
+        ];
+        let scores_of = [
+            -1.0, -2.0, -2.0, -2.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0, -8.0, -2.0,
+        ];
+        let mut scores = vec![0f32; tokens.len()];
+        for (p, s) in pieces.iter().zip(scores_of) {
+            tokens.push(p.to_string());
+            types.push(TOKEN_NORMAL);
+            scores.push(s);
+        }
+        use MetaValue as M;
+        let mut w = GgufWriter::new();
+        w.add("tokenizer.ggml.model", M::Str("llama".into()));
+        w.add(
+            "tokenizer.ggml.tokens",
+            M::Array(8, tokens.into_iter().map(M::Str).collect()),
+        );
+        w.add(
+            "tokenizer.ggml.token_type",
+            M::Array(5, types.into_iter().map(M::I32).collect()),
+        );
+        w.add(
+            "tokenizer.ggml.scores",
+            M::Array(6, scores.into_iter().map(M::F32).collect()),
+        );
+        w.add("tokenizer.ggml.bos_token_id", M::U32(1));
+        w.add("tokenizer.ggml.eos_token_id", M::U32(2));
+        w.add("tokenizer.ggml.unknown_token_id", M::U32(0));
+        GgufFile::parse(Path::new("spm.gguf"), w.to_bytes()).unwrap()
+    }
+
+    #[test]
+    fn sentencepiece_vocab_with_byte_fallback() {
+        let g = spm_gguf();
+        let parts = from_gguf(&g).unwrap();
+        let tok: tokenizers::Tokenizer = parts.tokenizer_json.to_string().parse().unwrap();
+        let id = |t: &str| tok.token_to_id(t).unwrap();
+        // "▁hello" is one piece; "w" known; "!" falls back to its byte; bos added by default.
+        let enc = tok.encode("hello w!", true).unwrap();
+        assert_eq!(
+            enc.get_ids(),
+            &[1, id("▁hello"), id("▁"), id("w"), id("<0x21>")]
+        );
+        assert_eq!(tok.decode(&enc.get_ids()[1..], false).unwrap(), "hello w!");
+        assert_eq!(parts.tokenizer_config["bos_token"], "<s>");
+        assert_eq!(parts.tokenizer_config["unk_token"], "<unk>");
+    }
+}

@@ -158,7 +158,7 @@ impl GgmlType {
     /// Bytes of `numel` elements, `None` when `numel` is not whole blocks or the size overflows.
     pub fn byte_size(self, numel: u64) -> Option<u64> {
         let (elems, bytes) = self.block();
-        if numel % elems as u64 != 0 {
+        if !numel.is_multiple_of(elems as u64) {
             return None;
         }
         (numel / elems as u64).checked_mul(bytes as u64)
@@ -354,7 +354,7 @@ pub fn encode(ty: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
                 .flat_map(|v| f16::from_f32(*v).to_le_bytes())
                 .collect(),
         ),
-        GgmlType::Q8_0 if values.len() % 32 == 0 => {
+        GgmlType::Q8_0 if values.len().is_multiple_of(32) => {
             let mut out = Vec::with_capacity(values.len() / 32 * 34);
             for block in values.chunks_exact(32) {
                 let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -117,7 +117,12 @@ pub fn permuted_heads(r: Resolved, num_heads: usize, num_kv_heads: usize) -> Opt
 /// one (pairs adjacent). `to_gguf` applies convert_hf_to_gguf.py's `permute`; otherwise its inverse.
 /// `None` when the rows do not split into `heads` heads of even size.
 pub fn permute_rows(data: &[f32], rows: usize, heads: usize, to_gguf: bool) -> Option<Vec<f32>> {
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || data.len() % rows.max(1) != 0 {
+    if heads == 0
+        || rows == 0
+        || !rows.is_multiple_of(heads)
+        || !(rows / heads).is_multiple_of(2)
+        || !data.len().is_multiple_of(rows.max(1))
+    {
         return None;
     }
     let cols = data.len() / rows;

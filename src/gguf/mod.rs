@@ -110,9 +110,9 @@ fn rope_scaling(g: &GgufFile, arch: &str, theta: f64, head_dim: usize) -> Result
                 orig.unwrap_or(8192.0),
             ],
         };
-        let want = llama3_rope_factors(theta, head_dim, params[0], params[1], params[2], params[3]);
-        let close = want.len() == factors.len()
-            && want
+        // Length first: head_dim comes from the file and sizes the vector computed below.
+        let close = factors.len() == head_dim / 2
+            && llama3_rope_factors(theta, head_dim, params[0], params[1], params[2], params[3])
                 .iter()
                 .zip(&factors)
                 .all(|(a, b)| (a - b).abs() <= 1e-4 * a.abs().max(1.0));

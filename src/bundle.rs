@@ -1,5 +1,5 @@
-//! A model as the user points at it: a Hugging Face folder → resolved config, tokenizer with chat
-//! template, and the transformer on a device.
+//! A model as the user points at it: a Hugging Face folder or a GGUF file → resolved config,
+//! tokenizer with chat template, and the transformer on a device.
 
 use std::path::{Path, PathBuf};
 
@@ -21,8 +21,21 @@ pub struct ModelBundle {
 }
 
 impl ModelBundle {
-    /// Loads a Hugging Face model folder onto `device`.
+    /// Loads a Hugging Face model folder or a `.gguf` file onto `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if path.is_file() && crate::gguf::reader::is_gguf(path) {
+            let g = crate::gguf::GgufModel::load(path)?;
+            let tokenizer = g.chat_tokenizer()?;
+            let stored_dtype = loader::validate(&g.config, &g.weights)?;
+            let model = loader::load(&g.config, &g.weights, device)?;
+            return Ok(Self {
+                dir: path.to_path_buf(),
+                config: g.config,
+                tokenizer,
+                model,
+                stored_dtype,
+            });
+        }
         if path.is_file() {
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
             if matches!(ext, "bin" | "pt" | "pth" | "ckpt") {
@@ -31,7 +44,7 @@ impl ModelBundle {
                 });
             }
             return Err(Error::Invalid(format!(
-                "{}: expected a Hugging Face model folder (config.json, tokenizer.json, *.safetensors)",
+                "{}: expected a Hugging Face model folder (config.json, tokenizer.json, *.safetensors) or a .gguf file",
                 path.display()
             )));
         }

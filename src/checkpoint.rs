@@ -50,7 +50,7 @@ pub fn named_host_tensors(
 }
 
 /// Writes a complete checkpoint folder at `dest`: the model's weights in `dtype`, the metadata
-/// files of `source_dir`, and `extra` files (name, bytes), replacing any folder already there.
+/// files of `source_dir` (a model folder, or a .gguf file whose metadata is converted), and `extra` files (name, bytes), replacing any folder already there.
 pub fn save(
     model: &Transformer,
     source_dir: &Path,
@@ -69,7 +69,11 @@ pub fn save(
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        copy_metadata(source_dir, &tmp)?;
+        if source_dir.is_file() && crate::gguf::reader::is_gguf(source_dir) {
+            crate::gguf::write_hf_metadata(source_dir, &tmp, dtype)?;
+        } else {
+            copy_metadata(source_dir, &tmp)?;
+        }
         let tensors = named_host_tensors(model, dtype)?;
         write_safetensors(
             &tmp.join("model.safetensors"),

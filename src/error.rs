@@ -51,6 +51,10 @@ pub enum Error {
     #[error("{path}: invalid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
 
+    /// A GGUF file that is malformed, truncated or uses something wgspin does not support.
+    #[error("{path}: GGUF: {message}")]
+    Gguf { path: PathBuf, message: String },
+
     #[error("{path}: tokenizer: {message}")]
     Tokenizer { path: PathBuf, message: String },
 

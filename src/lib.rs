@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod generate;
+pub mod gguf;
 pub mod hf_names;
 pub mod kernels;
 pub mod model;

@@ -36,7 +36,7 @@ enum Command {
     /// {"index", "logprob", "tokens", "token_logprobs"} in input order. The prompt is rendered
     /// with the model's chat template (add_generation_prompt) and the response gets eos appended.
     Logprobs {
-        /// Hugging Face model folder (config.json, tokenizer.json, *.safetensors).
+        /// Hugging Face model folder (config.json, tokenizer.json, *.safetensors) or a .gguf file.
         #[arg(long)]
         model: PathBuf,
         /// JSONL file of {"prompt", "response"} rows.
@@ -59,7 +59,7 @@ enum Command {
     /// they finish; rerunning the same command after an interruption keeps them and generates
     /// only the rest.
     Generate {
-        /// Hugging Face model folder (config.json, tokenizer.json, *.safetensors).
+        /// Hugging Face model folder (config.json, tokenizer.json, *.safetensors) or a .gguf file.
         #[arg(long)]
         model: PathBuf,
         /// SFT data: JSONL or Parquet with prompt/response, chat `messages`, SPIN
@@ -220,6 +220,30 @@ enum Command {
     Plot {
         /// The --out folder of a run.
         run_dir: PathBuf,
+    },
+    /// Convert a GGUF model (llama / qwen2) to a Hugging Face folder (weights dequantized).
+    Convert {
+        /// The .gguf file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Output folder (must not exist; written atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage type of model.safetensors: f32, f16 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// Export a Hugging Face folder to a GGUF file that llama.cpp loads.
+    ExportGguf {
+        /// Hugging Face model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Output .gguf file (written atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Matrix type: f16, f32 or q8_0 (norms stay f32).
+        #[arg(long, default_value = "f16")]
+        dtype: wgspin::gguf::writer::ExportDtype,
     },
     /// Benchmarks: each WGSL kernel against its burn-ops / sort-based twin, side by side.
     #[command(subcommand)]
@@ -391,6 +415,25 @@ fn main() -> Result<()> {
             sampling,
             train,
         }),
+        Command::Convert { model, out, dtype } => {
+            let dtype = match dtype.as_str() {
+                "f32" => wgspin::weights::StoredDtype::F32,
+                "f16" => wgspin::weights::StoredDtype::F16,
+                "bf16" => wgspin::weights::StoredDtype::BF16,
+                other => anyhow::bail!("--dtype {other:?}: expected f32, f16 or bf16"),
+            };
+            let g = wgspin::gguf::GgufModel::load(&model)
+                .with_context(|| format!("reading {}", model.display()))?;
+            g.write_hf_folder(&out, dtype)?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::ExportGguf { model, out, dtype } => {
+            wgspin::gguf::writer::export_hf_folder(&model, &out, dtype)
+                .with_context(|| format!("exporting {}", model.display()))?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
         Command::Bench(BenchCommand::Kernels {
             device,
             rows,

@@ -249,6 +249,62 @@ impl WeightFiles {
     }
 }
 
+/// Where the model loader takes checkpoint tensors from (Hugging Face names and shapes):
+/// safetensors files, or tensors already in memory (a dequantized GGUF file).
+pub trait TensorSource {
+    /// Every tensor name, sorted.
+    fn tensor_names(&self) -> Vec<String>;
+    /// Row-major shape without reading the data.
+    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// File to name in errors about `name`.
+    fn source_path(&self, name: &str) -> PathBuf;
+    /// The tensor widened to f32.
+    fn read_tensor(&self, name: &str) -> Result<HostTensor>;
+}
+
+impl TensorSource for WeightFiles {
+    fn tensor_names(&self) -> Vec<String> {
+        self.names().map(str::to_string).collect()
+    }
+    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.info(name).map(|(shape, _)| shape)
+    }
+    fn source_path(&self, name: &str) -> PathBuf {
+        self.path_of(name)
+    }
+    fn read_tensor(&self, name: &str) -> Result<HostTensor> {
+        self.read(name)
+    }
+}
+
+/// Tensors held in memory under Hugging Face names, read from `path`.
+pub struct TensorMap {
+    pub path: PathBuf,
+    pub tensors: BTreeMap<String, HostTensor>,
+}
+
+impl TensorSource for TensorMap {
+    fn tensor_names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|t| t.shape.clone())
+    }
+    fn source_path(&self, _name: &str) -> PathBuf {
+        self.path.clone()
+    }
+    fn read_tensor(&self, name: &str) -> Result<HostTensor> {
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::Tensor {
+                path: self.path.clone(),
+                name: name.into(),
+                message: "missing from the checkpoint".into(),
+            })
+    }
+}
+
 /// Writes f32 host tensors to a safetensors file in the given storage type. Written to a temporary
 /// file next to `path` and renamed, so a crash never leaves a half-written checkpoint.
 pub fn write_safetensors(

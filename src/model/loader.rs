@@ -10,16 +10,16 @@ use super::{DecoderLayer, Transformer};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::hf_names::{self, LayerTensor};
-use crate::weights::{StoredDtype, WeightFiles};
+use crate::weights::{StoredDtype, TensorSource};
 
 /// Checks names and shapes of a checkpoint against the config; returns the storage dtype of the
 /// embeddings (what a checkpoint written back should use).
-pub fn validate(cfg: &ModelConfig, files: &WeightFiles) -> Result<StoredDtype> {
+pub fn validate(cfg: &ModelConfig, files: &dyn TensorSource) -> Result<StoredDtype> {
     let expected = hf_names::expected_tensors(cfg);
     for (name, shape) in &expected {
-        let Some((found, _)) = files.info(name) else {
+        let Some(found) = files.tensor_shape(name) else {
             return Err(Error::Tensor {
-                path: files.path_of(name),
+                path: files.source_path(name),
                 name: name.clone(),
                 message: "missing from the checkpoint (does config.json match these weights?)"
                     .into(),
@@ -27,7 +27,7 @@ pub fn validate(cfg: &ModelConfig, files: &WeightFiles) -> Result<StoredDtype> {
         };
         if &found != shape {
             return Err(Error::Tensor {
-                path: files.path_of(name),
+                path: files.source_path(name),
                 name: name.clone(),
                 message: format!(
                     "has shape {found:?} but config.json implies {shape:?}; the weights and config.json disagree"
@@ -35,10 +35,11 @@ pub fn validate(cfg: &ModelConfig, files: &WeightFiles) -> Result<StoredDtype> {
             });
         }
     }
-    for name in files.names() {
+    for name in files.tensor_names() {
+        let name = name.as_str();
         if !expected.iter().any(|(n, _)| n == name) && !hf_names::is_ignorable(cfg, name) {
             return Err(Error::Tensor {
-                path: files.path_of(name),
+                path: files.source_path(name),
                 name: name.into(),
                 message: format!(
                     "unexpected tensor for a {} model with this config.json",
@@ -47,17 +48,17 @@ pub fn validate(cfg: &ModelConfig, files: &WeightFiles) -> Result<StoredDtype> {
             });
         }
     }
-    Ok(files.read(hf_names::EMBED)?.dtype)
+    Ok(files.read_tensor(hf_names::EMBED)?.dtype)
 }
 
 struct Builder<'a> {
-    files: &'a WeightFiles,
+    files: &'a dyn TensorSource,
     device: &'a Device,
 }
 
 impl Builder<'_> {
     fn tensor<const D: usize>(&self, name: &str) -> Result<Tensor<D>> {
-        let t = self.files.read(name)?;
+        let t = self.files.read_tensor(name)?;
         Ok(Tensor::from_data(
             TensorData::new(t.data, t.shape),
             self.device,
@@ -83,7 +84,7 @@ impl Builder<'_> {
 }
 
 /// Uploads the checkpoint to `device` (weights widened to f32).
-pub fn load(cfg: &ModelConfig, files: &WeightFiles, device: &Device) -> Result<Transformer> {
+pub fn load(cfg: &ModelConfig, files: &dyn TensorSource, device: &Device) -> Result<Transformer> {
     validate(cfg, files)?;
     let bld = Builder { files, device };
     let qkv_bias = |t| cfg.qkv_bias.then_some(t);

@@ -1,0 +1,396 @@
+//! GGUF models in and out (llama.cpp's single-file format, architectures `llama` and `qwen2`).
+//!
+//! Reading turns a GGUF file into exactly what a Hugging Face folder holds: a `config.json`
+//! document (resolved by the same [`HfConfig`] code as a folder), `generation_config.json`,
+//! `tokenizer.json` / `tokenizer_config.json` documents ([`tokenizer`]) and f32 tensors under
+//! Hugging Face names (dequantized, q/k rows un-permuted for `llama`). So `ModelBundle::load` and
+//! `wgspin convert` share one path, and `convert` only has to write these out.
+//!
+//! - [`reader`]: the file format (bounds-checked parsing); [`dequant`]: tensor types;
+//!   [`names`]: GGUF tensor names; [`tokenizer`]: metadata → tokenizer; [`writer`]: `export-gguf`.
+
+pub mod dequant;
+pub mod names;
+pub mod reader;
+pub mod tokenizer;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::config::{HfConfig, ModelConfig};
+use crate::error::{Error, Result};
+use crate::weights::{HostTensor, StoredDtype, TensorMap};
+use dequant::GgmlType;
+use reader::{GgufFile, MetaValue};
+
+/// `general.architecture` values wgspin reads.
+pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2"];
+
+/// Custom metadata keys under which `export-gguf` records Llama 3.1 RoPE parameters (llama.cpp
+/// itself only reads the `rope_freqs.weight` factors they produce, and ignores these keys).
+pub const LLAMA3_ROPE_KEYS: [&str; 4] = [
+    "wgspin.rope.llama3.factor",
+    "wgspin.rope.llama3.low_freq_factor",
+    "wgspin.rope.llama3.high_freq_factor",
+    "wgspin.rope.llama3.original_context_length",
+];
+
+/// A GGUF model as Hugging Face files would hold it.
+pub struct GgufModel {
+    pub path: PathBuf,
+    /// `config.json` document.
+    pub config_json: Value,
+    /// `generation_config.json` document.
+    pub generation_config: Value,
+    pub config: ModelConfig,
+    pub tokenizer: tokenizer::TokenizerParts,
+    /// f32 tensors under Hugging Face names.
+    pub weights: TensorMap,
+}
+
+/// Llama 3.1 RoPE frequency factors (per rotated pair, divide the base frequency), computed as
+/// llama.cpp's convert_hf_to_gguf.py does for `rope_freqs.weight`.
+pub fn llama3_rope_factors(
+    theta: f64,
+    head_dim: usize,
+    factor: f64,
+    low_freq_factor: f64,
+    high_freq_factor: f64,
+    old_ctx: f64,
+) -> Vec<f32> {
+    let (low_wavelen, high_wavelen) = (old_ctx / low_freq_factor, old_ctx / high_freq_factor);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
+            let wavelen = 2.0 * std::f64::consts::PI / freq as f64;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor as f32
+            } else {
+                let smooth =
+                    (old_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+            }
+        })
+        .collect()
+}
+
+fn meta_usize(g: &GgufFile, key: &str) -> Result<Option<usize>> {
+    g.optional(key, |v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
+}
+
+fn need_usize(g: &GgufFile, key: &str) -> Result<usize> {
+    g.require(key, |v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
+}
+
+/// RoPE scaling as a config.json `rope_scaling` object (or null).
+fn rope_scaling(g: &GgufFile, arch: &str, theta: f64, head_dim: usize) -> Result<Value> {
+    let key = |k: &str| format!("{arch}.{k}");
+    if let Some(info) = g.tensor(names::ROPE_FREQS) {
+        let factors = g.dequantize(info);
+        let custom: Vec<Option<f64>> = LLAMA3_ROPE_KEYS
+            .iter()
+            .map(|k| g.optional(k, MetaValue::as_f64))
+            .collect::<Result<_>>()?;
+        let orig = g.optional(
+            &key("rope.scaling.original_context_length"),
+            MetaValue::as_f64,
+        )?;
+        // Our own exports name the parameters; other files (Llama 3.1/3.2) use Meta's 1/4/8192.
+        let params = match custom.as_slice() {
+            [Some(f), Some(l), Some(h), Some(o)] => [*f, *l, *h, *o],
+            _ => [
+                factors.last().copied().unwrap_or(1.0) as f64,
+                1.0,
+                4.0,
+                orig.unwrap_or(8192.0),
+            ],
+        };
+        // Length first: head_dim comes from the file and sizes the vector computed below.
+        let close = factors.len() == head_dim / 2
+            && llama3_rope_factors(theta, head_dim, params[0], params[1], params[2], params[3])
+                .iter()
+                .zip(&factors)
+                .all(|(a, b)| (a - b).abs() <= 1e-4 * a.abs().max(1.0));
+        if !close {
+            return Err(Error::Tensor {
+                path: g.path.clone(),
+                name: names::ROPE_FREQS.into(),
+                message: "RoPE frequency factors that are not Llama 3.1-style (factor, low 1, high 4) are not supported".into(),
+            });
+        }
+        return Ok(
+            json!({"rope_type": "llama3", "factor": params[0], "low_freq_factor": params[1],
+            "high_freq_factor": params[2], "original_max_position_embeddings": params[3]}),
+        );
+    }
+    let kind = g.optional(&key("rope.scaling.type"), |v| {
+        v.as_str().map(str::to_string)
+    })?;
+    let factor = match g.optional(&key("rope.scaling.factor"), MetaValue::as_f64)? {
+        Some(f) => Some(f),
+        None => g.optional(&key("rope.scale_linear"), MetaValue::as_f64)?,
+    };
+    match (kind.as_deref(), factor) {
+        (None | Some("none"), None) => Ok(Value::Null),
+        (None | Some("linear"), Some(f)) if f == 1.0 || f == 0.0 => Ok(Value::Null),
+        (None | Some("linear"), Some(f)) => Ok(json!({"rope_type": "linear", "factor": f})),
+        (Some(other), _) => Err(g.gguf_error(format!(
+            "RoPE scaling {other:?} is not supported (supported: none, linear, Llama 3.1 rope_freqs)"
+        ))),
+    }
+}
+
+/// The `config.json` and `generation_config.json` documents of a GGUF model.
+pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value, Value)> {
+    let arch = g.require("general.architecture", |v| v.as_str().map(str::to_string))?;
+    if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
+        return Err(g.gguf_error(format!(
+            "architecture {arch:?} is not supported (supported: {})",
+            SUPPORTED_ARCHS.join(", ")
+        )));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = need_usize(g, &key("embedding_length"))?;
+    let heads = need_usize(g, &key("attention.head_count"))?;
+    let kv_heads = meta_usize(g, &key("attention.head_count_kv"))?.unwrap_or(heads);
+    if heads == 0 {
+        return Err(g.gguf_error(format!("{} is 0", key("attention.head_count"))));
+    }
+    let head_dim = match meta_usize(g, &key("attention.key_length"))? {
+        Some(d) => d,
+        None => hidden / heads,
+    };
+    if let Some(v) = meta_usize(g, &key("attention.value_length"))?
+        && v != head_dim
+    {
+        return Err(g.gguf_error(format!(
+            "value_length {v} differs from key_length {head_dim}; not supported"
+        )));
+    }
+    if let Some(r) = meta_usize(g, &key("rope.dimension_count"))?
+        && r != head_dim
+    {
+        return Err(g.gguf_error(format!(
+            "partial RoPE (rope.dimension_count {r} < head dim {head_dim}) is not supported"
+        )));
+    }
+    let theta = g
+        .optional(&key("rope.freq_base"), MetaValue::as_f64)?
+        .unwrap_or(10000.0);
+    let vocab = g
+        .strings("tokenizer.ggml.tokens")?
+        .map(|t| t.len())
+        .ok_or_else(|| g.gguf_error("missing tokenizer.ggml.tokens".into()))?;
+    let eps = g
+        .optional(&key("attention.layer_norm_rms_epsilon"), MetaValue::as_f64)?
+        .unwrap_or(1e-5);
+    let tied = g.tensor(names::OUTPUT).is_none();
+    let bias = g.tensor("blk.0.attn_q.bias").is_some();
+    let mut config = json!({
+        "architectures": [if arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+        "model_type": arch,
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": need_usize(g, &key("feed_forward_length"))?,
+        "num_hidden_layers": need_usize(g, &key("block_count"))?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "max_position_embeddings": meta_usize(g, &key("context_length"))?.unwrap_or(2048),
+        "rms_norm_eps": eps,
+        "rope_theta": theta,
+        "rope_scaling": rope_scaling(g, &arch, theta, head_dim)?,
+        "hidden_act": "silu",
+        "tie_word_embeddings": tied,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        "torch_dtype": "float32",
+    });
+    if arch == "llama" {
+        config["attention_bias"] = json!(bias);
+        config["mlp_bias"] = json!(false);
+    } else {
+        config["use_sliding_window"] = json!(false);
+    }
+    let mut eos: Vec<u32> = tok.eos_token_id.into_iter().collect();
+    // An end-of-turn token (Llama 3's <|eot_id|>) also ends generation.
+    if let Some(eot) = g.optional("tokenizer.ggml.eot_token_id", MetaValue::as_u64)?
+        && (eot as usize) < vocab
+        && !eos.contains(&(eot as u32))
+    {
+        eos.push(eot as u32);
+    }
+    let generation = json!({
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
+        "pad_token_id": tok.pad_token_id,
+    });
+    Ok((config, generation))
+}
+
+/// Dequantizes every tensor to f32 under its Hugging Face name (q/k rows un-permuted for `llama`).
+pub fn hf_tensors(g: &GgufFile, cfg: &ModelConfig) -> Result<TensorMap> {
+    let permute = cfg.arch.model_type() == "llama";
+    let mut tensors = BTreeMap::new();
+    for info in &g.tensors {
+        if info.name == names::ROPE_FREQS {
+            continue; // folded into the config's rope_scaling
+        }
+        let resolved = names::from_gguf(&info.name).ok_or_else(|| Error::Tensor {
+            path: g.path.clone(),
+            name: info.name.clone(),
+            message: format!("unknown tensor for a {} GGUF model", cfg.arch.model_type()),
+        })?;
+        let shape = info.shape();
+        let mut data = g.dequantize(info);
+        if permute
+            && let Some(heads) = names::permuted_heads(resolved, cfg.num_heads, cfg.num_kv_heads)
+        {
+            let rows = shape.first().copied().unwrap_or(0);
+            data = names::permute_rows(&data, rows, heads, false).ok_or_else(|| Error::Tensor {
+                path: g.path.clone(),
+                name: info.name.clone(),
+                message: format!("{rows} rows do not split into {heads} RoPE heads"),
+            })?;
+        }
+        let dtype = match info.ty {
+            GgmlType::F16 => StoredDtype::F16,
+            GgmlType::BF16 => StoredDtype::BF16,
+            _ => StoredDtype::F32,
+        };
+        tensors.insert(resolved.hf_name(), HostTensor { shape, data, dtype });
+    }
+    Ok(TensorMap {
+        path: g.path.clone(),
+        tensors,
+    })
+}
+
+/// Writes the Hugging Face metadata files of a GGUF model (config.json with `torch_dtype`,
+/// generation_config.json, tokenizer.json, tokenizer_config.json) into `dir`.
+fn write_metadata(
+    dir: &Path,
+    config_json: &Value,
+    generation_config: &Value,
+    tok: &tokenizer::TokenizerParts,
+    dtype: StoredDtype,
+) -> Result<()> {
+    let mut config = config_json.clone();
+    config["torch_dtype"] = json!(dtype.torch_name());
+    let json_file = |name: &str, v: &Value| -> Result<()> {
+        let text = serde_json::to_string_pretty(v).map_err(|source| Error::Json {
+            path: dir.join(name),
+            source,
+        })?;
+        crate::fsutil::write_atomic(&dir.join(name), text.as_bytes())
+    };
+    json_file("config.json", &config)?;
+    json_file("generation_config.json", generation_config)?;
+    json_file("tokenizer.json", &tok.tokenizer_json)?;
+    json_file("tokenizer_config.json", &tok.tokenizer_config)
+}
+
+/// Writes the Hugging Face metadata files of the GGUF file at `path` into `dir` (reads the
+/// metadata only, not the weights): what a checkpoint trained from a GGUF model carries.
+pub fn write_hf_metadata(path: &Path, dir: &Path, dtype: StoredDtype) -> Result<()> {
+    let g = GgufFile::open(path)?;
+    let tok = tokenizer::from_gguf(&g)?;
+    let (config_json, generation_config) = hf_config(&g, &tok)?;
+    write_metadata(dir, &config_json, &generation_config, &tok, dtype)
+}
+
+impl GgufModel {
+    /// Reads a GGUF file: config, tokenizer documents and f32 weights.
+    pub fn load(path: &Path) -> Result<Self> {
+        let g = GgufFile::open(path)?;
+        let tok = tokenizer::from_gguf(&g)?;
+        let (config_json, generation_config) = hf_config(&g, &tok)?;
+        let raw: HfConfig =
+            serde_json::from_value(config_json.clone()).map_err(|e| Error::Gguf {
+                path: path.to_path_buf(),
+                message: format!("building config.json: {e}"),
+            })?;
+        let extra: Vec<u32> = generation_config
+            .get("eos_token_id")
+            .and_then(crate::config::token_ids)
+            .unwrap_or_default();
+        let config = raw.resolve(path, &extra)?;
+        let weights = hf_tensors(&g, &config)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            config_json,
+            generation_config,
+            config,
+            tokenizer: tok,
+            weights,
+        })
+    }
+
+    /// The tokenizer with chat template and special tokens.
+    pub fn chat_tokenizer(&self) -> Result<crate::tokenizer::ChatTokenizer> {
+        let inner = self
+            .tokenizer
+            .tokenizer_json
+            .to_string()
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                message: format!("building the tokenizer from GGUF metadata failed: {e}"),
+            })?;
+        crate::tokenizer::ChatTokenizer::new(
+            inner,
+            &self.tokenizer.tokenizer_config,
+            self.tokenizer.chat_template.as_deref(),
+            &self.config.eos_token_ids,
+            &self.path,
+        )
+    }
+
+    /// Writes the model as a Hugging Face folder (config.json, generation_config.json,
+    /// tokenizer.json, tokenizer_config.json, model.safetensors in `dtype`), atomically: into a
+    /// temporary sibling folder that is renamed to `out` when complete.
+    pub fn write_hf_folder(&self, out: &Path, dtype: StoredDtype) -> Result<()> {
+        if out.exists() {
+            return Err(Error::Invalid(format!(
+                "{}: already exists; choose a new output folder",
+                out.display()
+            )));
+        }
+        let tmp = crate::fsutil::temp_path(out);
+        let _ = std::fs::remove_dir_all(&tmp);
+        let result = (|| {
+            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            write_metadata(
+                &tmp,
+                &self.config_json,
+                &self.generation_config,
+                &self.tokenizer,
+                dtype,
+            )?;
+            let tensors: Vec<(String, HostTensor)> = self
+                .weights
+                .tensors
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+            crate::weights::write_safetensors(
+                &tmp.join("model.safetensors"),
+                &tensors,
+                dtype,
+                Some(meta),
+            )?;
+            std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+}

@@ -1,0 +1,181 @@
+//! The one place that knows llama.cpp's GGUF tensor names (`token_embd.weight`,
+//! `blk.N.attn_q.weight`, ...) and maps them to and from the Hugging Face names of
+//! [`crate::hf_names`], plus the q/k row permutation llama.cpp applies for arch `llama`.
+
+use crate::hf_names::{self, LayerTensor};
+
+pub const TOKEN_EMBD: &str = "token_embd.weight";
+pub const OUTPUT_NORM: &str = "output_norm.weight";
+pub const OUTPUT: &str = "output.weight";
+/// Llama 3.1-style RoPE frequency factors (one per rotated pair).
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
+const LAYER_TENSORS: &[(LayerTensor, &str)] = &[
+    (LayerTensor::InputNorm, "attn_norm.weight"),
+    (LayerTensor::PostAttentionNorm, "ffn_norm.weight"),
+    (LayerTensor::Q, "attn_q.weight"),
+    (LayerTensor::K, "attn_k.weight"),
+    (LayerTensor::V, "attn_v.weight"),
+    (LayerTensor::O, "attn_output.weight"),
+    (LayerTensor::QBias, "attn_q.bias"),
+    (LayerTensor::KBias, "attn_k.bias"),
+    (LayerTensor::VBias, "attn_v.bias"),
+    (LayerTensor::OBias, "attn_output.bias"),
+    (LayerTensor::Gate, "ffn_gate.weight"),
+    (LayerTensor::Up, "ffn_up.weight"),
+    (LayerTensor::Down, "ffn_down.weight"),
+    (LayerTensor::GateBias, "ffn_gate.bias"),
+    (LayerTensor::UpBias, "ffn_up.bias"),
+    (LayerTensor::DownBias, "ffn_down.bias"),
+];
+
+/// A GGUF tensor name resolved to what it is in the Hugging Face layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    Embed,
+    FinalNorm,
+    LmHead,
+    Layer(usize, LayerTensor),
+}
+
+impl Resolved {
+    pub fn hf_name(self) -> String {
+        match self {
+            Resolved::Embed => hf_names::EMBED.into(),
+            Resolved::FinalNorm => hf_names::FINAL_NORM.into(),
+            Resolved::LmHead => hf_names::LM_HEAD.into(),
+            Resolved::Layer(i, t) => hf_names::layer(i, t),
+        }
+    }
+
+    pub fn gguf_name(self) -> String {
+        match self {
+            Resolved::Embed => TOKEN_EMBD.into(),
+            Resolved::FinalNorm => OUTPUT_NORM.into(),
+            Resolved::LmHead => OUTPUT.into(),
+            Resolved::Layer(i, t) => layer(i, t),
+        }
+    }
+}
+
+/// `blk.{index}.{suffix}` for a layer tensor.
+pub fn layer(index: usize, tensor: LayerTensor) -> String {
+    let suffix = LAYER_TENSORS
+        .iter()
+        .find(|(t, _)| *t == tensor)
+        .map_or("?", |(_, s)| s);
+    format!("blk.{index}.{suffix}")
+}
+
+/// Resolves a GGUF tensor name; `None` for names wgspin does not know.
+pub fn from_gguf(name: &str) -> Option<Resolved> {
+    match name {
+        TOKEN_EMBD => return Some(Resolved::Embed),
+        OUTPUT_NORM => return Some(Resolved::FinalNorm),
+        OUTPUT => return Some(Resolved::LmHead),
+        _ => {}
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (index, suffix) = rest.split_once('.')?;
+    let index: usize = index.parse().ok()?;
+    LAYER_TENSORS
+        .iter()
+        .find(|(_, s)| *s == suffix)
+        .map(|(t, _)| Resolved::Layer(index, *t))
+}
+
+/// Resolves a Hugging Face tensor name (inverse of [`Resolved::hf_name`]).
+pub fn from_hf(name: &str) -> Option<Resolved> {
+    match name {
+        hf_names::EMBED => return Some(Resolved::Embed),
+        hf_names::FINAL_NORM => return Some(Resolved::FinalNorm),
+        hf_names::LM_HEAD => return Some(Resolved::LmHead),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (index, _) = rest.split_once('.')?;
+    let index: usize = index.parse().ok()?;
+    LAYER_TENSORS
+        .iter()
+        .map(|(t, _)| *t)
+        .find(|t| hf_names::layer(index, *t) == name)
+        .map(|t| Resolved::Layer(index, t))
+}
+
+/// Number of heads whose rows llama.cpp permutes in this tensor (arch `llama` only): q rows per
+/// query head, k rows per key/value head, and the matching biases.
+pub fn permuted_heads(r: Resolved, num_heads: usize, num_kv_heads: usize) -> Option<usize> {
+    match r {
+        Resolved::Layer(_, LayerTensor::Q | LayerTensor::QBias) => Some(num_heads),
+        Resolved::Layer(_, LayerTensor::K | LayerTensor::KBias) => Some(num_kv_heads),
+        _ => None,
+    }
+}
+
+/// Reorders the rows of a `[rows, cols]` (or `[rows]`) tensor between the Hugging Face RoPE layout
+/// (per head: first halves, then second halves of the rotated pairs) and llama.cpp's interleaved
+/// one (pairs adjacent). `to_gguf` applies convert_hf_to_gguf.py's `permute`; otherwise its inverse.
+/// `None` when the rows do not split into `heads` heads of even size.
+pub fn permute_rows(data: &[f32], rows: usize, heads: usize, to_gguf: bool) -> Option<Vec<f32>> {
+    if heads == 0
+        || rows == 0
+        || !rows.is_multiple_of(heads)
+        || !(rows / heads).is_multiple_of(2)
+        || !data.len().is_multiple_of(rows.max(1))
+    {
+        return None;
+    }
+    let cols = data.len() / rows;
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                // HF row: h, j-th half, i-th pair; GGUF row: h, i-th pair, j-th element.
+                let hf = h * head_dim + j * half + i;
+                let gg = h * head_dim + 2 * i + j;
+                let (src, dst) = if to_gguf { (hf, gg) } else { (gg, hf) };
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for name in [
+            "token_embd.weight",
+            "output.weight",
+            "blk.12.attn_q.weight",
+            "blk.0.ffn_down.weight",
+            "blk.3.attn_k.bias",
+        ] {
+            let r = from_gguf(name).unwrap();
+            assert_eq!(r.gguf_name(), name);
+            assert_eq!(from_hf(&r.hf_name()), Some(r));
+        }
+        assert_eq!(
+            from_gguf("blk.2.attn_v.weight").unwrap().hf_name(),
+            "model.layers.2.self_attn.v_proj.weight"
+        );
+        assert_eq!(from_gguf("blk.x.attn_v.weight"), None);
+        assert_eq!(from_gguf("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn permutation_matches_convert_hf_to_gguf() {
+        // 2 heads of dim 4, 1 column: HF rows [a0 a1 b0 b1 | ...] → GGUF [a0 b0 a1 b1 | ...].
+        let hf: Vec<f32> = (0..8).map(|v| v as f32).collect();
+        let gg = permute_rows(&hf, 8, 2, true).unwrap();
+        assert_eq!(gg, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+        assert_eq!(permute_rows(&gg, 8, 2, false).unwrap(), hf);
+        assert!(permute_rows(&hf, 8, 3, true).is_none());
+    }
+}

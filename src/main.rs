@@ -199,7 +199,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// The built-in demo (also what `wgspin` runs without a subcommand): a tiny Llama learns to
-    /// reverse strings; a short SFT makes a weak model, then SPIN iterations run against
+    /// shift letters (cat → dbu); a short SFT makes a weak model, then SPIN iterations run against
     /// continued SFT with the same compute. Prints a table per stage and writes OUT/report.svg.
     Demo {
         /// Output folder (data, models, metrics, report.svg).

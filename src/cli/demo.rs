@@ -77,7 +77,7 @@ pub fn run(out: PathBuf, quick: bool, seeds: Option<usize>, spec: DeviceSpec) ->
         cfg.seeds = (1..=n as u64).collect();
     }
     eprintln!(
-        "wgspin demo: a tiny Llama learns to reverse strings ({} training / {} held-out examples, {} seed(s)).\n\
+        "wgspin demo: a tiny Llama learns to shift letters (cat → dbu) ({} training / {} held-out examples, {} seed(s)).\n\
          A short SFT makes a weak model; then {} SPIN iterations, against continued SFT with the same compute.",
         cfg.train_examples,
         cfg.eval_examples,

@@ -1,5 +1,5 @@
 //! The built-in classroom demo: SPIN turning a weak model into a stronger one, end to end, with
-//! nothing to download. A tiny Llama ([`model`]) learns to reverse short strings ([`task`]):
+//! nothing to download. A tiny Llama ([`model`]) learns to shift the letters of words ([`task`]):
 //! a short SFT makes the weak starting model, then SPIN iterations run next to continued SFT
 //! with the same compute (the same number of sequences through forward and backward), and each
 //! stage is scored on held-out prompts: exact-match accuracy of greedy answers, log-likelihood

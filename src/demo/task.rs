@@ -1,12 +1,15 @@
-//! The demo's toy task: reverse a short string of letters. Answers are checked exactly, and the
-//! "human" responses are written in one fixed style (the reversed letters, nothing else), so
-//! exact-match accuracy measures what SFT and SPIN taught.
+//! The demo's toy task: shift every letter of a three-letter word one step along the alphabet
+//! (`shift: cat` → `dbu`, z wraps to a). Answers are checked exactly, and the "human" responses
+//! are written in one fixed style (the shifted letters, nothing else), so exact-match accuracy
+//! measures what SFT and SPIN taught. Held-out words are unseen, so a model must learn the rule
+//! (a per-letter map at a fixed offset), not the words; a tiny model does so in minutes.
 
 use crate::data::SftExample;
 
 /// Letters the strings are made of; small, so a tiny model can learn the task in minutes.
-pub const LETTERS: &str = "abcdef";
-pub const PREFIX: &str = "reverse: ";
+pub const LETTERS: &str = "abcdefghijklmnopqrstuvwxyz";
+pub const PREFIX: &str = "shift: ";
+pub const WORD_LEN: usize = 3;
 
 struct Rng(u64);
 
@@ -25,10 +28,15 @@ impl Rng {
 
 /// The expected answer for a prompt of this task.
 pub fn answer(word: &str) -> String {
-    word.chars().rev().collect()
+    word.chars()
+        .map(|c| match LETTERS.find(c) {
+            Some(i) => LETTERS.as_bytes()[(i + 1) % LETTERS.len()] as char,
+            None => c,
+        })
+        .collect()
 }
 
-/// `n` distinct examples of 3–5 letters, seeded; the word is the prompt's suffix.
+/// `n` distinct examples, seeded, none of whose prompts is in `exclude`.
 pub fn examples(n: usize, seed: u64, exclude: &[SftExample]) -> Vec<SftExample> {
     let letters: Vec<char> = LETTERS.chars().collect();
     let mut rng = Rng(seed);
@@ -36,8 +44,7 @@ pub fn examples(n: usize, seed: u64, exclude: &[SftExample]) -> Vec<SftExample> 
         exclude.iter().map(|e| e.prompt.clone()).collect();
     let mut out = vec![];
     while out.len() < n {
-        let len = 3 + rng.below(3);
-        let word: String = (0..len)
+        let word: String = (0..WORD_LEN)
             .map(|_| letters[rng.below(letters.len())])
             .collect();
         let prompt = format!("{PREFIX}{word}");

@@ -1,0 +1,68 @@
+//! The built-in demo in its reduced mode (what CI can afford): it completes on the CPU backend,
+//! prints the stage table, and writes demo.json with every stage and a report.svg with the
+//! curves; `wgspin plot` draws a run folder.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn wgspin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wgspin"))
+}
+
+#[test]
+fn quick_demo_completes_and_writes_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let st = wgspin()
+        .args(["demo", "--quick", "--device", "cpu", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&st.stderr);
+    assert!(st.status.success(), "{stderr}");
+    assert!(stderr.contains("exact match"), "table printed: {stderr}");
+    let demo: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("demo.json")).unwrap()).unwrap();
+    let stages: Vec<&str> = demo["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "SFT (weak start)",
+            "SPIN iteration 1",
+            "SPIN iteration 2",
+            "continued SFT 1",
+            "continued SFT 2"
+        ]
+    );
+    for r in demo["results"].as_array().unwrap() {
+        let em = r["exact_match"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&em), "{r}");
+        assert!(r["heldout_loglik_per_token"].as_f64().unwrap() < 0.0, "{r}");
+    }
+    let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("polyline"),
+        "report.svg has curves"
+    );
+
+    let spin_dir = out.join("seed-1").join("spin");
+    let st = wgspin().arg("plot").arg(&spin_dir).output().unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let svg = std::fs::read_to_string(spin_dir.join("report.svg")).unwrap();
+    assert!(svg.contains("SPIN loss") && svg.contains("held-out reward accuracy"));
+
+    // A folder that is not a run is refused with a hint.
+    let st = wgspin().arg("plot").arg(tmp.path()).output().unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("wgspin spin"));
+}

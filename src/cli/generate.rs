@@ -90,6 +90,7 @@ pub fn generate_into(
     Ok(summary)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     model: PathBuf,
     data: PathBuf,

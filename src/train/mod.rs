@@ -494,8 +494,8 @@ impl Trainer {
             .map(|&i| (self.reference.real[i] - self.reference.generated[i]) as f32)
             .collect();
         let reference = Tensor::<1>::from_data(TensorData::new(reference, [b]), &device);
-        let policy_real = logps.clone().slice([0..b]);
-        let policy_gen = logps.clone().slice([b..2 * b]);
+        let policy_real = logps.clone().narrow(0, 0, b);
+        let policy_gen = logps.clone().narrow(0, b, b);
         let margin = policy_real - policy_gen - reference; // [b]
         (
             pair_losses(self.cfg.loss, margin, self.cfg.beta).sum(),

@@ -172,9 +172,9 @@ impl TrainReporter {
                         eprintln!(
                             "step {}/{total_steps} loss {:.4} rewards/margins {:.4} rewards/accuracies {:.2} lr {:.3e} grad_norm {:.3} {:.0} tok/s",
                             m.step,
-                            m.loss,
-                            m.margins,
-                            m.accuracies,
+                            m.stats.loss,
+                            m.stats.margins,
+                            m.stats.accuracies,
                             m.lr,
                             m.grad_norm,
                             m.tokens_per_s
@@ -189,7 +189,7 @@ impl TrainReporter {
                     m.step,
                     &format!(
                         "steps, loss {:.4}, acc {:.2}, {:.0} tok/s",
-                        m.loss, m.accuracies, m.tokens_per_s
+                        m.stats.loss, m.stats.accuracies, m.tokens_per_s
                     ),
                 );
                 if m.step == total_steps {

@@ -41,7 +41,7 @@ pub fn run(
     match &summary.last {
         Some(m) => eprintln!(
             "trained {} steps in {:.1}s; last step: loss {:.4}, rewards/accuracies {:.2}, rewards/margins {:.4}",
-            summary.steps, summary.seconds, m.loss, m.accuracies, m.margins
+            summary.steps, summary.seconds, m.stats.loss, m.stats.accuracies, m.stats.margins
         ),
         None => eprintln!("{} already holds a finished run", out.display()),
     }

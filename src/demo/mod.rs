@@ -210,22 +210,17 @@ pub fn run_demo(
 
         // The weak starting model: a short SFT from random weights.
         report(DemoEvent::Stage("SFT to a weak starting model"));
-        let start = Instant::now();
-        let weak = run_sft(
+        let sft_cfg = train_cfg(c, c.sft_lr, c.weak_sft_epochs, seed);
+        let weak_dir = dir.join("sft-weak");
+        let (weak, r) = sft_stage(
             &base,
             &train,
-            &dir.join("sft-weak"),
-            &train_cfg(c, c.sft_lr, c.weak_sft_epochs, seed),
+            &heldout,
+            &weak_dir,
+            &sft_cfg,
             device,
-            |m, total| {
-                report(DemoEvent::SftStep {
-                    step: m.step,
-                    total,
-                    loss: m.loss,
-                })
-            },
+            &mut report,
         )?;
-        let (em, ll) = evaluate(&weak, &heldout, device)?;
         push(
             &mut rows,
             StageResult {
@@ -233,11 +228,7 @@ pub fn run_demo(
                 stage: "SFT (weak start)".into(),
                 round: 0,
                 method: "start".into(),
-                exact_match: em,
-                heldout_loglik_per_token: ll,
-                reward_accuracy: None,
-                reward_margin: None,
-                seconds: start.elapsed().as_secs_f64(),
+                ..r
             },
             &mut report,
         );
@@ -318,22 +309,10 @@ pub fn run_demo(
             report(DemoEvent::Stage(
                 "continued SFT (same compute as the SPIN iteration)",
             ));
-            let start = Instant::now();
-            let ckpt = run_sft(
-                &from,
-                &train,
-                &dir.join(format!("sft-continued-{}", t + 1)),
-                &train_cfg(c, c.spin_lr, epochs, seed + 17 * (t as u64 + 1)),
-                device,
-                |m, total| {
-                    report(DemoEvent::SftStep {
-                        step: m.step,
-                        total,
-                        loss: m.loss,
-                    })
-                },
-            )?;
-            let (em, ll) = evaluate(&ckpt, &heldout, device)?;
+            let cfg = train_cfg(c, c.spin_lr, epochs, seed + 17 * (t as u64 + 1));
+            let out_dir = dir.join(format!("sft-continued-{}", t + 1));
+            let (ckpt, r) =
+                sft_stage(&from, &train, &heldout, &out_dir, &cfg, device, &mut report)?;
             push(
                 &mut rows,
                 StageResult {
@@ -341,11 +320,7 @@ pub fn run_demo(
                     stage: format!("continued SFT {}", t + 1),
                     round: t + 1,
                     method: "sft".into(),
-                    exact_match: em,
-                    heldout_loglik_per_token: ll,
-                    reward_accuracy: None,
-                    reward_margin: None,
-                    seconds: start.elapsed().as_secs_f64(),
+                    ..r
                 },
                 &mut report,
             );
@@ -361,6 +336,39 @@ pub fn run_demo(
     )?;
     write_report(out, &rows)?;
     Ok(rows)
+}
+
+/// SFT from `from` into `out`, then the held-out evaluation; the row's labels are the caller's.
+fn sft_stage(
+    from: &Path,
+    train: &[SftExample],
+    heldout: &[SftExample],
+    out: &Path,
+    cfg: &TrainConfig,
+    device: &Device,
+    report: &mut dyn FnMut(DemoEvent),
+) -> Result<(PathBuf, StageResult)> {
+    let start = Instant::now();
+    let ckpt = run_sft(from, train, out, cfg, device, |m, total| {
+        report(DemoEvent::SftStep {
+            step: m.step,
+            total,
+            loss: m.loss,
+        })
+    })?;
+    let (em, ll) = evaluate(&ckpt, heldout, device)?;
+    let row = StageResult {
+        seed: 0,
+        stage: String::new(),
+        round: 0,
+        method: String::new(),
+        exact_match: em,
+        heldout_loglik_per_token: ll,
+        reward_accuracy: None,
+        reward_margin: None,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((ckpt, row))
 }
 
 fn write_examples(path: &Path, examples: &[SftExample]) -> Result<()> {

@@ -247,13 +247,8 @@ pub fn pair_logps(
 pub struct StepMetrics {
     pub step: usize,
     pub epoch: f64,
-    pub loss: f64,
-    pub rewards_real: f64,
-    pub rewards_generated: f64,
-    pub margins: f64,
-    pub accuracies: f64,
-    pub logps_real: f64,
-    pub logps_generated: f64,
+    /// Loss, rewards, margins, accuracies and log-probs of the step's pairs.
+    pub stats: RewardStats,
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens_per_s: f64,
@@ -261,16 +256,17 @@ pub struct StepMetrics {
 
 impl StepMetrics {
     pub fn to_json(&self) -> Value {
+        let s = &self.stats;
         json!({
             "step": self.step,
             "epoch": self.epoch,
-            "loss": self.loss,
-            "rewards/real": self.rewards_real,
-            "rewards/generated": self.rewards_generated,
-            "rewards/margins": self.margins,
-            "rewards/accuracies": self.accuracies,
-            "logps/real": self.logps_real,
-            "logps/generated": self.logps_generated,
+            "loss": s.loss,
+            "rewards/real": s.rewards_real,
+            "rewards/generated": s.rewards_generated,
+            "rewards/margins": s.margins,
+            "rewards/accuracies": s.accuracies,
+            "logps/real": s.logps_real,
+            "logps/generated": s.logps_generated,
             "lr": self.lr,
             "grad_norm": self.grad_norm,
             "tokens/s": self.tokens_per_s,
@@ -579,13 +575,7 @@ impl Trainer {
         Ok(StepMetrics {
             step: self.step,
             epoch: self.step as f64 / self.plan.steps_per_epoch as f64,
-            loss: stats.loss,
-            rewards_real: stats.rewards_real,
-            rewards_generated: stats.rewards_generated,
-            margins: stats.margins,
-            accuracies: stats.accuracies,
-            logps_real: stats.logps_real,
-            logps_generated: stats.logps_generated,
+            stats,
             lr,
             grad_norm: norm,
             tokens_per_s: tokens as f64 / secs.max(1e-9),

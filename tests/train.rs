@@ -138,6 +138,7 @@ fn losses_gradients_and_optimizer_steps_match_pytorch() {
                 .try_into_vec_as::<f32>()
                 .unwrap();
             for (a, b) in got.iter().zip(f64s(&r["losses"][key])) {
+                eprintln!("{name} {key} loss {a} vs torch {b}");
                 assert!(
                     (*a as f64 - b).abs() <= 1e-4 * b.abs().max(1e-2),
                     "{name} {key}: {a} vs torch {b}"
@@ -155,6 +156,10 @@ fn losses_gradients_and_optimizer_steps_match_pytorch() {
             .sum::<f64>()
             .sqrt();
         let want_total = r["grad_norm"].as_f64().unwrap();
+        eprintln!(
+            "{name}: grad norm {total:.6} vs torch {want_total:.6} (rel {:.1e})",
+            rel(total, want_total)
+        );
         assert!(
             rel(total, want_total) < 1e-4,
             "{name} grad norm {total} vs torch {want_total}"
@@ -163,6 +168,7 @@ fn losses_gradients_and_optimizer_steps_match_pytorch() {
             let i = names.iter().position(|n| n == tensor).unwrap();
             let got = norm(g.grads[i].clone());
             let want = want.as_f64().unwrap();
+            eprintln!("{name} grad {tensor}: rel {:.1e}", rel(got, want));
             assert!(
                 rel(got, want) < 1e-4,
                 "{name} grad of {tensor}: {got} vs torch {want}"
@@ -182,6 +188,7 @@ fn losses_gradients_and_optimizer_steps_match_pytorch() {
                 let i = before.iter().position(|(n, _)| n == tensor).unwrap();
                 let got = norm(after[i].1.clone() - before[i].1.clone());
                 let want = want.as_f64().unwrap();
+                eprintln!("{name} {key} {tensor}: rel {:.1e}", rel(got, want));
                 assert!(
                     rel(got, want) < 1e-4,
                     "{name} {key} {tensor}: |Δ| {got} vs torch {want}"

@@ -32,8 +32,12 @@ pub struct DemoConfig {
     pub seeds: Vec<u64>,
     pub train_examples: usize,
     pub eval_examples: usize,
-    /// Epochs of the SFT that makes the weak starting model.
-    pub weak_sft_epochs: usize,
+    /// The weak starting model is SFT'd one epoch at a time until its exact match on a separate
+    /// validation set reaches this (or `weak_max_epochs` pass): the task is learnt in a sudden
+    /// drop of the loss whose timing varies with the seed, so a fixed step count would give a
+    /// useless or a finished model depending on luck.
+    pub weak_target: f64,
+    pub weak_max_epochs: usize,
     pub spin_iterations: usize,
     /// Epochs of each SPIN iteration.
     pub spin_epochs: usize,
@@ -49,9 +53,8 @@ impl DemoConfig {
             seeds: vec![1, 2, 3],
             train_examples: 256,
             eval_examples: 64,
-            // The loss falls steeply between ~130 and ~200 steps of SFT; 10 epochs (160 steps)
-            // stop inside that drop, leaving a model that gets some words right.
-            weak_sft_epochs: 10,
+            weak_target: 0.2,
+            weak_max_epochs: 20,
             spin_iterations: 3,
             spin_epochs: 1,
             sft_lr: 3e-3,
@@ -66,7 +69,7 @@ impl DemoConfig {
             seeds: vec![1],
             train_examples: 48,
             eval_examples: 8,
-            weak_sft_epochs: 2,
+            weak_max_epochs: 2,
             spin_iterations: 2,
             spin_epochs: 1,
             batch_size: 8,
@@ -208,19 +211,35 @@ pub fn run_demo(
                 rows.push(r);
             };
 
-        // The weak starting model: a short SFT from random weights.
+        // The weak starting model: SFT from random weights, an epoch at a time, until it gets
+        // `weak_target` of the validation words right.
         report(DemoEvent::Stage("SFT to a weak starting model"));
-        let sft_cfg = train_cfg(c, c.sft_lr, c.weak_sft_epochs, seed);
-        let weak_dir = dir.join("sft-weak");
-        let (weak, r) = sft_stage(
-            &base,
-            &train,
-            &heldout,
-            &weak_dir,
-            &sft_cfg,
-            device,
-            &mut report,
-        )?;
+        let validation = task::examples(
+            c.eval_examples,
+            seed * 1000 + 3,
+            &[train.clone(), heldout.clone()].concat(),
+        );
+        let mut from = base.clone();
+        let mut r = None;
+        let start = Instant::now();
+        for epoch in 0..c.weak_max_epochs {
+            let mut cfg = train_cfg(c, c.sft_lr, 1, seed + epoch as u64);
+            cfg.schedule = Schedule::Constant;
+            cfg.warmup_ratio = if epoch == 0 { 0.1 } else { 0.0 };
+            let out_dir = dir.join("sft-weak").join(format!("epoch-{}", epoch + 1));
+            let (ckpt, row) =
+                sft_stage(&from, &train, &heldout, &out_dir, &cfg, device, &mut report)?;
+            from = ckpt;
+            r = Some(row);
+            if evaluate(&from, &validation, device)?.0 >= c.weak_target {
+                break;
+            }
+        }
+        let weak = from;
+        let r = StageResult {
+            seconds: start.elapsed().as_secs_f64(),
+            ..r.ok_or_else(|| Error::Invalid("weak_max_epochs must be at least 1".into()))?
+        };
         push(
             &mut rows,
             StageResult {

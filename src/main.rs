@@ -211,6 +211,16 @@ enum Command {
         /// Number of seeds (default: 3, or 1 with --quick).
         #[arg(long)]
         seeds: Option<usize>,
+        /// Learning rate of the SPIN iterations and of the continued SFT they are compared with
+        /// (default 1e-4).
+        #[arg(long)]
+        lr: Option<f64>,
+        /// SPIN's β (default 0.1).
+        #[arg(long)]
+        beta: Option<f64>,
+        /// SPIN iterations (default 3).
+        #[arg(long)]
+        iterations: Option<usize>,
         /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
@@ -327,6 +337,9 @@ fn main() -> Result<()> {
         out: PathBuf::from("wgspin-demo"),
         quick: false,
         seeds: None,
+        lr: None,
+        beta: None,
+        iterations: None,
         device: DeviceSpec::Auto,
     });
     match command {
@@ -344,8 +357,11 @@ fn main() -> Result<()> {
             out,
             quick,
             seeds,
+            lr,
+            beta,
+            iterations,
             device,
-        } => cli::demo::run(out, quick, seeds, device),
+        } => cli::demo::run(out, quick, seeds, lr, beta, iterations, device),
         Command::Plot { run_dir } => {
             let path = wgspin::plot::report_for_run(&run_dir)?;
             println!("{}", path.display());

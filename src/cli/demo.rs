@@ -65,7 +65,16 @@ fn summary(rows: &[StageResult]) {
     }
 }
 
-pub fn run(out: PathBuf, quick: bool, seeds: Option<usize>, spec: DeviceSpec) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    out: PathBuf,
+    quick: bool,
+    seeds: Option<usize>,
+    lr: Option<f64>,
+    beta: Option<f64>,
+    iterations: Option<usize>,
+    spec: DeviceSpec,
+) -> Result<()> {
     let dev = device::select(spec)?;
     eprintln!("device: {}", dev.description);
     let mut cfg = if quick {
@@ -75,6 +84,15 @@ pub fn run(out: PathBuf, quick: bool, seeds: Option<usize>, spec: DeviceSpec) ->
     };
     if let Some(n) = seeds {
         cfg.seeds = (1..=n as u64).collect();
+    }
+    if let Some(lr) = lr {
+        cfg.spin_lr = lr;
+    }
+    if let Some(b) = beta {
+        cfg.beta = b;
+    }
+    if let Some(n) = iterations {
+        cfg.spin_iterations = n;
     }
     eprintln!(
         "wgspin demo: a tiny Llama learns to shift letters (cat → dbu) ({} training / {} held-out examples, {} seed(s)).\n\

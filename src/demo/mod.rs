@@ -58,7 +58,7 @@ impl DemoConfig {
             spin_iterations: 3,
             spin_epochs: 1,
             sft_lr: 3e-3,
-            spin_lr: 1e-3,
+            spin_lr: 1e-4,
             beta: 0.1,
             batch_size: 16,
         }

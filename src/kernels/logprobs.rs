@@ -178,7 +178,7 @@ pub(crate) fn as_i32(t: CubeTensor) -> CubeTensor {
 }
 
 /// One workgroup per row; rows folded into (x, y) because a dimension holds at most 65535 groups.
-pub(crate) fn rows_grid(n: usize) -> CubeCount {
+fn rows_grid(n: usize) -> CubeCount {
     let n = n as u32;
     let x = n.clamp(1, 65535);
     CubeCount::Static(x, n.div_ceil(x).max(1), 1)
@@ -211,12 +211,32 @@ pub(crate) fn new_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
     )
 }
 
-pub(crate) fn info_buffer(like: &CubeTensor, n: usize, v: usize) -> burn::cubecl::server::Handle {
+fn info_buffer(like: &CubeTensor, n: usize, v: usize) -> burn::cubecl::server::Handle {
     let words: Vec<u8> = [n as u32, v as u32]
         .iter()
         .flat_map(|x| x.to_le_bytes())
         .collect();
     like.client.create_from_slice(&words)
+}
+
+/// Launches a WGSL kernel with one 256-thread workgroup per row over `n` rows of width `v`:
+/// binds `tensors` in order, then the `[n, v]` info buffer, as every shader header here lists
+/// its bindings.
+pub(crate) fn launch_rows<K: KernelSource + 'static>(
+    kernel: K,
+    n: usize,
+    v: usize,
+    tensors: &[&CubeTensor],
+) {
+    let like = tensors[0];
+    let info = info_buffer(like, n, v);
+    let mut bindings: Vec<_> = tensors.iter().map(|t| t.handle.clone().binding()).collect();
+    bindings.push(info.binding());
+    like.client.launch(
+        Box::new(SourceKernel::new(kernel, CubeDim::new_1d(256))),
+        rows_grid(n),
+        KernelArguments::new().with_buffers(bindings),
+    );
 }
 
 impl LogprobBackend for CubeBackend {
@@ -233,24 +253,11 @@ impl LogprobBackend for CubeBackend {
         if n == 0 {
             return (logp, lse);
         }
-        let info = info_buffer(&logits, n, v);
-        logits.client.launch(
-            Box::new(SourceKernel::new(
-                WgslSource {
-                    source: FWD_WGSL,
-                    name: "token_logprobs_fwd",
-                },
-                CubeDim::new_1d(256),
-            )),
-            rows_grid(n),
-            KernelArguments::new().with_buffers(vec![
-                logits.handle.clone().binding(),
-                targets.handle.clone().binding(),
-                logp.handle.clone().binding(),
-                lse.handle.clone().binding(),
-                info.binding(),
-            ]),
-        );
+        let kernel = WgslSource {
+            source: FWD_WGSL,
+            name: "token_logprobs_fwd",
+        };
+        launch_rows(kernel, n, v, &[&logits, &targets, &logp, &lse]);
         (logp, lse)
     }
 
@@ -273,25 +280,11 @@ impl LogprobBackend for CubeBackend {
         if n == 0 {
             return out;
         }
-        let info = info_buffer(&logits, n, v);
-        logits.client.launch(
-            Box::new(SourceKernel::new(
-                WgslSource {
-                    source: BWD_WGSL,
-                    name: "token_logprobs_bwd",
-                },
-                CubeDim::new_1d(256),
-            )),
-            rows_grid(n),
-            KernelArguments::new().with_buffers(vec![
-                logits.handle.clone().binding(),
-                targets.handle.clone().binding(),
-                lse.handle.clone().binding(),
-                grad.handle.clone().binding(),
-                out.handle.clone().binding(),
-                info.binding(),
-            ]),
-        );
+        let kernel = WgslSource {
+            source: BWD_WGSL,
+            name: "token_logprobs_bwd",
+        };
+        launch_rows(kernel, n, v, &[&logits, &targets, &lse, &grad, &out]);
         out
     }
 }

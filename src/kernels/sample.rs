@@ -5,18 +5,14 @@
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::wgpu::{
-    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
-};
+use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate, into_contiguous};
 use burn::backend::{
     Backend, DType, Dispatch, DispatchDevice, RuntimeId, Shape, TensorMetadata, backend_extension,
 };
-use burn::cubecl::CubeDim;
 use burn::cubecl::prelude::KernelId;
-use burn::cubecl::server::KernelArguments;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::logprobs::{as_f32, as_i32, info_buffer, new_f32, rows_grid};
+use super::logprobs::{as_f32, as_i32, launch_rows, new_f32};
 use crate::error::{Error, Result};
 
 /// How one row is sampled. Defaults: plain sampling at temperature 1, no truncation.
@@ -206,17 +202,7 @@ impl SampleBackend for CubeBackend {
         if b == 0 {
             return out;
         }
-        let info = info_buffer(&logits, b, v);
-        logits.client.launch(
-            Box::new(SourceKernel::new(SampleSource, CubeDim::new_1d(256))),
-            rows_grid(b),
-            KernelArguments::new().with_buffers(vec![
-                logits.handle.clone().binding(),
-                params.handle.clone().binding(),
-                out.handle.clone().binding(),
-                info.binding(),
-            ]),
-        );
+        launch_rows(SampleSource, b, v, &[&logits, &params, &out]);
         out
     }
 }

@@ -21,6 +21,16 @@ pub struct ModelBundle {
 }
 
 impl ModelBundle {
+    /// Ids that end a generated response: config / generation_config eos ids and the
+    /// tokenizer's eos.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut stop = self.config.eos_token_ids.clone();
+        if !stop.contains(&self.tokenizer.eos_token_id) {
+            stop.push(self.tokenizer.eos_token_id);
+        }
+        stop
+    }
+
     /// Loads a Hugging Face model folder or a `.gguf` file onto `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         if path.is_file() && crate::gguf::reader::is_gguf(path) {

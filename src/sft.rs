@@ -58,10 +58,7 @@ impl SftTrainer {
             return Err(Error::Invalid("no SFT examples".into()));
         }
         let plan = Plan::new(seqs.len(), &cfg);
-        let optimizer = Optimizer::new(OptimConfig {
-            kind: cfg.optimizer,
-            weight_decay: cfg.weight_decay,
-        });
+        let optimizer = Optimizer::new(OptimConfig::from(&cfg));
         Ok(Self {
             model,
             cfg,
@@ -170,7 +167,7 @@ pub fn run_sft(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let bundle = ModelBundle::load(model_path, &device.clone().autodiff())?;
     let tok = &bundle.tokenizer;
-    let pad = tok.pad_token_id.unwrap_or(tok.eos_token_id);
+    let pad = tok.pad_id();
     let seqs = tokenize_sft(tok, examples, cfg)?;
     let (dtype, source) = (bundle.stored_dtype, bundle.dir.clone());
     let mut t = SftTrainer::new(bundle.model, cfg.clone(), seqs, pad)?;

@@ -135,7 +135,7 @@ fn human_ll(
         .iter()
         .map(|e| TokenizedPair::new(tok, &e.prompt, &e.response))
         .collect::<Result<Vec<_>>>()?;
-    let pad = tok.pad_token_id.unwrap_or(tok.eos_token_id);
+    let pad = tok.pad_id();
     let opts = ScoreOptions {
         batch_size: batch,
         ..Default::default()
@@ -160,7 +160,7 @@ fn evaluate(
         let b = ModelBundle::load(model_path, device)?;
         let tok = &b.tokenizer;
         let pairs = tokenize_pairs(tok, eval_pairs, train_cfg)?;
-        let pad = tok.pad_token_id.unwrap_or(tok.eos_token_id);
+        let pad = tok.pad_id();
         let lp = pair_logps(
             &b.model,
             &pairs,
@@ -194,7 +194,8 @@ pub struct SpinSummary {
     pub evals: Vec<EvalResult>,
 }
 
-/// Runs (or resumes) the self-play loop.
+/// Runs (or resumes) the self-play loop. The stop ids and pad id of `gen_opts` are replaced by
+/// those of each iteration's model.
 #[allow(clippy::too_many_arguments)]
 pub fn run_spin(
     model: &Path,
@@ -239,6 +240,11 @@ pub fn run_spin(
                 stage: "generate",
             });
             let bundle = ModelBundle::load(&theta, device)?;
+            let gen_opts = &GenOptions {
+                stop_ids: bundle.stop_ids(),
+                pad_id: bundle.tokenizer.pad_id(),
+                ..gen_opts.clone()
+            };
             // The held-out prompts get θ_t's responses too: evaluation compares against them.
             let g = run_generate(&bundle, &train, &gen_path, gen_opts, |p| {
                 report(SpinEvent::Generate(p))

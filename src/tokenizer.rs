@@ -137,6 +137,12 @@ impl ChatTokenizer {
             })
     }
 
+    /// Token id for padding slots: the pad token, or eos when the model has none (padding is
+    /// masked, so any id serves).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_token_id.unwrap_or(self.eos_token_id)
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner
             .decode(ids, skip_special_tokens)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use wgspin::demo::{DemoConfig, DemoEvent, StageResult, run_demo};
-use wgspin::device::{self, DeviceSpec};
+use wgspin::device::DeviceSpec;
 use wgspin::progress::Progress;
 use wgspin::spin::SpinEvent;
 
@@ -75,8 +75,7 @@ pub fn run(
     iterations: Option<usize>,
     spec: DeviceSpec,
 ) -> Result<()> {
-    let dev = device::select(spec)?;
-    eprintln!("device: {}", dev.description);
+    let dev = super::select_device(spec)?;
     let mut cfg = if quick {
         DemoConfig::quick()
     } else {

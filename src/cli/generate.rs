@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use wgspin::ModelBundle;
 use wgspin::data::{DataFormat, SftExample, read_dataset};
-use wgspin::device::{self, DeviceSpec};
+use wgspin::device::DeviceSpec;
 use wgspin::generate::job::{GenSummary, run_generate};
 use wgspin::progress::Progress;
 
@@ -54,16 +54,7 @@ pub fn generate_into(
     flags: &GenFlags,
     batch_size: usize,
 ) -> Result<GenSummary> {
-    let tok = &bundle.tokenizer;
-    let mut stop = bundle.config.eos_token_ids.clone();
-    if !stop.contains(&tok.eos_token_id) {
-        stop.push(tok.eos_token_id);
-    }
-    let opts = flags.options(
-        batch_size,
-        stop,
-        tok.pad_token_id.unwrap_or(tok.eos_token_id),
-    );
+    let opts = flags.options(batch_size, bundle.stop_ids(), bundle.tokenizer.pad_id());
     let mut bar = Progress::new("generate", examples.len());
     let summary = run_generate(bundle, examples, out, &opts, |p| {
         let rate = p.tokens as f64 / p.elapsed.as_secs_f64().max(1e-9);
@@ -101,8 +92,7 @@ pub fn run(
     flags: GenFlags,
     batch_size: usize,
 ) -> Result<()> {
-    let dev = device::select(spec)?;
-    eprintln!("device: {}", dev.description);
+    let dev = super::select_device(spec)?;
     let examples = load_examples(&data, format, limit)?;
     let bundle = ModelBundle::load(&model, &dev.device)
         .with_context(|| format!("loading model {}", model.display()))?;

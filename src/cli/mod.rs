@@ -1,6 +1,7 @@
 //! Subcommands of the `wgspin` binary that run the SPIN stages, one file per command; flags shared
 //! between commands (generation, training) live here so `spin` takes exactly the same ones.
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod generate;
@@ -12,6 +13,7 @@ use std::io::IsTerminal;
 
 use clap::Args;
 
+use wgspin::device::{self, ComputeDevice, DeviceSpec};
 use wgspin::generate::GenOptions;
 use wgspin::kernels::sample::SamplingParams;
 use wgspin::progress::Progress;
@@ -19,6 +21,13 @@ use wgspin::train::TrainConfig;
 use wgspin::train::job::TrainEvent;
 use wgspin::train::loss::LossKind;
 use wgspin::train::optim::{OptimizerKind, Schedule};
+
+/// The device `spec` names, announced on stderr (every command says where it runs).
+pub fn select_device(spec: DeviceSpec) -> anyhow::Result<ComputeDevice> {
+    let dev = device::select(spec)?;
+    eprintln!("device: {}", dev.description);
+    Ok(dev)
+}
 
 /// Sampling flags of the opponent's generation.
 #[derive(Args, Debug, Clone)]

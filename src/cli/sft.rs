@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use wgspin::data::DataFormat;
-use wgspin::device::{self, DeviceSpec};
+use wgspin::device::DeviceSpec;
 use wgspin::progress::Progress;
 use wgspin::sft::run_sft;
 
@@ -22,8 +22,7 @@ pub fn run(
     spec: DeviceSpec,
     flags: TrainFlags,
 ) -> Result<()> {
-    let dev = device::select(spec)?;
-    eprintln!("device: {}", dev.description);
+    let dev = super::select_device(spec)?;
     let examples = load_examples(&data, format, None)?;
     let cfg = flags.config(seed);
     let mut bar: Option<Progress> = None;

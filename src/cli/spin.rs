@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use wgspin::data::DataFormat;
-use wgspin::device::{self, DeviceSpec};
+use wgspin::device::DeviceSpec;
 use wgspin::fsutil;
 use wgspin::progress::Progress;
 use wgspin::spin::{SpinConfig, SpinEvent, run_spin};
@@ -26,22 +26,10 @@ pub struct SpinArgs {
 }
 
 pub fn run(a: SpinArgs) -> Result<()> {
-    let dev = device::select(a.device)?;
-    eprintln!("device: {}", dev.description);
+    let dev = super::select_device(a.device)?;
     let examples = load_examples(&a.data, a.format, None)?;
-    let tok_free_stop = vec![];
-    let mut gen_opts = a.sampling.options(a.spin.gen_batch_size, tok_free_stop, 0);
-    // Stop ids and padding come from the model; read them once here.
-    let probe = wgspin::ModelBundle::load(&a.model, &dev.device)
-        .with_context(|| format!("loading model {}", a.model.display()))?;
-    let tok = &probe.tokenizer;
-    let mut stop = probe.config.eos_token_ids.clone();
-    if !stop.contains(&tok.eos_token_id) {
-        stop.push(tok.eos_token_id);
-    }
-    gen_opts.stop_ids = stop;
-    gen_opts.pad_id = tok.pad_token_id.unwrap_or(tok.eos_token_id);
-    drop(probe);
+    // Stop ids and padding are filled in by the loop from each iteration's model.
+    let gen_opts = a.sampling.options(a.spin.gen_batch_size, vec![], 0);
     let train_cfg = a.train.config(a.sampling.seed);
 
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;

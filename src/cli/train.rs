@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use wgspin::data::DataFormat;
-use wgspin::device::{self, DeviceSpec};
+use wgspin::device::DeviceSpec;
 use wgspin::train::job::run_train;
 
 use super::TrainFlags;
@@ -22,8 +22,7 @@ pub fn run(
     spec: DeviceSpec,
     flags: TrainFlags,
 ) -> Result<()> {
-    let dev = device::select(spec)?;
-    eprintln!("device: {}", dev.description);
+    let dev = super::select_device(spec)?;
     let examples = load_examples(&pairs, format, None)?;
     if let Some(e) = examples.iter().find(|e| e.generated.is_none()) {
         anyhow::bail!(

@@ -132,7 +132,7 @@ pub fn evaluate(path: &Path, heldout: &[SftExample], device: &Device) -> Result<
             ..Default::default()
         },
         stop_ids: vec![tok.eos_token_id],
-        pad_id: tok.pad_token_id.unwrap_or(tok.eos_token_id),
+        pad_id: tok.pad_id(),
     };
     let mut correct = 0;
     generate(&b.model, &requests, &opts, |f| {
@@ -265,7 +265,7 @@ pub fn run_demo(
             eval_size: Some(heldout.len()),
             gen_batch_size: 32,
         };
-        let b = ModelBundle::load(&weak, device)?;
+        // Stop ids and padding are taken from θ_t by the loop.
         let gen_opts = GenOptions {
             batch_size: 32,
             max_new_tokens: 10,
@@ -274,10 +274,9 @@ pub fn run_demo(
                 seed,
                 ..Default::default()
             },
-            stop_ids: vec![b.tokenizer.eos_token_id],
-            pad_id: b.tokenizer.pad_token_id.unwrap_or(b.tokenizer.eos_token_id),
+            stop_ids: vec![],
+            pad_id: 0,
         };
-        drop(b);
         let mut stage_start = Instant::now();
         let mut spin_rows: Vec<Result<StageResult>> = vec![];
         run_spin(

@@ -145,7 +145,7 @@ pub fn run_train(
     // The opponent θ_t, frozen: tokenizer, and reference log-probs of every pair.
     let bundle = ModelBundle::load(model_path, device)?;
     let tok = &bundle.tokenizer;
-    let pad = tok.pad_token_id.unwrap_or(tok.eos_token_id);
+    let pad = tok.pad_id();
     let dtype = bundle.stored_dtype;
     let source_dir = bundle.dir.clone();
     let pairs = tokenize_pairs(tok, examples, cfg)?;
@@ -198,10 +198,7 @@ pub fn run_train(
         let opt_path = ckpt.join(OPTIMIZER_FILE);
         if opt_path.exists() {
             trainer.optimizer = Optimizer::load(
-                OptimConfig {
-                    kind: cfg.optimizer,
-                    weight_decay: cfg.weight_decay,
-                },
+                OptimConfig::from(cfg),
                 &opt_path,
                 resume_step as u64,
                 &trainer.model,

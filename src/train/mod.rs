@@ -455,10 +455,7 @@ impl Trainer {
             return Err(Error::Invalid("no training pairs".into()));
         }
         let plan = Plan::new(pairs.len(), &cfg);
-        let optimizer = Optimizer::new(OptimConfig {
-            kind: cfg.optimizer,
-            weight_decay: cfg.weight_decay,
-        });
+        let optimizer = Optimizer::new(OptimConfig::from(&cfg));
         Ok(Self {
             model,
             cfg,

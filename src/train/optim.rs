@@ -104,6 +104,15 @@ pub struct OptimConfig {
     pub weight_decay: f64,
 }
 
+impl From<&crate::train::TrainConfig> for OptimConfig {
+    fn from(cfg: &crate::train::TrainConfig) -> Self {
+        Self {
+            kind: cfg.optimizer,
+            weight_decay: cfg.weight_decay,
+        }
+    }
+}
+
 /// Optimizer state: per parameter, RMSprop's square average or AdamW's two moments.
 pub struct Optimizer {
     cfg: OptimConfig,

@@ -3,13 +3,7 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-
-fn wgspin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wgspin"))
-}
 
 #[test]
 fn logprobs_command_matches_reference() {

@@ -2,13 +2,10 @@
 //! prints the stage table, and writes demo.json with every stage and a report.svg with the
 //! curves; `wgspin plot` draws a run folder.
 
-use std::process::Command;
+mod common;
 
+use common::wgspin;
 use serde_json::Value;
-
-fn wgspin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wgspin"))
-}
 
 #[test]
 fn quick_demo_completes_and_writes_the_report() {

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -123,10 +122,6 @@ fn sampled_tokens_do_not_depend_on_batch_size() {
     assert_ne!(run(&bundle, &prompts, &other), batched);
 }
 
-fn wgspin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wgspin"))
-}
-
 fn write_prompts(path: &std::path::Path, n: usize) {
     let words = [
         "the", "cat", "spin", "model", "tells", "human", "answers", "from", "its", "own", "why",
@@ -143,7 +138,7 @@ fn write_prompts(path: &std::path::Path, n: usize) {
 }
 
 fn generate_args(data: &std::path::Path, out: &std::path::Path) -> Vec<String> {
-    [
+    args(&[
         "generate",
         "--device",
         "cpu",
@@ -161,10 +156,7 @@ fn generate_args(data: &std::path::Path, out: &std::path::Path) -> Vec<String> {
         "0.8",
         "--seed",
         "9",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ])
 }
 
 #[test]

@@ -7,17 +7,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
 use wgspin::ModelBundle;
 use wgspin::device::cpu_device;
-
-fn wgspin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wgspin"))
-}
 
 fn write_data(path: &Path) {
     let mut text = String::new();
@@ -34,8 +29,8 @@ fn write_data(path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
-fn args(data: &Path, out: &Path, config: &Path) -> Vec<String> {
-    [
+fn spin_args(data: &Path, out: &Path, config: &Path) -> Vec<String> {
+    args(&[
         "spin",
         "--device",
         "cpu",
@@ -51,10 +46,7 @@ fn args(data: &Path, out: &Path, config: &Path) -> Vec<String> {
         "2",
         "--lr",
         "2e-3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ])
 }
 
 fn json(path: &Path) -> Value {
@@ -76,7 +68,10 @@ fn spin_runs_two_iterations_and_resumes_after_sigkill() {
     .unwrap();
 
     let full = tmp.path().join("full");
-    let st = wgspin().args(args(&data, &full, &config)).output().unwrap();
+    let st = wgspin()
+        .args(spin_args(&data, &full, &config))
+        .output()
+        .unwrap();
     assert!(
         st.status.success(),
         "{}",
@@ -130,7 +125,7 @@ fn spin_runs_two_iterations_and_resumes_after_sigkill() {
     // Kill during the second iteration, rerun, compare.
     let out = tmp.path().join("out");
     let mut child = wgspin()
-        .args(args(&data, &out, &config))
+        .args(spin_args(&data, &out, &config))
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -157,7 +152,10 @@ fn spin_runs_two_iterations_and_resumes_after_sigkill() {
                 .len()
                 < 2
     );
-    let st = wgspin().args(args(&data, &out, &config)).output().unwrap();
+    let st = wgspin()
+        .args(spin_args(&data, &out, &config))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&st.stderr);
     assert!(st.status.success(), "{stderr}");
     assert!(

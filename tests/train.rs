@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use burn::tensor::{Tensor, TensorData};
@@ -290,12 +289,8 @@ fn checkpoints_keep_names_shapes_dtypes_and_logits() {
     }
 }
 
-fn wgspin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wgspin"))
-}
-
 fn train_args(pairs: &std::path::Path, out: &std::path::Path) -> Vec<String> {
-    [
+    args(&[
         "train",
         "--device",
         "cpu",
@@ -317,10 +312,7 @@ fn train_args(pairs: &std::path::Path, out: &std::path::Path) -> Vec<String> {
         "3",
         "--save-every",
         "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ])
 }
 
 fn write_pairs(path: &std::path::Path) {

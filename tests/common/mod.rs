@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use serde::Deserialize;
 use wgspin::device::{self, ComputeDevice, DeviceSpec};
@@ -114,4 +115,14 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+}
+
+/// The `wgspin` binary under test.
+pub fn wgspin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wgspin"))
+}
+
+/// Owned command-line arguments.
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
 }

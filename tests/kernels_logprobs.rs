@@ -3,14 +3,19 @@
 //!
 //! Tolerances (f32): forward |Δ| ≤ 1e-5 · max(1, |lse|) (logp = x_t − lse cancels, so the error
 //! scales with the log-sum-exp); gradients |Δ| ≤ 1e-6 + 1e-5 · |ref|; finite differences (h = 1e-2,
-//! central) |Δ| ≤ 2e-3.
+//! central) |Δ| ≤ 2e-3. f16 logits: the reference runs in f32 on the same f16-rounded values, so
+//! the forward keeps the f32 tolerance; the f16 gradient is within one f16 rounding,
+//! |Δ| ≤ 1e-7 + 1e-3 · |ref|.
 
 mod common;
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{Rng, devices};
-use wgspin::kernels::logprobs::{head_logprobs, set_poison_outputs, token_logprobs};
+use wgspin::kernels::sample::is_wgpu;
+use wgspin::kernels::logprobs::{
+    f16_kernel_available, head_logprobs, set_poison_outputs, token_logprobs,
+};
 
 /// Random logits `[n, v]` with scale `scale` and a fraction of −inf entries (never the target).
 fn case(rng: &mut Rng, n: usize, v: usize, scale: f32, masked: f32) -> (Vec<f32>, Vec<i32>) {
@@ -118,6 +123,61 @@ fn gradient_matches_reference() {
                 assert!(
                     (a - b).abs() <= 1e-6 + 1e-5 * b.abs(),
                     "{} n={n} v={v}: dlogits[{i}] {a} vs {b}",
+                    dev.description
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_logits_match_reference_forward_and_backward() {
+    use burn::tensor::DType;
+    set_poison_outputs(true);
+    let mut rng = Rng(13);
+    for dev in devices() {
+        if std::env::var("WGSPIN_REQUIRE_GPU").is_ok_and(|v| v == "1") && is_wgpu(&dev.device) {
+            // lavapipe and every desktop GPU wgpu reaches have WGSL f16: CI must test that path.
+            assert!(
+                f16_kernel_available(&dev.device),
+                "{}: no f16 shader path",
+                dev.description
+            );
+        }
+        let device = dev.device.clone().autodiff();
+        for &(n, v) in &[(1, 7), (5, 257), (33, 2049), (2, 152_064)] {
+            let (l, t) = case(&mut rng, n, v, 4.0, 0.1);
+            let w: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+            let weights = Tensor::<1>::from_data(TensorData::new(w, [n]), &device);
+            let run = |use_kernel: bool| {
+                let (logits, targets) = tensors(&l, &t, n, v, &device);
+                let half = logits.cast(DType::F16).require_grad();
+                let (logp, lse) = if use_kernel {
+                    let (lp, lse) = token_logprobs(half.clone(), targets);
+                    (lp, vec1(lse))
+                } else {
+                    (reference(half.clone().cast(DType::F32), targets), vec![])
+                };
+                let grads = (logp.clone() * weights.clone()).sum().backward();
+                let g = half.grad(&grads).unwrap();
+                assert_eq!(g.dtype(), DType::F16, "{}: dlogits dtype", dev.description);
+                (vec1(logp), lse, vec2(g.cast(DType::F32)))
+            };
+            let (got, want) = (run(true), run(false));
+            for i in 0..n {
+                let tol = 1e-5 * got.1[i].abs().max(1.0);
+                assert!(
+                    (got.0[i] - want.0[i]).abs() <= tol,
+                    "{} n={n} v={v}: f16 logp[{i}] {} vs {}",
+                    dev.description,
+                    got.0[i],
+                    want.0[i]
+                );
+            }
+            for (i, (a, b)) in got.2.iter().zip(&want.2).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-7 + 1e-3 * b.abs(),
+                    "{} n={n} v={v}: f16 dlogits[{i}] {a} vs {b}",
                     dev.description
                 );
             }

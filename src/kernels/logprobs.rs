@@ -24,6 +24,7 @@ use burn::backend::{
     Autodiff, AutodiffBackend, Backend, DType, Dispatch, Flex, FloatDType, IntDType, RuntimeId,
     Shape, TensorMetadata, backend_extension,
 };
+use burn::cubecl::ir::{ElemType, FloatKind};
 use burn::cubecl::prelude::KernelId;
 use burn::cubecl::server::KernelArguments;
 use burn::cubecl::{CubeCount, CubeDim};
@@ -44,8 +45,9 @@ pub trait LogprobBackend: Backend {
         reference_forward::<Self>(logits, targets)
     }
 
-    /// `dlogits [N, V] = grad[n] · (1[v = targets[n]] − exp(logits[n, v] − lse[n]))`.
-    #[fusion(dtype = DType::F32, shape = logits)]
+    /// `dlogits [N, V] = grad[n] · (1[v = targets[n]] − exp(logits[n, v] − lse[n]))`, in the
+    /// logits' dtype.
+    #[fusion(meta = |logits, _t, _l, _g| TensorSpec::new(logits.shape.clone(), logits.dtype))]
     fn token_logprobs_backward(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
@@ -110,7 +112,7 @@ pub fn reference_forward<B: Backend>(
     )
 }
 
-/// burn-ops twin of the backward.
+/// burn-ops twin of the backward: arithmetic in f32, the result in the logits' dtype.
 pub fn reference_backward<B: Backend>(
     logits: FloatTensor<B>,
     targets: IntTensor<B>,
@@ -118,7 +120,10 @@ pub fn reference_backward<B: Backend>(
     grad: FloatTensor<B>,
 ) -> FloatTensor<B> {
     let n = logits.shape()[0];
+    let dtype = logits.dtype();
     let logits = B::float_cast(logits, FloatDType::F32);
+    let lse = B::float_cast(lse, FloatDType::F32);
+    let grad = B::float_cast(grad, FloatDType::F32);
     let g = B::float_reshape(grad, Shape::new([n, 1]));
     let p = B::float_exp(B::float_sub(
         logits,
@@ -126,35 +131,61 @@ pub fn reference_backward<B: Backend>(
     ));
     let d = B::float_neg(B::float_mul(p, g.clone()));
     // d[n, t] += g[n]
-    B::float_scatter(
+    let d = B::float_scatter(
         1,
         d,
         B::int_reshape(targets, Shape::new([n, 1])),
         g,
         burn::backend::tensor::IndexingUpdateOp::Add,
-    )
+    );
+    if dtype == DType::F32 {
+        d
+    } else {
+        B::float_cast(d, dtype.into())
+    }
 }
 
 impl LogprobBackend for Flex {}
 
 // ---------------------------------------------------------------- WGSL launch (wgpu runtime only)
 
+/// Whether f16 logits on `device` are read by the f16 instance of the shaders (a wgpu device whose
+/// WGSL has `f16`) rather than cast to f32 first.
+pub fn f16_kernel_available(device: &burn::tensor::Device) -> bool {
+    let f16 = ElemType::Float(FloatKind::F16);
+    matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(d)
+        if d.runtime() == RuntimeId::Wgpu && d.client().properties().supports_type(f16))
+}
+
 const FWD_WGSL: &str = include_str!("../../shaders/token_logprobs_fwd.wgsl");
 const BWD_WGSL: &str = include_str!("../../shaders/token_logprobs_bwd.wgsl");
+
+/// Element type a log-prob shader is instantiated for: the logits' own f16 where the device has
+/// WGSL `f16` (half the bytes read, the bandwidth being the kernel's cost), f32 otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Elem {
+    F32,
+    F16,
+}
 
 struct WgslSource {
     source: &'static str,
     name: &'static str,
+    elem: Elem,
 }
 
 impl KernelSource for WgslSource {
     fn source(&self) -> SourceTemplate {
+        let (elem, enable) = match self.elem {
+            Elem::F32 => ("f32", ""),
+            Elem::F16 => ("f16", "enable f16;"),
+        };
         SourceTemplate::new(self.source)
-            .register("elem", "f32")
-            .register("enable", "")
+            .register("elem", elem)
+            .register("enable", enable)
     }
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info(self.name)
+        KernelId::new::<Self>().info((self.name, self.elem))
     }
     fn lang(&self) -> &'static str {
         "wgsl"
@@ -166,6 +197,17 @@ pub(crate) fn as_f32(t: CubeTensor) -> CubeTensor {
         t
     } else {
         CubeBackend::float_cast(t, FloatDType::F32)
+    }
+}
+
+/// The logits as the kernel will read them: f16 kept where the device's WGSL has `f16`, every
+/// other dtype (bf16, f64, f16 without device support) cast to f32.
+fn kernel_input(logits: CubeTensor) -> (CubeTensor, Elem) {
+    let f16 = ElemType::Float(FloatKind::F16);
+    if logits.dtype == DType::F16 && logits.client.properties().supports_type(f16) {
+        (logits, Elem::F16)
+    } else {
+        (as_f32(logits), Elem::F32)
     }
 }
 
@@ -193,22 +235,22 @@ pub fn set_poison_outputs(on: bool) {
 }
 
 pub(crate) fn new_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
+    new_output(like, shape, Elem::F32)
+}
+
+fn new_output(like: &CubeTensor, shape: Shape, elem: Elem) -> CubeTensor {
     let len = shape.num_elements().max(1);
-    let handle = if POISON_OUTPUTS.load(Ordering::Relaxed) {
-        let nan: Vec<u8> = std::iter::repeat_n(f32::NAN.to_le_bytes(), len)
-            .flatten()
-            .collect();
-        like.client.create_from_slice(&nan)
-    } else {
-        like.client.empty(len * 4)
+    let (nan, dtype): (Vec<u8>, _) = match elem {
+        Elem::F32 => (f32::NAN.to_le_bytes().to_vec(), DType::F32),
+        Elem::F16 => (half::f16::NAN.to_le_bytes().to_vec(), DType::F16),
     };
-    CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        shape,
-        handle,
-        DType::F32,
-    )
+    let handle = if POISON_OUTPUTS.load(Ordering::Relaxed) {
+        let bytes: Vec<u8> = std::iter::repeat_n(nan, len).flatten().collect();
+        like.client.create_from_slice(&bytes)
+    } else {
+        like.client.empty(len * dtype.size())
+    };
+    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, dtype)
 }
 
 fn info_buffer(like: &CubeTensor, n: usize, v: usize) -> burn::cubecl::server::Handle {
@@ -241,10 +283,10 @@ pub(crate) fn launch_rows<K: KernelSource + 'static>(
 
 impl LogprobBackend for CubeBackend {
     fn token_logprobs(logits: CubeTensor, targets: CubeTensor) -> (CubeTensor, CubeTensor) {
-        let logits = as_f32(logits);
         if logits.device.runtime() != RuntimeId::Wgpu {
             return reference_forward::<Self>(logits, targets);
         }
+        let (logits, elem) = kernel_input(logits);
         let logits = into_contiguous(logits);
         let targets = into_contiguous(as_i32(targets));
         let [n, v] = logits.shape().dims::<2>();
@@ -256,6 +298,7 @@ impl LogprobBackend for CubeBackend {
         let kernel = WgslSource {
             source: FWD_WGSL,
             name: "token_logprobs_fwd",
+            elem,
         };
         launch_rows(kernel, n, v, &[&logits, &targets, &logp, &lse]);
         (logp, lse)
@@ -267,25 +310,30 @@ impl LogprobBackend for CubeBackend {
         lse: CubeTensor,
         grad: CubeTensor,
     ) -> CubeTensor {
-        let logits = as_f32(logits);
         if logits.device.runtime() != RuntimeId::Wgpu {
-            return reference_backward::<Self>(logits, targets, as_f32(lse), as_f32(grad));
+            return reference_backward::<Self>(logits, targets, lse, grad);
         }
+        let dtype = logits.dtype;
+        let (logits, elem) = kernel_input(logits);
         let logits = into_contiguous(logits);
         let targets = into_contiguous(as_i32(targets));
         let lse = into_contiguous(as_f32(lse));
         let grad = into_contiguous(as_f32(grad));
         let [n, v] = logits.shape().dims::<2>();
-        let out = new_f32(&logits, Shape::new([n, v]));
-        if n == 0 {
-            return out;
+        let out = new_output(&logits, Shape::new([n, v]), elem);
+        if n > 0 {
+            let kernel = WgslSource {
+                source: BWD_WGSL,
+                name: "token_logprobs_bwd",
+                elem,
+            };
+            launch_rows(kernel, n, v, &[&logits, &targets, &lse, &grad, &out]);
         }
-        let kernel = WgslSource {
-            source: BWD_WGSL,
-            name: "token_logprobs_bwd",
-        };
-        launch_rows(kernel, n, v, &[&logits, &targets, &lse, &grad, &out]);
-        out
+        if out.dtype == dtype {
+            out
+        } else {
+            CubeBackend::float_cast(out, dtype.into())
+        }
     }
 }
 

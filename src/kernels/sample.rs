@@ -1,6 +1,7 @@
 //! The fused sampler: temperature, top-k, top-p, min-p and greedy in one WGSL kernel per batch
-//! (`shaders/sample.wgsl`, no sort) on wgpu, and a sort-based twin on the host for every other
-//! backend and as the test reference. Randomness comes from a counter-based hash of
+//! (`shaders/sample.wgsl`, no sort) on wgpu; its twin in plain burn ops (sorting where top-k or
+//! top-p needs the order) on every other backend and as the kernel's reference; and a host
+//! reference in f64 for the tests. Randomness comes from a counter-based hash of
 //! (seed, request id, step), so a row's token never depends on the batch it was drawn in.
 
 use burn::backend::fusion::custom::TensorSpec;
@@ -10,7 +11,7 @@ use burn::backend::{
     Backend, DType, Dispatch, DispatchDevice, RuntimeId, Shape, TensorMetadata, backend_extension,
 };
 use burn::cubecl::prelude::KernelId;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::logprobs::{as_f32, as_i32, launch_rows, new_f32};
 use crate::error::{Error, Result};
@@ -89,8 +90,9 @@ pub fn uniform(seed: u64, id: DrawId) -> f32 {
     (h[0] >> 8) as f32 * (1.0 / 16_777_216.0)
 }
 
-/// Sort-based twin of the kernel for one row: the same filters and the same inverse CDF in
-/// vocabulary order, with the thresholds found by sorting. Returns (token, raw log-prob).
+/// Host reference for one row, in f64 sums: the same filters and the same inverse CDF in
+/// vocabulary order as the kernel, with the thresholds found by sorting. Returns (token, raw
+/// log-prob). For tests; the product samples with the kernel or [`sample_twin`].
 pub fn sample_row_reference(logits: &[f32], p: &SamplingParams, u: f32) -> (u32, f32) {
     let m_raw = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = m_raw
@@ -169,6 +171,114 @@ pub fn sample_row_reference(logits: &[f32], p: &SamplingParams, u: f32) -> (u32,
     (token as u32, logits[token] - lse)
 }
 
+/// Stand-in for −inf in thresholds: "no filter".
+const LOWEST: f32 = f32::MIN;
+
+/// The kernel's twin in burn ops on the logits' own device, for the same (seed, request, step)
+/// draws: thresholds as in the shader (min-p exact; top-k and top-p read off the row sorted in
+/// descending order, top-p from a cumulative sum), then the inverse CDF in vocabulary order as a
+/// cumulative sum. The sort runs only when some row uses top-k or top-p. Returns the tokens and
+/// their log-probs under the unmodified distribution.
+pub fn sample_twin(
+    logits: Tensor<2>,
+    params: &[SamplingParams],
+    ids: &[DrawId],
+) -> Result<(Vec<u32>, Vec<f32>)> {
+    let [b, v] = logits.dims();
+    check_batch(b, v, params, ids)?;
+    if b == 0 {
+        return Ok((vec![], vec![]));
+    }
+    let device = logits.device();
+    let col = |vals: Vec<f32>| Tensor::<2>::from_data(TensorData::new(vals, [b, 1]), &device);
+    let rows_where = |f: &dyn Fn(&SamplingParams) -> bool| {
+        let flags: Vec<bool> = params.iter().map(f).collect();
+        Tensor::<2, Bool>::from_data(TensorData::new(flags, [b, 1]), &device)
+    };
+    let lowest = || col(vec![LOWEST; b]);
+    let positions = Tensor::<1, Int>::arange(0..v as i64, &device)
+        .reshape([1, v])
+        .expand([b, v]); // [B, V]
+
+    let logits = logits.cast(burn::tensor::DType::F32); // [B, V]
+    let m = logits.clone().max_dim(1); // [B, 1]
+    let lse = m.clone() + (logits.clone() - m.clone()).exp().sum_dim(1).log(); // [B, 1]
+
+    // Greedy: the first index of the maximum.
+    let mut tokens = positions
+        .clone()
+        .mask_fill(logits.clone().not_equal(m.clone().expand([b, v])), v as i64)
+        .min_dim(1); // [B, 1]
+
+    if params.iter().any(|p| p.temperature > 0.0) {
+        let inv_t = col(params
+            .iter()
+            .map(|p| if p.temperature > 0.0 { 1.0 / p.temperature } else { 1.0 })
+            .collect());
+        let x = logits.clone() * inv_t.clone(); // [B, V]
+        let mx = m * inv_t; // [B, 1]
+        let ln_min_p = col(params.iter().map(|p| p.min_p.max(f32::MIN_POSITIVE).ln()).collect());
+        let mut tau = lowest().mask_where(rows_where(&|p| p.min_p > 0.0), mx.clone() + ln_min_p);
+
+        let top_k_on = |p: &SamplingParams| p.top_k > 0 && (p.top_k as usize) < v;
+        if params.iter().any(|p| top_k_on(p) || p.top_p < 1.0) {
+            let sorted = x.clone().sort_descending(1); // [B, V]
+            let k_index: Vec<i64> = params
+                .iter()
+                .map(|p| if top_k_on(p) { p.top_k as i64 - 1 } else { 0 })
+                .collect();
+            let k_index = Tensor::<2, Int>::from_data(TensorData::new(k_index, [b, 1]), &device);
+            let tau_k = lowest().mask_where(rows_where(&top_k_on), sorted.clone().gather(1, k_index));
+            // top-p on the mass that survives top-k: the first sorted position whose cumulative
+            // mass reaches top_p of it.
+            let below_k = sorted.clone().lower(tau_k.clone().expand([b, v]));
+            let ws = (sorted.clone() - mx.clone()).exp().mask_fill(below_k, 0.0); // [B, V]
+            let target = ws.clone().sum_dim(1) * col(params.iter().map(|p| p.top_p).collect());
+            let p_index = ws
+                .cumsum(1)
+                .lower(target.expand([b, v]))
+                .int()
+                .sum_dim(1)
+                .clamp_max(v as i64 - 1); // [B, 1]
+            let tau_p = lowest().mask_where(rows_where(&|p| p.top_p < 1.0), sorted.gather(1, p_index));
+            tau = tau.max_pair(tau_k).max_pair(tau_p);
+        }
+
+        let kept = x.clone().greater_equal(tau.expand([b, v]));
+        let w = (x - mx).exp().mask_fill(kept.bool_not(), 0.0); // [B, V]
+        let positive = w.clone().greater_elem(0.0);
+        let cum = w.cumsum(1); // [B, V]
+        let total = cum.clone().slice([0..b, v - 1..v]); // [B, 1]
+        let u = col(params.iter().zip(ids).map(|(p, id)| uniform(p.seed, *id)).collect());
+        // The first position whose cumulative mass exceeds u · total, or the last kept token when
+        // rounding leaves none.
+        let pick = cum.lower_equal((total * u).expand([b, v])).int().sum_dim(1); // [B, 1]
+        let last = positions.mask_fill(positive.bool_not(), -1).max_dim(1);
+        let pick = pick.min_pair(last).clamp_min(0);
+        tokens = pick.mask_where(rows_where(&|p| p.temperature <= 0.0), tokens);
+    }
+
+    let logp = logits.gather(1, tokens.clone()) - lse; // [B, 1]
+    let read_err = |e| Error::Device(format!("reading samples back failed: {e:?}"));
+    let tokens = tokens.try_into_vec_as::<i64>().map_err(read_err)?;
+    let logp = logp.try_into_vec_as::<f32>().map_err(read_err)?;
+    Ok((tokens.into_iter().map(|t| t as u32).collect(), logp))
+}
+
+fn check_batch(b: usize, v: usize, params: &[SamplingParams], ids: &[DrawId]) -> Result<()> {
+    if params.len() != b || ids.len() != b {
+        return Err(Error::Invalid(format!(
+            "sample: {b} rows but {} params and {} draw ids",
+            params.len(),
+            ids.len()
+        )));
+    }
+    if v == 0 && b > 0 {
+        return Err(Error::Invalid("sample: logits with an empty vocabulary".into()));
+    }
+    params.iter().try_for_each(SamplingParams::validate)
+}
+
 // ------------------------------------------------------------------------------ kernel launch
 
 #[backend_extension(Cube, Fusion)]
@@ -233,16 +343,7 @@ pub fn sample(
     ids: &[DrawId],
 ) -> Result<(Vec<u32>, Vec<f32>)> {
     let [b, v] = logits.dims();
-    if params.len() != b || ids.len() != b {
-        return Err(Error::Invalid(format!(
-            "sample: {b} rows but {} params and {} draw ids",
-            params.len(),
-            ids.len()
-        )));
-    }
-    for p in params {
-        p.validate()?;
-    }
+    check_batch(b, v, params, ids)?;
     let device = logits.device();
     let read = |t: Tensor<2>| {
         t.try_into_data()
@@ -267,12 +368,6 @@ pub fn sample(
             out.chunks(2).map(|c| c[1]).collect(),
         ))
     } else {
-        let data = read(logits)?;
-        let (tokens, logprobs) = data
-            .chunks(v.max(1))
-            .zip(params.iter().zip(ids))
-            .map(|(row, (p, id))| sample_row_reference(row, p, uniform(p.seed, *id)))
-            .unzip();
-        Ok((tokens, logprobs))
+        sample_twin(logits, params, ids)
     }
 }

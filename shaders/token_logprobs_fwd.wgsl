@@ -4,7 +4,8 @@
 //   lse[n]  = log Σ_v exp(logits[n, v])
 //   logp[n] = logits[n, targets[n]] − lse[n]
 // Algorithm: one workgroup per row, one pass over V. Each invocation keeps an online (max, sum)
-// pair over a strided slice of the row (sum rescaled whenever the max grows), then the workgroup
+// pair over a strided slice of the row (sum rescaled whenever the max grows), reading four
+// elements 256 apart per iteration so their loads overlap, then the workgroup
 // merges the pairs by a tree reduction in shared memory. Logits are read exactly once.
 // −inf entries (masked vocabulary) contribute 0; a target outside [0, V) gives logp = 0.
 // Element type: {{ elem }} (f32 or f16; accumulation is always f32).
@@ -34,6 +35,17 @@ var<workgroup> part_sum: array<f32, 256>;
 var<workgroup> shape_n: u32;
 var<workgroup> shape_v: u32;
 
+// Adds x to a running (max m, Σ exp(· − m)) pair; the sum is rescaled only when the max grows,
+// which on random data happens O(log n) times, so it costs one exp per element.
+fn online_add(m: ptr<function, f32>, s: ptr<function, f32>, x: f32) {
+    if (x > *m) {
+        *s = *s * exp(*m - x) + 1.0;
+        *m = x;
+    } else {
+        *s += exp(x - *m);
+    }
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) groups: vec3<u32>,
@@ -53,14 +65,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
 
     var m = LOWEST;
     var s = 0.0;
-    for (var i = lid; i < v; i += WG) {
-        let x = f32(logits[base + i]);
-        if (x > m) {
-            s = s * exp(m - x) + 1.0;
-            m = x;
-        } else {
-            s += exp(x - m);
-        }
+    // Four loads issued before any arithmetic uses them keep more bytes in flight per invocation
+    // (memory-level parallelism is what a bandwidth-bound kernel runs on); then the tail.
+    var i = lid;
+    for (; i + 3u * WG < v; i += 4u * WG) {
+        let x0 = f32(logits[base + i]);
+        let x1 = f32(logits[base + i + WG]);
+        let x2 = f32(logits[base + i + 2u * WG]);
+        let x3 = f32(logits[base + i + 3u * WG]);
+        online_add(&m, &s, x0);
+        online_add(&m, &s, x1);
+        online_add(&m, &s, x2);
+        online_add(&m, &s, x3);
+    }
+    for (; i < v; i += WG) {
+        online_add(&m, &s, f32(logits[base + i]));
     }
     part_max[lid] = m;
     part_sum[lid] = s;

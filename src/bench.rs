@@ -4,12 +4,14 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::kernels::logprobs::{head_logprobs, token_logprobs};
-use crate::kernels::sample::{DrawId, SamplingParams, sample, sample_row_reference, uniform};
-use crate::score::token_logprobs_reference;
+use crate::kernels::logprobs::{
+    f16_kernel_available, head_logprobs, token_logprobs, token_logprobs_grad,
+    token_logprobs_grad_twin, token_logprobs_twin,
+};
+use crate::kernels::sample::{DrawId, SamplingParams, sample, sample_twin};
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -45,42 +47,95 @@ fn sync(device: &Device) -> Result<()> {
         .map_err(|e| Error::Device(format!("device sync failed: {e:?}")))
 }
 
-/// Median milliseconds of `iters` runs of `f` after one warm-up run.
-fn time_ms(device: &Device, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn timed(device: &Device, f: &mut impl FnMut() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
     f()?;
     sync(device)?;
-    let mut times = vec![];
-    for _ in 0..iters.max(1) {
-        let t = Instant::now();
-        f()?;
-        sync(device)?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Median milliseconds of `ours` and of `twin` over `iters` runs each, after one warm-up run of
+/// both; the two alternate run by run, so drift on a noisy machine hits both alike.
+fn time_pair(
+    device: &Device,
+    iters: usize,
+    mut ours: impl FnMut() -> Result<()>,
+    mut twin: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
+    timed(device, &mut ours)?;
+    timed(device, &mut twin)?;
+    let (mut a, mut b) = (vec![], vec![]);
+    for _ in 0..iters.max(1) {
+        a.push(timed(device, &mut ours)?);
+        b.push(timed(device, &mut twin)?);
+    }
+    Ok((median(a), median(b)))
+}
+
+/// Every kernel against its twin on `device`: the log-prob forward and backward on f32 logits and,
+/// where the device runs the f16 shaders, on f16 logits; then the sampler.
 pub fn bench_kernels(device: &Device, sizes: BenchSizes) -> Result<Vec<BenchRow>> {
     let (n, v) = (sizes.rows, sizes.vocab);
-    let logits = Tensor::<2>::random([n, v], Distribution::Normal(0.0, 3.0), device);
+    let logits32 = Tensor::<2>::random([n, v], Distribution::Normal(0.0, 3.0), device);
     let targets = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), device);
-    let ours = time_ms(device, sizes.iters, || {
-        let (lp, _) = token_logprobs(logits.clone(), targets.clone());
-        drop(lp);
-        Ok(())
-    })?;
-    let twin = time_ms(device, sizes.iters, || {
-        drop(token_logprobs_reference(logits.clone(), targets.clone()));
-        Ok(())
-    })?;
-    let bytes = (n * v * 4) as f64;
-    let mut rows = vec![BenchRow {
-        name: "token_logprobs forward".into(),
-        shape: format!("[{n} x {v}] f32"),
-        ours_ms: ours,
-        twin_ms: twin,
-        gb_per_s: bytes / (ours * 1e-3) / 1e9,
-    }];
+    let grad = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), device);
+    let mut dtypes = vec![(DType::F32, "f32", 4)];
+    if f16_kernel_available(device) {
+        dtypes.push((DType::F16, "f16", 2));
+    }
+    let mut rows = vec![];
+    for (dtype, name, elem_bytes) in dtypes {
+        let logits = logits32.clone().cast(dtype);
+        let shape = format!("[{n} x {v}] {name}");
+        let bytes = (n * v * elem_bytes) as f64;
+        let (ours, twin) = time_pair(
+            device,
+            sizes.iters,
+            || {
+                drop(token_logprobs(logits.clone(), targets.clone()));
+                Ok(())
+            },
+            || {
+                drop(token_logprobs_twin(logits.clone(), targets.clone()));
+                Ok(())
+            },
+        )?;
+        rows.push(BenchRow {
+            name: "token_logprobs forward".into(),
+            shape: shape.clone(),
+            ours_ms: ours,
+            twin_ms: twin,
+            gb_per_s: bytes / (ours * 1e-3) / 1e9,
+        });
+        let (_, lse) = token_logprobs(logits.clone(), targets.clone());
+        let (ours, twin) = time_pair(
+            device,
+            sizes.iters,
+            || {
+                let (l, t, s, g) = (logits.clone(), targets.clone(), lse.clone(), grad.clone());
+                drop(token_logprobs_grad(l, t, s, g));
+                Ok(())
+            },
+            || {
+                let (l, t, s, g) = (logits.clone(), targets.clone(), lse.clone(), grad.clone());
+                drop(token_logprobs_grad_twin(l, t, s, g));
+                Ok(())
+            },
+        )?;
+        rows.push(BenchRow {
+            name: "token_logprobs backward".into(),
+            shape,
+            ours_ms: ours,
+            twin_ms: twin,
+            // Reads the logits and writes dlogits of the same size.
+            gb_per_s: 2.0 * bytes / (ours * 1e-3) / 1e9,
+        });
+    }
 
     let b = sizes.sample_rows;
     let slogits = Tensor::<2>::random([b, v], Distribution::Normal(0.0, 3.0), device);
@@ -91,27 +146,19 @@ pub fn bench_kernels(device: &Device, sizes: BenchSizes) -> Result<Vec<BenchRow>
         min_p: 0.0,
         seed: 1,
     };
+    let params = vec![p; b];
     let ids: Vec<DrawId> = (0..b as u32)
         .map(|r| DrawId {
             request: r,
             step: 0,
         })
         .collect();
-    let ours = time_ms(device, sizes.iters, || {
-        sample(slogits.clone(), &vec![p; b], &ids).map(drop)
-    })?;
-    let twin = time_ms(device, sizes.iters, || {
-        let data = slogits
-            .clone()
-            .try_into_data()
-            .map_err(|e| Error::Device(format!("{e:?}")))?
-            .try_into_vec_as::<f32>()
-            .map_err(|e| Error::Device(format!("{e:?}")))?;
-        for (row, id) in data.chunks(v).zip(&ids) {
-            sample_row_reference(row, &p, uniform(p.seed, *id));
-        }
-        Ok(())
-    })?;
+    let (ours, twin) = time_pair(
+        device,
+        sizes.iters,
+        || sample(slogits.clone(), &params, &ids).map(drop),
+        || sample_twin(slogits.clone(), &params, &ids).map(drop),
+    )?;
     rows.push(BenchRow {
         name: "sample (T 0.8, top-k 50, top-p 0.9)".into(),
         shape: format!("[{b} x {v}] f32"),

@@ -1,5 +1,6 @@
 //! The `wgspin` binary end to end: `logprobs` writes one JSONL row per input in input order with
-//! the transformers log-probs; errors name the line; `devices` runs.
+//! the transformers log-probs; errors name the line; `devices` runs; `bench kernels` reports a row
+//! per kernel.
 
 mod common;
 
@@ -83,4 +84,35 @@ fn devices_command_runs() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("cpu"), "{text}");
+}
+
+#[test]
+fn bench_kernels_reports_every_kernel() {
+    // V not a multiple of the 256-wide workgroup; tiny sizes keep it a smoke test, not a timing.
+    let out = wgspin()
+        .args(["bench", "kernels", "--device", "auto", "--rows", "8"])
+        .args(["--vocab", "301", "--sample-rows", "2", "--iters", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "token_logprobs forward",
+        "token_logprobs backward",
+        "sample (",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name:?} row in:\n{text}"));
+        let ratio = line
+            .split_whitespace()
+            .find_map(|w| w.strip_suffix('x')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no ratio in {line:?}"));
+        assert!(ratio.is_finite() && ratio > 0.0, "{line}");
+    }
 }

@@ -12,10 +12,10 @@ mod common;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{Rng, devices};
-use wgspin::kernels::sample::is_wgpu;
 use wgspin::kernels::logprobs::{
     f16_kernel_available, head_logprobs, set_poison_outputs, token_logprobs,
 };
+use wgspin::kernels::sample::is_wgpu;
 
 /// Random logits `[n, v]` with scale `scale` and a fraction of −inf entries (never the target).
 fn case(rng: &mut Rng, n: usize, v: usize, scale: f32, masked: f32) -> (Vec<f32>, Vec<i32>) {

@@ -317,7 +317,11 @@ fn kernel_burn_ops_twin_and_host_reference_agree() {
         assert!(same >= b - 1, "{name}: {same}/{b} rows agree");
         for (i, ((t, lp), w)) in got.0.iter().zip(&got.1).zip(want).enumerate() {
             if *t == w.0 {
-                assert!((lp - w.1).abs() <= 1e-4, "{name}: row {i}: logp {lp} vs {}", w.1);
+                assert!(
+                    (lp - w.1).abs() <= 1e-4,
+                    "{name}: row {i}: logp {lp} vs {}",
+                    w.1
+                );
             }
         }
     };
@@ -327,6 +331,10 @@ fn kernel_burn_ops_twin_and_host_reference_agree() {
         let twin = sample_twin(logits, &params, &ids).unwrap();
         let twin_pairs: Vec<(u32, f32)> = twin.0.iter().copied().zip(twin.1.clone()).collect();
         agree(&format!("{}: twin vs host", dev.description), &twin, &host);
-        agree(&format!("{}: sample vs twin", dev.description), &fast, &twin_pairs);
+        agree(
+            &format!("{}: sample vs twin", dev.description),
+            &fast,
+            &twin_pairs,
+        );
     }
 }

@@ -250,7 +250,13 @@ fn new_output(like: &CubeTensor, shape: Shape, elem: Elem) -> CubeTensor {
     } else {
         like.client.empty(len * dtype.size())
     };
-    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, dtype)
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        dtype,
+    )
 }
 
 fn info_buffer(like: &CubeTensor, n: usize, v: usize) -> burn::cubecl::server::Handle {
@@ -479,6 +485,43 @@ pub fn token_logprobs(logits: Tensor<2>, targets: Tensor<1, Int>) -> (Tensor<1>,
         targets.into_dispatch(),
     );
     (Tensor::from_dispatch(logp), Tensor::from_dispatch(lse))
+}
+
+/// The burn-ops twin of [`token_logprobs`] on any device (the reference in tests and benchmarks).
+pub fn token_logprobs_twin(logits: Tensor<2>, targets: Tensor<1, Int>) -> (Tensor<1>, Tensor<1>) {
+    let (logp, lse) =
+        reference_forward::<Dispatch>(logits.into_dispatch(), targets.into_dispatch());
+    (Tensor::from_dispatch(logp), Tensor::from_dispatch(lse))
+}
+
+/// The backward kernel alone: `dlogits [N, V]` for upstream `grad [N]`, from the forward's `lse`.
+pub fn token_logprobs_grad(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    lse: Tensor<1>,
+    grad: Tensor<1>,
+) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as LogprobBackend>::token_logprobs_backward(
+        logits.into_dispatch(),
+        targets.into_dispatch(),
+        lse.into_dispatch(),
+        grad.into_dispatch(),
+    ))
+}
+
+/// The burn-ops twin of [`token_logprobs_grad`].
+pub fn token_logprobs_grad_twin(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    lse: Tensor<1>,
+    grad: Tensor<1>,
+) -> Tensor<2> {
+    Tensor::from_dispatch(reference_backward::<Dispatch>(
+        logits.into_dispatch(),
+        targets.into_dispatch(),
+        lse.into_dispatch(),
+        grad.into_dispatch(),
+    ))
 }
 
 /// `log_softmax(hidden · weightᵀ)[n, targets[n]]` for `hidden [N, H]`, `weight [V, H]`, computed

@@ -213,11 +213,20 @@ pub fn sample_twin(
     if params.iter().any(|p| p.temperature > 0.0) {
         let inv_t = col(params
             .iter()
-            .map(|p| if p.temperature > 0.0 { 1.0 / p.temperature } else { 1.0 })
+            .map(|p| {
+                if p.temperature > 0.0 {
+                    1.0 / p.temperature
+                } else {
+                    1.0
+                }
+            })
             .collect());
         let x = logits.clone() * inv_t.clone(); // [B, V]
         let mx = m * inv_t; // [B, 1]
-        let ln_min_p = col(params.iter().map(|p| p.min_p.max(f32::MIN_POSITIVE).ln()).collect());
+        let ln_min_p = col(params
+            .iter()
+            .map(|p| p.min_p.max(f32::MIN_POSITIVE).ln())
+            .collect());
         let mut tau = lowest().mask_where(rows_where(&|p| p.min_p > 0.0), mx.clone() + ln_min_p);
 
         let top_k_on = |p: &SamplingParams| p.top_k > 0 && (p.top_k as usize) < v;
@@ -228,7 +237,8 @@ pub fn sample_twin(
                 .map(|p| if top_k_on(p) { p.top_k as i64 - 1 } else { 0 })
                 .collect();
             let k_index = Tensor::<2, Int>::from_data(TensorData::new(k_index, [b, 1]), &device);
-            let tau_k = lowest().mask_where(rows_where(&top_k_on), sorted.clone().gather(1, k_index));
+            let tau_k =
+                lowest().mask_where(rows_where(&top_k_on), sorted.clone().gather(1, k_index));
             // top-p on the mass that survives top-k: the first sorted position whose cumulative
             // mass reaches top_p of it.
             let below_k = sorted.clone().lower(tau_k.clone().expand([b, v]));
@@ -240,7 +250,8 @@ pub fn sample_twin(
                 .int()
                 .sum_dim(1)
                 .clamp_max(v as i64 - 1); // [B, 1]
-            let tau_p = lowest().mask_where(rows_where(&|p| p.top_p < 1.0), sorted.gather(1, p_index));
+            let tau_p =
+                lowest().mask_where(rows_where(&|p| p.top_p < 1.0), sorted.gather(1, p_index));
             tau = tau.max_pair(tau_k).max_pair(tau_p);
         }
 
@@ -249,7 +260,11 @@ pub fn sample_twin(
         let positive = w.clone().greater_elem(0.0);
         let cum = w.cumsum(1); // [B, V]
         let total = cum.clone().slice([0..b, v - 1..v]); // [B, 1]
-        let u = col(params.iter().zip(ids).map(|(p, id)| uniform(p.seed, *id)).collect());
+        let u = col(params
+            .iter()
+            .zip(ids)
+            .map(|(p, id)| uniform(p.seed, *id))
+            .collect());
         // The first position whose cumulative mass exceeds u · total, or the last kept token when
         // rounding leaves none.
         let pick = cum.lower_equal((total * u).expand([b, v])).int().sum_dim(1); // [B, 1]
@@ -274,7 +289,9 @@ fn check_batch(b: usize, v: usize, params: &[SamplingParams], ids: &[DrawId]) ->
         )));
     }
     if v == 0 && b > 0 {
-        return Err(Error::Invalid("sample: logits with an empty vocabulary".into()));
+        return Err(Error::Invalid(
+            "sample: logits with an empty vocabulary".into(),
+        ));
     }
     params.iter().try_for_each(SamplingParams::validate)
 }

@@ -62,7 +62,8 @@ pub enum BenchCommand {
         steps: usize,
     },
     /// Device memory reserved by a forward + backward of the chunked lm_head + log-prob path
-    /// (run once per setting: the number is the allocator's high-water mark in this process).
+    /// (run once per setting: the number is the allocator's high-water mark in this process; on
+    /// the CPU backend, the process's peak resident memory, where the OS reports it).
     Memory {
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
@@ -173,7 +174,16 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                     bytes as f64 / 1048576.0,
                     (positions * vocab * 4) as f64 / 1048576.0
                 ),
-                None => println!("this backend does not report memory use"),
+                // The CPU backend keeps tensors in process memory: the process's peak resident
+                // size is the honest upper bound there (it includes the program itself).
+                None => match bench::peak_rss_bytes() {
+                    Some(bytes) => println!(
+                        "lm_head + log-prob forward+backward, {positions} positions, [{vocab} x {hidden}] head, chunk {chunk}: {:.1} MiB peak process memory (unchunked logits alone would be {:.1} MiB)",
+                        bytes as f64 / 1048576.0,
+                        (positions * vocab * 4) as f64 / 1048576.0
+                    ),
+                    None => println!("this backend and OS do not report memory use"),
+                },
             }
             Ok(())
         }

@@ -291,8 +291,7 @@ pub fn bench_train(
             times.push(t.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = median(times);
     Ok(((2 * pairs * seq_len) as f64 / median, median))
 }
 

@@ -168,22 +168,20 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         } => {
             let dev = device::select(device)?;
             println!("device: {}", dev.description);
-            match bench::head_loss_memory(&dev.device, positions, hidden, vocab, chunk)? {
-                Some(bytes) => println!(
-                    "lm_head + log-prob forward+backward, {positions} positions, [{vocab} x {hidden}] head, chunk {chunk}: {:.1} MiB reserved (unchunked logits alone would be {:.1} MiB)",
+            // The CPU backend keeps tensors in process memory: there the process's peak
+            // resident size is the honest upper bound (it includes the program itself).
+            let measured =
+                match bench::head_loss_memory(&dev.device, positions, hidden, vocab, chunk)? {
+                    Some(bytes) => Some((bytes, "reserved")),
+                    None => bench::peak_rss_bytes().map(|b| (b, "peak process memory")),
+                };
+            match measured {
+                Some((bytes, what)) => println!(
+                    "lm_head + log-prob forward+backward, {positions} positions, [{vocab} x {hidden}] head, chunk {chunk}: {:.1} MiB {what} (unchunked logits alone would be {:.1} MiB)",
                     bytes as f64 / 1048576.0,
                     (positions * vocab * 4) as f64 / 1048576.0
                 ),
-                // The CPU backend keeps tensors in process memory: the process's peak resident
-                // size is the honest upper bound there (it includes the program itself).
-                None => match bench::peak_rss_bytes() {
-                    Some(bytes) => println!(
-                        "lm_head + log-prob forward+backward, {positions} positions, [{vocab} x {hidden}] head, chunk {chunk}: {:.1} MiB peak process memory (unchunked logits alone would be {:.1} MiB)",
-                        bytes as f64 / 1048576.0,
-                        (positions * vocab * 4) as f64 / 1048576.0
-                    ),
-                    None => println!("this backend and OS do not report memory use"),
-                },
+                None => println!("this backend and OS do not report memory use"),
             }
             Ok(())
         }

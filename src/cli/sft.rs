@@ -12,7 +12,6 @@ use wgspin::sft::run_sft;
 use super::TrainFlags;
 use super::generate::load_examples;
 
-#[allow(clippy::too_many_arguments)]
 pub fn run(
     model: PathBuf,
     data: PathBuf,

@@ -24,7 +24,7 @@ use burn::backend::{
     Autodiff, AutodiffBackend, Backend, DType, Dispatch, Flex, FloatDType, IntDType, RuntimeId,
     Shape, TensorMetadata, backend_extension,
 };
-use burn::cubecl::ir::{ElemType, FloatKind};
+use burn::cubecl::ir::{DeviceProperties, ElemType, FloatKind};
 use burn::cubecl::prelude::KernelId;
 use burn::cubecl::server::KernelArguments;
 use burn::cubecl::{CubeCount, CubeDim};
@@ -152,9 +152,13 @@ impl LogprobBackend for Flex {}
 /// Whether f16 logits on `device` are read by the f16 instance of the shaders (a wgpu device whose
 /// WGSL has `f16`) rather than cast to f32 first.
 pub fn f16_kernel_available(device: &burn::tensor::Device) -> bool {
-    let f16 = ElemType::Float(FloatKind::F16);
     matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(d)
-        if d.runtime() == RuntimeId::Wgpu && d.client().properties().supports_type(f16))
+        if d.runtime() == RuntimeId::Wgpu && has_f16(d.client().properties()))
+}
+
+/// cubecl registers f16 for a wgpu device exactly when its WGSL has `enable f16`.
+fn has_f16(properties: &DeviceProperties) -> bool {
+    properties.supports_type(ElemType::Float(FloatKind::F16))
 }
 
 const FWD_WGSL: &str = include_str!("../../shaders/token_logprobs_fwd.wgsl");
@@ -203,8 +207,7 @@ pub(crate) fn as_f32(t: CubeTensor) -> CubeTensor {
 /// The logits as the kernel will read them: f16 kept where the device's WGSL has `f16`, every
 /// other dtype (bf16, f64, f16 without device support) cast to f32.
 fn kernel_input(logits: CubeTensor) -> (CubeTensor, Elem) {
-    let f16 = ElemType::Float(FloatKind::F16);
-    if logits.dtype == DType::F16 && logits.client.properties().supports_type(f16) {
+    if logits.dtype == DType::F16 && has_f16(logits.client.properties()) {
         (logits, Elem::F16)
     } else {
         (as_f32(logits), Elem::F32)

@@ -205,12 +205,17 @@ pub fn sample_twin(
     let lse = m.clone() + (logits.clone() - m.clone()).exp().sum_dim(1).log(); // [B, 1]
 
     // Greedy: the first index of the maximum.
-    let mut tokens = positions
-        .clone()
-        .mask_fill(logits.clone().not_equal(m.clone().expand([b, v])), v as i64)
-        .min_dim(1); // [B, 1]
+    let greedy = || {
+        positions
+            .clone()
+            .mask_fill(logits.clone().not_equal(m.clone().expand([b, v])), v as i64)
+            .min_dim(1) // [B, 1]
+    };
+    let greedy_row = |p: &SamplingParams| p.temperature <= 0.0;
 
-    if params.iter().any(|p| p.temperature > 0.0) {
+    let tokens = if params.iter().all(greedy_row) {
+        greedy()
+    } else {
         let inv_t = col(params
             .iter()
             .map(|p| {
@@ -222,7 +227,7 @@ pub fn sample_twin(
             })
             .collect());
         let x = logits.clone() * inv_t.clone(); // [B, V]
-        let mx = m * inv_t; // [B, 1]
+        let mx = m.clone() * inv_t; // [B, 1]
         let ln_min_p = col(params
             .iter()
             .map(|p| p.min_p.max(f32::MIN_POSITIVE).ln())
@@ -268,16 +273,26 @@ pub fn sample_twin(
         // The first position whose cumulative mass exceeds u · total, or the last kept token when
         // rounding leaves none.
         let pick = cum.lower_equal((total * u).expand([b, v])).int().sum_dim(1); // [B, 1]
-        let last = positions.mask_fill(positive.bool_not(), -1).max_dim(1);
+        let last = positions
+            .clone()
+            .mask_fill(positive.bool_not(), -1)
+            .max_dim(1);
         let pick = pick.min_pair(last).clamp_min(0);
-        tokens = pick.mask_where(rows_where(&|p| p.temperature <= 0.0), tokens);
-    }
+        if params.iter().any(greedy_row) {
+            pick.mask_where(rows_where(&greedy_row), greedy())
+        } else {
+            pick
+        }
+    };
 
     let logp = logits.gather(1, tokens.clone()) - lse; // [B, 1]
-    let read_err = |e| Error::Device(format!("reading samples back failed: {e:?}"));
-    let tokens = tokens.try_into_vec_as::<i64>().map_err(read_err)?;
-    let logp = logp.try_into_vec_as::<f32>().map_err(read_err)?;
+    let tokens = tokens.try_into_vec_as::<i64>().map_err(readback_failed)?;
+    let logp = logp.try_into_vec_as::<f32>().map_err(readback_failed)?;
     Ok((tokens.into_iter().map(|t| t as u32).collect(), logp))
+}
+
+fn readback_failed(e: impl std::fmt::Debug) -> Error {
+    Error::Device(format!("reading samples back failed: {e:?}"))
 }
 
 fn check_batch(b: usize, v: usize, params: &[SamplingParams], ids: &[DrawId]) -> Result<()> {
@@ -362,12 +377,6 @@ pub fn sample(
     let [b, v] = logits.dims();
     check_batch(b, v, params, ids)?;
     let device = logits.device();
-    let read = |t: Tensor<2>| {
-        t.try_into_data()
-            .map_err(|e| Error::Device(format!("reading samples back failed: {e:?}")))?
-            .try_into_vec_as::<f32>()
-            .map_err(|e| Error::Device(format!("reading samples back failed: {e:?}")))
-    };
     if is_wgpu(&device) {
         let words: Vec<i32> = params
             .iter()
@@ -379,7 +388,7 @@ pub fn sample(
             logits.into_dispatch(),
             params.into_dispatch(),
         ));
-        let out = read(out)?;
+        let out = out.try_into_vec_as::<f32>().map_err(readback_failed)?;
         Ok((
             out.chunks(2).map(|c| c[0] as u32).collect(),
             out.chunks(2).map(|c| c[1]).collect(),

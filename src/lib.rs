@@ -19,6 +19,7 @@ pub mod kernels;
 pub mod model;
 pub mod plot;
 pub mod progress;
+pub mod runtime_cache;
 pub mod score;
 pub mod sft;
 pub mod spin;

@@ -44,7 +44,7 @@ enum Command {
         /// Output JSONL file (stdout when omitted).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        /// auto (a hardware GPU, else the CPU backend), gpu (any adapter, software too), gpu:N (see `wgspin devices`) or cpu.
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
         /// Sequences per forward pass.
@@ -74,7 +74,7 @@ enum Command {
         /// Only the first N examples.
         #[arg(long)]
         limit: Option<usize>,
-        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        /// auto (a hardware GPU, else the CPU backend), gpu (any adapter, software too), gpu:N (see `wgspin devices`) or cpu.
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
         /// Prompts decoded together (continuous batching).
@@ -111,7 +111,7 @@ enum Command {
         /// Seed of the data order.
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        /// auto (a hardware GPU, else the CPU backend), gpu (any adapter, software too), gpu:N (see `wgspin devices`) or cpu.
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
         #[command(flatten)]
@@ -158,7 +158,7 @@ enum Command {
         /// Prompts decoded together during generation.
         #[arg(long, default_value_t = 8)]
         gen_batch_size: usize,
-        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        /// auto (a hardware GPU, else the CPU backend), gpu (any adapter, software too), gpu:N (see `wgspin devices`) or cpu.
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
         #[command(flatten)]
@@ -188,7 +188,7 @@ enum Command {
         /// Seed of the data order.
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        /// auto (a hardware GPU, else the CPU backend), gpu (any adapter, software too), gpu:N (see `wgspin devices`) or cpu.
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
         #[command(flatten)]
@@ -220,7 +220,7 @@ enum Command {
         /// SPIN iterations (default 3).
         #[arg(long)]
         iterations: Option<usize>,
-        /// auto, gpu, gpu:N (see `wgspin devices`) or cpu.
+        /// auto (a hardware GPU, else the CPU backend), gpu (any adapter, software too), gpu:N (see `wgspin devices`) or cpu.
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
     },
@@ -387,27 +387,45 @@ fn main() -> Result<()> {
 
 fn devices() -> Result<()> {
     let adapters = device::list_adapters();
+    let auto = device::auto_choice(&adapters);
     if adapters.is_empty() {
-        println!("No GPU adapter found. Commands still run with --device cpu.");
+        println!("No GPU adapter found. Commands run on the CPU backend (--device auto or cpu).");
         println!("On Linux, `apt-get install mesa-vulkan-drivers` gives a software Vulkan device.");
-        return Ok(());
+    } else {
+        println!(
+            "{:<7} {:<40} {:<8} {:<11} {:<4} driver",
+            "device", "name", "backend", "type", "f16"
+        );
+        for a in &adapters {
+            println!(
+                "gpu:{:<3} {:<40} {:<8} {:<11} {:<4} {}{}",
+                a.index,
+                a.name,
+                format!("{:?}", a.backend),
+                a.type_name(),
+                if a.shader_f16 { "yes" } else { "no" },
+                a.driver,
+                if auto == Some(a.index) {
+                    "  <- auto"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     println!(
-        "{:<7} {:<40} {:<8} {:<11} {:<4} driver",
-        "device", "name", "backend", "type", "f16"
+        "cpu     burn CPU backend (always available){}",
+        if auto.is_none() { "  <- auto" } else { "" }
     );
-    for a in &adapters {
-        println!(
-            "gpu:{:<3} {:<40} {:<8} {:<11} {:<4} {}",
-            a.index,
-            a.name,
-            format!("{:?}", a.backend),
-            a.type_name(),
-            if a.shader_f16 { "yes" } else { "no" },
-            a.driver
-        );
+    match wgspin::runtime_cache::cache_root() {
+        Some(dir) => println!(
+            "kernel cache: {} (autotune results per adapter and driver; delete to clear; \
+             {} relocates it)",
+            dir.display(),
+            wgspin::runtime_cache::CACHE_DIR_ENV
+        ),
+        None => println!("kernel cache: none (no user cache directory; results kept in memory)"),
     }
-    println!("cpu     burn CPU backend (always available)");
     Ok(())
 }
 

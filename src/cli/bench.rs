@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use wgspin::ModelBundle;
 use wgspin::bench::{self, BenchSizes};
-use wgspin::device::{self, DeviceSpec};
+use wgspin::device::DeviceSpec;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -103,8 +103,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             prompt_len,
             new_tokens,
         } => {
-            let dev = device::select(device)?;
-            println!("device: {}", dev.description);
+            let dev = super::select_device(device)?;
             let b = ModelBundle::load(&model, &dev.device)?;
             println!(
                 "{:>6} {:>11} {:>11} {:>12}",
@@ -134,8 +133,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 prompt_len < seq_len && steps > 0,
                 "need prompt-len < seq-len and steps ≥ 1"
             );
-            let dev = device::select(device)?;
-            println!("device: {}", dev.description);
+            let dev = super::select_device(device)?;
             let b = ModelBundle::load(&model, &dev.device.clone().autodiff())?;
             let (tps, secs) = bench::bench_train(
                 b.model,
@@ -166,8 +164,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             vocab,
             chunk,
         } => {
-            let dev = device::select(device)?;
-            println!("device: {}", dev.description);
+            let dev = super::select_device(device)?;
             // The CPU backend keeps tensors in process memory: there the process's peak
             // resident size is the honest upper bound (it includes the program itself).
             let measured =
@@ -189,8 +186,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 }
 
 fn bench_kernels(spec: DeviceSpec, sizes: BenchSizes) -> Result<()> {
-    let dev = device::select(spec)?;
-    println!("device: {}", dev.description);
+    let dev = super::select_device(spec)?;
     println!(
         "{:<38} {:<22} {:>10} {:>10} {:>7} {:>9}",
         "kernel", "shape", "ours ms", "twin ms", "ratio", "GB/s"

@@ -22,10 +22,22 @@ use wgspin::train::job::TrainEvent;
 use wgspin::train::loss::LossKind;
 use wgspin::train::optim::{OptimizerKind, Schedule};
 
-/// The device `spec` names, announced on stderr (every command says where it runs).
+/// The device `spec` names, announced on stderr (every command says where it runs, and why
+/// when `auto` passed an adapter over), with where cubecl's autotune cache for it lives.
 pub fn select_device(spec: DeviceSpec) -> anyhow::Result<ComputeDevice> {
     let dev = device::select(spec)?;
-    eprintln!("device: {}", dev.description);
+    match &dev.note {
+        Some(why) => eprintln!("device: {} ({why})", dev.description),
+        None => eprintln!("device: {}", dev.description),
+    }
+    if let Some(c) = &dev.cache {
+        let state = if c.reused {
+            "reused: autotune results of earlier runs"
+        } else {
+            "new: this run autotunes and fills it"
+        };
+        eprintln!("kernel cache: {} ({state})", c.path.display());
+    }
     Ok(dev)
 }
 

@@ -123,7 +123,8 @@ impl AdapterSummary {
 /// The graphics APIs probed for adapters, in order. `WGPU_BACKEND` (wgpu's own variable, e.g.
 /// `gl` or `vulkan,gl`) overrides it. OpenGL is left out by default: compute through GL is the
 /// weakest path, and probing it on a headless Linux machine makes EGL print
-/// `error: XDG_RUNTIME_DIR is invalid or not set` although nothing is wrong.
+/// `error: XDG_RUNTIME_DIR is invalid or not set` although nothing is wrong (the binary also
+/// switches off Mesa's Vulkan device-select layer, which prints the same).
 fn probed_apis() -> Vec<wgpu::Backend> {
     const ORDER: [wgpu::Backend; 4] = [
         wgpu::Backend::Vulkan,

@@ -7,7 +7,6 @@ pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
-pub mod decode;
 pub mod demo;
 pub mod device;
 pub mod error;

@@ -1,27 +1,30 @@
-//! The KV cache: incremental decoding gives the logits of a full forward pass (within 1e-4), with
-//! and without left padding, and greedy decoding equals transformers' greedy tokens.
+//! The decode path: a right-padded prefill loaded into the preallocated cache, then cached steps,
+//! give the logits of a full forward pass at every step (within 1e-4), whatever slot a row sits
+//! in; and greedy generation through the engine equals transformers' greedy tokens.
 
 mod common;
 
 use common::*;
 use wgspin::ModelBundle;
-use wgspin::decode::{greedy, left_padded};
+use wgspin::generate::{GenOptions, GenRequest, generate};
+use wgspin::kernels::sample::SamplingParams;
+use wgspin::model::static_cache::{StaticKvCache, capacity_for, ids_tensor};
 use wgspin::model::{KvCache, StepInput};
 
-fn to_vec(t: burn::tensor::Tensor<3>) -> (Vec<usize>, Vec<f32>) {
+fn to_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> (Vec<usize>, Vec<f32>) {
     let dims = t.dims().to_vec();
     (dims, t.into_data().try_into_vec_as::<f32>().unwrap())
 }
 
 #[test]
-fn incremental_decoding_equals_full_forward() {
+fn cached_decoding_equals_full_forward_at_every_step() {
     for dev in devices() {
         for name in TINY_MODELS.iter().filter(|m| runs_on(&dev, m)) {
             let dir = fixture(name);
             let r = reference(&dir);
             let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
             let model = &bundle.model;
-            // Two rows of different lengths: the shorter one is left-padded.
+            // Two rows of different lengths: the shorter one is right-padded in the prefill.
             let rows: Vec<Vec<u32>> = r.cases[..2]
                 .iter()
                 .map(|c| {
@@ -45,35 +48,46 @@ fn incremental_decoding_equals_full_forward() {
                     )
                 })
                 .collect();
-
-            let mut cache = KvCache::new(model.num_layers());
-            let input = left_padded(&prompts, 0);
-            let width = input.tokens[0].len();
-            let (_, pre) = to_vec(model.forward(&input, Some(&mut cache)));
             let v = full[0].0[2];
+
+            // Three slots: the rows go to slots 2 and 0 (not in order), slot 1 stays idle.
+            let slot_of = [2usize, 0];
+            let longest = prompts.iter().map(Vec::len).max().unwrap();
+            let mut cache = StaticKvCache::new(model, 3, capacity_for(longest, n_new));
+            let mut fresh = KvCache::new(model.num_layers());
+            let input = StepInput::right_padded(&prompts, 0);
+            let width = input.tokens[0].len();
+            let (_, pre) = to_vec(model.forward(&input, Some(&mut fresh)));
+            cache.load_rows(fresh, &slot_of);
             let mut max_err = 0f32;
             for (row, p) in prompts.iter().enumerate() {
                 // Last prompt position of the prefill vs the full pass at the same position.
-                let got = &pre[(row * width + width - 1) * v..(row * width + width) * v];
+                let at = row * width + p.len() - 1;
+                let got = &pre[at * v..(at + 1) * v];
                 let want = &full[row].1[(p.len() - 1) * v..p.len() * v];
                 for (a, b) in got.iter().zip(want) {
                     max_err = max_err.max((a - b).abs());
                 }
             }
             for step in 0..n_new - 1 {
-                let input = StepInput {
-                    tokens: rows
-                        .iter()
-                        .zip(&prompts)
-                        .map(|(r, p)| vec![r[p.len() + step]])
-                        .collect(),
-                    positions: prompts.iter().map(|p| vec![Some(p.len() + step)]).collect(),
-                };
-                let (_, got) = to_vec(model.forward(&input, Some(&mut cache)));
+                let mut tokens = [0u32; 3];
+                let mut pos = [0u32; 3];
                 for (row, p) in prompts.iter().enumerate() {
-                    let pos = p.len() + step;
-                    let want = &full[row].1[pos * v..(pos + 1) * v];
-                    for (a, b) in got[row * v..(row + 1) * v].iter().zip(want) {
+                    tokens[slot_of[row]] = rows[row][p.len() + step];
+                    pos[slot_of[row]] = (p.len() + step) as u32;
+                }
+                let pos_t = ids_tensor(&pos, &dev.device);
+                // An attended length past the longest row: extra columns must be masked.
+                let attend = longest + step + 1 + 5;
+                let s = cache.step(&pos_t, attend, model.window);
+                let logits = model.decode_step(ids_tensor(&tokens, &dev.device), &s, &mut cache);
+                let (dims, got) = to_vec(logits);
+                assert_eq!(dims, vec![3, v]);
+                for (row, p) in prompts.iter().enumerate() {
+                    let at = p.len() + step;
+                    let want = &full[row].1[at * v..(at + 1) * v];
+                    let slot = slot_of[row];
+                    for (a, b) in got[slot * v..(slot + 1) * v].iter().zip(want) {
                         max_err = max_err.max((a - b).abs());
                     }
                 }
@@ -87,8 +101,41 @@ fn incremental_decoding_equals_full_forward() {
     }
 }
 
-/// Greedy decoding runs on the CPU backend: a dozen cached steps per prompt are minutes on a
-/// software GPU; incremental decoding itself is checked on the GPU above.
+fn greedy(
+    bundle: &ModelBundle,
+    prompts: &[Vec<u32>],
+    max_new: usize,
+    batch: usize,
+) -> Vec<Vec<u32>> {
+    let requests: Vec<GenRequest> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| GenRequest {
+            index: i as u32,
+            prompt: p.clone(),
+        })
+        .collect();
+    let opts = GenOptions {
+        batch_size: batch,
+        max_new_tokens: max_new,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        stop_ids: vec![],
+        pad_id: 0,
+    };
+    let mut out = vec![vec![]; prompts.len()];
+    generate(&bundle.model, &requests, &opts, |f| {
+        out[f.index as usize] = f.tokens;
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+/// Greedy generation runs on the CPU backend: a dozen cached steps per prompt are minutes on a
+/// software GPU; cached decoding itself is checked on the GPU above.
 #[test]
 fn greedy_tokens_match_transformers() {
     for dev in devices().into_iter().filter(|d| !d.is_gpu) {
@@ -98,12 +145,12 @@ fn greedy_tokens_match_transformers() {
             let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
             let prompts: Vec<Vec<u32>> = r.greedy.iter().map(|g| g.prompt_ids.clone()).collect();
             let max_new = r.greedy[0].tokens.len();
-            // Batched (left-padded where lengths differ) and one prompt at a time.
-            let batched = greedy(&bundle.model, &prompts, max_new, &[], 0).unwrap();
+            // All prompts in one batch (right-padded where lengths differ) and one at a time.
+            let batched = greedy(&bundle, &prompts, max_new, prompts.len());
             for (g, got) in r.greedy.iter().zip(&batched) {
                 assert_eq!(got, &g.tokens, "{name} on {} (batched)", dev.description);
             }
-            let single = greedy(&bundle.model, &prompts[..1], max_new, &[], 0).unwrap();
+            let single = greedy(&bundle, &prompts[..1], max_new, 1);
             assert_eq!(
                 single[0], r.greedy[0].tokens,
                 "{name} on {} (single)",

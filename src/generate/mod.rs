@@ -12,10 +12,11 @@
 
 pub mod job;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use crate::error::{Error, Result};
-use crate::kernels::sample::{DrawId, SamplingParams, sample};
+use crate::kernels::sample::{BatchSampler, DrawId, SamplingParams, read_samples};
+use crate::model::static_cache::{LEN_BUCKET, StaticKvCache, capacity_for, ids_tensor};
 use crate::model::{KvCache, StepInput, Transformer};
 
 /// One prompt to continue. `index` keys its random stream and identifies it in the results.
@@ -79,9 +80,16 @@ pub struct Finished {
     pub logprob: f64,
 }
 
+/// Steps decoded between two read-backs of the sampled tokens. The device runs ahead of the
+/// host by up to this many steps; a row that stops inside the window wastes at most this many
+/// steps of its slot.
+pub const READBACK_EVERY: usize = 8;
+
+/// A request being decoded in a slot. The host mirrors its position exactly (one token per
+/// step); only its tokens arrive late, at read-backs.
 struct Row {
     index: u32,
-    /// Position of the next token fed to the model.
+    /// Position of the token fed to the model at the next step.
     next_pos: usize,
     tokens: Vec<u32>,
     logprob: f64,
@@ -90,6 +98,10 @@ struct Row {
 
 impl Row {
     fn push(&mut self, token: u32, logprob: f32, opts: &GenOptions) {
+        if self.finished.is_some() {
+            // Decoded inside the read-back window after the row had stopped: discarded.
+            return;
+        }
         self.tokens.push(token);
         self.logprob += logprob as f64;
         if opts.stop_ids.contains(&token) {
@@ -100,14 +112,63 @@ impl Row {
     }
 }
 
-/// Logits of the last position of every row: `hidden [b, s, h]` → `[b, vocab]`.
-fn last_logits(model: &Transformer, hidden: Tensor<3>) -> Tensor<2> {
-    let [b, s, h] = hidden.dims();
-    model.logits(hidden.slice([0..b, s - 1..s, 0..h]).reshape([b, h]))
+fn draw_ids(rows: &[Option<Row>]) -> Vec<DrawId> {
+    rows.iter()
+        .map(|r| match r {
+            Some(r) => DrawId {
+                request: r.index,
+                step: r.tokens.len() as u32,
+            },
+            None => DrawId {
+                request: u32::MAX,
+                step: 0,
+            },
+        })
+        .collect()
+}
+
+/// Prefills `new` prompts (right-padded: column = position) into the cache slots `slots` and
+/// returns their first sampled tokens and log-probs.
+fn prefill(
+    model: &Transformer,
+    cache: &mut StaticKvCache,
+    new: &[GenRequest],
+    slots: &[usize],
+    opts: &GenOptions,
+) -> Result<(Vec<u32>, Vec<f32>)> {
+    let device = model.device();
+    let prompts: Vec<Vec<u32>> = new.iter().map(|r| r.prompt.clone()).collect();
+    let input = StepInput::right_padded(&prompts, opts.pad_id);
+    let mut fresh = KvCache::new(model.num_layers());
+    let hidden = model.forward_hidden(&input, Some(&mut fresh)); // [n, s, h]
+    let [n, s, h] = hidden.dims();
+    let last: Vec<u32> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i * s + p.len() - 1) as u32)
+        .collect();
+    let last = hidden
+        .reshape([n * s, h])
+        .select(0, ids_tensor(&last, &device)); // [n, h]
+    cache.load_rows(fresh, slots);
+    let ids = new
+        .iter()
+        .map(|r| DrawId {
+            request: r.index,
+            step: 0,
+        })
+        .collect();
+    let sampler = BatchSampler::new(vec![opts.sampling; n], ids, &device)?;
+    read_samples(sampler.draw(model.logits(last))?)
 }
 
 /// Generates a continuation for every request, calling `on_finished` as each one completes (in
 /// completion order). Returns the number of decoding steps taken (prefills included).
+///
+/// The batch has `min(batch_size, requests)` slots in a preallocated cache sized for the longest
+/// prompt plus `max_new_tokens`. Each step decodes every slot, with the sampled tokens staying on
+/// the device as the next step's input; the host reads them back every [`READBACK_EVERY`] steps,
+/// retires the rows that stopped and refills their slots once a quarter of them are free.
 pub fn generate(
     model: &Transformer,
     requests: &[GenRequest],
@@ -126,96 +187,129 @@ pub fn generate(
             r.index
         )));
     }
-    let batch = opts.batch_size;
+    if requests.is_empty() {
+        return Ok(0);
+    }
+    let device = model.device();
+    let slots = opts.batch_size.min(requests.len());
+    let max_prompt = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(1);
+    let mut cache = StaticKvCache::new(model, slots, capacity_for(max_prompt, opts.max_new_tokens));
     // Refill once a quarter of the slots are free: prefilling one row at a time would cost a
     // forward pass per finished row.
-    let refill_at = (batch / 4).max(1);
-    let mut cache = KvCache::new(model.num_layers());
-    let mut rows: Vec<Row> = vec![];
+    let refill_at = (slots / 4).max(1);
+    let mut rows: Vec<Option<Row>> = (0..slots).map(|_| None).collect();
     let mut next = 0;
     let mut steps = 0;
-    let params = |rows: &[Row]| -> (Vec<SamplingParams>, Vec<DrawId>) {
-        rows.iter()
-            .map(|r| {
-                (
-                    opts.sampling,
-                    DrawId {
-                        request: r.index,
-                        step: r.tokens.len() as u32,
-                    },
-                )
-            })
-            .unzip()
-    };
+    // Device state of the running batch, rebuilt from the host after each refill.
+    let mut tokens_dev: Option<Tensor<1, Int>> = None;
+    let mut pos_dev: Option<Tensor<1, Int>> = None;
+    let mut sampler: Option<BatchSampler> = None;
+    let mut pending: Vec<Tensor<2>> = vec![];
+    let mut refilled = false;
     loop {
-        // Retire finished rows.
-        if rows.iter().any(|r| r.finished.is_some()) {
-            let keep: Vec<usize> = (0..rows.len())
-                .filter(|&i| rows[i].finished.is_none())
-                .collect();
-            cache.select_rows(&keep);
-            let mut kept = vec![];
-            for r in rows.drain(..) {
-                match r.finished {
-                    Some(reason) => on_finished(Finished {
-                        index: r.index,
-                        tokens: r.tokens,
-                        finish_reason: reason,
-                        logprob: r.logprob,
-                    })?,
-                    None => kept.push(r),
+        // Read back what the device decoded since the last read-back, in step order.
+        if !pending.is_empty() {
+            let k = pending.len();
+            let (tokens, lps) =
+                read_samples(Tensor::cat(std::mem::take(&mut pending), 1).reshape([slots * k, 2]))?;
+            for (slot, row) in rows.iter_mut().enumerate() {
+                let Some(row) = row else { continue };
+                for step in 0..k {
+                    let i = slot * k + step;
+                    row.push(tokens[i], lps[i], opts);
                 }
             }
-            rows = kept;
         }
-        // Refill free slots with the next prompts.
-        let free = batch - rows.len();
-        if next < requests.len() && (rows.is_empty() || free >= refill_at) {
-            let take = free.min(requests.len() - next);
+        // Retire finished rows.
+        for row in rows.iter_mut() {
+            if row.as_ref().is_some_and(|r| r.finished.is_some()) {
+                let r = row.take().expect("checked above");
+                on_finished(Finished {
+                    index: r.index,
+                    tokens: r.tokens,
+                    finish_reason: r.finished.expect("checked above"),
+                    logprob: r.logprob,
+                })?;
+            }
+        }
+        let free: Vec<usize> = (0..slots).filter(|&s| rows[s].is_none()).collect();
+        let running = slots - free.len();
+        if next < requests.len() && (running == 0 || free.len() >= refill_at) {
+            let take = free.len().min(requests.len() - next);
             let new = &requests[next..next + take];
             next += take;
-            let prompts: Vec<Vec<u32>> = new.iter().map(|r| r.prompt.clone()).collect();
-            let mut fresh = KvCache::new(model.num_layers());
-            let input = crate::decode::left_padded(&prompts, opts.pad_id);
-            let logits = last_logits(model, model.forward_hidden(&input, Some(&mut fresh)));
-            let mut new_rows: Vec<Row> = new
-                .iter()
-                .map(|r| Row {
+            let (first, lps) = prefill(model, &mut cache, new, &free[..take], opts)?;
+            for ((r, &slot), (t, lp)) in new.iter().zip(&free).zip(first.into_iter().zip(lps)) {
+                let mut row = Row {
                     index: r.index,
                     next_pos: r.prompt.len(),
                     tokens: vec![],
                     logprob: 0.0,
                     finished: None,
-                })
-                .collect();
-            let (p, ids) = params(&new_rows);
-            let (tokens, lps) = sample(logits, &p, &ids)?;
-            for ((row, t), lp) in new_rows.iter_mut().zip(tokens).zip(lps) {
+                };
                 row.push(t, lp, opts);
+                rows[slot] = Some(row);
             }
-            cache.append_rows(fresh);
-            rows.extend(new_rows);
             steps += 1;
-            continue;
+            refilled = true;
         }
-        if rows.is_empty() {
+        if rows.iter().all(Option::is_none) {
             return Ok(steps);
         }
-        // One decoding step for every running row.
-        let input = StepInput {
-            tokens: rows
-                .iter()
-                .map(|r| vec![*r.tokens.last().unwrap_or(&0)])
-                .collect(),
-            positions: rows.iter().map(|r| vec![Some(r.next_pos)]).collect(),
-        };
-        let logits = last_logits(model, model.forward_hidden(&input, Some(&mut cache)));
-        let (p, ids) = params(&rows);
-        let (tokens, lps) = sample(logits, &p, &ids)?;
-        for ((row, t), lp) in rows.iter_mut().zip(tokens).zip(lps) {
-            row.next_pos += 1;
-            row.push(t, lp, opts);
+        // A new row may already be done (a stop id first, or a limit of one token).
+        if rows.iter().flatten().any(|r| r.finished.is_some()) {
+            continue;
         }
-        steps += 1;
+        if refilled {
+            // The running batch as the host knows it now (it has read everything back).
+            let last: Vec<u32> = rows
+                .iter()
+                .map(|r| r.as_ref().and_then(|r| r.tokens.last().copied()))
+                .map(|t| t.unwrap_or(opts.pad_id))
+                .collect();
+            let pos: Vec<u32> = rows
+                .iter()
+                .map(|r| r.as_ref().map_or(0, |r| r.next_pos as u32))
+                .collect();
+            tokens_dev = Some(ids_tensor(&last, &device));
+            pos_dev = Some(ids_tensor(&pos, &device));
+            sampler = Some(BatchSampler::new(
+                vec![opts.sampling; slots],
+                draw_ids(&rows),
+                &device,
+            )?);
+            refilled = false;
+        }
+        let (Some(tokens), Some(pos), Some(smp)) = (&mut tokens_dev, &mut pos_dev, &mut sampler)
+        else {
+            return Err(Error::Invalid("internal: decode state missing".into()));
+        };
+        // Decode until the next read-back, or until every row is known to hit its limit.
+        let budget = rows
+            .iter()
+            .flatten()
+            .map(|r| opts.max_new_tokens - r.tokens.len())
+            .max()
+            .unwrap_or(0)
+            .min(READBACK_EVERY);
+        for _ in 0..budget {
+            let longest = rows.iter().flatten().map(|r| r.next_pos).max().unwrap_or(0);
+            let attend = (longest + 1).next_multiple_of(LEN_BUCKET);
+            let step = cache.step(pos, attend, model.window);
+            let logits = model.decode_step(tokens.clone(), &step, &mut cache);
+            let out = smp.draw(logits)?; // [slots, 2]
+            *tokens = out.clone().slice([0..slots, 0..1]).int().reshape([slots]);
+            // Idle slots keep decoding garbage; clamping keeps their writes inside the cache.
+            *pos = pos
+                .clone()
+                .add_scalar(1)
+                .clamp_max(cache.capacity() as i64 - 1);
+            smp.advance();
+            for r in rows.iter_mut().flatten() {
+                r.next_pos += 1;
+            }
+            pending.push(out);
+            steps += 1;
+        }
     }
 }

@@ -184,12 +184,22 @@ pub fn sample_twin(
     params: &[SamplingParams],
     ids: &[DrawId],
 ) -> Result<(Vec<u32>, Vec<f32>)> {
+    read_samples(sample_twin_device(logits, params, ids)?)
+}
+
+/// [`sample_twin`] without the read-back: `[B, 2]` (token id as f32, log-prob) on the logits'
+/// device.
+pub fn sample_twin_device(
+    logits: Tensor<2>,
+    params: &[SamplingParams],
+    ids: &[DrawId],
+) -> Result<Tensor<2>> {
     let [b, v] = logits.dims();
     check_batch(b, v, params, ids)?;
-    if b == 0 {
-        return Ok((vec![], vec![]));
-    }
     let device = logits.device();
+    if b == 0 {
+        return Ok(Tensor::zeros([0, 2], &device));
+    }
     let col = |vals: Vec<f32>| Tensor::<2>::from_data(TensorData::new(vals, [b, 1]), &device);
     let rows_where = |f: &dyn Fn(&SamplingParams) -> bool| {
         let flags: Vec<bool> = params.iter().map(f).collect();
@@ -286,9 +296,16 @@ pub fn sample_twin(
     };
 
     let logp = logits.gather(1, tokens.clone()) - lse; // [B, 1]
-    let tokens = tokens.try_into_vec_as::<i64>().map_err(readback_failed)?;
-    let logp = logp.try_into_vec_as::<f32>().map_err(readback_failed)?;
-    Ok((tokens.into_iter().map(|t| t as u32).collect(), logp))
+    Ok(Tensor::cat(vec![tokens.float(), logp], 1))
+}
+
+/// Reads `[B, 2]` samples (token id as f32, log-prob) back to the host: one blocking read.
+pub fn read_samples(samples: Tensor<2>) -> Result<(Vec<u32>, Vec<f32>)> {
+    let out = samples.try_into_vec_as::<f32>().map_err(readback_failed)?;
+    Ok((
+        out.chunks(2).map(|c| c[0] as u32).collect(),
+        out.chunks(2).map(|c| c[1]).collect(),
+    ))
 }
 
 fn readback_failed(e: impl std::fmt::Debug) -> Error {
@@ -374,26 +391,67 @@ pub fn sample(
     params: &[SamplingParams],
     ids: &[DrawId],
 ) -> Result<(Vec<u32>, Vec<f32>)> {
-    let [b, v] = logits.dims();
-    check_batch(b, v, params, ids)?;
-    let device = logits.device();
-    if is_wgpu(&device) {
-        let words: Vec<i32> = params
-            .iter()
-            .zip(ids)
-            .flat_map(|(p, id)| params_words(p, *id))
-            .collect();
-        let params = Tensor::<2, Int>::from_data(TensorData::new(words, [b, 8]), &device);
-        let out = Tensor::<2>::from_dispatch(<Dispatch as SampleBackend>::sample_rows(
-            logits.into_dispatch(),
-            params.into_dispatch(),
-        ));
-        let out = out.try_into_vec_as::<f32>().map_err(readback_failed)?;
-        Ok((
-            out.chunks(2).map(|c| c[0] as u32).collect(),
-            out.chunks(2).map(|c| c[1]).collect(),
-        ))
-    } else {
-        sample_twin(logits, params, ids)
+    let sampler = BatchSampler::new(params.to_vec(), ids.to_vec(), &logits.device())?;
+    read_samples(sampler.draw(logits)?)
+}
+
+/// A batch's sampling settings as the decode loop keeps them between steps: host copies for
+/// the twin and, on wgpu, the kernel's parameter words on the device, advanced a step there so
+/// that a step uploads nothing.
+#[derive(Debug, Clone)]
+pub struct BatchSampler {
+    params: Vec<SamplingParams>,
+    ids: Vec<DrawId>,
+    /// `[B, 8]` kernel words and the `[B, 8]` increment of one step (1 in the step column).
+    device_words: Option<(Tensor<2, Int>, Tensor<2, Int>)>,
+}
+
+impl BatchSampler {
+    pub fn new(params: Vec<SamplingParams>, ids: Vec<DrawId>, device: &Device) -> Result<Self> {
+        let b = params.len();
+        check_batch(b, 1, &params, &ids)?;
+        let device_words = is_wgpu(device).then(|| {
+            let words: Vec<i32> = params
+                .iter()
+                .zip(&ids)
+                .flat_map(|(p, id)| params_words(p, *id))
+                .collect();
+            let inc: Vec<i32> = (0..b * 8).map(|i| (i % 8 == 7) as i32).collect();
+            (
+                Tensor::<2, Int>::from_data(TensorData::new(words, [b, 8]), device),
+                Tensor::<2, Int>::from_data(TensorData::new(inc, [b, 8]), device),
+            )
+        });
+        Ok(Self {
+            params,
+            ids,
+            device_words,
+        })
+    }
+
+    /// Every row moves on to its next draw.
+    pub fn advance(&mut self) {
+        for id in &mut self.ids {
+            id.step += 1;
+        }
+        if let Some((words, inc)) = &mut self.device_words {
+            *words = words.clone() + inc.clone();
+        }
+    }
+
+    /// `[B, 2]` (token id as f32, log-prob under the unmodified distribution) for `logits
+    /// [B, V]`, left on the device: the kernel on wgpu, [`sample_twin_device`] elsewhere.
+    pub fn draw(&self, logits: Tensor<2>) -> Result<Tensor<2>> {
+        let [b, v] = logits.dims();
+        check_batch(b, v, &self.params, &self.ids)?;
+        match &self.device_words {
+            Some((words, _)) => Ok(Tensor::<2>::from_dispatch(
+                <Dispatch as SampleBackend>::sample_rows(
+                    logits.into_dispatch(),
+                    words.clone().into_dispatch(),
+                ),
+            )),
+            None => sample_twin_device(logits, &self.params, &self.ids),
+        }
     }
 }

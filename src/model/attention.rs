@@ -6,7 +6,7 @@
 
 use burn::module::Module;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::layers::Linear;
 use super::rope;
@@ -14,7 +14,7 @@ use crate::config::AttentionWindow;
 
 /// Added to the scores of masked keys. Finite, so a fully masked (padding) query row gives a
 /// uniform distribution instead of NaN.
-const MASKED: f32 = -1.0e9;
+pub(crate) const MASKED: f32 = -1.0e9;
 
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -27,7 +27,8 @@ pub struct Attention {
     pub head_dim: usize,
 }
 
-/// Cached keys and values of every layer, plus the position of every cached slot per row.
+/// Keys and values of one forward pass (the prefill of a batch of prompts), per layer, plus the
+/// position of every slot per row. Decoding copies them into a [`super::static_cache::StaticKvCache`].
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     /// Per layer: keys and values `[batch, kv_heads, slots, head_dim]`.
@@ -56,89 +57,6 @@ impl KvCache {
     /// Number of rows (sequences) cached.
     pub fn rows(&self) -> usize {
         self.key_pos.len()
-    }
-
-    /// Keeps the rows `keep`, in that order (continuous batching retires finished rows).
-    pub fn select_rows(&mut self, keep: &[usize]) {
-        if keep.len() == self.rows() && keep.iter().enumerate().all(|(i, &r)| i == r) {
-            return;
-        }
-        self.key_pos = keep.iter().map(|&r| self.key_pos[r].clone()).collect();
-        for slot in self.layers.iter_mut() {
-            if let Some((k, v)) = slot.take() {
-                if keep.is_empty() {
-                    continue;
-                }
-                let idx = Tensor::<1, Int>::from_data(
-                    TensorData::new(keep.iter().map(|&r| r as i32).collect(), [keep.len()]),
-                    &k.device(),
-                );
-                *slot = Some((k.select(0, idx.clone()), v.select(0, idx)));
-            }
-        }
-        if keep.is_empty() {
-            self.key_pos.clear();
-        }
-        self.trim();
-    }
-
-    /// Drops leading slots that are padding in every row, so retired long prompts stop costing
-    /// attention work.
-    pub fn trim(&mut self) {
-        let len = self.len();
-        let lead = (0..len)
-            .take_while(|&j| self.key_pos.iter().all(|r| r[j].is_none()))
-            .count();
-        if lead == 0 {
-            return;
-        }
-        for r in self.key_pos.iter_mut() {
-            r.drain(..lead);
-        }
-        for (k, v) in self.layers.iter_mut().flatten() {
-            let [b, h, _, d] = k.dims();
-            *k = k.clone().slice([0..b, 0..h, lead..len, 0..d]);
-            *v = v.clone().slice([0..b, 0..h, lead..len, 0..d]);
-        }
-    }
-
-    /// Left-pads every row with `n` empty slots (position `None`, zero keys and values).
-    fn pad_left(&mut self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        for r in self.key_pos.iter_mut() {
-            r.splice(0..0, std::iter::repeat_n(None, n));
-        }
-        for (k, v) in self.layers.iter_mut().flatten() {
-            let [b, h, _, d] = k.dims();
-            let z = Tensor::<4>::zeros([b, h, n, d], &k.device());
-            *k = Tensor::cat(vec![z.clone(), k.clone()], 2);
-            *v = Tensor::cat(vec![z, v.clone()], 2);
-        }
-    }
-
-    /// Appends the rows of `other` after this cache's rows, left-padding whichever has fewer slots.
-    pub fn append_rows(&mut self, mut other: KvCache) {
-        if self.rows() == 0 {
-            *self = other;
-            return;
-        }
-        if other.rows() == 0 {
-            return;
-        }
-        let (a, b) = (self.len(), other.len());
-        self.pad_left(b.saturating_sub(a));
-        other.pad_left(a.saturating_sub(b));
-        self.key_pos.append(&mut other.key_pos);
-        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
-            *mine = match (mine.take(), theirs) {
-                (Some((k1, v1)), Some((k2, v2))) => {
-                    Some((Tensor::cat(vec![k1, k2], 0), Tensor::cat(vec![v1, v2], 0)))
-                }
-                (m, t) => m.or(t),
-            };
-        }
     }
 }
 

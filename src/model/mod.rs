@@ -7,6 +7,7 @@ pub mod layers;
 pub mod loader;
 pub mod named;
 pub mod rope;
+pub mod static_cache;
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};

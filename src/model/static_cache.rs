@@ -1,0 +1,248 @@
+//! The decode path: a preallocated KV cache and one cached step for every slot of the batch.
+//!
+//! Every layer's keys and values live in one `[slots, kv_heads, capacity, head_dim]` tensor each,
+//! allocated once per generation run and written in place (`scatter_nd`) at each row's position.
+//! A finished row's slot is refilled by the next prompt without touching the other slots. The
+//! shapes burn sees are fixed for the run (the attended length moves in buckets of
+//! [`LEN_BUCKET`]), so nothing is re-autotuned or recompiled after warm-up.
+//!
+//! Nothing of a step is built on the host: token ids and positions are device tensors (the
+//! sampler's output feeds the next step), RoPE angles are gathered by position from a table
+//! uploaded once, and the attention mask comes from the positions on the device.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+
+use super::attention::{Attention, KvCache, MASKED};
+use super::{DecoderLayer, Transformer, rope};
+use crate::config::AttentionWindow;
+
+/// The attended key length is the longest running row rounded up to this, so a step's shapes
+/// change once every `LEN_BUCKET` tokens instead of every token.
+pub const LEN_BUCKET: usize = 64;
+
+/// Capacities are multiples of this, so runs with similar lengths share compiled shapes.
+pub const CAPACITY_BUCKET: usize = 256;
+
+/// The capacity a run needs: the longest prompt plus the token limit, rounded up to
+/// [`CAPACITY_BUCKET`].
+pub fn capacity_for(max_prompt: usize, max_new_tokens: usize) -> usize {
+    (max_prompt + max_new_tokens)
+        .max(1)
+        .next_multiple_of(CAPACITY_BUCKET)
+}
+
+/// Keys and values of every layer for `slots` rows of up to `capacity` tokens.
+#[derive(Debug, Clone)]
+pub struct StaticKvCache {
+    /// Per layer: keys and values `[slots, kv_heads, capacity, head_dim]` (keys after RoPE).
+    layers: Vec<(Tensor<4>, Tensor<4>)>,
+    slots: usize,
+    capacity: usize,
+    kv_heads: usize,
+    /// RoPE cos/sin of every position `[capacity, head_dim / 2]`, uploaded once.
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    /// `[slots, kv_heads, 1]`: the slot and kv-head coordinates of each row's write.
+    slot_head: Tensor<3, Int>,
+    /// `[slots, attend]` key column indices of the current length bucket (made once per bucket:
+    /// burn builds an arange on the host).
+    columns: Option<Tensor<2, Int>>,
+}
+
+impl StaticKvCache {
+    pub fn new(model: &Transformer, slots: usize, capacity: usize) -> Self {
+        let device = model.device();
+        let attn = &model.layers[0].attn;
+        let (hkv, d) = (attn.num_kv_heads, attn.head_dim);
+        let zeros = || Tensor::<4>::zeros([slots, hkv, capacity, d], &device);
+        let layers = model.layers.iter().map(|_| (zeros(), zeros())).collect();
+        let (cos, sin) = model.rope.angles(&[(0..capacity).collect()], &device);
+        let half = d / 2;
+        let coord = |f: &dyn Fn(usize, usize) -> i64| {
+            let v: Vec<i64> = (0..slots * hkv).map(|i| f(i / hkv, i % hkv)).collect();
+            Tensor::<3, Int>::from_data(TensorData::new(v, [slots, hkv, 1]), &device)
+        };
+        let slot_head = Tensor::cat(vec![coord(&|s, _| s as i64), coord(&|_, h| h as i64)], 2);
+        Self {
+            layers,
+            slots,
+            capacity,
+            kv_heads: hkv,
+            cos: cos.reshape([capacity, half]),
+            sin: sin.reshape([capacity, half]),
+            slot_head,
+            columns: None,
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Writes a right-padded prefill's keys and values (row `i` → slot `slots[i]`, column =
+    /// position). Columns past a prompt keep stale values; they are overwritten by the decode
+    /// step at that position before any query can see them.
+    pub fn load_rows(&mut self, fresh: KvCache, slots: &[usize]) {
+        for (mine, theirs) in self.layers.iter_mut().zip(fresh.layers) {
+            let Some((k, v)) = theirs else { continue };
+            let [_, h, len, d] = k.dims();
+            let len = len.min(self.capacity);
+            for (i, &s) in slots.iter().enumerate() {
+                let row = |t: &Tensor<4>| t.clone().slice([i..i + 1, 0..h, 0..len, 0..d]);
+                let at = [s..s + 1, 0..h, 0..len, 0..d];
+                mine.0 = mine.0.clone().slice_assign(at.clone(), row(&k));
+                mine.1 = mine.1.clone().slice_assign(at, row(&v));
+            }
+        }
+    }
+
+    /// The device tensors one step shares across layers, for tokens at `pos [slots]` with
+    /// `attend` key columns (≥ the longest row's position + 1).
+    pub fn step(
+        &mut self,
+        pos: &Tensor<1, Int>,
+        attend: usize,
+        window: AttentionWindow,
+    ) -> DecodeStep {
+        let (b, hkv) = (self.slots, self.kv_heads);
+        let attend = attend.clamp(1, self.capacity);
+        let half = self.cos.dims()[1];
+        let gather = |t: &Tensor<2>| t.clone().select(0, pos.clone()).reshape([b, 1, 1, half]);
+        let p = pos.clone().reshape([b, 1]).expand([b, attend]); // [b, L]
+        let keys = match &self.columns {
+            Some(c) if c.dims()[1] == attend => c.clone(),
+            _ => {
+                let c = Tensor::<1, Int>::arange(0..attend as i64, &pos.device())
+                    .reshape([1, attend])
+                    .expand([b, attend]); // [b, L]
+                self.columns = Some(c.clone());
+                c
+            }
+        };
+        let mut visible = keys.clone().lower_equal(p.clone());
+        if let AttentionWindow::Sliding(w) = window {
+            visible = visible.bool_and(keys.greater(p.sub_scalar(w as i64)));
+        }
+        let mask = visible
+            .bool_not()
+            .float()
+            .mul_scalar(MASKED)
+            .reshape([b, 1, 1, attend]);
+        let write_at = Tensor::cat(
+            vec![
+                self.slot_head.clone(),
+                pos.clone().reshape([b, 1, 1]).expand([b, hkv, 1]),
+            ],
+            2,
+        ); // [b, hkv, 3]
+        DecodeStep {
+            cos: gather(&self.cos),
+            sin: gather(&self.sin),
+            mask,
+            write_at,
+            attend,
+        }
+    }
+}
+
+/// What one decode step shares across layers.
+#[derive(Debug, Clone)]
+pub struct DecodeStep {
+    /// `[slots, 1, 1, head_dim / 2]` at each row's position.
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    /// Additive `[slots, 1, 1, attend]`: 0 where a key is visible, [`MASKED`] elsewhere.
+    mask: Tensor<4>,
+    /// `[slots, kv_heads, 3]`: (slot, kv head, position) of each new key/value vector.
+    write_at: Tensor<3, Int>,
+    attend: usize,
+}
+
+impl Attention {
+    /// One cached step: `x [slots, 1, hidden]`; writes this step's keys/values into the cache
+    /// tensors and attends over the first `step.attend` columns.
+    fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        step: &DecodeStep,
+        k_cache: Tensor<4>,
+        v_cache: Tensor<4>,
+    ) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
+        let [b, _, _] = x.dims();
+        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let g = h / hkv;
+        let heads = |t: Tensor<3>, n: usize| t.reshape([b, n, 1, d]);
+        let q = rope::apply(heads(self.q.forward(x.clone()), h), &step.cos, &step.sin);
+        let k = rope::apply(heads(self.k.forward(x.clone()), hkv), &step.cos, &step.sin);
+        let v = self.v.forward(x).reshape([b, hkv, d]);
+        let write = |cache: Tensor<4>, new: Tensor<3>| {
+            cache.scatter_nd(step.write_at.clone(), new, IndexingUpdateOp::Assign)
+        };
+        let k_cache = write(k_cache, k.reshape([b, hkv, d]));
+        let v_cache = write(v_cache, v);
+        let len = step.attend;
+        let keys = k_cache.clone().slice([0..b, 0..hkv, 0..len, 0..d]);
+        let values = v_cache.clone().slice([0..b, 0..hkv, 0..len, 0..d]);
+        // Query heads kv_head * g + i share kv_head, as in the full forward.
+        let q = q.reshape([b, hkv, g, d]);
+        let scores = q
+            .matmul(keys.swap_dims(2, 3))
+            .mul_scalar(1.0 / (d as f64).sqrt()); // [b, hkv, g, L]
+        let probs = softmax(scores + step.mask.clone(), 3);
+        let out = probs.matmul(values).reshape([b, 1, h * d]); // [b, 1, h*d]
+        (self.o.forward(out), k_cache, v_cache)
+    }
+}
+
+impl DecoderLayer {
+    fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        step: &DecodeStep,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
+        let (a, k, v) = self
+            .attn
+            .forward_cached(self.input_norm.forward(x.clone()), step, k, v);
+        let h = x + a;
+        (
+            h.clone() + self.mlp.forward(self.post_attn_norm.forward(h)),
+            k,
+            v,
+        )
+    }
+}
+
+impl Transformer {
+    /// Logits `[slots, vocab]` of one token per slot (`tokens [slots]`, all on the device),
+    /// reading and extending `cache`.
+    pub fn decode_step(
+        &self,
+        tokens: Tensor<1, Int>,
+        step: &DecodeStep,
+        cache: &mut StaticKvCache,
+    ) -> Tensor<2> {
+        let b = cache.slots;
+        let hidden = self.embed.val().dims()[1];
+        let mut x = self.embed.val().select(0, tokens).reshape([b, 1, hidden]);
+        let layers = std::mem::take(&mut cache.layers);
+        for (layer, (k, v)) in self.layers.iter().zip(layers) {
+            let (y, k, v) = layer.forward_cached(x, step, k, v);
+            x = y;
+            cache.layers.push((k, v));
+        }
+        self.logits(self.norm.forward(x).reshape([b, hidden]))
+    }
+}
+
+/// Token ids `[n]` on `device`.
+pub fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<1, Int> {
+    let v: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(v, [ids.len()]), device)
+}

@@ -36,7 +36,7 @@ pub struct BenchSizes {
     /// Rows of logits for the log-prob kernel.
     pub rows: usize,
     pub vocab: usize,
-    /// Rows for the sampler.
+    /// Rows for the sampler and the decode-attention kernel.
     pub sample_rows: usize,
     pub iters: usize,
 }
@@ -166,7 +166,65 @@ pub fn bench_kernels(device: &Device, sizes: BenchSizes) -> Result<Vec<BenchRow>
         twin_ms: twin,
         gb_per_s: (b * v * 4) as f64 / (ours * 1e-3) / 1e9,
     });
+    if let Some(row) = bench_decode_attention(device, b, sizes.iters)? {
+        rows.push(row);
+    }
     Ok(rows)
+}
+
+/// Decode attention at SmolLM2's head layout (9 query heads over 3 kv heads of 64), `b` rows at
+/// ragged positions in a 1024-column cache, against the twin over the same columns. `None` where
+/// the kernel does not run (off wgpu). GB/s counts the keys and values of the visible columns.
+fn bench_decode_attention(device: &Device, b: usize, iters: usize) -> Result<Option<BenchRow>> {
+    use crate::kernels::attention::{
+        decode_attention, decode_attention_twin, decode_mask, kernel_available,
+    };
+    let (h, hkv, c, d) = (9, 3, 1024, 64);
+    if b == 0 || !kernel_available(device, h, hkv, d) {
+        return Ok(None);
+    }
+    let q = Tensor::<3>::random([b, h, d], Distribution::Normal(0.0, 1.0), device);
+    let k = Tensor::<4>::random([b, hkv, c, d], Distribution::Normal(0.0, 1.0), device);
+    let v = Tensor::<4>::random([b, hkv, c, d], Distribution::Normal(0.0, 1.0), device);
+    let pos: Vec<i64> = (0..b).map(|i| ((i * 7919 + 300) % c) as i64).collect();
+    let visible: i64 = pos.iter().map(|p| p + 1).sum();
+    let attend = (*pos.iter().max().unwrap_or(&0) as usize + 1).next_multiple_of(64);
+    let pos = Tensor::<1, Int>::from_data(TensorData::new(pos, [b]), device);
+    let columns = Tensor::<1, Int>::arange(0..attend as i64, device)
+        .reshape([1, attend])
+        .expand([b, attend]);
+    let mask = decode_mask(&pos, columns, 0);
+    let (ours, twin) = time_pair(
+        device,
+        iters,
+        || {
+            drop(decode_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                pos.clone(),
+                0,
+            ));
+            Ok(())
+        },
+        || {
+            drop(decode_attention_twin(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                mask.clone(),
+            ));
+            Ok(())
+        },
+    )?;
+    let bytes = (visible as usize * hkv * d * 2 * 4) as f64;
+    Ok(Some(BenchRow {
+        name: "decode_attention (9/3 heads of 64)".into(),
+        shape: format!("[{b} x {c}] f32"),
+        ours_ms: ours,
+        twin_ms: twin,
+        gb_per_s: bytes / (ours * 1e-3) / 1e9,
+    }))
 }
 
 /// Device bytes reserved after a forward + backward of the chunked lm_head + log-prob path for

@@ -12,7 +12,8 @@ use wgspin::device::DeviceSpec;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Time the token log-prob kernel and the sampler against their twins (median of --iters).
+    /// Time the token log-prob kernel, the sampler and decode attention against their twins
+    /// (median of --iters).
     Kernels {
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
@@ -21,7 +22,7 @@ pub enum BenchCommand {
         rows: usize,
         #[arg(long, default_value_t = 32768)]
         vocab: usize,
-        /// Rows for the sampler.
+        /// Rows for the sampler and the decode-attention kernel.
         #[arg(long, default_value_t = 32)]
         sample_rows: usize,
         #[arg(long, default_value_t = 10)]

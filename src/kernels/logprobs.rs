@@ -157,7 +157,7 @@ pub fn f16_kernel_available(device: &burn::tensor::Device) -> bool {
 }
 
 /// cubecl registers f16 for a wgpu device exactly when its WGSL has `enable f16`.
-fn has_f16(properties: &DeviceProperties) -> bool {
+pub(crate) fn has_f16(properties: &DeviceProperties) -> bool {
     properties.supports_type(ElemType::Float(FloatKind::F16))
 }
 
@@ -242,12 +242,22 @@ pub(crate) fn new_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
 }
 
 fn new_output(like: &CubeTensor, shape: Shape, elem: Elem) -> CubeTensor {
-    let len = shape.num_elements().max(1);
-    let (nan, dtype): (Vec<u8>, _) = match elem {
-        Elem::F32 => (f32::NAN.to_le_bytes().to_vec(), DType::F32),
-        Elem::F16 => (half::f16::NAN.to_le_bytes().to_vec(), DType::F16),
+    let dtype = match elem {
+        Elem::F32 => DType::F32,
+        Elem::F16 => DType::F16,
     };
+    new_tensor(like, shape, dtype)
+}
+
+/// A kernel output on `like`'s device: uninitialised, or NaN under [`set_poison_outputs`]
+/// (f32 and f16).
+pub(crate) fn new_tensor(like: &CubeTensor, shape: Shape, dtype: DType) -> CubeTensor {
+    let len = shape.num_elements().max(1);
     let handle = if POISON_OUTPUTS.load(Ordering::Relaxed) {
+        let nan = match dtype {
+            DType::F16 => half::f16::NAN.to_le_bytes().to_vec(),
+            _ => f32::NAN.to_le_bytes().to_vec(),
+        };
         let bytes: Vec<u8> = std::iter::repeat_n(nan, len).flatten().collect();
         like.client.create_from_slice(&bytes)
     } else {

@@ -8,14 +8,15 @@
 //!
 //! Nothing of a step is built on the host: token ids and positions are device tensors (the
 //! sampler's output feeds the next step), RoPE angles are gathered by position from a table
-//! uploaded once, and the attention mask comes from the positions on the device.
+//! uploaded once, and attention masks by position on the device: inside the WGSL decode-attention
+//! kernel on wgpu (one launch per layer), as a mask tensor for its burn-ops twin elsewhere.
 
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
-use super::attention::{Attention, KvCache, MASKED};
+use super::attention::{Attention, KvCache};
 use super::{DecoderLayer, Transformer, rope};
 use crate::config::AttentionWindow;
+use crate::kernels::attention;
 
 /// The attended key length is the longest running row rounded up to this, so a step's shapes
 /// change once every `LEN_BUCKET` tokens instead of every token.
@@ -46,8 +47,10 @@ pub struct StaticKvCache {
     /// `[slots, kv_heads, 1]`: the slot and kv-head coordinates of each row's write.
     slot_head: Tensor<3, Int>,
     /// `[slots, attend]` key column indices of the current length bucket (made once per bucket:
-    /// burn builds an arange on the host).
+    /// burn builds an arange on the host); the twin's mask only.
     columns: Option<Tensor<2, Int>>,
+    /// Attention through the WGSL kernel (wgpu) rather than its burn-ops twin.
+    kernel: bool,
 }
 
 impl StaticKvCache {
@@ -55,6 +58,7 @@ impl StaticKvCache {
         let device = model.device();
         let attn = &model.layers[0].attn;
         let (hkv, d) = (attn.num_kv_heads, attn.head_dim);
+        let kernel = attention::kernel_available(&device, attn.num_heads, hkv, d);
         let zeros = || Tensor::<4>::zeros([slots, hkv, capacity, d], &device);
         let layers = model.layers.iter().map(|_| (zeros(), zeros())).collect();
         let (cos, sin) = model.rope.angles(&[(0..capacity).collect()], &device);
@@ -73,6 +77,7 @@ impl StaticKvCache {
             sin: sin.reshape([capacity, half]),
             slot_head,
             columns: None,
+            kernel,
         }
     }
 
@@ -113,26 +118,24 @@ impl StaticKvCache {
         let attend = attend.clamp(1, self.capacity);
         let half = self.cos.dims()[1];
         let gather = |t: &Tensor<2>| t.clone().select(0, pos.clone()).reshape([b, 1, 1, half]);
-        let p = pos.clone().reshape([b, 1]).expand([b, attend]); // [b, L]
-        let keys = match &self.columns {
-            Some(c) if c.dims()[1] == attend => c.clone(),
-            _ => {
-                let c = Tensor::<1, Int>::arange(0..attend as i64, &pos.device())
-                    .reshape([1, attend])
-                    .expand([b, attend]); // [b, L]
-                self.columns = Some(c.clone());
-                c
-            }
+        let window = match window {
+            AttentionWindow::Full => 0,
+            AttentionWindow::Sliding(w) => w as u32,
         };
-        let mut visible = keys.clone().lower_equal(p.clone());
-        if let AttentionWindow::Sliding(w) = window {
-            visible = visible.bool_and(keys.greater(p.sub_scalar(w as i64)));
-        }
-        let mask = visible
-            .bool_not()
-            .float()
-            .mul_scalar(MASKED)
-            .reshape([b, 1, 1, attend]);
+        // The kernel masks from the positions itself; the twin needs the mask as a tensor.
+        let mask = (!self.kernel).then(|| {
+            let columns = match &self.columns {
+                Some(c) if c.dims()[1] == attend => c.clone(),
+                _ => {
+                    let c = Tensor::<1, Int>::arange(0..attend as i64, &pos.device())
+                        .reshape([1, attend])
+                        .expand([b, attend]); // [b, L]
+                    self.columns = Some(c.clone());
+                    c
+                }
+            };
+            attention::decode_mask(pos, columns, window)
+        });
         let write_at = Tensor::cat(
             vec![
                 self.slot_head.clone(),
@@ -143,9 +146,10 @@ impl StaticKvCache {
         DecodeStep {
             cos: gather(&self.cos),
             sin: gather(&self.sin),
+            pos: pos.clone(),
+            window,
             mask,
             write_at,
-            attend,
         }
     }
 }
@@ -156,16 +160,20 @@ pub struct DecodeStep {
     /// `[slots, 1, 1, head_dim / 2]` at each row's position.
     cos: Tensor<4>,
     sin: Tensor<4>,
-    /// Additive `[slots, 1, 1, attend]`: 0 where a key is visible, [`MASKED`] elsewhere.
-    mask: Tensor<4>,
+    /// `[slots]` position of each row's token.
+    pos: Tensor<1, Int>,
+    /// Sliding window (0 = none).
+    window: u32,
+    /// For the burn-ops twin: additive `[slots, 1, 1, attend]`, 0 where a key is visible,
+    /// `MASKED` elsewhere. `None` where the kernel masks by position itself.
+    mask: Option<Tensor<4>>,
     /// `[slots, kv_heads, 3]`: (slot, kv head, position) of each new key/value vector.
     write_at: Tensor<3, Int>,
-    attend: usize,
 }
 
 impl Attention {
     /// One cached step: `x [slots, 1, hidden]`; writes this step's keys/values into the cache
-    /// tensors and attends over the first `step.attend` columns.
+    /// tensors and attends over the visible columns.
     fn forward_cached(
         &self,
         x: Tensor<3>,
@@ -175,7 +183,6 @@ impl Attention {
     ) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
         let [b, _, _] = x.dims();
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let g = h / hkv;
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, n, 1, d]);
         let q = rope::apply(heads(self.q.forward(x.clone()), h), &step.cos, &step.sin);
         let k = rope::apply(heads(self.k.forward(x.clone()), hkv), &step.cos, &step.sin);
@@ -185,16 +192,20 @@ impl Attention {
         };
         let k_cache = write(k_cache, k.reshape([b, hkv, d]));
         let v_cache = write(v_cache, v);
-        let len = step.attend;
-        let keys = k_cache.clone().slice([0..b, 0..hkv, 0..len, 0..d]);
-        let values = v_cache.clone().slice([0..b, 0..hkv, 0..len, 0..d]);
-        // Query heads kv_head * g + i share kv_head, as in the full forward.
-        let q = q.reshape([b, hkv, g, d]);
-        let scores = q
-            .matmul(keys.swap_dims(2, 3))
-            .mul_scalar(1.0 / (d as f64).sqrt()); // [b, hkv, g, L]
-        let probs = softmax(scores + step.mask.clone(), 3);
-        let out = probs.matmul(values).reshape([b, 1, h * d]); // [b, 1, h*d]
+        let q = q.reshape([b, h, d]);
+        let out = match &step.mask {
+            None => attention::decode_attention(
+                q,
+                k_cache.clone(),
+                v_cache.clone(),
+                step.pos.clone(),
+                step.window,
+            ),
+            Some(mask) => {
+                attention::decode_attention_twin(q, k_cache.clone(), v_cache.clone(), mask.clone())
+            }
+        };
+        let out = out.reshape([b, 1, h * d]);
         (self.o.forward(out), k_cache, v_cache)
     }
 }

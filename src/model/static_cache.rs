@@ -14,7 +14,7 @@
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::attention::{Attention, KvCache};
-use super::{DecoderLayer, Transformer, rope};
+use super::{DecoderLayer, Transformer};
 use crate::config::AttentionWindow;
 use crate::kernels::attention;
 
@@ -41,7 +41,8 @@ pub struct StaticKvCache {
     slots: usize,
     capacity: usize,
     kv_heads: usize,
-    /// RoPE cos/sin of every position `[capacity, head_dim / 2]`, uploaded once.
+    /// RoPE of every position `[capacity, head_dim]`, uploaded once: cos over both halves, and
+    /// sin with the first half negated, so that a rotation is `x·cos + swap_halves(x)·sin`.
     cos: Tensor<2>,
     sin: Tensor<2>,
     /// `[slots, kv_heads, 1]`: the slot and kv-head coordinates of each row's write.
@@ -62,7 +63,6 @@ impl StaticKvCache {
         let zeros = || Tensor::<4>::zeros([slots, hkv, capacity, d], &device);
         let layers = model.layers.iter().map(|_| (zeros(), zeros())).collect();
         let (cos, sin) = model.rope.angles(&[(0..capacity).collect()], &device);
-        let half = d / 2;
         let coord = |f: &dyn Fn(usize, usize) -> i64| {
             let v: Vec<i64> = (0..slots * hkv).map(|i| f(i / hkv, i % hkv)).collect();
             Tensor::<3, Int>::from_data(TensorData::new(v, [slots, hkv, 1]), &device)
@@ -73,8 +73,8 @@ impl StaticKvCache {
             slots,
             capacity,
             kv_heads: hkv,
-            cos: cos.reshape([capacity, half]),
-            sin: sin.reshape([capacity, half]),
+            cos: Tensor::cat(vec![cos.clone(), cos], 3).reshape([capacity, d]),
+            sin: Tensor::cat(vec![sin.clone().neg(), sin], 3).reshape([capacity, d]),
             slot_head,
             columns: None,
             kernel,
@@ -116,8 +116,8 @@ impl StaticKvCache {
     ) -> DecodeStep {
         let (b, hkv) = (self.slots, self.kv_heads);
         let attend = attend.clamp(1, self.capacity);
-        let half = self.cos.dims()[1];
-        let gather = |t: &Tensor<2>| t.clone().select(0, pos.clone()).reshape([b, 1, 1, half]);
+        let d = self.cos.dims()[1];
+        let gather = |t: &Tensor<2>| t.clone().select(0, pos.clone()).reshape([b, 1, d]);
         let window = match window {
             AttentionWindow::Full => 0,
             AttentionWindow::Sliding(w) => w as u32,
@@ -157,9 +157,9 @@ impl StaticKvCache {
 /// What one decode step shares across layers.
 #[derive(Debug, Clone)]
 pub struct DecodeStep {
-    /// `[slots, 1, 1, head_dim / 2]` at each row's position.
-    cos: Tensor<4>,
-    sin: Tensor<4>,
+    /// `[slots, 1, head_dim]` at each row's position (see [`StaticKvCache`]'s tables).
+    cos: Tensor<3>,
+    sin: Tensor<3>,
     /// `[slots]` position of each row's token.
     pos: Tensor<1, Int>,
     /// Sliding window (0 = none).
@@ -183,16 +183,24 @@ impl Attention {
     ) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
         let [b, _, _] = x.dims();
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |t: Tensor<3>, n: usize| t.reshape([b, n, 1, d]);
-        let q = rope::apply(heads(self.q.forward(x.clone()), h), &step.cos, &step.sin);
-        let k = rope::apply(heads(self.k.forward(x.clone()), hkv), &step.cos, &step.sin);
+        // RoPE without slicing: the halves swap in one flip, the rest is one fused expression.
+        let rope = |t: Tensor<3>, n: usize| {
+            let t = t.reshape([b, n, d]);
+            let swapped = t
+                .clone()
+                .reshape([b, n, 2, d / 2])
+                .flip([2])
+                .reshape([b, n, d]);
+            t * step.cos.clone() + swapped * step.sin.clone()
+        };
+        let q = rope(self.q.forward(x.clone()), h); // [b, h, d]
+        let k = rope(self.k.forward(x.clone()), hkv); // [b, hkv, d]
         let v = self.v.forward(x).reshape([b, hkv, d]);
         let write = |cache: Tensor<4>, new: Tensor<3>| {
             cache.scatter_nd(step.write_at.clone(), new, IndexingUpdateOp::Assign)
         };
-        let k_cache = write(k_cache, k.reshape([b, hkv, d]));
+        let k_cache = write(k_cache, k);
         let v_cache = write(v_cache, v);
-        let q = q.reshape([b, h, d]);
         let out = match &step.mask {
             None => attention::decode_attention(
                 q,

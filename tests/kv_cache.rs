@@ -79,7 +79,10 @@ fn cached_decoding_equals_full_forward_at_every_step() {
                 let pos_t = ids_tensor(&pos, &dev.device);
                 // An attended length past the longest row: extra columns must be masked.
                 let attend = longest + step + 1 + 5;
-                let s = cache.step(&pos_t, attend, model.window);
+                let host: Vec<Option<usize>> = (0..3)
+                    .map(|s| slot_of.contains(&s).then_some(pos[s] as usize))
+                    .collect();
+                let s = cache.step(&pos_t, &host, attend, model.window);
                 let logits = model.decode_step(ids_tensor(&tokens, &dev.device), &s, &mut cache);
                 let (dims, got) = to_vec(logits);
                 assert_eq!(dims, vec![3, v]);

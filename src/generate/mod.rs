@@ -295,7 +295,11 @@ pub fn generate(
         for _ in 0..budget {
             let longest = rows.iter().flatten().map(|r| r.next_pos).max().unwrap_or(0);
             let attend = (longest + 1).next_multiple_of(LEN_BUCKET);
-            let step = cache.step(pos, attend, model.window);
+            let host_pos: Vec<Option<usize>> = rows
+                .iter()
+                .map(|r| r.as_ref().map(|r| r.next_pos))
+                .collect();
+            let step = cache.step(pos, &host_pos, attend, model.window);
             let logits = model.decode_step(tokens.clone(), &step, &mut cache);
             let out = smp.draw(logits)?; // [slots, 2]
             *tokens = out.clone().slice([0..slots, 0..1]).int().reshape([slots]);

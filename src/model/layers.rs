@@ -14,11 +14,11 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// `x`: `[batch, seq, hidden]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let ms = x.clone().square().mean_dim(2); // [batch, seq, 1]
+    /// `x`: `[..., hidden]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let ms = x.clone().square().mean_dim(D - 1); // [..., 1]
         let inv = ms.add_scalar(self.eps).sqrt().recip();
-        x * inv * self.weight.val().unsqueeze::<3>()
+        x * inv * self.weight.val().unsqueeze::<D>()
     }
 }
 
@@ -40,6 +40,17 @@ impl Linear {
             self.bias.as_ref().map(|b| b.val()),
         )
     }
+
+    /// `x [rows, in]` → `[rows, out]` as one matmul against the transposed weight view. burn's
+    /// `linear` reshapes that view for a single-row batch, which copies the whole weight on the
+    /// CPU backend at every decode step.
+    pub fn rows(&self, x: Tensor<2>) -> Tensor<2> {
+        let y = x.matmul(self.weight.val().transpose());
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze::<2>(),
+            None => y,
+        }
+    }
 }
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
@@ -55,5 +66,11 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let g = silu(self.gate.forward(x.clone())); // [batch, seq, intermediate]
         self.down.forward(g * self.up.forward(x))
+    }
+
+    /// [`Mlp::forward`] for one token per row, `x [rows, hidden]` (see [`Linear::rows`]).
+    pub fn rows(&self, x: Tensor<2>) -> Tensor<2> {
+        let g = silu(self.gate.rows(x.clone())); // [rows, intermediate]
+        self.down.rows(g * self.up.rows(x))
     }
 }

@@ -108,9 +108,14 @@ impl StaticKvCache {
 
     /// The device tensors one step shares across layers, for tokens at `pos [slots]` with
     /// `attend` key columns (≥ the longest row's position + 1).
+    ///
+    /// `host_pos` is the same positions as the host mirrors them (`None` for an idle slot). Off
+    /// wgpu the cache is written row by row in place with them: the CPU backend's `scatter_nd`
+    /// copies the whole cache on every call, its `slice_assign` writes in place.
     pub fn step(
         &mut self,
         pos: &Tensor<1, Int>,
+        host_pos: &[Option<usize>],
         attend: usize,
         window: AttentionWindow,
     ) -> DecodeStep {
@@ -136,13 +141,17 @@ impl StaticKvCache {
             };
             attention::decode_mask(pos, columns, window)
         });
-        let write_at = Tensor::cat(
-            vec![
-                self.slot_head.clone(),
-                pos.clone().reshape([b, 1, 1]).expand([b, hkv, 1]),
-            ],
-            2,
-        ); // [b, hkv, 3]
+        let write_at = if self.kernel {
+            WriteAt::Device(Tensor::cat(
+                vec![
+                    self.slot_head.clone(),
+                    pos.clone().reshape([b, 1, 1]).expand([b, hkv, 1]),
+                ],
+                2,
+            )) // [b, hkv, 3]
+        } else {
+            WriteAt::Rows(host_pos.to_vec())
+        };
         DecodeStep {
             cos: gather(&self.cos),
             sin: gather(&self.sin),
@@ -167,24 +176,33 @@ pub struct DecodeStep {
     /// For the burn-ops twin: additive `[slots, 1, 1, attend]`, 0 where a key is visible,
     /// `MASKED` elsewhere. `None` where the kernel masks by position itself.
     mask: Option<Tensor<4>>,
-    /// `[slots, kv_heads, 3]`: (slot, kv head, position) of each new key/value vector.
-    write_at: Tensor<3, Int>,
+    write_at: WriteAt,
+}
+
+/// Where a step writes its keys and values.
+#[derive(Debug, Clone)]
+enum WriteAt {
+    /// `[slots, kv_heads, 3]`: (slot, kv head, position) of each new vector, for one in-place
+    /// `scatter_nd` per tensor (wgpu).
+    Device(Tensor<3, Int>),
+    /// Each slot's position (`None`: idle, not written), one in-place `slice_assign` per row.
+    Rows(Vec<Option<usize>>),
 }
 
 impl Attention {
-    /// One cached step: `x [slots, 1, hidden]`; writes this step's keys/values into the cache
+    /// One cached step: `x [slots, hidden]`; writes this step's keys/values into the cache
     /// tensors and attends over the visible columns.
     fn forward_cached(
         &self,
-        x: Tensor<3>,
+        x: Tensor<2>,
         step: &DecodeStep,
         k_cache: Tensor<4>,
         v_cache: Tensor<4>,
-    ) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
-        let [b, _, _] = x.dims();
+    ) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
+        let [b, _] = x.dims();
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         // RoPE without slicing: the halves swap in one flip, the rest is one fused expression.
-        let rope = |t: Tensor<3>, n: usize| {
+        let rope = |t: Tensor<2>, n: usize| {
             let t = t.reshape([b, n, d]);
             let swapped = t
                 .clone()
@@ -193,11 +211,23 @@ impl Attention {
                 .reshape([b, n, d]);
             t * step.cos.clone() + swapped * step.sin.clone()
         };
-        let q = rope(self.q.forward(x.clone()), h); // [b, h, d]
-        let k = rope(self.k.forward(x.clone()), hkv); // [b, hkv, d]
-        let v = self.v.forward(x).reshape([b, hkv, d]);
-        let write = |cache: Tensor<4>, new: Tensor<3>| {
-            cache.scatter_nd(step.write_at.clone(), new, IndexingUpdateOp::Assign)
+        let q = rope(self.q.rows(x.clone()), h); // [b, h, d]
+        let k = rope(self.k.rows(x.clone()), hkv); // [b, hkv, d]
+        let v = self.v.rows(x).reshape([b, hkv, d]);
+        let write = |cache: Tensor<4>, new: Tensor<3>| match &step.write_at {
+            WriteAt::Device(at) => cache.scatter_nd(at.clone(), new, IndexingUpdateOp::Assign),
+            WriteAt::Rows(rows) => {
+                let mut cache = cache;
+                for (r, p) in rows.iter().enumerate() {
+                    let Some(p) = *p else { continue };
+                    let row = new
+                        .clone()
+                        .slice([r..r + 1, 0..hkv, 0..d])
+                        .reshape([1, hkv, 1, d]);
+                    cache = cache.slice_assign([r..r + 1, 0..hkv, p..p + 1, 0..d], row);
+                }
+                cache
+            }
         };
         let k_cache = write(k_cache, k);
         let v_cache = write(v_cache, v);
@@ -213,25 +243,25 @@ impl Attention {
                 attention::decode_attention_twin(q, k_cache.clone(), v_cache.clone(), mask.clone())
             }
         };
-        let out = out.reshape([b, 1, h * d]);
-        (self.o.forward(out), k_cache, v_cache)
+        let out = out.reshape([b, h * d]);
+        (self.o.rows(out), k_cache, v_cache)
     }
 }
 
 impl DecoderLayer {
     fn forward_cached(
         &self,
-        x: Tensor<3>,
+        x: Tensor<2>,
         step: &DecodeStep,
         k: Tensor<4>,
         v: Tensor<4>,
-    ) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
+    ) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
         let (a, k, v) = self
             .attn
             .forward_cached(self.input_norm.forward(x.clone()), step, k, v);
         let h = x + a;
         (
-            h.clone() + self.mlp.forward(self.post_attn_norm.forward(h)),
+            h.clone() + self.mlp.rows(self.post_attn_norm.forward(h)),
             k,
             v,
         )
@@ -247,16 +277,15 @@ impl Transformer {
         step: &DecodeStep,
         cache: &mut StaticKvCache,
     ) -> Tensor<2> {
-        let b = cache.slots;
-        let hidden = self.embed.val().dims()[1];
-        let mut x = self.embed.val().select(0, tokens).reshape([b, 1, hidden]);
+        let mut x = self.embed.val().select(0, tokens); // [slots, hidden]
         let layers = std::mem::take(&mut cache.layers);
         for (layer, (k, v)) in self.layers.iter().zip(layers) {
             let (y, k, v) = layer.forward_cached(x, step, k, v);
             x = y;
             cache.layers.push((k, v));
         }
-        self.logits(self.norm.forward(x).reshape([b, hidden]))
+        // One matmul against the transposed head view (see `Linear::rows`).
+        self.norm.forward(x).matmul(self.head_weight().transpose())
     }
 }
 

@@ -14,39 +14,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use wgspin::ModelBundle;
 use wgspin::device::cpu_device;
-use wgspin::generate::{GenOptions, GenRequest, generate};
+use wgspin::generate::GenOptions;
 use wgspin::kernels::sample::SamplingParams;
-
-fn run(bundle: &ModelBundle, prompts: &[Vec<u32>], opts: &GenOptions) -> Vec<Vec<u32>> {
-    let requests: Vec<GenRequest> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| GenRequest {
-            index: i as u32,
-            prompt: p.clone(),
-        })
-        .collect();
-    let mut out = vec![vec![]; prompts.len()];
-    generate(&bundle.model, &requests, opts, |f| {
-        out[f.index as usize] = f.tokens;
-        Ok(())
-    })
-    .unwrap();
-    out
-}
-
-fn greedy_opts(batch: usize, max_new: usize, stop: Vec<u32>) -> GenOptions {
-    GenOptions {
-        batch_size: batch,
-        max_new_tokens: max_new,
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        },
-        stop_ids: stop,
-        pad_id: 0,
-    }
-}
 
 #[test]
 fn greedy_generation_equals_transformers() {
@@ -59,7 +28,7 @@ fn greedy_generation_equals_transformers() {
         let want: Vec<Vec<u32>> = r.greedy.iter().map(|g| g.tokens.clone()).collect();
         let max_new = want[0].len();
         for batch in [1, 2, 3] {
-            let got = run(&bundle, &prompts, &greedy_opts(batch, max_new, vec![]));
+            let got = run_generate(&bundle, &prompts, &greedy_opts(batch, max_new, vec![]));
             assert_eq!(got, want, "{name}, batch size {batch}");
         }
         // A stop id that ends the first row early: its slot is refilled while the second row is
@@ -76,7 +45,7 @@ fn greedy_generation_equals_transformers() {
             expect[0].len() < max_new,
             "{name}: stop id must end row 0 early"
         );
-        let got = run(&bundle, &prompts, &greedy_opts(2, max_new, vec![stop]));
+        let got = run_generate(&bundle, &prompts, &greedy_opts(2, max_new, vec![stop]));
         assert_eq!(got, expect, "{name}, continuous batching with a stop id");
     }
 }
@@ -102,8 +71,8 @@ fn sampled_tokens_do_not_depend_on_batch_size() {
         stop_ids: vec![],
         pad_id: 0,
     };
-    let single = run(&bundle, &prompts, &opts(1));
-    let batched = run(&bundle, &prompts, &opts(8));
+    let single = run_generate(&bundle, &prompts, &opts(1));
+    let batched = run_generate(&bundle, &prompts, &opts(8));
     let same = single.iter().zip(&batched).filter(|(a, b)| a == b).count();
     eprintln!(
         "sampled rows identical for batch sizes 1 and 8: {same}/{}",
@@ -119,7 +88,7 @@ fn sampled_tokens_do_not_depend_on_batch_size() {
     // Different seeds give different samples (the seed is used at all).
     let mut other = opts(8);
     other.sampling.seed = 12;
-    assert_ne!(run(&bundle, &prompts, &other), batched);
+    assert_ne!(run_generate(&bundle, &prompts, &other), batched);
 }
 
 fn write_prompts(path: &std::path::Path, n: usize) {

@@ -6,8 +6,6 @@ mod common;
 
 use common::*;
 use wgspin::ModelBundle;
-use wgspin::generate::{GenOptions, GenRequest, generate};
-use wgspin::kernels::sample::SamplingParams;
 use wgspin::model::static_cache::{StaticKvCache, capacity_for, ids_tensor};
 use wgspin::model::{KvCache, StepInput};
 
@@ -104,39 +102,6 @@ fn cached_decoding_equals_full_forward_at_every_step() {
     }
 }
 
-fn greedy(
-    bundle: &ModelBundle,
-    prompts: &[Vec<u32>],
-    max_new: usize,
-    batch: usize,
-) -> Vec<Vec<u32>> {
-    let requests: Vec<GenRequest> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| GenRequest {
-            index: i as u32,
-            prompt: p.clone(),
-        })
-        .collect();
-    let opts = GenOptions {
-        batch_size: batch,
-        max_new_tokens: max_new,
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        },
-        stop_ids: vec![],
-        pad_id: 0,
-    };
-    let mut out = vec![vec![]; prompts.len()];
-    generate(&bundle.model, &requests, &opts, |f| {
-        out[f.index as usize] = f.tokens;
-        Ok(())
-    })
-    .unwrap();
-    out
-}
-
 /// Greedy generation runs on the CPU backend: a dozen cached steps per prompt are minutes on a
 /// software GPU; cached decoding itself is checked on the GPU above.
 #[test]
@@ -149,11 +114,15 @@ fn greedy_tokens_match_transformers() {
             let prompts: Vec<Vec<u32>> = r.greedy.iter().map(|g| g.prompt_ids.clone()).collect();
             let max_new = r.greedy[0].tokens.len();
             // All prompts in one batch (right-padded where lengths differ) and one at a time.
-            let batched = greedy(&bundle, &prompts, max_new, prompts.len());
+            let batched = run_generate(
+                &bundle,
+                &prompts,
+                &greedy_opts(prompts.len(), max_new, vec![]),
+            );
             for (g, got) in r.greedy.iter().zip(&batched) {
                 assert_eq!(got, &g.tokens, "{name} on {} (batched)", dev.description);
             }
-            let single = greedy(&bundle, &prompts[..1], max_new, 1);
+            let single = run_generate(&bundle, &prompts[..1], &greedy_opts(1, max_new, vec![]));
             assert_eq!(
                 single[0], r.greedy[0].tokens,
                 "{name} on {} (single)",

@@ -142,13 +142,13 @@ impl StaticKvCache {
             attention::decode_mask(pos, columns, window)
         });
         let write_at = if self.kernel {
-            WriteAt::Device(Tensor::cat(
+            WriteAt::Device(Box::new(Tensor::cat(
                 vec![
                     self.slot_head.clone(),
                     pos.clone().reshape([b, 1, 1]).expand([b, hkv, 1]),
                 ],
                 2,
-            )) // [b, hkv, 3]
+            ))) // [b, hkv, 3]
         } else {
             WriteAt::Rows(host_pos.to_vec())
         };
@@ -184,7 +184,7 @@ pub struct DecodeStep {
 enum WriteAt {
     /// `[slots, kv_heads, 3]`: (slot, kv head, position) of each new vector, for one in-place
     /// `scatter_nd` per tensor (wgpu).
-    Device(Tensor<3, Int>),
+    Device(Box<Tensor<3, Int>>),
     /// Each slot's position (`None`: idle, not written), one in-place `slice_assign` per row.
     Rows(Vec<Option<usize>>),
 }
@@ -215,7 +215,7 @@ impl Attention {
         let k = rope(self.k.rows(x.clone()), hkv); // [b, hkv, d]
         let v = self.v.rows(x).reshape([b, hkv, d]);
         let write = |cache: Tensor<4>, new: Tensor<3>| match &step.write_at {
-            WriteAt::Device(at) => cache.scatter_nd(at.clone(), new, IndexingUpdateOp::Assign),
+            WriteAt::Device(at) => cache.scatter_nd(*at.clone(), new, IndexingUpdateOp::Assign),
             WriteAt::Rows(rows) => {
                 let mut cache = cache;
                 for (r, p) in rows.iter().enumerate() {

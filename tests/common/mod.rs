@@ -126,3 +126,40 @@ pub fn wgspin() -> Command {
 pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
+
+/// Runs the generation engine over `prompts` (request i = prompt i) and returns each one's tokens.
+pub fn run_generate(
+    bundle: &wgspin::ModelBundle,
+    prompts: &[Vec<u32>],
+    opts: &wgspin::generate::GenOptions,
+) -> Vec<Vec<u32>> {
+    let requests: Vec<wgspin::generate::GenRequest> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| wgspin::generate::GenRequest {
+            index: i as u32,
+            prompt: p.clone(),
+        })
+        .collect();
+    let mut out = vec![vec![]; prompts.len()];
+    wgspin::generate::generate(&bundle.model, &requests, opts, |f| {
+        out[f.index as usize] = f.tokens;
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+/// Greedy decoding settings: `batch` rows, `max_new` tokens, stopping on `stop`.
+pub fn greedy_opts(batch: usize, max_new: usize, stop: Vec<u32>) -> wgspin::generate::GenOptions {
+    wgspin::generate::GenOptions {
+        batch_size: batch,
+        max_new_tokens: max_new,
+        sampling: wgspin::kernels::sample::SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        stop_ids: stop,
+        pad_id: 0,
+    }
+}

@@ -32,9 +32,6 @@ pub struct CacheStatus {
     pub path: PathBuf,
     /// Whether the file existed before this process: warm start (reused) or cold (created).
     pub reused: bool,
-    /// False when something else (a `cubecl.toml` that names its own location, or an earlier
-    /// configuration in this process) decided where the cache lives.
-    pub ours: bool,
 }
 
 /// The folder holding one database per adapter, or `None` when the platform names no cache
@@ -89,13 +86,13 @@ pub fn configure(adapter: &AdapterSummary) -> CacheStatus {
         config.environment.path = CacheConfig::Directory(root);
         config.environment.name = adapter_key(adapter);
     }
-    let set = CubeClRuntimeConfig::try_set(config);
+    // Keeps an earlier configuration of this process; the path below reports whichever is live.
+    CubeClRuntimeConfig::try_set(config);
     // Nothing has opened the database yet (cubecl opens it lazily, at a device's first use), so
     // its existence now tells a warm start from a cold one.
     let path = burn::cubecl::environment::path();
     CacheStatus {
         reused: path.exists(),
-        ours: set && ours,
         path,
     }
 }

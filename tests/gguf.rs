@@ -141,30 +141,11 @@ fn smollm2_gguf_logprobs_and_greedy_match_transformers() {
     let max_new = r.greedy.iter().map(|g| g.tokens.len()).max().unwrap_or(0);
     // Through the generation engine `wgspin generate` uses (KV cache, continuous batching,
     // sampler at temperature 0).
-    let requests: Vec<wgspin::generate::GenRequest> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| wgspin::generate::GenRequest {
-            index: i as u32,
-            prompt: p.clone(),
-        })
-        .collect();
     let opts = wgspin::generate::GenOptions {
-        batch_size: n,
-        max_new_tokens: max_new,
-        sampling: wgspin::kernels::sample::SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        },
-        stop_ids: vec![2],
         pad_id: 2,
+        ..greedy_opts(n, max_new, vec![2])
     };
-    let mut out = vec![vec![]; n];
-    wgspin::generate::generate(&bundle.model, &requests, &opts, |f| {
-        out[f.index as usize] = f.tokens;
-        Ok(())
-    })
-    .unwrap();
+    let out = run_generate(&bundle, &prompts, &opts);
     eprintln!(
         "greedy {max_new} tokens x {n} in {:.1}s",
         t2.elapsed().as_secs_f64()

@@ -1,5 +1,5 @@
-//! The fused sampler (WGSL on wgpu, its burn-ops twin elsewhere), against the sampling definition
-//! and a host reference in f64.
+//! The fused sampler (WGSL on wgpu; on the CPU backend the f64 host reference row by row), its
+//! burn-ops twin, against the sampling definition and the host reference.
 //!
 //! - greedy (temperature 0) equals the argmax of each row, V up to 152k;
 //! - with fixed logits, 20k draws follow the exact renormalised top-k / top-p / min-p distribution:

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use wgspin::ModelBundle;
+use wgspin::model::fused::DecodeWeights;
 use wgspin::model::static_cache::{StaticKvCache, capacity_for, ids_tensor};
 use wgspin::model::{KvCache, StepInput};
 
@@ -52,6 +53,7 @@ fn cached_decoding_equals_full_forward_at_every_step() {
             let slot_of = [2usize, 0];
             let longest = prompts.iter().map(Vec::len).max().unwrap();
             let mut cache = StaticKvCache::new(model, 3, capacity_for(longest, n_new));
+            let weights = DecodeWeights::new(model);
             let mut fresh = KvCache::new(model.num_layers());
             let input = StepInput::right_padded(&prompts, 0);
             let width = input.tokens[0].len();
@@ -77,11 +79,9 @@ fn cached_decoding_equals_full_forward_at_every_step() {
                 let pos_t = ids_tensor(&pos, &dev.device);
                 // An attended length past the longest row: extra columns must be masked.
                 let attend = longest + step + 1 + 5;
-                let host: Vec<Option<usize>> = (0..3)
-                    .map(|s| slot_of.contains(&s).then_some(pos[s] as usize))
-                    .collect();
-                let s = cache.step(&pos_t, &host, attend, model.window);
-                let logits = model.decode_step(ids_tensor(&tokens, &dev.device), &s, &mut cache);
+                let s = cache.step(&pos_t, attend, model.window);
+                let logits =
+                    model.decode_step(&weights, ids_tensor(&tokens, &dev.device), &s, &mut cache);
                 let (dims, got) = to_vec(logits);
                 assert_eq!(dims, vec![3, v]);
                 for (row, p) in prompts.iter().enumerate() {

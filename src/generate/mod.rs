@@ -16,6 +16,7 @@ use burn::tensor::{Int, Tensor};
 
 use crate::error::{Error, Result};
 use crate::kernels::sample::{BatchSampler, DrawId, SamplingParams, read_samples};
+use crate::model::fused::DecodeWeights;
 use crate::model::static_cache::{LEN_BUCKET, StaticKvCache, capacity_for, ids_tensor};
 use crate::model::{KvCache, StepInput, Transformer};
 
@@ -173,8 +174,33 @@ pub fn generate(
     model: &Transformer,
     requests: &[GenRequest],
     opts: &GenOptions,
-    mut on_finished: impl FnMut(Finished) -> Result<()>,
+    on_finished: impl FnMut(Finished) -> Result<()>,
 ) -> Result<usize> {
+    generate_observed(model, requests, opts, on_finished, |_| {}).map(|s| s.steps)
+}
+
+/// What the engine did, counted in code as it runs (for `wgspin bench generate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenStats {
+    /// Forward passes: prefills and decode steps.
+    pub steps: usize,
+    /// Decode steps (one token for every slot).
+    pub decode_steps: usize,
+    /// Blocking device→host reads of sampled tokens (prefills included).
+    pub reads: usize,
+    /// Host→device tensor uploads of the decode loop: the batch state rebuilt after a refill
+    /// (prefills, which upload their prompts, are not counted; a decode step uploads nothing).
+    pub uploads: usize,
+}
+
+/// [`generate`], calling `on_step` with the running counts after every decode step is enqueued.
+pub fn generate_observed(
+    model: &Transformer,
+    requests: &[GenRequest],
+    opts: &GenOptions,
+    mut on_finished: impl FnMut(Finished) -> Result<()>,
+    mut on_step: impl FnMut(&GenStats),
+) -> Result<GenStats> {
     opts.sampling.validate()?;
     if opts.batch_size == 0 || opts.max_new_tokens == 0 {
         return Err(Error::Invalid(
@@ -187,19 +213,20 @@ pub fn generate(
             r.index
         )));
     }
+    let mut stats = GenStats::default();
     if requests.is_empty() {
-        return Ok(0);
+        return Ok(stats);
     }
     let device = model.device();
     let slots = opts.batch_size.min(requests.len());
     let max_prompt = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(1);
     let mut cache = StaticKvCache::new(model, slots, capacity_for(max_prompt, opts.max_new_tokens));
+    let weights = DecodeWeights::new(model);
     // Refill once a quarter of the slots are free: prefilling one row at a time would cost a
     // forward pass per finished row.
     let refill_at = (slots / 4).max(1);
     let mut rows: Vec<Option<Row>> = (0..slots).map(|_| None).collect();
     let mut next = 0;
-    let mut steps = 0;
     // Device state of the running batch, rebuilt from the host after each refill.
     let mut tokens_dev: Option<Tensor<1, Int>> = None;
     let mut pos_dev: Option<Tensor<1, Int>> = None;
@@ -212,6 +239,7 @@ pub fn generate(
             let k = pending.len();
             let (tokens, lps) =
                 read_samples(Tensor::cat(std::mem::take(&mut pending), 1).reshape([slots * k, 2]))?;
+            stats.reads += 1;
             for (slot, row) in rows.iter_mut().enumerate() {
                 let Some(row) = row else { continue };
                 for step in 0..k {
@@ -239,6 +267,7 @@ pub fn generate(
             let new = &requests[next..next + take];
             next += take;
             let (first, lps) = prefill(model, &mut cache, new, &free[..take], opts)?;
+            stats.reads += 1;
             for ((r, &slot), (t, lp)) in new.iter().zip(&free).zip(first.into_iter().zip(lps)) {
                 let mut row = Row {
                     index: r.index,
@@ -250,11 +279,11 @@ pub fn generate(
                 row.push(t, lp, opts);
                 rows[slot] = Some(row);
             }
-            steps += 1;
+            stats.steps += 1;
             refilled = true;
         }
         if rows.iter().all(Option::is_none) {
-            return Ok(steps);
+            return Ok(stats);
         }
         // A new row may already be done (a stop id first, or a limit of one token).
         if rows.iter().flatten().any(|r| r.finished.is_some()) {
@@ -273,11 +302,9 @@ pub fn generate(
                 .collect();
             tokens_dev = Some(ids_tensor(&last, &device));
             pos_dev = Some(ids_tensor(&pos, &device));
-            sampler = Some(BatchSampler::new(
-                vec![opts.sampling; slots],
-                draw_ids(&rows),
-                &device,
-            )?);
+            let smp = BatchSampler::new(vec![opts.sampling; slots], draw_ids(&rows), &device)?;
+            stats.uploads += 2 + smp.uploads();
+            sampler = Some(smp);
             refilled = false;
         }
         let (Some(tokens), Some(pos), Some(smp)) = (&mut tokens_dev, &mut pos_dev, &mut sampler)
@@ -295,12 +322,8 @@ pub fn generate(
         for _ in 0..budget {
             let longest = rows.iter().flatten().map(|r| r.next_pos).max().unwrap_or(0);
             let attend = (longest + 1).next_multiple_of(LEN_BUCKET);
-            let host_pos: Vec<Option<usize>> = rows
-                .iter()
-                .map(|r| r.as_ref().map(|r| r.next_pos))
-                .collect();
-            let step = cache.step(pos, &host_pos, attend, model.window);
-            let logits = model.decode_step(tokens.clone(), &step, &mut cache);
+            let step = cache.step(pos, attend, model.window);
+            let logits = model.decode_step(&weights, tokens.clone(), &step, &mut cache);
             let out = smp.draw(logits)?; // [slots, 2]
             *tokens = out.clone().slice([0..slots, 0..1]).int().reshape([slots]);
             // Idle slots keep decoding garbage; clamping keeps their writes inside the cache.
@@ -313,7 +336,9 @@ pub fn generate(
                 r.next_pos += 1;
             }
             pending.push(out);
-            steps += 1;
+            stats.steps += 1;
+            stats.decode_steps += 1;
+            on_step(&stats);
         }
     }
 }

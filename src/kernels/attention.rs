@@ -1,6 +1,7 @@
 //! Decode attention as a custom burn op: the WGSL kernel `shaders/decode_attention.wgsl` on wgpu
-//! (one launch per layer per step, reading only each row's visible keys) and its burn-ops twin
-//! everywhere else (the CPU backend) and as the kernel's test reference.
+//! (one launch per layer per step, reading only each row's visible keys), a Rust loop on the CPU
+//! backend, and a burn-ops twin as the reference of both (and the fallback for query groups too
+//! wide for the WGSL kernel).
 //!
 //! `decode_attention(q [B, H, D], k [B, HKV, C, D], v [B, HKV, C, D], pos [B], window)` →
 //! `[B, H, D]`: query row b at position pos[b] attends to cache columns j ≤ pos[b] (and
@@ -13,21 +14,26 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{
     CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
 };
-use burn::backend::{Backend, DType, Dispatch, Shape, TensorMetadata, backend_extension};
+use burn::backend::{
+    Backend, DType, Dispatch, DispatchDevice, Flex, Shape, TensorMetadata, backend_extension,
+};
 use burn::cubecl::prelude::KernelId;
 use burn::cubecl::server::KernelArguments;
 use burn::cubecl::{CubeCount, CubeDim};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor};
 
+use super::cpu;
 use super::logprobs::{as_i32, has_f16, new_tensor};
+use super::rows_matmul::dot_f32;
 use super::sample::is_wgpu;
 use crate::model::attention::MASKED;
+use rayon::prelude::*;
 
 /// The kernel keeps a group's queries and accumulators in 1024 slots: G · D must fit.
 pub const MAX_GROUP_DIM: usize = 1024;
 
-#[backend_extension(Cube, Fusion)]
+#[backend_extension(Cube, Flex, Fusion)]
 pub trait DecodeAttentionBackend: Backend {
     /// `q [B, H, D]`, `k`/`v [B, HKV, C, D]`, `pos [B]` → `[B, H, D]` in q's dtype.
     #[fusion(meta = |q, _k, _v, _pos, _window| TensorSpec::new(q.shape.clone(), q.dtype))]
@@ -78,17 +84,17 @@ pub fn decode_mask(pos: &Tensor<1, Int>, columns: Tensor<2, Int>, window: u32) -
         .reshape([b, 1, 1, attend])
 }
 
-/// Whether `decode_attention` runs the WGSL kernel for these shapes on `device`.
+/// Whether `decode_attention` has a kernel for these shapes on `device`: the CPU backend always,
+/// wgpu where a query group fits the WGSL kernel's shared memory.
 pub fn kernel_available(
     device: &burn::tensor::Device,
     heads: usize,
     kv_heads: usize,
     d: usize,
 ) -> bool {
-    is_wgpu(device)
-        && kv_heads > 0
-        && heads.is_multiple_of(kv_heads)
-        && heads / kv_heads * d <= MAX_GROUP_DIM
+    let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
+    let cpu = matches!(device.as_dispatch(), DispatchDevice::Flex(_));
+    grouped && (cpu || (is_wgpu(device) && heads / kv_heads * d <= MAX_GROUP_DIM))
 }
 
 /// One decode step of attention through the kernel (callers check [`kernel_available`]).
@@ -189,5 +195,86 @@ impl DecodeAttentionBackend for CubeBackend {
         } else {
             CubeBackend::float_cast(out, dtype.into())
         }
+    }
+}
+
+impl DecodeAttentionBackend for Flex {
+    fn decode_attention(
+        q: FloatTensor<Flex>,
+        k: FloatTensor<Flex>,
+        v: FloatTensor<Flex>,
+        pos: IntTensor<Flex>,
+        window: u32,
+    ) -> FloatTensor<Flex> {
+        let dtype = q.dtype();
+        let [b, h, d] = q.shape().dims::<3>();
+        let [_, hkv, c, _] = k.shape().dims::<4>();
+        let g = h / hkv.max(1);
+        let (q, k, v) = (cpu::f32_dense(q), cpu::f32_dense(k), cpu::f32_dense(v));
+        let pos = cpu::positions(pos);
+        let (qs, ks, vs) = (cpu::read(&q), cpu::read(&k), cpu::read(&v));
+        let mut out = vec![0f32; b * h * d];
+        // One task per (row, kv head): its G query heads are consecutive in q and in out.
+        let task = |(group, o): (usize, &mut [f32])| {
+            let r = group / hkv.max(1);
+            // The same visible range as the WGSL kernel: [lo, p] with p clamped into the cache.
+            let hi = pos[r].clamp(0, c as i64 - 1) as usize;
+            let lo = match window {
+                0 => 0,
+                w => (hi + 1).saturating_sub(w as usize),
+            };
+            let at = (group * c + lo) * d;
+            let span = hi + 1 - lo;
+            let keys = &ks[at..at + span * d];
+            let values = &vs[at..at + span * d];
+            attend_group(&qs[group * g * d..(group + 1) * g * d], keys, values, d, o);
+        };
+        let work = b
+            * h
+            * d
+            * pos
+                .iter()
+                .map(|&p| p.max(0) as usize + 1)
+                .max()
+                .unwrap_or(1);
+        if work < 1 << 18 {
+            out.chunks_mut(g * d).enumerate().for_each(task);
+        } else {
+            out.par_chunks_mut(g * d).enumerate().for_each(task);
+        }
+        cpu::cast_back(cpu::from_f32(out, [b, h, d]), dtype)
+    }
+}
+
+/// Softmax attention of the query heads `q [G, D]` over `keys`/`values [L, D]` into `out
+/// [G, D]`: each key and value is read once for the whole group.
+fn attend_group(q: &[f32], keys: &[f32], values: &[f32], d: usize, out: &mut [f32]) {
+    let g = q.len() / d;
+    let span = keys.len() / d;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut p = vec![0f32; g * span]; // [G, L] scores, then weights
+    for (j, key) in keys.chunks_exact(d).enumerate() {
+        for (gi, qv) in q.chunks_exact(d).enumerate() {
+            p[gi * span + j] = dot_f32(qv, key) * scale;
+        }
+    }
+    let mut sums = vec![0f32; g];
+    for (row, sum) in p.chunks_exact_mut(span).zip(&mut sums) {
+        let max = row.iter().copied().fold(f32::MIN, f32::max);
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            *sum += *x;
+        }
+    }
+    for (j, value) in values.chunks_exact(d).enumerate() {
+        for (gi, o) in out.chunks_exact_mut(d).enumerate() {
+            let w = p[gi * span + j];
+            for (acc, x) in o.iter_mut().zip(value) {
+                *acc += w * x;
+            }
+        }
+    }
+    for (o, sum) in out.chunks_exact_mut(d).zip(&sums) {
+        o.iter_mut().for_each(|x| *x /= sum);
     }
 }

@@ -8,7 +8,8 @@ use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate, into_contiguous};
 use burn::backend::{
-    Backend, DType, Dispatch, DispatchDevice, RuntimeId, Shape, TensorMetadata, backend_extension,
+    Backend, DType, Dispatch, DispatchDevice, Flex, RuntimeId, Shape, TensorMetadata,
+    backend_extension,
 };
 use burn::cubecl::prelude::KernelId;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -330,7 +331,7 @@ fn check_batch(b: usize, v: usize, params: &[SamplingParams], ids: &[DrawId]) ->
 
 // ------------------------------------------------------------------------------ kernel launch
 
-#[backend_extension(Cube, Fusion)]
+#[backend_extension(Cube, Flex, Fusion)]
 pub trait SampleBackend: Backend {
     /// `logits [B, V]`, `params [B, 8]` (i32 bit patterns, see the shader) → `[B, 2]`
     /// (token id as f32, log-prob).
@@ -364,6 +365,44 @@ impl SampleBackend for CubeBackend {
         launch_rows(SampleSource, b, v, &[&logits, &params, &out]);
         out
     }
+}
+
+/// On the CPU backend the kernel is [`sample_row_reference`] per row (f64 sums, exact thresholds
+/// by sorting): the same filters and inverse CDF as the shader, in one pass over the logits
+/// instead of the twin's dozen burn ops.
+impl SampleBackend for Flex {
+    fn sample_rows(logits: FloatTensor<Flex>, params: IntTensor<Flex>) -> FloatTensor<Flex> {
+        let [b, v] = logits.shape().dims::<2>();
+        let logits = super::cpu::f32_dense(logits);
+        let words = super::cpu::positions(params);
+        let rows = super::cpu::read(&logits);
+        let mut out = Vec::with_capacity(b * 2);
+        for (row, w) in rows
+            .chunks_exact(v.max(1))
+            .zip(words.chunks_exact(8))
+            .take(b)
+        {
+            let bits = |i: usize| w[i] as u32;
+            let p = SamplingParams {
+                temperature: f32::from_bits(bits(0)),
+                top_k: bits(1),
+                top_p: f32::from_bits(bits(2)),
+                min_p: f32::from_bits(bits(3)),
+                seed: bits(4) as u64 | (bits(5) as u64) << 32,
+            };
+            let id = DrawId {
+                request: bits(6),
+                step: bits(7),
+            };
+            let (token, logprob) = sample_row_reference(row, &p, uniform(p.seed, id));
+            out.extend([token as f32, logprob]);
+        }
+        super::cpu::from_f32(out, [b, 2])
+    }
+}
+
+fn is_cpu(device: &Device) -> bool {
+    matches!(device.as_dispatch(), DispatchDevice::Flex(_))
 }
 
 /// Whether tensors on `device` run on the wgpu runtime (where WGSL kernels launch).
@@ -410,7 +449,7 @@ impl BatchSampler {
     pub fn new(params: Vec<SamplingParams>, ids: Vec<DrawId>, device: &Device) -> Result<Self> {
         let b = params.len();
         check_batch(b, 1, &params, &ids)?;
-        let device_words = is_wgpu(device).then(|| {
+        let device_words = (is_wgpu(device) || is_cpu(device)).then(|| {
             let words: Vec<i32> = params
                 .iter()
                 .zip(&ids)
@@ -429,6 +468,11 @@ impl BatchSampler {
         })
     }
 
+    /// Tensors [`BatchSampler::new`] uploaded (the parameter words and their step increment).
+    pub fn uploads(&self) -> usize {
+        if self.device_words.is_some() { 2 } else { 0 }
+    }
+
     /// Every row moves on to its next draw.
     pub fn advance(&mut self) {
         for id in &mut self.ids {
@@ -440,7 +484,8 @@ impl BatchSampler {
     }
 
     /// `[B, 2]` (token id as f32, log-prob under the unmodified distribution) for `logits
-    /// [B, V]`, left on the device: the kernel on wgpu, [`sample_twin_device`] elsewhere.
+    /// [B, V]`, left on the device: the kernel on wgpu and the CPU backend,
+    /// [`sample_twin_device`] elsewhere.
     pub fn draw(&self, logits: Tensor<2>) -> Result<Tensor<2>> {
         let [b, v] = logits.dims();
         check_batch(b, v, &self.params, &self.ids)?;

@@ -5,6 +5,8 @@ use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
+use crate::kernels::rows_matmul::rows_matmul;
+
 /// Root-mean-square normalisation with a learned scale (no bias, no mean subtraction).
 #[derive(Module, Debug)]
 pub struct RmsNorm {
@@ -33,19 +35,30 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// `x [..., in]` → `[..., out]`: the leading dimensions folded into rows for one 2-D matmul
+    /// against the transposed weight view (burn's `linear` on a 3-D input made the CPU backend
+    /// copy the transposed weight at every call).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::linear(
-            x,
-            self.weight.val().transpose(),
-            self.bias.as_ref().map(|b| b.val()),
-        )
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let y = x
+            .reshape([rows, dims[D - 1]])
+            .matmul(self.weight.val().transpose());
+        let y = match &self.bias {
+            Some(b) => y + b.val().unsqueeze::<2>(),
+            None => y,
+        };
+        let mut out = dims;
+        out[D - 1] = self.weight.val().dims()[0];
+        y.reshape(out)
     }
 
-    /// `x [rows, in]` → `[rows, out]` as one matmul against the transposed weight view. burn's
-    /// `linear` reshapes that view for a single-row batch, which copies the whole weight on the
-    /// CPU backend at every decode step.
+    /// `x [rows, in]` → `[rows, out]` for the few rows of a decode step (see
+    /// [`rows_matmul`]: a streaming kernel on the CPU, burn's matmul against the transposed
+    /// weight view on wgpu; burn's `linear` reshapes that view for a single-row batch, which
+    /// copies the whole weight on the CPU backend).
     pub fn rows(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight.val().transpose());
+        let y = rows_matmul(x, self.weight.val());
         match &self.bias {
             Some(b) => y + b.val().unsqueeze::<2>(),
             None => y,
@@ -66,11 +79,5 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let g = silu(self.gate.forward(x.clone())); // [batch, seq, intermediate]
         self.down.forward(g * self.up.forward(x))
-    }
-
-    /// [`Mlp::forward`] for one token per row, `x [rows, hidden]` (see [`Linear::rows`]).
-    pub fn rows(&self, x: Tensor<2>) -> Tensor<2> {
-        let g = silu(self.gate.rows(x.clone())); // [rows, intermediate]
-        self.down.rows(g * self.up.rows(x))
     }
 }

@@ -3,6 +3,7 @@
 //! and the lm_head (tied to the embeddings or not).
 
 pub mod attention;
+pub mod fused;
 pub mod layers;
 pub mod loader;
 pub mod named;

@@ -1,22 +1,32 @@
 //! The decode path: a preallocated KV cache and one cached step for every slot of the batch.
 //!
 //! Every layer's keys and values live in one `[slots, kv_heads, capacity, head_dim]` tensor each,
-//! allocated once per generation run and written in place (`scatter_nd`) at each row's position.
-//! A finished row's slot is refilled by the next prompt without touching the other slots. The
-//! shapes burn sees are fixed for the run (the attended length moves in buckets of
-//! [`LEN_BUCKET`]), so nothing is re-autotuned or recompiled after warm-up.
+//! allocated once per generation run and written in place at each row's position by the RoPE +
+//! cache-write kernel. A finished row's slot is refilled by the next prompt without touching the
+//! other slots. The shapes burn sees are fixed for the run, so nothing is re-autotuned or
+//! recompiled after warm-up.
 //!
 //! Nothing of a step is built on the host: token ids and positions are device tensors (the
-//! sampler's output feeds the next step), RoPE angles are gathered by position from a table
-//! uploaded once, and attention masks by position on the device: inside the WGSL decode-attention
-//! kernel on wgpu (one launch per layer), as a mask tensor for its burn-ops twin elsewhere.
+//! sampler's output feeds the next step), RoPE angles are read by position from tables uploaded
+//! once, and attention masks from the positions inside the decode-attention kernel. Per layer a
+//! step is: norm, the fused q/k/v matmul, RoPE + cache write (one kernel), attention (one
+//! kernel), the output matmul, residual + norm (one kernel), the fused gate/up matmul, SwiGLU,
+//! the down matmul, and the residual add fused with the next layer's norm. The burn-ops twin of attention (with a mask tensor, its length moving in buckets of
+//! [`LEN_BUCKET`]) runs only where the kernel cannot (a query group wider than the WGSL kernel's
+//! shared memory).
 
-use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::attention::{Attention, KvCache};
+use super::fused::{DecodeWeights, FusedLayer};
+use super::layers::RmsNorm;
 use super::{DecoderLayer, Transformer};
 use crate::config::AttentionWindow;
 use crate::kernels::attention;
+use crate::kernels::norm;
+use crate::kernels::rope_cache::{self, RopeInputs};
+use crate::kernels::rows_matmul::rows_matmul;
 
 /// The attended key length is the longest running row rounded up to this, so a step's shapes
 /// change once every `LEN_BUCKET` tokens instead of every token.
@@ -40,17 +50,15 @@ pub struct StaticKvCache {
     layers: Vec<(Tensor<4>, Tensor<4>)>,
     slots: usize,
     capacity: usize,
-    kv_heads: usize,
     /// RoPE of every position `[capacity, head_dim]`, uploaded once: cos over both halves, and
     /// sin with the first half negated, so that a rotation is `x·cos + swap_halves(x)·sin`.
     cos: Tensor<2>,
     sin: Tensor<2>,
-    /// `[slots, kv_heads, 1]`: the slot and kv-head coordinates of each row's write.
-    slot_head: Tensor<3, Int>,
     /// `[slots, attend]` key column indices of the current length bucket (made once per bucket:
     /// burn builds an arange on the host); the twin's mask only.
     columns: Option<Tensor<2, Int>>,
-    /// Attention through the WGSL kernel (wgpu) rather than its burn-ops twin.
+    /// Attention through the decode-attention kernel (WGSL on wgpu, Rust on the CPU backend)
+    /// rather than its burn-ops twin.
     kernel: bool,
 }
 
@@ -60,22 +68,24 @@ impl StaticKvCache {
         let attn = &model.layers[0].attn;
         let (hkv, d) = (attn.num_kv_heads, attn.head_dim);
         let kernel = attention::kernel_available(&device, attn.num_heads, hkv, d);
-        let zeros = || Tensor::<4>::zeros([slots, hkv, capacity, d], &device);
-        let layers = model.layers.iter().map(|_| (zeros(), zeros())).collect();
-        let (cos, sin) = model.rope.angles(&[(0..capacity).collect()], &device);
-        let coord = |f: &dyn Fn(usize, usize) -> i64| {
-            let v: Vec<i64> = (0..slots * hkv).map(|i| f(i / hkv, i % hkv)).collect();
-            Tensor::<3, Int>::from_data(TensorData::new(v, [slots, hkv, 1]), &device)
+        // The kernels read only columns a row has written (≤ its position); the twin's additive
+        // mask needs finite values everywhere.
+        let fresh = || {
+            let shape = [slots, hkv, capacity, d];
+            if kernel {
+                Tensor::<4>::empty(shape, &device)
+            } else {
+                Tensor::<4>::zeros(shape, &device)
+            }
         };
-        let slot_head = Tensor::cat(vec![coord(&|s, _| s as i64), coord(&|_, h| h as i64)], 2);
+        let layers = model.layers.iter().map(|_| (fresh(), fresh())).collect();
+        let (cos, sin) = model.rope.angles(&[(0..capacity).collect()], &device);
         Self {
             layers,
             slots,
             capacity,
-            kv_heads: hkv,
             cos: Tensor::cat(vec![cos.clone(), cos], 3).reshape([capacity, d]),
             sin: Tensor::cat(vec![sin.clone().neg(), sin], 3).reshape([capacity, d]),
-            slot_head,
             columns: None,
             kernel,
         }
@@ -93,41 +103,47 @@ impl StaticKvCache {
     /// position). Columns past a prompt keep stale values; they are overwritten by the decode
     /// step at that position before any query can see them.
     pub fn load_rows(&mut self, fresh: KvCache, slots: &[usize]) {
-        for (mine, theirs) in self.layers.iter_mut().zip(fresh.layers) {
-            let Some((k, v)) = theirs else { continue };
-            let [_, h, len, d] = k.dims();
-            let len = len.min(self.capacity);
-            for (i, &s) in slots.iter().enumerate() {
-                let row = |t: &Tensor<4>| t.clone().slice([i..i + 1, 0..h, 0..len, 0..d]);
-                let at = [s..s + 1, 0..h, 0..len, 0..d];
-                mine.0 = mine.0.clone().slice_assign(at.clone(), row(&k));
-                mine.1 = mine.1.clone().slice_assign(at, row(&v));
+        // Rows bound for consecutive slots go in one write (a first fill is a single run).
+        let mut runs: Vec<(usize, usize, usize)> = vec![]; // (first row, first slot, rows)
+        for (i, &s) in slots.iter().enumerate() {
+            match runs.last_mut() {
+                Some((r, s0, n)) if *r + *n == i && *s0 + *n == s => *n += 1,
+                _ => runs.push((i, s, 1)),
             }
+        }
+        // The cache tensors are moved through the writes so that each is written in place
+        // (a clone kept alive during `slice_assign` would make the CPU backend copy it).
+        let layers = std::mem::take(&mut self.layers);
+        for ((mut kc, mut vc), theirs) in layers.into_iter().zip(fresh.layers) {
+            if let Some((k, v)) = theirs {
+                let [_, h, len, d] = k.dims();
+                let len = len.min(self.capacity);
+                for &(i, s, n) in &runs {
+                    let rows = |t: &Tensor<4>| t.clone().slice([i..i + n, 0..h, 0..len, 0..d]);
+                    let at = [s..s + n, 0..h, 0..len, 0..d];
+                    kc = kc.slice_assign(at.clone(), rows(&k));
+                    vc = vc.slice_assign(at, rows(&v));
+                }
+            }
+            self.layers.push((kc, vc));
         }
     }
 
     /// The device tensors one step shares across layers, for tokens at `pos [slots]` with
-    /// `attend` key columns (≥ the longest row's position + 1).
-    ///
-    /// `host_pos` is the same positions as the host mirrors them (`None` for an idle slot). Off
-    /// wgpu the cache is written row by row in place with them: the CPU backend's `scatter_nd`
-    /// copies the whole cache on every call, its `slice_assign` writes in place.
+    /// `attend` key columns (≥ the longest row's position + 1; the twin's mask only).
     pub fn step(
         &mut self,
         pos: &Tensor<1, Int>,
-        host_pos: &[Option<usize>],
         attend: usize,
         window: AttentionWindow,
     ) -> DecodeStep {
-        let (b, hkv) = (self.slots, self.kv_heads);
+        let b = self.slots;
         let attend = attend.clamp(1, self.capacity);
-        let d = self.cos.dims()[1];
-        let gather = |t: &Tensor<2>| t.clone().select(0, pos.clone()).reshape([b, 1, d]);
         let window = match window {
             AttentionWindow::Full => 0,
             AttentionWindow::Sliding(w) => w as u32,
         };
-        // The kernel masks from the positions itself; the twin needs the mask as a tensor.
+        // The kernels mask from the positions themselves; the twin needs the mask as a tensor.
         let mask = (!self.kernel).then(|| {
             let columns = match &self.columns {
                 Some(c) if c.dims()[1] == attend => c.clone(),
@@ -141,24 +157,12 @@ impl StaticKvCache {
             };
             attention::decode_mask(pos, columns, window)
         });
-        let write_at = if self.kernel {
-            WriteAt::Device(Box::new(Tensor::cat(
-                vec![
-                    self.slot_head.clone(),
-                    pos.clone().reshape([b, 1, 1]).expand([b, hkv, 1]),
-                ],
-                2,
-            ))) // [b, hkv, 3]
-        } else {
-            WriteAt::Rows(host_pos.to_vec())
-        };
         DecodeStep {
-            cos: gather(&self.cos),
-            sin: gather(&self.sin),
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
             pos: pos.clone(),
             window,
             mask,
-            write_at,
         }
     }
 }
@@ -166,9 +170,10 @@ impl StaticKvCache {
 /// What one decode step shares across layers.
 #[derive(Debug, Clone)]
 pub struct DecodeStep {
-    /// `[slots, 1, head_dim]` at each row's position (see [`StaticKvCache`]'s tables).
-    cos: Tensor<3>,
-    sin: Tensor<3>,
+    /// `[capacity, head_dim]` RoPE tables (see [`StaticKvCache`]), indexed by position in the
+    /// RoPE + cache-write kernel.
+    cos: Tensor<2>,
+    sin: Tensor<2>,
     /// `[slots]` position of each row's token.
     pos: Tensor<1, Int>,
     /// Sliding window (0 = none).
@@ -176,61 +181,30 @@ pub struct DecodeStep {
     /// For the burn-ops twin: additive `[slots, 1, 1, attend]`, 0 where a key is visible,
     /// `MASKED` elsewhere. `None` where the kernel masks by position itself.
     mask: Option<Tensor<4>>,
-    write_at: WriteAt,
-}
-
-/// Where a step writes its keys and values.
-#[derive(Debug, Clone)]
-enum WriteAt {
-    /// `[slots, kv_heads, 3]`: (slot, kv head, position) of each new vector, for one in-place
-    /// `scatter_nd` per tensor (wgpu).
-    Device(Box<Tensor<3, Int>>),
-    /// Each slot's position (`None`: idle, not written), one in-place `slice_assign` per row.
-    Rows(Vec<Option<usize>>),
 }
 
 impl Attention {
-    /// One cached step: `x [slots, hidden]`; writes this step's keys/values into the cache
-    /// tensors and attends over the visible columns.
+    /// One cached step of attention for the normed rows `x [slots, hidden]`: writes this step's
+    /// keys/values into the cache tensors and attends over the visible columns.
     fn forward_cached(
         &self,
+        fused: &FusedLayer,
         x: Tensor<2>,
         step: &DecodeStep,
         k_cache: Tensor<4>,
         v_cache: Tensor<4>,
     ) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
         let [b, _] = x.dims();
-        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        // RoPE without slicing: the halves swap in one flip, the rest is one fused expression.
-        let rope = |t: Tensor<2>, n: usize| {
-            let t = t.reshape([b, n, d]);
-            let swapped = t
-                .clone()
-                .reshape([b, n, 2, d / 2])
-                .flip([2])
-                .reshape([b, n, d]);
-            t * step.cos.clone() + swapped * step.sin.clone()
+        let (h, d) = (self.num_heads, self.head_dim);
+        let inputs = RopeInputs {
+            qkv: rows_matmul(x, fused.qkv.clone()), // [b, (h + 2 hkv) d]
+            bias: fused.qkv_bias.clone(),
+            pos: step.pos.clone(),
+            cos: step.cos.clone(),
+            sin: step.sin.clone(),
+            heads: h,
         };
-        let q = rope(self.q.rows(x.clone()), h); // [b, h, d]
-        let k = rope(self.k.rows(x.clone()), hkv); // [b, hkv, d]
-        let v = self.v.rows(x).reshape([b, hkv, d]);
-        let write = |cache: Tensor<4>, new: Tensor<3>| match &step.write_at {
-            WriteAt::Device(at) => cache.scatter_nd(*at.clone(), new, IndexingUpdateOp::Assign),
-            WriteAt::Rows(rows) => {
-                let mut cache = cache;
-                for (r, p) in rows.iter().enumerate() {
-                    let Some(p) = *p else { continue };
-                    let row = new
-                        .clone()
-                        .slice([r..r + 1, 0..hkv, 0..d])
-                        .reshape([1, hkv, 1, d]);
-                    cache = cache.slice_assign([r..r + 1, 0..hkv, p..p + 1, 0..d], row);
-                }
-                cache
-            }
-        };
-        let k_cache = write(k_cache, k);
-        let v_cache = write(v_cache, v);
+        let (q, k_cache, v_cache) = rope_cache::rope_cache_write(inputs, k_cache, v_cache);
         let out = match &step.mask {
             None => attention::decode_attention(
                 q,
@@ -249,43 +223,65 @@ impl Attention {
 }
 
 impl DecoderLayer {
+    /// One layer for the residual stream `h [slots, hidden]` and its normed copy `normed` (this
+    /// layer's input norm already applied); `next` is the norm after this layer (the next
+    /// layer's input norm, or the final one). Returns the new residual stream and its `next`
+    /// norm: each residual add is fused with the norm that follows it.
     fn forward_cached(
         &self,
-        x: Tensor<2>,
+        fused: &FusedLayer,
+        (h, normed): (Tensor<2>, Tensor<2>),
+        next: &RmsNorm,
         step: &DecodeStep,
-        k: Tensor<4>,
-        v: Tensor<4>,
-    ) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
-        let (a, k, v) = self
-            .attn
-            .forward_cached(self.input_norm.forward(x.clone()), step, k, v);
-        let h = x + a;
+        (k, v): (Tensor<4>, Tensor<4>),
+    ) -> ((Tensor<2>, Tensor<2>), (Tensor<4>, Tensor<4>)) {
+        let (a, k, v) = self.attn.forward_cached(fused, normed, step, k, v);
+        let post = &self.post_attn_norm;
+        let (h, normed) = norm::add_rms_norm(h, a, post.weight.val(), post.eps);
+        // SwiGLU through the fused gate/up matmul.
+        let [b, _] = normed.dims();
+        let i = fused.intermediate;
+        let mut gu = rows_matmul(normed, fused.gate_up.clone()); // [b, 2 i]
+        if let Some(bias) = &fused.gate_up_bias {
+            gu = gu + bias.clone().unsqueeze::<2>();
+        }
+        let act = silu(gu.clone().slice([0..b, 0..i])) * gu.slice([0..b, i..2 * i]);
+        let m = self.mlp.down.rows(act);
         (
-            h.clone() + self.mlp.rows(self.post_attn_norm.forward(h)),
-            k,
-            v,
+            norm::add_rms_norm(h, m, next.weight.val(), next.eps),
+            (k, v),
         )
     }
 }
 
 impl Transformer {
     /// Logits `[slots, vocab]` of one token per slot (`tokens [slots]`, all on the device),
-    /// reading and extending `cache`.
+    /// reading and extending `cache`; `weights` are this model's fused projections.
     pub fn decode_step(
         &self,
+        weights: &DecodeWeights,
         tokens: Tensor<1, Int>,
         step: &DecodeStep,
         cache: &mut StaticKvCache,
     ) -> Tensor<2> {
-        let mut x = self.embed.val().select(0, tokens); // [slots, hidden]
+        let h = self.embed.val().select(0, tokens); // [slots, hidden]
+        let first = self.layers.first().map_or(&self.norm, |l| &l.input_norm);
+        let normed = norm::rms_norm(h.clone(), first.weight.val(), first.eps);
+        let mut stream = (h, normed);
         let layers = std::mem::take(&mut cache.layers);
-        for (layer, (k, v)) in self.layers.iter().zip(layers) {
-            let (y, k, v) = layer.forward_cached(x, step, k, v);
-            x = y;
-            cache.layers.push((k, v));
+        for (l, ((layer, fused), kv)) in self
+            .layers
+            .iter()
+            .zip(&weights.layers)
+            .zip(layers)
+            .enumerate()
+        {
+            let next = self.layers.get(l + 1).map_or(&self.norm, |n| &n.input_norm);
+            let (s, kv) = layer.forward_cached(fused, stream, next, step, kv);
+            stream = s;
+            cache.layers.push(kv);
         }
-        // One matmul against the transposed head view (see `Linear::rows`).
-        self.norm.forward(x).matmul(self.head_weight().transpose())
+        rows_matmul(stream.1, self.head_weight())
     }
 }
 

@@ -1,0 +1,70 @@
+// rms_norm.wgsl — the residual add and RMSNorm between a decode step's blocks, in one launch.
+//
+// For rows x [B, N], a residual r [B, N] and the norm's weight w [N]:
+//   h = x + r                                   (written out: the residual stream)
+//   y = h / sqrt(mean(h²) + eps) · w            (the next block's input; Llama/Qwen2/Mistral)
+// Without a residual (RESIDUAL false: the first layer's input norm) h = x and only y is
+// written; r and h are then bound to placeholders and not touched.
+// Algorithm: one workgroup of WG invocations per row. Each invocation sums the squares of
+// elements lid, lid + WG, … (writing h as it goes), a tree reduction in shared memory gives the
+// row's sum, and each invocation then scales its own elements. Math in f32.
+// Compile-time constants: B {{ b }}, N {{ n }}, eps {{ eps }}, RESIDUAL {{ residual }}.
+//
+// Bindings (group 0), all read_write (cubecl sub-allocates tensors from shared buffers, and
+// wgpu forbids binding one buffer both read-only and read-write in a dispatch):
+//   0 x  f32 [B * N]   read
+//   1 r  f32 [B * N]   read (RESIDUAL)
+//   2 w  f32 [N]       read
+//   3 h  f32 [B * N]   write (RESIDUAL)
+//   4 y  f32 [B * N]   write
+// Dispatch: workgroups (x, y, 1) with x * y ≥ B (row = x + y * num_workgroups.x).
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> r: array<f32>;
+@group(0) @binding(2) var<storage, read_write> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> h: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+const B: u32 = {{ b }}u;
+const N: u32 = {{ n }}u;
+const EPS: f32 = {{ eps }};
+const RESIDUAL: bool = {{ residual }};
+const WG: u32 = 256u;
+
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) groups: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    // Uniform across the workgroup, so the barriers below stay in uniform control flow.
+    let row = wid.x + wid.y * groups.x;
+    if (row >= B) {
+        return;
+    }
+    let base = row * N;
+    var sq = 0.0;
+    for (var i = lid; i < N; i += WG) {
+        var v = x[base + i];
+        if (RESIDUAL) {
+            v += r[base + i];
+            h[base + i] = v;
+        }
+        sq += v * v;
+    }
+    partial[lid] = sq;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / sqrt(partial[0] / f32(N) + EPS);
+    for (var i = lid; i < N; i += WG) {
+        var v = x[base + i];
+        if (RESIDUAL) {
+            v += r[base + i];
+        }
+        y[base + i] = v * inv * w[i];
+    }
+}

@@ -1,0 +1,210 @@
+//! The residual add and RMSNorm of a decode step as one custom burn op: the WGSL kernel
+//! `shaders/rms_norm.wgsl` on wgpu, a Rust loop on the CPU backend, and the model's own burn-ops
+//! norm ([`crate::model::layers::RmsNorm::forward`]) as the twin.
+//!
+//! `add_rms_norm(x [B, N], r [B, N], w [N], eps)` → `(h = x + r, h / sqrt(mean(h²) + eps) · w)`;
+//! `rms_norm(x, w, eps)` → the second alone. burn's ops make 5 to 7 kernels of a norm (a reduce,
+//! element-wise passes, the residual add before it); this is one launch.
+
+use burn::backend::fusion::custom::TensorSpec;
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::wgpu::{
+    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
+};
+use burn::backend::{Backend, DType, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
+use burn::cubecl::prelude::KernelId;
+use burn::cubecl::server::KernelArguments;
+use burn::cubecl::{CubeCount, CubeDim};
+use burn::tensor::Tensor;
+
+use super::cpu;
+use super::logprobs::new_tensor;
+use super::rows_matmul::dot_f32;
+
+#[backend_extension(Cube, Flex, Fusion)]
+pub trait RmsNormBackend: Backend {
+    /// `(x + r, rms_norm(x + r) · w)`.
+    #[fusion(meta = |x, _r, _w, _eps| (
+        TensorSpec::new(x.shape.clone(), x.dtype),
+        TensorSpec::new(x.shape.clone(), x.dtype),
+    ))]
+    fn add_rms_norm(
+        x: FloatTensor<Self>,
+        r: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `rms_norm(x) · w`.
+    #[fusion(meta = |x, _w, _eps| TensorSpec::new(x.shape.clone(), x.dtype))]
+    fn rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
+}
+
+/// `x [B, N] + r [B, N]` and its norm with weight `w [N]`: `(h, y)`.
+pub fn add_rms_norm(x: Tensor<2>, r: Tensor<2>, w: Tensor<1>, eps: f64) -> (Tensor<2>, Tensor<2>) {
+    let (h, y) = <Dispatch as RmsNormBackend>::add_rms_norm(
+        x.into_dispatch(),
+        r.into_dispatch(),
+        w.into_dispatch(),
+        eps as f32,
+    );
+    (Tensor::from_dispatch(h), Tensor::from_dispatch(y))
+}
+
+/// The norm of `x [B, N]` with weight `w [N]`.
+pub fn rms_norm(x: Tensor<2>, w: Tensor<1>, eps: f64) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as RmsNormBackend>::rms_norm(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        eps as f32,
+    ))
+}
+
+struct NormSource {
+    b: usize,
+    n: usize,
+    eps: f32,
+    residual: bool,
+}
+
+impl KernelSource for NormSource {
+    fn source(&self) -> SourceTemplate {
+        SourceTemplate::new(include_str!("../../shaders/rms_norm.wgsl"))
+            .register("b", self.b.to_string())
+            .register("n", self.n.to_string())
+            // Debug formatting prints the shortest string that reads back to the same f32.
+            .register("eps", format!("{:?}", self.eps))
+            .register("residual", self.residual.to_string())
+    }
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info((self.b, self.n, self.eps.to_bits(), self.residual))
+    }
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}
+
+fn f32_contiguous(t: CubeTensor) -> CubeTensor {
+    into_contiguous(if t.dtype == DType::F32 {
+        t
+    } else {
+        CubeBackend::float_cast(t, DType::F32.into())
+    })
+}
+
+fn back(t: CubeTensor, dtype: DType) -> CubeTensor {
+    if t.dtype == dtype {
+        t
+    } else {
+        CubeBackend::float_cast(t, dtype.into())
+    }
+}
+
+/// Launches the kernel; `r` is `None` for the plain norm. Returns `(h, y)` (`h` only with `r`).
+fn launch(
+    x: CubeTensor,
+    r: Option<CubeTensor>,
+    w: CubeTensor,
+    eps: f32,
+) -> (Option<CubeTensor>, CubeTensor) {
+    let dtype = x.dtype;
+    let (x, w) = (f32_contiguous(x), f32_contiguous(w));
+    let [b, n] = x.shape().dims::<2>();
+    let y = new_tensor(&x, Shape::new([b, n]), DType::F32);
+    let residual = r.is_some();
+    // Without a residual, r and h are bound to a one-element placeholder the kernel never reads.
+    let (r, h) = match r {
+        Some(r) => (
+            f32_contiguous(r),
+            new_tensor(&x, Shape::new([b, n]), DType::F32),
+        ),
+        None => {
+            let dummy = new_tensor(&x, Shape::new([1]), DType::F32);
+            (dummy.clone(), dummy)
+        }
+    };
+    if b > 0 {
+        let kernel = NormSource {
+            b,
+            n,
+            eps,
+            residual,
+        };
+        let groups = b as u32;
+        let gx = groups.clamp(1, 65535);
+        let bindings = [&x, &r, &w, &h, &y]
+            .iter()
+            .map(|t| t.handle.clone().binding())
+            .collect();
+        x.client.launch(
+            Box::new(SourceKernel::new(kernel, CubeDim::new_1d(256))),
+            CubeCount::Static(gx, groups.div_ceil(gx), 1),
+            KernelArguments::new().with_buffers(bindings),
+        );
+    }
+    (residual.then(|| back(h, dtype)), back(y, dtype))
+}
+
+impl RmsNormBackend for CubeBackend {
+    fn add_rms_norm(
+        x: CubeTensor,
+        r: CubeTensor,
+        w: CubeTensor,
+        eps: f32,
+    ) -> (CubeTensor, CubeTensor) {
+        let (h, y) = launch(x, Some(r), w, eps);
+        (h.expect("launched with a residual"), y)
+    }
+
+    fn rms_norm(x: CubeTensor, w: CubeTensor, eps: f32) -> CubeTensor {
+        launch(x, None, w, eps).1
+    }
+}
+
+/// Normalises each `n`-element row of `h` into `y`.
+fn norm_rows(h: &[f32], w: &[f32], n: usize, eps: f32, y: &mut [f32]) {
+    for (hr, yr) in h.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+        let inv = 1.0 / (dot_f32(hr, hr) / n as f32 + eps).sqrt();
+        for ((o, &v), &g) in yr.iter_mut().zip(hr).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+impl RmsNormBackend for Flex {
+    fn add_rms_norm(
+        x: FloatTensor<Flex>,
+        r: FloatTensor<Flex>,
+        w: FloatTensor<Flex>,
+        eps: f32,
+    ) -> (FloatTensor<Flex>, FloatTensor<Flex>) {
+        let dtype = x.dtype();
+        let [b, n] = x.shape().dims::<2>();
+        let (x, r, w) = (cpu::f32_dense(x), cpu::f32_dense(r), cpu::f32_dense(w));
+        let h: Vec<f32> = cpu::read(&x)
+            .iter()
+            .zip(cpu::read(&r))
+            .map(|(a, b)| a + b)
+            .collect();
+        let mut y = vec![0f32; b * n];
+        if n > 0 {
+            norm_rows(&h, cpu::read(&w), n, eps, &mut y);
+        }
+        (
+            cpu::cast_back(cpu::from_f32(h, [b, n]), dtype),
+            cpu::cast_back(cpu::from_f32(y, [b, n]), dtype),
+        )
+    }
+
+    fn rms_norm(x: FloatTensor<Flex>, w: FloatTensor<Flex>, eps: f32) -> FloatTensor<Flex> {
+        let dtype = x.dtype();
+        let [b, n] = x.shape().dims::<2>();
+        let (x, w) = (cpu::f32_dense(x), cpu::f32_dense(w));
+        let mut y = vec![0f32; b * n];
+        if n > 0 {
+            norm_rows(cpu::read(&x), cpu::read(&w), n, eps, &mut y);
+        }
+        cpu::cast_back(cpu::from_f32(y, [b, n]), dtype)
+    }
+}

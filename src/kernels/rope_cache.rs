@@ -1,0 +1,299 @@
+//! RoPE and the KV-cache write of one decode step as a custom burn op: the WGSL kernel
+//! `shaders/rope_cache_write.wgsl` on wgpu, a Rust loop on the CPU backend, and a burn-ops twin as
+//! the reference of both.
+//!
+//! `rope_cache_write(qkv [B, (H + 2·HKV)·D], bias [(H + 2·HKV)·D], pos [B], cos [C, D],
+//! sin [C, D], k [B, HKV, C, D], v [B, HKV, C, D], heads = H)` → `(q [B, H, D], k, v)`: the
+//! fused projection of one token per row is split into heads, q and k are rotated at the row's
+//! position, and k and v are written into the caches at column `pos[b]` (in place when the cache
+//! tensors are not shared; rows with `pos[b] ≥ C` write nothing). The tables are those of
+//! [`crate::model::static_cache::StaticKvCache`]: cos over both halves, sin with its first half
+//! negated, so a rotation is `x·cos + swap_halves(x)·sin`.
+
+use burn::backend::fusion::custom::TensorSpec;
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::wgpu::{
+    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
+};
+use burn::backend::{Backend, DType, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
+use burn::cubecl::prelude::KernelId;
+use burn::cubecl::server::KernelArguments;
+use burn::cubecl::{CubeCount, CubeDim};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+
+use super::cpu;
+use super::logprobs::{as_i32, has_f16, new_tensor};
+
+/// Invocations per workgroup of the WGSL kernel.
+const WG: u32 = 256;
+
+#[backend_extension(Cube, Flex, Fusion)]
+pub trait RopeCacheBackend: Backend {
+    /// See the module docs; returns `(q, k, v)`, q in qkv's dtype.
+    #[fusion(meta = |qkv, _bias, _pos, cos, _sin, k, v, heads| (
+        TensorSpec::new(Shape::new([qkv.shape[0], *heads as usize, cos.shape[1]]), qkv.dtype),
+        TensorSpec::new(k.shape.clone(), k.dtype),
+        TensorSpec::new(v.shape.clone(), v.dtype),
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn rope_cache_write(
+        qkv: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        pos: IntTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        heads: u32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// The tensors of one step's RoPE + cache write (see the module docs for shapes).
+pub struct RopeInputs {
+    pub qkv: Tensor<2>,
+    pub bias: Tensor<1>,
+    pub pos: Tensor<1, Int>,
+    pub cos: Tensor<2>,
+    pub sin: Tensor<2>,
+    pub heads: usize,
+}
+
+/// Runs the op: `(q [B, H, D], k cache, v cache)`.
+pub fn rope_cache_write(
+    x: RopeInputs,
+    k: Tensor<4>,
+    v: Tensor<4>,
+) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
+    let (q, k, v) = <Dispatch as RopeCacheBackend>::rope_cache_write(
+        x.qkv.into_dispatch(),
+        x.bias.into_dispatch(),
+        x.pos.into_dispatch(),
+        x.cos.into_dispatch(),
+        x.sin.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        x.heads as u32,
+    );
+    (
+        Tensor::from_dispatch(q),
+        Tensor::from_dispatch(k),
+        Tensor::from_dispatch(v),
+    )
+}
+
+/// The burn-ops twin: slices, the RoPE expression with a flip of the halves, and `scatter_nd`
+/// writes (rows at `pos ≥ C` are clamped into the last column, which the kernels leave alone:
+/// tests keep positions inside the cache).
+pub fn rope_cache_write_twin(
+    x: RopeInputs,
+    k: Tensor<4>,
+    v: Tensor<4>,
+) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
+    let [b, _] = x.qkv.dims();
+    let [_, hkv, c, d] = k.dims();
+    let h = x.heads;
+    let y = x.qkv + x.bias.unsqueeze::<2>();
+    let heads = |from: usize, n: usize| {
+        y.clone()
+            .slice([0..b, from * d..(from + n) * d])
+            .reshape([b, n, d])
+    };
+    let pos = x.pos.clamp_max(c as i64 - 1);
+    let cos = x.cos.select(0, pos.clone()).reshape([b, 1, d]);
+    let sin = x.sin.select(0, pos.clone()).reshape([b, 1, d]);
+    let rope = |t: Tensor<3>, n: usize| {
+        let swapped = t
+            .clone()
+            .reshape([b, n, 2, d / 2])
+            .flip([2])
+            .reshape([b, n, d]);
+        t * cos.clone() + swapped * sin.clone()
+    };
+    let q = rope(heads(0, h), h);
+    let new_k = rope(heads(h, hkv), hkv);
+    let new_v = heads(h + hkv, hkv);
+    let device = pos.device();
+    let slot = Tensor::<1, Int>::arange(0..b as i64, &device)
+        .reshape([b, 1, 1])
+        .expand([b, hkv, 1]);
+    let head = Tensor::<1, Int>::arange(0..hkv as i64, &device)
+        .reshape([1, hkv, 1])
+        .expand([b, hkv, 1]);
+    let at = Tensor::cat(
+        vec![slot, head, pos.reshape([b, 1, 1]).expand([b, hkv, 1])],
+        2,
+    ); // [b, hkv, 3]
+    let k = k.scatter_nd(at.clone(), new_k, IndexingUpdateOp::Assign);
+    let v = v.scatter_nd(at, new_v, IndexingUpdateOp::Assign);
+    (q, k, v)
+}
+
+struct RopeSource {
+    shape: [usize; 5],
+    f16: bool,
+}
+
+impl KernelSource for RopeSource {
+    fn source(&self) -> SourceTemplate {
+        let [b, h, hkv, c, d] = self.shape;
+        let (elem, enable) = if self.f16 {
+            ("f16", "enable f16;")
+        } else {
+            ("f32", "")
+        };
+        SourceTemplate::new(include_str!("../../shaders/rope_cache_write.wgsl"))
+            .register("elem", elem)
+            .register("enable", enable)
+            .register("b", b.to_string())
+            .register("h", h.to_string())
+            .register("hkv", hkv.to_string())
+            .register("c", c.to_string())
+            .register("d", d.to_string())
+            .register("wg", WG.to_string())
+    }
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info((self.shape, self.f16))
+    }
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}
+
+/// A cache tensor the kernel may write: its own contiguous buffer in `elem`.
+fn writable(t: CubeTensor, elem: DType) -> CubeTensor {
+    let t = if t.dtype == elem {
+        t
+    } else {
+        CubeBackend::float_cast(t, elem.into())
+    };
+    if t.can_mut() && t.is_contiguous_buffer() && t.is_contiguous() {
+        t
+    } else {
+        t.copy()
+    }
+}
+
+impl RopeCacheBackend for CubeBackend {
+    fn rope_cache_write(
+        qkv: CubeTensor,
+        bias: CubeTensor,
+        pos: CubeTensor,
+        cos: CubeTensor,
+        sin: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        heads: u32,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let f16 = qkv.dtype == DType::F16 && has_f16(qkv.client.properties());
+        let elem = if f16 { DType::F16 } else { DType::F32 };
+        let cast = |t: CubeTensor, to: DType| {
+            into_contiguous(if t.dtype == to {
+                t
+            } else {
+                CubeBackend::float_cast(t, to.into())
+            })
+        };
+        let dtype = qkv.dtype;
+        let (qkv, bias) = (cast(qkv, elem), cast(bias, elem));
+        let (cos, sin) = (cast(cos, DType::F32), cast(sin, DType::F32));
+        let pos = into_contiguous(as_i32(pos));
+        let (k, v) = (writable(k, elem), writable(v, elem));
+        let [b, row] = qkv.shape().dims::<2>();
+        let [_, hkv, c, d] = k.shape().dims::<4>();
+        let h = heads as usize;
+        debug_assert_eq!(row, (h + 2 * hkv) * d);
+        let q = new_tensor(&qkv, Shape::new([b, h, d]), elem);
+        let groups = (b * row).div_ceil(WG as usize) as u32;
+        if groups > 0 {
+            let x = groups.clamp(1, 65535);
+            let kernel = RopeSource {
+                shape: [b, h, hkv, c, d],
+                f16,
+            };
+            let bindings = [&qkv, &bias, &pos, &cos, &sin, &k, &v, &q]
+                .iter()
+                .map(|t| t.handle.clone().binding())
+                .collect();
+            qkv.client.launch(
+                Box::new(SourceKernel::new(kernel, CubeDim::new_1d(WG))),
+                CubeCount::Static(x, groups.div_ceil(x), 1),
+                KernelArguments::new().with_buffers(bindings),
+            );
+        }
+        let back = |t: CubeTensor| {
+            if t.dtype == dtype {
+                t
+            } else {
+                CubeBackend::float_cast(t, dtype.into())
+            }
+        };
+        (back(q), back(k), back(v))
+    }
+}
+
+impl RopeCacheBackend for Flex {
+    fn rope_cache_write(
+        qkv: FloatTensor<Flex>,
+        bias: FloatTensor<Flex>,
+        pos: IntTensor<Flex>,
+        cos: FloatTensor<Flex>,
+        sin: FloatTensor<Flex>,
+        k: FloatTensor<Flex>,
+        v: FloatTensor<Flex>,
+        heads: u32,
+    ) -> (FloatTensor<Flex>, FloatTensor<Flex>, FloatTensor<Flex>) {
+        let dtype = qkv.dtype();
+        let [b, row] = qkv.shape().dims::<2>();
+        let [_, hkv, c, d] = k.shape().dims::<4>();
+        let h = heads as usize;
+        let half = d / 2;
+        let (qkv, bias) = (cpu::f32_dense(qkv), cpu::f32_dense(bias));
+        let (cos, sin) = (cpu::f32_dense(cos), cpu::f32_dense(sin));
+        let (mut k, mut v) = (cpu::f32_dense(k), cpu::f32_dense(v));
+        let pos = cpu::positions(pos);
+        let mut q = vec![0f32; b * h * d];
+        {
+            let (x, bias) = (cpu::read(&qkv), cpu::read(&bias));
+            let (cos, sin) = (cpu::read(&cos), cpu::read(&sin));
+            let kc = cpu::write(&mut k);
+            let vc = cpu::write(&mut v);
+            for (r, &p) in pos.iter().enumerate() {
+                let in_cache = p >= 0 && (p as usize) < c;
+                let t = p.clamp(0, c as i64 - 1) as usize * d;
+                let (cos, sin) = (&cos[t..t + d], &sin[t..t + d]);
+                let x = &x[r * row..(r + 1) * row];
+                let rotate = |head: usize, out: &mut [f32]| {
+                    let base = head * d;
+                    for i in 0..d {
+                        let j = if i < half { i + half } else { i - half };
+                        let xi = x[base + i] + bias[base + i];
+                        let xj = x[base + j] + bias[base + j];
+                        out[i] = xi * cos[i] + xj * sin[i];
+                    }
+                };
+                for head in 0..h {
+                    let at = (r * h + head) * d;
+                    rotate(head, &mut q[at..at + d]);
+                }
+                if !in_cache {
+                    continue;
+                }
+                for g in 0..hkv {
+                    let at = ((r * hkv + g) * c + p as usize) * d;
+                    rotate(h + g, &mut kc[at..at + d]);
+                    let base = (h + hkv + g) * d;
+                    for i in 0..d {
+                        vc[at + i] = x[base + i] + bias[base + i];
+                    }
+                }
+            }
+        }
+        let q = cpu::from_f32(q, [b, h, d]);
+        (
+            cpu::cast_back(q, dtype),
+            cpu::cast_back(k, dtype),
+            cpu::cast_back(v, dtype),
+        )
+    }
+}

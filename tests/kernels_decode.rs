@@ -1,0 +1,266 @@
+//! The decode step's other kernels against references computed here on the host in f64:
+//! - RoPE + KV-cache write (WGSL on wgpu, Rust on the CPU backend) and its burn-ops twin: q
+//!   rotated, k rotated and v written at exactly column pos[b] of each row, every other cache
+//!   element unchanged, rows outside the cache writing nothing, a shared cache never modified;
+//! - residual add + RMSNorm (WGSL, Rust) and the model's burn-ops norm as its twin;
+//! - the CPU backend's few-rows matmul `x · wᵀ` at row counts around its limits, inner sizes that
+//!   are not multiples of its 8 lanes, one thread and several.
+
+mod common;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use common::*;
+use wgspin::kernels::logprobs::set_poison_outputs;
+use wgspin::kernels::rope_cache::{RopeInputs, rope_cache_write, rope_cache_write_twin};
+use wgspin::kernels::rows_matmul::{MAX_ROWS, MIN_WEIGHT, rows_matmul};
+
+fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as().expect("f32 data")
+}
+
+fn assert_close(label: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{label}: length");
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let err = (a as f64 - b).abs();
+        assert!(
+            err <= tol * b.abs().max(1.0),
+            "{label}: [{i}] {a} vs {b} (|Δ| {err:e})"
+        );
+    }
+}
+
+struct Rope {
+    b: usize,
+    h: usize,
+    hkv: usize,
+    c: usize,
+    d: usize,
+}
+
+/// (q, k cache, v cache) after the step, in f64, from the op's definition.
+fn rope_reference(
+    s: &Rope,
+    x: &[f32],
+    bias: &[f32],
+    pos: &[i64],
+    tables: (&[f32], &[f32]),
+    caches: (&[f32], &[f32]),
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let Rope { b, h, hkv, c, d } = *s;
+    let row = (h + 2 * hkv) * d;
+    let (cos, sin) = tables;
+    let mut q = vec![0.0; b * h * d];
+    let mut kc: Vec<f64> = caches.0.iter().map(|&a| a as f64).collect();
+    let mut vc: Vec<f64> = caches.1.iter().map(|&a| a as f64).collect();
+    for r in 0..b {
+        let p = pos[r] as usize;
+        let t = p.min(c - 1) * d;
+        let val = |i: usize| x[r * row + i] as f64 + bias[i] as f64;
+        let rotated = |head: usize, i: usize| {
+            let partner = if i < d / 2 { i + d / 2 } else { i - d / 2 };
+            val(head * d + i) * cos[t + i] as f64 + val(head * d + partner) * sin[t + i] as f64
+        };
+        for head in 0..h {
+            for i in 0..d {
+                q[(r * h + head) * d + i] = rotated(head, i);
+            }
+        }
+        if p >= c {
+            continue;
+        }
+        for g in 0..hkv {
+            for i in 0..d {
+                let at = ((r * hkv + g) * c + p) * d + i;
+                kc[at] = rotated(h + g, i);
+                vc[at] = val((h + hkv + g) * d + i);
+            }
+        }
+    }
+    (q, kc, vc)
+}
+
+#[test]
+fn rope_cache_write_matches_reference_and_twin() {
+    set_poison_outputs(true);
+    let mut rng = Rng(41);
+    let cases = [
+        Rope {
+            b: 3,
+            h: 4,
+            hkv: 4,
+            c: 256,
+            d: 16,
+        },
+        Rope {
+            b: 5,
+            h: 9,
+            hkv: 3,
+            c: 256,
+            d: 64,
+        },
+        Rope {
+            b: 2,
+            h: 14,
+            hkv: 2,
+            c: 512,
+            d: 128,
+        },
+    ];
+    for dev in devices() {
+        let device = &dev.device;
+        for case in &cases {
+            let Rope { b, h, hkv, c, d } = *case;
+            let row = (h + 2 * hkv) * d;
+            let mut normal = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal()).collect() };
+            let (x, bias) = (normal(b * row), normal(row));
+            let (cos, sin) = (normal(c * d), normal(c * d));
+            let (k0, v0) = (normal(b * hkv * c * d), normal(b * hkv * c * d));
+            // Ragged positions: 0, the last column, and (where there are rows) one past it.
+            let pos: Vec<i64> = (0..b)
+                .map(|i| match i {
+                    0 => 0,
+                    1 => c as i64 - 1,
+                    2 if b > 3 => c as i64,
+                    _ => (rng.next() % c as u64) as i64,
+                })
+                .collect();
+            let (q_want, k_want, v_want) =
+                rope_reference(case, &x, &bias, &pos, (&cos, &sin), (&k0, &v0));
+            let inputs = || RopeInputs {
+                qkv: Tensor::from_data(TensorData::new(x.clone(), [b, row]), device),
+                bias: Tensor::from_data(TensorData::new(bias.clone(), [row]), device),
+                pos: Tensor::<1, Int>::from_data(TensorData::new(pos.clone(), [b]), device),
+                cos: Tensor::from_data(TensorData::new(cos.clone(), [c, d]), device),
+                sin: Tensor::from_data(TensorData::new(sin.clone(), [c, d]), device),
+                heads: h,
+            };
+            let cache = |v: &[f32]| {
+                Tensor::<4>::from_data(TensorData::new(v.to_vec(), [b, hkv, c, d]), device)
+            };
+            let label = format!("{} b={b} h={h} hkv={hkv} c={c} d={d}", dev.description);
+
+            // The kernel on caches it owns.
+            let (q, k, v) = rope_cache_write(inputs(), cache(&k0), cache(&v0));
+            assert_close(&format!("{label} q"), &vec_of(q), &q_want, 1e-5);
+            assert_close(&format!("{label} k cache"), &vec_of(k), &k_want, 1e-5);
+            assert_close(&format!("{label} v cache"), &vec_of(v), &v_want, 1e-6);
+
+            // A cache someone else still holds is left as it was.
+            let (k_held, v_held) = (cache(&k0), cache(&v0));
+            let (_, k, _) = rope_cache_write(inputs(), k_held.clone(), v_held.clone());
+            assert_close(
+                &format!("{label} k cache (shared)"),
+                &vec_of(k),
+                &k_want,
+                1e-5,
+            );
+            let unchanged: Vec<f64> = k0.iter().map(|&a| a as f64).collect();
+            assert_close(&format!("{label} held k"), &vec_of(k_held), &unchanged, 0.0);
+            let unchanged: Vec<f64> = v0.iter().map(|&a| a as f64).collect();
+            assert_close(&format!("{label} held v"), &vec_of(v_held), &unchanged, 0.0);
+
+            // The twin clamps positions into the cache, so it is compared on in-cache rows only.
+            if pos.iter().all(|&p| (p as usize) < c) {
+                let (q, k, v) = rope_cache_write_twin(inputs(), cache(&k0), cache(&v0));
+                assert_close(&format!("{label} twin q"), &vec_of(q), &q_want, 1e-5);
+                assert_close(&format!("{label} twin k"), &vec_of(k), &k_want, 1e-5);
+                assert_close(&format!("{label} twin v"), &vec_of(v), &v_want, 1e-6);
+            }
+        }
+    }
+    set_poison_outputs(false);
+}
+
+#[test]
+fn rows_matmul_matches_host_reference() {
+    let mut rng = Rng(43);
+    for dev in devices() {
+        let device = &dev.device;
+        // The kernel runs for weights of at least MIN_WEIGHT elements and up to MAX_ROWS rows;
+        // the others (burn's matmul) are checked too.
+        for &(m, k, n) in &[
+            (1, 67, 2000),
+            (3, 576, 240),
+            (8, 1000, 2000),
+            (MAX_ROWS, 515, 300),
+            (MAX_ROWS + 1, 576, 300),
+            (2, 64, 5),
+        ] {
+            assert_eq!(
+                m <= MAX_ROWS && n * k >= MIN_WEIGHT,
+                (m, k, n) != (MAX_ROWS + 1, 576, 300) && (m, k, n) != (2, 64, 5)
+            );
+            let x: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rng.normal()).collect();
+            let want: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    let (r, j) = (i / n, i % n);
+                    (0..k)
+                        .map(|t| x[r * k + t] as f64 * w[j * k + t] as f64)
+                        .sum()
+                })
+                .collect();
+            let got = rows_matmul(
+                Tensor::from_data(TensorData::new(x, [m, k]), device),
+                Tensor::from_data(TensorData::new(w, [n, k]), device),
+            );
+            assert_eq!(got.dims(), [m, n]);
+            // Sums of k products of unit normals: absolute error scales with √k.
+            let tol = 1e-5 * (k as f64).sqrt();
+            let label = format!("{} m={m} k={k} n={n}", dev.description);
+            assert_close(&label, &vec_of(got), &want, tol);
+        }
+    }
+}
+
+#[test]
+fn add_rms_norm_matches_host_reference_and_twin() {
+    use burn::module::Param;
+    use wgspin::kernels::norm::{add_rms_norm, rms_norm};
+    use wgspin::model::layers::RmsNorm;
+    set_poison_outputs(true);
+    let mut rng = Rng(47);
+    for dev in devices() {
+        let device = &dev.device;
+        // Rows × width: one row, widths below, at and past the kernel's 256 invocations.
+        for &(b, n) in &[(1, 64), (5, 256), (3, 576), (9, 1000)] {
+            let eps = 1e-5;
+            let x: Vec<f32> = (0..b * n).map(|_| rng.normal()).collect();
+            let r: Vec<f32> = (0..b * n).map(|_| 3.0 * rng.normal()).collect();
+            let w: Vec<f32> = (0..n).map(|_| 1.0 + 0.1 * rng.normal()).collect();
+            let h: Vec<f64> = x
+                .iter()
+                .zip(&r)
+                .map(|(&a, &b)| a as f64 + b as f64)
+                .collect();
+            let norm = |v: &[f64]| -> Vec<f64> {
+                v.chunks(n)
+                    .flat_map(|row| {
+                        let ms = row.iter().map(|a| a * a).sum::<f64>() / n as f64;
+                        let inv = 1.0 / (ms + eps).sqrt();
+                        row.iter().zip(&w).map(move |(a, &g)| a * inv * g as f64)
+                    })
+                    .collect()
+            };
+            let xs: Vec<f64> = x.iter().map(|&a| a as f64).collect();
+            let t2 =
+                |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [b, n]), device);
+            let wt = Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), device);
+            let label = format!("{} b={b} n={n}", dev.description);
+
+            let (got_h, got_y) = add_rms_norm(t2(&x), t2(&r), wt.clone(), eps);
+            assert_close(&format!("{label} h"), &vec_of(got_h), &h, 1e-6);
+            assert_close(&format!("{label} y"), &vec_of(got_y), &norm(&h), 1e-5);
+            let got = rms_norm(t2(&x), wt.clone(), eps);
+            assert_close(&format!("{label} plain y"), &vec_of(got), &norm(&xs), 1e-5);
+
+            let twin = RmsNorm {
+                weight: Param::from_tensor(wt),
+                eps,
+            };
+            let y = twin.forward(t2(&x) + t2(&r));
+            assert_close(&format!("{label} twin y"), &vec_of(y), &norm(&h), 1e-5);
+        }
+    }
+    set_poison_outputs(false);
+}

@@ -255,14 +255,15 @@ pub fn head_loss_memory(
 
 /// Generation throughput at one batch size: `batch` prompts of `prompt_len` random tokens, exactly
 /// `new_tokens` greedy tokens each (no stop ids), as `scripts/bench_generate.py` measures
-/// transformers. Returns generated tokens per second (prefill included in the time).
+/// transformers: generated tokens per second (prefill included in the time), and the engine's
+/// per-step profile.
 pub fn bench_generate(
     model: &crate::model::Transformer,
     vocab: usize,
     batch: usize,
     prompt_len: usize,
     new_tokens: usize,
-) -> Result<f64> {
+) -> Result<crate::generate::profile::GenProfile> {
     let mut state = 0x5EED_u64;
     let requests: Vec<crate::generate::GenRequest> = (0..batch)
         .map(|i| crate::generate::GenRequest {
@@ -287,13 +288,7 @@ pub fn bench_generate(
         stop_ids: vec![],
         pad_id: 0,
     };
-    let t = Instant::now();
-    let mut tokens = 0;
-    crate::generate::generate(model, &requests, &opts, |f| {
-        tokens += f.tokens.len();
-        Ok(())
-    })?;
-    Ok(tokens as f64 / t.elapsed().as_secs_f64())
+    crate::generate::profile::profile_generate(model, &requests, &opts)
 }
 
 /// SPIN training throughput: `pairs` pairs of random sequences of `seq_len` tokens (prompt

@@ -239,6 +239,8 @@ pub struct ComputeDevice {
     /// Human-readable description for logs.
     pub description: String,
     pub is_gpu: bool,
+    /// A software adapter (llvmpipe, SwiftShader, WARP): a GPU API on the CPU's cores.
+    pub is_software: bool,
     /// Why `auto` settled on the CPU backend, when it passed adapters over.
     pub note: Option<String>,
     /// Where cubecl's autotune cache lives for this adapter (GPU only).
@@ -306,6 +308,7 @@ pub fn cpu_device() -> ComputeDevice {
         device: Device::flex(),
         description: "cpu (burn flex backend)".into(),
         is_gpu: false,
+        is_software: false,
         note: None,
         cache: None,
     }
@@ -338,6 +341,7 @@ pub fn select(spec: DeviceSpec) -> Result<ComputeDevice> {
             chosen.type_name()
         ),
         is_gpu: true,
+        is_software: chosen.is_software(),
         note: None,
         cache: Some(cache),
     })

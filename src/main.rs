@@ -77,9 +77,10 @@ enum Command {
         /// auto (a hardware GPU, else the CPU backend), gpu (any adapter, software too), gpu:N (see `wgspin devices`) or cpu.
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
-        /// Prompts decoded together (continuous batching).
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
+        /// Prompts decoded together (continuous batching). Default: 8 on the CPU backend and on
+        /// software adapters; on a GPU as many as its memory holds (up to 128).
+        #[arg(long)]
+        batch_size: Option<usize>,
         #[command(flatten)]
         sampling: cli::GenFlags,
         /// TOML file with any of these flags as keys (flags given here override it).
@@ -155,9 +156,10 @@ enum Command {
         /// Held-out examples (default: 10% of the data, at most 64).
         #[arg(long)]
         eval_size: Option<usize>,
-        /// Prompts decoded together during generation.
-        #[arg(long, default_value_t = 8)]
-        gen_batch_size: usize,
+        /// Prompts decoded together during generation. Default: 8 on the CPU backend and on
+        /// software adapters; on a GPU as many as its memory holds (up to 128).
+        #[arg(long)]
+        gen_batch_size: Option<usize>,
         /// auto (a hardware GPU, else the CPU backend), gpu (any adapter, software too), gpu:N (see `wgspin devices`) or cpu.
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
@@ -365,13 +367,14 @@ fn main() -> Result<()> {
             format,
             out,
             device,
+            gen_batch_size,
             spin: wgspin::spin::SpinConfig {
                 iterations,
                 prompts,
                 mix_previous,
                 stop_accuracy,
                 eval_size,
-                gen_batch_size,
+                gen_batch_size: 0,
             },
             sampling,
             train,

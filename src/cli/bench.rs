@@ -8,7 +8,11 @@ use clap::Subcommand;
 
 use wgspin::ModelBundle;
 use wgspin::bench::{self, BenchSizes};
+use wgspin::config::ModelConfig;
 use wgspin::device::DeviceSpec;
+use wgspin::generate::profile::{GenProfile, WARMUP_STEPS};
+use wgspin::model::Transformer;
+use wgspin::model::random_init::random_model;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -30,10 +34,17 @@ pub enum BenchCommand {
     },
     /// Generated tokens/s of greedy decoding at several batch sizes (random prompts, a fixed
     /// number of new tokens; compare with scripts/bench_generate.py on the same machine).
+    ///
+    /// Per batch size a profile line follows: kernel launches per decode step (and per layer),
+    /// host uploads and blocking reads per step, and kernels first launched after the first 8
+    /// steps (compiles or autotuning), all over the steps after those 8.
     Generate {
-        /// Hugging Face model folder.
+        /// Hugging Face model folder (with --random-init: a config.json or a folder with one).
         #[arg(long)]
         model: PathBuf,
+        /// Random weights from the config alone (speed only; nothing else is read).
+        #[arg(long)]
+        random_init: bool,
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
         /// Comma-separated batch sizes.
@@ -47,9 +58,12 @@ pub enum BenchCommand {
     /// SPIN training tokens/s: P pairs of L-token sequences per step, real and generated in one
     /// forward pass, RMSprop (compare with scripts/bench_train.py on the same machine).
     Train {
-        /// Hugging Face model folder.
+        /// Hugging Face model folder (with --random-init: a config.json or a folder with one).
         #[arg(long)]
         model: PathBuf,
+        /// Random weights from the config alone (speed only; nothing else is read).
+        #[arg(long)]
+        random_init: bool,
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
         #[arg(long, default_value_t = 8)]
@@ -99,31 +113,37 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         ),
         BenchCommand::Generate {
             model,
+            random_init,
             device,
             batch_sizes,
             prompt_len,
             new_tokens,
         } => {
             let dev = super::select_device(device)?;
-            let b = ModelBundle::load(&model, &dev.device)?;
+            let (config, model) = load_model(&model, random_init, &dev.device)?;
             println!(
                 "{:>6} {:>11} {:>11} {:>12}",
                 "batch", "prompt", "new tokens", "tokens/s"
             );
             for batch in batch_sizes {
-                let tps = bench::bench_generate(
-                    &b.model,
-                    b.config.vocab_size,
+                let p = bench::bench_generate(
+                    &model,
+                    config.vocab_size,
                     batch,
                     prompt_len,
                     new_tokens,
                 )?;
-                println!("{batch:>6} {prompt_len:>11} {new_tokens:>11} {tps:>12.1}");
+                println!(
+                    "{batch:>6} {prompt_len:>11} {new_tokens:>11} {:>12.1}",
+                    p.tokens_per_s
+                );
+                println!("       {}", profile_line(&p, config.num_layers));
             }
             Ok(())
         }
         BenchCommand::Train {
             model,
+            random_init,
             device,
             pairs,
             seq_len,
@@ -135,15 +155,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 "need prompt-len < seq-len and steps ≥ 1"
             );
             let dev = super::select_device(device)?;
-            let b = ModelBundle::load(&model, &dev.device.clone().autodiff())?;
-            let (tps, secs) = bench::bench_train(
-                b.model,
-                b.config.vocab_size,
-                pairs,
-                seq_len,
-                prompt_len,
-                steps,
-            )?;
+            let (config, model) = load_model(&model, random_init, &dev.device.clone().autodiff())?;
+            let (tps, secs) =
+                bench::bench_train(model, config.vocab_size, pairs, seq_len, prompt_len, steps)?;
             let mem = match dev.device.memory_pool_usage() {
                 Some(u) => format!(
                     "{:.1} MiB device memory reserved",
@@ -184,6 +198,42 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The model of a benchmark: the checkpoint at `path`, or random weights from its config.
+fn load_model(
+    path: &std::path::Path,
+    random_init: bool,
+    device: &burn::tensor::Device,
+) -> Result<(ModelConfig, Transformer)> {
+    if random_init {
+        return Ok(random_model(path, 0x5EED, device)?);
+    }
+    let b = ModelBundle::load(path, device)?;
+    Ok((b.config, b.model))
+}
+
+fn profile_line(p: &GenProfile, layers: usize) -> String {
+    if p.measured_steps == 0 {
+        return format!(
+            "profile: needs more than {WARMUP_STEPS} decode steps (raise --new-tokens)"
+        );
+    }
+    let launches = match p.launches_per_step {
+        Some(l) => format!(
+            "{l:.1} kernel launches/step ({:.1}/layer)",
+            l / layers.max(1) as f64
+        ),
+        None => "no kernel launches (CPU backend)".into(),
+    };
+    let compiled = match p.new_kernels_after_warmup {
+        Some(n) => format!(", {n} kernels first launched after step {WARMUP_STEPS}"),
+        None => String::new(),
+    };
+    format!(
+        "profile over {} steps after {WARMUP_STEPS}: {launches}, {:.2} host uploads/step, {:.3} blocking reads/step{compiled}",
+        p.measured_steps, p.uploads_per_step, p.reads_per_step
+    )
 }
 
 fn bench_kernels(spec: DeviceSpec, sizes: BenchSizes) -> Result<()> {

@@ -90,12 +90,13 @@ pub fn run(
     limit: Option<usize>,
     spec: DeviceSpec,
     flags: GenFlags,
-    batch_size: usize,
+    batch_size: Option<usize>,
 ) -> Result<()> {
     let dev = super::select_device(spec)?;
     let examples = load_examples(&data, format, limit)?;
     let bundle = ModelBundle::load(&model, &dev.device)
         .with_context(|| format!("loading model {}", model.display()))?;
+    let batch_size = super::decode_batch(batch_size, &dev, &bundle.config, flags.max_new_tokens)?;
     generate_into(&bundle, &examples, &out, &flags, batch_size)?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::io::IsTerminal;
 
 use clap::Args;
 
+use wgspin::config::ModelConfig;
 use wgspin::device::{self, ComputeDevice, DeviceSpec};
 use wgspin::generate::GenOptions;
 use wgspin::kernels::sample::SamplingParams;
@@ -39,6 +40,24 @@ pub fn select_device(spec: DeviceSpec) -> anyhow::Result<ComputeDevice> {
         eprintln!("kernel cache: {} ({state})", c.path.display());
     }
     Ok(dev)
+}
+
+/// `--batch-size` of generation: the given value, or the device's default (printed).
+pub fn decode_batch(
+    given: Option<usize>,
+    dev: &ComputeDevice,
+    cfg: &ModelConfig,
+    max_new_tokens: usize,
+) -> anyhow::Result<usize> {
+    match given {
+        Some(0) => anyhow::bail!("--batch-size must be at least 1"),
+        Some(n) => Ok(n),
+        None => {
+            let n = wgspin::generate::batch::default_batch_size(dev, cfg, max_new_tokens);
+            eprintln!("decode batch: {n} rows (pass --batch-size to change it)");
+            Ok(n)
+        }
+    }
 }
 
 /// Sampling flags of the opponent's generation.

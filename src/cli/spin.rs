@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use wgspin::config::ModelConfig;
 use wgspin::data::DataFormat;
 use wgspin::device::DeviceSpec;
 use wgspin::fsutil;
+use wgspin::gguf::GgufModel;
 use wgspin::progress::Progress;
 use wgspin::spin::{SpinConfig, SpinEvent, run_spin};
 
@@ -20,14 +22,24 @@ pub struct SpinArgs {
     pub format: DataFormat,
     pub out: PathBuf,
     pub device: DeviceSpec,
+    /// `--gen-batch-size`; `None`: the device's default, resolved here.
+    pub gen_batch_size: Option<usize>,
     pub spin: SpinConfig,
     pub sampling: GenFlags,
     pub train: TrainFlags,
 }
 
-pub fn run(a: SpinArgs) -> Result<()> {
+pub fn run(mut a: SpinArgs) -> Result<()> {
     let dev = super::select_device(a.device)?;
     let examples = load_examples(&a.data, a.format, None)?;
+    let config = if a.model.is_dir() {
+        ModelConfig::from_dir(&a.model)
+    } else {
+        GgufModel::load(&a.model).map(|g| g.config)
+    }
+    .with_context(|| format!("reading the config of {}", a.model.display()))?;
+    a.spin.gen_batch_size =
+        super::decode_batch(a.gen_batch_size, &dev, &config, a.sampling.max_new_tokens)?;
     // Stop ids and padding are filled in by the loop from each iteration's model.
     let gen_opts = a.sampling.options(a.spin.gen_batch_size, vec![], 0);
     let train_cfg = a.train.config(a.sampling.seed);

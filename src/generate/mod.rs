@@ -10,7 +10,9 @@
 //! [`crate::kernels::sample`]), so a request yields the same tokens whatever the batch size, the
 //! other requests, or whether the run was interrupted and resumed.
 
+pub mod batch;
 pub mod job;
+pub mod profile;
 
 use burn::tensor::{Int, Tensor};
 

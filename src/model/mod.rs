@@ -7,6 +7,7 @@ pub mod fused;
 pub mod layers;
 pub mod loader;
 pub mod named;
+pub mod random_init;
 pub mod rope;
 pub mod static_cache;
 

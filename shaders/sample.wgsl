@@ -22,7 +22,9 @@
 //   1 params  u32 [B * 8]  read: temperature (f32 bits), top_k (0 = off), top_p (f32 bits),
 //                                min_p (f32 bits), seed_lo, seed_hi, request, step
 //   2 out     f32 [B * 2]  write: token id (as f32, exact below 2^24), log-prob
-//   3 info    u32 [2]      read: B, V
+//   3 tokens  i32 [B]      write: token id (the next decode step's input, read there on the device)
+// B {{ b }} and V {{ v }} are compile-time constants (a decode run samples with fixed shapes, so
+// one kernel is compiled per run and a launch uploads nothing).
 // Dispatch: workgroups (x, y, 1) with x * y ≥ B (row = x + y * num_workgroups.x).
 
 // All bindings are read_write: cubecl sub-allocates tensors from shared buffers, and wgpu forbids
@@ -30,7 +32,10 @@
 @group(0) @binding(0) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(1) var<storage, read_write> params: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read_write> info: array<u32>;
+@group(0) @binding(3) var<storage, read_write> tokens: array<i32>;
+
+const B: u32 = {{ b }}u;
+const V: u32 = {{ v }}u;
 
 const WG: u32 = 256u;
 const LOWEST: f32 = -3.4028235e38;
@@ -145,12 +150,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let row_guess = wid.x + wid.y * groups.x;
     if (lid == 0u) {
-        sh_b = info[0];
-        sh_v = info[1];
+        sh_b = B;
+        sh_v = V;
         atomicStore(&chosen, NONE);
         atomicStore(&last_kept, 0u);
     }
-    if (lid < 8u && row_guess < info[0]) {
+    if (lid < 8u && row_guess < B) {
         sh_p[lid] = params[row_guess * 8u + lid];
     }
     let b = workgroupUniformLoad(&sh_b);
@@ -301,5 +306,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (lid == 0u) {
         out[row * 2u] = f32(token);
         out[row * 2u + 1u] = logits[base + token] - lse;
+        tokens[row] = i32(token);
     }
 }

@@ -37,7 +37,7 @@ pub enum BenchCommand {
     ///
     /// Per batch size a profile line follows: kernel launches per decode step (and per layer),
     /// host uploads and blocking reads per step, and kernels first launched after the first 8
-    /// steps (compiles or autotuning), all over the steps after those 8.
+    /// steps and their read-back (compiles or autotuning), all over the steps after those.
     Generate {
         /// Hugging Face model folder (with --random-init: a config.json or a folder with one).
         #[arg(long)]
@@ -216,7 +216,8 @@ fn load_model(
 fn profile_line(p: &GenProfile, layers: usize) -> String {
     if p.measured_steps == 0 {
         return format!(
-            "profile: needs more than {WARMUP_STEPS} decode steps (raise --new-tokens)"
+            "profile: needs more than {} decode steps (raise --new-tokens)",
+            WARMUP_STEPS + 1
         );
     }
     let launches = match p.launches_per_step {
@@ -231,7 +232,7 @@ fn profile_line(p: &GenProfile, layers: usize) -> String {
         None => String::new(),
     };
     format!(
-        "profile over {} steps after {WARMUP_STEPS}: {launches}, {:.2} host uploads/step, {:.3} blocking reads/step{compiled}",
+        "profile over {} steps after warm-up: {launches}, {:.2} host uploads/step, {:.3} blocking reads/step{compiled}",
         p.measured_steps, p.uploads_per_step, p.reads_per_step
     )
 }

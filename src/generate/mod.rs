@@ -17,7 +17,9 @@ pub mod profile;
 use burn::tensor::{Int, Tensor};
 
 use crate::error::{Error, Result};
-use crate::kernels::sample::{BatchSampler, DrawId, SamplingParams, read_samples};
+use crate::kernels::sample::{
+    BatchSampler, DrawId, SamplingParams, read_samples, read_samples_many,
+};
 use crate::model::fused::DecodeWeights;
 use crate::model::static_cache::{LEN_BUCKET, StaticKvCache, capacity_for, ids_tensor};
 use crate::model::{KvCache, StepInput, Transformer};
@@ -162,7 +164,7 @@ fn prefill(
         })
         .collect();
     let sampler = BatchSampler::new(vec![opts.sampling; n], ids, &device)?;
-    read_samples(sampler.draw(model.logits(last))?)
+    read_samples(sampler.draw(model.logits(last))?.0)
 }
 
 /// Generates a continuation for every request, calling `on_finished` as each one completes (in
@@ -238,15 +240,13 @@ pub fn generate_observed(
     loop {
         // Read back what the device decoded since the last read-back, in step order.
         if !pending.is_empty() {
-            let k = pending.len();
-            let (tokens, lps) =
-                read_samples(Tensor::cat(std::mem::take(&mut pending), 1).reshape([slots * k, 2]))?;
+            let steps = read_samples_many(std::mem::take(&mut pending))?;
             stats.reads += 1;
-            for (slot, row) in rows.iter_mut().enumerate() {
-                let Some(row) = row else { continue };
-                for step in 0..k {
-                    let i = slot * k + step;
-                    row.push(tokens[i], lps[i], opts);
+            for (tokens, lps) in steps {
+                for (row, (t, lp)) in rows.iter_mut().zip(tokens.into_iter().zip(lps)) {
+                    if let Some(row) = row {
+                        row.push(t, lp, opts);
+                    }
                 }
             }
         }
@@ -326,8 +326,8 @@ pub fn generate_observed(
             let attend = (longest + 1).next_multiple_of(LEN_BUCKET);
             let step = cache.step(pos, attend, model.window);
             let logits = model.decode_step(&weights, tokens.clone(), &step, &mut cache);
-            let out = smp.draw(logits)?; // [slots, 2]
-            *tokens = out.clone().slice([0..slots, 0..1]).int().reshape([slots]);
+            let (out, next) = smp.draw(logits)?; // [slots, 2], [slots]
+            *tokens = next;
             // Idle slots keep decoding garbage; clamping keeps their writes inside the cache.
             *pos = pos
                 .clone()

@@ -3,7 +3,8 @@
 //! without waiting for the device), host→device uploads and blocking reads per step (counted by
 //! the engine, see [`GenStats`]), and kernels launched for the first time after warm-up (each a
 //! compile, or an autotune candidate; cubecl's launched-kernel collection, by kernel id). All
-//! per-step figures are over the decode steps after the first [`WARMUP_STEPS`].
+//! per-step figures are over the decode steps after warm-up: the first [`WARMUP_STEPS`], their
+//! read-back, and the step that follows it (the snapshot is taken after a step).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,7 +73,7 @@ pub fn profile_generate(
             Ok(())
         },
         |stats| {
-            if stats.decode_steps == WARMUP_STEPS {
+            if stats.decode_steps == WARMUP_STEPS + 1 {
                 warm_set = before_warm.take().map(LaunchedKernels::finish);
                 after_warm = Some(LaunchedKernels::new());
                 at_warm = Some((*stats, count()));

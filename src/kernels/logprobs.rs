@@ -223,7 +223,7 @@ pub(crate) fn as_i32(t: CubeTensor) -> CubeTensor {
 }
 
 /// One workgroup per row; rows folded into (x, y) because a dimension holds at most 65535 groups.
-fn rows_grid(n: usize) -> CubeCount {
+pub(crate) fn rows_grid(n: usize) -> CubeCount {
     let n = n as u32;
     let x = n.clamp(1, 65535);
     CubeCount::Static(x, n.div_ceil(x).max(1), 1)

@@ -6,15 +6,19 @@
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate, into_contiguous};
+use burn::backend::wgpu::{
+    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
+};
 use burn::backend::{
     Backend, DType, Dispatch, DispatchDevice, Flex, RuntimeId, Shape, TensorMetadata,
     backend_extension,
 };
+use burn::cubecl::CubeDim;
 use burn::cubecl::prelude::KernelId;
+use burn::cubecl::server::KernelArguments;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::logprobs::{as_f32, as_i32, launch_rows, new_f32};
+use super::logprobs::{as_f32, as_i32, new_f32, new_tensor, rows_grid};
 use crate::error::{Error, Result};
 
 /// How one row is sampled. Defaults: plain sampling at temperature 1, no truncation.
@@ -309,6 +313,25 @@ pub fn read_samples(samples: Tensor<2>) -> Result<(Vec<u32>, Vec<f32>)> {
     ))
 }
 
+/// [`read_samples`] of several steps' outputs in one blocking read (one transaction: no
+/// concatenation kernel, whatever the number of steps).
+pub fn read_samples_many(samples: Vec<Tensor<2>>) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+    let tx = samples
+        .into_iter()
+        .fold(burn::tensor::Transaction::default(), |tx, t| tx.register(t));
+    tx.try_execute()
+        .map_err(readback_failed)?
+        .into_iter()
+        .map(|data| {
+            let out = data.try_to_vec::<f32>().map_err(readback_failed)?;
+            Ok((
+                out.chunks(2).map(|c| c[0] as u32).collect(),
+                out.chunks(2).map(|c| c[1]).collect(),
+            ))
+        })
+        .collect()
+}
+
 fn readback_failed(e: impl std::fmt::Debug) -> Error {
     Error::Device(format!("reading samples back failed: {e:?}"))
 }
@@ -333,20 +356,31 @@ fn check_batch(b: usize, v: usize, params: &[SamplingParams], ids: &[DrawId]) ->
 
 #[backend_extension(Cube, Flex, Fusion)]
 pub trait SampleBackend: Backend {
-    /// `logits [B, V]`, `params [B, 8]` (i32 bit patterns, see the shader) → `[B, 2]`
-    /// (token id as f32, log-prob).
-    #[fusion(meta = |logits, _params| TensorSpec::new(Shape::new([logits.shape[0], 2]), DType::F32))]
-    fn sample_rows(logits: FloatTensor<Self>, params: IntTensor<Self>) -> FloatTensor<Self>;
+    /// `logits [B, V]`, `params [B, 8]` (i32 bit patterns, see the shader) → `([B, 2]` (token id
+    /// as f32, log-prob), `[B]` token ids as i32 for the next step's embedding lookup).
+    #[fusion(meta = |logits, _params| (
+        TensorSpec::new(Shape::new([logits.shape[0], 2]), DType::F32),
+        TensorSpec::new(Shape::new([logits.shape[0]]), DType::I32),
+    ))]
+    fn sample_rows(
+        logits: FloatTensor<Self>,
+        params: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, IntTensor<Self>);
 }
 
-struct SampleSource;
+struct SampleSource {
+    b: usize,
+    v: usize,
+}
 
 impl KernelSource for SampleSource {
     fn source(&self) -> SourceTemplate {
         SourceTemplate::new(include_str!("../../shaders/sample.wgsl"))
+            .register("b", self.b.to_string())
+            .register("v", self.v.to_string())
     }
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>()
+        KernelId::new::<Self>().info((self.b, self.v))
     }
     fn lang(&self) -> &'static str {
         "wgsl"
@@ -354,16 +388,28 @@ impl KernelSource for SampleSource {
 }
 
 impl SampleBackend for CubeBackend {
-    fn sample_rows(logits: CubeTensor, params: CubeTensor) -> CubeTensor {
+    fn sample_rows(logits: CubeTensor, params: CubeTensor) -> (CubeTensor, CubeTensor) {
         let logits = into_contiguous(as_f32(logits));
         let params = into_contiguous(as_i32(params));
         let [b, v] = logits.shape().dims::<2>();
         let out = new_f32(&logits, Shape::new([b, 2]));
+        let tokens = new_tensor(&logits, Shape::new([b]), DType::I32);
         if b == 0 {
-            return out;
+            return (out, tokens);
         }
-        launch_rows(SampleSource, b, v, &[&logits, &params, &out]);
-        out
+        let bindings = [&logits, &params, &out, &tokens]
+            .iter()
+            .map(|t| t.handle.clone().binding())
+            .collect();
+        logits.client.launch(
+            Box::new(SourceKernel::new(
+                SampleSource { b, v },
+                CubeDim::new_1d(256),
+            )),
+            rows_grid(b),
+            KernelArguments::new().with_buffers(bindings),
+        );
+        (out, tokens)
     }
 }
 
@@ -371,12 +417,16 @@ impl SampleBackend for CubeBackend {
 /// by sorting): the same filters and inverse CDF as the shader, in one pass over the logits
 /// instead of the twin's dozen burn ops.
 impl SampleBackend for Flex {
-    fn sample_rows(logits: FloatTensor<Flex>, params: IntTensor<Flex>) -> FloatTensor<Flex> {
+    fn sample_rows(
+        logits: FloatTensor<Flex>,
+        params: IntTensor<Flex>,
+    ) -> (FloatTensor<Flex>, IntTensor<Flex>) {
         let [b, v] = logits.shape().dims::<2>();
         let logits = super::cpu::f32_dense(logits);
         let words = super::cpu::positions(params);
         let rows = super::cpu::read(&logits);
         let mut out = Vec::with_capacity(b * 2);
+        let mut tokens = Vec::with_capacity(b);
         for (row, w) in rows
             .chunks_exact(v.max(1))
             .zip(words.chunks_exact(8))
@@ -396,8 +446,10 @@ impl SampleBackend for Flex {
             };
             let (token, logprob) = sample_row_reference(row, &p, uniform(p.seed, id));
             out.extend([token as f32, logprob]);
+            tokens.push(token as i32);
         }
-        super::cpu::from_f32(out, [b, 2])
+        let tokens = burn::backend::flex::FlexTensor::from_data(TensorData::new(tokens, [b]));
+        (super::cpu::from_f32(out, [b, 2]), tokens)
     }
 }
 
@@ -431,7 +483,7 @@ pub fn sample(
     ids: &[DrawId],
 ) -> Result<(Vec<u32>, Vec<f32>)> {
     let sampler = BatchSampler::new(params.to_vec(), ids.to_vec(), &logits.device())?;
-    read_samples(sampler.draw(logits)?)
+    read_samples(sampler.draw(logits)?.0)
 }
 
 /// A batch's sampling settings as the decode loop keeps them between steps: host copies for
@@ -483,20 +535,25 @@ impl BatchSampler {
         }
     }
 
-    /// `[B, 2]` (token id as f32, log-prob under the unmodified distribution) for `logits
-    /// [B, V]`, left on the device: the kernel on wgpu and the CPU backend,
+    /// `[B, 2]` (token id as f32, log-prob under the unmodified distribution) and the token ids
+    /// `[B]` for `logits [B, V]`, left on the device: the kernel on wgpu and the CPU backend,
     /// [`sample_twin_device`] elsewhere.
-    pub fn draw(&self, logits: Tensor<2>) -> Result<Tensor<2>> {
+    pub fn draw(&self, logits: Tensor<2>) -> Result<(Tensor<2>, Tensor<1, Int>)> {
         let [b, v] = logits.dims();
         check_batch(b, v, &self.params, &self.ids)?;
         match &self.device_words {
-            Some((words, _)) => Ok(Tensor::<2>::from_dispatch(
-                <Dispatch as SampleBackend>::sample_rows(
+            Some((words, _)) => {
+                let (out, tokens) = <Dispatch as SampleBackend>::sample_rows(
                     logits.into_dispatch(),
                     words.clone().into_dispatch(),
-                ),
-            )),
-            None => sample_twin_device(logits, &self.params, &self.ids),
+                );
+                Ok((Tensor::from_dispatch(out), Tensor::from_dispatch(tokens)))
+            }
+            None => {
+                let out = sample_twin_device(logits, &self.params, &self.ids)?;
+                let tokens = out.clone().slice([0..b, 0..1]).int().reshape([b]);
+                Ok((out, tokens))
+            }
         }
     }
 }

@@ -9,7 +9,6 @@
 //! h / (H / HKV).
 
 use burn::backend::fusion::custom::TensorSpec;
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{
     CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
@@ -24,6 +23,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor};
 
 use super::cpu;
+use super::cube::{cast_to, contiguous_as, decode_template};
 use super::logprobs::{as_i32, has_f16, new_tensor};
 use super::rows_matmul::dot_f32;
 use super::sample::is_wgpu;
@@ -122,24 +122,16 @@ struct AttentionSource {
 
 impl KernelSource for AttentionSource {
     fn source(&self) -> SourceTemplate {
-        let [b, h, hkv, c, d] = self.shape;
-        let (elem, enable) = if self.f16 {
-            ("f16", "enable f16;")
-        } else {
-            ("f32", "")
-        };
+        let d = self.shape[4];
         let scale = 1.0f32 / (d as f32).sqrt();
-        SourceTemplate::new(include_str!("../../shaders/decode_attention.wgsl"))
-            .register("elem", elem)
-            .register("enable", enable)
-            .register("b", b.to_string())
-            .register("h", h.to_string())
-            .register("hkv", hkv.to_string())
-            .register("c", c.to_string())
-            .register("d", d.to_string())
-            .register("window", (self.window as i32).to_string())
-            // Debug formatting prints the shortest string that reads back to the same f32.
-            .register("scale", format!("{scale:?}"))
+        decode_template(
+            include_str!("../../shaders/decode_attention.wgsl"),
+            self.shape,
+            self.f16,
+        )
+        .register("window", (self.window as i32).to_string())
+        // Debug formatting prints the shortest string that reads back to the same f32.
+        .register("scale", format!("{scale:?}"))
     }
     fn id(&self) -> KernelId {
         KernelId::new::<Self>().info((self.shape, self.window, self.f16))
@@ -159,13 +151,7 @@ impl DecodeAttentionBackend for CubeBackend {
     ) -> CubeTensor {
         let f16 = q.dtype == DType::F16 && has_f16(q.client.properties());
         let elem = if f16 { DType::F16 } else { DType::F32 };
-        let cast = |t: CubeTensor| {
-            into_contiguous(if t.dtype == elem {
-                t
-            } else {
-                CubeBackend::float_cast(t, elem.into())
-            })
-        };
+        let cast = |t: CubeTensor| contiguous_as(t, elem);
         let dtype = q.dtype;
         let (q, k, v) = (cast(q), cast(k), cast(v));
         let pos = into_contiguous(as_i32(pos));
@@ -190,11 +176,7 @@ impl DecodeAttentionBackend for CubeBackend {
                 KernelArguments::new().with_buffers(bindings),
             );
         }
-        if out.dtype == dtype {
-            out
-        } else {
-            CubeBackend::float_cast(out, dtype.into())
-        }
+        cast_to(out, dtype)
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod attention;
 mod cpu;
+mod cube;
 pub mod logprobs;
 pub mod norm;
 pub mod rope_cache;

@@ -7,11 +7,8 @@
 //! element-wise passes, the residual add before it); this is one launch.
 
 use burn::backend::fusion::custom::TensorSpec;
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::wgpu::{
-    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
-};
+use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate};
 use burn::backend::{Backend, DType, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
 use burn::cubecl::prelude::KernelId;
 use burn::cubecl::server::KernelArguments;
@@ -19,6 +16,7 @@ use burn::cubecl::{CubeCount, CubeDim};
 use burn::tensor::Tensor;
 
 use super::cpu;
+use super::cube::{cast_to, contiguous_as};
 use super::logprobs::new_tensor;
 use super::rows_matmul::dot_f32;
 
@@ -86,19 +84,7 @@ impl KernelSource for NormSource {
 }
 
 fn f32_contiguous(t: CubeTensor) -> CubeTensor {
-    into_contiguous(if t.dtype == DType::F32 {
-        t
-    } else {
-        CubeBackend::float_cast(t, DType::F32.into())
-    })
-}
-
-fn back(t: CubeTensor, dtype: DType) -> CubeTensor {
-    if t.dtype == dtype {
-        t
-    } else {
-        CubeBackend::float_cast(t, dtype.into())
-    }
+    contiguous_as(t, DType::F32)
 }
 
 /// Launches the kernel; `r` is `None` for the plain norm. Returns `(h, y)` (`h` only with `r`).
@@ -143,7 +129,7 @@ fn launch(
             KernelArguments::new().with_buffers(bindings),
         );
     }
-    (residual.then(|| back(h, dtype)), back(y, dtype))
+    (residual.then(|| cast_to(h, dtype)), cast_to(y, dtype))
 }
 
 impl RmsNormBackend for CubeBackend {

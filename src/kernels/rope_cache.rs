@@ -11,7 +11,6 @@
 //! negated, so a rotation is `x·cos + swap_halves(x)·sin`.
 
 use burn::backend::fusion::custom::TensorSpec;
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{
     CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
@@ -23,6 +22,7 @@ use burn::cubecl::{CubeCount, CubeDim};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use super::cpu;
+use super::cube::{cast_to, contiguous_as, decode_template};
 use super::logprobs::{as_i32, has_f16, new_tensor};
 
 /// Invocations per workgroup of the WGSL kernel.
@@ -136,21 +136,12 @@ struct RopeSource {
 
 impl KernelSource for RopeSource {
     fn source(&self) -> SourceTemplate {
-        let [b, h, hkv, c, d] = self.shape;
-        let (elem, enable) = if self.f16 {
-            ("f16", "enable f16;")
-        } else {
-            ("f32", "")
-        };
-        SourceTemplate::new(include_str!("../../shaders/rope_cache_write.wgsl"))
-            .register("elem", elem)
-            .register("enable", enable)
-            .register("b", b.to_string())
-            .register("h", h.to_string())
-            .register("hkv", hkv.to_string())
-            .register("c", c.to_string())
-            .register("d", d.to_string())
-            .register("wg", WG.to_string())
+        decode_template(
+            include_str!("../../shaders/rope_cache_write.wgsl"),
+            self.shape,
+            self.f16,
+        )
+        .register("wg", WG.to_string())
     }
     fn id(&self) -> KernelId {
         KernelId::new::<Self>().info((self.shape, self.f16))
@@ -162,11 +153,7 @@ impl KernelSource for RopeSource {
 
 /// A cache tensor the kernel may write: its own contiguous buffer in `elem`.
 fn writable(t: CubeTensor, elem: DType) -> CubeTensor {
-    let t = if t.dtype == elem {
-        t
-    } else {
-        CubeBackend::float_cast(t, elem.into())
-    };
+    let t = cast_to(t, elem);
     if t.can_mut() && t.is_contiguous_buffer() && t.is_contiguous() {
         t
     } else {
@@ -187,16 +174,12 @@ impl RopeCacheBackend for CubeBackend {
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
         let f16 = qkv.dtype == DType::F16 && has_f16(qkv.client.properties());
         let elem = if f16 { DType::F16 } else { DType::F32 };
-        let cast = |t: CubeTensor, to: DType| {
-            into_contiguous(if t.dtype == to {
-                t
-            } else {
-                CubeBackend::float_cast(t, to.into())
-            })
-        };
         let dtype = qkv.dtype;
-        let (qkv, bias) = (cast(qkv, elem), cast(bias, elem));
-        let (cos, sin) = (cast(cos, DType::F32), cast(sin, DType::F32));
+        let (qkv, bias) = (contiguous_as(qkv, elem), contiguous_as(bias, elem));
+        let (cos, sin) = (
+            contiguous_as(cos, DType::F32),
+            contiguous_as(sin, DType::F32),
+        );
         let pos = into_contiguous(as_i32(pos));
         let (k, v) = (writable(k, elem), writable(v, elem));
         let [b, row] = qkv.shape().dims::<2>();
@@ -221,14 +204,7 @@ impl RopeCacheBackend for CubeBackend {
                 KernelArguments::new().with_buffers(bindings),
             );
         }
-        let back = |t: CubeTensor| {
-            if t.dtype == dtype {
-                t
-            } else {
-                CubeBackend::float_cast(t, dtype.into())
-            }
-        };
-        (back(q), back(k), back(v))
+        (cast_to(q, dtype), cast_to(k, dtype), cast_to(v, dtype))
     }
 }
 

@@ -71,6 +71,15 @@ pub struct StepInput {
 }
 
 impl StepInput {
+    /// Whether every row is positions 0, 1, … followed by padding only.
+    pub fn is_right_padded(&self) -> bool {
+        self.positions.iter().all(|row| {
+            let len = row.iter().take_while(|p| p.is_some()).count();
+            row[..len].iter().enumerate().all(|(i, p)| *p == Some(i))
+                && row[len..].iter().all(Option::is_none)
+        })
+    }
+
     /// Right-padded rows starting at position 0 (scoring and training).
     pub fn right_padded(rows: &[Vec<u32>], pad_id: u32) -> Self {
         let len = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -84,6 +93,24 @@ impl StepInput {
         }
         Self { tokens, positions }
     }
+}
+
+/// The additive mask `[1, 1, 1, s, s]` of right-padded rows without a cache, made on the
+/// device: causal (and within the sliding window). A real query at position i sees keys 0..=i,
+/// all real in a right-padded row, so padding needs no mask of its own; padded queries attend
+/// to padding, and their outputs are never read.
+fn causal_mask(s: usize, window: AttentionWindow, device: &Device) -> Tensor<5> {
+    let q = Tensor::<1, Int>::arange(0..s as i64, device).reshape([s, 1]);
+    let k = Tensor::<1, Int>::arange(0..s as i64, device).reshape([1, s]);
+    let (q, k) = (q.expand([s, s]), k.expand([s, s]));
+    let mut hidden = k.clone().greater(q.clone());
+    if let AttentionWindow::Sliding(w) = window {
+        hidden = hidden.bool_or(q.sub(k).greater_equal_elem(w as i64));
+    }
+    hidden
+        .float()
+        .mul_scalar(attention::MASKED)
+        .reshape([1, 1, 1, s, s])
 }
 
 impl Transformer {
@@ -121,7 +148,12 @@ impl Transformer {
                 .collect(),
             _ => input.positions.clone(),
         };
-        let mask = build_mask(&input.positions, &key_pos, self.window, &device);
+        let mask = if cache.as_ref().is_none_or(|c| c.key_pos.is_empty()) && input.is_right_padded()
+        {
+            causal_mask(s, self.window, &device)
+        } else {
+            build_mask(&input.positions, &key_pos, self.window, &device)
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, &cos, &sin, &mask, slot);

@@ -7,8 +7,8 @@
 //   q[b, h, i]            = x_q[i] · cos[p, i] + x_q[i ± D/2] · sin[p, i]
 //   k_cache[b, g, p, i]   = x_k[i] · cos[p, i] + x_k[i ± D/2] · sin[p, i]
 //   v_cache[b, g, p, i]   = x_v[i]
-// with x = qkv + bias and p = pos[b]. The caches are written in place at column p only; rows
-// whose position is outside the cache (p ≥ C, idle slots) write nothing to them.
+// with x = qkv + bias and p = pos[b]. The caches are written in place at column p only; a row
+// whose position is outside the cache (p < 0 or p ≥ C) writes nothing to them.
 // This one launch replaces the bias add, two RoPE expressions (a flip each) and two scatters.
 // Shapes are compile-time constants (fixed for a run): B {{ b }}, H {{ h }}, HKV {{ hkv }},
 // C {{ c }}, D {{ d }} (even). Element type {{ elem }} (tables always f32; math in f32).

@@ -13,9 +13,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{
     CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
 };
-use burn::backend::{
-    Backend, DType, Dispatch, DispatchDevice, Flex, Shape, TensorMetadata, backend_extension,
-};
+use burn::backend::{Backend, DType, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
 use burn::cubecl::prelude::KernelId;
 use burn::cubecl::server::KernelArguments;
 use burn::cubecl::{CubeCount, CubeDim};
@@ -25,8 +23,8 @@ use burn::tensor::{Int, Tensor};
 use super::cpu;
 use super::cube::{cast_to, contiguous_as, decode_template};
 use super::logprobs::{as_i32, has_f16, new_tensor};
-use super::rows_matmul::dot_f32;
-use super::sample::is_wgpu;
+use super::rows_matmul::{PARALLEL_WORK, dot_f32};
+use super::sample::{is_cpu, is_wgpu};
 use crate::model::attention::MASKED;
 use rayon::prelude::*;
 
@@ -93,7 +91,7 @@ pub fn kernel_available(
     d: usize,
 ) -> bool {
     let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
-    let cpu = matches!(device.as_dispatch(), DispatchDevice::Flex(_));
+    let cpu = is_cpu(device);
     grouped && (cpu || (is_wgpu(device) && heads / kv_heads * d <= MAX_GROUP_DIM))
 }
 
@@ -219,7 +217,7 @@ impl DecodeAttentionBackend for Flex {
                 .map(|&p| p.max(0) as usize + 1)
                 .max()
                 .unwrap_or(1);
-        if work < 1 << 18 {
+        if work < PARALLEL_WORK {
             out.chunks_mut(g * d).enumerate().for_each(task);
         } else {
             out.par_chunks_mut(g * d).enumerate().for_each(task);

@@ -10,14 +10,14 @@ use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate};
 use burn::backend::{Backend, DType, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
+use burn::cubecl::CubeDim;
 use burn::cubecl::prelude::KernelId;
 use burn::cubecl::server::KernelArguments;
-use burn::cubecl::{CubeCount, CubeDim};
 use burn::tensor::Tensor;
 
 use super::cpu;
 use super::cube::{cast_to, contiguous_as};
-use super::logprobs::new_tensor;
+use super::logprobs::{new_tensor, rows_grid};
 use super::rows_matmul::dot_f32;
 
 #[backend_extension(Cube, Flex, Fusion)]
@@ -117,15 +117,13 @@ fn launch(
             eps,
             residual,
         };
-        let groups = b as u32;
-        let gx = groups.clamp(1, 65535);
         let bindings = [&x, &r, &w, &h, &y]
             .iter()
             .map(|t| t.handle.clone().binding())
             .collect();
         x.client.launch(
             Box::new(SourceKernel::new(kernel, CubeDim::new_1d(256))),
-            CubeCount::Static(gx, groups.div_ceil(gx), 1),
+            rows_grid(b),
             KernelArguments::new().with_buffers(bindings),
         );
     }

@@ -11,11 +11,12 @@
 //! On wgpu the call sites keep burn's matmul (which burn's fusion merges with what follows);
 //! the CPU kernel's reference in the tests is the plain `x.matmul(w.transpose())`.
 
-use burn::backend::{DispatchDevice, Flex, TensorMetadata};
+use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::cpu;
+use super::sample::is_cpu;
 
 /// Above this many rows a tiled GEMM wins (weights are reused across rows).
 pub const MAX_ROWS: usize = 16;
@@ -28,7 +29,7 @@ pub const MIN_WEIGHT: usize = 1 << 17;
 const CHUNK: usize = 64;
 
 /// Below this many multiply-adds one thread is faster than handing out tasks (tiny models).
-const PARALLEL_WORK: usize = 1 << 18;
+pub(crate) const PARALLEL_WORK: usize = 1 << 18;
 
 /// `x [m, k] · w [n, k]ᵀ → [m, n]`: this kernel on the CPU backend for f32 with m ≤
 /// [`MAX_ROWS`] and a weight too large to stay in cache, burn's matmul against the transposed
@@ -36,7 +37,7 @@ const PARALLEL_WORK: usize = 1 << 18;
 pub fn rows_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     let [m, _] = x.dims();
     let [n, k] = w.dims();
-    let cpu = matches!(x.device().as_dispatch(), DispatchDevice::Flex(_));
+    let cpu = is_cpu(&x.device());
     let f32 = x.dtype() == DType::F32 && w.dtype() == DType::F32;
     if !cpu || m > MAX_ROWS || n * k < MIN_WEIGHT || !f32 {
         return x.matmul(w.transpose());

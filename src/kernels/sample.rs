@@ -17,6 +17,7 @@ use burn::cubecl::CubeDim;
 use burn::cubecl::prelude::KernelId;
 use burn::cubecl::server::KernelArguments;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
 
 use super::logprobs::{as_f32, as_i32, new_f32, new_tensor, rows_grid};
 use crate::error::{Error, Result};
@@ -119,7 +120,13 @@ pub fn sample_row_reference(logits: &[f32], p: &SamplingParams, u: f32) -> (u32,
         let inv_t = 1.0 / p.temperature;
         let x: Vec<f32> = logits.iter().map(|&l| l * inv_t).collect();
         let mx = m_raw * inv_t;
-        let mut order: Vec<usize> = (0..x.len()).filter(|&i| x[i] > f32::MIN).collect();
+        // Sorted only when a filter reads ranks (top-k, top-p): O(V log V) per row otherwise
+        // spent for nothing on every sampled token.
+        let ranked = (p.top_k > 0 && (p.top_k as usize) < x.len()) || p.top_p < 1.0;
+        let mut order: Vec<usize> = match ranked {
+            true => (0..x.len()).filter(|&i| x[i] > f32::MIN).collect(),
+            false => vec![],
+        };
         order.sort_by(|&a, &b| x[b].total_cmp(&x[a]));
         let mut tau = f32::MIN;
         if p.min_p > 0.0 {
@@ -306,11 +313,9 @@ pub fn sample_twin_device(
 
 /// Reads `[B, 2]` samples (token id as f32, log-prob) back to the host: one blocking read.
 pub fn read_samples(samples: Tensor<2>) -> Result<(Vec<u32>, Vec<f32>)> {
-    let out = samples.try_into_vec_as::<f32>().map_err(readback_failed)?;
-    Ok((
-        out.chunks(2).map(|c| c[0] as u32).collect(),
-        out.chunks(2).map(|c| c[1]).collect(),
-    ))
+    read_samples_many(vec![samples])?
+        .pop()
+        .ok_or_else(|| Error::Device("sample read-back returned nothing".into()))
 }
 
 /// [`read_samples`] of several steps' outputs in one blocking read (one transaction: no
@@ -413,9 +418,9 @@ impl SampleBackend for CubeBackend {
     }
 }
 
-/// On the CPU backend the kernel is [`sample_row_reference`] per row (f64 sums, exact thresholds
-/// by sorting): the same filters and inverse CDF as the shader, in one pass over the logits
-/// instead of the twin's dozen burn ops.
+/// On the CPU backend the kernel is [`sample_row_reference`] per row, rows across threads (f64
+/// sums; thresholds by sorting, where top-k or top-p needs ranks): the same filters and inverse
+/// CDF as the shader, instead of the twin's dozen burn ops.
 impl SampleBackend for Flex {
     fn sample_rows(
         logits: FloatTensor<Flex>,
@@ -425,13 +430,7 @@ impl SampleBackend for Flex {
         let logits = super::cpu::f32_dense(logits);
         let words = super::cpu::positions(params);
         let rows = super::cpu::read(&logits);
-        let mut out = Vec::with_capacity(b * 2);
-        let mut tokens = Vec::with_capacity(b);
-        for (row, w) in rows
-            .chunks_exact(v.max(1))
-            .zip(words.chunks_exact(8))
-            .take(b)
-        {
+        let draw = |(row, w): (&[f32], &[i64])| {
             let bits = |i: usize| w[i] as u32;
             let p = SamplingParams {
                 temperature: f32::from_bits(bits(0)),
@@ -444,16 +443,23 @@ impl SampleBackend for Flex {
                 request: bits(6),
                 step: bits(7),
             };
-            let (token, logprob) = sample_row_reference(row, &p, uniform(p.seed, id));
-            out.extend([token as f32, logprob]);
-            tokens.push(token as i32);
-        }
+            sample_row_reference(row, &p, uniform(p.seed, id))
+        };
+        let drawn: Vec<(u32, f32)> = rows
+            .par_chunks(v.max(1))
+            .zip(words.par_chunks(8))
+            .take(b)
+            .map(draw)
+            .collect();
+        let out = drawn.iter().flat_map(|&(t, lp)| [t as f32, lp]).collect();
+        let tokens = drawn.iter().map(|&(t, _)| t as i32).collect::<Vec<_>>();
         let tokens = burn::backend::flex::FlexTensor::from_data(TensorData::new(tokens, [b]));
         (super::cpu::from_f32(out, [b, 2]), tokens)
     }
 }
 
-fn is_cpu(device: &Device) -> bool {
+/// Whether tensors on `device` live on the CPU backend (where the Rust kernels run).
+pub fn is_cpu(device: &Device) -> bool {
     matches!(device.as_dispatch(), DispatchDevice::Flex(_))
 }
 

@@ -11,9 +11,9 @@
 //! once, and attention masks from the positions inside the decode-attention kernel. Per layer a
 //! step is: norm, the fused q/k/v matmul, RoPE + cache write (one kernel), attention (one
 //! kernel), the output matmul, residual + norm (one kernel), the fused gate/up matmul, SwiGLU,
-//! the down matmul, and the residual add fused with the next layer's norm. The burn-ops twin of attention (with a mask tensor, its length moving in buckets of
-//! [`LEN_BUCKET`]) runs only where the kernel cannot (a query group wider than the WGSL kernel's
-//! shared memory).
+//! the down matmul, and the residual add fused with the next layer's norm. The burn-ops twin of
+//! attention (with a mask tensor, its length moving in buckets of [`LEN_BUCKET`]) runs only where
+//! the kernel cannot (a query group wider than the WGSL kernel's shared memory).
 
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -114,6 +114,11 @@ impl StaticKvCache {
         // The cache tensors are moved through the writes so that each is written in place
         // (a clone kept alive during `slice_assign` would make the CPU backend copy it).
         let layers = std::mem::take(&mut self.layers);
+        assert_eq!(
+            layers.len(),
+            fresh.layers.len(),
+            "prefill and cache layer counts"
+        );
         for ((mut kc, mut vc), theirs) in layers.into_iter().zip(fresh.layers) {
             if let Some((k, v)) = theirs {
                 let [_, h, len, d] = k.dims();

@@ -10,18 +10,14 @@
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::wgpu::{
-    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
-};
+use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate, into_contiguous};
 use burn::backend::{Backend, DType, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
 use burn::cubecl::prelude::KernelId;
-use burn::cubecl::server::KernelArguments;
-use burn::cubecl::{CubeCount, CubeDim};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor};
 
 use super::cpu;
-use super::cube::{cast_to, contiguous_as, decode_template};
+use super::cube::{cast_to, contiguous_as, decode_template, launch_wgsl};
 use super::logprobs::{as_i32, has_f16, new_tensor};
 use super::rows_matmul::{PARALLEL_WORK, dot_f32};
 use super::sample::{is_cpu, is_wgpu};
@@ -156,23 +152,13 @@ impl DecodeAttentionBackend for CubeBackend {
         let [b, h, d] = q.shape().dims::<3>();
         let [_, hkv, c, _] = k.shape().dims::<4>();
         let out = new_tensor(&q, Shape::new([b, h, d]), elem);
-        let groups = (b * hkv) as u32;
-        if groups > 0 {
-            let x = groups.clamp(1, 65535);
+        if b * hkv > 0 {
             let kernel = AttentionSource {
                 shape: [b, h, hkv, c, d],
                 window,
                 f16,
             };
-            let bindings = [&q, &k, &v, &pos, &out]
-                .iter()
-                .map(|t| t.handle.clone().binding())
-                .collect();
-            q.client.launch(
-                Box::new(SourceKernel::new(kernel, CubeDim::new_1d(128))),
-                CubeCount::Static(x, groups.div_ceil(x), 1),
-                KernelArguments::new().with_buffers(bindings),
-            );
+            launch_wgsl(kernel, 128, b * hkv, &[&q, &k, &v, &pos, &out]);
         }
         cast_to(out, dtype)
     }

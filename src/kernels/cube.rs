@@ -1,8 +1,14 @@
-//! Helpers shared by the WGSL kernel launches of the decode step.
+//! Helpers shared by the WGSL kernel launches of the decode step and the sampler.
 
 use burn::backend::DType;
 use burn::backend::ops::FloatTensorOps;
-use burn::backend::wgpu::{CubeBackend, CubeTensor, SourceTemplate, into_contiguous};
+use burn::backend::wgpu::{
+    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
+};
+use burn::cubecl::CubeDim;
+use burn::cubecl::server::KernelArguments;
+
+use super::logprobs::rows_grid;
 
 /// `t` in `dtype` (cast only where it differs).
 pub fn cast_to(t: CubeTensor, dtype: DType) -> CubeTensor {
@@ -34,4 +40,23 @@ pub fn decode_template(source: &str, [b, h, hkv, c, d]: [usize; 5], f16: bool) -
         .register("hkv", hkv.to_string())
         .register("c", c.to_string())
         .register("d", d.to_string())
+}
+
+/// Launches the WGSL `kernel` in workgroups of `workgroup` invocations over `groups` workgroups
+/// (folded into x and y, see `rows_grid`), binding `tensors` in the order its header lists them.
+pub fn launch_wgsl<K: KernelSource + 'static>(
+    kernel: K,
+    workgroup: u32,
+    groups: usize,
+    tensors: &[&CubeTensor],
+) {
+    let Some(first) = tensors.first() else {
+        return;
+    };
+    let bindings = tensors.iter().map(|t| t.handle.clone().binding()).collect();
+    first.client.launch(
+        Box::new(SourceKernel::new(kernel, CubeDim::new_1d(workgroup))),
+        rows_grid(groups),
+        KernelArguments::new().with_buffers(bindings),
+    );
 }

@@ -8,16 +8,14 @@
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate};
+use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate};
 use burn::backend::{Backend, DType, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
-use burn::cubecl::CubeDim;
 use burn::cubecl::prelude::KernelId;
-use burn::cubecl::server::KernelArguments;
 use burn::tensor::Tensor;
 
 use super::cpu;
-use super::cube::{cast_to, contiguous_as};
-use super::logprobs::{new_tensor, rows_grid};
+use super::cube::{cast_to, contiguous_as, launch_wgsl};
+use super::logprobs::new_tensor;
 use super::rows_matmul::dot_f32;
 
 #[backend_extension(Cube, Flex, Fusion)]
@@ -117,15 +115,7 @@ fn launch(
             eps,
             residual,
         };
-        let bindings = [&x, &r, &w, &h, &y]
-            .iter()
-            .map(|t| t.handle.clone().binding())
-            .collect();
-        x.client.launch(
-            Box::new(SourceKernel::new(kernel, CubeDim::new_1d(256))),
-            rows_grid(b),
-            KernelArguments::new().with_buffers(bindings),
-        );
+        launch_wgsl(kernel, 256, b, &[&x, &r, &w, &h, &y]);
     }
     (residual.then(|| cast_to(h, dtype)), cast_to(y, dtype))
 }

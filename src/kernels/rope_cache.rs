@@ -12,17 +12,13 @@
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::wgpu::{
-    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
-};
+use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate, into_contiguous};
 use burn::backend::{Backend, DType, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
 use burn::cubecl::prelude::KernelId;
-use burn::cubecl::server::KernelArguments;
-use burn::cubecl::{CubeCount, CubeDim};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use super::cpu;
-use super::cube::{cast_to, contiguous_as, decode_template};
+use super::cube::{cast_to, contiguous_as, decode_template, launch_wgsl};
 use super::logprobs::{as_i32, has_f16, new_tensor};
 
 /// Invocations per workgroup of the WGSL kernel.
@@ -187,21 +183,17 @@ impl RopeCacheBackend for CubeBackend {
         let h = heads as usize;
         debug_assert_eq!(row, (h + 2 * hkv) * d);
         let q = new_tensor(&qkv, Shape::new([b, h, d]), elem);
-        let groups = (b * row).div_ceil(WG as usize) as u32;
-        if groups > 0 {
-            let x = groups.clamp(1, 65535);
+        if b * row > 0 {
             let kernel = RopeSource {
                 shape: [b, h, hkv, c, d],
                 f16,
             };
-            let bindings = [&qkv, &bias, &pos, &cos, &sin, &k, &v, &q]
-                .iter()
-                .map(|t| t.handle.clone().binding())
-                .collect();
-            qkv.client.launch(
-                Box::new(SourceKernel::new(kernel, CubeDim::new_1d(WG))),
-                CubeCount::Static(x, groups.div_ceil(x), 1),
-                KernelArguments::new().with_buffers(bindings),
+            let groups = (b * row).div_ceil(WG as usize);
+            launch_wgsl(
+                kernel,
+                WG,
+                groups,
+                &[&qkv, &bias, &pos, &cos, &sin, &k, &v, &q],
             );
         }
         (cast_to(q, dtype), cast_to(k, dtype), cast_to(v, dtype))

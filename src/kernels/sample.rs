@@ -6,20 +6,17 @@
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::wgpu::{
-    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
-};
+use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate, into_contiguous};
 use burn::backend::{
     Backend, DType, Dispatch, DispatchDevice, Flex, RuntimeId, Shape, TensorMetadata,
     backend_extension,
 };
-use burn::cubecl::CubeDim;
 use burn::cubecl::prelude::KernelId;
-use burn::cubecl::server::KernelArguments;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::logprobs::{as_f32, as_i32, new_f32, new_tensor, rows_grid};
+use super::cube::launch_wgsl;
+use super::logprobs::{as_f32, as_i32, new_f32, new_tensor};
 use crate::error::{Error, Result};
 
 /// How one row is sampled. Defaults: plain sampling at temperature 1, no truncation.
@@ -402,17 +399,11 @@ impl SampleBackend for CubeBackend {
         if b == 0 {
             return (out, tokens);
         }
-        let bindings = [&logits, &params, &out, &tokens]
-            .iter()
-            .map(|t| t.handle.clone().binding())
-            .collect();
-        logits.client.launch(
-            Box::new(SourceKernel::new(
-                SampleSource { b, v },
-                CubeDim::new_1d(256),
-            )),
-            rows_grid(b),
-            KernelArguments::new().with_buffers(bindings),
+        launch_wgsl(
+            SampleSource { b, v },
+            256,
+            b,
+            &[&logits, &params, &out, &tokens],
         );
         (out, tokens)
     }

@@ -171,48 +171,117 @@ fn rope_cache_write_matches_reference_and_twin() {
     set_poison_outputs(false);
 }
 
+/// `x [m, k] · w [n, k]ᵀ` in f64.
+fn matmul_reference(x: &[f32], w: &[f32], [m, k, n]: [usize; 3]) -> Vec<f64> {
+    (0..m * n)
+        .map(|i| {
+            let (r, j) = (i / n, i % n);
+            (0..k)
+                .map(|t| x[r * k + t] as f64 * w[j * k + t] as f64)
+                .sum()
+        })
+        .collect()
+}
+
 #[test]
-fn rows_matmul_matches_host_reference() {
+fn rows_matmul_matches_host_reference_and_twin() {
+    use burn::tensor::DType;
+    use wgspin::kernels::logprobs::f16_kernel_available;
+    use wgspin::kernels::rows_matmul::{
+        COLS, RowsPath, rows_matmul_twin, rows_path, rows_swiglu, rows_swiglu_twin,
+    };
     let mut rng = Rng(43);
-    // The kernel is the CPU backend's; on wgpu `rows_matmul` is burn's matmul (tested by burn),
-    // whose autotuning per shape would only slow the software device down here.
-    for dev in devices().into_iter().filter(|d| !d.is_gpu) {
+    set_poison_outputs(true);
+    for dev in devices() {
         let device = &dev.device;
-        // The kernel runs for weights of at least MIN_WEIGHT elements and up to MAX_ROWS rows;
-        // the others (burn's matmul) are checked too.
-        for &(m, k, n) in &[
-            (1, 67, 2000),
-            (3, 576, 240),
-            (8, 1000, 2000),
-            (MAX_ROWS, 515, 300),
-            (MAX_ROWS + 1, 576, 300),
-            (2, 64, 5),
-        ] {
-            assert_eq!(
-                m <= MAX_ROWS && n * k >= MIN_WEIGHT,
-                (m, k, n) != (MAX_ROWS + 1, 576, 300) && (m, k, n) != (2, 64, 5)
-            );
+        // The CPU kernel runs for weights of at least MIN_WEIGHT elements, the WGSL one for k a
+        // multiple of 4; both up to MAX_ROWS rows. n is often not a multiple of COLS (a partial
+        // last workgroup). On wgpu only kernel shapes run: the twin's autotuning per shape
+        // would only slow the software device down.
+        let cases: &[(usize, usize, usize)] = if dev.is_gpu {
+            &[
+                (1, 64, 5),
+                (3, 96, 400),
+                (8, 576, 243),
+                (MAX_ROWS, 4, 3 * COLS + 1),
+            ]
+        } else {
+            &[
+                (1, 67, 2000),
+                (3, 576, 240),
+                (8, 1000, 2000),
+                (MAX_ROWS, 515, 300),
+                (MAX_ROWS + 1, 576, 300),
+                (2, 64, 5),
+            ]
+        };
+        for &(m, k, n) in cases {
             let x: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rng.normal()).collect();
-            let want: Vec<f64> = (0..m * n)
-                .map(|i| {
-                    let (r, j) = (i / n, i % n);
-                    (0..k)
-                        .map(|t| x[r * k + t] as f64 * w[j * k + t] as f64)
-                        .sum()
-                })
-                .collect();
-            let got = rows_matmul(
-                Tensor::from_data(TensorData::new(x, [m, k]), device),
-                Tensor::from_data(TensorData::new(w, [n, k]), device),
-            );
-            assert_eq!(got.dims(), [m, n]);
+            let want = matmul_reference(&x, &w, [m, k, n]);
+            let round = |v: &[f32]| -> Vec<f32> {
+                v.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect()
+            };
+            let want_f16 = matmul_reference(&round(&x), &round(&w), [m, k, n]);
+            let xt = Tensor::<2>::from_data(TensorData::new(x, [m, k]), device);
+            let wt = Tensor::<2>::from_data(TensorData::new(w, [n, k]), device);
+            let label = format!("{} m={m} k={k} n={n}", dev.description);
+            let expected = if m > MAX_ROWS {
+                RowsPath::Twin
+            } else if dev.is_gpu {
+                RowsPath::Wgsl
+            } else if n * k >= MIN_WEIGHT {
+                RowsPath::Cpu
+            } else {
+                RowsPath::Twin
+            };
+            assert_eq!(rows_path(&xt, &wt), expected, "{label}");
             // Sums of k products of unit normals: absolute error scales with √k.
             let tol = 1e-5 * (k as f64).sqrt();
-            let label = format!("{} m={m} k={k} n={n}", dev.description);
+            let got = rows_matmul(xt.clone(), wt.clone());
+            assert_eq!(got.dims(), [m, n]);
             assert_close(&label, &vec_of(got), &want, tol);
+            if !dev.is_gpu {
+                let twin = rows_matmul_twin(xt.clone(), wt.clone());
+                assert_close(&format!("{label} twin"), &vec_of(twin), &want, tol);
+            }
+            // SwiGLU over the same weight read as gate rows then up rows (n even).
+            if n % 2 == 0 {
+                let half_n = n / 2;
+                let gated: Vec<f64> = (0..m * half_n)
+                    .map(|i| {
+                        let (r, j) = (i / half_n, i % half_n);
+                        let (g, u) = (want[r * n + j], want[r * n + half_n + j]);
+                        g / (1.0 + (-g).exp()) * u
+                    })
+                    .collect();
+                let got = rows_swiglu(xt.clone(), wt.clone());
+                assert_eq!(got.dims(), [m, half_n]);
+                // The product of two dots: relative error of either carries over.
+                let tol = 4e-5 * (k as f64).sqrt();
+                assert_close(&format!("{label} swiglu"), &vec_of(got), &gated, tol);
+                if !dev.is_gpu {
+                    let twin = rows_swiglu_twin(xt.clone(), wt.clone());
+                    assert_close(&format!("{label} swiglu twin"), &vec_of(twin), &gated, tol);
+                }
+            }
+            if dev.is_gpu && f16_kernel_available(device) {
+                let (xh, wh) = (xt.cast(DType::F16), wt.cast(DType::F16));
+                assert_eq!(rows_path(&xh, &wh), RowsPath::Wgsl, "{label} f16");
+                let got = rows_matmul(xh, wh);
+                assert_eq!(got.dtype(), DType::F16, "{label}: f16 in, f16 out");
+                // The same f16-rounded inputs, f32 accumulation, one rounding of the output.
+                let tol = 1e-3 + 1e-5 * (k as f64).sqrt();
+                assert_close(
+                    &format!("{label} f16"),
+                    &vec_of(got.cast(DType::F32)),
+                    &want_f16,
+                    tol,
+                );
+            }
         }
     }
+    set_poison_outputs(false);
 }
 
 #[test]

@@ -1,28 +1,36 @@
-//! `x · wᵀ` for the few rows of a decode step on the CPU backend: `x [m, k]` against a weight in
-//! Hugging Face layout `w [n, k]` (each output's weights contiguous), for m ≤ [`MAX_ROWS`].
+//! `x · wᵀ` for the few rows of a decode step: `x [m, k]` against a weight in Hugging Face layout
+//! `w [n, k]` (each output's weights contiguous), for m ≤ [`MAX_ROWS`].
 //!
 //! A decode step reads every weight once for a handful of rows, so it is bound by memory, not
 //! arithmetic; a general GEMM tiles for reuse that m ≤ 16 rows cannot give (the gemm crate's
-//! 16-row micro-kernel runs half empty at 8 rows). Here each weight row is streamed once and
-//! dotted with every input row while it is in cache, the outputs split across threads. The inner
-//! loop is written for the auto-vectoriser (8 independent lanes); on x86-64 a copy compiled for
-//! AVX2 + FMA is picked at run time, elsewhere (aarch64 NEON) the baseline vectorises already.
+//! 16-row micro-kernel runs half empty at 8 rows, cubecl's tiles likewise).
+//! - wgpu: `shaders/rows_matmul.wgsl`, teams of invocations streaming a weight row in vec4
+//!   loads against every input row, one launch, shapes baked in.
+//! - CPU backend: each weight row is streamed once and dotted with every input row while it is in
+//!   cache, the outputs split across threads. The inner loop is written for the auto-vectoriser
+//!   (8 independent lanes); on x86-64 a copy compiled for AVX2 + FMA is picked at run time,
+//!   elsewhere (aarch64 NEON) the baseline vectorises already.
 //!
-//! On wgpu the call sites keep burn's matmul (which burn's fusion merges with what follows);
-//! the CPU kernel's reference in the tests is the plain `x.matmul(w.transpose())`.
+//! The twin is burn's `x.matmul(w.transpose())`, which also serves the shapes no kernel takes.
 
-use burn::backend::{Flex, TensorMetadata};
+use burn::backend::fusion::custom::TensorSpec;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate};
+use burn::backend::{Backend, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
+use burn::cubecl::prelude::KernelId;
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::cpu;
-use super::sample::is_cpu;
+use super::cube::{cast_to, contiguous_as, launch_wgsl};
+use super::logprobs::{has_f16, new_tensor};
+use super::sample::{is_cpu, is_wgpu};
 
 /// Above this many rows a tiled GEMM wins (weights are reused across rows).
 pub const MAX_ROWS: usize = 16;
 
 /// Weights smaller than this many elements stay in cache between steps, so a tiled GEMM (which
-/// reduces fewer partial sums) is faster there.
+/// reduces fewer partial sums) is faster there (CPU backend).
 pub const MIN_WEIGHT: usize = 1 << 17;
 
 /// Outputs per parallel task: enough work per task to amortise scheduling.
@@ -31,57 +39,204 @@ const CHUNK: usize = 64;
 /// Below this many multiply-adds one thread is faster than handing out tasks (tiny models).
 pub(crate) const PARALLEL_WORK: usize = 1 << 18;
 
-/// `x [m, k] · w [n, k]ᵀ → [m, n]`: this kernel on the CPU backend for f32 with m ≤
-/// [`MAX_ROWS`] and a weight too large to stay in cache, burn's matmul against the transposed
-/// view otherwise.
-pub fn rows_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    let [m, _] = x.dims();
-    let [n, k] = w.dims();
-    let cpu = is_cpu(&x.device());
-    let f32 = x.dtype() == DType::F32 && w.dtype() == DType::F32;
-    if !cpu || m > MAX_ROWS || n * k < MIN_WEIGHT || !f32 {
-        return x.matmul(w.transpose());
-    }
-    let (x, w) = (x.into_dispatch(), w.into_dispatch());
-    Tensor::from_dispatch(<burn::backend::Dispatch as RowsMatmul>::rows_matmul(x, w))
+/// The WGSL kernel's workgroup: `COLS` outputs, each streamed by a team of `LANES` invocations
+/// (a team reads `LANES` · 16 contiguous bytes of its weight row per iteration).
+pub const COLS: usize = 8;
+pub const LANES: usize = 8;
+
+/// Which implementation [`rows_matmul`] takes for `x [m, k]` and `w [n, k]` on this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowsPath {
+    Wgsl,
+    Cpu,
+    /// burn's matmul against the transposed view.
+    Twin,
 }
 
-#[burn::backend::backend_extension(Flex)]
-pub trait RowsMatmul: burn::backend::Backend {
-    fn rows_matmul(
-        x: burn::backend::tensor::FloatTensor<Self>,
-        w: burn::backend::tensor::FloatTensor<Self>,
-    ) -> burn::backend::tensor::FloatTensor<Self>;
+pub fn rows_path(x: &Tensor<2>, w: &Tensor<2>) -> RowsPath {
+    let [m, k] = x.dims();
+    let [n, _] = w.dims();
+    let device = x.device();
+    let dtype = x.dtype();
+    if m > MAX_ROWS || dtype != w.dtype() {
+        return RowsPath::Twin;
+    }
+    if is_cpu(&device) && dtype == DType::F32 && n * k >= MIN_WEIGHT {
+        RowsPath::Cpu
+    } else if is_wgpu(&device) && matches!(dtype, DType::F32 | DType::F16) && k % 4 == 0 {
+        RowsPath::Wgsl
+    } else {
+        RowsPath::Twin
+    }
+}
+
+/// `x [m, k] · w [n, k]ᵀ → [m, n]` (see the module docs for which path runs).
+pub fn rows_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    match rows_path(&x, &w) {
+        RowsPath::Twin => rows_matmul_twin(x, w),
+        RowsPath::Wgsl | RowsPath::Cpu => {
+            let (x, w) = (x.into_dispatch(), w.into_dispatch());
+            Tensor::from_dispatch(<Dispatch as RowsMatmul>::rows_matmul(x, w))
+        }
+    }
+}
+
+/// The burn-ops twin.
+pub fn rows_matmul_twin(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    x.matmul(w.transpose())
+}
+
+/// SwiGLU of a stacked gate/up projection: `x [m, k]` against `w [2n, k]` (gate rows, then
+/// up rows) → `silu(x · gateᵀ) · (x · upᵀ)` `[m, n]`, in one kernel where [`rows_path`] allows.
+pub fn rows_swiglu(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    match rows_path(&x, &w) {
+        RowsPath::Twin => rows_swiglu_twin(x, w),
+        RowsPath::Wgsl | RowsPath::Cpu => {
+            let (x, w) = (x.into_dispatch(), w.into_dispatch());
+            Tensor::from_dispatch(<Dispatch as RowsMatmul>::rows_swiglu(x, w))
+        }
+    }
+}
+
+/// The burn-ops twin of [`rows_swiglu`].
+pub fn rows_swiglu_twin(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    let [m, _] = x.dims();
+    let n = w.dims()[0] / 2;
+    let gu = rows_matmul_twin(x, w);
+    burn::tensor::activation::silu(gu.clone().slice([0..m, 0..n])) * gu.slice([0..m, n..2 * n])
+}
+
+#[backend_extension(Cube, Flex, Fusion)]
+pub trait RowsMatmul: Backend {
+    /// `x [m, k] · w [n, k]ᵀ` in x's dtype.
+    #[fusion(meta = |x, w| TensorSpec::new(Shape::new([x.shape[0], w.shape[0]]), x.dtype))]
+    fn rows_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `silu(x · gateᵀ) · (x · upᵀ)` for `w` = gate rows then up rows.
+    #[fusion(meta = |x, w| TensorSpec::new(Shape::new([x.shape[0], w.shape[0] / 2]), x.dtype))]
+    fn rows_swiglu(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+struct RowsSource {
+    /// `[m, k, n]` (n outputs: half the weight's rows when gated).
+    shape: [usize; 3],
+    gated: bool,
+    f16: bool,
+}
+
+impl KernelSource for RowsSource {
+    fn source(&self) -> SourceTemplate {
+        let [m, k, n] = self.shape;
+        let (elem, enable) = if self.f16 {
+            ("f16", "enable f16;")
+        } else {
+            ("f32", "")
+        };
+        SourceTemplate::new(include_str!("../../shaders/rows_matmul.wgsl"))
+            .register("elem", elem)
+            .register("enable", enable)
+            .register("m", m.to_string())
+            .register("k", k.to_string())
+            .register("n", n.to_string())
+            .register("cols", COLS.to_string())
+            .register("lanes", LANES.to_string())
+            .register("wg", (COLS * LANES).to_string())
+            .register("gated", self.gated.to_string())
+            .register(
+                "partial",
+                ((1 + self.gated as usize) * COLS * m * LANES).to_string(),
+            )
+    }
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info((self.shape, self.gated, self.f16))
+    }
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}
+
+fn launch_rows(x: CubeTensor, w: CubeTensor, gated: bool) -> CubeTensor {
+    let dtype = x.dtype;
+    let f16 = dtype == DType::F16 && w.dtype == DType::F16 && has_f16(x.client.properties());
+    let elem = if f16 { DType::F16 } else { DType::F32 };
+    let (x, w) = (contiguous_as(x, elem), contiguous_as(w, elem));
+    let [m, k] = x.shape().dims::<2>();
+    let n = w.shape().dims::<2>()[0] / (1 + gated as usize);
+    let y = new_tensor(&x, Shape::new([m, n]), elem);
+    if m * n > 0 {
+        let kernel = RowsSource {
+            shape: [m, k, n],
+            gated,
+            f16,
+        };
+        launch_wgsl(
+            kernel,
+            (COLS * LANES) as u32,
+            n.div_ceil(COLS),
+            &[&x, &w, &y],
+        );
+    }
+    cast_to(y, dtype)
+}
+
+impl RowsMatmul for CubeBackend {
+    fn rows_matmul(x: CubeTensor, w: CubeTensor) -> CubeTensor {
+        launch_rows(x, w, false)
+    }
+
+    fn rows_swiglu(x: CubeTensor, w: CubeTensor) -> CubeTensor {
+        launch_rows(x, w, true)
+    }
+}
+
+/// `x [m, k] · w [n, k]ᵀ` as a row-major `[m, n]` vector.
+fn cpu_rows(x: FloatTensor<Flex>, w: FloatTensor<Flex>) -> Vec<f32> {
+    let [m, k] = x.shape().dims::<2>();
+    let [n, _] = w.shape().dims::<2>();
+    if m == 0 || n == 0 {
+        return vec![];
+    }
+    let (x, w) = (cpu::f32_dense(x), cpu::f32_dense(w));
+    let (xs, ws) = (cpu::read(&x), cpu::read(&w));
+    // [n, m]: each output column's m values together, so tasks own disjoint slices.
+    let mut out_t = vec![0f32; n * m];
+    let task = |(c, out): (usize, &mut [f32])| {
+        let rows = &ws[c * CHUNK * k..(c * CHUNK + out.len() / m) * k];
+        columns(xs, rows, m, k, out);
+    };
+    if m * n * k < PARALLEL_WORK {
+        out_t.chunks_mut(CHUNK * m).enumerate().for_each(task);
+    } else {
+        out_t.par_chunks_mut(CHUNK * m).enumerate().for_each(task);
+    }
+    let mut out = vec![0f32; m * n];
+    for (j, col) in out_t.chunks_exact(m).enumerate() {
+        for (r, &v) in col.iter().enumerate() {
+            out[r * n + j] = v;
+        }
+    }
+    out
 }
 
 impl RowsMatmul for Flex {
-    fn rows_matmul(
-        x: burn::backend::tensor::FloatTensor<Flex>,
-        w: burn::backend::tensor::FloatTensor<Flex>,
-    ) -> burn::backend::tensor::FloatTensor<Flex> {
-        let [m, k] = x.shape().dims::<2>();
-        let [n, _] = w.shape().dims::<2>();
-        if m == 0 || n == 0 {
-            return cpu::from_f32(vec![], [m, n]);
-        }
-        let (x, w) = (cpu::f32_dense(x), cpu::f32_dense(w));
-        let (xs, ws) = (cpu::read(&x), cpu::read(&w));
-        // [n, m]: each output column's m values together, so tasks own disjoint slices.
-        let mut out_t = vec![0f32; n * m];
-        let task = |(c, out): (usize, &mut [f32])| {
-            let rows = &ws[c * CHUNK * k..(c * CHUNK + out.len() / m) * k];
-            columns(xs, rows, m, k, out);
-        };
-        if m * n * k < PARALLEL_WORK {
-            out_t.chunks_mut(CHUNK * m).enumerate().for_each(task);
-        } else {
-            out_t.par_chunks_mut(CHUNK * m).enumerate().for_each(task);
-        }
-        let mut out = vec![0f32; m * n];
-        for (j, col) in out_t.chunks_exact(m).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                out[r * n + j] = v;
-            }
+    fn rows_matmul(x: FloatTensor<Flex>, w: FloatTensor<Flex>) -> FloatTensor<Flex> {
+        let m = x.shape().dims::<2>()[0];
+        let n = w.shape().dims::<2>()[0];
+        cpu::from_f32(cpu_rows(x, w), [m, n])
+    }
+
+    fn rows_swiglu(x: FloatTensor<Flex>, w: FloatTensor<Flex>) -> FloatTensor<Flex> {
+        let m = x.shape().dims::<2>()[0];
+        let n = w.shape().dims::<2>()[0] / 2;
+        let gu = cpu_rows(x, w); // [m, 2n]
+        let mut out = Vec::with_capacity(m * n);
+        for row in gu.chunks_exact(2 * n) {
+            let (gate, up) = row.split_at(n);
+            out.extend(
+                gate.iter()
+                    .zip(up)
+                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
+            );
         }
         cpu::from_f32(out, [m, n])
     }

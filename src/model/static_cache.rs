@@ -26,7 +26,7 @@ use crate::config::AttentionWindow;
 use crate::kernels::attention;
 use crate::kernels::norm;
 use crate::kernels::rope_cache::{self, RopeInputs};
-use crate::kernels::rows_matmul::rows_matmul;
+use crate::kernels::rows_matmul::{rows_matmul, rows_swiglu};
 
 /// The attended key length is the longest running row rounded up to this, so a step's shapes
 /// change once every `LEN_BUCKET` tokens instead of every token.
@@ -246,11 +246,14 @@ impl DecoderLayer {
         // SwiGLU through the fused gate/up matmul.
         let [b, _] = normed.dims();
         let i = fused.intermediate;
-        let mut gu = rows_matmul(normed, fused.gate_up.clone()); // [b, 2 i]
-        if let Some(bias) = &fused.gate_up_bias {
-            gu = gu + bias.clone().unsqueeze::<2>();
-        }
-        let act = silu(gu.clone().slice([0..b, 0..i])) * gu.slice([0..b, i..2 * i]);
+        let act = match &fused.gate_up_bias {
+            // The activation inside the projection's kernel.
+            None => rows_swiglu(normed, fused.gate_up.clone()), // [b, i]
+            Some(bias) => {
+                let gu = rows_matmul(normed, fused.gate_up.clone()) + bias.clone().unsqueeze::<2>();
+                silu(gu.clone().slice([0..b, 0..i])) * gu.slice([0..b, i..2 * i])
+            }
+        };
         let m = self.mlp.down.rows(act);
         (
             norm::add_rms_norm(h, m, next.weight.val(), next.eps),

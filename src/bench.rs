@@ -20,7 +20,7 @@ pub struct BenchRow {
     pub shape: String,
     pub ours_ms: f64,
     pub twin_ms: f64,
-    /// Logit bytes read per call divided by our time.
+    /// The main input's bytes read per call (logits, keys and values, a weight) over our time.
     pub gb_per_s: f64,
 }
 
@@ -36,7 +36,7 @@ pub struct BenchSizes {
     /// Rows of logits for the log-prob kernel.
     pub rows: usize,
     pub vocab: usize,
-    /// Rows for the sampler and the decode-attention kernel.
+    /// Rows for the sampler, decode attention and (up to `MAX_ROWS`) the decode projections.
     pub sample_rows: usize,
     pub iters: usize,
 }
@@ -169,6 +169,8 @@ pub fn bench_kernels(device: &Device, sizes: BenchSizes) -> Result<Vec<BenchRow>
     if let Some(row) = bench_decode_attention(device, b, sizes.iters)? {
         rows.push(row);
     }
+    let few = b.min(crate::kernels::rows_matmul::MAX_ROWS);
+    rows.extend(bench_rows_matmul(device, few, sizes.iters)?);
     Ok(rows)
 }
 
@@ -225,6 +227,51 @@ fn bench_decode_attention(device: &Device, b: usize, iters: usize) -> Result<Opt
         twin_ms: twin,
         gb_per_s: bytes / (ours * 1e-3) / 1e9,
     }))
+}
+
+/// The decode projections at SmolLM2's sizes (hidden 576, intermediate 1536) for `b` rows: the
+/// fused gate/up with SwiGLU and the down projection, against their burn-ops twins. Empty where
+/// the kernel does not run for these shapes.
+/// GB/s counts the weight's bytes.
+fn bench_rows_matmul(device: &Device, b: usize, iters: usize) -> Result<Vec<BenchRow>> {
+    use crate::kernels::rows_matmul::{
+        RowsPath, rows_matmul, rows_matmul_twin, rows_path, rows_swiglu, rows_swiglu_twin,
+    };
+    let (hidden, inter) = (576, 1536);
+    let mut rows = vec![];
+    for (name, k, n, gated) in [
+        ("rows_swiglu (gate/up)", hidden, 2 * inter, true),
+        ("rows_matmul (down)", inter, hidden, false),
+    ] {
+        let x = Tensor::<2>::random([b, k], Distribution::Normal(0.0, 1.0), device);
+        let w = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.05), device);
+        if b == 0 || rows_path(&x, &w) == RowsPath::Twin {
+            continue;
+        }
+        let (ours, twin) = if gated {
+            time_pair(
+                device,
+                iters,
+                || Ok(drop(rows_swiglu(x.clone(), w.clone()))),
+                || Ok(drop(rows_swiglu_twin(x.clone(), w.clone()))),
+            )?
+        } else {
+            time_pair(
+                device,
+                iters,
+                || Ok(drop(rows_matmul(x.clone(), w.clone()))),
+                || Ok(drop(rows_matmul_twin(x.clone(), w.clone()))),
+            )?
+        };
+        rows.push(BenchRow {
+            name: name.into(),
+            shape: format!("[{b} x {k}] x [{n} x {k}] f32"),
+            ours_ms: ours,
+            twin_ms: twin,
+            gb_per_s: (n * k * 4) as f64 / (ours * 1e-3) / 1e9,
+        });
+    }
+    Ok(rows)
 }
 
 /// Device bytes reserved after a forward + backward of the chunked lm_head + log-prob path for

@@ -16,8 +16,8 @@ use wgspin::model::random_init::random_model;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Time the token log-prob kernel, the sampler and decode attention against their twins
-    /// (median of --iters).
+    /// Time the token log-prob kernel, the sampler, decode attention and the decode projections
+    /// against their twins (median of --iters).
     Kernels {
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
@@ -26,7 +26,7 @@ pub enum BenchCommand {
         rows: usize,
         #[arg(long, default_value_t = 32768)]
         vocab: usize,
-        /// Rows for the sampler and the decode-attention kernel.
+        /// Rows for the sampler, decode attention and (up to 16) the decode projections.
         #[arg(long, default_value_t = 32)]
         sample_rows: usize,
         #[arg(long, default_value_t = 10)]
@@ -240,12 +240,12 @@ fn profile_line(p: &GenProfile, layers: usize) -> String {
 fn bench_kernels(spec: DeviceSpec, sizes: BenchSizes) -> Result<()> {
     let dev = super::select_device(spec)?;
     println!(
-        "{:<38} {:<22} {:>10} {:>10} {:>7} {:>9}",
+        "{:<38} {:<36} {:>10} {:>10} {:>7} {:>9}",
         "kernel", "shape", "ours ms", "twin ms", "ratio", "GB/s"
     );
     for r in bench::bench_kernels(&dev.device, sizes)? {
         println!(
-            "{:<38} {:<22} {:>10.3} {:>10.3} {:>6.2}x {:>9.2}",
+            "{:<38} {:<36} {:>10.3} {:>10.3} {:>6.2}x {:>9.2}",
             r.name,
             r.shape,
             r.ours_ms,

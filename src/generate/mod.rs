@@ -18,10 +18,12 @@ use burn::tensor::{Int, Tensor};
 
 use crate::error::{Error, Result};
 use crate::kernels::sample::{
-    BatchSampler, DrawId, SamplingParams, read_samples, read_samples_many,
+    BatchSampler, DrawId, SamplingParams, is_wgpu, read_samples, read_samples_many,
 };
 use crate::model::fused::DecodeWeights;
-use crate::model::static_cache::{LEN_BUCKET, StaticKvCache, capacity_for, ids_tensor};
+use crate::model::static_cache::{
+    CAPACITY_BUCKET, LEN_BUCKET, StaticKvCache, capacity_for, ids_tensor,
+};
 use crate::model::{KvCache, StepInput, Transformer};
 
 /// One prompt to continue. `index` keys its random stream and identifies it in the results.
@@ -142,29 +144,75 @@ fn prefill(
     opts: &GenOptions,
 ) -> Result<(Vec<u32>, Vec<f32>)> {
     let device = model.device();
-    let prompts: Vec<Vec<u32>> = new.iter().map(|r| r.prompt.clone()).collect();
-    let input = StepInput::right_padded(&prompts, opts.pad_id);
+    let longest = new.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+    let (rows, len) = prefill_shape(
+        new.len(),
+        longest,
+        cache.slots(),
+        cache.capacity(),
+        is_wgpu(&device),
+    );
+    // Rows past the requests are empty prompts (all padding): computed, never stored or read.
+    let mut prompts: Vec<Vec<u32>> = new.iter().map(|r| r.prompt.clone()).collect();
+    prompts.resize(rows, vec![]);
+    let input = StepInput::right_padded_to(&prompts, opts.pad_id, len);
     let mut fresh = KvCache::new(model.num_layers());
-    let hidden = model.forward_hidden(&input, Some(&mut fresh)); // [n, s, h]
+    let hidden = model.forward_hidden(&input, Some(&mut fresh)); // [rows, len, h]
     let [n, s, h] = hidden.dims();
     let last: Vec<u32> = prompts
         .iter()
         .enumerate()
-        .map(|(i, p)| (i * s + p.len() - 1) as u32)
+        .map(|(i, p)| (i * s + p.len().max(1) - 1) as u32)
         .collect();
     let last = hidden
         .reshape([n * s, h])
-        .select(0, ids_tensor(&last, &device)); // [n, h]
+        .select(0, ids_tensor(&last, &device)); // [rows, h]
     cache.load_rows(fresh, slots);
-    let ids = new
-        .iter()
-        .map(|r| DrawId {
-            request: r.index,
+    let ids = (0..n)
+        .map(|i| DrawId {
+            // A padding row's draw is never read; its id only has to be some id.
+            request: new.get(i).map_or(u32::MAX, |r| r.index),
             step: 0,
         })
         .collect();
     let sampler = BatchSampler::new(vec![opts.sampling; n], ids, &device)?;
-    read_samples(sampler.draw(model.logits(last))?.0)
+    let (mut tokens, mut logprobs) = read_samples(sampler.draw(model.logits(last))?.0)?;
+    tokens.truncate(new.len());
+    logprobs.truncate(new.len());
+    Ok((tokens, logprobs))
+}
+
+/// Prompt lengths up to this are bucketed to powers of two, longer ones to its multiples; the
+/// cache capacity's bucket, so a bucketed length never exceeds the capacity.
+pub const PREFILL_LEN_BUCKET: usize = CAPACITY_BUCKET;
+
+/// The shortest prefill bucket.
+const MIN_PREFILL_LEN: usize = 16;
+
+/// The `(rows, length)` a prefill of `n` prompts of at most `longest` tokens runs at. Where
+/// kernels are compiled (and matmuls autotuned) per shape, `bucketed`, the rows go up to a power
+/// of two (at most `slots`) and the length to a power of two from 16 up to
+/// [`PREFILL_LEN_BUCKET`], then to its multiples (at most `capacity`, a multiple of it), so a
+/// run's refills reuse a few shapes instead of compiling one per prompt mix; the extra rows and
+/// columns are right padding (at most twice the work). The CPU backend compiles nothing and
+/// keeps the exact shape.
+pub fn prefill_shape(
+    n: usize,
+    longest: usize,
+    slots: usize,
+    capacity: usize,
+    bucketed: bool,
+) -> (usize, usize) {
+    if !bucketed {
+        return (n, longest);
+    }
+    let rows = n.next_power_of_two().min(slots).max(n);
+    let len = if longest <= PREFILL_LEN_BUCKET {
+        longest.max(MIN_PREFILL_LEN).next_power_of_two()
+    } else {
+        longest.next_multiple_of(PREFILL_LEN_BUCKET)
+    };
+    (rows, len.min(capacity).max(longest))
 }
 
 /// Generates a continuation for every request, calling `on_finished` as each one completes (in
@@ -342,5 +390,32 @@ pub fn generate_observed(
             stats.decode_steps += 1;
             on_step(&stats);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefill_shapes_cover_their_prompts_in_few_buckets() {
+        let (slots, capacity) = (24, 1024);
+        assert_eq!(prefill_shape(5, 37, slots, capacity, false), (5, 37));
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in 1..=slots {
+            for longest in 1..=capacity - 8 {
+                let (rows, len) = prefill_shape(n, longest, slots, capacity, true);
+                assert!((n..=slots).contains(&rows), "rows {rows} for {n}");
+                assert!(
+                    (longest..=capacity).contains(&len),
+                    "len {len} for {longest}"
+                );
+                // At most twice the work in each dimension (beyond the shortest bucket).
+                assert!(rows < 2 * n && len < 2 * longest.max(MIN_PREFILL_LEN));
+                shapes.insert((rows, len));
+            }
+        }
+        // Rows 1, 2, 4, 8, 16, 24; lengths 16 … 256 (5) and 512, 768, 1024.
+        assert_eq!(shapes.len(), 6 * 8);
     }
 }

@@ -82,7 +82,12 @@ impl StepInput {
 
     /// Right-padded rows starting at position 0 (scoring and training).
     pub fn right_padded(rows: &[Vec<u32>], pad_id: u32) -> Self {
-        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        Self::right_padded_to(rows, pad_id, 0)
+    }
+
+    /// [`Self::right_padded`] to at least `len` tokens per row.
+    pub fn right_padded_to(rows: &[Vec<u32>], pad_id: u32, len: usize) -> Self {
+        let len = rows.iter().map(Vec::len).max().unwrap_or(0).max(len);
         let mut tokens = vec![];
         let mut positions = vec![];
         for r in rows {

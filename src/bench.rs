@@ -252,15 +252,27 @@ fn bench_rows_matmul(device: &Device, b: usize, iters: usize) -> Result<Vec<Benc
             time_pair(
                 device,
                 iters,
-                || Ok(drop(rows_swiglu(x.clone(), w.clone()))),
-                || Ok(drop(rows_swiglu_twin(x.clone(), w.clone()))),
+                || {
+                    drop(rows_swiglu(x.clone(), w.clone()));
+                    Ok(())
+                },
+                || {
+                    drop(rows_swiglu_twin(x.clone(), w.clone()));
+                    Ok(())
+                },
             )?
         } else {
             time_pair(
                 device,
                 iters,
-                || Ok(drop(rows_matmul(x.clone(), w.clone()))),
-                || Ok(drop(rows_matmul_twin(x.clone(), w.clone()))),
+                || {
+                    drop(rows_matmul(x.clone(), w.clone()));
+                    Ok(())
+                },
+                || {
+                    drop(rows_matmul_twin(x.clone(), w.clone()));
+                    Ok(())
+                },
             )?
         };
         rows.push(BenchRow {

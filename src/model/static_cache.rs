@@ -9,9 +9,10 @@
 //! Nothing of a step is built on the host: token ids and positions are device tensors (the
 //! sampler's output feeds the next step), RoPE angles are read by position from tables uploaded
 //! once, and attention masks from the positions inside the decode-attention kernel. Per layer a
-//! step is: norm, the fused q/k/v matmul, RoPE + cache write (one kernel), attention (one
-//! kernel), the output matmul, residual + norm (one kernel), the fused gate/up matmul, SwiGLU,
-//! the down matmul, and the residual add fused with the next layer's norm. The burn-ops twin of
+//! step is: the fused q/k/v projection, RoPE + cache write (one kernel), attention (one
+//! kernel), the output projection, residual + norm (one kernel), the fused gate/up projection
+//! with SwiGLU inside it, the down projection, and the residual add fused with the next layer's
+//! norm: 8 launches, the projections through the few-rows kernel (`kernels/rows_matmul.rs`). The burn-ops twin of
 //! attention (with a mask tensor, its length moving in buckets of [`LEN_BUCKET`]) runs only where
 //! the kernel cannot (a query group wider than the WGSL kernel's shared memory).
 

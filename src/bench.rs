@@ -248,33 +248,24 @@ fn bench_rows_matmul(device: &Device, b: usize, iters: usize) -> Result<Vec<Benc
         if b == 0 || rows_path(&x, &w) == RowsPath::Twin {
             continue;
         }
-        let (ours, twin) = if gated {
-            time_pair(
-                device,
-                iters,
-                || {
-                    drop(rows_swiglu(x.clone(), w.clone()));
-                    Ok(())
-                },
-                || {
-                    drop(rows_swiglu_twin(x.clone(), w.clone()));
-                    Ok(())
-                },
-            )?
+        type Rows = fn(Tensor<2>, Tensor<2>) -> Tensor<2>;
+        let (kernel, reference): (Rows, Rows) = if gated {
+            (rows_swiglu, rows_swiglu_twin)
         } else {
-            time_pair(
-                device,
-                iters,
-                || {
-                    drop(rows_matmul(x.clone(), w.clone()));
-                    Ok(())
-                },
-                || {
-                    drop(rows_matmul_twin(x.clone(), w.clone()));
-                    Ok(())
-                },
-            )?
+            (rows_matmul, rows_matmul_twin)
         };
+        let (ours, twin) = time_pair(
+            device,
+            iters,
+            || {
+                drop(kernel(x.clone(), w.clone()));
+                Ok(())
+            },
+            || {
+                drop(reference(x.clone(), w.clone()));
+                Ok(())
+            },
+        )?;
         rows.push(BenchRow {
             name: name.into(),
             shape: format!("[{b} x {k}] x [{n} x {k}] f32"),

@@ -27,6 +27,17 @@ pub fn contiguous_as(t: CubeTensor, dtype: DType) -> CubeTensor {
 /// A decode kernel's source with its shapes `[B, H, HKV, C, D]` and element type registered
 /// (`b`, `h`, `hkv`, `c`, `d`, `elem`, `enable`).
 pub fn decode_template(source: &str, [b, h, hkv, c, d]: [usize; 5], f16: bool) -> SourceTemplate {
+    elem_template(source, f16)
+        .register("b", b.to_string())
+        .register("h", h.to_string())
+        .register("hkv", hkv.to_string())
+        .register("c", c.to_string())
+        .register("d", d.to_string())
+}
+
+/// A kernel's source with its element type registered: `elem` (`f16` or `f32`) and `enable`
+/// (the `enable f16;` directive, or nothing).
+pub fn elem_template(source: &str, f16: bool) -> SourceTemplate {
     let (elem, enable) = if f16 {
         ("f16", "enable f16;")
     } else {
@@ -35,11 +46,6 @@ pub fn decode_template(source: &str, [b, h, hkv, c, d]: [usize; 5], f16: bool) -
     SourceTemplate::new(source)
         .register("elem", elem)
         .register("enable", enable)
-        .register("b", b.to_string())
-        .register("h", h.to_string())
-        .register("hkv", hkv.to_string())
-        .register("c", c.to_string())
-        .register("d", d.to_string())
 }
 
 /// Launches the WGSL `kernel` in workgroups of `workgroup` invocations over `groups` workgroups

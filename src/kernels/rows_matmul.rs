@@ -22,7 +22,7 @@ use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::cpu;
-use super::cube::{cast_to, contiguous_as, launch_wgsl};
+use super::cube::{cast_to, contiguous_as, elem_template, launch_wgsl};
 use super::logprobs::{has_f16, new_tensor};
 use super::sample::{is_cpu, is_wgpu};
 
@@ -127,14 +127,7 @@ struct RowsSource {
 impl KernelSource for RowsSource {
     fn source(&self) -> SourceTemplate {
         let [m, k, n] = self.shape;
-        let (elem, enable) = if self.f16 {
-            ("f16", "enable f16;")
-        } else {
-            ("f32", "")
-        };
-        SourceTemplate::new(include_str!("../../shaders/rows_matmul.wgsl"))
-            .register("elem", elem)
-            .register("enable", enable)
+        elem_template(include_str!("../../shaders/rows_matmul.wgsl"), self.f16)
             .register("m", m.to_string())
             .register("k", k.to_string())
             .register("n", n.to_string())

@@ -194,7 +194,7 @@ const MIN_PREFILL_LEN: usize = 16;
 /// of two (at most `slots`) and the length to a power of two from 16 up to
 /// [`PREFILL_LEN_BUCKET`], then to its multiples (at most `capacity`, a multiple of it), so a
 /// run's refills reuse a few shapes instead of compiling one per prompt mix; the extra rows and
-/// columns are right padding (at most twice the work). The CPU backend compiles nothing and
+/// columns are right padding (at most twice the work, above 16 tokens). The CPU backend compiles nothing and
 /// keeps the exact shape.
 pub fn prefill_shape(
     n: usize,

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::cpu;
 use super::cube::{cast_to, contiguous_as, elem_template, launch_wgsl};
-use super::logprobs::{has_f16, new_tensor};
+use super::logprobs::{f16_kernel_available, has_f16, new_tensor};
 use super::sample::{is_cpu, is_wgpu};
 
 /// Above this many rows a tiled GEMM wins (weights are reused across rows).
@@ -53,6 +53,7 @@ pub enum RowsPath {
     Twin,
 }
 
+/// The path [`rows_matmul`] and [`rows_swiglu`] take for these operands on their device.
 pub fn rows_path(x: &Tensor<2>, w: &Tensor<2>) -> RowsPath {
     let [m, k] = x.dims();
     let [n, _] = w.dims();
@@ -63,7 +64,11 @@ pub fn rows_path(x: &Tensor<2>, w: &Tensor<2>) -> RowsPath {
     }
     if is_cpu(&device) && dtype == DType::F32 && n * k >= MIN_WEIGHT {
         RowsPath::Cpu
-    } else if is_wgpu(&device) && matches!(dtype, DType::F32 | DType::F16) && k % 4 == 0 {
+    } else if is_wgpu(&device)
+        && (dtype == DType::F32 || (dtype == DType::F16 && f16_kernel_available(&device)))
+        && k % 4 == 0
+    {
+        // (f16 without WGSL f16 would widen the whole weight every call: burn's matmul instead.)
         RowsPath::Wgsl
     } else {
         RowsPath::Twin

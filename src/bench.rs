@@ -12,6 +12,7 @@ use crate::kernels::logprobs::{
     token_logprobs_grad_twin, token_logprobs_twin,
 };
 use crate::kernels::sample::{DrawId, SamplingParams, sample, sample_twin};
+use crate::rng::SplitMix64;
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -303,6 +304,11 @@ pub fn head_loss_memory(
     Ok(device.memory_pool_usage().map(|u| u.bytes_reserved))
 }
 
+/// A random token id past the first three (which tokenizers keep for special tokens).
+fn random_token(rng: &mut SplitMix64, vocab: usize) -> u32 {
+    3 + rng.below(vocab - 3) as u32
+}
+
 /// Generation throughput at one batch size: `batch` prompts of `prompt_len` random tokens, exactly
 /// `new_tokens` greedy tokens each (no stop ids), as `scripts/bench_generate.py` measures
 /// transformers: generated tokens per second (prefill included in the time), and the engine's
@@ -314,17 +320,12 @@ pub fn bench_generate(
     prompt_len: usize,
     new_tokens: usize,
 ) -> Result<crate::generate::profile::GenProfile> {
-    let mut state = 0x5EED_u64;
+    let mut rng = SplitMix64(0x5EED);
     let requests: Vec<crate::generate::GenRequest> = (0..batch)
         .map(|i| crate::generate::GenRequest {
             index: i as u32,
             prompt: (0..prompt_len)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    3 + ((state >> 33) as usize % (vocab - 3)) as u32
-                })
+                .map(|_| random_token(&mut rng, vocab))
                 .collect(),
         })
         .collect();
@@ -353,13 +354,8 @@ pub fn bench_train(
     steps: usize,
 ) -> Result<(f64, f64)> {
     use crate::train::{PairLogps, TrainConfig, TrainPair, Trainer};
-    let mut state = 7u64;
-    let mut tok = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        3 + ((state >> 33) as usize % (vocab - 3)) as u32
-    };
+    let mut rng = SplitMix64(7);
+    let mut tok = || random_token(&mut rng, vocab);
     let n = pairs * (steps + 1);
     let data: Vec<TrainPair> = (0..n)
         .map(|i| {

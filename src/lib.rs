@@ -18,6 +18,7 @@ pub mod kernels;
 pub mod model;
 pub mod plot;
 pub mod progress;
+pub mod rng;
 pub mod runtime_cache;
 pub mod score;
 pub mod sft;

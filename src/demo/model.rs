@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::hf_names;
+use crate::rng::SplitMix64 as Rng;
 use crate::weights::{HostTensor, StoredDtype, write_safetensors};
 
 const SPECIALS: [&str; 5] = ["<pad>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"];
@@ -54,21 +55,6 @@ fn tokenizer_json() -> Value {
         "decoder": {"type": "Fuse"},
         "model": {"type": "WordLevel", "vocab": map, "unk_token": "<unk>"},
     })
-}
-
-struct Rng(u64);
-impl Rng {
-    fn normal(&mut self) -> f32 {
-        let mut u = || {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-        };
-        let (a, b) = (u().max(1e-7), u());
-        (-2.0 * a.ln()).sqrt() * (2.0 * std::f32::consts::PI * b).cos()
-    }
 }
 
 /// Writes the untrained demo model into `dir`.

@@ -11,20 +11,7 @@ pub const LETTERS: &str = "abcdefghijklmnopqrstuvwxyz";
 pub const PREFIX: &str = "shift: ";
 pub const WORD_LEN: usize = 3;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::rng::SplitMix64 as Rng;
 
 /// The expected answer for a prompt of this task.
 pub fn answer(word: &str) -> String {

@@ -14,6 +14,7 @@ use super::{Transformer, loader};
 use crate::config::{HfConfig, ModelConfig};
 use crate::error::{Error, Result};
 use crate::hf_names;
+use crate::rng::SplitMix64;
 use crate::weights::{HostTensor, StoredDtype, TensorSource};
 
 /// transformers' `initializer_range` default.
@@ -59,16 +60,9 @@ impl TensorSource for RandomWeights {
         } else {
             // A uniform on [-a, a] has standard deviation a / √3.
             let a = STD * 3f32.sqrt();
-            let mut state = self.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            (0..n)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let u = (state >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-                    a * (2.0 * u - 1.0)
-                })
-                .collect()
+            let mut rng =
+                SplitMix64(self.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            (0..n).map(|_| a * (2.0 * rng.uniform() - 1.0)).collect()
         };
         Ok(HostTensor {
             shape,

@@ -308,21 +308,13 @@ pub fn reward_stats(
     s
 }
 
-/// splitmix64: the data-order RNG (a pure function of the seed, so resume replays it).
-fn splitmix(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// The order of the pairs in `epoch`: a Fisher–Yates shuffle keyed by (seed, epoch).
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut state = seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    // A pure function of (seed, epoch), so a resumed run replays it.
+    let mut rng = crate::rng::SplitMix64(seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
+        let j = rng.below(i + 1);
         order.swap(i, j);
     }
     order

@@ -94,28 +94,9 @@ pub fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-6)
 }
 
-/// Deterministic pseudo-random numbers (SplitMix64) so failures reproduce.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    pub fn normal(&mut self) -> f32 {
-        let (u1, u2) = (self.uniform().max(1e-7), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+/// Deterministic pseudo-random numbers (the crate's SplitMix64) so failures reproduce.
+#[allow(unused_imports)] // not every test binary draws numbers
+pub use wgspin::rng::SplitMix64 as Rng;
 
 /// The `wgspin` binary under test.
 pub fn wgspin() -> Command {

@@ -3,7 +3,6 @@
 //! and they do so in chunks through the fused log-prob op (`kernels::logprobs::head_logprobs`), so
 //! memory beyond the activations is `O(chunk × vocab)`.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
@@ -58,15 +57,6 @@ impl Default for ScoreOptions {
             max_logits: 1 << 23,
         }
     }
-}
-
-/// burn-ops reference of the token log-prob: `log_softmax(logits)[n, targets[n]]`.
-/// `logits`: `[n, vocab]`, `targets`: `[n]` → `[n]`.
-pub fn token_logprobs_reference(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
-    let n = targets.dims()[0];
-    log_softmax(logits, 1)
-        .gather(1, targets.reshape([n, 1]))
-        .reshape([n])
 }
 
 /// Flattened `[batch·seq]` indices of the positions whose next token is a response token, the

@@ -75,15 +75,31 @@ pub fn rows_path(x: &Tensor<2>, w: &Tensor<2>) -> RowsPath {
     }
 }
 
-/// `x [m, k] · w [n, k]ᵀ → [m, n]` (see the module docs for which path runs).
-pub fn rows_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+type DispatchOp = fn(FloatTensor<Dispatch>, FloatTensor<Dispatch>) -> FloatTensor<Dispatch>;
+
+/// `kernel` where [`rows_path`] has one for these operands, `twin` otherwise.
+fn dispatch_rows(
+    x: Tensor<2>,
+    w: Tensor<2>,
+    kernel: DispatchOp,
+    twin: fn(Tensor<2>, Tensor<2>) -> Tensor<2>,
+) -> Tensor<2> {
     match rows_path(&x, &w) {
-        RowsPath::Twin => rows_matmul_twin(x, w),
+        RowsPath::Twin => twin(x, w),
         RowsPath::Wgsl | RowsPath::Cpu => {
-            let (x, w) = (x.into_dispatch(), w.into_dispatch());
-            Tensor::from_dispatch(<Dispatch as RowsMatmul>::rows_matmul(x, w))
+            Tensor::from_dispatch(kernel(x.into_dispatch(), w.into_dispatch()))
         }
     }
+}
+
+/// `x [m, k] · w [n, k]ᵀ → [m, n]` (see the module docs for which path runs).
+pub fn rows_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    dispatch_rows(
+        x,
+        w,
+        <Dispatch as RowsMatmul>::rows_matmul,
+        rows_matmul_twin,
+    )
 }
 
 /// The burn-ops twin.
@@ -94,13 +110,12 @@ pub fn rows_matmul_twin(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 /// SwiGLU of a stacked gate/up projection: `x [m, k]` against `w [2n, k]` (gate rows, then
 /// up rows) → `silu(x · gateᵀ) · (x · upᵀ)` `[m, n]`, in one kernel where [`rows_path`] allows.
 pub fn rows_swiglu(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    match rows_path(&x, &w) {
-        RowsPath::Twin => rows_swiglu_twin(x, w),
-        RowsPath::Wgsl | RowsPath::Cpu => {
-            let (x, w) = (x.into_dispatch(), w.into_dispatch());
-            Tensor::from_dispatch(<Dispatch as RowsMatmul>::rows_swiglu(x, w))
-        }
-    }
+    dispatch_rows(
+        x,
+        w,
+        <Dispatch as RowsMatmul>::rows_swiglu,
+        rows_swiglu_twin,
+    )
 }
 
 /// The burn-ops twin of [`rows_swiglu`].
@@ -228,7 +243,8 @@ impl RowsMatmul for Flex {
         let n = w.shape().dims::<2>()[0] / 2;
         let gu = cpu_rows(x, w); // [m, 2n]
         let mut out = Vec::with_capacity(m * n);
-        for row in gu.chunks_exact(2 * n) {
+        // (chunks_exact panics on 0: an MLP without outputs has nothing to write.)
+        for row in gu.chunks_exact(2 * n.max(1)) {
             let (gate, up) = row.split_at(n);
             out.extend(
                 gate.iter()

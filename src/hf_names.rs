@@ -75,19 +75,24 @@ pub fn layer_shape(cfg: &ModelConfig, tensor: LayerTensor) -> Vec<usize> {
     }
 }
 
-/// The layer tensors a config has, in a stable order.
+/// The layer tensors a config has, in a stable order: the norms, then each projection's weight
+/// followed by its bias where the config has one (the order of the model's fields).
 pub fn layer_tensors(cfg: &ModelConfig) -> Vec<LayerTensor> {
     use LayerTensor::*;
-    let mut t = vec![InputNorm, PostAttentionNorm, Q, K, V, O, Gate, Up, Down];
-    if cfg.qkv_bias {
-        t.extend([QBias, KBias, VBias]);
-    }
-    if cfg.o_bias {
-        t.push(OBias);
-    }
-    if cfg.mlp_bias {
-        t.extend([GateBias, UpBias, DownBias]);
-    }
+    let mut t = vec![InputNorm, PostAttentionNorm];
+    let mut linear = |w, b, bias: bool| {
+        t.push(w);
+        if bias {
+            t.push(b);
+        }
+    };
+    linear(Q, QBias, cfg.qkv_bias);
+    linear(K, KBias, cfg.qkv_bias);
+    linear(V, VBias, cfg.qkv_bias);
+    linear(O, OBias, cfg.o_bias);
+    linear(Gate, GateBias, cfg.mlp_bias);
+    linear(Up, UpBias, cfg.mlp_bias);
+    linear(Down, DownBias, cfg.mlp_bias);
     t
 }
 

@@ -28,21 +28,29 @@ use crate::score::{ScoreOptions, TokenizedPair, score_all};
 use crate::train::job::{CHECKPOINT, TrainEvent, TrainSummary, is_complete, run_train};
 use crate::train::{PairLogps, RewardStats, TrainConfig, pair_logps, reward_stats, tokenize_pairs};
 
-/// Loop settings (training and sampling settings live in their own structs).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Loop settings (training and sampling settings live in their own structs). Also the flags of
+/// `wgspin spin`: the doc comments are their help, [`Default`] their defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct SpinConfig {
-    /// Self-play iterations (3, as the paper).
+    /// Self-play iterations (the paper runs 3).
+    #[arg(long, default_value_t = Self::default().iterations)]
     pub iterations: usize,
-    /// Use only the first N training prompts (all when absent).
-    pub prompts: Option<usize>,
-    /// Train iteration t on the pairs of t and t−1 (true, as the paper).
+    /// Use only the first N training prompts (after the held-out slice is taken from the end).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Train iteration t on the pairs of t and t−1 together (as the paper).
+    #[arg(long, default_value_t = Self::default().mix_previous, action = clap::ArgAction::Set)]
     pub mix_previous: bool,
-    /// Stop when held-out reward accuracy of a finished iteration is at most this (0.55).
+    /// Stop when held-out reward accuracy of a finished iteration is at most this: the player
+    /// can no longer tell real from generated.
+    #[arg(long, default_value_t = Self::default().stop_accuracy)]
     pub stop_accuracy: f64,
-    /// Held-out examples for evaluation, taken from the end of the data (10% up to 64, at least 1).
+    /// Held-out examples for evaluation, from the end of the data (default: 10%, at most 64).
+    #[arg(long)]
     pub eval_size: Option<usize>,
-    /// Prompts decoded together.
+    /// Rows decoded together (`--gen-batch-size`, whose default depends on the device).
+    #[arg(skip = Self::default().gen_batch_size)]
     pub gen_batch_size: usize,
 }
 
@@ -50,7 +58,7 @@ impl Default for SpinConfig {
     fn default() -> Self {
         Self {
             iterations: 3,
-            prompts: None,
+            limit: None,
             mix_previous: true,
             stop_accuracy: 0.55,
             eval_size: None,
@@ -114,7 +122,7 @@ pub fn split(examples: &[SftExample], cfg: &SpinConfig) -> (Vec<SftExample>, Vec
         .min(n.saturating_sub(1));
     let (train, held) = examples.split_at(n - eval);
     let mut train = train.to_vec();
-    if let Some(p) = cfg.prompts {
+    if let Some(p) = cfg.limit {
         train.truncate(p);
     }
     (train, held.to_vec())
@@ -180,7 +188,12 @@ fn evaluate(
     };
     let (reference, ll_before) = score(before, ll_before)?;
     let (policy, ll_after) = score(after, None)?;
-    let s: RewardStats = reward_stats(&policy, &reference, train_cfg.loss, train_cfg.beta);
+    let s: RewardStats = reward_stats(
+        &policy,
+        &reference,
+        train_cfg.loss.kind,
+        train_cfg.loss.beta,
+    );
     Ok(EvalResult {
         examples: eval_pairs.len(),
         reward_accuracy: s.accuracies,

@@ -11,7 +11,7 @@ use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 use crate::error::{Error, Result};
 
 /// Floating-point storage type of a checkpoint tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StoredDtype {
     F32,
     F16,

@@ -122,13 +122,13 @@ fn generate_args(data: &std::path::Path, out: &std::path::Path) -> Vec<String> {
         data.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--batch-size",
+        "--gen-batch-size",
         "1",
         "--max-new-tokens",
         "40",
         "--temperature",
         "0.8",
-        "--seed",
+        "--sampling-seed",
         "9",
     ])
 }

@@ -63,7 +63,7 @@ fn spin_runs_two_iterations_and_resumes_after_sigkill() {
     std::fs::write(
         &config,
         "lr = 1.0\noptimizer = \"adamw\"\nmax_new_tokens = 10\nbatch-size = 3\nepochs = 2\n\
-         stop-accuracy = 0.0\neval-size = 2\ntemperature = 0.7\nseed = 5\n",
+         stop-accuracy = 0.0\neval-size = 2\ntemperature = 0.7\nsampling-seed = 5\n",
     )
     .unwrap();
 

@@ -19,7 +19,7 @@ use wgspin::data::SftExample;
 use wgspin::device::cpu_device;
 use wgspin::model::StepInput;
 use wgspin::model::named::params_mut;
-use wgspin::train::loss::{LossKind, pair_losses};
+use wgspin::train::loss::{LossKind, PairLoss, pair_losses};
 use wgspin::train::optim::{OptimizerKind, Schedule, lr_at};
 use wgspin::train::{PairLogps, TrainConfig, Trainer, tokenize_pairs, truncate};
 use wgspin::weights::WeightFiles;
@@ -39,7 +39,10 @@ fn f64s(v: &Value) -> Vec<f64> {
 
 fn config(optimizer: OptimizerKind, weight_decay: f64) -> TrainConfig {
     TrainConfig {
-        beta: 1.0,
+        loss: PairLoss {
+            beta: 1.0,
+            ..Default::default()
+        },
         lr: 1e-3,
         optimizer,
         weight_decay,
@@ -296,7 +299,7 @@ fn train_args(pairs: &std::path::Path, out: &std::path::Path) -> Vec<String> {
         "cpu",
         "--model",
         fixture("tiny-llama-bf16").to_str().unwrap(),
-        "--pairs",
+        "--data",
         pairs.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),

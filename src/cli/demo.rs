@@ -3,13 +3,14 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use clap::Args;
 
 use wgspin::demo::{DemoConfig, DemoEvent, StageResult, run_demo};
-use wgspin::device::DeviceSpec;
 use wgspin::progress::Progress;
 use wgspin::spin::SpinEvent;
 
-use super::TrainReporter;
+use super::args::DeviceArgs;
+use super::report::TrainReporter;
 
 fn pct(x: f64) -> String {
     format!("{:5.1}%", 100.0 * x)
@@ -65,34 +66,62 @@ fn summary(rows: &[StageResult]) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn run(
+/// The built-in demo (what `wgspin` runs without a command): SPIN on a tiny model, no download.
+///
+/// A tiny Llama learns to shift letters (cat → dbu); a short SFT makes a weak model, then SPIN
+/// iterations run against continued SFT with the same compute. Prints a table per stage and
+/// writes OUT/report.svg.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Output folder (data, models, metrics, report.svg).
+    #[arg(long, default_value = "wgspin-demo")]
     out: PathBuf,
+    /// Reduced mode (fewer examples and steps, one seed), for CI and a first look.
+    #[arg(long)]
     quick: bool,
+    /// Number of seeds (default: 3, or 1 with --quick).
+    #[arg(long)]
     seeds: Option<usize>,
+    /// Learning rate of the SPIN iterations and of the continued SFT they are compared with
+    /// (default 1e-4).
+    #[arg(long)]
     lr: Option<f64>,
+    /// SPIN's β (default 0.1).
+    #[arg(long)]
     beta: Option<f64>,
+    /// SPIN iterations (default 3).
+    #[arg(long)]
     iterations: Option<usize>,
-    spec: DeviceSpec,
-) -> Result<()> {
-    let dev = super::select_device(spec)?;
-    let mut cfg = if quick {
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+impl DemoArgs {
+    pub fn run(self) -> Result<()> {
+        run(self)
+    }
+}
+
+fn run(a: DemoArgs) -> Result<()> {
+    let dev = a.device.select()?;
+    let mut cfg = if a.quick {
         DemoConfig::quick()
     } else {
         DemoConfig::full()
     };
-    if let Some(n) = seeds {
+    if let Some(n) = a.seeds {
         cfg.seeds = (1..=n as u64).collect();
     }
-    if let Some(lr) = lr {
+    if let Some(lr) = a.lr {
         cfg.spin_lr = lr;
     }
-    if let Some(b) = beta {
+    if let Some(b) = a.beta {
         cfg.beta = b;
     }
-    if let Some(n) = iterations {
+    if let Some(n) = a.iterations {
         cfg.spin_iterations = n;
     }
+    let out = a.out;
     eprintln!(
         "wgspin demo: a tiny Llama learns to shift letters (cat → dbu) ({} training / {} held-out examples, {} seed(s)).\n\
          A short SFT makes a weak model; then {} SPIN iterations, against continued SFT with the same compute.",

@@ -3,58 +3,64 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use clap::Args;
 
 use wgspin::ModelBundle;
-use wgspin::data::{DataFormat, SftExample, read_dataset};
-use wgspin::device::DeviceSpec;
+use wgspin::data::SftExample;
 use wgspin::generate::job::{GenSummary, run_generate};
 use wgspin::progress::Progress;
 
-use super::GenFlags;
+use super::args::{DataArgs, DeviceArgs, ModelArgs, SamplingArgs};
 
-/// Reads the data file, reports skipped rows on stderr, and keeps the first `limit` examples.
-pub fn load_examples(
-    path: &Path,
-    format: DataFormat,
+/// The opponent's turn: sample a response for every SFT prompt, written as SPIN pairs.
+///
+/// Output JSONL rows {"id", "real": [user, assistant], "generated": [user, assistant],
+/// "finish_reason": "eos"|"length", "generated_tokens"}, in input order. Rows are flushed as
+/// they finish; rerunning the same command after an interruption keeps them and generates
+/// only the rest.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output JSONL file (SPIN format).
+    #[arg(long)]
+    out: PathBuf,
+    /// Use only the first N examples.
+    #[arg(long)]
     limit: Option<usize>,
-) -> Result<Vec<SftExample>> {
-    let ds =
-        read_dataset(path, format).with_context(|| format!("reading data {}", path.display()))?;
-    if !ds.skipped.is_empty() {
-        eprintln!(
-            "{}: skipped {} row(s) without a usable prompt/response:",
-            path.display(),
-            ds.skipped.len()
-        );
-        for s in ds.skipped.iter().take(5) {
-            eprintln!("  line {}: {}", s.line, s.reason);
-        }
-        if ds.skipped.len() > 5 {
-            eprintln!("  ... and {} more", ds.skipped.len() - 5);
-        }
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// TOML file with any of these flags as keys (flags given here override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl GenerateArgs {
+    pub fn run(self) -> Result<()> {
+        let dev = self.device.select()?;
+        let examples = self.data.load(self.limit)?;
+        let path = &self.model.model;
+        let bundle = ModelBundle::load(path, &dev.device)
+            .with_context(|| format!("loading model {}", path.display()))?;
+        let rows = self.sampling.gen_batch_size(&dev, &bundle.config)?;
+        generate_into(&bundle, &examples, &self.out, &self.sampling, rows)?;
+        Ok(())
     }
-    eprintln!(
-        "{}: {} examples ({} format)",
-        path.display(),
-        ds.examples.len(),
-        ds.format
-    );
-    let mut examples = ds.examples;
-    if let Some(n) = limit {
-        examples.truncate(n);
-    }
-    Ok(examples)
 }
 
 /// Generates for `examples` into `out` with a progress bar; resumes a partial `out`.
-pub fn generate_into(
+fn generate_into(
     bundle: &ModelBundle,
     examples: &[SftExample],
     out: &Path,
-    flags: &GenFlags,
-    batch_size: usize,
+    sampling: &SamplingArgs,
+    rows: usize,
 ) -> Result<GenSummary> {
-    let opts = flags.options(batch_size, bundle.stop_ids(), bundle.tokenizer.pad_id());
+    let opts = sampling.options(rows, bundle.stop_ids(), bundle.tokenizer.pad_id());
     let mut bar = Progress::new("generate", examples.len());
     let summary = run_generate(bundle, examples, out, &opts, |p| {
         let rate = p.tokens as f64 / p.elapsed.as_secs_f64().max(1e-9);
@@ -79,24 +85,4 @@ pub fn generate_into(
         summary.finished_length
     );
     Ok(summary)
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    model: PathBuf,
-    data: PathBuf,
-    format: DataFormat,
-    out: PathBuf,
-    limit: Option<usize>,
-    spec: DeviceSpec,
-    flags: GenFlags,
-    batch_size: Option<usize>,
-) -> Result<()> {
-    let dev = super::select_device(spec)?;
-    let examples = load_examples(&data, format, limit)?;
-    let bundle = ModelBundle::load(&model, &dev.device)
-        .with_context(|| format!("loading model {}", model.display()))?;
-    let batch_size = super::decode_batch(batch_size, &dev, &bundle.config, flags.max_new_tokens)?;
-    generate_into(&bundle, &examples, &out, &flags, batch_size)?;
-    Ok(())
 }

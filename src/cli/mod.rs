@@ -1,248 +1,140 @@
-//! Subcommands of the `wgspin` binary that run the SPIN stages, one file per command; flags shared
-//! between commands (generation, training) live here so `spin` takes exactly the same ones.
+//! The `wgspin` command line: one file per command, each a `#[derive(Args)]` struct whose
+//! `run` does the user-facing part (flags, progress, messages) and calls the library for the
+//! work. Flag groups shared between commands are in `args.rs`; the library's settings structs
+//! (`TrainConfig`, `PairLoss`, `SpinConfig`, `SamplingParams`) are flattened in as they are, so
+//! each flag and its default is defined once.
 
+pub mod args;
 pub mod bench;
 pub mod config;
+pub mod convert;
 pub mod demo;
+pub mod devices;
 pub mod generate;
+pub mod logprobs;
+pub mod report;
 pub mod sft;
 pub mod spin;
 pub mod train;
 
-use std::io::IsTerminal;
+use anyhow::Result;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use clap::Args;
-
-use wgspin::config::ModelConfig;
-use wgspin::device::{self, ComputeDevice, DeviceSpec};
-use wgspin::generate::GenOptions;
-use wgspin::kernels::sample::SamplingParams;
-use wgspin::progress::Progress;
-use wgspin::train::TrainConfig;
-use wgspin::train::job::TrainEvent;
-use wgspin::train::loss::LossKind;
-use wgspin::train::optim::{OptimizerKind, Schedule};
-
-/// The device `spec` names, announced on stderr (every command says where it runs, and why
-/// when `auto` passed an adapter over), with where cubecl's autotune cache for it lives.
-pub fn select_device(spec: DeviceSpec) -> anyhow::Result<ComputeDevice> {
-    let dev = device::select(spec)?;
-    match &dev.note {
-        Some(why) => eprintln!("device: {} ({why})", dev.description),
-        None => eprintln!("device: {}", dev.description),
-    }
-    if let Some(c) = &dev.cache {
-        let state = if c.reused {
-            "reused: autotune results of earlier runs"
-        } else {
-            "new: this run autotunes and fills it"
-        };
-        eprintln!("kernel cache: {} ({state})", c.path.display());
-    }
-    Ok(dev)
+#[derive(Parser)]
+#[command(
+    name = "wgspin",
+    version,
+    about = "SPIN (Self-Play fIne-tuNing) of small language models on any GPU wgpu reaches, with a CPU fallback",
+    after_help = "Without a command, `wgspin` runs the built-in demo (`wgspin demo`: a tiny model, \
+                  ~30 s on a CPU, writes ./wgspin-demo)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-/// `--batch-size` of generation: the given value, or the device's default (printed).
-pub fn decode_batch(
-    given: Option<usize>,
-    dev: &ComputeDevice,
-    cfg: &ModelConfig,
-    max_new_tokens: usize,
-) -> anyhow::Result<usize> {
-    match given {
-        Some(0) => anyhow::bail!("--batch-size must be at least 1"),
-        Some(n) => Ok(n),
-        None => {
-            let n = wgspin::generate::batch::default_batch_size(dev, cfg, max_new_tokens);
-            eprintln!("decode batch: {n} rows (pass --batch-size to change it)");
-            Ok(n)
-        }
-    }
+#[derive(Subcommand)]
+enum Command {
+    Devices(devices::DevicesArgs),
+    Logprobs(logprobs::LogprobsArgs),
+    Generate(generate::GenerateArgs),
+    Train(train::TrainArgs),
+    Spin(spin::SpinArgs),
+    #[command(mut_arg("lr", |a| a.default_value(format!("{:e}", wgspin::train::SFT_LR))))]
+    Sft(sft::SftArgs),
+    Demo(demo::DemoArgs),
+    Plot(convert::PlotArgs),
+    Convert(convert::ConvertArgs),
+    ExportGguf(convert::ExportGgufArgs),
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
-/// Sampling flags of the opponent's generation.
-#[derive(Args, Debug, Clone)]
-pub struct GenFlags {
-    /// Token limit per generated response.
-    #[arg(long, default_value_t = 256)]
-    pub max_new_tokens: usize,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    /// Nucleus sampling mass; 1 = off.
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    /// Keep the k most likely tokens; 0 = off.
-    #[arg(long, default_value_t = 0)]
-    pub top_k: u32,
-    /// Keep tokens with probability ≥ min-p × the top probability; 0 = off.
-    #[arg(long, default_value_t = 0.0)]
-    pub min_p: f32,
-    /// Random seed; the same seed gives the same responses whatever the batch size.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+/// Parses the command line, with the `--config` file's values as the defaults of its flags.
+pub fn parse(args: &[std::ffi::OsString]) -> Result<Cli> {
+    let cmd = config::apply(Cli::command(), args)?;
+    let matches = cmd.get_matches_from(args);
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
 
-impl GenFlags {
-    pub fn options(&self, batch_size: usize, stop_ids: Vec<u32>, pad_id: u32) -> GenOptions {
-        GenOptions {
-            batch_size,
-            max_new_tokens: self.max_new_tokens,
-            sampling: SamplingParams {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                min_p: self.min_p,
-                seed: self.seed,
-            },
-            stop_ids,
-            pad_id,
-        }
-    }
-}
-
-/// Training flags (`wgspin train` and `wgspin spin`); defaults are [`TrainConfig::default`].
-#[derive(Args, Debug, Clone)]
-pub struct TrainFlags {
-    /// Pairwise loss: sigmoid (SPIN's logistic loss), hinge or ipo.
-    #[arg(long, default_value_t = TrainConfig::default().loss)]
-    pub loss: LossKind,
-    /// β: scale of the log-prob margin inside the loss.
-    #[arg(long, default_value_t = TrainConfig::default().beta)]
-    pub beta: f64,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
-    pub lr: f64,
-    /// rmsprop (as the SPIN recipes) or adamw.
-    #[arg(long, default_value_t = TrainConfig::default().optimizer)]
-    pub optimizer: OptimizerKind,
-    #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
-    pub weight_decay: f64,
-    /// Passes over the pairs.
-    #[arg(long, default_value_t = TrainConfig::default().epochs)]
-    pub epochs: usize,
-    /// Pairs per forward pass (their real and generated responses go through together).
-    #[arg(long = "batch-size", default_value_t = TrainConfig::default().batch_size)]
-    pub batch_size: usize,
-    /// Forward passes per optimizer step.
-    #[arg(long, default_value_t = TrainConfig::default().grad_accum)]
-    pub grad_accum: usize,
-    /// Longest prompt + response in tokens; longer pairs are truncated as SPIN does.
-    #[arg(long, default_value_t = TrainConfig::default().max_length)]
-    pub max_length: usize,
-    /// Longest prompt kept (its end) when a pair is too long.
-    #[arg(long, default_value_t = TrainConfig::default().max_prompt_length)]
-    pub max_prompt_length: usize,
-    /// Fraction of the steps with linear learning-rate warmup.
-    #[arg(long, default_value_t = TrainConfig::default().warmup_ratio)]
-    pub warmup_ratio: f64,
-    /// Learning-rate schedule after warmup: linear, cosine or constant.
-    #[arg(long, default_value_t = TrainConfig::default().schedule)]
-    pub schedule: Schedule,
-    /// Clip the global gradient norm (0 = off).
-    #[arg(long, default_value_t = TrainConfig::default().max_grad_norm)]
-    pub max_grad_norm: f64,
-    /// Save a resumable checkpoint every N steps (0 = only at the end).
-    #[arg(long, default_value_t = TrainConfig::default().save_every)]
-    pub save_every: usize,
-    /// Write a metrics row every N steps.
-    #[arg(long, default_value_t = TrainConfig::default().logging_steps)]
-    pub logging_steps: usize,
-}
-
-impl TrainFlags {
-    /// The settings, with `seed` for the data order.
-    pub fn config(&self, seed: u64) -> TrainConfig {
-        TrainConfig {
-            seed,
-            loss: self.loss,
-            beta: self.beta,
-            lr: self.lr,
-            optimizer: self.optimizer,
-            weight_decay: self.weight_decay,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            grad_accum: self.grad_accum,
-            max_length: self.max_length,
-            max_prompt_length: self.max_prompt_length,
-            warmup_ratio: self.warmup_ratio,
-            schedule: self.schedule,
-            max_grad_norm: self.max_grad_norm,
-            save_every: self.save_every,
-            logging_steps: self.logging_steps,
-            ..TrainConfig::default()
-        }
-    }
-}
-
-/// Prints training events: a bar for reference scoring and steps, a line per logged step.
-pub struct TrainReporter {
-    bar: Option<Progress>,
-    logging_steps: usize,
-}
-
-impl TrainReporter {
-    pub fn new(logging_steps: usize) -> Self {
-        Self {
-            bar: None,
-            logging_steps: logging_steps.max(1),
-        }
-    }
-
-    pub fn event(&mut self, e: TrainEvent) {
-        match e {
-            TrainEvent::Reference { done, total } => {
-                let bar = self
-                    .bar
-                    .get_or_insert_with(|| Progress::new("reference log-probs", total));
-                bar.update(done, "sequences");
-                if done == total {
-                    bar.finish();
-                    self.bar = None;
-                }
-            }
-            TrainEvent::ReferenceCached => eprintln!("reference log-probs: cached"),
-            TrainEvent::Resumed { step } => eprintln!("resuming at step {step}"),
-            TrainEvent::Step {
-                metrics: m,
-                total_steps,
-            } => {
-                if !std::io::stderr().is_terminal() {
-                    if m.step % self.logging_steps == 0 || m.step == total_steps {
-                        eprintln!(
-                            "step {}/{total_steps} loss {:.4} rewards/margins {:.4} rewards/accuracies {:.2} lr {:.3e} grad_norm {:.3} {:.0} tok/s",
-                            m.step,
-                            m.stats.loss,
-                            m.stats.margins,
-                            m.stats.accuracies,
-                            m.lr,
-                            m.grad_norm,
-                            m.tokens_per_s
-                        );
-                    }
-                    return;
-                }
-                let bar = self
-                    .bar
-                    .get_or_insert_with(|| Progress::new("train", total_steps));
-                bar.update(
-                    m.step,
-                    &format!(
-                        "steps, loss {:.4}, acc {:.2}, {:.0} tok/s",
-                        m.stats.loss, m.stats.accuracies, m.tokens_per_s
-                    ),
+impl Cli {
+    pub fn run(self) -> Result<()> {
+        match self.command {
+            None => {
+                eprintln!(
+                    "no command given: running the built-in demo (`wgspin demo`); \
+                     `wgspin --help` lists the commands"
                 );
-                if m.step == total_steps {
-                    bar.finish();
-                    self.bar = None;
+                Cli::try_parse_from(["wgspin", "demo"])?.run()
+            }
+            Some(Command::Devices(a)) => a.run(),
+            Some(Command::Logprobs(a)) => a.run(),
+            Some(Command::Generate(a)) => a.run(),
+            Some(Command::Train(a)) => a.run(),
+            Some(Command::Spin(a)) => a.run(),
+            Some(Command::Sft(a)) => a.run(),
+            Some(Command::Demo(a)) => a.run(),
+            Some(Command::Plot(a)) => a.run(),
+            Some(Command::Convert(a)) => a.run(),
+            Some(Command::ExportGguf(a)) => a.run(),
+            Some(Command::Bench(c)) => c.run(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_of_every_command_has_help() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut stack: Vec<(String, clap::Command)> = vec![("wgspin".into(), cmd)];
+        while let Some((path, c)) = stack.pop() {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" {
+                    assert!(a.get_help().is_some(), "{path} --{id} has no help text");
                 }
             }
-            TrainEvent::Saved { step, path } => {
-                if let Some(b) = self.bar.as_mut() {
-                    b.finish();
-                }
-                eprintln!("saved step {step} to {}", path.display());
+            for s in c.get_subcommands() {
+                assert!(
+                    s.get_about().is_some(),
+                    "{path} {} has no about",
+                    s.get_name()
+                );
+                stack.push((format!("{path} {}", s.get_name()), s.clone()));
             }
+        }
+    }
+
+    fn default_of(cmd: &str, flag: &str) -> String {
+        let c = Cli::command();
+        let sub = c.find_subcommand(cmd).expect("command");
+        let arg = sub
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag))
+            .expect("flag");
+        arg.get_default_values()[0].to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn learning_rate_defaults_differ_per_objective() {
+        let sft: f64 = default_of("sft", "lr").parse().unwrap();
+        let spin: f64 = default_of("train", "lr").parse().unwrap();
+        assert_eq!(sft, wgspin::train::SFT_LR);
+        assert_eq!(spin, wgspin::train::TrainConfig::default().lr);
+        assert_eq!(default_of("spin", "lr"), default_of("train", "lr"));
+        assert!(sft > 10.0 * spin);
+    }
+
+    #[test]
+    fn sft_has_no_pairwise_loss_flags() {
+        let c = Cli::command();
+        let sft = c.find_subcommand("sft").unwrap();
+        for flag in ["loss", "beta"] {
+            assert!(sft.get_arguments().all(|a| a.get_long() != Some(flag)));
         }
     }
 }

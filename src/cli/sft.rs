@@ -3,39 +3,62 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use clap::Args;
 
-use wgspin::data::DataFormat;
-use wgspin::device::DeviceSpec;
 use wgspin::progress::Progress;
 use wgspin::sft::run_sft;
+use wgspin::train::TrainConfig;
 
-use super::TrainFlags;
-use super::generate::load_examples;
+use super::args::{DataArgs, DeviceArgs, ModelArgs};
 
-pub fn run(
-    model: PathBuf,
-    data: PathBuf,
-    format: DataFormat,
+/// Supervised fine-tuning (next-token loss on response tokens) on prompt/response data.
+///
+/// Makes the SFT model SPIN starts from. Writes metrics.jsonl and checkpoint/ (Hugging Face
+/// layout) into --out. Same flags as `wgspin train` except SPIN's --loss/--beta; the learning
+/// rate defaults to SFT's 2e-5.
+#[derive(Args, Debug)]
+pub struct SftArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output folder.
+    #[arg(long)]
     out: PathBuf,
-    seed: u64,
-    spec: DeviceSpec,
-    flags: TrainFlags,
-) -> Result<()> {
-    let dev = super::select_device(spec)?;
-    let examples = load_examples(&data, format, None)?;
-    let cfg = flags.config(seed);
-    let mut bar: Option<Progress> = None;
-    let ckpt = run_sft(&model, &examples, &out, &cfg, &dev.device, |m, total| {
-        let b = bar.get_or_insert_with(|| Progress::new("sft", total));
-        b.update(
-            m.step,
-            &format!("steps, loss {:.4}, {:.0} tok/s", m.loss, m.tokens_per_s),
-        );
-    })
-    .with_context(|| format!("SFT into {}", out.display()))?;
-    if let Some(mut b) = bar {
-        b.finish();
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    train: TrainConfig,
+    /// TOML file with any of these flags as keys (flags given here override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl SftArgs {
+    pub fn run(self) -> Result<()> {
+        let dev = self.device.select()?;
+        let examples = self.data.load(None)?;
+        let mut bar: Option<Progress> = None;
+        let out = &self.out;
+        let ckpt = run_sft(
+            &self.model.model,
+            &examples,
+            out,
+            &self.train,
+            &dev.device,
+            |m, total| {
+                let b = bar.get_or_insert_with(|| Progress::new("sft", total));
+                b.update(
+                    m.step,
+                    &format!("steps, loss {:.4}, {:.0} tok/s", m.loss, m.tokens_per_s),
+                );
+            },
+        )
+        .with_context(|| format!("SFT into {}", out.display()))?;
+        if let Some(mut b) = bar {
+            b.finish();
+        }
+        eprintln!("checkpoint: {}", ckpt.display());
+        Ok(())
     }
-    eprintln!("checkpoint: {}", ckpt.display());
-    Ok(())
 }

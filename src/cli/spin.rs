@@ -3,60 +3,85 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use clap::Args;
 use serde_json::json;
 
 use wgspin::config::ModelConfig;
-use wgspin::data::DataFormat;
-use wgspin::device::DeviceSpec;
 use wgspin::fsutil;
 use wgspin::gguf::GgufModel;
 use wgspin::progress::Progress;
 use wgspin::spin::{SpinConfig, SpinEvent, run_spin};
+use wgspin::train::TrainConfig;
+use wgspin::train::loss::PairLoss;
 
-use super::generate::load_examples;
-use super::{GenFlags, TrainFlags, TrainReporter};
+use super::args::{DataArgs, DeviceArgs, ModelArgs, SamplingArgs};
+use super::report::TrainReporter;
 
+/// The self-play loop: generate, train and evaluate per iteration until converged.
+///
+/// Per iteration t: generate with θ_t, train θ_{t+1} on the pairs of t and t−1, evaluate on
+/// held-out prompts; stop early when the player can no longer tell real from generated. Rerun
+/// the same command to resume after an interruption.
+///
+/// --data is SFT data; the last 10% (at most 64, see --eval-size) are held out for evaluation.
+/// Layout: OUT/iter-T/{generated.jsonl, ref_logps.jsonl, metrics.jsonl, checkpoint/,
+/// eval_generated.jsonl, eval.json}, OUT/summary.json, OUT/spin_config.json.
+#[derive(Args, Debug)]
 pub struct SpinArgs {
-    pub model: PathBuf,
-    pub data: PathBuf,
-    pub format: DataFormat,
-    pub out: PathBuf,
-    pub device: DeviceSpec,
-    /// `--gen-batch-size`; `None`: the device's default, resolved here.
-    pub gen_batch_size: Option<usize>,
-    pub spin: SpinConfig,
-    pub sampling: GenFlags,
-    pub train: TrainFlags,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    spin: SpinConfig,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    loss: PairLoss,
+    #[command(flatten)]
+    train: TrainConfig,
+    /// TOML file with any of these flags as keys (flags given here override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
-pub fn run(mut a: SpinArgs) -> Result<()> {
-    let dev = super::select_device(a.device)?;
-    let examples = load_examples(&a.data, a.format, None)?;
-    let config = if a.model.is_dir() {
-        ModelConfig::from_dir(&a.model)
-    } else {
-        GgufModel::load(&a.model).map(|g| g.config)
+impl SpinArgs {
+    pub fn run(self) -> Result<()> {
+        run(self)
     }
-    .with_context(|| format!("reading the config of {}", a.model.display()))?;
-    a.spin.gen_batch_size =
-        super::decode_batch(a.gen_batch_size, &dev, &config, a.sampling.max_new_tokens)?;
+}
+
+fn run(mut a: SpinArgs) -> Result<()> {
+    let dev = a.device.select()?;
+    let examples = a.data.load(None)?;
+    let model = a.model.model.clone();
+    let config = if model.is_dir() {
+        ModelConfig::from_dir(&model)
+    } else {
+        GgufModel::load(&model).map(|g| g.config)
+    }
+    .with_context(|| format!("reading the config of {}", model.display()))?;
+    a.spin.gen_batch_size = a.sampling.gen_batch_size(&dev, &config)?;
     // Stop ids and padding are filled in by the loop from each iteration's model.
     let gen_opts = a.sampling.options(a.spin.gen_batch_size, vec![], 0);
-    let train_cfg = a.train.config(a.sampling.seed);
+    let train_cfg = TrainConfig {
+        loss: a.loss,
+        ..a.train.clone()
+    };
 
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut sampling = serde_json::to_value(gen_opts.sampling)?;
+    sampling["max_new_tokens"] = json!(gen_opts.max_new_tokens);
     let resolved = json!({
-        "model": a.model.to_string_lossy(),
-        "data": a.data.to_string_lossy(),
+        "model": model.to_string_lossy(),
+        "data": a.data.data.to_string_lossy(),
         "spin": a.spin,
-        "sampling": {
-            "max_new_tokens": gen_opts.max_new_tokens,
-            "temperature": gen_opts.sampling.temperature,
-            "top_p": gen_opts.sampling.top_p,
-            "top_k": gen_opts.sampling.top_k,
-            "min_p": gen_opts.sampling.min_p,
-            "seed": gen_opts.sampling.seed,
-        },
+        "sampling": sampling,
         "train": train_cfg,
     });
     fsutil::write_atomic(
@@ -67,7 +92,7 @@ pub fn run(mut a: SpinArgs) -> Result<()> {
     let mut gen_bar: Option<Progress> = None;
     let mut train_rep = TrainReporter::new(train_cfg.logging_steps);
     let summary = run_spin(
-        &a.model,
+        &model,
         &examples,
         &a.out,
         &a.spin,

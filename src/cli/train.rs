@@ -3,47 +3,80 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use clap::Args;
 
-use wgspin::data::DataFormat;
-use wgspin::device::DeviceSpec;
+use wgspin::train::TrainConfig;
 use wgspin::train::job::run_train;
+use wgspin::train::loss::PairLoss;
 
-use super::TrainFlags;
-use super::generate::load_examples;
+use super::args::{DataArgs, DeviceArgs, ModelArgs};
+use super::report::TrainReporter;
 
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    model: PathBuf,
-    pairs: PathBuf,
-    format: DataFormat,
+/// The main player's turn: SPIN training on (prompt, real, generated) pairs.
+///
+/// --data holds SPIN pairs: the output of `wgspin generate`, or JSONL/Parquet rows with "real"
+/// and "generated" conversations. The input model is both the starting point and the frozen
+/// reference (the opponent θ_t); its log-probs of every pair are computed once and cached in
+/// --out. Writes metrics.jsonl, train_config.json and checkpoint/ (Hugging Face layout) into
+/// --out.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output folder.
+    #[arg(long)]
     out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
     resume: bool,
-    seed: u64,
-    spec: DeviceSpec,
-    flags: TrainFlags,
-) -> Result<()> {
-    let dev = super::select_device(spec)?;
-    let examples = load_examples(&pairs, format, None)?;
-    if let Some(e) = examples.iter().find(|e| e.generated.is_none()) {
-        anyhow::bail!(
-            "{}: example {:?} has no generated response. Train on SPIN pairs (the output of `wgspin generate`, or rows with \"real\" and \"generated\")",
-            pairs.display(),
-            e.id
-        );
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    loss: PairLoss,
+    #[command(flatten)]
+    train: TrainConfig,
+    /// TOML file with any of these flags as keys (flags given here override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    pub fn run(self) -> Result<()> {
+        let dev = self.device.select()?;
+        let examples = self.data.load(None)?;
+        if let Some(e) = examples.iter().find(|e| e.generated.is_none()) {
+            anyhow::bail!(
+                "{}: example {:?} has no generated response. Train on SPIN pairs (the output of `wgspin generate`, or rows with \"real\" and \"generated\")",
+                self.data.data.display(),
+                e.id
+            );
+        }
+        let cfg = TrainConfig {
+            loss: self.loss,
+            ..self.train
+        };
+        let out = &self.out;
+        let mut reporter = TrainReporter::new(cfg.logging_steps);
+        let summary = run_train(
+            &self.model.model,
+            &examples,
+            out,
+            &cfg,
+            self.resume,
+            &dev.device,
+            |e| reporter.event(e),
+        )
+        .with_context(|| format!("training into {}", out.display()))?;
+        match &summary.last {
+            Some(m) => eprintln!(
+                "trained {} steps in {:.1}s; last step: loss {:.4}, rewards/accuracies {:.2}, rewards/margins {:.4}",
+                summary.steps, summary.seconds, m.stats.loss, m.stats.accuracies, m.stats.margins
+            ),
+            None => eprintln!("{} already holds a finished run", out.display()),
+        }
+        eprintln!("checkpoint: {}", summary.checkpoint.display());
+        Ok(())
     }
-    let cfg = flags.config(seed);
-    let mut reporter = super::TrainReporter::new(cfg.logging_steps);
-    let summary = run_train(&model, &examples, &out, &cfg, resume, &dev.device, |e| {
-        reporter.event(e)
-    })
-    .with_context(|| format!("training into {}", out.display()))?;
-    match &summary.last {
-        Some(m) => eprintln!(
-            "trained {} steps in {:.1}s; last step: loss {:.4}, rewards/accuracies {:.2}, rewards/margins {:.4}",
-            summary.steps, summary.seconds, m.stats.loss, m.stats.accuracies, m.stats.margins
-        ),
-        None => eprintln!("{} already holds a finished run", out.display()),
-    }
-    eprintln!("checkpoint: {}", summary.checkpoint.display());
-    Ok(())
 }

@@ -23,6 +23,7 @@ use crate::score::{ScoreOptions, TokenizedPair, score_all};
 use crate::sft::run_sft;
 use crate::spin::{SpinConfig, SpinEvent, run_spin};
 use crate::train::TrainConfig;
+use crate::train::loss::PairLoss;
 use crate::train::optim::{OptimizerKind, Schedule};
 
 /// Demo size. [`DemoConfig::full`] is what `wgspin demo` runs; [`DemoConfig::quick`] is the
@@ -171,7 +172,10 @@ pub fn evaluate(path: &Path, heldout: &[SftExample], device: &Device) -> Result<
 
 fn train_cfg(c: &DemoConfig, lr: f64, epochs: usize, seed: u64) -> TrainConfig {
     TrainConfig {
-        beta: c.beta,
+        loss: PairLoss {
+            beta: c.beta,
+            ..Default::default()
+        },
         lr,
         optimizer: OptimizerKind::Adamw,
         epochs,
@@ -180,7 +184,7 @@ fn train_cfg(c: &DemoConfig, lr: f64, epochs: usize, seed: u64) -> TrainConfig {
         max_prompt_length: 32,
         warmup_ratio: 0.1,
         schedule: Schedule::Linear,
-        seed,
+        data_seed: seed,
         logging_steps: 1,
         ..Default::default()
     }
@@ -259,7 +263,7 @@ pub fn run_demo(
         data.extend(heldout.iter().cloned());
         let spin_cfg = SpinConfig {
             iterations: c.spin_iterations,
-            prompts: None,
+            limit: None,
             mix_previous: true,
             stop_accuracy: 0.0,
             eval_size: Some(heldout.len()),

@@ -1,4 +1,4 @@
-//! The default number of rows decoded together (`--batch-size` when it is not given).
+//! The default number of rows decoded together (`--gen-batch-size` when it is not given).
 //!
 //! On the CPU backend, and on a software GPU adapter (which runs on the same cores), a small
 //! batch is as fast per token as a large one. On a GPU a decode step costs nearly the same for 1
@@ -23,7 +23,7 @@ pub const MAX_GPU_BATCH: usize = 128;
 pub const UNKNOWN_MEMORY_BATCH: usize = 32;
 
 /// Prompt length the default plans the cache for; longer prompts with a memory-sized batch
-/// may need a smaller `--batch-size`.
+/// may need a smaller `--gen-batch-size`.
 pub const PLANNED_PROMPT: usize = 512;
 
 /// Share of the reported device memory the default may plan to use.

@@ -19,17 +19,26 @@ use super::cube::launch_wgsl;
 use super::logprobs::{as_f32, as_i32, new_f32, new_tensor};
 use crate::error::{Error, Result};
 
-/// How one row is sampled. Defaults: plain sampling at temperature 1, no truncation.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How one row is sampled; also the sampling flags of `wgspin generate` and `spin` (the doc
+/// comments are their help, [`Default`] their defaults: plain sampling at temperature 1).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
-    /// 0 = greedy (argmax).
+    /// Sampling temperature; 0 = greedy (argmax).
+    #[arg(long, default_value_t = Self::default().temperature)]
     pub temperature: f32,
     /// Keep the k most likely tokens; 0 = off.
+    #[arg(long, default_value_t = Self::default().top_k)]
     pub top_k: u32,
     /// Keep the smallest set of most likely tokens with this much mass (after top-k); 1 = off.
+    #[arg(long, default_value_t = Self::default().top_p)]
     pub top_p: f32,
-    /// Keep tokens with probability ≥ min_p · the top probability; 0 = off.
+    /// Keep tokens with probability ≥ min-p × the top probability; 0 = off.
+    #[arg(long, default_value_t = Self::default().min_p)]
     pub min_p: f32,
+    /// Seed of the sampling; a request's tokens depend only on (seed, request, step), so the
+    /// same seed gives the same responses at any batch size.
+    #[arg(long = "sampling-seed", default_value_t = Self::default().seed)]
     pub seed: u64,
 }
 

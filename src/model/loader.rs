@@ -6,10 +6,11 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::attention::Attention;
 use super::layers::{Linear, Mlp, RmsNorm};
+use super::named::params_mut;
 use super::{DecoderLayer, Transformer};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::hf_names::{self, LayerTensor};
+use crate::hf_names;
 use crate::weights::{StoredDtype, TensorSource};
 
 /// Checks names and shapes of a checkpoint against the config; returns the storage dtype of the
@@ -51,74 +52,57 @@ pub fn validate(cfg: &ModelConfig, files: &dyn TensorSource) -> Result<StoredDty
     Ok(files.read_tensor(hf_names::EMBED)?.dtype)
 }
 
-struct Builder<'a> {
-    files: &'a dyn TensorSource,
-    device: &'a Device,
-}
-
-impl Builder<'_> {
-    fn tensor<const D: usize>(&self, name: &str) -> Result<Tensor<D>> {
-        let t = self.files.read_tensor(name)?;
-        Ok(Tensor::from_data(
-            TensorData::new(t.data, t.shape),
-            self.device,
-        ))
-    }
-    fn param<const D: usize>(&self, name: &str) -> Result<Param<Tensor<D>>> {
-        Ok(Param::from_tensor(self.tensor(name)?))
-    }
-    fn linear(&self, layer: usize, w: LayerTensor, b: Option<LayerTensor>) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.param(&hf_names::layer(layer, w))?,
-            bias: b
-                .map(|b| self.param(&hf_names::layer(layer, b)))
-                .transpose()?,
-        })
-    }
-    fn norm(&self, name: &str, eps: f64) -> Result<RmsNorm> {
-        Ok(RmsNorm {
-            weight: self.param(name)?,
-            eps,
-        })
-    }
-}
-
-/// Uploads the checkpoint to `device` (weights widened to f32).
-pub fn load(cfg: &ModelConfig, files: &dyn TensorSource, device: &Device) -> Result<Transformer> {
-    validate(cfg, files)?;
-    let bld = Builder { files, device };
-    let qkv_bias = |t| cfg.qkv_bias.then_some(t);
-    let mlp_bias = |t| cfg.mlp_bias.then_some(t);
-    let mut layers = Vec::with_capacity(cfg.num_layers);
-    for l in 0..cfg.num_layers {
-        use LayerTensor::*;
-        layers.push(DecoderLayer {
-            input_norm: bld.norm(&hf_names::layer(l, InputNorm), cfg.rms_norm_eps)?,
+/// A model of `cfg`'s structure whose parameters are one-element placeholders, for
+/// [`params_mut`] to fill by name: the structure (which layers have biases, whether the head is
+/// tied) comes from the config, the names from [`hf_names`] only.
+fn skeleton(cfg: &ModelConfig, device: &Device) -> Transformer {
+    let one = || Param::from_tensor(Tensor::<1>::zeros([1], device));
+    let two = || Param::from_tensor(Tensor::<2>::zeros([1, 1], device));
+    let linear = |bias: bool| Linear {
+        weight: two(),
+        bias: bias.then(one),
+    };
+    let norm = || RmsNorm {
+        weight: one(),
+        eps: cfg.rms_norm_eps,
+    };
+    let layers = (0..cfg.num_layers)
+        .map(|_| DecoderLayer {
+            input_norm: norm(),
             attn: Attention {
-                q: bld.linear(l, Q, qkv_bias(QBias))?,
-                k: bld.linear(l, K, qkv_bias(KBias))?,
-                v: bld.linear(l, V, qkv_bias(VBias))?,
-                o: bld.linear(l, O, cfg.o_bias.then_some(OBias))?,
+                q: linear(cfg.qkv_bias),
+                k: linear(cfg.qkv_bias),
+                v: linear(cfg.qkv_bias),
+                o: linear(cfg.o_bias),
                 num_heads: cfg.num_heads,
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: cfg.head_dim,
             },
-            post_attn_norm: bld.norm(&hf_names::layer(l, PostAttentionNorm), cfg.rms_norm_eps)?,
+            post_attn_norm: norm(),
             mlp: Mlp {
-                gate: bld.linear(l, Gate, mlp_bias(GateBias))?,
-                up: bld.linear(l, Up, mlp_bias(UpBias))?,
-                down: bld.linear(l, Down, mlp_bias(DownBias))?,
+                gate: linear(cfg.mlp_bias),
+                up: linear(cfg.mlp_bias),
+                down: linear(cfg.mlp_bias),
             },
-        });
-    }
-    Ok(Transformer {
-        embed: bld.param(hf_names::EMBED)?,
+        })
+        .collect();
+    Transformer {
+        embed: two(),
         layers,
-        norm: bld.norm(hf_names::FINAL_NORM, cfg.rms_norm_eps)?,
-        lm_head: (!cfg.tie_word_embeddings)
-            .then(|| bld.param(hf_names::LM_HEAD))
-            .transpose()?,
+        norm: norm(),
+        lm_head: (!cfg.tie_word_embeddings).then(two),
         rope: Transformer::config_rope(cfg),
         window: cfg.window,
-    })
+    }
+}
+
+/// Uploads the checkpoint to `device` (weights widened to f32), tensor by tensor.
+pub fn load(cfg: &ModelConfig, files: &dyn TensorSource, device: &Device) -> Result<Transformer> {
+    validate(cfg, files)?;
+    let mut model = skeleton(cfg, device);
+    for (name, mut param) in params_mut(&mut model) {
+        let t = files.read_tensor(&name)?;
+        param.set_data(TensorData::new(t.data, t.shape), device);
+    }
+    Ok(model)
 }

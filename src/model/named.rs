@@ -4,7 +4,7 @@
 
 use burn::module::Param;
 use burn::tensor::Gradients;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Transformer;
 use super::layers::Linear;
@@ -43,6 +43,15 @@ impl ParamRef<'_> {
                 let [a, b] = g.dims();
                 g.reshape([a * b])
             }),
+        }
+    }
+
+    /// Replaces the value with `data` on `device`, taking its shape (the loader fills a skeleton
+    /// whose placeholders have the right rank but not the right shape).
+    pub fn set_data(&mut self, data: TensorData, device: &Device) {
+        match self {
+            ParamRef::One(p) => **p = Param::from_tensor(Tensor::from_data(data, device)),
+            ParamRef::Two(p) => **p = Param::from_tensor(Tensor::from_data(data, device)),
         }
     }
 

@@ -41,6 +41,27 @@ impl fmt::Display for LossKind {
     }
 }
 
+/// SPIN's pairwise objective: which loss, and β inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct PairLoss {
+    /// Pairwise loss: sigmoid (SPIN's logistic loss), hinge or ipo.
+    #[arg(long = "loss", default_value_t = Self::default().kind)]
+    pub kind: LossKind,
+    /// β: scale of the log-prob margin inside the loss.
+    #[arg(long, default_value_t = Self::default().beta)]
+    pub beta: f64,
+}
+
+impl Default for PairLoss {
+    fn default() -> Self {
+        Self {
+            kind: LossKind::Sigmoid,
+            beta: 0.1,
+        }
+    }
+}
+
 /// Per-pair losses `[pairs]` from margins `[pairs]` (differentiable).
 pub fn pair_losses(kind: LossKind, margin: Tensor<1>, beta: f64) -> Tensor<1> {
     match kind {

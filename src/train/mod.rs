@@ -24,56 +24,80 @@ use crate::model::Transformer;
 use crate::model::named::params_mut;
 use crate::score::{ScoreOptions, TokenizedPair, score_all, sequence_logprobs};
 use crate::tokenizer::ChatTokenizer;
-use loss::{LossKind, pair_loss_host, pair_losses};
+use loss::{LossKind, PairLoss, pair_loss_host, pair_losses};
 use optim::{OptimConfig, Optimizer, OptimizerKind, Schedule, grad_norm, lr_at};
 
-/// Every training setting, with the defaults of the SPIN recipes where they have one. Also the
-/// schema of `--config FILE.toml` (`[train]` table) and of the saved resolved config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Every training setting, with the defaults of SPIN's recipe (uclaml/SPIN `configs/config.yaml`:
+/// RMSprop, lr 5e-7, 3 epochs, batch 8, linear schedule with 10% warmup, lengths 1024 / 512).
+/// One schema: the doc comments are the flags' help, [`Default`] holds the defaults both clap
+/// and serde use, `--config FILE.toml` takes the flag names as keys, and `train_config.json`
+/// is this struct serialized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Pairwise loss: sigmoid (SPIN's logistic loss), hinge or ipo.
-    pub loss: LossKind,
-    /// β, the inverse temperature of the margin (0.1).
-    pub beta: f64,
-    /// Peak learning rate (5e-7, SPIN's iteration-0 value).
+    /// SPIN's pairwise loss (unused by SFT; `wgspin train` and `spin` set it from --loss/--beta).
+    #[arg(skip)]
+    pub loss: PairLoss,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = Self::default().lr)]
     pub lr: f64,
-    /// rmsprop (SPIN's choice) or adamw.
+    /// Optimizer: rmsprop (SPIN's choice) or adamw.
+    #[arg(long, default_value_t = Self::default().optimizer)]
     pub optimizer: OptimizerKind,
+    /// Decoupled weight decay.
+    #[arg(long, default_value_t = Self::default().weight_decay)]
     pub weight_decay: f64,
-    /// Passes over the pairs (2).
+    /// Passes over the training data.
+    #[arg(long, default_value_t = Self::default().epochs)]
     pub epochs: usize,
-    /// Pairs per forward pass (8); real and generated responses go through together.
+    /// Examples per micro-batch (one forward pass; a SPIN pair counts once, its real and
+    /// generated responses go through together).
+    #[arg(long, default_value_t = Self::default().batch_size)]
     pub batch_size: usize,
-    /// Forward passes per optimizer step (1).
+    /// Micro-batches per optimizer step (effective batch = batch-size × grad-accum).
+    #[arg(long, default_value_t = Self::default().grad_accum)]
     pub grad_accum: usize,
-    /// Longest prompt + response in tokens (1024).
+    /// Longest prompt + response in tokens; longer examples are truncated as SPIN does.
+    #[arg(long, default_value_t = Self::default().max_length)]
     pub max_length: usize,
-    /// Longest prompt kept when a pair is too long (512; the end of the prompt is kept).
+    /// Longest prompt kept (its end) when an example is too long.
+    #[arg(long, default_value_t = Self::default().max_prompt_length)]
     pub max_prompt_length: usize,
-    /// Fraction of steps with linear warmup (0.1).
+    /// Fraction of the steps with linear learning-rate warmup.
+    #[arg(long, default_value_t = Self::default().warmup_ratio)]
     pub warmup_ratio: f64,
+    /// Learning-rate schedule after warmup: linear, cosine or constant.
+    #[arg(long, default_value_t = Self::default().schedule)]
     pub schedule: Schedule,
-    /// Clip the global gradient norm to this (1.0; 0 = off).
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long, default_value_t = Self::default().max_grad_norm)]
     pub max_grad_norm: f64,
-    pub seed: u64,
+    /// Seed of the data order (shuffled per epoch as a pure function of seed and epoch).
+    #[arg(long, default_value_t = Self::default().data_seed)]
+    pub data_seed: u64,
     /// Save a resumable checkpoint every N steps (0 = only at the end).
+    #[arg(long, default_value_t = Self::default().save_every)]
     pub save_every: usize,
-    /// Write metrics every N steps (1).
+    /// Write a metrics row every N steps.
+    #[arg(long, default_value_t = Self::default().logging_steps)]
     pub logging_steps: usize,
-    /// Upper bound on `positions × vocab` logits alive at once (2²³).
+    /// Upper bound on `positions × vocab` logits alive at once (2²³; not a flag).
+    #[arg(skip = Self::default().max_logits)]
     pub max_logits: usize,
 }
+
+/// SFT's peak learning rate (the alignment-handbook SFT recipes use 2e-5): SPIN's 5e-7 would
+/// barely move a model under the next-token loss.
+pub const SFT_LR: f64 = 2e-5;
 
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            loss: LossKind::Sigmoid,
-            beta: 0.1,
+            loss: PairLoss::default(),
             lr: 5e-7,
             optimizer: OptimizerKind::Rmsprop,
             weight_decay: 0.0,
-            epochs: 2,
+            epochs: 3,
             batch_size: 8,
             grad_accum: 1,
             max_length: 1024,
@@ -81,7 +105,7 @@ impl Default for TrainConfig {
             warmup_ratio: 0.1,
             schedule: Schedule::Linear,
             max_grad_norm: 1.0,
-            seed: 42,
+            data_seed: 42,
             save_every: 0,
             logging_steps: 1,
             max_logits: 1 << 23,
@@ -92,8 +116,8 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
-        if !(self.beta > 0.0 && self.beta.is_finite()) {
-            return bad(format!("beta must be > 0, got {}", self.beta));
+        if !(self.loss.beta > 0.0 && self.loss.beta.is_finite()) {
+            return bad(format!("beta must be > 0, got {}", self.loss.beta));
         }
         if !(self.lr >= 0.0 && self.lr.is_finite()) {
             return bad(format!("lr must be ≥ 0, got {}", self.lr));
@@ -345,7 +369,7 @@ impl Plan {
     /// Pair indices of each forward pass of optimizer step `step`.
     pub fn micro_batches(&self, step: usize, n_pairs: usize, cfg: &TrainConfig) -> Vec<Vec<usize>> {
         let epoch = step / self.steps_per_epoch;
-        let order = epoch_order(n_pairs, cfg.seed, epoch);
+        let order = epoch_order(n_pairs, cfg.data_seed, epoch);
         let first = (step % self.steps_per_epoch) * cfg.grad_accum;
         let last = (first + cfg.grad_accum).min(self.micro_per_epoch);
         (first..last)
@@ -483,7 +507,7 @@ impl Trainer {
         let policy_gen = logps.clone().narrow(0, b, b);
         let margin = policy_real - policy_gen - reference; // [b]
         (
-            pair_losses(self.cfg.loss, margin, self.cfg.beta).sum(),
+            pair_losses(self.cfg.loss.kind, margin, self.cfg.loss.beta).sum(),
             logps,
         )
     }
@@ -541,7 +565,7 @@ impl Trainer {
             reference,
             tokens,
         } = self.gradients(&micro)?;
-        let stats = reward_stats(&policy, &reference, self.cfg.loss, self.cfg.beta);
+        let stats = reward_stats(&policy, &reference, self.cfg.loss.kind, self.cfg.loss.beta);
         if !stats.loss.is_finite() {
             return Err(Error::Invalid(format!(
                 "step {}: the loss is {} (log-probs real {:?}, generated {:?}); stopping, the last checkpoint is kept. Try a lower --lr",

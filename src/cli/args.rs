@@ -1,0 +1,138 @@
+//! Flag groups that several commands share, each defined once and flattened where used, and
+//! what they resolve to (the device, the data, the decode batch).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use wgspin::config::ModelConfig;
+use wgspin::data::{DataFormat, SftExample, read_dataset};
+use wgspin::device::{self, ComputeDevice, DeviceSpec};
+use wgspin::generate::GenOptions;
+use wgspin::kernels::sample::SamplingParams;
+
+/// `--model`: what every command that runs a model reads.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face model folder (config.json, tokenizer.json, *.safetensors) or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+}
+
+/// `--device`.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// auto (a hardware GPU, else the CPU backend), gpu (any adapter, software too), gpu:N (see
+    /// `wgspin devices`) or cpu.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+}
+
+impl DeviceArgs {
+    /// The device, announced on stderr (every command says where it runs, and why when `auto`
+    /// passed an adapter over), with where cubecl's autotune cache for it lives.
+    pub fn select(&self) -> Result<ComputeDevice> {
+        let dev = device::select(self.device)?;
+        match &dev.note {
+            Some(why) => eprintln!("device: {} ({why})", dev.description),
+            None => eprintln!("device: {}", dev.description),
+        }
+        if let Some(c) = &dev.cache {
+            let state = if c.reused {
+                "reused: autotune results of earlier runs"
+            } else {
+                "new: this run autotunes and fills it"
+            };
+            eprintln!("kernel cache: {} ({state})", c.path.display());
+        }
+        Ok(dev)
+    }
+}
+
+/// `--data` and `--format`: the training or prompt data.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// JSONL or Parquet rows: prompt/response, chat `messages`, SPIN `real`/`generated` or
+    /// ShareGPT `conversations`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Row shape of --data: auto, prompt-response, messages, spin or sharegpt.
+    #[arg(long, default_value = "auto")]
+    pub format: DataFormat,
+}
+
+impl DataArgs {
+    /// Reads the data, reports skipped rows on stderr, and keeps the first `limit` examples.
+    pub fn load(&self, limit: Option<usize>) -> Result<Vec<SftExample>> {
+        load_examples(&self.data, self.format, limit)
+    }
+}
+
+fn load_examples(path: &Path, format: DataFormat, limit: Option<usize>) -> Result<Vec<SftExample>> {
+    let ds =
+        read_dataset(path, format).with_context(|| format!("reading data {}", path.display()))?;
+    if !ds.skipped.is_empty() {
+        eprintln!(
+            "{}: skipped {} row(s) without a usable prompt/response:",
+            path.display(),
+            ds.skipped.len()
+        );
+        for s in ds.skipped.iter().take(5) {
+            eprintln!("  line {}: {}", s.line, s.reason);
+        }
+        if ds.skipped.len() > 5 {
+            eprintln!("  ... and {} more", ds.skipped.len() - 5);
+        }
+    }
+    eprintln!(
+        "{}: {} examples ({} format)",
+        path.display(),
+        ds.examples.len(),
+        ds.format
+    );
+    let mut examples = ds.examples;
+    if let Some(n) = limit {
+        examples.truncate(n);
+    }
+    Ok(examples)
+}
+
+/// How the opponent generates: the response length, the sampler and the decode batch.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Token limit per generated response.
+    #[arg(long, default_value_t = GenOptions::default().max_new_tokens)]
+    pub max_new_tokens: usize,
+    #[command(flatten)]
+    pub sampling: SamplingParams,
+    /// Rows decoded together (continuous batching). Default: 8 on the CPU backend and on
+    /// software adapters; on a GPU as many as its memory holds (up to 128).
+    #[arg(long)]
+    pub gen_batch_size: Option<usize>,
+}
+
+impl SamplingArgs {
+    /// `--gen-batch-size`, or the device's default for this model (printed).
+    pub fn gen_batch_size(&self, dev: &ComputeDevice, cfg: &ModelConfig) -> Result<usize> {
+        match self.gen_batch_size {
+            Some(0) => anyhow::bail!("--gen-batch-size must be at least 1"),
+            Some(n) => Ok(n),
+            None => {
+                let n = wgspin::generate::batch::default_batch_size(dev, cfg, self.max_new_tokens);
+                eprintln!("decode batch: {n} rows (pass --gen-batch-size to change it)");
+                Ok(n)
+            }
+        }
+    }
+
+    pub fn options(&self, batch_size: usize, stop_ids: Vec<u32>, pad_id: u32) -> GenOptions {
+        GenOptions {
+            batch_size,
+            max_new_tokens: self.max_new_tokens,
+            sampling: self.sampling,
+            stop_ids,
+            pad_id,
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The format commands: `convert` (GGUF → Hugging Face folder), `export-gguf` (Hugging Face
+//! folder → GGUF for llama.cpp) and `plot` (a run folder → report.svg).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use wgspin::gguf::GgufModel;
+use wgspin::gguf::writer::{ExportDtype, export_hf_folder};
+use wgspin::weights::StoredDtype;
+
+/// Convert a GGUF model (llama / qwen2) to a Hugging Face folder (weights dequantized).
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// The .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output folder (must not exist; written atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Storage type of model.safetensors.
+    #[arg(long, value_enum, default_value_t = StoredDtype::F32)]
+    dtype: StoredDtype,
+}
+
+impl ConvertArgs {
+    pub fn run(self) -> Result<()> {
+        let g = GgufModel::load(&self.model)
+            .with_context(|| format!("reading {}", self.model.display()))?;
+        g.write_hf_folder(&self.out, self.dtype)?;
+        eprintln!("wrote {}", self.out.display());
+        Ok(())
+    }
+}
+
+/// Export a Hugging Face folder to a GGUF file that llama.cpp loads.
+#[derive(Args, Debug)]
+pub struct ExportGgufArgs {
+    /// Hugging Face model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output .gguf file (written atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Matrix type: f16, f32 or q8_0 (norms stay f32).
+    #[arg(long, default_value = "f16")]
+    dtype: ExportDtype,
+}
+
+impl ExportGgufArgs {
+    pub fn run(self) -> Result<()> {
+        export_hf_folder(&self.model, &self.out, self.dtype)
+            .with_context(|| format!("exporting {}", self.model.display()))?;
+        eprintln!("wrote {}", self.out.display());
+        Ok(())
+    }
+}
+
+/// Draw OUT/report.svg for the output folder of a `spin` or `train` run.
+///
+/// Loss, reward margins and accuracy per step, held-out reward accuracy per iteration.
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// The --out folder of a run.
+    run_dir: PathBuf,
+}
+
+impl PlotArgs {
+    pub fn run(self) -> Result<()> {
+        let path = wgspin::plot::report_for_run(&self.run_dir)?;
+        println!("{}", path.display());
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! The README and `--help` agree: every flag the README shows beside a `wgspin` command exists
+//! in that command's `--help`, and every flag it names in prose exists in some command.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::wgspin;
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+}
+
+/// `--flag` tokens of `text`, in order.
+fn flags(text: &str) -> Vec<String> {
+    let mut out = vec![];
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i + 2 < b.len() {
+        let starts = b[i] == b'-' && b[i + 1] == b'-' && b[i + 2].is_ascii_lowercase();
+        if starts && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'-')) {
+            let mut j = i + 2;
+            while j < b.len()
+                && (b[j].is_ascii_lowercase() || b[j].is_ascii_digit() || b[j] == b'-')
+            {
+                j += 1;
+            }
+            out.push(text[i..j].trim_end_matches('-').to_string());
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Flags of `wgspin <path…> --help`.
+fn help_flags(path: &[&str]) -> BTreeSet<String> {
+    let out = wgspin().args(path).arg("--help").output().unwrap();
+    assert!(out.status.success(), "wgspin {path:?} --help failed");
+    flags(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .collect()
+}
+
+/// The commands `wgspin --help` lists (and `bench`'s subcommands as `bench <sub>`).
+fn commands() -> Vec<Vec<String>> {
+    let list = |path: &[&str]| -> Vec<String> {
+        let out = wgspin().args(path).arg("--help").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .filter(|c| c != "help")
+            .collect()
+    };
+    let mut all = vec![];
+    for c in list(&[]) {
+        if c == "bench" {
+            for s in list(&["bench"]) {
+                all.push(vec![c.clone(), s]);
+            }
+        } else {
+            all.push(vec![c]);
+        }
+    }
+    all
+}
+
+/// README code lines that run `wgspin <cmd>` (directly or through `cargo run --release --`),
+/// with their continuation lines joined, as (command path, the text after it).
+fn readme_invocations(cmds: &[Vec<String>]) -> Vec<(Vec<String>, String)> {
+    let text = readme();
+    let mut joined: Vec<String> = vec![];
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if !in_code {
+            continue;
+        }
+        let continues = line.starts_with("    ") && !joined.is_empty();
+        match joined.last_mut() {
+            Some(last) if continues || last.ends_with('\\') => {
+                last.push(' ');
+                last.push_str(line);
+            }
+            _ => joined.push(line.to_string()),
+        }
+    }
+    let mut out = vec![];
+    for line in joined {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(at) = words
+            .windows(4)
+            .position(|w| w == ["cargo", "run", "--release", "--"])
+            .map(|p| p + 4)
+            .or_else(|| words.iter().position(|w| *w == "wgspin").map(|p| p + 1))
+        else {
+            continue;
+        };
+        let rest = &words[at.min(words.len())..];
+        let Some(cmd) = cmds
+            .iter()
+            .filter(|c| rest.len() >= c.len() && rest[..c.len()] == c[..])
+            .max_by_key(|c| c.len())
+        else {
+            continue;
+        };
+        out.push((cmd.clone(), rest[cmd.len()..].join(" ")));
+    }
+    out
+}
+
+#[test]
+fn readme_flags_exist_in_their_commands_help() {
+    let cmds = commands();
+    assert!(cmds.len() >= 10, "commands from --help: {cmds:?}");
+    let calls = readme_invocations(&cmds);
+    let seen: BTreeSet<&Vec<String>> = calls.iter().map(|(c, _)| c).collect();
+    for c in [
+        "generate",
+        "train",
+        "spin",
+        "sft",
+        "logprobs",
+        "convert",
+        "export-gguf",
+    ] {
+        assert!(
+            seen.contains(&vec![c.to_string()]),
+            "README shows no `wgspin {c}` line"
+        );
+    }
+    let mut missing = vec![];
+    for (cmd, rest) in &calls {
+        let path: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let known = help_flags(&path);
+        for f in flags(rest) {
+            if !known.contains(&f) {
+                missing.push(format!("wgspin {} {f}", cmd.join(" ")));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README flags unknown to --help: {missing:?}"
+    );
+}
+
+#[test]
+fn readme_prose_flags_exist_in_some_command() {
+    let mut known = BTreeSet::new();
+    for c in commands() {
+        let path: Vec<&str> = c.iter().map(String::as_str).collect();
+        known.extend(help_flags(&path));
+    }
+    // Flags of other programs the README shows: cargo, huggingface-cli, and the PyTorch
+    // baselines' `--threads` (scripts/bench_*.py).
+    let foreign = ["--release", "--path", "--local-dir", "--threads"];
+    let text = readme();
+    let mut missing: Vec<String> = flags(&text)
+        .into_iter()
+        .filter(|f| !known.contains(f) && !foreign.contains(&f.as_str()))
+        .collect();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "README flags no command has: {missing:?}"
+    );
+}

@@ -2,11 +2,13 @@
 //! `model.safetensors.index.json`) into host f32 buffers; f32, f16 and bf16 on disk.
 //! Pickle checkpoints (`.bin`, `.pt`, `.pth`) are refused: unpickling can run arbitrary code.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
-use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, View};
 
 use crate::error::{Error, Result};
 
@@ -25,6 +27,22 @@ impl StoredDtype {
             StoredDtype::F32 => "float32",
             StoredDtype::F16 => "float16",
             StoredDtype::BF16 => "bfloat16",
+        }
+    }
+
+    /// Bytes per value on disk.
+    pub fn size(self) -> usize {
+        match self {
+            StoredDtype::F32 => 4,
+            StoredDtype::F16 | StoredDtype::BF16 => 2,
+        }
+    }
+
+    fn to_safetensors(self) -> Dtype {
+        match self {
+            StoredDtype::F32 => Dtype::F32,
+            StoredDtype::F16 => Dtype::F16,
+            StoredDtype::BF16 => Dtype::BF16,
         }
     }
 }
@@ -305,54 +323,80 @@ impl TensorSource for TensorMap {
     }
 }
 
+/// A host tensor as safetensors' writer sees it: encoded to `dtype` only when the writer asks for
+/// its bytes, one tensor at a time, so a file is written without an encoded copy of the model.
+struct Encoded<'a> {
+    tensor: &'a HostTensor,
+    dtype: StoredDtype,
+}
+
+impl View for Encoded<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype.to_safetensors()
+    }
+    fn shape(&self) -> &[usize] {
+        &self.tensor.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        let data = &self.tensor.data;
+        if cfg!(target_endian = "little") && self.dtype == StoredDtype::F32 {
+            return Cow::Borrowed(bytemuck::cast_slice(data));
+        }
+        let mut out = vec![0u8; self.data_len()];
+        let chunks = out.chunks_exact_mut(self.dtype.size()).zip(data);
+        match self.dtype {
+            StoredDtype::F32 => chunks.for_each(|(c, v)| c.copy_from_slice(&v.to_le_bytes())),
+            StoredDtype::F16 => {
+                chunks.for_each(|(c, v)| c.copy_from_slice(&f16::from_f32(*v).to_le_bytes()))
+            }
+            StoredDtype::BF16 => {
+                chunks.for_each(|(c, v)| c.copy_from_slice(&bf16::from_f32(*v).to_le_bytes()))
+            }
+        }
+        Cow::Owned(out)
+    }
+    fn data_len(&self) -> usize {
+        self.tensor.data.len() * self.dtype.size()
+    }
+}
+
 /// Writes f32 host tensors to a safetensors file in the given storage type. Written to a temporary
-/// file next to `path` and renamed, so a crash never leaves a half-written checkpoint.
-pub fn write_safetensors(
+/// file next to `path` and renamed, so a crash never leaves a half-written checkpoint. Each
+/// tensor is encoded as it is written: besides `tensors`, at most one encoded tensor is in memory.
+pub fn write_safetensors<'a, S>(
     path: &Path,
-    tensors: &[(String, HostTensor)],
+    tensors: impl IntoIterator<Item = (S, &'a HostTensor)>,
     dtype: StoredDtype,
     metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
-    use safetensors::tensor::TensorView;
-    let encoded: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(name, t)| {
-            let bytes = match dtype {
-                StoredDtype::F32 => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                StoredDtype::F16 => t
-                    .data
-                    .iter()
-                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                    .collect(),
-                StoredDtype::BF16 => t
-                    .data
-                    .iter()
-                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-                    .collect(),
-            };
-            (name.clone(), bytes, t.shape.clone())
+) -> Result<()>
+where
+    S: AsRef<str> + Ord + Display,
+{
+    let mut views = vec![];
+    for (name, tensor) in tensors {
+        // The header's offsets come from the data lengths: a shape that disagrees with them would
+        // make a file no reader accepts.
+        let numel: usize = tensor.shape.iter().product();
+        if numel != tensor.data.len() {
+            return Err(Error::Tensor {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                message: format!(
+                    "holds {} values but its shape {:?} needs {numel}",
+                    tensor.data.len(),
+                    tensor.shape
+                ),
+            });
+        }
+        views.push((name, Encoded { tensor, dtype }));
+    }
+    crate::fsutil::write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| match e {
+            SafeTensorError::IoError(e) => Error::io(path, e),
+            e => Error::Safetensors {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            },
         })
-        .collect();
-    let st_dtype = match dtype {
-        StoredDtype::F32 => Dtype::F32,
-        StoredDtype::F16 => Dtype::F16,
-        StoredDtype::BF16 => Dtype::BF16,
-    };
-    let views = encoded
-        .iter()
-        .map(|(name, bytes, shape)| {
-            TensorView::new(st_dtype, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| Error::Tensor {
-                    path: path.to_path_buf(),
-                    name: name.clone(),
-                    message: e.to_string(),
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    crate::fsutil::write_atomic(path, &bytes)
+    })
 }

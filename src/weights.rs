@@ -38,6 +38,16 @@ impl StoredDtype {
         }
     }
 
+    /// The storage types wgspin widens to f32; `None` for every other safetensors dtype.
+    pub fn from_safetensors(dtype: Dtype) -> Option<Self> {
+        match dtype {
+            Dtype::F32 => Some(StoredDtype::F32),
+            Dtype::F16 => Some(StoredDtype::F16),
+            Dtype::BF16 => Some(StoredDtype::BF16),
+            _ => None,
+        }
+    }
+
     fn to_safetensors(self) -> Dtype {
         match self {
             StoredDtype::F32 => Dtype::F32,
@@ -200,13 +210,27 @@ impl WeightFiles {
         Some((info.shape.clone(), info.dtype))
     }
 
-    /// Reads `name` and widens it to f32.
-    pub fn read(&self, name: &str) -> Result<HostTensor> {
-        let shard_index = *self.index.get(name).ok_or_else(|| Error::Tensor {
+    fn missing(&self, name: &str) -> Error {
+        Error::Tensor {
             path: self.path_of(name),
             name: name.into(),
             message: "missing from the checkpoint".into(),
-        })?;
+        }
+    }
+
+    /// Storage type of `name` from its file's header; an error for a dtype wgspin cannot widen.
+    pub fn dtype(&self, name: &str) -> Result<StoredDtype> {
+        let (_, dtype) = self.info(name).ok_or_else(|| self.missing(name))?;
+        StoredDtype::from_safetensors(dtype).ok_or_else(|| Error::Tensor {
+            path: self.path_of(name),
+            name: name.into(),
+            message: format!("dtype {dtype:?} is not supported (expected F32, F16 or BF16)"),
+        })
+    }
+
+    /// Reads `name` and widens it to f32.
+    pub fn read(&self, name: &str) -> Result<HostTensor> {
+        let shard_index = *self.index.get(name).ok_or_else(|| self.missing(name))?;
         let shard = &self.shards[shard_index];
         let err = |message: String| Error::Tensor {
             path: shard.path.clone(),
@@ -274,6 +298,9 @@ pub trait TensorSource {
     fn tensor_names(&self) -> Vec<String>;
     /// Row-major shape without reading the data.
     fn tensor_shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// Storage type without reading the data; an error names a missing tensor or a dtype that
+    /// cannot be widened to f32.
+    fn tensor_dtype(&self, name: &str) -> Result<StoredDtype>;
     /// File to name in errors about `name`.
     fn source_path(&self, name: &str) -> PathBuf;
     /// The tensor widened to f32.
@@ -286,6 +313,9 @@ impl TensorSource for WeightFiles {
     }
     fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
         self.info(name).map(|(shape, _)| shape)
+    }
+    fn tensor_dtype(&self, name: &str) -> Result<StoredDtype> {
+        self.dtype(name)
     }
     fn source_path(&self, name: &str) -> PathBuf {
         self.path_of(name)
@@ -301,6 +331,16 @@ pub struct TensorMap {
     pub tensors: BTreeMap<String, HostTensor>,
 }
 
+impl TensorMap {
+    fn get(&self, name: &str) -> Result<&HostTensor> {
+        self.tensors.get(name).ok_or_else(|| Error::Tensor {
+            path: self.path.clone(),
+            name: name.into(),
+            message: "missing from the checkpoint".into(),
+        })
+    }
+}
+
 impl TensorSource for TensorMap {
     fn tensor_names(&self) -> Vec<String> {
         self.tensors.keys().cloned().collect()
@@ -308,18 +348,14 @@ impl TensorSource for TensorMap {
     fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
         self.tensors.get(name).map(|t| t.shape.clone())
     }
+    fn tensor_dtype(&self, name: &str) -> Result<StoredDtype> {
+        Ok(self.get(name)?.dtype)
+    }
     fn source_path(&self, _name: &str) -> PathBuf {
         self.path.clone()
     }
     fn read_tensor(&self, name: &str) -> Result<HostTensor> {
-        self.tensors
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::Tensor {
-                path: self.path.clone(),
-                name: name.into(),
-                message: "missing from the checkpoint".into(),
-            })
+        self.get(name).cloned()
     }
 }
 
@@ -399,4 +435,30 @@ where
             },
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_dtype_is_named_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.safetensors");
+        let bytes = [0u8; 16];
+        let view = safetensors::tensor::TensorView::new(Dtype::I64, vec![2], &bytes).unwrap();
+        safetensors::serialize_to_file([("ids", view)], None, &path).unwrap();
+        let files = WeightFiles::open_files(std::slice::from_ref(&path)).unwrap();
+        for e in [
+            files.tensor_dtype("ids").unwrap_err(),
+            files.read("ids").unwrap_err(),
+        ] {
+            let msg = e.to_string();
+            assert!(matches!(e, Error::Tensor { .. }), "{msg}");
+            assert!(
+                msg.contains("ids.safetensors") && msg.contains("I64"),
+                "{msg}"
+            );
+        }
+    }
 }

@@ -12,8 +12,9 @@ use crate::error::{Error, Result};
 use crate::hf_names::{self, LayerTensor};
 use crate::weights::{StoredDtype, TensorSource};
 
-/// Checks names and shapes of a checkpoint against the config; returns the storage dtype of the
-/// embeddings (what a checkpoint written back should use).
+/// Checks names, shapes and storage types of a checkpoint against the config, from its headers
+/// alone (nothing is read or widened); returns the storage dtype of the embeddings (what a
+/// checkpoint written back should use).
 pub fn validate(cfg: &ModelConfig, files: &dyn TensorSource) -> Result<StoredDtype> {
     let expected = hf_names::expected_tensors(cfg);
     for (name, shape) in &expected {
@@ -34,6 +35,8 @@ pub fn validate(cfg: &ModelConfig, files: &dyn TensorSource) -> Result<StoredDty
                 ),
             });
         }
+        // Every tensor the loader will read, so an unsupported one fails before any is uploaded.
+        files.tensor_dtype(name)?;
     }
     for name in files.tensor_names() {
         let name = name.as_str();
@@ -48,7 +51,7 @@ pub fn validate(cfg: &ModelConfig, files: &dyn TensorSource) -> Result<StoredDty
             });
         }
     }
-    Ok(files.read_tensor(hf_names::EMBED)?.dtype)
+    files.tensor_dtype(hf_names::EMBED)
 }
 
 struct Builder<'a> {
@@ -83,9 +86,14 @@ impl Builder<'_> {
     }
 }
 
-/// Uploads the checkpoint to `device` (weights widened to f32).
-pub fn load(cfg: &ModelConfig, files: &dyn TensorSource, device: &Device) -> Result<Transformer> {
-    validate(cfg, files)?;
+/// Validates the checkpoint and uploads it to `device` (weights widened to f32); returns the model
+/// and the storage dtype [`validate`] reports.
+pub fn load(
+    cfg: &ModelConfig,
+    files: &dyn TensorSource,
+    device: &Device,
+) -> Result<(Transformer, StoredDtype)> {
+    let stored_dtype = validate(cfg, files)?;
     let bld = Builder { files, device };
     let qkv_bias = |t| cfg.qkv_bias.then_some(t);
     let mlp_bias = |t| cfg.mlp_bias.then_some(t);
@@ -111,7 +119,7 @@ pub fn load(cfg: &ModelConfig, files: &dyn TensorSource, device: &Device) -> Res
             },
         });
     }
-    Ok(Transformer {
+    let model = Transformer {
         embed: bld.param(hf_names::EMBED)?,
         layers,
         norm: bld.norm(hf_names::FINAL_NORM, cfg.rms_norm_eps)?,
@@ -120,5 +128,6 @@ pub fn load(cfg: &ModelConfig, files: &dyn TensorSource, device: &Device) -> Res
             .transpose()?,
         rope: Transformer::config_rope(cfg),
         window: cfg.window,
-    })
+    };
+    Ok((model, stored_dtype))
 }

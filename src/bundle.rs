@@ -36,8 +36,7 @@ impl ModelBundle {
         if path.is_file() && crate::gguf::reader::is_gguf(path) {
             let g = crate::gguf::GgufModel::load(path)?;
             let tokenizer = g.chat_tokenizer()?;
-            let stored_dtype = loader::validate(&g.config, &g.weights)?;
-            let model = loader::load(&g.config, &g.weights, device)?;
+            let (model, stored_dtype) = loader::load(&g.config, &g.weights, device)?;
             return Ok(Self {
                 dir: path.to_path_buf(),
                 config: g.config,
@@ -68,8 +67,7 @@ impl ModelBundle {
         let config = ModelConfig::from_dir(path)?;
         let tokenizer = ChatTokenizer::from_dir(path, &config.eos_token_ids)?;
         let files = WeightFiles::open_dir(path)?;
-        let stored_dtype = loader::validate(&config, &files)?;
-        let model = loader::load(&config, &files, device)?;
+        let (model, stored_dtype) = loader::load(&config, &files, device)?;
         Ok(Self {
             dir: path.to_path_buf(),
             config,

@@ -77,7 +77,7 @@ pub fn save(
         let tensors = named_host_tensors(model, dtype)?;
         write_safetensors(
             &tmp.join("model.safetensors"),
-            &tensors,
+            tensors.iter().map(|(name, t)| (name, t)),
             dtype,
             Some(
                 [("format".to_string(), "pt".to_string())]

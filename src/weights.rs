@@ -1,12 +1,22 @@
 //! Reading Hugging Face safetensors checkpoints (one file or sharded with
 //! `model.safetensors.index.json`) into host f32 buffers; f32, f16 and bf16 on disk.
 //! Pickle checkpoints (`.bin`, `.pt`, `.pth`) are refused: unpickling can run arbitrary code.
+//!
+//! Files are memory-mapped rather than read: a tensor is widened straight from the mapping into
+//! its f32 buffer, and (on Unix) its file pages are released again once it has been read, so
+//! loading never holds the file's bytes beside the widened model. Writing encodes one tensor at a
+//! time into the output file.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, View};
 
 use crate::error::{Error, Result};
 
@@ -27,6 +37,32 @@ impl StoredDtype {
             StoredDtype::BF16 => "bfloat16",
         }
     }
+
+    /// Bytes per value on disk.
+    pub fn size(self) -> usize {
+        match self {
+            StoredDtype::F32 => 4,
+            StoredDtype::F16 | StoredDtype::BF16 => 2,
+        }
+    }
+
+    /// The storage types wgspin widens to f32; `None` for every other safetensors dtype.
+    pub fn from_safetensors(dtype: Dtype) -> Option<Self> {
+        match dtype {
+            Dtype::F32 => Some(StoredDtype::F32),
+            Dtype::F16 => Some(StoredDtype::F16),
+            Dtype::BF16 => Some(StoredDtype::BF16),
+            _ => None,
+        }
+    }
+
+    fn to_safetensors(self) -> Dtype {
+        match self {
+            StoredDtype::F32 => Dtype::F32,
+            StoredDtype::F16 => Dtype::F16,
+            StoredDtype::BF16 => Dtype::BF16,
+        }
+    }
 }
 
 /// A tensor read to the host and widened to f32.
@@ -39,13 +75,17 @@ pub struct HostTensor {
 
 struct Shard {
     path: PathBuf,
-    bytes: Vec<u8>,
+    /// The whole file, mapped read-only (see [`map_file`]).
+    map: Mmap,
     /// Byte offset of the data section (8-byte length + JSON header).
     data_start: usize,
     metadata: Metadata,
 }
 
 /// All safetensors files of a checkpoint, with an index from tensor name to file.
+///
+/// Keep it only as long as loading takes: the files stay mapped while it lives, and Windows
+/// refuses to replace or delete a mapped file (a checkpoint written over the model folder).
 pub struct WeightFiles {
     shards: Vec<Shard>,
     index: BTreeMap<String, usize>,
@@ -66,6 +106,83 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingFile {
+            path: path.to_path_buf(),
+            hint: "A weight shard named in the index is missing: download it again.".into(),
+        },
+        _ => Error::io(path, e),
+    })?;
+    // SAFETY: the file is opened read-only and the mapping is only ever handed out as shared
+    // `&[u8]` slices, so this process never writes through it. What a mapping cannot rule out is
+    // another process changing the file while it is mapped: one rewritten in place changes the
+    // values read, and one truncated under us makes the next touch of a lost page raise SIGBUS
+    // (the process dies; it does not read garbage). Model files are not edited while a model
+    // loads, and this is the tradeoff the safetensors loaders of transformers and candle make to
+    // avoid copying multi-gigabyte files into memory.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+/// Header of a mapped safetensors file: (data section start, metadata).
+fn read_header(path: &Path, bytes: &[u8]) -> Result<(usize, Metadata)> {
+    // `read_metadata` checks the header's offsets against `bytes.len()`: they must be contiguous
+    // and end exactly at the end of the file, so no later slice of the data section can fall
+    // outside the mapping.
+    match SafeTensors::read_metadata(bytes) {
+        Ok((header_len, metadata)) => Ok((8 + header_len, metadata)),
+        Err(SafeTensorError::MetadataIncompleteBuffer) => Err(Error::Safetensors {
+            path: path.to_path_buf(),
+            message: format!(
+                "the file is {} bytes, not the size its header describes (truncated or an \
+                 incomplete download?)",
+                bytes.len()
+            ),
+        }),
+        Err(e) => Err(Error::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Widens little-endian values of `dtype` to f32 into a buffer allocated once at its final size.
+/// `bytes.len()` must be a multiple of `dtype.size()`.
+fn widen(bytes: &[u8], dtype: StoredDtype) -> Vec<f32> {
+    let mut out = vec![0f32; bytes.len() / dtype.size()];
+    // Casting the f32 destination to bytes is always aligned, so f32 is one copy whatever the
+    // file's alignment. half's slice conversion (vectorised for f16 where the CPU can) needs
+    // 2-byte alignment, which a mapped tensor need not have: the format does not promise it.
+    #[cfg(target_endian = "little")]
+    match dtype {
+        StoredDtype::F32 => {
+            bytemuck::cast_slice_mut::<f32, u8>(&mut out).copy_from_slice(bytes);
+            return out;
+        }
+        StoredDtype::F16 => {
+            if let Ok(h) = bytemuck::try_cast_slice::<u8, f16>(bytes) {
+                h.convert_to_f32_slice(&mut out);
+                return out;
+            }
+        }
+        StoredDtype::BF16 => {
+            if let Ok(h) = bytemuck::try_cast_slice::<u8, bf16>(bytes) {
+                h.convert_to_f32_slice(&mut out);
+                return out;
+            }
+        }
+    }
+    let n = dtype.size();
+    for (v, c) in out.iter_mut().zip(bytes.chunks_exact(n)) {
+        *v = match dtype {
+            StoredDtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            StoredDtype::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
+            StoredDtype::BF16 => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+        };
+    }
+    out
 }
 
 impl WeightFiles {
@@ -118,7 +235,8 @@ impl WeightFiles {
         Self::open_files(&files)
     }
 
-    /// Opens the given safetensors files; a tensor name must live in exactly one of them.
+    /// Opens the given safetensors files (headers only; no tensor data is read); a tensor name
+    /// must live in exactly one of them.
     pub fn open_files(files: &[PathBuf]) -> Result<Self> {
         let mut shards = vec![];
         let mut index = BTreeMap::new();
@@ -126,18 +244,8 @@ impl WeightFiles {
             if is_pickle(path) {
                 return Err(Error::PickleWeights { path: path.clone() });
             }
-            let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::MissingFile {
-                    path: path.clone(),
-                    hint: "A weight shard named in the index is missing: download it again.".into(),
-                },
-                _ => Error::io(path, e),
-            })?;
-            let (header_len, metadata) =
-                SafeTensors::read_metadata(&bytes).map_err(|e| Error::Safetensors {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
+            let map = map_file(path)?;
+            let (data_start, metadata) = read_header(path, &map)?;
             for name in metadata.tensors().keys() {
                 if index.insert(name.clone(), shards.len()).is_some() {
                     return Err(Error::Tensor {
@@ -149,8 +257,8 @@ impl WeightFiles {
             }
             shards.push(Shard {
                 path: path.clone(),
-                bytes,
-                data_start: 8 + header_len,
+                map,
+                data_start,
                 metadata,
             });
         }
@@ -182,65 +290,54 @@ impl WeightFiles {
         Some((info.shape.clone(), info.dtype))
     }
 
-    /// Reads `name` and widens it to f32.
-    pub fn read(&self, name: &str) -> Result<HostTensor> {
-        let shard_index = *self.index.get(name).ok_or_else(|| Error::Tensor {
+    fn missing(&self, name: &str) -> Error {
+        Error::Tensor {
             path: self.path_of(name),
             name: name.into(),
             message: "missing from the checkpoint".into(),
-        })?;
+        }
+    }
+
+    /// Storage type of `name` from its file's header; an error for a dtype wgspin cannot widen.
+    pub fn dtype(&self, name: &str) -> Result<StoredDtype> {
+        let (_, dtype) = self.info(name).ok_or_else(|| self.missing(name))?;
+        StoredDtype::from_safetensors(dtype).ok_or_else(|| Error::Tensor {
+            path: self.path_of(name),
+            name: name.into(),
+            message: format!("dtype {dtype:?} is not supported (expected F32, F16 or BF16)"),
+        })
+    }
+
+    /// Reads `name` and widens it to f32.
+    pub fn read(&self, name: &str) -> Result<HostTensor> {
+        let shard_index = *self.index.get(name).ok_or_else(|| self.missing(name))?;
         let shard = &self.shards[shard_index];
         let err = |message: String| Error::Tensor {
             path: shard.path.clone(),
             name: name.into(),
             message,
         };
+        let dtype = self.dtype(name)?;
         let info = shard
             .metadata
             .info(name)
             .ok_or_else(|| err("missing from the header".into()))?;
+        // No overflow below: `read_header` checked every offset and size against the file.
         let (start, end) = info.data_offsets;
         let bytes = shard
-            .bytes
+            .map
             .get(shard.data_start + start..shard.data_start + end)
             .ok_or_else(|| err("data offsets point past the end of the file".into()))?;
-        let (data, dtype) = match info.dtype {
-            Dtype::F32 => (
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                StoredDtype::F32,
-            ),
-            Dtype::F16 => (
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                StoredDtype::F16,
-            ),
-            Dtype::BF16 => (
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                StoredDtype::BF16,
-            ),
-            other => {
-                return Err(err(format!(
-                    "dtype {other:?} is not supported (expected F32, F16 or BF16)"
-                )));
-            }
-        };
-        let data: Vec<f32> = data;
         let numel: usize = info.shape.iter().product();
-        if data.len() != numel {
+        if bytes.len() != numel * dtype.size() {
             return Err(err(format!(
                 "holds {} values but its shape {:?} needs {numel}",
-                data.len(),
+                bytes.len() / dtype.size(),
                 info.shape
             )));
         }
+        let data = widen(bytes, dtype);
+        release_pages(shard, shard.data_start + start, bytes.len());
         Ok(HostTensor {
             shape: info.shape.clone(),
             data,
@@ -249,6 +346,24 @@ impl WeightFiles {
     }
 }
 
+/// Drops a tensor's file pages from this process's resident set once it has been widened: the
+/// loader reads each tensor once, and without this the mapped file would stay resident beside
+/// the f32 model until the files are dropped. Only a hint; the page cache keeps the data.
+#[cfg(unix)]
+fn release_pages(shard: &Shard, offset: usize, len: usize) {
+    // SAFETY: MADV_DONTNEED on a private file mapping that was never written repopulates the
+    // range from the file on the next access, so a slice of it read later (or by another thread
+    // right now) sees the same bytes: the file's, under the same caveat as `map_file`.
+    let _ = unsafe {
+        shard
+            .map
+            .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+    };
+}
+
+#[cfg(not(unix))]
+fn release_pages(_shard: &Shard, _offset: usize, _len: usize) {}
+
 /// Where the model loader takes checkpoint tensors from (Hugging Face names and shapes):
 /// safetensors files, or tensors already in memory (a dequantized GGUF file).
 pub trait TensorSource {
@@ -256,6 +371,9 @@ pub trait TensorSource {
     fn tensor_names(&self) -> Vec<String>;
     /// Row-major shape without reading the data.
     fn tensor_shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// Storage type without reading the data; an error names a missing tensor or a dtype that
+    /// cannot be widened to f32.
+    fn tensor_dtype(&self, name: &str) -> Result<StoredDtype>;
     /// File to name in errors about `name`.
     fn source_path(&self, name: &str) -> PathBuf;
     /// The tensor widened to f32.
@@ -268,6 +386,9 @@ impl TensorSource for WeightFiles {
     }
     fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
         self.info(name).map(|(shape, _)| shape)
+    }
+    fn tensor_dtype(&self, name: &str) -> Result<StoredDtype> {
+        self.dtype(name)
     }
     fn source_path(&self, name: &str) -> PathBuf {
         self.path_of(name)
@@ -283,6 +404,16 @@ pub struct TensorMap {
     pub tensors: BTreeMap<String, HostTensor>,
 }
 
+impl TensorMap {
+    fn get(&self, name: &str) -> Result<&HostTensor> {
+        self.tensors.get(name).ok_or_else(|| Error::Tensor {
+            path: self.path.clone(),
+            name: name.into(),
+            message: "missing from the checkpoint".into(),
+        })
+    }
+}
+
 impl TensorSource for TensorMap {
     fn tensor_names(&self) -> Vec<String> {
         self.tensors.keys().cloned().collect()
@@ -290,69 +421,178 @@ impl TensorSource for TensorMap {
     fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
         self.tensors.get(name).map(|t| t.shape.clone())
     }
+    fn tensor_dtype(&self, name: &str) -> Result<StoredDtype> {
+        Ok(self.get(name)?.dtype)
+    }
     fn source_path(&self, _name: &str) -> PathBuf {
         self.path.clone()
     }
     fn read_tensor(&self, name: &str) -> Result<HostTensor> {
-        self.tensors
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::Tensor {
-                path: self.path.clone(),
-                name: name.into(),
-                message: "missing from the checkpoint".into(),
-            })
+        self.get(name).cloned()
+    }
+}
+
+/// A host tensor as safetensors' writer sees it: encoded to `dtype` only when the writer asks for
+/// its bytes, one tensor at a time, so a file is written without an encoded copy of the model.
+struct Encoded<'a> {
+    tensor: &'a HostTensor,
+    dtype: StoredDtype,
+}
+
+impl View for Encoded<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype.to_safetensors()
+    }
+    fn shape(&self) -> &[usize] {
+        &self.tensor.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        let data = &self.tensor.data;
+        if cfg!(target_endian = "little") && self.dtype == StoredDtype::F32 {
+            return Cow::Borrowed(bytemuck::cast_slice(data));
+        }
+        let mut out = vec![0u8; self.data_len()];
+        let chunks = out.chunks_exact_mut(self.dtype.size()).zip(data);
+        match self.dtype {
+            StoredDtype::F32 => chunks.for_each(|(c, v)| c.copy_from_slice(&v.to_le_bytes())),
+            StoredDtype::F16 => {
+                chunks.for_each(|(c, v)| c.copy_from_slice(&f16::from_f32(*v).to_le_bytes()))
+            }
+            StoredDtype::BF16 => {
+                chunks.for_each(|(c, v)| c.copy_from_slice(&bf16::from_f32(*v).to_le_bytes()))
+            }
+        }
+        Cow::Owned(out)
+    }
+    fn data_len(&self) -> usize {
+        self.tensor.data.len() * self.dtype.size()
     }
 }
 
 /// Writes f32 host tensors to a safetensors file in the given storage type. Written to a temporary
-/// file next to `path` and renamed, so a crash never leaves a half-written checkpoint.
-pub fn write_safetensors(
+/// file next to `path` and renamed, so a crash never leaves a half-written checkpoint. Each
+/// tensor is encoded as it is written: besides `tensors`, at most one encoded tensor is in memory.
+pub fn write_safetensors<'a, S>(
     path: &Path,
-    tensors: &[(String, HostTensor)],
+    tensors: impl IntoIterator<Item = (S, &'a HostTensor)>,
     dtype: StoredDtype,
     metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
-    use safetensors::tensor::TensorView;
-    let encoded: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(name, t)| {
-            let bytes = match dtype {
-                StoredDtype::F32 => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                StoredDtype::F16 => t
-                    .data
-                    .iter()
-                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                    .collect(),
-                StoredDtype::BF16 => t
-                    .data
-                    .iter()
-                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-                    .collect(),
+) -> Result<()>
+where
+    S: AsRef<str> + Ord + Display,
+{
+    let mut views = vec![];
+    for (name, tensor) in tensors {
+        // The header's offsets come from the data lengths: a shape that disagrees with them would
+        // make a file no reader accepts.
+        let numel: usize = tensor.shape.iter().product();
+        if numel != tensor.data.len() {
+            return Err(Error::Tensor {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                message: format!(
+                    "holds {} values but its shape {:?} needs {numel}",
+                    tensor.data.len(),
+                    tensor.shape
+                ),
+            });
+        }
+        views.push((name, Encoded { tensor, dtype }));
+    }
+    crate::fsutil::write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| match e {
+            SafeTensorError::IoError(e) => Error::io(path, e),
+            e => Error::Safetensors {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            },
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> HostTensor {
+        // Signs, magnitudes from f16's subnormal range to its largest finite value, and values
+        // that round differently in f16 and bf16.
+        let mut data: Vec<f32> = (0..24).map(|i| (i as f32 - 11.5) * 0.377).collect();
+        data.extend([1e-6, 65504.0, -0.0, 1.0 + 1e-3]);
+        HostTensor {
+            shape: vec![4, 7],
+            data,
+            dtype: StoredDtype::F32,
+        }
+    }
+
+    #[test]
+    fn written_files_read_back_with_header_dtype_and_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = sample();
+        for dtype in [StoredDtype::F32, StoredDtype::F16, StoredDtype::BF16] {
+            let path = dir.path().join(format!("{dtype:?}.safetensors"));
+            write_safetensors(&path, [("w", &t)], dtype, None).unwrap();
+            let files = WeightFiles::open_files(std::slice::from_ref(&path)).unwrap();
+            assert_eq!(files.tensor_dtype("w").unwrap(), dtype);
+            let back = files.read("w").unwrap();
+            assert_eq!((back.shape.as_slice(), back.dtype), (&[4, 7][..], dtype));
+            // Tolerance zero: widening f16/bf16 is exact, so the value read back must be half's
+            // own rounding of the original, bit for bit.
+            let expected: Vec<f32> = match dtype {
+                StoredDtype::F32 => t.data.clone(),
+                StoredDtype::F16 => t.data.iter().map(|v| f16::from_f32(*v).to_f32()).collect(),
+                StoredDtype::BF16 => t.data.iter().map(|v| bf16::from_f32(*v).to_f32()).collect(),
             };
-            (name.clone(), bytes, t.shape.clone())
-        })
-        .collect();
-    let st_dtype = match dtype {
-        StoredDtype::F32 => Dtype::F32,
-        StoredDtype::F16 => Dtype::F16,
-        StoredDtype::BF16 => Dtype::BF16,
-    };
-    let views = encoded
-        .iter()
-        .map(|(name, bytes, shape)| {
-            TensorView::new(st_dtype, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| Error::Tensor {
-                    path: path.to_path_buf(),
-                    name: name.clone(),
-                    message: e.to_string(),
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    crate::fsutil::write_atomic(path, &bytes)
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&back.data), bits(&expected), "{dtype:?}");
+            // The unaligned fallback of `widen` agrees with the aligned path.
+            let bytes = Encoded { tensor: &t, dtype }.data().into_owned();
+            let shifted = [&[0u8][..], &bytes].concat();
+            assert_eq!(
+                bits(&widen(&shifted[1..], dtype)),
+                bits(&expected),
+                "{dtype:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.safetensors");
+        write_safetensors(&path, [("w", &sample())], StoredDtype::BF16, None).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        for keep in [len - 2, len / 2, 12, 4, 0] {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.set_len(keep).unwrap();
+            drop(f);
+            let e = WeightFiles::open_files(std::slice::from_ref(&path))
+                .err()
+                .unwrap();
+            assert!(matches!(e, Error::Safetensors { .. }), "{keep}: {e}");
+            assert!(e.to_string().contains("cut.safetensors"), "{keep}: {e}");
+        }
+    }
+
+    #[test]
+    fn unsupported_dtype_is_named_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.safetensors");
+        let bytes = [0u8; 16];
+        let view = safetensors::tensor::TensorView::new(Dtype::I64, vec![2], &bytes).unwrap();
+        safetensors::serialize_to_file([("ids", view)], None, &path).unwrap();
+        let files = WeightFiles::open_files(std::slice::from_ref(&path)).unwrap();
+        for e in [
+            files.tensor_dtype("ids").unwrap_err(),
+            files.read("ids").unwrap_err(),
+        ] {
+            let msg = e.to_string();
+            assert!(matches!(e, Error::Tensor { .. }), "{msg}");
+            assert!(
+                msg.contains("ids.safetensors") && msg.contains("I64"),
+                "{msg}"
+            );
+        }
+    }
 }

@@ -142,6 +142,28 @@ fn truncated_safetensors() {
 }
 
 #[test]
+fn unsupported_tensor_dtype_is_named_from_the_header() {
+    let d = copy_fixture("tiny-llama-bf16");
+    let p = d.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    // I16 has BF16's size, so only the dtype is wrong; the trailing space keeps the header length.
+    let (key, new) = (
+        r#""model.norm.weight":{"dtype":"BF16""#,
+        r#""model.norm.weight":{"dtype":"I16" "#,
+    );
+    let at = 8 + header.find(key).expect("fixture header layout");
+    bytes[at..at + key.len()].copy_from_slice(new.as_bytes());
+    std::fs::write(&p, &bytes).unwrap();
+    let e = load_err(d.path());
+    assert!(
+        e.contains("model.safetensors") && e.contains("model.norm.weight") && e.contains("I16"),
+        "{e}"
+    );
+}
+
+#[test]
 fn malformed_jsonl_line_is_named() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("data.jsonl");

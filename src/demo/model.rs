@@ -127,7 +127,7 @@ pub fn write_base_model(dir: &Path, seed: u64) -> Result<()> {
         .collect();
     write_safetensors(
         &dir.join("model.safetensors"),
-        &tensors,
+        tensors.iter().map(|(name, t)| (name, t)),
         StoredDtype::F32,
         Some(
             [("format".to_string(), "pt".to_string())]

@@ -373,16 +373,10 @@ impl GgufModel {
                 &self.tokenizer,
                 dtype,
             )?;
-            let tensors: Vec<(String, HostTensor)> = self
-                .weights
-                .tensors
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
             let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
             crate::weights::write_safetensors(
                 &tmp.join("model.safetensors"),
-                &tensors,
+                &self.weights.tensors,
                 dtype,
                 Some(meta),
             )?;

@@ -13,8 +13,9 @@ use crate::error::{Error, Result};
 use crate::hf_names;
 use crate::weights::{StoredDtype, TensorSource};
 
-/// Checks names and shapes of a checkpoint against the config; returns the storage dtype of the
-/// embeddings (what a checkpoint written back should use).
+/// Checks names, shapes and storage types of a checkpoint against the config, from its headers
+/// alone (nothing is read or widened); returns the storage dtype of the embeddings (what a
+/// checkpoint written back should use).
 pub fn validate(cfg: &ModelConfig, files: &dyn TensorSource) -> Result<StoredDtype> {
     let expected = hf_names::expected_tensors(cfg);
     for (name, shape) in &expected {
@@ -35,6 +36,8 @@ pub fn validate(cfg: &ModelConfig, files: &dyn TensorSource) -> Result<StoredDty
                 ),
             });
         }
+        // Every tensor the loader will read, so an unsupported one fails before any is uploaded.
+        files.tensor_dtype(name)?;
     }
     for name in files.tensor_names() {
         let name = name.as_str();
@@ -49,7 +52,7 @@ pub fn validate(cfg: &ModelConfig, files: &dyn TensorSource) -> Result<StoredDty
             });
         }
     }
-    Ok(files.read_tensor(hf_names::EMBED)?.dtype)
+    files.tensor_dtype(hf_names::EMBED)
 }
 
 /// A model of `cfg`'s structure whose parameters are one-element placeholders, for
@@ -96,13 +99,18 @@ fn skeleton(cfg: &ModelConfig, device: &Device) -> Transformer {
     }
 }
 
-/// Uploads the checkpoint to `device` (weights widened to f32), tensor by tensor.
-pub fn load(cfg: &ModelConfig, files: &dyn TensorSource, device: &Device) -> Result<Transformer> {
-    validate(cfg, files)?;
+/// Validates the checkpoint and uploads it to `device` (weights widened to f32) tensor by tensor;
+/// returns the model and the storage dtype [`validate`] reports.
+pub fn load(
+    cfg: &ModelConfig,
+    files: &dyn TensorSource,
+    device: &Device,
+) -> Result<(Transformer, StoredDtype)> {
+    let stored_dtype = validate(cfg, files)?;
     let mut model = skeleton(cfg, device);
     for (name, mut param) in params_mut(&mut model) {
         let t = files.read_tensor(&name)?;
         param.set_data(TensorData::new(t.data, t.shape), device);
     }
-    Ok(model)
+    Ok((model, stored_dtype))
 }

@@ -40,6 +40,13 @@ impl TensorSource for RandomWeights {
             .map(|(_, s)| s.clone())
     }
 
+    fn tensor_dtype(&self, name: &str) -> Result<StoredDtype> {
+        match self.tensor_shape(name) {
+            Some(_) => Ok(StoredDtype::F32),
+            None => Err(Error::Invalid(format!("random init: no tensor {name}"))),
+        }
+    }
+
     fn source_path(&self, _name: &str) -> PathBuf {
         self.config.clone()
     }
@@ -88,6 +95,6 @@ pub fn random_model(path: &Path, seed: u64, device: &Device) -> Result<(ModelCon
         config: config_path,
         seed,
     };
-    let model = loader::load(&config, &source, device)?;
+    let (model, _) = loader::load(&config, &source, device)?;
     Ok((config, model))
 }

@@ -235,7 +235,8 @@ impl Optimizer {
             ("steps".to_string(), self.steps.to_string()),
             ("optimizer".to_string(), self.cfg.kind.to_string()),
         ]);
-        write_safetensors(path, &tensors, StoredDtype::F32, Some(meta))
+        let tensors = tensors.iter().map(|(name, t)| (name, t));
+        write_safetensors(path, tensors, StoredDtype::F32, Some(meta))
     }
 
     /// Loads state saved by [`Optimizer::save`] for `model`'s parameters onto `device`.

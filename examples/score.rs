@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use wgspin::device::{self, DeviceSpec};
-use wgspin::score::{ScoreOptions, TokenizedPair, score_all};
+use wgspin::train::score::{ScoreOptions, TokenizedPair, score_all};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);

@@ -30,7 +30,7 @@ pub enum Error {
 
     #[error(
         "{path}: unsupported model_type {model_type:?}; wgspin supports {}",
-        crate::config::SUPPORTED_MODEL_TYPES.join(", ")
+        crate::hf::config::SUPPORTED_MODEL_TYPES.join(", ")
     )]
     UnsupportedModel { path: PathBuf, model_type: String },
 
@@ -80,7 +80,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,

@@ -1,5 +1,10 @@
 //! File helpers shared by every writer: outputs go to a temporary file in the same folder and are
 //! renamed into place, so an interrupted run never leaves a corrupt or half-written file behind.
+//!
+//! Kept rather than `tempfile::NamedTempFile::persist`: that crate is only a dev-dependency here,
+//! `persist` does not fsync before the rename (a crash after it can leave an empty file under the
+//! final name on some file systems), and writers that stream through a library call
+//! (`safetensors::serialize_to_file`) need a path, not an open handle.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

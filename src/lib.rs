@@ -1,31 +1,21 @@
 //! wgspin: SPIN (Self-Play fIne-tuNing) of small language models on any GPU wgpu reaches
-//! (Vulkan, Metal, DX12), with a CPU fallback. See ARCHITECTURE.md for the module map.
+//! (Vulkan, Metal, DX12), with a CPU fallback. The folders follow the concerns (see
+//! ARCHITECTURE.md): the Hugging Face and GGUF formats at the edges, the model and its kernels,
+//! the data, generation, training and the SPIN loop over them, and the reporting of it all.
 
-pub mod bench;
-pub mod bundle;
-pub mod chat_template;
-pub mod checkpoint;
-pub mod config;
 pub mod data;
-pub mod demo;
 pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod generate;
 pub mod gguf;
-pub mod hf_names;
+pub mod hf;
 pub mod kernels;
 pub mod model;
-pub mod plot;
-pub mod progress;
+pub mod report;
 pub mod rng;
-pub mod runtime_cache;
-pub mod score;
-pub mod sft;
 pub mod spin;
-pub mod tokenizer;
 pub mod train;
-pub mod weights;
 
-pub use bundle::ModelBundle;
 pub use error::{Error, Result};
+pub use hf::bundle::ModelBundle;

@@ -18,14 +18,14 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::bundle::ModelBundle;
 use crate::data::{DataFormat, SftExample, read_dataset};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::generate::GenOptions;
 use crate::generate::job::{GenProgress, GenSummary, run_generate};
-use crate::score::{ScoreOptions, TokenizedPair, score_all};
+use crate::hf::bundle::ModelBundle;
 use crate::train::job::{CHECKPOINT, TrainEvent, TrainSummary, is_complete, run_train};
+use crate::train::score::{ScoreOptions, TokenizedPair, score_all};
 use crate::train::{PairLogps, RewardStats, TrainConfig, pair_logps, reward_stats, tokenize_pairs};
 
 /// Loop settings (training and sampling settings live in their own structs). Also the flags of
@@ -135,7 +135,7 @@ fn read_pairs(path: &Path) -> Result<Vec<SftExample>> {
 /// Mean per-token log-likelihood of the human responses.
 fn human_ll(
     model: &crate::model::Transformer,
-    tok: &crate::tokenizer::ChatTokenizer,
+    tok: &crate::hf::tokenizer::ChatTokenizer,
     examples: &[SftExample],
     batch: usize,
 ) -> Result<f64> {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use common::*;
 use wgspin::ModelBundle;
-use wgspin::score::{ScoreOptions, TokenizedPair, score_all};
+use wgspin::train::score::{ScoreOptions, TokenizedPair, score_all};
 
 /// The SmolLM2 GGUF from `WGSPIN_SMOLLM2_GGUF`; `None` (test skipped) when unset, except in CI
 /// (`CI` or `WGSPIN_REQUIRE_GPU=1`), where a missing model is a failure.
@@ -172,7 +172,7 @@ fn smollm2_convert_loads_back_with_identical_logits() {
     let g = wgspin::gguf::GgufModel::load(&path).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("smollm2-hf");
-    g.write_hf_folder(&out, wgspin::weights::StoredDtype::F32)
+    g.write_hf_folder(&out, wgspin::hf::weights::StoredDtype::F32)
         .unwrap();
     drop(g);
     eprintln!("converted in {:.1}s", t0.elapsed().as_secs_f64());
@@ -263,13 +263,14 @@ fn dequantization_matches_gguf_python() {
 #[test]
 fn export_gguf_round_trips_through_the_reader() {
     use wgspin::gguf::writer::{ExportDtype, export_hf_folder};
-    use wgspin::weights::{TensorSource, WeightFiles};
+    use wgspin::hf::weights::{TensorSource, WeightFiles};
     let tmp = tempfile::tempdir().unwrap();
     for name in TINY_MODELS {
         let dir = fixture(name);
-        let cfg = wgspin::config::ModelConfig::from_dir(&dir).unwrap();
+        let cfg = wgspin::hf::config::ModelConfig::from_dir(&dir).unwrap();
         let files = WeightFiles::open_dir(&dir).unwrap();
-        let hf_tok = wgspin::tokenizer::ChatTokenizer::from_dir(&dir, &cfg.eos_token_ids).unwrap();
+        let hf_tok =
+            wgspin::hf::tokenizer::ChatTokenizer::from_dir(&dir, &cfg.eos_token_ids).unwrap();
         for dtype in [ExportDtype::F32, ExportDtype::F16, ExportDtype::Q8_0] {
             let out = tmp.path().join(format!("{name}-{dtype:?}.gguf"));
             export_hf_folder(&dir, &out, dtype).unwrap();
@@ -279,9 +280,9 @@ fn export_gguf_round_trips_through_the_reader() {
             let mut want = cfg.clone();
             want.rms_norm_eps = want.rms_norm_eps as f32 as f64;
             want.torch_dtype = "float32".into();
-            want.window = wgspin::config::AttentionWindow::Full;
-            if want.arch == wgspin::config::Arch::Mistral {
-                want.arch = wgspin::config::Arch::Llama;
+            want.window = wgspin::hf::config::AttentionWindow::Full;
+            if want.arch == wgspin::hf::config::Arch::Mistral {
+                want.arch = wgspin::hf::config::Arch::Llama;
             }
             assert_eq!(g.config, want, "{name} {dtype:?}: config");
             for n in files.tensor_names() {

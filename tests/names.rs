@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use common::*;
 use wgspin::ModelBundle;
 use wgspin::device::cpu_device;
-use wgspin::hf_names::{self, expected_tensors};
+use wgspin::hf::names::{self as hf_names, expected_tensors};
+use wgspin::hf::weights::{StoredDtype, WeightFiles};
 use wgspin::model::named::params_mut;
-use wgspin::weights::{StoredDtype, WeightFiles};
 
 fn tensors(dir: &std::path::Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let files = WeightFiles::open_dir(dir).unwrap();
@@ -60,7 +60,7 @@ fn every_name_round_trips_through_load_and_save() {
 
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("ckpt");
-        wgspin::checkpoint::save(&bundle.model, &dir, &out, StoredDtype::F32, &[]).unwrap();
+        wgspin::hf::checkpoint::save(&bundle.model, &dir, &out, StoredDtype::F32, &[]).unwrap();
         let written = tensors(&out);
         let written_names: Vec<&String> = written.keys().collect();
         let mut table_names: Vec<&String> = expected.iter().map(|(n, _)| n).collect();

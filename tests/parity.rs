@@ -8,15 +8,15 @@ mod common;
 
 use common::*;
 use wgspin::ModelBundle;
-use wgspin::score::{ScoreOptions, TokenizedPair, score_all};
+use wgspin::train::score::{ScoreOptions, TokenizedPair, score_all};
 
 #[test]
 fn tokenization_matches_transformers() {
     for name in TINY_MODELS {
         let dir = fixture(name);
         let r = reference(&dir);
-        let cfg = wgspin::config::ModelConfig::from_dir(&dir).unwrap();
-        let tok = wgspin::tokenizer::ChatTokenizer::from_dir(&dir, &cfg.eos_token_ids).unwrap();
+        let cfg = wgspin::hf::config::ModelConfig::from_dir(&dir).unwrap();
+        let tok = wgspin::hf::tokenizer::ChatTokenizer::from_dir(&dir, &cfg.eos_token_ids).unwrap();
         for c in &r.cases {
             let pair = TokenizedPair::new(&tok, &c.prompt, &c.response).unwrap();
             assert_eq!(

@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
-use wgspin::config::ModelConfig;
-use wgspin::score::TokenizedPair;
-use wgspin::tokenizer::ChatTokenizer;
+use wgspin::hf::config::ModelConfig;
+use wgspin::hf::tokenizer::ChatTokenizer;
+use wgspin::train::score::TokenizedPair;
 
 fn smollm2() -> (std::path::PathBuf, ChatTokenizer) {
     let dir = shared_fixture("smollm2-135m-instruct");

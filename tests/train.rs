@@ -17,12 +17,12 @@ use serde_json::Value;
 use wgspin::ModelBundle;
 use wgspin::data::SftExample;
 use wgspin::device::cpu_device;
+use wgspin::hf::weights::WeightFiles;
 use wgspin::model::StepInput;
 use wgspin::model::named::params_mut;
 use wgspin::train::loss::{LossKind, PairLoss, pair_losses};
 use wgspin::train::optim::{OptimizerKind, Schedule, lr_at};
 use wgspin::train::{PairLogps, TrainConfig, Trainer, tokenize_pairs, truncate};
-use wgspin::weights::WeightFiles;
 
 fn spin_reference() -> Value {
     let text = std::fs::read_to_string(fixture("spin_reference.json")).unwrap();
@@ -260,7 +260,7 @@ fn checkpoints_keep_names_shapes_dtypes_and_logits() {
         let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("ckpt");
-        wgspin::checkpoint::save(&bundle.model, &dir, &out, bundle.stored_dtype, &[]).unwrap();
+        wgspin::hf::checkpoint::save(&bundle.model, &dir, &out, bundle.stored_dtype, &[]).unwrap();
         let a = WeightFiles::open_dir(&dir).unwrap();
         let b = WeightFiles::open_dir(&out).unwrap();
         let mut an: Vec<&str> = a.names().collect();

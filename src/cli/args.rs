@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use wgspin::config::ModelConfig;
 use wgspin::data::{DataFormat, SftExample, read_dataset};
 use wgspin::device::{self, ComputeDevice, DeviceSpec};
 use wgspin::generate::GenOptions;
+use wgspin::hf::config::ModelConfig;
 use wgspin::kernels::sample::SamplingParams;
 
 /// `--model`: what every command that runs a model reads.

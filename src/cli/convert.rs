@@ -8,7 +8,7 @@ use clap::Args;
 
 use wgspin::gguf::GgufModel;
 use wgspin::gguf::writer::{ExportDtype, export_hf_folder};
-use wgspin::weights::StoredDtype;
+use wgspin::hf::weights::StoredDtype;
 
 /// Convert a GGUF model (llama / qwen2) to a Hugging Face folder (weights dequantized).
 #[derive(Args, Debug)]
@@ -68,7 +68,7 @@ pub struct PlotArgs {
 
 impl PlotArgs {
     pub fn run(self) -> Result<()> {
-        let path = wgspin::plot::report_for_run(&self.run_dir)?;
+        let path = wgspin::report::plot::report_for_run(&self.run_dir)?;
         println!("{}", path.display());
         Ok(())
     }

@@ -47,12 +47,12 @@ impl DevicesArgs {
             "cpu     burn CPU backend (always available){}",
             if auto.is_none() { "  <- auto" } else { "" }
         );
-        match wgspin::runtime_cache::cache_root() {
+        match wgspin::device::cache::cache_root() {
             Some(dir) => println!(
                 "kernel cache: {} (autotune results per adapter and driver; delete to clear; \
                  {} relocates it)",
                 dir.display(),
-                wgspin::runtime_cache::CACHE_DIR_ENV
+                wgspin::device::cache::CACHE_DIR_ENV
             ),
             None => {
                 println!("kernel cache: none (no user cache directory; results kept in memory)")

@@ -8,7 +8,7 @@ use clap::Args;
 use wgspin::ModelBundle;
 use wgspin::data::SftExample;
 use wgspin::generate::job::{GenSummary, run_generate};
-use wgspin::progress::Progress;
+use wgspin::report::progress::Progress;
 
 use super::args::{DataArgs, DeviceArgs, ModelArgs, SamplingArgs};
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use wgspin::score::{ScoreOptions, TokenizedPair, score_all};
+use wgspin::train::score::{ScoreOptions, TokenizedPair, score_all};
 use wgspin::{ModelBundle, data, fsutil};
 
 use super::args::{DeviceArgs, ModelArgs};

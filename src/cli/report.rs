@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 
-use wgspin::progress::Progress;
+use wgspin::report::progress::Progress;
 use wgspin::train::job::TrainEvent;
 
 /// Prints training events: a bar for reference scoring and steps, a line per logged step.

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use wgspin::progress::Progress;
-use wgspin::sft::run_sft;
+use wgspin::report::progress::Progress;
 use wgspin::train::TrainConfig;
+use wgspin::train::sft::run_sft;
 
 use super::args::{DataArgs, DeviceArgs, ModelArgs};
 

@@ -6,10 +6,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use wgspin::config::ModelConfig;
 use wgspin::fsutil;
 use wgspin::gguf::GgufModel;
-use wgspin::progress::Progress;
+use wgspin::hf::config::ModelConfig;
+use wgspin::report::progress::Progress;
 use wgspin::spin::{SpinConfig, SpinEvent, run_spin};
 use wgspin::train::TrainConfig;
 use wgspin::train::loss::PairLoss;

@@ -8,8 +8,8 @@
 
 use burn::backend::DispatchDevice;
 
-use crate::config::ModelConfig;
 use crate::device::ComputeDevice;
+use crate::hf::config::ModelConfig;
 use crate::model::static_cache::capacity_for;
 
 /// Rows on the CPU backend and on software adapters.
@@ -77,7 +77,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::HfConfig;
+    use crate::hf::config::HfConfig;
 
     /// SmolLM2-135M's shapes.
     fn smollm2() -> ModelConfig {

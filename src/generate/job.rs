@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{Finished, GenOptions, GenRequest, generate};
-use crate::bundle::ModelBundle;
 use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::hf::bundle::ModelBundle;
 
 /// Where a generation job stands, reported after every finished request.
 #[derive(Debug, Clone)]

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::config::{HfConfig, ModelConfig};
 use crate::error::{Error, Result};
-use crate::weights::{HostTensor, StoredDtype, TensorMap};
+use crate::hf::config::{HfConfig, ModelConfig};
+use crate::hf::weights::{HostTensor, StoredDtype, TensorMap};
 use dequant::GgmlType;
 use reader::{GgufFile, MetaValue};
 
@@ -318,7 +318,7 @@ impl GgufModel {
             })?;
         let extra: Vec<u32> = generation_config
             .get("eos_token_id")
-            .and_then(crate::config::token_ids)
+            .and_then(crate::hf::config::token_ids)
             .unwrap_or_default();
         let config = raw.resolve(path, &extra)?;
         let weights = hf_tensors(&g, &config)?;
@@ -333,7 +333,7 @@ impl GgufModel {
     }
 
     /// The tokenizer with chat template and special tokens.
-    pub fn chat_tokenizer(&self) -> Result<crate::tokenizer::ChatTokenizer> {
+    pub fn chat_tokenizer(&self) -> Result<crate::hf::tokenizer::ChatTokenizer> {
         let inner = self
             .tokenizer
             .tokenizer_json
@@ -343,7 +343,7 @@ impl GgufModel {
                 path: self.path.clone(),
                 message: format!("building the tokenizer from GGUF metadata failed: {e}"),
             })?;
-        crate::tokenizer::ChatTokenizer::new(
+        crate::hf::tokenizer::ChatTokenizer::new(
             inner,
             &self.tokenizer.tokenizer_config,
             self.tokenizer.chat_template.as_deref(),
@@ -374,7 +374,7 @@ impl GgufModel {
                 dtype,
             )?;
             let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-            crate::weights::write_safetensors(
+            crate::hf::weights::write_safetensors(
                 &tmp.join("model.safetensors"),
                 &self.weights.tensors,
                 dtype,

@@ -1,8 +1,8 @@
 //! The one place that knows llama.cpp's GGUF tensor names (`token_embd.weight`,
 //! `blk.N.attn_q.weight`, ...) and maps them to and from the Hugging Face names of
-//! [`crate::hf_names`], plus the q/k row permutation llama.cpp applies for arch `llama`.
+//! [`crate::hf::names`], plus the q/k row permutation llama.cpp applies for arch `llama`.
 
-use crate::hf_names::{self, LayerTensor};
+use crate::hf::names::{self as hf_names, LayerTensor};
 
 pub const TOKEN_EMBD: &str = "token_embd.weight";
 pub const OUTPUT_NORM: &str = "output_norm.weight";

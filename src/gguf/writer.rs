@@ -15,11 +15,11 @@ use super::reader::{DEFAULT_ALIGNMENT, MAGIC, MetaValue};
 use super::tokenizer::{
     LLAMA3_REGEX, QWEN2_REGEX, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED,
 };
-use crate::config::{Arch, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
-use crate::hf_names;
+use crate::hf::config::{Arch, ModelConfig, RopeScaling};
+use crate::hf::names as hf_names;
+use crate::hf::weights::{TensorSource, WeightFiles};
 use crate::model::loader;
-use crate::weights::{TensorSource, WeightFiles};
 
 /// llama.cpp's `LLAMA_TOKEN_TYPE_UNUSED`, for padding the vocabulary up to the embedding rows.
 const TOKEN_UNUSED: i32 = 5;
@@ -297,7 +297,7 @@ fn add_tokenizer(w: &mut GgufWriter, dir: &Path, cfg: &ModelConfig) -> Result<()
         .iter()
         .map(|m| merge_string(m).ok_or_else(|| err(format!("malformed merge {m}"))))
         .collect::<Result<Vec<_>>>()?;
-    let chat = crate::tokenizer::ChatTokenizer::from_dir(dir, &cfg.eos_token_ids)?;
+    let chat = crate::hf::tokenizer::ChatTokenizer::from_dir(dir, &cfg.eos_token_ids)?;
     let cfg_path = dir.join("tokenizer_config.json");
     let tcfg = if cfg_path.exists() {
         read_json(&cfg_path)?
@@ -328,7 +328,7 @@ fn add_tokenizer(w: &mut GgufWriter, dir: &Path, cfg: &ModelConfig) -> Result<()
         )
     } else {
         match tcfg.get("chat_template") {
-            Some(v) => crate::chat_template::select_template(v)?,
+            Some(v) => crate::hf::chat_template::select_template(v)?,
             None => None,
         }
     };

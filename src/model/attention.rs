@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::layers::Linear;
 use super::rope;
-use crate::config::AttentionWindow;
+use crate::hf::config::AttentionWindow;
 
 /// Added to the scores of masked keys. Finite, so a fully masked (padding) query row gives a
 /// uniform distribution instead of NaN.

@@ -8,10 +8,10 @@ use super::attention::Attention;
 use super::layers::{Linear, Mlp, RmsNorm};
 use super::named::params_mut;
 use super::{DecoderLayer, Transformer};
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::hf_names;
-use crate::weights::{StoredDtype, TensorSource};
+use crate::hf::config::ModelConfig;
+use crate::hf::names as hf_names;
+use crate::hf::weights::{StoredDtype, TensorSource};
 
 /// Checks names, shapes and storage types of a checkpoint against the config, from its headers
 /// alone (nothing is read or widened); returns the storage dtype of the embeddings (what a

@@ -19,7 +19,7 @@ use attention::{Attention, build_mask};
 use layers::{Mlp, RmsNorm};
 use rope::Rope;
 
-use crate::config::{AttentionWindow, ModelConfig};
+use crate::hf::config::{AttentionWindow, ModelConfig};
 
 #[derive(Module, Debug)]
 pub struct DecoderLayer {

@@ -1,6 +1,6 @@
 //! The transformer's parameters by Hugging Face name: what the trainer updates and what a
-//! checkpoint writes. Names come from [`crate::hf_names`]; this file only pairs them with fields,
-//! in the order of [`crate::hf_names::expected_tensors`].
+//! checkpoint writes. Names come from [`crate::hf::names`]; this file only pairs them with fields,
+//! in the order of [`crate::hf::names::expected_tensors`].
 
 use burn::module::Param;
 use burn::tensor::Gradients;
@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Transformer;
 use super::layers::Linear;
-use crate::hf_names::{self, LayerTensor};
+use crate::hf::names::{self as hf_names, LayerTensor};
 
 /// A mutable parameter of rank 1 (norms, biases) or 2 (matrices).
 pub enum ParamRef<'a> {

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use super::{Transformer, loader};
-use crate::config::{HfConfig, ModelConfig};
 use crate::error::{Error, Result};
-use crate::hf_names;
+use crate::hf::config::{HfConfig, ModelConfig};
+use crate::hf::names as hf_names;
+use crate::hf::weights::{HostTensor, StoredDtype, TensorSource};
 use crate::rng::SplitMix64;
-use crate::weights::{HostTensor, StoredDtype, TensorSource};
 
 /// transformers' `initializer_range` default.
 const STD: f32 = 0.02;

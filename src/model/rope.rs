@@ -4,7 +4,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::config::{RopeConfig, RopeScaling};
+use crate::hf::config::{RopeConfig, RopeScaling};
 
 /// Inverse frequencies, one per rotated pair (`head_dim / 2`).
 #[derive(Debug, Clone)]

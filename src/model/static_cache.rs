@@ -23,7 +23,7 @@ use super::attention::{Attention, KvCache};
 use super::fused::{DecodeWeights, FusedLayer};
 use super::layers::RmsNorm;
 use super::{DecoderLayer, Transformer};
-use crate::config::AttentionWindow;
+use crate::hf::config::AttentionWindow;
 use crate::kernels::attention;
 use crate::kernels::norm;
 use crate::kernels::rope_cache::{self, RopeInputs};

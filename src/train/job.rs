@@ -16,11 +16,12 @@ use serde_json::{Value, json};
 
 use super::optim::{OptimConfig, Optimizer};
 use super::{PairLogps, StepMetrics, TrainConfig, Trainer, pair_logps, tokenize_pairs};
-use crate::bundle::ModelBundle;
 use crate::data::SftExample;
 use crate::error::{Error, Result};
-use crate::weights::StoredDtype;
-use crate::{checkpoint, fsutil};
+use crate::fsutil;
+use crate::hf::bundle::ModelBundle;
+use crate::hf::checkpoint;
+use crate::hf::weights::StoredDtype;
 
 pub const CHECKPOINT: &str = "checkpoint";
 pub const STATE_FILE: &str = "trainer_state.json";

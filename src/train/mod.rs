@@ -11,6 +11,8 @@
 pub mod job;
 pub mod loss;
 pub mod optim;
+pub mod score;
+pub mod sft;
 
 use std::time::Instant;
 
@@ -20,10 +22,10 @@ use serde_json::{Value, json};
 
 use crate::data::SftExample;
 use crate::error::{Error, Result};
+use crate::hf::tokenizer::ChatTokenizer;
 use crate::model::Transformer;
 use crate::model::named::params_mut;
-use crate::score::{ScoreOptions, TokenizedPair, score_all, sequence_logprobs};
-use crate::tokenizer::ChatTokenizer;
+use crate::train::score::{ScoreOptions, TokenizedPair, score_all, sequence_logprobs};
 use loss::{LossKind, PairLoss, pair_loss_host, pair_losses};
 use optim::{OptimConfig, Optimizer, OptimizerKind, Schedule, grad_norm, lr_at};
 

@@ -12,9 +12,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::hf::weights::{HostTensor, StoredDtype, WeightFiles, write_safetensors};
 use crate::model::Transformer;
 use crate::model::named::params_mut;
-use crate::weights::{HostTensor, StoredDtype, WeightFiles, write_safetensors};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

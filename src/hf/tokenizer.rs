@@ -8,8 +8,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::chat_template::{ChatTemplate, Message, select_template};
 use crate::error::{Error, Result};
+use crate::hf::chat_template::{ChatTemplate, Message, select_template};
 
 /// `tokenizer.json` plus the chat template and special tokens of `tokenizer_config.json`.
 pub struct ChatTokenizer {

@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 
-use crate::error::{Error, Result};
-use crate::kernels::logprobs::{
+use wgspin::error::{Error, Result};
+use wgspin::kernels::logprobs::{
     f16_kernel_available, head_logprobs, token_logprobs, token_logprobs_grad,
     token_logprobs_grad_twin, token_logprobs_twin,
 };
-use crate::kernels::sample::{DrawId, SamplingParams, sample, sample_twin};
-use crate::rng::SplitMix64;
+use wgspin::kernels::sample::{DrawId, SamplingParams, sample, sample_twin};
+use wgspin::rng::SplitMix64;
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -170,7 +170,7 @@ pub fn bench_kernels(device: &Device, sizes: BenchSizes) -> Result<Vec<BenchRow>
     if let Some(row) = bench_decode_attention(device, b, sizes.iters)? {
         rows.push(row);
     }
-    let few = b.min(crate::kernels::rows_matmul::MAX_ROWS);
+    let few = b.min(wgspin::kernels::rows_matmul::MAX_ROWS);
     rows.extend(bench_rows_matmul(device, few, sizes.iters)?);
     Ok(rows)
 }
@@ -179,7 +179,7 @@ pub fn bench_kernels(device: &Device, sizes: BenchSizes) -> Result<Vec<BenchRow>
 /// ragged positions in a 1024-column cache, against the twin over the same columns. `None` where
 /// the kernel does not run (off wgpu). GB/s counts the keys and values of the visible columns.
 fn bench_decode_attention(device: &Device, b: usize, iters: usize) -> Result<Option<BenchRow>> {
-    use crate::kernels::attention::{
+    use wgspin::kernels::attention::{
         decode_attention, decode_attention_twin, decode_mask, kernel_available,
     };
     let (h, hkv, c, d) = (9, 3, 1024, 64);
@@ -235,7 +235,7 @@ fn bench_decode_attention(device: &Device, b: usize, iters: usize) -> Result<Opt
 /// the kernel does not run for these shapes.
 /// GB/s counts the weight's bytes.
 fn bench_rows_matmul(device: &Device, b: usize, iters: usize) -> Result<Vec<BenchRow>> {
-    use crate::kernels::rows_matmul::{
+    use wgspin::kernels::rows_matmul::{
         RowsPath, rows_matmul, rows_matmul_twin, rows_path, rows_swiglu, rows_swiglu_twin,
     };
     let (hidden, inter) = (576, 1536);
@@ -314,46 +314,46 @@ fn random_token(rng: &mut SplitMix64, vocab: usize) -> u32 {
 /// transformers: generated tokens per second (prefill included in the time), and the engine's
 /// per-step profile.
 pub fn bench_generate(
-    model: &crate::model::Transformer,
+    model: &wgspin::model::Transformer,
     vocab: usize,
     batch: usize,
     prompt_len: usize,
     new_tokens: usize,
-) -> Result<crate::generate::profile::GenProfile> {
+) -> Result<wgspin::generate::profile::GenProfile> {
     let mut rng = SplitMix64(0x5EED);
-    let requests: Vec<crate::generate::GenRequest> = (0..batch)
-        .map(|i| crate::generate::GenRequest {
+    let requests: Vec<wgspin::generate::GenRequest> = (0..batch)
+        .map(|i| wgspin::generate::GenRequest {
             index: i as u32,
             prompt: (0..prompt_len)
                 .map(|_| random_token(&mut rng, vocab))
                 .collect(),
         })
         .collect();
-    let opts = crate::generate::GenOptions {
+    let opts = wgspin::generate::GenOptions {
         batch_size: batch,
         max_new_tokens: new_tokens,
-        sampling: crate::kernels::sample::SamplingParams {
+        sampling: wgspin::kernels::sample::SamplingParams {
             temperature: 0.0,
             ..Default::default()
         },
         stop_ids: vec![],
         pad_id: 0,
     };
-    crate::generate::profile::profile_generate(model, &requests, &opts)
+    wgspin::generate::profile::profile_generate(model, &requests, &opts)
 }
 
 /// SPIN training throughput: `pairs` pairs of random sequences of `seq_len` tokens (prompt
 /// `prompt_len`), one optimizer step (RMSprop) per batch, as `scripts/bench_train.py` measures
 /// PyTorch. `model` must live on an autodiff device. Returns (tokens/s, median step seconds).
 pub fn bench_train(
-    model: crate::model::Transformer,
+    model: wgspin::model::Transformer,
     vocab: usize,
     pairs: usize,
     seq_len: usize,
     prompt_len: usize,
     steps: usize,
 ) -> Result<(f64, f64)> {
-    use crate::train::{PairLogps, TrainConfig, TrainPair, Trainer};
+    use wgspin::train::{PairLogps, TrainConfig, TrainPair, Trainer};
     let mut rng = SplitMix64(7);
     let mut tok = || random_token(&mut rng, vocab);
     let n = pairs * (steps + 1);

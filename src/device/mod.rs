@@ -2,6 +2,8 @@
 //! when asked); `cpu` is burn's pure-Rust CPU backend, so every command also runs where no
 //! adapter exists, and `auto` prefers it to a software adapter.
 
+pub mod cache;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -11,7 +13,7 @@ use burn::tensor::wgpu::WgpuBackend;
 use burn::tensor::{Device, DeviceKind};
 
 use crate::error::{Error, Result};
-use crate::runtime_cache::{self, CacheStatus};
+use cache::CacheStatus;
 
 /// What the user asked for with `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -330,7 +332,7 @@ pub fn select(spec: DeviceSpec) -> Result<ComputeDevice> {
         }
     };
     // Before the device exists: cubecl reads where to cache once, at its first use.
-    let cache = runtime_cache::configure(chosen);
+    let cache = cache::configure(chosen);
     Ok(ComputeDevice {
         device: wgpu_device(&adapters, chosen)?,
         description: format!(

@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use wgspin::demo::{DemoConfig, DemoEvent, StageResult, run_demo};
-use wgspin::progress::Progress;
+mod model;
+mod run;
+mod task;
+
+use run::{DemoConfig, DemoEvent, StageResult, run_demo};
+use wgspin::report::progress::Progress;
 use wgspin::spin::SpinEvent;
 
 use super::args::DeviceArgs;

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::hf::weights::{HostTensor, StoredDtype, write_safetensors};
 use crate::model::Transformer;
 use crate::model::named::params_mut;
-use crate::weights::{HostTensor, StoredDtype, write_safetensors};
 
 /// Files of a model folder that a checkpoint carries over: configuration, tokenizer and chat
 /// template (the names transformers reads); weights and anything else stay behind.

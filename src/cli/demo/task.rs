@@ -4,14 +4,14 @@
 //! measures what SFT and SPIN taught. Held-out words are unseen, so a model must learn the rule
 //! (a per-letter map at a fixed offset), not the words; a tiny model does so in minutes.
 
-use crate::data::SftExample;
+use wgspin::data::SftExample;
 
 /// Letters the strings are made of; small, so a tiny model can learn the task in minutes.
 pub const LETTERS: &str = "abcdefghijklmnopqrstuvwxyz";
 pub const PREFIX: &str = "shift: ";
 pub const WORD_LEN: usize = 3;
 
-use crate::rng::SplitMix64 as Rng;
+use wgspin::rng::SplitMix64 as Rng;
 
 /// The expected answer for a prompt of this task.
 pub fn answer(word: &str) -> String {

@@ -6,11 +6,11 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
-use crate::hf_names;
-use crate::rng::SplitMix64 as Rng;
-use crate::weights::{HostTensor, StoredDtype, write_safetensors};
+use wgspin::error::{Error, Result};
+use wgspin::fsutil::write_atomic;
+use wgspin::hf::names as hf_names;
+use wgspin::hf::weights::{HostTensor, StoredDtype, write_safetensors};
+use wgspin::rng::SplitMix64 as Rng;
 
 const SPECIALS: [&str; 5] = ["<pad>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"];
 const CHARS: &str = "abcdefghijklmnopqrstuvwxyz0123456789 :.,?!-+=";
@@ -103,7 +103,7 @@ pub fn write_base_model(dir: &Path, seed: u64) -> Result<()> {
         &dir.join("generation_config.json"),
         pretty(&json!({"eos_token_id": 4, "pad_token_id": 0})).as_bytes(),
     )?;
-    let cfg = crate::config::ModelConfig::from_dir(dir)?;
+    let cfg = wgspin::hf::config::ModelConfig::from_dir(dir)?;
     let mut rng = Rng(seed);
     let tensors: Vec<(String, HostTensor)> = hf_names::expected_tensors(&cfg)
         .into_iter()

@@ -1,7 +1,7 @@
 //! The one place that knows Hugging Face tensor names for the Llama / Mistral / Qwen2 decoders,
 //! and the shape each tensor must have for a given config.
 
-use crate::config::ModelConfig;
+use crate::hf::config::ModelConfig;
 
 pub const EMBED: &str = "model.embed_tokens.weight";
 pub const FINAL_NORM: &str = "model.norm.weight";

@@ -5,8 +5,7 @@
 //! stage is scored on held-out prompts: exact-match accuracy of greedy answers, log-likelihood
 //! of the human answers, and (for SPIN) reward accuracy and margin of θ_{t+1} against θ_t.
 
-pub mod model;
-pub mod task;
+use super::{model, task};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,17 +13,17 @@ use std::time::Instant;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use crate::bundle::ModelBundle;
-use crate::data::SftExample;
-use crate::error::{Error, Result};
-use crate::generate::{GenOptions, GenRequest, generate};
-use crate::kernels::sample::SamplingParams;
-use crate::score::{ScoreOptions, TokenizedPair, score_all};
-use crate::sft::run_sft;
-use crate::spin::{SpinConfig, SpinEvent, run_spin};
-use crate::train::TrainConfig;
-use crate::train::loss::PairLoss;
-use crate::train::optim::{OptimizerKind, Schedule};
+use wgspin::data::SftExample;
+use wgspin::error::{Error, Result};
+use wgspin::generate::{GenOptions, GenRequest, generate};
+use wgspin::hf::bundle::ModelBundle;
+use wgspin::kernels::sample::SamplingParams;
+use wgspin::spin::{SpinConfig, SpinEvent, run_spin};
+use wgspin::train::TrainConfig;
+use wgspin::train::loss::PairLoss;
+use wgspin::train::optim::{OptimizerKind, Schedule};
+use wgspin::train::score::{ScoreOptions, TokenizedPair, score_all};
+use wgspin::train::sft::run_sft;
 
 /// Demo size. [`DemoConfig::full`] is what `wgspin demo` runs; [`DemoConfig::quick`] is the
 /// reduced mode CI runs.
@@ -320,7 +319,7 @@ pub fn run_demo(
         for r in spin_rows {
             rows.push(r?);
         }
-        crate::plot::report_for_run(&spin_dir)?;
+        wgspin::report::plot::report_for_run(&spin_dir)?;
 
         // Continued SFT with the same compute: SPIN iteration t pushes 2 sequences per pair
         // through forward and backward, over N pairs (t = 0) or 2N (t ≥ 1, with the previous
@@ -350,7 +349,7 @@ pub fn run_demo(
         }
     }
     let json = serde_json::json!({"config": c, "results": rows});
-    crate::fsutil::write_atomic(
+    wgspin::fsutil::write_atomic(
         &out.join("demo.json"),
         serde_json::to_string_pretty(&json)
             .unwrap_or_default()
@@ -401,13 +400,13 @@ fn write_examples(path: &Path, examples: &[SftExample]) -> Result<()> {
                 + "\n"
         })
         .collect();
-    crate::fsutil::write_atomic(path, text.as_bytes())
+    wgspin::fsutil::write_atomic(path, text.as_bytes())
 }
 
 /// `report.svg`: held-out exact match and log-likelihood per round, SPIN vs continued SFT
 /// (mean over seeds), and the first seed's SPIN training curves.
 pub fn write_report(out: &Path, rows: &[StageResult]) -> Result<PathBuf> {
-    use crate::plot::{Panel, Series, run_panels, svg};
+    use wgspin::report::plot::{Panel, Series, run_panels, svg};
     let mean_by = |method: &str, f: &dyn Fn(&StageResult) -> f64| -> Vec<(f64, f64)> {
         let rounds = rows.iter().map(|r| r.round).max().unwrap_or(0);
         (0..=rounds)
@@ -458,7 +457,7 @@ pub fn write_report(out: &Path, rows: &[StageResult]) -> Result<PathBuf> {
         }
     }
     let path = out.join("report.svg");
-    crate::fsutil::write_atomic(
+    wgspin::fsutil::write_atomic(
         &path,
         svg("wgspin demo: SPIN vs continued SFT", &panels).as_bytes(),
     )?;

@@ -6,9 +6,9 @@
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::hf::tokenizer::ChatTokenizer;
 use crate::kernels::logprobs::head_logprobs;
 use crate::model::{StepInput, Transformer};
-use crate::tokenizer::ChatTokenizer;
 
 /// A tokenized (prompt, response) pair; `response` ends with eos.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct TokenizedPair {
 }
 
 impl TokenizedPair {
-    /// Tokenizes by the shared rule (see [`crate::tokenizer`]).
+    /// Tokenizes by the shared rule (see [`crate::hf::tokenizer`]).
     pub fn new(tok: &ChatTokenizer, prompt: &str, response: &str) -> Result<Self> {
         let prompt_ids = tok.prompt_ids(prompt)?;
         if prompt_ids.is_empty() {

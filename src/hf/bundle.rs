@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::hf::config::ModelConfig;
+use crate::hf::tokenizer::ChatTokenizer;
+use crate::hf::weights::{StoredDtype, WeightFiles};
 use crate::model::{Transformer, loader};
-use crate::tokenizer::ChatTokenizer;
-use crate::weights::{StoredDtype, WeightFiles};
 
 pub struct ModelBundle {
     pub dir: PathBuf,

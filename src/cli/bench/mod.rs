@@ -7,9 +7,11 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use wgspin::ModelBundle;
-use wgspin::bench::{self, BenchSizes};
-use wgspin::config::ModelConfig;
+mod measure;
+
+use measure::BenchSizes;
 use wgspin::generate::profile::{GenProfile, WARMUP_STEPS};
+use wgspin::hf::config::ModelConfig;
 use wgspin::model::Transformer;
 use wgspin::model::random_init::random_model;
 
@@ -83,7 +85,7 @@ impl KernelsArgs {
             "{:<38} {:<36} {:>10} {:>10} {:>7} {:>9}",
             "kernel", "shape", "ours ms", "twin ms", "ratio", "GB/s"
         );
-        for r in bench::bench_kernels(&dev.device, sizes)? {
+        for r in measure::bench_kernels(&dev.device, sizes)? {
             println!(
                 "{:<38} {:<36} {:>10.3} {:>10.3} {:>6.2}x {:>9.2}",
                 r.name,
@@ -134,7 +136,7 @@ impl GenerateArgs {
         let (prompt_len, new_tokens) = (self.prompt_len, self.new_tokens);
         for batch in self.batch_sizes {
             let p =
-                bench::bench_generate(&model, config.vocab_size, batch, prompt_len, new_tokens)?;
+                measure::bench_generate(&model, config.vocab_size, batch, prompt_len, new_tokens)?;
             println!(
                 "{batch:>6} {prompt_len:>11} {new_tokens:>11} {:>12.1}",
                 p.tokens_per_s
@@ -180,13 +182,13 @@ impl TrainArgs {
         let dev = self.device.select()?;
         let (config, model) = self.model.load(&dev.device.clone().autodiff())?;
         let (tps, secs) =
-            bench::bench_train(model, config.vocab_size, pairs, seq_len, prompt_len, steps)?;
+            measure::bench_train(model, config.vocab_size, pairs, seq_len, prompt_len, steps)?;
         let mem = match dev.device.memory_pool_usage() {
             Some(u) => format!(
                 "{:.1} MiB device memory reserved",
                 u.bytes_reserved as f64 / 1048576.0
             ),
-            None => bench::peak_rss_bytes()
+            None => measure::peak_rss_bytes()
                 .map(|b| format!("{:.1} MiB peak process RSS", b as f64 / 1048576.0))
                 .unwrap_or_else(|| "memory not reported here".into()),
         };
@@ -226,11 +228,11 @@ impl MemoryArgs {
             (self.positions, self.hidden, self.vocab, self.chunk);
         // The CPU backend keeps tensors in process memory: there the process's peak resident
         // size is the honest upper bound (it includes the program itself).
-        let measured = match bench::head_loss_memory(&dev.device, positions, hidden, vocab, chunk)?
-        {
-            Some(bytes) => Some((bytes, "reserved")),
-            None => bench::peak_rss_bytes().map(|b| (b, "peak process memory")),
-        };
+        let measured =
+            match measure::head_loss_memory(&dev.device, positions, hidden, vocab, chunk)? {
+                Some(bytes) => Some((bytes, "reserved")),
+                None => measure::peak_rss_bytes().map(|b| (b, "peak process memory")),
+            };
         match measured {
             Some((bytes, what)) => println!(
                 "lm_head + log-prob forward+backward, {positions} positions, [{vocab} x {hidden}] head, chunk {chunk}: {:.1} MiB {what} (unchunked logits alone would be {:.1} MiB)",

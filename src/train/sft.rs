@@ -12,15 +12,15 @@ use std::time::Instant;
 use burn::tensor::Device;
 use serde_json::json;
 
-use crate::bundle::ModelBundle;
-use crate::checkpoint;
 use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::hf::bundle::ModelBundle;
+use crate::hf::checkpoint;
 use crate::model::Transformer;
-use crate::score::{TokenizedPair, response_token_logprobs};
 use crate::train::job::{CHECKPOINT, METRICS_FILE};
 use crate::train::optim::{OptimConfig, Optimizer};
+use crate::train::score::{TokenizedPair, response_token_logprobs};
 use crate::train::{Plan, TrainConfig, apply_update, param_grads, read_f32, truncate};
 
 /// Metrics of one SFT step.
@@ -134,7 +134,7 @@ impl SftTrainer {
 /// Tokenizes SFT examples (prompt through the chat template, response + eos), truncated as SPIN
 /// truncates pairs.
 pub fn tokenize_sft(
-    tok: &crate::tokenizer::ChatTokenizer,
+    tok: &crate::hf::tokenizer::ChatTokenizer,
     examples: &[SftExample],
     cfg: &TrainConfig,
 ) -> Result<Vec<TokenizedPair>> {

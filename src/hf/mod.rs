@@ -1,0 +1,11 @@
+//! The Hugging Face formats, in and out: `config.json` (resolved into a config without
+//! `Option`s), the one table of tensor names, safetensors weights, the tokenizer and its chat
+//! template, checkpoints that `transformers` loads, and the bundle of all of them on a device.
+
+pub mod bundle;
+pub mod chat_template;
+pub mod checkpoint;
+pub mod config;
+pub mod names;
+pub mod tokenizer;
+pub mod weights;

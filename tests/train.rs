@@ -106,7 +106,7 @@ fn norm(t: Tensor<1>) -> f64 {
 }
 
 fn named_values(t: &Trainer) -> Vec<(String, Tensor<1>)> {
-    let mut m = t.model.clone();
+    let mut m = t.state.model.clone();
     params_mut(&mut m)
         .into_iter()
         .map(|(n, p)| (n, p.value_flat()))
@@ -149,7 +149,7 @@ fn losses_gradients_and_optimizer_steps_match_pytorch() {
         }
 
         // Gradient norms of the mean sigmoid loss.
-        let mut m = t.model.clone();
+        let mut m = t.state.model.clone();
         let names: Vec<String> = params_mut(&mut m).into_iter().map(|(n, _)| n).collect();
         let total = g
             .grads
@@ -245,7 +245,7 @@ fn non_finite_loss_stops_naming_the_step() {
     let before = named_values(&t);
     let err = t.train_step().unwrap_err().to_string();
     assert!(err.contains("step 1") && err.contains("NaN"), "{err}");
-    assert_eq!(t.step, 0);
+    assert_eq!(t.state.step, 0);
     let after = named_values(&t);
     for ((n, a), (_, b)) in before.iter().zip(&after) {
         assert_eq!(norm(a.clone() - b.clone()), 0.0, "{n} changed");

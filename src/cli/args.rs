@@ -50,6 +50,22 @@ impl DeviceArgs {
     }
 }
 
+/// What the job commands (`generate`, `train`, `spin`, `sft`) read: the model, the data, the
+/// device, and optionally a TOML file of their flags.
+#[derive(Args, Debug, Clone)]
+pub struct JobArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// TOML file with any of this command's flags as keys (flags given on the command line
+    /// override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
 /// `--data` and `--format`: the training or prompt data.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {

@@ -10,7 +10,7 @@ use wgspin::data::SftExample;
 use wgspin::generate::job::{GenSummary, run_generate};
 use wgspin::report::progress::Progress;
 
-use super::args::{DataArgs, DeviceArgs, ModelArgs, SamplingArgs};
+use super::args::{JobArgs, SamplingArgs};
 
 /// The opponent's turn: sample a response for every SFT prompt, written as SPIN pairs.
 ///
@@ -21,9 +21,7 @@ use super::args::{DataArgs, DeviceArgs, ModelArgs, SamplingArgs};
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    data: DataArgs,
+    job: JobArgs,
     /// Output JSONL file (SPIN format).
     #[arg(long)]
     out: PathBuf,
@@ -31,19 +29,14 @@ pub struct GenerateArgs {
     #[arg(long)]
     limit: Option<usize>,
     #[command(flatten)]
-    device: DeviceArgs,
-    #[command(flatten)]
     sampling: SamplingArgs,
-    /// TOML file with any of these flags as keys (flags given here override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
 }
 
 impl GenerateArgs {
     pub fn run(self) -> Result<()> {
-        let dev = self.device.select()?;
-        let examples = self.data.load(self.limit)?;
-        let path = &self.model.model;
+        let dev = self.job.device.select()?;
+        let examples = self.job.data.load(self.limit)?;
+        let path = &self.job.model.model;
         let bundle = ModelBundle::load(path, &dev.device)
             .with_context(|| format!("loading model {}", path.display()))?;
         let rows = self.sampling.gen_batch_size(&dev, &bundle.config)?;

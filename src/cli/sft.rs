@@ -9,7 +9,7 @@ use wgspin::report::progress::Progress;
 use wgspin::train::TrainConfig;
 use wgspin::train::sft::run_sft;
 
-use super::args::{DataArgs, DeviceArgs, ModelArgs};
+use super::args::JobArgs;
 
 /// Supervised fine-tuning (next-token loss on response tokens) on prompt/response data.
 ///
@@ -19,29 +19,22 @@ use super::args::{DataArgs, DeviceArgs, ModelArgs};
 #[derive(Args, Debug)]
 pub struct SftArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    data: DataArgs,
+    job: JobArgs,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
-    device: DeviceArgs,
-    #[command(flatten)]
     train: TrainConfig,
-    /// TOML file with any of these flags as keys (flags given here override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
 }
 
 impl SftArgs {
     pub fn run(self) -> Result<()> {
-        let dev = self.device.select()?;
-        let examples = self.data.load(None)?;
+        let dev = self.job.device.select()?;
+        let examples = self.job.data.load(None)?;
         let mut bar: Option<Progress> = None;
         let out = &self.out;
         let ckpt = run_sft(
-            &self.model.model,
+            &self.job.model.model,
             &examples,
             out,
             &self.train,

@@ -14,7 +14,7 @@ use wgspin::spin::{SpinConfig, SpinEvent, run_spin};
 use wgspin::train::TrainConfig;
 use wgspin::train::loss::PairLoss;
 
-use super::args::{DataArgs, DeviceArgs, ModelArgs, SamplingArgs};
+use super::args::{JobArgs, SamplingArgs};
 use super::report::TrainReporter;
 
 /// The self-play loop: generate, train and evaluate per iteration until converged.
@@ -29,25 +29,18 @@ use super::report::TrainReporter;
 #[derive(Args, Debug)]
 pub struct SpinArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    data: DataArgs,
+    job: JobArgs,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
     spin: SpinConfig,
     #[command(flatten)]
-    device: DeviceArgs,
-    #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
     loss: PairLoss,
     #[command(flatten)]
     train: TrainConfig,
-    /// TOML file with any of these flags as keys (flags given here override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
 }
 
 impl SpinArgs {
@@ -57,9 +50,9 @@ impl SpinArgs {
 }
 
 fn run(mut a: SpinArgs) -> Result<()> {
-    let dev = a.device.select()?;
-    let examples = a.data.load(None)?;
-    let model = a.model.model.clone();
+    let dev = a.job.device.select()?;
+    let examples = a.job.data.load(None)?;
+    let model = a.job.model.model.clone();
     let config = if model.is_dir() {
         ModelConfig::from_dir(&model)
     } else {
@@ -79,7 +72,7 @@ fn run(mut a: SpinArgs) -> Result<()> {
     sampling["max_new_tokens"] = json!(gen_opts.max_new_tokens);
     let resolved = json!({
         "model": model.to_string_lossy(),
-        "data": a.data.data.to_string_lossy(),
+        "data": a.job.data.data.to_string_lossy(),
         "spin": a.spin,
         "sampling": sampling,
         "train": train_cfg,

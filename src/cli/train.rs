@@ -9,7 +9,7 @@ use wgspin::train::TrainConfig;
 use wgspin::train::job::run_train;
 use wgspin::train::loss::PairLoss;
 
-use super::args::{DataArgs, DeviceArgs, ModelArgs};
+use super::args::JobArgs;
 use super::report::TrainReporter;
 
 /// The main player's turn: SPIN training on (prompt, real, generated) pairs.
@@ -22,9 +22,7 @@ use super::report::TrainReporter;
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    data: DataArgs,
+    job: JobArgs,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
@@ -32,24 +30,19 @@ pub struct TrainArgs {
     #[arg(long)]
     resume: bool,
     #[command(flatten)]
-    device: DeviceArgs,
-    #[command(flatten)]
     loss: PairLoss,
     #[command(flatten)]
     train: TrainConfig,
-    /// TOML file with any of these flags as keys (flags given here override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
 }
 
 impl TrainArgs {
     pub fn run(self) -> Result<()> {
-        let dev = self.device.select()?;
-        let examples = self.data.load(None)?;
+        let dev = self.job.device.select()?;
+        let examples = self.job.data.load(None)?;
         if let Some(e) = examples.iter().find(|e| e.generated.is_none()) {
             anyhow::bail!(
                 "{}: example {:?} has no generated response. Train on SPIN pairs (the output of `wgspin generate`, or rows with \"real\" and \"generated\")",
-                self.data.data.display(),
+                self.job.data.data.display(),
                 e.id
             );
         }
@@ -60,7 +53,7 @@ impl TrainArgs {
         let out = &self.out;
         let mut reporter = TrainReporter::new(cfg.logging_steps);
         let summary = run_train(
-            &self.model.model,
+            &self.job.model.model,
             &examples,
             out,
             &cfg,

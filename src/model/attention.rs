@@ -92,17 +92,25 @@ pub fn build_mask(
     Tensor::from_data(TensorData::new(mask, [b, 1, 1, s, kv]), device)
 }
 
+/// What every layer of one prefill or training forward shares: the RoPE angles of the step's
+/// positions and the additive attention mask.
+pub struct StepContext<'a> {
+    /// `[batch, 1, seq, head_dim/2]`
+    pub cos: &'a Tensor<4>,
+    /// `[batch, 1, seq, head_dim/2]`
+    pub sin: &'a Tensor<4>,
+    /// `[batch, 1, 1, seq, cached + seq]`
+    pub mask: &'a Tensor<5>,
+}
+
+/// A layer's key/value cache slot of the prefill path, `([b, hkv, kv, d], [b, hkv, kv, d])`.
+pub type LayerCache<'a> = Option<&'a mut Option<(Tensor<4>, Tensor<4>)>>;
+
 impl Attention {
-    /// `x`: `[batch, seq, hidden]`; `cos`/`sin`: `[batch, 1, seq, head_dim/2]`;
-    /// `mask`: `[batch, 1, 1, seq, cached + seq]`. Appends this step's keys/values to `cache`.
-    pub fn forward(
-        &self,
-        x: Tensor<3>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
-        mask: &Tensor<5>,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-    ) -> Tensor<3> {
+    /// `x`: `[batch, seq, hidden]` → `[batch, seq, hidden]`. Appends this step's keys/values to
+    /// `cache`.
+    pub fn forward(&self, x: Tensor<3>, ctx: &StepContext, cache: LayerCache) -> Tensor<3> {
+        let StepContext { cos, sin, mask } = *ctx;
         let [b, s, _] = x.dims();
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let g = h / hkv;

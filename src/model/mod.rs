@@ -15,7 +15,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use attention::KvCache;
-use attention::{Attention, build_mask};
+use attention::{Attention, LayerCache, StepContext, build_mask};
 use layers::{Mlp, RmsNorm};
 use rope::Rope;
 
@@ -30,18 +30,8 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
-        mask: &Tensor<5>,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-    ) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .attn
-                .forward(self.input_norm.forward(x), cos, sin, mask, cache);
+    fn forward(&self, x: Tensor<3>, ctx: &StepContext, cache: LayerCache) -> Tensor<3> {
+        let h = x.clone() + self.attn.forward(self.input_norm.forward(x), ctx, cache);
         h.clone() + self.mlp.forward(self.post_attn_norm.forward(h))
     }
 }
@@ -159,9 +149,14 @@ impl Transformer {
         } else {
             build_mask(&input.positions, &key_pos, self.window, &device)
         };
+        let ctx = StepContext {
+            cos: &cos,
+            sin: &sin,
+            mask: &mask,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &cos, &sin, &mask, slot);
+            x = layer.forward(x, &ctx, slot);
         }
         if let Some(c) = cache {
             c.key_pos = key_pos;

@@ -195,14 +195,14 @@ pub fn run_train(
     let player = ModelBundle::load(load_from, &train_device)?;
     let mut trainer = Trainer::new(player.model, cfg.clone(), pairs, reference, pad)?;
     if state.is_some() {
-        trainer.step = resume_step;
+        trainer.state.step = resume_step;
         let opt_path = ckpt.join(OPTIMIZER_FILE);
         if opt_path.exists() {
-            trainer.optimizer = Optimizer::load(
+            trainer.state.optimizer = Optimizer::load(
                 OptimConfig::from(cfg),
                 &opt_path,
                 resume_step as u64,
-                &trainer.model,
+                &trainer.state.model,
                 device,
             )?;
         }
@@ -230,11 +230,11 @@ pub fn run_train(
 
     let save = |trainer: &Trainer, complete: bool| -> Result<()> {
         let state = json!({
-            "step": trainer.step,
-            "total_steps": trainer.plan.total_steps,
+            "step": trainer.state.step,
+            "total_steps": trainer.state.plan.total_steps,
             "complete": complete,
             "source_model": model_path.to_string_lossy(),
-            "config": serde_json::to_value(&trainer.cfg).unwrap_or(Value::Null),
+            "config": serde_json::to_value(&trainer.state.cfg).unwrap_or(Value::Null),
         });
         let mut extra = vec![(
             STATE_FILE,
@@ -244,7 +244,10 @@ pub fn run_train(
         )];
         let tmp_opt = out.join(format!(".optimizer.tmp-{}", std::process::id()));
         if !complete {
-            trainer.optimizer.save(&tmp_opt, &trainer.model)?;
+            trainer
+                .state
+                .optimizer
+                .save(&tmp_opt, &trainer.state.model)?;
             let bytes = std::fs::read(&tmp_opt).map_err(|e| Error::io(&tmp_opt, e))?;
             let _ = std::fs::remove_file(&tmp_opt);
             extra.push((OPTIMIZER_FILE, bytes));
@@ -252,20 +255,20 @@ pub fn run_train(
         // A resumable checkpoint keeps the f32 master weights (a bf16 round trip would change
         // the continued run); the finished one is stored like the input.
         let save_dtype = if complete { dtype } else { StoredDtype::F32 };
-        checkpoint::save(&trainer.model, &source_dir, &ckpt, save_dtype, &extra)
+        checkpoint::save(&trainer.state.model, &source_dir, &ckpt, save_dtype, &extra)
     };
 
     let mut last = None;
     while !trainer.is_done() {
         let m = trainer.train_step()?;
-        if m.step % cfg.logging_steps == 0 || m.step == trainer.plan.total_steps {
+        if m.step % cfg.logging_steps == 0 || m.step == trainer.state.plan.total_steps {
             writeln!(metrics_file, "{}", m.to_json())
                 .and_then(|_| metrics_file.flush())
                 .map_err(|e| Error::io(&metrics_path, e))?;
         }
         report(TrainEvent::Step {
             metrics: &m,
-            total_steps: trainer.plan.total_steps,
+            total_steps: trainer.state.plan.total_steps,
         });
         if cfg.save_every > 0 && m.step % cfg.save_every == 0 && !trainer.is_done() {
             save(&trainer, false)?;
@@ -279,13 +282,13 @@ pub fn run_train(
     if !is_complete(out)? {
         save(&trainer, true)?;
         report(TrainEvent::Saved {
-            step: trainer.step,
+            step: trainer.state.step,
             path: &ckpt,
         });
     }
     Ok(TrainSummary {
         checkpoint: ckpt,
-        steps: trainer.step,
+        steps: trainer.state.step,
         last,
         seconds: start.elapsed().as_secs_f64(),
     })

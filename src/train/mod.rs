@@ -13,6 +13,7 @@ pub mod loss;
 pub mod optim;
 pub mod score;
 pub mod sft;
+pub mod state;
 
 use std::time::Instant;
 
@@ -24,10 +25,11 @@ use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::hf::tokenizer::ChatTokenizer;
 use crate::model::Transformer;
-use crate::model::named::params_mut;
 use crate::train::score::{ScoreOptions, TokenizedPair, score_all, sequence_logprobs};
 use loss::{LossKind, PairLoss, pair_loss_host, pair_losses};
-use optim::{OptimConfig, Optimizer, OptimizerKind, Schedule, grad_norm, lr_at};
+use optim::{OptimizerKind, Schedule};
+pub use state::{Plan, TrainState};
+use state::{param_grads, read_f32};
 
 /// Every training setting, with the defaults of SPIN's recipe (uclaml/SPIN `configs/config.yaml`:
 /// RMSprop, lr 5e-7, 3 epochs, batch 8, linear schedule with 10% warmup, lengths 1024 / 512).
@@ -334,102 +336,6 @@ pub fn reward_stats(
     s
 }
 
-/// The order of the pairs in `epoch`: a Fisher–Yates shuffle keyed by (seed, epoch).
-pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    // A pure function of (seed, epoch), so a resumed run replays it.
-    let mut rng = crate::rng::SplitMix64(seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = rng.below(i + 1);
-        order.swap(i, j);
-    }
-    order
-}
-
-/// The step plan: how the pairs split into forward passes and optimizer steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
-    pub micro_per_epoch: usize,
-    pub steps_per_epoch: usize,
-    pub total_steps: usize,
-    pub warmup_steps: usize,
-}
-
-impl Plan {
-    pub fn new(n_pairs: usize, cfg: &TrainConfig) -> Self {
-        let micro = n_pairs.div_ceil(cfg.batch_size);
-        let spe = micro.div_ceil(cfg.grad_accum);
-        let total = spe * cfg.epochs;
-        Self {
-            micro_per_epoch: micro,
-            steps_per_epoch: spe,
-            total_steps: total,
-            warmup_steps: (cfg.warmup_ratio * total as f64).ceil() as usize,
-        }
-    }
-
-    /// Pair indices of each forward pass of optimizer step `step`.
-    pub fn micro_batches(&self, step: usize, n_pairs: usize, cfg: &TrainConfig) -> Vec<Vec<usize>> {
-        let epoch = step / self.steps_per_epoch;
-        let order = epoch_order(n_pairs, cfg.data_seed, epoch);
-        let first = (step % self.steps_per_epoch) * cfg.grad_accum;
-        let last = (first + cfg.grad_accum).min(self.micro_per_epoch);
-        (first..last)
-            .map(|m| {
-                let lo = m * cfg.batch_size;
-                order[lo..(lo + cfg.batch_size).min(n_pairs)].to_vec()
-            })
-            .collect()
-    }
-}
-
-/// The gradient of every parameter in `grads`, aligned with [`params_mut`], flattened.
-pub fn param_grads(model: &Transformer, grads: &burn::tensor::Gradients) -> Result<Vec<Tensor<1>>> {
-    let mut m = model.clone();
-    params_mut(&mut m)
-        .iter()
-        .map(|(name, p)| {
-            p.grad_flat(grads).ok_or_else(|| {
-                Error::Device(format!(
-                    "no gradient reached {name}; the model is not on an autodiff device"
-                ))
-            })
-        })
-        .collect()
-}
-
-/// Clips `grads` to `cfg.max_grad_norm` and takes optimizer step `step` at the scheduled learning
-/// rate. Fails, changing nothing, when the gradient norm is not finite. Returns (lr, norm).
-pub fn apply_update(
-    model: &mut Transformer,
-    optimizer: &mut Optimizer,
-    mut grads: Vec<Tensor<1>>,
-    cfg: &TrainConfig,
-    plan: &Plan,
-    step: usize,
-) -> Result<(f64, f64)> {
-    let norm = grad_norm(&grads)?;
-    if !norm.is_finite() {
-        return Err(Error::Invalid(format!(
-            "step {}: the gradient norm is {norm}; stopping, the last checkpoint is kept. Try a lower --lr or --max-grad-norm",
-            step + 1
-        )));
-    }
-    if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm {
-        let scale = cfg.max_grad_norm / (norm + 1e-6);
-        grads = grads.into_iter().map(|g| g.mul_scalar(scale)).collect();
-    }
-    let lr = lr_at(
-        cfg.schedule,
-        cfg.lr,
-        step,
-        plan.total_steps,
-        plan.warmup_steps,
-    );
-    optimizer.step(model, grads, lr);
-    Ok((lr, norm))
-}
-
 /// Gradients of one optimizer step and the log-probs behind them.
 pub struct StepGrads {
     /// Aligned with [`params_mut`], flattened.
@@ -442,22 +348,9 @@ pub struct StepGrads {
 
 /// The main player under training.
 pub struct Trainer {
-    /// On an autodiff device.
-    pub model: Transformer,
-    pub cfg: TrainConfig,
+    pub state: TrainState,
     pub pairs: Vec<TrainPair>,
     pub reference: PairLogps,
-    pub optimizer: Optimizer,
-    pub plan: Plan,
-    /// Optimizer steps done.
-    pub step: usize,
-    pub pad_id: u32,
-}
-
-pub(crate) fn read_f32(t: Tensor<1>, what: &str) -> Result<Vec<f32>> {
-    t.into_data()
-        .try_into_vec_as::<f32>()
-        .map_err(|e| Error::Device(format!("reading {what} back failed: {e:?}")))
 }
 
 impl Trainer {
@@ -468,26 +361,16 @@ impl Trainer {
         reference: PairLogps,
         pad_id: u32,
     ) -> Result<Self> {
-        cfg.validate()?;
-        if pairs.is_empty() {
-            return Err(Error::Invalid("no training pairs".into()));
-        }
-        let plan = Plan::new(pairs.len(), &cfg);
-        let optimizer = Optimizer::new(OptimConfig::from(&cfg));
+        let state = TrainState::new(model, cfg, pairs.len(), "training pairs", pad_id)?;
         Ok(Self {
-            model,
-            cfg,
+            state,
             pairs,
             reference,
-            optimizer,
-            plan,
-            step: 0,
-            pad_id,
         })
     }
 
     pub fn is_done(&self) -> bool {
-        self.step >= self.plan.total_steps
+        self.state.is_done()
     }
 
     /// Loss of pairs `idx` (differentiable, summed, not averaged) and the policy log-probs.
@@ -498,7 +381,12 @@ impl Trainer {
             .map(|&i| self.pairs[i].real_pair())
             .chain(idx.iter().map(|&i| self.pairs[i].generated_pair()))
             .collect();
-        let logps = sequence_logprobs(&self.model, &seqs, self.pad_id, self.cfg.max_logits); // [2b]
+        let logps = sequence_logprobs(
+            &self.state.model,
+            &seqs,
+            self.state.pad_id,
+            self.state.cfg.max_logits,
+        ); // [2b]
         let device = logps.device();
         let reference: Vec<f32> = idx
             .iter()
@@ -509,7 +397,7 @@ impl Trainer {
         let policy_gen = logps.clone().narrow(0, b, b);
         let margin = policy_real - policy_gen - reference; // [b]
         (
-            pair_losses(self.cfg.loss.kind, margin, self.cfg.loss.beta).sum(),
+            pair_losses(self.state.cfg.loss.kind, margin, self.state.cfg.loss.beta).sum(),
             logps,
         )
     }
@@ -528,7 +416,7 @@ impl Trainer {
         for idx in micro {
             let (loss, logps) = self.forward(idx);
             let g = loss.div_scalar(n_step as f64).backward();
-            let step_grads = param_grads(&self.model, &g)?;
+            let step_grads = param_grads(&self.state.model, &g)?;
             grads = Some(match grads {
                 None => step_grads,
                 Some(acc) => acc
@@ -559,15 +447,20 @@ impl Trainer {
     /// non-finite loss or gradient, leaving the model as it was before the step.
     pub fn train_step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
-        let step = self.step;
-        let micro = self.plan.micro_batches(step, self.pairs.len(), &self.cfg);
+        let step = self.state.step;
+        let micro = self.state.micro_batches(self.pairs.len());
         let StepGrads {
             grads,
             policy,
             reference,
             tokens,
         } = self.gradients(&micro)?;
-        let stats = reward_stats(&policy, &reference, self.cfg.loss.kind, self.cfg.loss.beta);
+        let stats = reward_stats(
+            &policy,
+            &reference,
+            self.state.cfg.loss.kind,
+            self.state.cfg.loss.beta,
+        );
         if !stats.loss.is_finite() {
             return Err(Error::Invalid(format!(
                 "step {}: the loss is {} (log-probs real {:?}, generated {:?}); stopping, the last checkpoint is kept. Try a lower --lr",
@@ -577,19 +470,11 @@ impl Trainer {
                 policy.generated
             )));
         }
-        let (lr, norm) = apply_update(
-            &mut self.model,
-            &mut self.optimizer,
-            grads,
-            &self.cfg,
-            &self.plan,
-            step,
-        )?;
-        self.step += 1;
+        let (lr, norm) = self.state.update(grads)?;
         let secs = start.elapsed().as_secs_f64();
         Ok(StepMetrics {
-            step: self.step,
-            epoch: self.step as f64 / self.plan.steps_per_epoch as f64,
+            step: self.state.step,
+            epoch: self.state.step as f64 / self.state.plan.steps_per_epoch as f64,
             stats,
             lr,
             grad_norm: norm,

@@ -19,9 +19,9 @@ use crate::hf::bundle::ModelBundle;
 use crate::hf::checkpoint;
 use crate::model::Transformer;
 use crate::train::job::{CHECKPOINT, METRICS_FILE};
-use crate::train::optim::{OptimConfig, Optimizer};
 use crate::train::score::{TokenizedPair, response_token_logprobs};
-use crate::train::{Plan, TrainConfig, apply_update, param_grads, read_f32, truncate};
+use crate::train::state::{param_grads, read_f32};
+use crate::train::{TrainConfig, TrainState, truncate};
 
 /// Metrics of one SFT step.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,14 +36,8 @@ pub struct SftMetrics {
 }
 
 pub struct SftTrainer {
-    /// On an autodiff device.
-    pub model: Transformer,
-    pub cfg: TrainConfig,
+    pub state: TrainState,
     pub seqs: Vec<TokenizedPair>,
-    pub optimizer: Optimizer,
-    pub plan: Plan,
-    pub step: usize,
-    pub pad_id: u32,
 }
 
 impl SftTrainer {
@@ -53,31 +47,18 @@ impl SftTrainer {
         seqs: Vec<TokenizedPair>,
         pad_id: u32,
     ) -> Result<Self> {
-        cfg.validate()?;
-        if seqs.is_empty() {
-            return Err(Error::Invalid("no SFT examples".into()));
-        }
-        let plan = Plan::new(seqs.len(), &cfg);
-        let optimizer = Optimizer::new(OptimConfig::from(&cfg));
-        Ok(Self {
-            model,
-            cfg,
-            seqs,
-            optimizer,
-            plan,
-            step: 0,
-            pad_id,
-        })
+        let state = TrainState::new(model, cfg, seqs.len(), "SFT examples", pad_id)?;
+        Ok(Self { state, seqs })
     }
 
     pub fn is_done(&self) -> bool {
-        self.step >= self.plan.total_steps
+        self.state.is_done()
     }
 
     pub fn train_step(&mut self) -> Result<SftMetrics> {
         let start = Instant::now();
-        let step = self.step;
-        let micro = self.plan.micro_batches(step, self.seqs.len(), &self.cfg);
+        let step = self.state.step;
+        let micro = self.state.micro_batches(self.seqs.len());
         let n_tokens: usize = micro
             .iter()
             .flatten()
@@ -92,9 +73,14 @@ impl SftTrainer {
                 .iter()
                 .map(|p| p.prompt.len() + p.response.len())
                 .sum::<usize>();
-            let lp = response_token_logprobs(&self.model, &batch, self.pad_id, self.cfg.max_logits);
+            let lp = response_token_logprobs(
+                &self.state.model,
+                &batch,
+                self.state.pad_id,
+                self.state.cfg.max_logits,
+            );
             let loss = lp.clone().sum().neg().div_scalar(n_tokens as f64);
-            let g = param_grads(&self.model, &loss.backward())?;
+            let g = param_grads(&self.state.model, &loss.backward())?;
             grads = Some(match grads {
                 None => g,
                 Some(acc) => acc.into_iter().zip(g).map(|(a, b)| a + b).collect(),
@@ -111,18 +97,10 @@ impl SftTrainer {
                 step + 1
             )));
         }
-        let (lr, norm) = apply_update(
-            &mut self.model,
-            &mut self.optimizer,
-            grads.unwrap_or_default(),
-            &self.cfg,
-            &self.plan,
-            step,
-        )?;
-        self.step += 1;
+        let (lr, norm) = self.state.update(grads.unwrap_or_default())?;
         Ok(SftMetrics {
-            step: self.step,
-            epoch: self.step as f64 / self.plan.steps_per_epoch as f64,
+            step: self.state.step,
+            epoch: self.state.step as f64 / self.state.plan.steps_per_epoch as f64,
             loss,
             lr,
             grad_norm: norm,
@@ -186,9 +164,9 @@ pub fn run_sft(
                 .and_then(|_| file.flush())
                 .map_err(|e| Error::io(&metrics_path, e))?;
         }
-        report(&m, t.plan.total_steps);
+        report(&m, t.state.plan.total_steps);
     }
     let ckpt = out.join(CHECKPOINT);
-    checkpoint::save(&t.model, &source, &ckpt, dtype, &[])?;
+    checkpoint::save(&t.state.model, &source, &ckpt, dtype, &[])?;
     Ok(ckpt)
 }

@@ -420,35 +420,29 @@ pub fn write_report(out: &Path, rows: &[StageResult]) -> Result<PathBuf> {
             })
             .collect()
     };
+    let spin_vs_sft = |title: &str, x_label: &str, f: &dyn Fn(&StageResult) -> f64| Panel {
+        title: title.into(),
+        x_label: x_label.into(),
+        series: vec![
+            Series {
+                name: "SPIN".into(),
+                points: mean_by("spin", f),
+            },
+            Series {
+                name: "continued SFT".into(),
+                points: mean_by("sft", f),
+            },
+        ],
+    };
     let mut panels = vec![
-        Panel {
-            title: "held-out exact match (mean over seeds)".into(),
-            x_label: "round (SPIN iteration / matched SFT stage)".into(),
-            series: vec![
-                Series {
-                    name: "SPIN".into(),
-                    points: mean_by("spin", &|r| r.exact_match),
-                },
-                Series {
-                    name: "continued SFT".into(),
-                    points: mean_by("sft", &|r| r.exact_match),
-                },
-            ],
-        },
-        Panel {
-            title: "held-out log-likelihood / token".into(),
-            x_label: "round".into(),
-            series: vec![
-                Series {
-                    name: "SPIN".into(),
-                    points: mean_by("spin", &|r| r.heldout_loglik_per_token),
-                },
-                Series {
-                    name: "continued SFT".into(),
-                    points: mean_by("sft", &|r| r.heldout_loglik_per_token),
-                },
-            ],
-        },
+        spin_vs_sft(
+            "held-out exact match (mean over seeds)",
+            "round (SPIN iteration / matched SFT stage)",
+            &|r| r.exact_match,
+        ),
+        spin_vs_sft("held-out log-likelihood / token", "round", &|r| {
+            r.heldout_loglik_per_token
+        }),
     ];
     if let Some(first) = rows.first() {
         let spin_dir = out.join(format!("seed-{}", first.seed)).join("spin");

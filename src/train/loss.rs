@@ -46,7 +46,7 @@ impl fmt::Display for LossKind {
 #[serde(default, deny_unknown_fields)]
 pub struct PairLoss {
     /// Pairwise loss: sigmoid (SPIN's logistic loss), hinge or ipo.
-    #[arg(long = "loss", default_value_t = Self::default().kind)]
+    #[arg(long = "loss", value_name = "LOSS", default_value_t = Self::default().kind)]
     pub kind: LossKind,
     /// β: scale of the log-prob margin inside the loss.
     #[arg(long, default_value_t = Self::default().beta)]

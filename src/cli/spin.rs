@@ -44,51 +44,47 @@ pub struct SpinArgs {
 }
 
 impl SpinArgs {
-    pub fn run(self) -> Result<()> {
-        run(self)
-    }
-}
+    pub fn run(mut self) -> Result<()> {
+        let dev = self.job.device.select()?;
+        let examples = self.job.data.load(None)?;
+        let model = self.job.model.model.clone();
+        let config = if model.is_dir() {
+            ModelConfig::from_dir(&model)
+        } else {
+            GgufModel::load(&model).map(|g| g.config)
+        }
+        .with_context(|| format!("reading the config of {}", model.display()))?;
+        self.spin.gen_batch_size = self.sampling.gen_batch_size(&dev, &config)?;
+        // Stop ids and padding are filled in by the loop from each iteration's model.
+        let gen_opts = self.sampling.options(self.spin.gen_batch_size, vec![], 0);
+        let train_cfg = TrainConfig {
+            loss: self.loss,
+            ..self.train.clone()
+        };
 
-fn run(mut a: SpinArgs) -> Result<()> {
-    let dev = a.job.device.select()?;
-    let examples = a.job.data.load(None)?;
-    let model = a.job.model.model.clone();
-    let config = if model.is_dir() {
-        ModelConfig::from_dir(&model)
-    } else {
-        GgufModel::load(&model).map(|g| g.config)
-    }
-    .with_context(|| format!("reading the config of {}", model.display()))?;
-    a.spin.gen_batch_size = a.sampling.gen_batch_size(&dev, &config)?;
-    // Stop ids and padding are filled in by the loop from each iteration's model.
-    let gen_opts = a.sampling.options(a.spin.gen_batch_size, vec![], 0);
-    let train_cfg = TrainConfig {
-        loss: a.loss,
-        ..a.train.clone()
-    };
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("creating {}", self.out.display()))?;
+        let mut sampling = serde_json::to_value(gen_opts.sampling)?;
+        sampling["max_new_tokens"] = json!(gen_opts.max_new_tokens);
+        let resolved = json!({
+            "model": model.to_string_lossy(),
+            "data": self.job.data.data.to_string_lossy(),
+            "spin": self.spin,
+            "sampling": sampling,
+            "train": train_cfg,
+        });
+        fsutil::write_atomic(
+            &self.out.join("spin_config.json"),
+            serde_json::to_string_pretty(&resolved)?.as_bytes(),
+        )?;
 
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut sampling = serde_json::to_value(gen_opts.sampling)?;
-    sampling["max_new_tokens"] = json!(gen_opts.max_new_tokens);
-    let resolved = json!({
-        "model": model.to_string_lossy(),
-        "data": a.job.data.data.to_string_lossy(),
-        "spin": a.spin,
-        "sampling": sampling,
-        "train": train_cfg,
-    });
-    fsutil::write_atomic(
-        &a.out.join("spin_config.json"),
-        serde_json::to_string_pretty(&resolved)?.as_bytes(),
-    )?;
-
-    let mut gen_bar: Option<Progress> = None;
-    let mut train_rep = TrainReporter::new(train_cfg.logging_steps);
-    let summary = run_spin(
+        let mut gen_bar: Option<Progress> = None;
+        let mut train_rep = TrainReporter::new(train_cfg.logging_steps);
+        let summary = run_spin(
         &model,
         &examples,
-        &a.out,
-        &a.spin,
+        &self.out,
+        &self.spin,
         &gen_opts,
         &train_cfg,
         &dev.device,
@@ -132,18 +128,19 @@ fn run(mut a: SpinArgs) -> Result<()> {
             }
         },
     )
-    .with_context(|| format!("SPIN into {}", a.out.display()))?;
-    if let Some(t) = summary.converged_at {
+    .with_context(|| format!("SPIN into {}", self.out.display()))?;
+        if let Some(t) = summary.converged_at {
+            eprintln!(
+                "converged at iteration {t}: held-out reward accuracy ≤ {} (the player can no longer tell real from generated)",
+                self.spin.stop_accuracy
+            );
+        }
         eprintln!(
-            "converged at iteration {t}: held-out reward accuracy ≤ {} (the player can no longer tell real from generated)",
-            a.spin.stop_accuracy
+            "done: {} iteration(s); final model {}; summary {}",
+            summary.iterations_done,
+            summary.final_model.display(),
+            self.out.join("summary.json").display()
         );
+        Ok(())
     }
-    eprintln!(
-        "done: {} iteration(s); final model {}; summary {}",
-        summary.iterations_done,
-        summary.final_model.display(),
-        a.out.join("summary.json").display()
-    );
-    Ok(())
 }

@@ -102,83 +102,79 @@ pub struct DemoArgs {
 
 impl DemoArgs {
     pub fn run(self) -> Result<()> {
-        run(self)
-    }
-}
-
-fn run(a: DemoArgs) -> Result<()> {
-    let dev = a.device.select()?;
-    let mut cfg = if a.quick {
-        DemoConfig::quick()
-    } else {
-        DemoConfig::full()
-    };
-    if let Some(n) = a.seeds {
-        cfg.seeds = (1..=n as u64).collect();
-    }
-    if let Some(lr) = a.lr {
-        cfg.spin_lr = lr;
-    }
-    if let Some(b) = a.beta {
-        cfg.beta = b;
-    }
-    if let Some(n) = a.iterations {
-        cfg.spin_iterations = n;
-    }
-    let out = a.out;
-    eprintln!(
-        "wgspin demo: a tiny Llama learns to shift letters (cat → dbu) ({} training / {} held-out examples, {} seed(s)).\n\
+        let dev = self.device.select()?;
+        let mut cfg = if self.quick {
+            DemoConfig::quick()
+        } else {
+            DemoConfig::full()
+        };
+        if let Some(n) = self.seeds {
+            cfg.seeds = (1..=n as u64).collect();
+        }
+        if let Some(lr) = self.lr {
+            cfg.spin_lr = lr;
+        }
+        if let Some(b) = self.beta {
+            cfg.beta = b;
+        }
+        if let Some(n) = self.iterations {
+            cfg.spin_iterations = n;
+        }
+        let out = self.out;
+        eprintln!(
+            "wgspin demo: a tiny Llama learns to shift letters (cat → dbu) ({} training / {} held-out examples, {} seed(s)).\n\
          A short SFT makes a weak model; then {} SPIN iterations, against continued SFT with the same compute.",
-        cfg.train_examples,
-        cfg.eval_examples,
-        cfg.seeds.len(),
-        cfg.spin_iterations
-    );
-    let start = std::time::Instant::now();
-    let mut rows: Vec<StageResult> = vec![];
-    let mut bar: Option<Progress> = None;
-    let mut train_rep = TrainReporter::new(1_000_000);
-    let all = run_demo(&out, &cfg, &dev.device, |e| match e {
-        DemoEvent::Stage(s) => {
-            if let Some(mut b) = bar.take() {
-                b.finish();
+            cfg.train_examples,
+            cfg.eval_examples,
+            cfg.seeds.len(),
+            cfg.spin_iterations
+        );
+        let start = std::time::Instant::now();
+        let mut rows: Vec<StageResult> = vec![];
+        let mut bar: Option<Progress> = None;
+        let mut train_rep = TrainReporter::new(1_000_000);
+        let all = run_demo(&out, &cfg, &dev.device, |e| match e {
+            DemoEvent::Stage(s) => {
+                if let Some(mut b) = bar.take() {
+                    b.finish();
+                }
+                eprintln!("== {s}");
             }
-            eprintln!("== {s}");
-        }
-        DemoEvent::SftStep { step, total, loss } => {
-            let b = bar.get_or_insert_with(|| Progress::new("sft", total));
-            b.update(step, &format!("steps, loss {loss:.4}"));
-            if step == total {
-                b.finish();
-                bar = None;
+            DemoEvent::SftStep { step, total, loss } => {
+                let b = bar.get_or_insert_with(|| Progress::new("sft", total));
+                b.update(step, &format!("steps, loss {loss:.4}"));
+                if step == total {
+                    b.finish();
+                    bar = None;
+                }
             }
-        }
-        DemoEvent::Result(r) => {
-            rows.push(r.clone());
-            print_table(&rows);
-        }
-        DemoEvent::Spin(SpinEvent::Generate(p)) => {
-            let b = bar.get_or_insert_with(|| Progress::new("generate", p.total));
-            b.update(p.done, "prompts");
-            if p.done == p.total {
-                b.finish();
-                bar = None;
+            DemoEvent::Result(r) => {
+                rows.push(r.clone());
+                print_table(&rows);
             }
-        }
-        DemoEvent::Spin(SpinEvent::Train(t)) => train_rep.event(t),
-        DemoEvent::Spin(SpinEvent::Stage { iteration, stage }) => {
-            eprintln!("== SPIN iteration {}: {stage}", iteration + 1)
-        }
-        DemoEvent::Spin(_) => {}
-    })
-    .with_context(|| format!("demo into {}", out.display()))?;
-    print_table(&all);
-    summary(&all);
-    eprintln!(
-        "done in {:.1}s. Report: {}  (data, models and metrics under {})",
-        start.elapsed().as_secs_f64(),
-        out.join("report.svg").display(),
-        out.display()
-    );
-    Ok(())
+            DemoEvent::Spin(SpinEvent::Generate(p)) => {
+                let b = bar.get_or_insert_with(|| Progress::new("generate", p.total));
+                b.update(p.done, "prompts");
+                if p.done == p.total {
+                    b.finish();
+                    bar = None;
+                }
+            }
+            DemoEvent::Spin(SpinEvent::Train(t)) => train_rep.event(t),
+            DemoEvent::Spin(SpinEvent::Stage { iteration, stage }) => {
+                eprintln!("== SPIN iteration {}: {stage}", iteration + 1)
+            }
+            DemoEvent::Spin(_) => {}
+        })
+        .with_context(|| format!("demo into {}", out.display()))?;
+        print_table(&all);
+        summary(&all);
+        eprintln!(
+            "done in {:.1}s. Report: {}  (data, models and metrics under {})",
+            start.elapsed().as_secs_f64(),
+            out.join("report.svg").display(),
+            out.display()
+        );
+        Ok(())
+    }
 }

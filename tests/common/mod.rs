@@ -1,9 +1,12 @@
 //! Helpers shared by the integration tests: fixture paths, the reference outputs written by
-//! `tests/fixtures/make_fixtures.py` (transformers), and the devices to run on.
+//! `tests/fixtures/make_fixtures.py` (transformers), the devices to run on, running the binary,
+//! and the checks several test files make, so each is written (and tightened) in one place.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use wgspin::device::{self, ComputeDevice, DeviceSpec};
@@ -106,6 +109,52 @@ pub fn wgspin() -> Command {
 /// Owned command-line arguments.
 pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
+}
+
+/// `<cmd> --device cpu --model <fixture model> --data <data> --out <out>`, then `flags` as typed
+/// on a command line (split at white space): the shape of every command that turns a data file
+/// into an output with a model.
+pub fn job_args(cmd: &str, model: &str, data: &Path, out: &Path, flags: &str) -> Vec<String> {
+    let mut v = args(&[cmd, "--device", "cpu", "--model"]);
+    v.push(fixture(model).to_str().unwrap().into());
+    v.extend(args(&["--data", data.to_str().unwrap()]));
+    v.extend(args(&["--out", out.to_str().unwrap()]));
+    v.extend(flags.split_whitespace().map(String::from));
+    v
+}
+
+/// Runs `wgspin <args>` to the end and asserts that it succeeded, showing its stderr if not.
+pub fn run_ok<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    let out = wgspin().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Starts `wgspin <args>` and kills it (SIGKILL on Unix, TerminateProcess on Windows) as soon as
+/// `ready()` holds, to test resuming from what a crash leaves behind. Fails with `never_ready`
+/// after `timeout`, or if the run ends before it could be killed.
+pub fn kill_when(
+    args: &[String],
+    timeout: Duration,
+    never_ready: &str,
+    mut ready: impl FnMut() -> bool,
+) {
+    let mut child = wgspin().args(args).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < timeout, "{never_ready}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// Runs the generation engine over `prompts` (request i = prompt i) and returns each one's tokens.

@@ -20,20 +20,13 @@ use wgspin::kernels::sample::SamplingParams;
 
 #[test]
 fn greedy_generation_equals_transformers() {
-    for (dev, name) in devices()
-        .into_iter()
-        .flat_map(|d| TINY_MODELS.iter().map(move |&m| (d.clone(), m)))
-        .filter(|(d, m)| runs_on(d, m))
-    {
-        let dir = fixture(name);
-        let r = reference(&dir);
-        let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
+    each_model_on_each_device(|dev, name, r, bundle| {
         let name = format!("{name} on {}", dev.description);
         let prompts: Vec<Vec<u32>> = r.greedy.iter().map(|g| g.prompt_ids.clone()).collect();
         let want: Vec<Vec<u32>> = r.greedy.iter().map(|g| g.tokens.clone()).collect();
         let max_new = want[0].len();
         for batch in [1, 2, 3] {
-            let got = run_generate(&bundle, &prompts, &greedy_opts(batch, max_new, vec![]));
+            let got = run_generate(bundle, &prompts, &greedy_opts(batch, max_new, vec![]));
             assert_eq!(got, want, "{name}, batch size {batch}");
         }
         // A stop id that ends the first row early: its slot is refilled while the second row is
@@ -50,9 +43,9 @@ fn greedy_generation_equals_transformers() {
             expect[0].len() < max_new,
             "{name}: stop id must end row 0 early"
         );
-        let got = run_generate(&bundle, &prompts, &greedy_opts(2, max_new, vec![stop]));
+        let got = run_generate(bundle, &prompts, &greedy_opts(2, max_new, vec![stop]));
         assert_eq!(got, expect, "{name}, continuous batching with a stop id");
-    }
+    });
 }
 
 #[test]

@@ -53,15 +53,7 @@ fn smollm2_gguf_tokenizer_matches_transformers() {
         t0.elapsed().as_secs_f64()
     );
     let r = reference(&smollm2_dir());
-    for c in &r.cases {
-        let pair = TokenizedPair::new(&tok, &c.prompt, &c.response).unwrap();
-        assert_eq!(pair.prompt, c.prompt_ids, "prompt ids of {:?}", c.prompt);
-        assert_eq!(
-            pair.response, c.response_ids,
-            "response ids of {:?}",
-            c.response
-        );
-    }
+    assert_reference_ids(&tok, &r.cases, "smollm2 gguf");
     let hf = tokenizers::Tokenizer::from_file(smollm2_dir().join("tokenizer.json")).unwrap();
     for s in [
         "1234567890 and 3.14159, 2024-01-05",
@@ -106,13 +98,7 @@ fn smollm2_gguf_logprobs_and_greedy_match_transformers() {
     eprintln!("loaded on CPU in {:.1}s", t0.elapsed().as_secs_f64());
     let r = reference(&smollm2_dir());
     let n = if full() { r.cases.len() } else { 1 };
-    let pairs: Vec<TokenizedPair> = r.cases[..n]
-        .iter()
-        .map(|c| TokenizedPair {
-            prompt: c.prompt_ids.clone(),
-            response: c.response_ids.clone(),
-        })
-        .collect();
+    let pairs: Vec<TokenizedPair> = r.cases[..n].iter().map(RefCase::pair).collect();
     let t1 = Instant::now();
     let opts = ScoreOptions {
         batch_size: pairs.len(),
@@ -301,11 +287,7 @@ fn export_gguf_round_trips_through_the_reader() {
             }
             let tok = g.chat_tokenizer().unwrap();
             let r = reference(&dir);
-            for c in &r.cases {
-                let a = TokenizedPair::new(&tok, &c.prompt, &c.response).unwrap();
-                assert_eq!(a.prompt, c.prompt_ids, "{name}: prompt ids");
-                assert_eq!(a.response, c.response_ids, "{name}: response ids");
-            }
+            assert_reference_ids(&tok, &r.cases, &format!("{name} {dtype:?}"));
             for s in ["12345 héllo   wörld 😀\n\n", "plain text"] {
                 for special in [false, true] {
                     assert_eq!(

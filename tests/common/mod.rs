@@ -9,7 +9,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use wgspin::ModelBundle;
 use wgspin::device::{self, ComputeDevice, DeviceSpec};
+use wgspin::hf::tokenizer::ChatTokenizer;
+use wgspin::train::score::TokenizedPair;
 
 pub const TINY_MODELS: &[&str] = &["tiny-llama-bf16", "tiny-qwen2-f32", "tiny-mistral-f16"];
 
@@ -41,6 +44,42 @@ pub struct RefCase {
     pub argmax: Vec<u32>,
     #[serde(default)]
     pub last_logits: Vec<f32>,
+}
+
+impl RefCase {
+    /// Prompt then response: the sequence transformers scored.
+    pub fn ids(&self) -> Vec<u32> {
+        self.prompt_ids
+            .iter()
+            .chain(&self.response_ids)
+            .copied()
+            .collect()
+    }
+
+    /// The case as transformers tokenized it, so scoring does not depend on our tokenizer.
+    pub fn pair(&self) -> TokenizedPair {
+        TokenizedPair {
+            prompt: self.prompt_ids.clone(),
+            response: self.response_ids.clone(),
+        }
+    }
+}
+
+/// Asserts that `tok` gives transformers' prompt and response ids for every case.
+pub fn assert_reference_ids(tok: &ChatTokenizer, cases: &[RefCase], label: &str) {
+    for c in cases {
+        let pair = TokenizedPair::new(tok, &c.prompt, &c.response).unwrap();
+        assert_eq!(
+            pair.prompt, c.prompt_ids,
+            "{label}: prompt ids of {:?}",
+            c.prompt
+        );
+        assert_eq!(
+            pair.response, c.response_ids,
+            "{label}: response ids of {:?}",
+            c.response
+        );
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +129,21 @@ pub const GPU_MODEL: &str = "tiny-llama-bf16";
 /// Whether `model` is tested on `dev`.
 pub fn runs_on(dev: &ComputeDevice, model: &str) -> bool {
     !dev.is_gpu || model == GPU_MODEL
+}
+
+/// Calls `f` for every tiny model on every device it is tested on (see [`runs_on`]), with its
+/// name, its transformers reference and the model loaded there.
+pub fn each_model_on_each_device(
+    mut f: impl FnMut(&ComputeDevice, &str, &Reference, &ModelBundle),
+) {
+    for dev in devices() {
+        for name in TINY_MODELS.iter().filter(|m| runs_on(&dev, m)) {
+            let dir = fixture(name);
+            let r = reference(&dir);
+            let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
+            f(&dev, name, &r, &bundle);
+        }
+    }
 }
 
 /// Relative difference with a floor on the denominator.

@@ -146,8 +146,7 @@ fn last_logits(model: &wgspin::model::Transformer, ids: &[u32]) -> Vec<f32> {
     let input = wgspin::model::StepInput::right_padded(&[ids.to_vec()], 0);
     let logits = model.forward(&input, None); // [1, s, v]
     let [_, s, v] = logits.dims();
-    let data: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().unwrap();
-    data[(s - 1) * v..s * v].to_vec()
+    floats(logits)[(s - 1) * v..s * v].to_vec()
 }
 
 #[test]

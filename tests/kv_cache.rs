@@ -11,8 +11,7 @@ use wgspin::model::static_cache::{StaticKvCache, capacity_for, ids_tensor};
 use wgspin::model::{KvCache, StepInput};
 
 fn to_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> (Vec<usize>, Vec<f32>) {
-    let dims = t.dims().to_vec();
-    (dims, t.into_data().try_into_vec_as::<f32>().unwrap())
+    (t.dims().to_vec(), floats(t))
 }
 
 #[test]

@@ -68,7 +68,7 @@ fn argmax_and_last_logits_match_transformers() {
             .model
             .forward(&StepInput::right_padded(&rows, 0), None); // [b, s, v]
         let [_, s, v] = logits.dims();
-        let data: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().unwrap();
+        let data = floats(logits);
         for (b, (c, ids)) in r.cases.iter().zip(&rows).enumerate() {
             let at = |pos: usize| &data[(b * s + pos) * v..(b * s + pos + 1) * v];
             let first = c.prompt_ids.len() - 1;

@@ -101,7 +101,7 @@ fn trainer(name: &str, r: &Value, cfg: TrainConfig) -> Trainer {
 }
 
 fn norm(t: Tensor<1>) -> f64 {
-    let v = t.into_data().try_into_vec_as::<f32>().unwrap();
+    let v = floats(t);
     v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
 }
 
@@ -135,10 +135,7 @@ fn losses_gradients_and_optimizer_steps_match_pytorch() {
         ] {
             let m =
                 Tensor::<1>::from_data(TensorData::new(margins.clone(), [3]), &cpu_device().device);
-            let got = pair_losses(kind, m, 1.0)
-                .into_data()
-                .try_into_vec_as::<f32>()
-                .unwrap();
+            let got = floats(pair_losses(kind, m, 1.0));
             for (a, b) in got.iter().zip(f64s(&r["losses"][key])) {
                 eprintln!("{name} {key} loss {a} vs torch {b}");
                 assert!(
@@ -276,19 +273,12 @@ fn checkpoints_keep_names_shapes_dtypes_and_logits() {
         }
         let back = ModelBundle::load(&out, &dev.device).unwrap();
         let input = StepInput::right_padded(&[vec![1, 2, 3, 4, 5]], 0);
-        let x = bundle
-            .model
-            .forward(&input, None)
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap();
-        let y = back
-            .model
-            .forward(&input, None)
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap();
-        assert_eq!(x, y, "{name}: logits after a save/load round trip");
+        let logits = |b: &ModelBundle| floats(b.model.forward(&input, None));
+        assert_eq!(
+            logits(&bundle),
+            logits(&back),
+            "{name}: logits after a save/load round trip"
+        );
     }
 }
 

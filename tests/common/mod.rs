@@ -146,6 +146,24 @@ pub fn each_model_on_each_device(
     }
 }
 
+/// A tensor's values as f32, in row-major order.
+pub fn floats<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+/// Asserts `got` (a device's f32 output) is within `tol · max(1, |want|)` of a host reference in
+/// f64, element by element.
+pub fn assert_close(label: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{label}: length");
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let err = (a as f64 - b).abs();
+        assert!(
+            err <= tol * b.abs().max(1.0),
+            "{label}: [{i}] {a} vs {b} (|Δ| {err:e})"
+        );
+    }
+}
+
 /// Relative difference with a floor on the denominator.
 pub fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-6)

@@ -164,9 +164,25 @@ pub fn assert_close(label: &str, got: &[f32], want: &[f64], tol: f64) {
     }
 }
 
+/// Asserts that `text` (an error message, say) contains every one of `parts`.
+pub fn assert_mentions(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "{part:?} not in: {text}");
+    }
+}
+
 /// Relative difference with a floor on the denominator.
 pub fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-6)
+}
+
+/// `contents` saved as `name` in a fresh temporary folder, which lasts as long as the returned
+/// guard; the name is what error messages quote.
+pub fn temp_file(name: &str, contents: impl AsRef<[u8]>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, contents).unwrap();
+    (dir, p)
 }
 
 /// Deterministic pseudo-random numbers (the crate's SplitMix64) so failures reproduce.

@@ -35,45 +35,26 @@ import time
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import GenerationConfig
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def load_model(args, dtype):
-    if args.model:
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
-    else:
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig.from_json_file(args.config))
-    return model.to(device=args.device, dtype=dtype).eval()
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from bench_common import DTYPES, add_model_args, add_run_args, load_model, set_threads, sync
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="Hugging Face model folder")
-    src.add_argument("--config", help="config.json; random-init LlamaForCausalLM (seed 0)")
+    add_model_args(p)
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--dtype", choices=DTYPES, default="float32")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    add_run_args(p)
     p.add_argument("--warmup", type=int, default=1, help="untimed generate() calls per batch size")
     p.add_argument("--repeats", type=int, default=1, help="timed calls per batch size (median)")
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
     p.add_argument("--json", help="append one JSON row per batch size to this .jsonl file")
     args = p.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
 
     dtype = DTYPES[args.dtype]
-    model = load_model(args, dtype)
+    model = load_model(args, dtype).eval()
     cfg = model.config
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or 0)
     if isinstance(pad, list):

@@ -47,24 +47,10 @@ import time
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from bench_common import DTYPES, add_model_args, add_run_args, load_model, set_threads, sync
+
 BETA, LR = 0.1, 5e-7
-
-
-def load_model(args, dtype):
-    if args.model:
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
-    else:
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig.from_json_file(args.config))
-    return model.to(device=args.device, dtype=dtype)
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def make_batch(g, p, seq_len, prompt_len, vocab, device):
@@ -94,22 +80,17 @@ def spin_loss(logps, ref_logps, p):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="Hugging Face model folder")
-    src.add_argument("--config", help="config.json; random-init LlamaForCausalLM (seed 0)")
+    add_model_args(ap)
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    ap.add_argument("--dtype", choices=DTYPES, default="float32")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    add_run_args(ap)
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward")
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
     ap.add_argument("--json", help="append one JSON row to this .jsonl file")
     args = ap.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     assert 0 < args.prompt_len < args.seq_len
 
     dtype, dev, P, L = DTYPES[args.dtype], args.device, args.pairs, args.seq_len

@@ -59,13 +59,10 @@ fn logprobs_command_matches_reference() {
 
 #[test]
 fn logprobs_command_names_bad_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bad.jsonl");
-    std::fs::write(
-        &data,
+    let (_tmp, data) = temp_file(
+        "bad.jsonl",
         "{\"prompt\": \"a\", \"response\": \"b\"}\nnot json\n",
-    )
-    .unwrap();
+    );
     let out = wgspin()
         .args(["logprobs", "--device", "cpu", "--model"])
         .arg(fixture("tiny-llama-bf16"))

@@ -1,7 +1,11 @@
 //! Data readers: every row shape from JSON lines and Parquet (fixtures made by
 //! `tests/fixtures/data/make_data_fixtures.py`), format detection, skipped rows, and the errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{assert_mentions, temp_file};
 
 use wgspin::data::{DataFormat, Dataset, SftExample, Skipped, read_dataset, read_prompt_responses};
 
@@ -30,10 +34,14 @@ fn read_both(name: &str) -> Dataset {
     j
 }
 
-fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
-    let p = dir.path().join(name);
-    std::fs::write(&p, text).unwrap();
-    p
+/// Asserts that exactly the rows at `want`'s lines were skipped, each for a reason containing
+/// its text.
+fn assert_skipped(skipped: &[Skipped], want: &[(usize, &str)]) {
+    assert_eq!(skipped.len(), want.len(), "{skipped:?}");
+    for (s, &(line, reason)) in skipped.iter().zip(want) {
+        assert_eq!(s.line, line, "{skipped:?}");
+        assert!(s.reason.contains(reason), "{skipped:?}");
+    }
 }
 
 fn err(path: &Path, format: DataFormat) -> String {
@@ -41,6 +49,20 @@ fn err(path: &Path, format: DataFormat) -> String {
         Ok(d) => panic!("{} should fail, read {:?}", path.display(), d.examples),
         Err(e) => e.to_string(),
     }
+}
+
+/// `f` on the path of `contents` saved as `name`, while the file lasts.
+fn with_file<T>(name: &str, contents: impl AsRef<[u8]>, f: impl FnOnce(&Path) -> T) -> T {
+    let (_dir, p) = temp_file(name, contents);
+    f(&p)
+}
+
+fn read_text(name: &str, text: &str) -> Dataset {
+    with_file(name, text, |p| read_dataset(p, DataFormat::Auto).unwrap())
+}
+
+fn err_text(name: &str, text: &str) -> String {
+    with_file(name, text, |p| err(p, DataFormat::Auto))
 }
 
 #[test]
@@ -54,15 +76,7 @@ fn messages_ultrachat_style() {
             ex("p4", "Name a color.", "Blue.", None)
         ]
     );
-    assert_eq!(d.skipped.len(), 2);
-    assert_eq!(d.skipped[0].line, 2);
-    assert!(
-        d.skipped[0].reason.contains("no assistant turn"),
-        "{:?}",
-        d.skipped
-    );
-    assert_eq!(d.skipped[1].line, 3);
-    assert!(d.skipped[1].reason.contains("empty"), "{:?}", d.skipped);
+    assert_skipped(&d.skipped, &[(2, "no assistant turn"), (3, "empty")]);
 }
 
 #[test]
@@ -76,9 +90,7 @@ fn spin_pairs() {
             ex("row-2", "Sky color?", "Blue.", Some("Green.")),
         ]
     );
-    assert_eq!(d.skipped.len(), 1);
-    assert_eq!(d.skipped[0].line, 3);
-    assert!(d.skipped[0].reason.contains("differ"), "{:?}", d.skipped);
+    assert_skipped(&d.skipped, &[(3, "differ")]);
 }
 
 #[test]
@@ -106,13 +118,7 @@ fn prompt_response_with_numeric_ids() {
             ex("12", "Say no.", "No.", None)
         ]
     );
-    assert_eq!(d.skipped.len(), 1);
-    assert_eq!(d.skipped[0].line, 2);
-    assert!(
-        d.skipped[0].reason.contains("empty \"response\""),
-        "{:?}",
-        d.skipped
-    );
+    assert_skipped(&d.skipped, &[(2, "empty \"response\"")]);
 }
 
 #[test]
@@ -136,9 +142,7 @@ fn path_is_kept() {
 
 #[test]
 fn auto_skips_rows_of_another_shape() {
-    let d = tempfile::tempdir().unwrap();
-    let p = write(
-        &d,
+    let data = read_text(
         "mixed.jsonl",
         concat!(
             "\n",
@@ -152,36 +156,24 @@ fn auto_skips_rows_of_another_shape() {
             "\n"
         ),
     );
-    let data = read_dataset(&p, DataFormat::Auto).unwrap();
     assert_eq!(data.format, DataFormat::PromptResponse);
     assert_eq!(
         data.examples,
         [ex("row-2", "a", "b", None), ex("row-5", "c", "d", None)]
     );
-    let lines: Vec<usize> = data.skipped.iter().map(|s| s.line).collect();
-    assert_eq!(lines, [3, 4]);
-    assert!(
-        data.skipped[0].reason.contains("messages row")
-            && data.skipped[0].reason.contains("line 2"),
-        "{:?}",
-        data.skipped
+    assert_skipped(
+        &data.skipped,
+        &[(3, "messages row"), (4, "prompt-response")],
     );
-    assert!(
-        data.skipped[1].reason.contains("prompt-response"),
-        "{:?}",
-        data.skipped
-    );
+    assert_mentions(&data.skipped[0].reason, &["line 2"]);
 }
 
 #[test]
 fn auto_detection_waits_for_a_known_shape() {
-    let d = tempfile::tempdir().unwrap();
-    let p = write(
-        &d,
+    let data = read_text(
         "late.jsonl",
         "[1, 2]\n{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}\n",
     );
-    let data = read_dataset(&p, DataFormat::Auto).unwrap();
     assert_eq!(data.format, DataFormat::ShareGpt);
     assert_eq!(data.examples, [ex("row-2", "q", "a", None)]);
     assert_eq!(data.skipped.len(), 1);
@@ -196,69 +188,56 @@ fn explicit_format_skips_other_rows() {
     let d = read_dataset(&p, DataFormat::Messages).unwrap();
     assert_eq!(d.examples.len(), 2);
     let e = err(&p, DataFormat::PromptResponse);
-    assert!(
-        e.contains("messages.jsonl")
-            && e.contains("all 4 rows were skipped")
-            && e.contains("prompt-response"),
-        "{e}"
+    assert_mentions(
+        &e,
+        &[
+            "messages.jsonl",
+            "all 4 rows were skipped",
+            "prompt-response",
+        ],
     );
     // SPIN files hold messages lists, but not under "messages".
     let e = err(&fixture("spin.parquet"), DataFormat::Messages);
-    assert!(e.contains("a spin row, but the format is messages"), "{e}");
+    assert_mentions(&e, &["a spin row, but the format is messages"]);
 }
 
 #[test]
 fn malformed_json_names_file_and_line() {
-    let d = tempfile::tempdir().unwrap();
-    let p = write(
-        &d,
+    let e = err_text(
         "bad.jsonl",
         "{\"prompt\": \"a\", \"response\": \"b\"}\n\n{\"prompt\": \"a\", \n",
     );
-    let e = err(&p, DataFormat::Auto);
-    assert!(
-        e.contains("bad.jsonl:3:") && e.contains("invalid JSON"),
-        "{e}"
-    );
+    assert_mentions(&e, &["bad.jsonl:3:", "invalid JSON"]);
 }
 
 #[test]
 fn json_array_file_gets_a_hint() {
-    let d = tempfile::tempdir().unwrap();
-    let p = write(
-        &d,
+    let e = err_text(
         "array.json",
         "[\n  {\"prompt\": \"a\", \"response\": \"b\"}\n]\n",
     );
-    let e = err(&p, DataFormat::Auto);
-    assert!(
-        e.contains("array.json:1:") && e.contains("JSON lines"),
-        "{e}"
-    );
+    assert_mentions(&e, &["array.json:1:", "JSON lines"]);
 }
 
 #[test]
 fn empty_file_lists_accepted_shapes() {
-    let d = tempfile::tempdir().unwrap();
-    let p = write(&d, "empty.jsonl", "\n  \n");
-    let e = err(&p, DataFormat::Auto);
-    assert!(e.contains("empty.jsonl") && e.contains("empty"), "{e}");
-    for shape in [
-        "prompt-response",
-        "messages",
-        "spin",
-        "sharegpt",
-        "\"conversations\"",
-    ] {
-        assert!(e.contains(shape), "{shape}: {e}");
-    }
+    let e = err_text("empty.jsonl", "\n  \n");
+    assert_mentions(&e, &["empty.jsonl", "empty"]);
+    assert_mentions(
+        &e,
+        &[
+            "prompt-response",
+            "messages",
+            "spin",
+            "sharegpt",
+            "\"conversations\"",
+        ],
+    );
 }
 
 #[test]
 fn no_usable_rows_quotes_reasons() {
-    let d = tempfile::tempdir().unwrap();
-    let p = write(
-        &d,
+    let e = err_text(
         "unusable.jsonl",
         concat!(
             r#"{"prompt": "", "response": "b"}"#,
@@ -271,23 +250,22 @@ fn no_usable_rows_quotes_reasons() {
             "\n"
         ),
     );
-    let e = err(&p, DataFormat::Auto);
-    assert!(
-        e.contains("all 4 rows were skipped")
-            && e.contains("line 1: ")
-            && e.contains("empty \"prompt\"")
-            && e.contains("line 2: ")
-            && e.contains("a number")
-            && e.contains("..."),
-        "{e}"
+    assert_mentions(
+        &e,
+        &[
+            "all 4 rows were skipped",
+            "line 1: ",
+            "empty \"prompt\"",
+            "line 2: ",
+            "a number",
+            "...",
+        ],
     );
 }
 
 #[test]
 fn duplicate_ids_name_both_lines() {
-    let d = tempfile::tempdir().unwrap();
-    let p = write(
-        &d,
+    let e = err_text(
         "dup.jsonl",
         concat!(
             r#"{"id": "a", "prompt": "p", "response": "r"}"#,
@@ -298,19 +276,13 @@ fn duplicate_ids_name_both_lines() {
             "\n"
         ),
     );
-    let e = err(&p, DataFormat::Auto);
-    assert!(
-        e.contains("dup.jsonl:3:") && e.contains("\"a\"") && e.contains("line 1"),
-        "{e}"
-    );
+    assert_mentions(&e, &["dup.jsonl:3:", "\"a\"", "line 1"]);
 }
 
 #[test]
 fn skipped_rows_do_not_claim_ids() {
     // The first "a" is unusable, so the second is the only example with that id.
-    let d = tempfile::tempdir().unwrap();
-    let p = write(
-        &d,
+    let data = read_text(
         "dup-skipped.jsonl",
         concat!(
             r#"{"id": "a", "prompt": "p", "response": ""}"#,
@@ -319,7 +291,6 @@ fn skipped_rows_do_not_claim_ids() {
             "\n"
         ),
     );
-    let data = read_dataset(&p, DataFormat::Auto).unwrap();
     assert_eq!(data.examples, [ex("a", "p", "r", None)]);
     assert_eq!(
         data.skipped,
@@ -332,9 +303,7 @@ fn skipped_rows_do_not_claim_ids() {
 
 #[test]
 fn id_falls_back_to_row_number() {
-    let d = tempfile::tempdir().unwrap();
-    let p = write(
-        &d,
+    let ids: Vec<String> = read_text(
         "ids.jsonl",
         concat!(
             "\n",
@@ -343,34 +312,27 @@ fn id_falls_back_to_row_number() {
             r#"{"prompt": "p", "response": "r", "prompt_id": 42}"#,
             "\n"
         ),
-    );
-    let ids: Vec<String> = read_dataset(&p, DataFormat::Auto)
-        .unwrap()
-        .examples
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    )
+    .examples
+    .into_iter()
+    .map(|e| e.id)
+    .collect();
     assert_eq!(ids, ["row-2", "42"]);
 }
 
 #[test]
 fn corrupt_parquet_is_an_error_naming_the_file() {
     let bytes = std::fs::read(fixture("messages.parquet")).unwrap();
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path().join("cut.parquet");
     // Keeps the leading magic (so it is read as Parquet) but loses the footer.
-    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    let e = err(&p, DataFormat::Auto);
-    assert!(e.contains("cut.parquet") && e.contains("Parquet"), "{e}");
+    let cut = &bytes[..bytes.len() / 2];
+    let e = with_file("cut.parquet", cut, |p| err(p, DataFormat::Auto));
+    assert_mentions(&e, &["cut.parquet", "Parquet"]);
 }
 
 #[test]
 fn missing_file_says_what_data_takes() {
     let e = err(Path::new("/nonexistent/train.jsonl"), DataFormat::Auto);
-    assert!(
-        e.contains("train.jsonl") && e.contains("not found") && e.contains("Parquet"),
-        "{e}"
-    );
+    assert_mentions(&e, &["train.jsonl", "not found", "Parquet"]);
 }
 
 #[test]
@@ -383,27 +345,19 @@ fn format_names_round_trip() {
         DataFormat::ShareGpt
     );
     let e = "alpaca".parse::<DataFormat>().unwrap_err().to_string();
-    assert!(
-        e.contains("alpaca") && e.contains("prompt-response, messages, spin, sharegpt"),
-        "{e}"
-    );
+    assert_mentions(&e, &["alpaca", "prompt-response, messages, spin, sharegpt"]);
     assert_eq!(DataFormat::default(), DataFormat::Auto);
 }
 
 #[test]
 fn prompt_responses_stay_strict() {
     // `logprobs` writes one score per row, so a row read_dataset would skip is an error here.
-    let d = tempfile::tempdir().unwrap();
-    let p = write(
-        &d,
-        "pairs.jsonl",
-        "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\", \"response\": \"\"}\n",
-    );
-    let e = read_prompt_responses(&p).unwrap_err().to_string();
-    assert!(
-        e.contains("pairs.jsonl:2:") && e.contains("response"),
-        "{e}"
-    );
+    let text =
+        "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\", \"response\": \"\"}\n";
+    let e = with_file("pairs.jsonl", text, |p| {
+        read_prompt_responses(p).unwrap_err().to_string()
+    });
+    assert_mentions(&e, &["pairs.jsonl:2:", "response"]);
     // Other shapes read as prompt/response pairs.
     let rows = read_prompt_responses(&fixture("sharegpt.parquet")).unwrap();
     assert_eq!(rows[1].prompt, "Capital of Italy?");

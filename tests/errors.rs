@@ -8,22 +8,6 @@ use common::*;
 use wgspin::ModelBundle;
 use wgspin::device::cpu_device;
 
-fn copy_fixture(name: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
-    }
-    tmp
-}
-
-fn load_err(dir: &Path) -> String {
-    match ModelBundle::load(dir, &cpu_device().device) {
-        Ok(_) => panic!("loading {} should fail", dir.display()),
-        Err(e) => e.to_string(),
-    }
-}
-
 fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -31,149 +15,136 @@ fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(path, v.to_string()).unwrap();
 }
 
+/// The load error of a copy of fixture `name` once `damage` has changed its files.
+fn broken(name: &str, damage: impl FnOnce(&Path)) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    damage(dir);
+    match ModelBundle::load(dir, &cpu_device().device) {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The load error of tiny-llama-bf16 with `f` applied to its config.json.
+fn broken_config(f: impl FnOnce(&mut serde_json::Value)) -> String {
+    broken("tiny-llama-bf16", |d| edit_json(&d.join("config.json"), f))
+}
+
+fn remove(dir: &Path, file: &str) {
+    std::fs::remove_file(dir.join(file)).unwrap();
+}
+
 #[test]
 fn missing_config() {
-    let d = copy_fixture("tiny-llama-bf16");
-    std::fs::remove_file(d.path().join("config.json")).unwrap();
-    let e = load_err(d.path());
-    assert!(e.contains("config.json") && e.contains("not found"), "{e}");
+    let e = broken("tiny-llama-bf16", |d| remove(d, "config.json"));
+    assert_mentions(&e, &["config.json", "not found"]);
 }
 
 #[test]
 fn missing_tokenizer() {
-    let d = copy_fixture("tiny-llama-bf16");
-    std::fs::remove_file(d.path().join("tokenizer.json")).unwrap();
-    let e = load_err(d.path());
-    assert!(
-        e.contains("tokenizer.json") && e.contains("not found"),
-        "{e}"
-    );
+    let e = broken("tiny-llama-bf16", |d| remove(d, "tokenizer.json"));
+    assert_mentions(&e, &["tokenizer.json", "not found"]);
 }
 
 #[test]
 fn missing_weights() {
-    let d = copy_fixture("tiny-llama-bf16");
-    std::fs::remove_file(d.path().join("model.safetensors")).unwrap();
-    let e = load_err(d.path());
-    assert!(e.contains("safetensors"), "{e}");
+    let e = broken("tiny-llama-bf16", |d| remove(d, "model.safetensors"));
+    assert_mentions(&e, &["safetensors"]);
 }
 
 #[test]
 fn missing_shard() {
-    let d = copy_fixture("tiny-qwen2-f32");
-    std::fs::remove_file(d.path().join("model-00002-of-00004.safetensors")).unwrap();
-    let e = load_err(d.path());
-    assert!(e.contains("model-00002-of-00004.safetensors"), "{e}");
+    let e = broken("tiny-qwen2-f32", |d| {
+        remove(d, "model-00002-of-00004.safetensors")
+    });
+    assert_mentions(&e, &["model-00002-of-00004.safetensors"]);
 }
 
 #[test]
 fn pickle_weights_are_refused() {
-    let d = copy_fixture("tiny-llama-bf16");
-    std::fs::remove_file(d.path().join("model.safetensors")).unwrap();
-    std::fs::write(d.path().join("pytorch_model.bin"), b"\x80\x02not really").unwrap();
-    let e = load_err(d.path());
-    assert!(
-        e.contains("pytorch_model.bin") && e.contains("safetensors") && e.contains("pickle"),
-        "{e}"
-    );
+    let e = broken("tiny-llama-bf16", |d| {
+        remove(d, "model.safetensors");
+        std::fs::write(d.join("pytorch_model.bin"), b"\x80\x02not really").unwrap();
+    });
+    assert_mentions(&e, &["pytorch_model.bin", "safetensors", "pickle"]);
 }
 
 #[test]
 fn unsupported_model_type() {
-    let d = copy_fixture("tiny-llama-bf16");
-    edit_json(&d.path().join("config.json"), |v| {
-        v["model_type"] = "gpt_neox".into()
-    });
-    let e = load_err(d.path());
-    assert!(
-        e.contains("gpt_neox") && e.contains("llama, mistral, qwen2"),
-        "{e}"
-    );
+    let e = broken_config(|v| v["model_type"] = "gpt_neox".into());
+    assert_mentions(&e, &["gpt_neox", "llama, mistral, qwen2"]);
 }
 
 #[test]
 fn wrong_tensor_shape() {
-    let d = copy_fixture("tiny-llama-bf16");
-    edit_json(&d.path().join("config.json"), |v| {
-        v["intermediate_size"] = 128.into()
-    });
-    let e = load_err(d.path());
-    assert!(
-        e.contains("model.layers.0.mlp.gate_proj.weight")
-            && e.contains("[96, 64]")
-            && e.contains("[128, 64]"),
-        "{e}"
+    let e = broken_config(|v| v["intermediate_size"] = 128.into());
+    assert_mentions(
+        &e,
+        &[
+            "model.layers.0.mlp.gate_proj.weight",
+            "[96, 64]",
+            "[128, 64]",
+        ],
     );
 }
 
 #[test]
 fn missing_tensor() {
-    let d = copy_fixture("tiny-llama-bf16");
     // Untied config: the checkpoint has no lm_head.weight.
-    edit_json(&d.path().join("config.json"), |v| {
-        v["tie_word_embeddings"] = false.into()
-    });
-    let e = load_err(d.path());
-    assert!(e.contains("lm_head.weight") && e.contains("missing"), "{e}");
+    let e = broken_config(|v| v["tie_word_embeddings"] = false.into());
+    assert_mentions(&e, &["lm_head.weight", "missing"]);
 }
 
 #[test]
 fn unexpected_tensor() {
-    let d = copy_fixture("tiny-llama-bf16");
     // One layer fewer than the checkpoint holds.
-    edit_json(&d.path().join("config.json"), |v| {
-        v["num_hidden_layers"] = 1.into()
-    });
-    let e = load_err(d.path());
-    assert!(
-        e.contains("model.layers.1.") && e.contains("unexpected"),
-        "{e}"
-    );
+    let e = broken_config(|v| v["num_hidden_layers"] = 1.into());
+    assert_mentions(&e, &["model.layers.1.", "unexpected"]);
 }
 
 #[test]
 fn truncated_safetensors() {
-    let d = copy_fixture("tiny-llama-bf16");
-    let p = d.path().join("model.safetensors");
-    let bytes = std::fs::read(&p).unwrap();
-    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    let e = load_err(d.path());
-    assert!(e.contains("model.safetensors"), "{e}");
+    let e = broken("tiny-llama-bf16", |d| {
+        let p = d.join("model.safetensors");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    assert_mentions(&e, &["model.safetensors"]);
 }
 
 #[test]
 fn unsupported_tensor_dtype_is_named_from_the_header() {
-    let d = copy_fixture("tiny-llama-bf16");
-    let p = d.path().join("model.safetensors");
-    let mut bytes = std::fs::read(&p).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
-    // I16 has BF16's size, so only the dtype is wrong; the trailing space keeps the header length.
-    let (key, new) = (
-        r#""model.norm.weight":{"dtype":"BF16""#,
-        r#""model.norm.weight":{"dtype":"I16" "#,
-    );
-    let at = 8 + header.find(key).expect("fixture header layout");
-    bytes[at..at + key.len()].copy_from_slice(new.as_bytes());
-    std::fs::write(&p, &bytes).unwrap();
-    let e = load_err(d.path());
-    assert!(
-        e.contains("model.safetensors") && e.contains("model.norm.weight") && e.contains("I16"),
-        "{e}"
-    );
+    let e = broken("tiny-llama-bf16", |d| {
+        let p = d.join("model.safetensors");
+        let mut bytes = std::fs::read(&p).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+        // I16 has BF16's size, so only the dtype is wrong; the trailing space keeps the header
+        // length.
+        let (key, new) = (
+            r#""model.norm.weight":{"dtype":"BF16""#,
+            r#""model.norm.weight":{"dtype":"I16" "#,
+        );
+        let at = 8 + header.find(key).expect("fixture header layout");
+        bytes[at..at + key.len()].copy_from_slice(new.as_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+    });
+    assert_mentions(&e, &["model.safetensors", "model.norm.weight", "I16"]);
 }
 
 #[test]
 fn malformed_jsonl_line_is_named() {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path().join("data.jsonl");
-    std::fs::write(
-        &p,
+    let (_dir, p) = temp_file(
+        "data.jsonl",
         "{\"prompt\": \"a\", \"response\": \"b\"}\n\n{\"prompt\": \"a\"}\n",
-    )
-    .unwrap();
+    );
     let e = wgspin::data::read_prompt_responses(&p)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("data.jsonl:3:") && e.contains("response"), "{e}");
+    assert_mentions(&e, &["data.jsonl:3:", "response"]);
 }

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use wgspin::ModelBundle;
@@ -20,20 +20,13 @@ use wgspin::kernels::sample::SamplingParams;
 
 #[test]
 fn greedy_generation_equals_transformers() {
-    for (dev, name) in devices()
-        .into_iter()
-        .flat_map(|d| TINY_MODELS.iter().map(move |&m| (d.clone(), m)))
-        .filter(|(d, m)| runs_on(d, m))
-    {
-        let dir = fixture(name);
-        let r = reference(&dir);
-        let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
+    each_model_on_each_device(|dev, name, r, bundle| {
         let name = format!("{name} on {}", dev.description);
         let prompts: Vec<Vec<u32>> = r.greedy.iter().map(|g| g.prompt_ids.clone()).collect();
         let want: Vec<Vec<u32>> = r.greedy.iter().map(|g| g.tokens.clone()).collect();
         let max_new = want[0].len();
         for batch in [1, 2, 3] {
-            let got = run_generate(&bundle, &prompts, &greedy_opts(batch, max_new, vec![]));
+            let got = run_generate(bundle, &prompts, &greedy_opts(batch, max_new, vec![]));
             assert_eq!(got, want, "{name}, batch size {batch}");
         }
         // A stop id that ends the first row early: its slot is refilled while the second row is
@@ -50,9 +43,9 @@ fn greedy_generation_equals_transformers() {
             expect[0].len() < max_new,
             "{name}: stop id must end row 0 early"
         );
-        let got = run_generate(&bundle, &prompts, &greedy_opts(2, max_new, vec![stop]));
+        let got = run_generate(bundle, &prompts, &greedy_opts(2, max_new, vec![stop]));
         assert_eq!(got, expect, "{name}, continuous batching with a stop id");
-    }
+    });
 }
 
 #[test]
@@ -112,25 +105,8 @@ fn write_prompts(path: &std::path::Path, n: usize) {
 }
 
 fn generate_args(data: &std::path::Path, out: &std::path::Path) -> Vec<String> {
-    args(&[
-        "generate",
-        "--device",
-        "cpu",
-        "--model",
-        fixture("tiny-llama-bf16").to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--gen-batch-size",
-        "1",
-        "--max-new-tokens",
-        "40",
-        "--temperature",
-        "0.8",
-        "--sampling-seed",
-        "9",
-    ])
+    let flags = "--gen-batch-size 1 --max-new-tokens 40 --temperature 0.8 --sampling-seed 9";
+    job_args("generate", "tiny-llama-bf16", data, out, flags)
 }
 
 #[test]
@@ -140,40 +116,18 @@ fn generate_resumes_after_sigkill() {
     write_prompts(&data, 60);
 
     let full = tmp.path().join("full.jsonl");
-    let st = wgspin().args(generate_args(&data, &full)).output().unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    run_ok(generate_args(&data, &full));
     let full_text = std::fs::read_to_string(&full).unwrap();
     assert_eq!(full_text.lines().count(), 60);
 
     // Kill mid-run, once a few rows are on disk.
     let out = tmp.path().join("out.jsonl");
-    let mut child = wgspin()
-        .args(generate_args(&data, &out))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        let rows = std::fs::read_to_string(&out).map_or(0, |t| t.lines().count());
-        if rows >= 3 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no rows written"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run finished before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL on Unix, TerminateProcess on Windows
-    child.wait().unwrap();
+    kill_when(
+        &generate_args(&data, &out),
+        Duration::from_secs(120),
+        "no rows written",
+        || std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) >= 3,
+    );
     let partial = std::fs::read_to_string(&out).unwrap();
     let kept = partial.lines().count();
     assert!(kept < 60, "the run finished before it was killed");
@@ -185,12 +139,7 @@ fn generate_resumes_after_sigkill() {
     torn.push_str("{\"id\": \"p5\", \"real\": [{\"role\"");
     std::fs::write(&out, &torn).unwrap();
 
-    let st = wgspin().args(generate_args(&data, &out)).output().unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    let st = run_ok(generate_args(&data, &out));
     let resumed = std::fs::read_to_string(&out).unwrap();
     assert_eq!(
         resumed, full_text,

@@ -53,15 +53,7 @@ fn smollm2_gguf_tokenizer_matches_transformers() {
         t0.elapsed().as_secs_f64()
     );
     let r = reference(&smollm2_dir());
-    for c in &r.cases {
-        let pair = TokenizedPair::new(&tok, &c.prompt, &c.response).unwrap();
-        assert_eq!(pair.prompt, c.prompt_ids, "prompt ids of {:?}", c.prompt);
-        assert_eq!(
-            pair.response, c.response_ids,
-            "response ids of {:?}",
-            c.response
-        );
-    }
+    assert_reference_ids(&tok, &r.cases, "smollm2 gguf");
     let hf = tokenizers::Tokenizer::from_file(smollm2_dir().join("tokenizer.json")).unwrap();
     for s in [
         "1234567890 and 3.14159, 2024-01-05",
@@ -106,13 +98,7 @@ fn smollm2_gguf_logprobs_and_greedy_match_transformers() {
     eprintln!("loaded on CPU in {:.1}s", t0.elapsed().as_secs_f64());
     let r = reference(&smollm2_dir());
     let n = if full() { r.cases.len() } else { 1 };
-    let pairs: Vec<TokenizedPair> = r.cases[..n]
-        .iter()
-        .map(|c| TokenizedPair {
-            prompt: c.prompt_ids.clone(),
-            response: c.response_ids.clone(),
-        })
-        .collect();
+    let pairs: Vec<TokenizedPair> = r.cases[..n].iter().map(RefCase::pair).collect();
     let t1 = Instant::now();
     let opts = ScoreOptions {
         batch_size: pairs.len(),
@@ -160,8 +146,7 @@ fn last_logits(model: &wgspin::model::Transformer, ids: &[u32]) -> Vec<f32> {
     let input = wgspin::model::StepInput::right_padded(&[ids.to_vec()], 0);
     let logits = model.forward(&input, None); // [1, s, v]
     let [_, s, v] = logits.dims();
-    let data: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().unwrap();
-    data[(s - 1) * v..s * v].to_vec()
+    floats(logits)[(s - 1) * v..s * v].to_vec()
 }
 
 #[test]
@@ -301,11 +286,7 @@ fn export_gguf_round_trips_through_the_reader() {
             }
             let tok = g.chat_tokenizer().unwrap();
             let r = reference(&dir);
-            for c in &r.cases {
-                let a = TokenizedPair::new(&tok, &c.prompt, &c.response).unwrap();
-                assert_eq!(a.prompt, c.prompt_ids, "{name}: prompt ids");
-                assert_eq!(a.response, c.response_ids, "{name}: response ids");
-            }
+            assert_reference_ids(&tok, &r.cases, &format!("{name} {dtype:?}"));
             for s in ["12345 héllo   wörld 😀\n\n", "plain text"] {
                 for special in [false, true] {
                     assert_eq!(
@@ -450,7 +431,7 @@ fn malformed_gguf_headers_are_errors_not_panics() {
     .err()
     .unwrap()
     .to_string();
-    assert!(e.contains("x.gguf") && e.contains("truncated"), "{e}");
+    assert_mentions(&e, &["x.gguf", "truncated"]);
     let mut bad_type = valid.clone();
     // The first tensor's type field: find "token_embd.weight" and skip name, n_dims, 2 dims.
     let at = bad_type
@@ -465,10 +446,7 @@ fn malformed_gguf_headers_are_errors_not_panics() {
         .err()
         .unwrap()
         .to_string();
-    assert!(
-        e.contains("token_embd.weight") && e.contains("IQ4_XS"),
-        "{e}"
-    );
+    assert_mentions(&e, &["token_embd.weight", "IQ4_XS"]);
 }
 
 #[test]
@@ -480,18 +458,12 @@ fn unsupported_architecture_and_pre_tokenizer_are_named() {
     let p = tmp.path().join("m.gguf");
     std::fs::write(&p, &bytes).unwrap();
     let e = wgspin::gguf::GgufModel::load(&p).err().unwrap().to_string();
-    assert!(
-        e.contains("m.gguf") && e.contains("gpt2x") && e.contains("llama, qwen2"),
-        "{e}"
-    );
+    assert_mentions(&e, &["m.gguf", "gpt2x", "llama, qwen2"]);
 
     let mut bytes = small_gguf();
     let at = bytes.windows(6).position(|w| w == b"smollm").unwrap();
     bytes[at..at + 6].copy_from_slice(b"falcon");
     std::fs::write(&p, &bytes).unwrap();
     let e = wgspin::gguf::GgufModel::load(&p).err().unwrap().to_string();
-    assert!(
-        e.contains("falcon") && e.contains("llama-bpe") && e.contains("smollm"),
-        "{e}"
-    );
+    assert_mentions(&e, &["falcon", "llama-bpe", "smollm"]);
 }

@@ -68,17 +68,6 @@ fn host_reference(case: &Case, q: &[f32], k: &[f32], v: &[f32], pos: &[i64]) -> 
     out
 }
 
-fn check(label: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{label}: length");
-    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
-        let err = (a as f64 - b).abs();
-        assert!(
-            err <= tol * b.abs().max(1.0),
-            "{label}: out[{i}] {a} vs {b} (|Δ| {err:e})"
-        );
-    }
-}
-
 #[test]
 fn kernel_twin_and_host_reference_agree() {
     set_poison_outputs(true);
@@ -165,28 +154,28 @@ fn kernel_twin_and_host_reference_agree() {
                 .expand([b, attend]);
             let mask = decode_mask(&pt, columns, window);
             let twin = decode_attention_twin(qt.clone(), kt.clone(), vt.clone(), mask);
-            let twin: Vec<f32> = twin.into_data().try_into_vec_as().unwrap();
+            let twin = floats(twin);
             let label = format!(
                 "{} b={b} h={h} hkv={hkv} c={c} d={d} w={window}",
                 dev.description
             );
-            check(&format!("{label} twin"), &twin, &want, 1e-5);
+            assert_close(&format!("{label} twin"), &twin, &want, 1e-5);
             if !kernel_available(device, h, hkv, d) {
                 assert!(!dev.is_gpu, "{label}: the kernel must run on wgpu");
                 continue;
             }
             let got = decode_attention(qt.clone(), kt.clone(), vt.clone(), pt.clone(), window);
             assert_eq!(got.dtype(), DType::F32);
-            let got: Vec<f32> = got.into_data().try_into_vec_as().unwrap();
-            check(&format!("{label} kernel"), &got, &want, 1e-5);
+            let got = floats(got);
+            assert_close(&format!("{label} kernel"), &got, &want, 1e-5);
             if wgspin::kernels::logprobs::f16_kernel_available(device) {
                 let half = |t: Tensor<4>| t.cast(DType::F16);
                 let got = decode_attention(qt.cast(DType::F16), half(kt), half(vt), pt, window);
                 assert_eq!(got.dtype(), DType::F16, "{label}: f16 in, f16 out");
-                let got: Vec<f32> = got.cast(DType::F32).into_data().try_into_vec_as().unwrap();
+                let got = floats(got.cast(DType::F32));
                 // Against the reference on the same f16-rounded inputs: f32 arithmetic, then
                 // one rounding of the output to f16 (relative 4.9e-4).
-                check(&format!("{label} kernel f16"), &got, &want_f16, 1e-3);
+                assert_close(&format!("{label} kernel f16"), &got, &want_f16, 1e-3);
             }
         }
     }

@@ -14,21 +14,6 @@ use wgspin::kernels::logprobs::set_poison_outputs;
 use wgspin::kernels::rope_cache::{RopeInputs, rope_cache_write, rope_cache_write_twin};
 use wgspin::kernels::rows_matmul::{MAX_ROWS, MIN_WEIGHT, rows_matmul};
 
-fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as().expect("f32 data")
-}
-
-fn assert_close(label: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{label}: length");
-    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
-        let err = (a as f64 - b).abs();
-        assert!(
-            err <= tol * b.abs().max(1.0),
-            "{label}: [{i}] {a} vs {b} (|Δ| {err:e})"
-        );
-    }
-}
-
 struct Rope {
     b: usize,
     h: usize,
@@ -141,30 +126,30 @@ fn rope_cache_write_matches_reference_and_twin() {
 
             // The kernel on caches it owns.
             let (q, k, v) = rope_cache_write(inputs(), cache(&k0), cache(&v0));
-            assert_close(&format!("{label} q"), &vec_of(q), &q_want, 1e-5);
-            assert_close(&format!("{label} k cache"), &vec_of(k), &k_want, 1e-5);
-            assert_close(&format!("{label} v cache"), &vec_of(v), &v_want, 1e-6);
+            assert_close(&format!("{label} q"), &floats(q), &q_want, 1e-5);
+            assert_close(&format!("{label} k cache"), &floats(k), &k_want, 1e-5);
+            assert_close(&format!("{label} v cache"), &floats(v), &v_want, 1e-6);
 
             // A cache someone else still holds is left as it was.
             let (k_held, v_held) = (cache(&k0), cache(&v0));
             let (_, k, _) = rope_cache_write(inputs(), k_held.clone(), v_held.clone());
             assert_close(
                 &format!("{label} k cache (shared)"),
-                &vec_of(k),
+                &floats(k),
                 &k_want,
                 1e-5,
             );
             let unchanged: Vec<f64> = k0.iter().map(|&a| a as f64).collect();
-            assert_close(&format!("{label} held k"), &vec_of(k_held), &unchanged, 0.0);
+            assert_close(&format!("{label} held k"), &floats(k_held), &unchanged, 0.0);
             let unchanged: Vec<f64> = v0.iter().map(|&a| a as f64).collect();
-            assert_close(&format!("{label} held v"), &vec_of(v_held), &unchanged, 0.0);
+            assert_close(&format!("{label} held v"), &floats(v_held), &unchanged, 0.0);
 
             // The twin clamps positions into the cache, so it is compared on in-cache rows only.
             if pos.iter().all(|&p| (p as usize) < c) {
                 let (q, k, v) = rope_cache_write_twin(inputs(), cache(&k0), cache(&v0));
-                assert_close(&format!("{label} twin q"), &vec_of(q), &q_want, 1e-5);
-                assert_close(&format!("{label} twin k"), &vec_of(k), &k_want, 1e-5);
-                assert_close(&format!("{label} twin v"), &vec_of(v), &v_want, 1e-6);
+                assert_close(&format!("{label} twin q"), &floats(q), &q_want, 1e-5);
+                assert_close(&format!("{label} twin k"), &floats(k), &k_want, 1e-5);
+                assert_close(&format!("{label} twin v"), &floats(v), &v_want, 1e-6);
             }
         }
     }
@@ -240,10 +225,10 @@ fn rows_matmul_matches_host_reference_and_twin() {
             let tol = 1e-5 * (k as f64).sqrt();
             let got = rows_matmul(xt.clone(), wt.clone());
             assert_eq!(got.dims(), [m, n]);
-            assert_close(&label, &vec_of(got), &want, tol);
+            assert_close(&label, &floats(got), &want, tol);
             if !dev.is_gpu {
                 let twin = rows_matmul_twin(xt.clone(), wt.clone());
-                assert_close(&format!("{label} twin"), &vec_of(twin), &want, tol);
+                assert_close(&format!("{label} twin"), &floats(twin), &want, tol);
             }
             // SwiGLU over the same weight read as gate rows then up rows (n even).
             if n % 2 == 0 {
@@ -259,10 +244,10 @@ fn rows_matmul_matches_host_reference_and_twin() {
                 assert_eq!(got.dims(), [m, half_n]);
                 // The product of two dots: relative error of either carries over.
                 let tol = 4e-5 * (k as f64).sqrt();
-                assert_close(&format!("{label} swiglu"), &vec_of(got), &gated, tol);
+                assert_close(&format!("{label} swiglu"), &floats(got), &gated, tol);
                 if !dev.is_gpu {
                     let twin = rows_swiglu_twin(xt.clone(), wt.clone());
-                    assert_close(&format!("{label} swiglu twin"), &vec_of(twin), &gated, tol);
+                    assert_close(&format!("{label} swiglu twin"), &floats(twin), &gated, tol);
                 }
             }
             if dev.is_gpu && f16_kernel_available(device) {
@@ -274,7 +259,7 @@ fn rows_matmul_matches_host_reference_and_twin() {
                 let tol = 1e-3 + 1e-5 * (k as f64).sqrt();
                 assert_close(
                     &format!("{label} f16"),
-                    &vec_of(got.cast(DType::F32)),
+                    &floats(got.cast(DType::F32)),
                     &want_f16,
                     tol,
                 );
@@ -320,17 +305,17 @@ fn add_rms_norm_matches_host_reference_and_twin() {
             let label = format!("{} b={b} n={n}", dev.description);
 
             let (got_h, got_y) = add_rms_norm(t2(&x), t2(&r), wt.clone(), eps);
-            assert_close(&format!("{label} h"), &vec_of(got_h), &h, 1e-6);
-            assert_close(&format!("{label} y"), &vec_of(got_y), &norm(&h), 1e-5);
+            assert_close(&format!("{label} h"), &floats(got_h), &h, 1e-6);
+            assert_close(&format!("{label} y"), &floats(got_y), &norm(&h), 1e-5);
             let got = rms_norm(t2(&x), wt.clone(), eps);
-            assert_close(&format!("{label} plain y"), &vec_of(got), &norm(&xs), 1e-5);
+            assert_close(&format!("{label} plain y"), &floats(got), &norm(&xs), 1e-5);
 
             let twin = RmsNorm {
                 weight: Param::from_tensor(wt),
                 eps,
             };
             let y = twin.forward(t2(&x) + t2(&r));
-            assert_close(&format!("{label} twin y"), &vec_of(y), &norm(&h), 1e-5);
+            assert_close(&format!("{label} twin y"), &floats(y), &norm(&h), 1e-5);
         }
     }
     set_poison_outputs(false);

@@ -11,7 +11,7 @@ mod common;
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use common::{Rng, devices};
+use common::{Rng, devices, floats};
 use wgspin::kernels::logprobs::{
     f16_kernel_available, head_logprobs, set_poison_outputs, token_logprobs,
 };
@@ -36,14 +36,6 @@ fn reference(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     log_softmax(logits, 1)
         .gather(1, targets.reshape([n, 1]))
         .reshape([n])
-}
-
-fn vec1(t: Tensor<1>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().unwrap()
-}
-
-fn vec2(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().unwrap()
 }
 
 fn tensors(
@@ -79,9 +71,9 @@ fn forward_matches_reference_on_random_shapes() {
                 let (l, t) = case(&mut rng, n, v, scale, masked);
                 let (logits, targets) = tensors(&l, &t, n, v, &dev.device);
                 let (logp, lse) = token_logprobs(logits.clone(), targets.clone());
-                let got = vec1(logp);
-                let lse = vec1(lse);
-                let want = vec1(reference(logits, targets));
+                let got = floats(logp);
+                let lse = floats(lse);
+                let want = floats(reference(logits, targets));
                 for i in 0..n {
                     let tol = 1e-5 * lse[i].abs().max(1.0);
                     assert!(
@@ -116,7 +108,7 @@ fn gradient_matches_reference() {
                     reference(logits.clone(), targets)
                 };
                 let grads = (logp * weights.clone()).sum().backward();
-                vec2(logits.grad(&grads).unwrap())
+                floats(logits.grad(&grads).unwrap())
             };
             let (got, want) = (grad_of(true), grad_of(false));
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -154,14 +146,14 @@ fn f16_logits_match_reference_forward_and_backward() {
                 let half = logits.cast(DType::F16).require_grad();
                 let (logp, lse) = if use_kernel {
                     let (lp, lse) = token_logprobs(half.clone(), targets);
-                    (lp, vec1(lse))
+                    (lp, floats(lse))
                 } else {
                     (reference(half.clone().cast(DType::F32), targets), vec![])
                 };
                 let grads = (logp.clone() * weights.clone()).sum().backward();
                 let g = half.grad(&grads).unwrap();
                 assert_eq!(g.dtype(), DType::F16, "{}: dlogits dtype", dev.description);
-                (vec1(logp), lse, vec2(g.cast(DType::F32)))
+                (floats(logp), lse, floats(g.cast(DType::F32)))
             };
             let (got, want) = (run(true), run(false));
             for i in 0..n {
@@ -195,10 +187,10 @@ fn gradient_matches_finite_differences() {
         let (logits, targets) = tensors(&l, &t, n, v, &device);
         let logits = logits.require_grad();
         let grads = token_logprobs(logits.clone(), targets).0.sum().backward();
-        let analytic = vec2(logits.grad(&grads).unwrap());
+        let analytic = floats(logits.grad(&grads).unwrap());
         let f = |x: &[f32]| -> f32 {
             let (lg, tg) = tensors(x, &t, n, v, &dev.device);
-            vec1(token_logprobs(lg, tg).0).iter().sum()
+            floats(token_logprobs(lg, tg).0).iter().sum()
         };
         let h = 1e-2;
         for i in 0..n * v {
@@ -240,9 +232,9 @@ fn fused_head_matches_reference_forward_and_backward() {
             let scale = Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), &device);
             let grads = (logp.clone() * scale).sum().backward();
             (
-                vec1(logp),
-                vec2(hidden.grad(&grads).unwrap()),
-                vec2(weight.grad(&grads).unwrap()),
+                floats(logp),
+                floats(hidden.grad(&grads).unwrap()),
+                floats(weight.grad(&grads).unwrap()),
             )
         };
         let want = run(None);

@@ -17,114 +17,75 @@ fn tokenization_matches_transformers() {
         let r = reference(&dir);
         let cfg = wgspin::hf::config::ModelConfig::from_dir(&dir).unwrap();
         let tok = wgspin::hf::tokenizer::ChatTokenizer::from_dir(&dir, &cfg.eos_token_ids).unwrap();
-        for c in &r.cases {
-            let pair = TokenizedPair::new(&tok, &c.prompt, &c.response).unwrap();
-            assert_eq!(
-                pair.prompt, c.prompt_ids,
-                "{name}: prompt ids of {:?}",
-                c.prompt
-            );
-            assert_eq!(
-                pair.response, c.response_ids,
-                "{name}: response ids of {:?}",
-                c.response
-            );
-        }
+        assert_reference_ids(&tok, &r.cases, name);
     }
 }
 
 #[test]
 fn logprobs_match_transformers_batched() {
-    for dev in devices() {
-        for name in TINY_MODELS.iter().filter(|m| runs_on(&dev, m)) {
-            let dir = fixture(name);
-            let r = reference(&dir);
-            let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
-            let pairs: Vec<TokenizedPair> = r
-                .cases
-                .iter()
-                .map(|c| TokenizedPair {
-                    prompt: c.prompt_ids.clone(),
-                    response: c.response_ids.clone(),
-                })
-                .collect();
-            // All cases in one batch: lengths differ, so padding is exercised; then, on the CPU
-            // backend (the software GPU is slow), batch size 2.
-            let sizes = if dev.is_gpu {
-                vec![pairs.len()]
-            } else {
-                vec![pairs.len(), 2]
+    each_model_on_each_device(|dev, name, r, bundle| {
+        let pairs: Vec<TokenizedPair> = r.cases.iter().map(RefCase::pair).collect();
+        // All cases in one batch: lengths differ, so padding is exercised; then, on the CPU
+        // backend (the software GPU is slow), batch size 2.
+        let sizes = if dev.is_gpu {
+            vec![pairs.len()]
+        } else {
+            vec![pairs.len(), 2]
+        };
+        for batch_size in sizes {
+            let opts = ScoreOptions {
+                batch_size,
+                max_logits: 1000, // forces several lm_head chunks per batch
             };
-            for batch_size in sizes {
-                let opts = ScoreOptions {
-                    batch_size,
-                    max_logits: 1000, // forces several lm_head chunks per batch
-                };
-                let got = score_all(&bundle.model, &pairs, 0, opts, |_| {}).unwrap();
-                for (c, lp) in r.cases.iter().zip(&got) {
-                    let sum: f64 = lp.iter().map(|&x| x as f64).sum();
-                    let e = rel(sum, c.logprob);
+            let got = score_all(&bundle.model, &pairs, 0, opts, |_| {}).unwrap();
+            for (c, lp) in r.cases.iter().zip(&got) {
+                let sum: f64 = lp.iter().map(|&x| x as f64).sum();
+                let e = rel(sum, c.logprob);
+                assert!(
+                    e < 1e-3,
+                    "{name} on {}: logprob {sum} vs {} (rel {e:e})",
+                    dev.description,
+                    c.logprob
+                );
+                for (a, b) in lp.iter().zip(&c.token_logprobs) {
                     assert!(
-                        e < 1e-3,
-                        "{name} on {}: logprob {sum} vs {} (rel {e:e})",
-                        dev.description,
-                        c.logprob
+                        (*a as f64 - b).abs() < 2e-4,
+                        "{name}: token logprob {a} vs {b}"
                     );
-                    for (a, b) in lp.iter().zip(&c.token_logprobs) {
-                        assert!(
-                            (*a as f64 - b).abs() < 2e-4,
-                            "{name}: token logprob {a} vs {b}"
-                        );
-                    }
                 }
             }
         }
-    }
+    });
 }
 
 #[test]
 fn argmax_and_last_logits_match_transformers() {
     use wgspin::model::StepInput;
-    for dev in devices() {
-        for name in TINY_MODELS.iter().filter(|m| runs_on(&dev, m)) {
-            let dir = fixture(name);
-            let r = reference(&dir);
-            let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
-            // Every case in one right-padded batch.
-            let rows: Vec<Vec<u32>> = r
-                .cases
-                .iter()
-                .map(|c| {
-                    c.prompt_ids
-                        .iter()
-                        .chain(&c.response_ids)
-                        .copied()
-                        .collect()
-                })
-                .collect();
-            let logits = bundle
-                .model
-                .forward(&StepInput::right_padded(&rows, 0), None); // [b, s, v]
-            let [_, s, v] = logits.dims();
-            let data: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().unwrap();
-            for (b, (c, ids)) in r.cases.iter().zip(&rows).enumerate() {
-                let at = |pos: usize| &data[(b * s + pos) * v..(b * s + pos + 1) * v];
-                let first = c.prompt_ids.len() - 1;
-                for (j, want) in c.argmax.iter().enumerate() {
-                    let row = at(first + j);
-                    let got = (0..v).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap() as u32;
-                    assert_eq!(
-                        got, *want,
-                        "{name} on {}: argmax at response position {j}",
-                        dev.description
-                    );
-                }
-                for (a, b) in at(ids.len() - 1).iter().zip(&c.last_logits) {
-                    assert!((a - b).abs() < 1e-3, "{name}: last logit {a} vs {b}");
-                }
+    each_model_on_each_device(|dev, name, r, bundle| {
+        // Every case in one right-padded batch.
+        let rows: Vec<Vec<u32>> = r.cases.iter().map(RefCase::ids).collect();
+        let logits = bundle
+            .model
+            .forward(&StepInput::right_padded(&rows, 0), None); // [b, s, v]
+        let [_, s, v] = logits.dims();
+        let data = floats(logits);
+        for (b, (c, ids)) in r.cases.iter().zip(&rows).enumerate() {
+            let at = |pos: usize| &data[(b * s + pos) * v..(b * s + pos + 1) * v];
+            let first = c.prompt_ids.len() - 1;
+            for (j, want) in c.argmax.iter().enumerate() {
+                let row = at(first + j);
+                let got = (0..v).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap() as u32;
+                assert_eq!(
+                    got, *want,
+                    "{name} on {}: argmax at response position {j}",
+                    dev.description
+                );
+            }
+            for (a, b) in at(ids.len() - 1).iter().zip(&c.last_logits) {
+                assert!((a - b).abs() < 1e-3, "{name}: last logit {a} vs {b}");
             }
         }
-    }
+    });
 }
 
 #[test]
@@ -136,14 +97,7 @@ fn cpu_and_gpu_agree() {
     }
     let dir = fixture(GPU_MODEL);
     let r = reference(&dir);
-    let pairs: Vec<TokenizedPair> = r
-        .cases
-        .iter()
-        .map(|c| TokenizedPair {
-            prompt: c.prompt_ids.clone(),
-            response: c.response_ids.clone(),
-        })
-        .collect();
+    let pairs: Vec<TokenizedPair> = r.cases.iter().map(RefCase::pair).collect();
     let results: Vec<Vec<Vec<f32>>> = devs
         .iter()
         .map(|d| {

@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -30,23 +30,15 @@ fn write_data(path: &Path) {
 }
 
 fn spin_args(data: &Path, out: &Path, config: &Path) -> Vec<String> {
-    args(&[
+    let mut a = job_args(
         "spin",
-        "--device",
-        "cpu",
-        "--model",
-        fixture("tiny-llama-bf16").to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--iterations",
-        "2",
-        "--lr",
-        "2e-3",
-    ])
+        "tiny-llama-bf16",
+        data,
+        out,
+        "--iterations 2 --lr 2e-3",
+    );
+    a.extend(args(&["--config", config.to_str().unwrap()]));
+    a
 }
 
 fn json(path: &Path) -> Value {
@@ -68,15 +60,7 @@ fn spin_runs_two_iterations_and_resumes_after_sigkill() {
     .unwrap();
 
     let full = tmp.path().join("full");
-    let st = wgspin()
-        .args(spin_args(&data, &full, &config))
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    run_ok(spin_args(&data, &full, &config));
 
     let resolved = json(&full.join("spin_config.json"));
     assert_eq!(resolved["train"]["lr"], 2e-3, "flag overrides the file");
@@ -124,26 +108,13 @@ fn spin_runs_two_iterations_and_resumes_after_sigkill() {
 
     // Kill during the second iteration, rerun, compare.
     let out = tmp.path().join("out");
-    let mut child = wgspin()
-        .args(spin_args(&data, &out, &config))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let marker = out.join("iter-1").join("generated.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&marker).map_or(0, |t| t.lines().count()) < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "iteration 1 never started"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when(
+        &spin_args(&data, &out, &config),
+        Duration::from_secs(600),
+        "iteration 1 never started",
+        || std::fs::read_to_string(&marker).map_or(0, |t| t.lines().count()) >= 2,
+    );
     assert!(
         !out.join("summary.json").exists()
             || json(&out.join("summary.json"))["iterations"]
@@ -152,12 +123,8 @@ fn spin_runs_two_iterations_and_resumes_after_sigkill() {
                 .len()
                 < 2
     );
-    let st = wgspin()
-        .args(spin_args(&data, &out, &config))
-        .output()
-        .unwrap();
+    let st = run_ok(spin_args(&data, &out, &config));
     let stderr = String::from_utf8_lossy(&st.stderr);
-    assert!(st.status.success(), "{stderr}");
     assert!(
         stderr.contains("iteration 0: generate+train already done"),
         "{stderr}"

@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use wgspin::hf::config::ModelConfig;
 use wgspin::hf::tokenizer::ChatTokenizer;
-use wgspin::train::score::TokenizedPair;
 
 fn smollm2() -> (std::path::PathBuf, ChatTokenizer) {
     let dir = shared_fixture("smollm2-135m-instruct");
@@ -26,15 +25,7 @@ fn smollm2_ids_match_transformers() {
     let (dir, tok) = smollm2();
     let r = reference(&dir);
     assert!(!r.cases.is_empty());
-    for c in &r.cases {
-        let pair = TokenizedPair::new(&tok, &c.prompt, &c.response).unwrap();
-        assert_eq!(pair.prompt, c.prompt_ids, "prompt ids of {:?}", c.prompt);
-        assert_eq!(
-            pair.response, c.response_ids,
-            "response ids of {:?}",
-            c.response
-        );
-    }
+    assert_reference_ids(&tok, &r.cases, "smollm2");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burn::tensor::{Tensor, TensorData};
 use common::*;
@@ -101,7 +101,7 @@ fn trainer(name: &str, r: &Value, cfg: TrainConfig) -> Trainer {
 }
 
 fn norm(t: Tensor<1>) -> f64 {
-    let v = t.into_data().try_into_vec_as::<f32>().unwrap();
+    let v = floats(t);
     v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
 }
 
@@ -135,10 +135,7 @@ fn losses_gradients_and_optimizer_steps_match_pytorch() {
         ] {
             let m =
                 Tensor::<1>::from_data(TensorData::new(margins.clone(), [3]), &cpu_device().device);
-            let got = pair_losses(kind, m, 1.0)
-                .into_data()
-                .try_into_vec_as::<f32>()
-                .unwrap();
+            let got = floats(pair_losses(kind, m, 1.0));
             for (a, b) in got.iter().zip(f64s(&r["losses"][key])) {
                 eprintln!("{name} {key} loss {a} vs torch {b}");
                 assert!(
@@ -244,7 +241,7 @@ fn non_finite_loss_stops_naming_the_step() {
     t.reference.real[1] = f64::NAN;
     let before = named_values(&t);
     let err = t.train_step().unwrap_err().to_string();
-    assert!(err.contains("step 1") && err.contains("NaN"), "{err}");
+    assert_mentions(&err, &["step 1", "NaN"]);
     assert_eq!(t.state.step, 0);
     let after = named_values(&t);
     for ((n, a), (_, b)) in before.iter().zip(&after) {
@@ -276,46 +273,23 @@ fn checkpoints_keep_names_shapes_dtypes_and_logits() {
         }
         let back = ModelBundle::load(&out, &dev.device).unwrap();
         let input = StepInput::right_padded(&[vec![1, 2, 3, 4, 5]], 0);
-        let x = bundle
-            .model
-            .forward(&input, None)
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap();
-        let y = back
-            .model
-            .forward(&input, None)
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap();
-        assert_eq!(x, y, "{name}: logits after a save/load round trip");
+        let logits = |b: &ModelBundle| floats(b.model.forward(&input, None));
+        assert_eq!(
+            logits(&bundle),
+            logits(&back),
+            "{name}: logits after a save/load round trip"
+        );
     }
 }
 
 fn train_args(pairs: &std::path::Path, out: &std::path::Path) -> Vec<String> {
-    args(&[
+    job_args(
         "train",
-        "--device",
-        "cpu",
-        "--model",
-        fixture("tiny-llama-bf16").to_str().unwrap(),
-        "--data",
-        pairs.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--lr",
-        "1e-3",
-        "--optimizer",
-        "adamw",
-        "--weight-decay",
-        "0.01",
-        "--batch-size",
-        "2",
-        "--epochs",
-        "3",
-        "--save-every",
-        "2",
-    ])
+        "tiny-llama-bf16",
+        pairs,
+        out,
+        "--lr 1e-3 --optimizer adamw --weight-decay 0.01 --batch-size 2 --epochs 3 --save-every 2",
+    )
 }
 
 fn write_pairs(path: &std::path::Path) {
@@ -352,12 +326,7 @@ fn train_resumes_after_sigkill_like_an_uninterrupted_run() {
     let pairs = tmp.path().join("pairs.jsonl");
     write_pairs(&pairs);
     let full = tmp.path().join("full");
-    let st = wgspin().args(train_args(&pairs, &full)).output().unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    run_ok(train_args(&pairs, &full));
     let want = losses(&full);
     assert_eq!(want.len(), 12);
     // Rewards separate on the training pairs.
@@ -372,23 +341,13 @@ fn train_resumes_after_sigkill_like_an_uninterrupted_run() {
     assert!(last["rewards/margins"].as_f64().unwrap() > 0.0, "{last}");
 
     let out = tmp.path().join("out");
-    let mut child = wgspin()
-        .args(train_args(&pairs, &out))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let state = out.join("checkpoint").join("trainer_state.json");
-    let start = Instant::now();
-    while !state.exists() {
-        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when(
+        &train_args(&pairs, &out),
+        Duration::from_secs(300),
+        "no checkpoint",
+        || state.exists(),
+    );
     let s: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(s["complete"], false, "killed after the run finished: {s}");
 
@@ -398,12 +357,7 @@ fn train_resumes_after_sigkill_like_an_uninterrupted_run() {
     assert!(String::from_utf8_lossy(&st.stderr).contains("--resume"));
     let mut args = train_args(&pairs, &out);
     args.push("--resume".into());
-    let st = wgspin().args(args).output().unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    run_ok(args);
     let got = losses(&out);
     assert_eq!(got.len(), want.len(), "{got:?}");
     for ((s1, a), (s2, b)) in got.iter().zip(&want) {

@@ -1,12 +1,18 @@
 //! Helpers shared by the integration tests: fixture paths, the reference outputs written by
-//! `tests/fixtures/make_fixtures.py` (transformers), and the devices to run on.
+//! `tests/fixtures/make_fixtures.py` (transformers), the devices to run on, running the binary,
+//! and the checks several test files make, so each is written (and tightened) in one place.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use wgspin::ModelBundle;
 use wgspin::device::{self, ComputeDevice, DeviceSpec};
+use wgspin::hf::tokenizer::ChatTokenizer;
+use wgspin::train::score::TokenizedPair;
 
 pub const TINY_MODELS: &[&str] = &["tiny-llama-bf16", "tiny-qwen2-f32", "tiny-mistral-f16"];
 
@@ -38,6 +44,42 @@ pub struct RefCase {
     pub argmax: Vec<u32>,
     #[serde(default)]
     pub last_logits: Vec<f32>,
+}
+
+impl RefCase {
+    /// Prompt then response: the sequence transformers scored.
+    pub fn ids(&self) -> Vec<u32> {
+        self.prompt_ids
+            .iter()
+            .chain(&self.response_ids)
+            .copied()
+            .collect()
+    }
+
+    /// The case as transformers tokenized it, so scoring does not depend on our tokenizer.
+    pub fn pair(&self) -> TokenizedPair {
+        TokenizedPair {
+            prompt: self.prompt_ids.clone(),
+            response: self.response_ids.clone(),
+        }
+    }
+}
+
+/// Asserts that `tok` gives transformers' prompt and response ids for every case.
+pub fn assert_reference_ids(tok: &ChatTokenizer, cases: &[RefCase], label: &str) {
+    for c in cases {
+        let pair = TokenizedPair::new(tok, &c.prompt, &c.response).unwrap();
+        assert_eq!(
+            pair.prompt, c.prompt_ids,
+            "{label}: prompt ids of {:?}",
+            c.prompt
+        );
+        assert_eq!(
+            pair.response, c.response_ids,
+            "{label}: response ids of {:?}",
+            c.response
+        );
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,9 +131,58 @@ pub fn runs_on(dev: &ComputeDevice, model: &str) -> bool {
     !dev.is_gpu || model == GPU_MODEL
 }
 
+/// Calls `f` for every tiny model on every device it is tested on (see [`runs_on`]), with its
+/// name, its transformers reference and the model loaded there.
+pub fn each_model_on_each_device(
+    mut f: impl FnMut(&ComputeDevice, &str, &Reference, &ModelBundle),
+) {
+    for dev in devices() {
+        for name in TINY_MODELS.iter().filter(|m| runs_on(&dev, m)) {
+            let dir = fixture(name);
+            let r = reference(&dir);
+            let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
+            f(&dev, name, &r, &bundle);
+        }
+    }
+}
+
+/// A tensor's values as f32, in row-major order.
+pub fn floats<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+/// Asserts `got` (a device's f32 output) is within `tol · max(1, |want|)` of a host reference in
+/// f64, element by element.
+pub fn assert_close(label: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{label}: length");
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let err = (a as f64 - b).abs();
+        assert!(
+            err <= tol * b.abs().max(1.0),
+            "{label}: [{i}] {a} vs {b} (|Δ| {err:e})"
+        );
+    }
+}
+
+/// Asserts that `text` (an error message, say) contains every one of `parts`.
+pub fn assert_mentions(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "{part:?} not in: {text}");
+    }
+}
+
 /// Relative difference with a floor on the denominator.
 pub fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-6)
+}
+
+/// `contents` saved as `name` in a fresh temporary folder, which lasts as long as the returned
+/// guard; the name is what error messages quote.
+pub fn temp_file(name: &str, contents: impl AsRef<[u8]>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, contents).unwrap();
+    (dir, p)
 }
 
 /// Deterministic pseudo-random numbers (the crate's SplitMix64) so failures reproduce.
@@ -106,6 +197,52 @@ pub fn wgspin() -> Command {
 /// Owned command-line arguments.
 pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
+}
+
+/// `<cmd> --device cpu --model <fixture model> --data <data> --out <out>`, then `flags` as typed
+/// on a command line (split at white space): the shape of every command that turns a data file
+/// into an output with a model.
+pub fn job_args(cmd: &str, model: &str, data: &Path, out: &Path, flags: &str) -> Vec<String> {
+    let mut v = args(&[cmd, "--device", "cpu", "--model"]);
+    v.push(fixture(model).to_str().unwrap().into());
+    v.extend(args(&["--data", data.to_str().unwrap()]));
+    v.extend(args(&["--out", out.to_str().unwrap()]));
+    v.extend(flags.split_whitespace().map(String::from));
+    v
+}
+
+/// Runs `wgspin <args>` to the end and asserts that it succeeded, showing its stderr if not.
+pub fn run_ok<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    let out = wgspin().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Starts `wgspin <args>` and kills it (SIGKILL on Unix, TerminateProcess on Windows) as soon as
+/// `ready()` holds, to test resuming from what a crash leaves behind. Fails with `never_ready`
+/// after `timeout`, or if the run ends before it could be killed.
+pub fn kill_when(
+    args: &[String],
+    timeout: Duration,
+    never_ready: &str,
+    mut ready: impl FnMut() -> bool,
+) {
+    let mut child = wgspin().args(args).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < timeout, "{never_ready}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// Runs the generation engine over `prompts` (request i = prompt i) and returns each one's tokens.

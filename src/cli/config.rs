@@ -28,6 +28,17 @@ fn find(args: &[OsString]) -> Option<(String, PathBuf)> {
     None
 }
 
+/// Where a flag of an earlier release went, for files written for it.
+fn renamed(sub: &str, long: &str) -> &'static str {
+    match long {
+        "batch-size" if sub == "generate" => " (now --gen-batch-size)",
+        "seed" => " (now --sampling-seed for generation, --data-seed for the training data order)",
+        "pairs" => " (now --data)",
+        "prompts" => " (now --limit)",
+        _ => "",
+    }
+}
+
 fn scalar(v: &toml::Value) -> Option<String> {
     match v {
         toml::Value::String(s) => Some(s.clone()),
@@ -60,8 +71,9 @@ pub fn apply(mut cmd: clap::Command, args: &[OsString]) -> Result<clap::Command>
         let long = key.replace('_', "-");
         if !known.contains(&long) {
             bail!(
-                "{}: unknown key {key:?} for `wgspin {sub}`; valid keys: {}",
+                "{}: unknown key {key:?} for `wgspin {sub}`{}; valid keys: {}",
                 path.display(),
+                renamed(&sub, &long),
                 known.join(", ")
             );
         }
@@ -80,7 +92,6 @@ pub fn apply(mut cmd: clap::Command, args: &[OsString]) -> Result<clap::Command>
                 .find(|a| a.get_long() == Some(long.as_str()))
                 .map(|a| a.get_id().clone());
             if let Some(id) = id {
-                let v: &'static str = Box::leak(v.into_boxed_str());
                 sc = sc.mut_arg(id, |a| a.default_value(v).required(false));
             }
         }

@@ -107,6 +107,33 @@ fn load_ref_cache(path: &Path, ids: &[String]) -> Option<PairLogps> {
 
 /// Trains on `examples` (with `generated` set) from the model at `model_path`, into `out`.
 /// With `resume`, continues from `out/checkpoint`; without it, refuses a folder that holds a run.
+/// Which settings of a saved run differ from `now`, for the refusal to resume it.
+fn settings_differ(saved: &Value, now: &Value) -> String {
+    if serde_json::from_value::<TrainConfig>(saved.clone()).is_err() {
+        return format!(
+            "the run there was saved by an earlier wgspin whose settings had another shape ({saved}); \
+             finish it with that version"
+        );
+    }
+    let keys = now
+        .as_object()
+        .map(|o| o.keys().collect::<Vec<_>>())
+        .unwrap_or_default();
+    let diffs: Vec<String> = keys
+        .into_iter()
+        .filter(|k| saved.get(k.as_str()) != now.get(k.as_str()))
+        .map(|k| {
+            let show = |v: Option<&Value>| v.map(Value::to_string).unwrap_or_else(|| "-".into());
+            format!(
+                "{k}: {} there, {} now",
+                show(saved.get(k.as_str())),
+                show(now.get(k.as_str()))
+            )
+        })
+        .collect();
+    format!("the run there used other settings ({})", diffs.join("; "))
+}
+
 pub fn run_train(
     model_path: &Path,
     examples: &[SftExample],
@@ -130,10 +157,11 @@ pub fn run_train(
     if let Some(s) = &state
         && s.get("config") != Some(&config_json)
     {
+        let saved = s.get("config").cloned().unwrap_or(Value::Null);
         return Err(Error::Invalid(format!(
-            "{}: the run there used other settings ({}); resume with the same flags, or choose another --out",
+            "{}: {}; resume with the same flags, or choose another --out",
             out.join(CHECKPOINT).join(STATE_FILE).display(),
-            s.get("config").map(Value::to_string).unwrap_or_default()
+            settings_differ(&saved, &config_json)
         )));
     }
     fsutil::write_atomic(
@@ -292,4 +320,23 @@ pub fn run_train(
         last,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_resume_names_what_differs() {
+        let now = serde_json::to_value(TrainConfig::default()).unwrap();
+        let mut saved = now.clone();
+        saved["lr"] = serde_json::json!(0.001);
+        let msg = settings_differ(&saved, &now);
+        assert!(msg.contains("lr: 0.001 there, 5e-7 now"), "{msg}");
+        assert!(!msg.contains("epochs"), "{msg}");
+        // The flat shape of the releases before `loss` became {kind, beta} and `seed` data_seed.
+        let old = serde_json::json!({"loss": "sigmoid", "beta": 0.1, "seed": 42, "lr": 5e-7});
+        let msg = settings_differ(&old, &now);
+        assert!(msg.contains("saved by an earlier wgspin"), "{msg}");
+    }
 }

@@ -49,9 +49,6 @@ pub struct SpinConfig {
     /// Held-out examples for evaluation, from the end of the data (default: 10%, at most 64).
     #[arg(long)]
     pub eval_size: Option<usize>,
-    /// Rows decoded together (`--gen-batch-size`, whose default depends on the device).
-    #[arg(skip = Self::default().gen_batch_size)]
-    pub gen_batch_size: usize,
 }
 
 impl Default for SpinConfig {
@@ -62,7 +59,6 @@ impl Default for SpinConfig {
             mix_previous: true,
             stop_accuracy: 0.55,
             eval_size: None,
-            gen_batch_size: 8,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Flag groups that several commands share, each defined once and flattened where used, and
 //! what they resolve to (the device, the data, the decode batch).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -81,37 +81,34 @@ pub struct DataArgs {
 impl DataArgs {
     /// Reads the data, reports skipped rows on stderr, and keeps the first `limit` examples.
     pub fn load(&self, limit: Option<usize>) -> Result<Vec<SftExample>> {
-        load_examples(&self.data, self.format, limit)
-    }
-}
-
-fn load_examples(path: &Path, format: DataFormat, limit: Option<usize>) -> Result<Vec<SftExample>> {
-    let ds =
-        read_dataset(path, format).with_context(|| format!("reading data {}", path.display()))?;
-    if !ds.skipped.is_empty() {
+        let path = &self.data;
+        let ds = read_dataset(path, self.format)
+            .with_context(|| format!("reading data {}", path.display()))?;
+        if !ds.skipped.is_empty() {
+            eprintln!(
+                "{}: skipped {} row(s) without a usable prompt/response:",
+                path.display(),
+                ds.skipped.len()
+            );
+            for s in ds.skipped.iter().take(5) {
+                eprintln!("  line {}: {}", s.line, s.reason);
+            }
+            if ds.skipped.len() > 5 {
+                eprintln!("  ... and {} more", ds.skipped.len() - 5);
+            }
+        }
         eprintln!(
-            "{}: skipped {} row(s) without a usable prompt/response:",
+            "{}: {} examples ({} format)",
             path.display(),
-            ds.skipped.len()
+            ds.examples.len(),
+            ds.format
         );
-        for s in ds.skipped.iter().take(5) {
-            eprintln!("  line {}: {}", s.line, s.reason);
+        let mut examples = ds.examples;
+        if let Some(n) = limit {
+            examples.truncate(n);
         }
-        if ds.skipped.len() > 5 {
-            eprintln!("  ... and {} more", ds.skipped.len() - 5);
-        }
+        Ok(examples)
     }
-    eprintln!(
-        "{}: {} examples ({} format)",
-        path.display(),
-        ds.examples.len(),
-        ds.format
-    );
-    let mut examples = ds.examples;
-    if let Some(n) = limit {
-        examples.truncate(n);
-    }
-    Ok(examples)
 }
 
 /// How the opponent generates: the response length, the sampler and the decode batch.

@@ -20,7 +20,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     out: PathBuf,
     /// Storage type of model.safetensors.
-    #[arg(long, value_enum, default_value_t = StoredDtype::F32)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = StoredDtype::F32)]
     dtype: StoredDtype,
 }
 
@@ -43,8 +43,8 @@ pub struct ExportGgufArgs {
     /// Output .gguf file (written atomically).
     #[arg(long)]
     out: PathBuf,
-    /// Matrix type: f16, f32 or q8_0 (norms stay f32).
-    #[arg(long, default_value = "f16")]
+    /// Matrix type (norms stay f32).
+    #[arg(long, value_enum, ignore_case = true, default_value_t = ExportDtype::F16)]
     dtype: ExportDtype,
 }
 

@@ -14,8 +14,9 @@ use super::args::JobArgs;
 /// Supervised fine-tuning (next-token loss on response tokens) on prompt/response data.
 ///
 /// Makes the SFT model SPIN starts from. Writes metrics.jsonl and checkpoint/ (Hugging Face
-/// layout) into --out. Same flags as `wgspin train` except SPIN's --loss/--beta; the learning
-/// rate defaults to SFT's 2e-5.
+/// layout) into --out at the end. The training flags of `wgspin train` except SPIN's
+/// --loss/--beta, with the learning rate defaulting to SFT's; no --resume, and --save-every
+/// must stay 0 (SFT does not save mid-run yet).
 #[derive(Args, Debug)]
 pub struct SftArgs {
     #[command(flatten)]
@@ -29,6 +30,10 @@ pub struct SftArgs {
 
 impl SftArgs {
     pub fn run(self) -> Result<()> {
+        anyhow::ensure!(
+            self.train.save_every == 0,
+            "--save-every: `wgspin sft` saves only at the end (no resumable mid-run checkpoints yet); leave it at 0"
+        );
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(None)?;
         let mut bar: Option<Progress> = None;

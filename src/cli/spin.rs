@@ -44,7 +44,7 @@ pub struct SpinArgs {
 }
 
 impl SpinArgs {
-    pub fn run(mut self) -> Result<()> {
+    pub fn run(self) -> Result<()> {
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(None)?;
         let model = self.job.model.model.clone();
@@ -54,9 +54,9 @@ impl SpinArgs {
             GgufModel::load(&model).map(|g| g.config)
         }
         .with_context(|| format!("reading the config of {}", model.display()))?;
-        self.spin.gen_batch_size = self.sampling.gen_batch_size(&dev, &config)?;
+        let rows = self.sampling.gen_batch_size(&dev, &config)?;
         // Stop ids and padding are filled in by the loop from each iteration's model.
-        let gen_opts = self.sampling.options(self.spin.gen_batch_size, vec![], 0);
+        let gen_opts = self.sampling.options(rows, vec![], 0);
         let train_cfg = TrainConfig {
             loss: self.loss,
             ..self.train.clone()
@@ -66,6 +66,7 @@ impl SpinArgs {
             .with_context(|| format!("creating {}", self.out.display()))?;
         let mut sampling = serde_json::to_value(gen_opts.sampling)?;
         sampling["max_new_tokens"] = json!(gen_opts.max_new_tokens);
+        sampling["gen_batch_size"] = json!(gen_opts.batch_size);
         let resolved = json!({
             "model": model.to_string_lossy(),
             "data": self.job.data.data.to_string_lossy(),
@@ -78,57 +79,21 @@ impl SpinArgs {
             serde_json::to_string_pretty(&resolved)?.as_bytes(),
         )?;
 
-        let mut gen_bar: Option<Progress> = None;
-        let mut train_rep = TrainReporter::new(train_cfg.logging_steps);
+        let mut reporter = SpinReporter {
+            gen_bar: None,
+            train: TrainReporter::new(train_cfg.logging_steps),
+        };
         let summary = run_spin(
-        &model,
-        &examples,
-        &self.out,
-        &self.spin,
-        &gen_opts,
-        &train_cfg,
-        &dev.device,
-        |e| match e {
-            SpinEvent::Stage { iteration, stage } => {
-                eprintln!("== iteration {iteration}: {stage}");
-            }
-            SpinEvent::Skipped { iteration, stage } => {
-                eprintln!("== iteration {iteration}: {stage} already done");
-            }
-            SpinEvent::Generate(p) => {
-                let bar = gen_bar.get_or_insert_with(|| Progress::new("generate", p.total));
-                let rate = p.tokens as f64 / p.elapsed.as_secs_f64().max(1e-9);
-                bar.update(p.done, &format!("prompts, {rate:.1} tok/s"));
-            }
-            SpinEvent::Generated(s) => {
-                if let Some(mut b) = gen_bar.take() {
-                    b.finish();
-                }
-                eprintln!(
-                    "generated {} ({} kept from before), {} tokens, {:.1} tok/s",
-                    s.generated,
-                    s.resumed,
-                    s.tokens,
-                    s.tokens_per_second()
-                );
-            }
-            SpinEvent::Train(t) => train_rep.event(t),
-            SpinEvent::Trained(s) => {
-                eprintln!("trained {} steps in {:.1}s", s.steps, s.seconds);
-            }
-            SpinEvent::Evaluated { iteration, eval } => {
-                eprintln!(
-                    "iteration {iteration} held-out ({} pairs): reward accuracy {:.3}, margin {:.4}, human log-lik/token {:.4} (before {:.4})",
-                    eval.examples,
-                    eval.reward_accuracy,
-                    eval.reward_margin,
-                    eval.human_logprob_per_token,
-                    eval.human_logprob_per_token_before
-                );
-            }
-        },
-    )
-    .with_context(|| format!("SPIN into {}", self.out.display()))?;
+            &model,
+            &examples,
+            &self.out,
+            &self.spin,
+            &gen_opts,
+            &train_cfg,
+            &dev.device,
+            |e| reporter.event(e),
+        )
+        .with_context(|| format!("SPIN into {}", self.out.display()))?;
         if let Some(t) = summary.converged_at {
             eprintln!(
                 "converged at iteration {t}: held-out reward accuracy ≤ {} (the player can no longer tell real from generated)",
@@ -142,5 +107,58 @@ impl SpinArgs {
             self.out.join("summary.json").display()
         );
         Ok(())
+    }
+}
+
+/// Prints the loop's progress: a bar while generating, the training reporter's lines, and a
+/// line per stage and per evaluation.
+struct SpinReporter {
+    gen_bar: Option<Progress>,
+    train: TrainReporter,
+}
+
+impl SpinReporter {
+    fn event(&mut self, e: SpinEvent) {
+        match e {
+            SpinEvent::Stage { iteration, stage } => {
+                eprintln!("== iteration {iteration}: {stage}");
+            }
+            SpinEvent::Skipped { iteration, stage } => {
+                eprintln!("== iteration {iteration}: {stage} already done");
+            }
+            SpinEvent::Generate(p) => {
+                let bar = self
+                    .gen_bar
+                    .get_or_insert_with(|| Progress::new("generate", p.total));
+                let rate = p.tokens as f64 / p.elapsed.as_secs_f64().max(1e-9);
+                bar.update(p.done, &format!("prompts, {rate:.1} tok/s"));
+            }
+            SpinEvent::Generated(s) => {
+                if let Some(mut b) = self.gen_bar.take() {
+                    b.finish();
+                }
+                eprintln!(
+                    "generated {} ({} kept from before), {} tokens, {:.1} tok/s",
+                    s.generated,
+                    s.resumed,
+                    s.tokens,
+                    s.tokens_per_second()
+                );
+            }
+            SpinEvent::Train(t) => self.train.event(t),
+            SpinEvent::Trained(s) => {
+                eprintln!("trained {} steps in {:.1}s", s.steps, s.seconds);
+            }
+            SpinEvent::Evaluated { iteration, eval } => {
+                eprintln!(
+                    "iteration {iteration} held-out ({} pairs): reward accuracy {:.3}, margin {:.4}, human log-lik/token {:.4} (before {:.4})",
+                    eval.examples,
+                    eval.reward_accuracy,
+                    eval.reward_margin,
+                    eval.human_logprob_per_token,
+                    eval.human_logprob_per_token_before
+                );
+            }
+        }
     }
 }

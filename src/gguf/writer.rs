@@ -130,26 +130,13 @@ impl GgufWriter {
     }
 }
 
-/// Tensor type of the exported matrices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Tensor type of the exported matrices (`export-gguf --dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportDtype {
     F32,
     F16,
+    #[value(name = "q8_0")]
     Q8_0,
-}
-
-impl std::str::FromStr for ExportDtype {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" => Ok(Self::F32),
-            "f16" => Ok(Self::F16),
-            "q8_0" => Ok(Self::Q8_0),
-            other => Err(format!(
-                "unknown GGUF dtype {other:?} (expected f16, f32 or q8_0)"
-            )),
-        }
-    }
 }
 
 impl ExportDtype {

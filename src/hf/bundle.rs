@@ -46,8 +46,7 @@ impl ModelBundle {
             });
         }
         if path.is_file() {
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-            if matches!(ext, "bin" | "pt" | "pth" | "ckpt") {
+            if crate::hf::weights::is_pickle(path) {
                 return Err(Error::PickleWeights {
                     path: path.to_path_buf(),
                 });

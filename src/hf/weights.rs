@@ -3,8 +3,9 @@
 //! Pickle checkpoints (`.bin`, `.pt`, `.pth`) are refused: unpickling can run arbitrary code.
 //!
 //! Files are memory-mapped rather than read: a tensor is widened straight from the mapping into
-//! its f32 buffer, and (on Unix) its file pages are released again once it has been read, so
-//! loading never holds the file's bytes beside the widened model. Writing encodes one tensor at a
+//! its f32 buffer, and on Unix its file pages are handed back once it has been read (on Linux
+//! they leave the resident set at once; macOS only deactivates them), so loading does not hold
+//! the file's bytes beside the widened model. Writing encodes one tensor at a
 //! time into the output file.
 
 use std::borrow::Cow;
@@ -91,7 +92,8 @@ pub struct WeightFiles {
     index: BTreeMap<String, usize>,
 }
 
-fn is_pickle(path: &Path) -> bool {
+/// A pickle checkpoint, by extension: refused, since unpickling can run arbitrary code.
+pub(crate) fn is_pickle(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("bin" | "pt" | "pth" | "ckpt")
@@ -351,9 +353,12 @@ impl WeightFiles {
 /// the f32 model until the files are dropped. Only a hint; the page cache keeps the data.
 #[cfg(unix)]
 fn release_pages(shard: &Shard, offset: usize, len: usize) {
-    // SAFETY: MADV_DONTNEED on a private file mapping that was never written repopulates the
-    // range from the file on the next access, so a slice of it read later (or by another thread
-    // right now) sees the same bytes: the file's, under the same caveat as `map_file`.
+    // SAFETY: the map is a read-only shared file mapping (`Mmap::map`: PROT_READ, MAP_SHARED),
+    // so it has no private pages to lose: MADV_DONTNEED only drops them from this process, and
+    // the next access refaults them from the page cache, so a slice read later (or by another
+    // thread right now) sees the same bytes, the file's, under the same caveat as `map_file`.
+    // memmap2 rounds the start down to a page; the range lies inside the map because
+    // `read_header` checked every tensor's offsets against the mapped length.
     let _ = unsafe {
         shard
             .map

@@ -108,9 +108,19 @@ pub fn load(
 ) -> Result<(Transformer, StoredDtype)> {
     let stored_dtype = validate(cfg, files)?;
     let mut model = skeleton(cfg, device);
+    let mut filled = 0;
     for (name, mut param) in params_mut(&mut model) {
         let t = files.read_tensor(&name)?;
         param.set_data(TensorData::new(t.data, t.shape), device);
+        filled += 1;
+    }
+    // A field the named view missed would keep its placeholder, and a `[1]` norm broadcasts
+    // silently: refuse rather than run a wrong model.
+    let expected = hf_names::expected_tensors(cfg).len();
+    if filled != expected {
+        return Err(Error::Invalid(format!(
+            "internal error: the model has {filled} named parameters but the name table {expected}"
+        )));
     }
     Ok((model, stored_dtype))
 }

@@ -35,7 +35,7 @@ use state::{param_grads, read_f32};
 /// RMSprop, lr 5e-7, 3 epochs, batch 8, linear schedule with 10% warmup, lengths 1024 / 512).
 /// One schema: the doc comments are the flags' help, [`Default`] holds the defaults both clap
 /// and serde use, `--config FILE.toml` takes the flag names as keys, and `train_config.json`
-/// is this struct serialized.
+/// is this struct serialized (field names, with the pair loss nested as `loss: {kind, beta}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {

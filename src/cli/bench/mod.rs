@@ -1,21 +1,21 @@
 //! `wgspin bench`: the WGSL kernels against their twins, device memory of the chunked scoring
 //! path, and generation / training throughput with the definitions of `scripts/bench_*.py`.
 
+mod measure;
+
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use wgspin::ModelBundle;
-mod measure;
-
-use measure::BenchSizes;
 use wgspin::generate::profile::{GenProfile, WARMUP_STEPS};
 use wgspin::hf::config::ModelConfig;
 use wgspin::model::Transformer;
 use wgspin::model::random_init::random_model;
 
 use super::args::DeviceArgs;
+use measure::BenchSizes;
 
 /// Benchmarks: WGSL kernels against their twins; generation, training and memory.
 ///

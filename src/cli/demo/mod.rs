@@ -93,7 +93,7 @@ pub struct DemoArgs {
     /// SPIN's β (default 0.1).
     #[arg(long)]
     beta: Option<f64>,
-    /// SPIN iterations (default 3).
+    /// SPIN iterations (default 3, or 2 with --quick).
     #[arg(long)]
     iterations: Option<usize>,
     #[command(flatten)]

@@ -266,7 +266,6 @@ pub fn run_demo(
             mix_previous: true,
             stop_accuracy: 0.0,
             eval_size: Some(heldout.len()),
-            gen_batch_size: 32,
         };
         // Stop ids and padding are taken from θ_t by the loop.
         let gen_opts = GenOptions {

@@ -145,4 +145,25 @@ fn spin_runs_two_iterations_and_resumes_after_sigkill() {
             );
         }
     }
+
+    // A rerun into the finished folder with another learning rate would mix two runs: refused
+    // before anything there changes, naming the setting.
+    let before = std::fs::read(full.join("spin_config.json")).unwrap();
+    let mut other = spin_args(&data, &full, &config);
+    let lr = other.iter().position(|a| a == "--lr").unwrap();
+    other[lr + 1] = "1e-3".into();
+    let st = wgspin().args(&other).output().unwrap();
+    assert!(
+        !st.status.success(),
+        "a rerun with another --lr was accepted"
+    );
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert_mentions(
+        &err,
+        &["other settings", "train.lr", "0.002 there, 0.001 now"],
+    );
+    assert_eq!(
+        std::fs::read(full.join("spin_config.json")).unwrap(),
+        before
+    );
 }

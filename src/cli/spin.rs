@@ -74,8 +74,10 @@ impl SpinArgs {
             "sampling": sampling,
             "train": train_cfg,
         });
+        let config_path = self.out.join("spin_config.json");
+        refuse_other_settings(&config_path, &resolved)?;
         fsutil::write_atomic(
-            &self.out.join("spin_config.json"),
+            &config_path,
             serde_json::to_string_pretty(&resolved)?.as_bytes(),
         )?;
 
@@ -161,4 +163,47 @@ impl SpinReporter {
             }
         }
     }
+}
+
+/// A rerun into the same --out continues the run there: it must have the same settings, or the
+/// iterations already done and the ones still to come would mix two runs. The decode batch may
+/// differ (per-request random streams make the responses independent of it).
+fn refuse_other_settings(path: &std::path::Path, now: &serde_json::Value) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let mut saved: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON; move the folder aside", path.display()))?;
+    let mut now = now.clone();
+    for v in [&mut saved, &mut now] {
+        if let Some(s) = v.get_mut("sampling").and_then(|s| s.as_object_mut()) {
+            s.remove("gen_batch_size");
+        }
+    }
+    let mut diffs = vec![];
+    for section in ["model", "data", "spin", "sampling", "train"] {
+        let (a, b) = (&saved[section], &now[section]);
+        match (a.as_object(), b.as_object()) {
+            (Some(a), Some(b)) => {
+                for (k, v) in b {
+                    if a.get(k) != Some(v) {
+                        let was = a
+                            .get(k)
+                            .map(|x| x.to_string())
+                            .unwrap_or_else(|| "-".into());
+                        diffs.push(format!("{section}.{k}: {was} there, {v} now"));
+                    }
+                }
+            }
+            _ if a != b => diffs.push(format!("{section}: {a} there, {b} now")),
+            _ => {}
+        }
+    }
+    anyhow::ensure!(
+        diffs.is_empty(),
+        "{} holds a SPIN run with other settings ({}); rerun with the same flags to continue it, or choose another --out",
+        path.parent().unwrap_or(path).display(),
+        diffs.join("; ")
+    );
+    Ok(())
 }

@@ -248,7 +248,8 @@ fn dequantization_matches_gguf_python() {
 #[test]
 fn export_gguf_round_trips_through_the_reader() {
     use wgspin::gguf::writer::{ExportDtype, export_hf_folder};
-    use wgspin::hf::weights::{TensorSource, WeightFiles};
+    use wgspin::hf::source::TensorSource;
+    use wgspin::hf::weights::WeightFiles;
     let tmp = tempfile::tempdir().unwrap();
     for name in TINY_MODELS {
         let dir = fixture(name);

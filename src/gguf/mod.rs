@@ -22,7 +22,8 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::hf::config::{HfConfig, ModelConfig};
-use crate::hf::weights::{HostTensor, StoredDtype, TensorMap};
+use crate::hf::source::TensorMap;
+use crate::hf::weights::{HostTensor, StoredDtype};
 use dequant::GgmlType;
 use reader::{GgufFile, MetaValue};
 

@@ -18,7 +18,8 @@ use super::tokenizer::{
 use crate::error::{Error, Result};
 use crate::hf::config::{Arch, ModelConfig, RopeScaling};
 use crate::hf::names as hf_names;
-use crate::hf::weights::{TensorSource, WeightFiles};
+use crate::hf::source::TensorSource;
+use crate::hf::weights::WeightFiles;
 use crate::model::loader;
 
 /// llama.cpp's `LLAMA_TOKEN_TYPE_UNUSED`, for padding the vocabulary up to the embedding rows.

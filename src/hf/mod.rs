@@ -7,5 +7,6 @@ pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
 pub mod names;
+pub mod source;
 pub mod tokenizer;
 pub mod weights;

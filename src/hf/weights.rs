@@ -369,74 +369,6 @@ fn release_pages(shard: &Shard, offset: usize, len: usize) {
 #[cfg(not(unix))]
 fn release_pages(_shard: &Shard, _offset: usize, _len: usize) {}
 
-/// Where the model loader takes checkpoint tensors from (Hugging Face names and shapes):
-/// safetensors files, or tensors already in memory (a dequantized GGUF file).
-pub trait TensorSource {
-    /// Every tensor name, sorted.
-    fn tensor_names(&self) -> Vec<String>;
-    /// Row-major shape without reading the data.
-    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>>;
-    /// Storage type without reading the data; an error names a missing tensor or a dtype that
-    /// cannot be widened to f32.
-    fn tensor_dtype(&self, name: &str) -> Result<StoredDtype>;
-    /// File to name in errors about `name`.
-    fn source_path(&self, name: &str) -> PathBuf;
-    /// The tensor widened to f32.
-    fn read_tensor(&self, name: &str) -> Result<HostTensor>;
-}
-
-impl TensorSource for WeightFiles {
-    fn tensor_names(&self) -> Vec<String> {
-        self.names().map(str::to_string).collect()
-    }
-    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.info(name).map(|(shape, _)| shape)
-    }
-    fn tensor_dtype(&self, name: &str) -> Result<StoredDtype> {
-        self.dtype(name)
-    }
-    fn source_path(&self, name: &str) -> PathBuf {
-        self.path_of(name)
-    }
-    fn read_tensor(&self, name: &str) -> Result<HostTensor> {
-        self.read(name)
-    }
-}
-
-/// Tensors held in memory under Hugging Face names, read from `path`.
-pub struct TensorMap {
-    pub path: PathBuf,
-    pub tensors: BTreeMap<String, HostTensor>,
-}
-
-impl TensorMap {
-    fn get(&self, name: &str) -> Result<&HostTensor> {
-        self.tensors.get(name).ok_or_else(|| Error::Tensor {
-            path: self.path.clone(),
-            name: name.into(),
-            message: "missing from the checkpoint".into(),
-        })
-    }
-}
-
-impl TensorSource for TensorMap {
-    fn tensor_names(&self) -> Vec<String> {
-        self.tensors.keys().cloned().collect()
-    }
-    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.tensors.get(name).map(|t| t.shape.clone())
-    }
-    fn tensor_dtype(&self, name: &str) -> Result<StoredDtype> {
-        Ok(self.get(name)?.dtype)
-    }
-    fn source_path(&self, _name: &str) -> PathBuf {
-        self.path.clone()
-    }
-    fn read_tensor(&self, name: &str) -> Result<HostTensor> {
-        self.get(name).cloned()
-    }
-}
-
 /// A host tensor as safetensors' writer sees it: encoded to `dtype` only when the writer asks for
 /// its bytes, one tensor at a time, so a file is written without an encoded copy of the model.
 struct Encoded<'a> {
@@ -518,6 +450,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hf::source::TensorSource;
 
     fn sample() -> HostTensor {
         // Signs, magnitudes from f16's subnormal range to its largest finite value, and values

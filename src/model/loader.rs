@@ -11,7 +11,8 @@ use super::{DecoderLayer, Transformer};
 use crate::error::{Error, Result};
 use crate::hf::config::ModelConfig;
 use crate::hf::names as hf_names;
-use crate::hf::weights::{StoredDtype, TensorSource};
+use crate::hf::source::TensorSource;
+use crate::hf::weights::StoredDtype;
 
 /// Checks names, shapes and storage types of a checkpoint against the config, from its headers
 /// alone (nothing is read or widened); returns the storage dtype of the embeddings (what a

@@ -14,7 +14,8 @@ use super::{Transformer, loader};
 use crate::error::{Error, Result};
 use crate::hf::config::{HfConfig, ModelConfig};
 use crate::hf::names as hf_names;
-use crate::hf::weights::{HostTensor, StoredDtype, TensorSource};
+use crate::hf::source::TensorSource;
+use crate::hf::weights::{HostTensor, StoredDtype};
 use crate::rng::SplitMix64;
 
 /// transformers' `initializer_range` default.

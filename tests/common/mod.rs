@@ -281,3 +281,29 @@ pub fn greedy_opts(batch: usize, max_new: usize, stop: Vec<u32>) -> wgspin::gene
         pad_id: 0,
     }
 }
+
+/// The SmolLM2 GGUF from `WGSPIN_SMOLLM2_GGUF`; `None` (test skipped) when unset, except in CI
+/// (`CI` or `WGSPIN_REQUIRE_GPU=1`), where a missing model is a failure.
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    match std::env::var_os("WGSPIN_SMOLLM2_GGUF") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "WGSPIN_SMOLLM2_GGUF={} is not a file",
+                p.display()
+            );
+            Some(p)
+        }
+        None => {
+            let ci = std::env::var("WGSPIN_REQUIRE_GPU").is_ok_and(|v| v == "1")
+                || std::env::var_os("CI").is_some();
+            assert!(
+                !ci,
+                "WGSPIN_SMOLLM2_GGUF is not set but this is a CI run (CI or WGSPIN_REQUIRE_GPU=1): .ci/run downloads it"
+            );
+            eprintln!("skipped: set WGSPIN_SMOLLM2_GGUF (see .ci/run)");
+            None
+        }
+    }
+}

@@ -144,6 +144,21 @@ fn smollm2_convert_loads_back_with_identical_logits() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    // The GGUF's identity reaches the model card, its epsilon config.json as stated (1e-5 in f32).
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert_mentions(
+        &card,
+        &[
+            "organization: \"HuggingFaceTB\"",
+            "finetune: \"8k-lc100k-mix1-ep2\"",
+            "license: \"apache-2.0\"",
+            "language: [\"en\"]",
+            "size_label: \"135M\"",
+        ],
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["rms_norm_eps"], serde_json::json!(1e-5));
     let from_gguf = ModelBundle::load(&path, &dev.device).unwrap();
     let from_hf = ModelBundle::load(&out, &dev.device).unwrap();
     assert_eq!(from_hf.config, from_gguf.config);
@@ -235,10 +250,9 @@ fn export_gguf_round_trips_through_the_reader() {
             let out = tmp.path().join(format!("{name}-{dtype:?}.gguf"));
             export_hf_folder(&dir, &out, dtype).unwrap();
             let g = wgspin::gguf::GgufModel::load(&out).unwrap();
-            // Same model, apart from what GGUF does not record (dtype name, Mistral's window) or
-            // stores as f32 (eps).
+            // Same model, apart from what GGUF does not record (dtype name, Mistral's window);
+            // eps, stored as f32, reads back as the decimal config.json states.
             let mut want = cfg.clone();
-            want.rms_norm_eps = want.rms_norm_eps as f32 as f64;
             want.torch_dtype = "float32".into();
             want.window = wgspin::hf::config::AttentionWindow::Full;
             if want.arch == wgspin::hf::config::Arch::Mistral {

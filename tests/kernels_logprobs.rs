@@ -200,13 +200,12 @@ fn f16_logits_match_reference_forward_and_backward() {
             let (got, want) = (run(true), run(false));
             let rounded: Vec<f32> = l.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
             let exact = exact_logprobs(&rounded, &t, v);
-            for i in 0..n {
-                let tol = 1e-5 * got.1[i].abs().max(1.0) as f64;
+            for (i, (&lp, &lse)) in got.0.iter().zip(&got.1).enumerate() {
+                let tol = 1e-5 * lse.abs().max(1.0) as f64;
                 assert!(
-                    (got.0[i] as f64 - exact[i]).abs() <= tol,
-                    "{} n={n} v={v}: f16 logp[{i}] {} vs {}",
+                    (lp as f64 - exact[i]).abs() <= tol,
+                    "{} n={n} v={v}: f16 logp[{i}] {lp} vs {}",
                     dev.description,
-                    got.0[i],
                     exact[i]
                 );
             }

@@ -9,6 +9,8 @@
 //! - [`reader`]: the file format (bounds-checked parsing); [`dequant`]: tensor types;
 //!   [`names`]: GGUF tensor names; [`tokenizer`]: metadata → tokenizer; [`writer`]: `export-gguf`.
 
+pub mod add_tokens;
+pub mod card;
 pub mod dequant;
 pub mod names;
 pub mod reader;
@@ -46,6 +48,8 @@ pub struct GgufModel {
     pub config_json: Value,
     /// `generation_config.json` document.
     pub generation_config: Value,
+    /// Model card fields of its `general.*` metadata (README.md of a converted folder).
+    pub card: card::Card,
     pub config: ModelConfig,
     pub tokenizer: tokenizer::TokenizerParts,
     /// f32 tensors under Hugging Face names.
@@ -62,19 +66,24 @@ pub fn llama3_rope_factors(
     high_freq_factor: f64,
     old_ctx: f64,
 ) -> Vec<f32> {
+    // In f32 after the wavelength bounds, as the converter's torch scalars are (bit-identical).
     let (low_wavelen, high_wavelen) = (old_ctx / low_freq_factor, old_ctx / high_freq_factor);
+    let (factor_f, low_f, span_f) = (
+        factor as f32,
+        low_freq_factor as f32,
+        (high_freq_factor - low_freq_factor) as f32,
+    );
     (0..head_dim / 2)
         .map(|i| {
             let freq = 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
-            let wavelen = 2.0 * std::f64::consts::PI / freq as f64;
-            if wavelen < high_wavelen {
+            let wavelen = std::f32::consts::TAU / freq;
+            if (wavelen as f64) < high_wavelen {
                 1.0
-            } else if wavelen > low_wavelen {
-                factor as f32
+            } else if (wavelen as f64) > low_wavelen {
+                factor_f
             } else {
-                let smooth =
-                    (old_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+                let smooth = (old_ctx as f32 / wavelen - low_f) / span_f;
+                1.0 / ((1.0 - smooth) / factor_f + smooth)
             }
         })
         .collect()
@@ -124,9 +133,14 @@ fn rope_scaling(g: &GgufFile, arch: &str, theta: f64, head_dim: usize) -> Result
                 message: "RoPE frequency factors that are not Llama 3.1-style (factor, low 1, high 4) are not supported".into(),
             });
         }
+        // A context length is an integer in config.json (64, not 64.0).
+        let orig = match params[3] {
+            o if o.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&o) => json!(o as u64),
+            o => json!(o),
+        };
         return Ok(
             json!({"rope_type": "llama3", "factor": params[0], "low_freq_factor": params[1],
-            "high_freq_factor": params[2], "original_max_position_embeddings": params[3]}),
+            "high_freq_factor": params[2], "original_max_position_embeddings": orig}),
         );
     }
     let kind = g.optional(&key("rope.scaling.type"), |v| {
@@ -274,14 +288,25 @@ pub fn hf_tensors(g: &GgufFile, cfg: &ModelConfig) -> Result<TensorMap> {
 }
 
 /// Writes the Hugging Face metadata files of a GGUF model (config.json with `torch_dtype`,
-/// generation_config.json, tokenizer.json, tokenizer_config.json) into `dir`.
+/// generation_config.json, tokenizer.json, tokenizer_config.json, and a README.md model card with
+/// the `general.*` fields that have a card key) into `dir`.
 fn write_metadata(
     dir: &Path,
+    source: &Path,
+    fields: &card::Card,
     config_json: &Value,
     generation_config: &Value,
     tok: &tokenizer::TokenizerParts,
     dtype: StoredDtype,
 ) -> Result<()> {
+    if !fields.is_empty() {
+        let source = source.file_name().unwrap_or_default().to_string_lossy();
+        let body = format!("Converted by wgspin from the GGUF file `{source}`.\n");
+        crate::fsutil::write_atomic(
+            &dir.join(card::CARD_FILE),
+            card::card_text(fields, &body).as_bytes(),
+        )?;
+    }
     let mut config = config_json.clone();
     config["torch_dtype"] = json!(dtype.torch_name());
     let json_file = |name: &str, v: &Value| -> Result<()> {
@@ -303,7 +328,16 @@ pub fn write_hf_metadata(path: &Path, dir: &Path, dtype: StoredDtype) -> Result<
     let g = GgufFile::open(path)?;
     let tok = tokenizer::from_gguf(&g)?;
     let (config_json, generation_config) = hf_config(&g, &tok)?;
-    write_metadata(dir, &config_json, &generation_config, &tok, dtype)
+    let fields = card::card_of_gguf(&g);
+    write_metadata(
+        dir,
+        path,
+        &fields,
+        &config_json,
+        &generation_config,
+        &tok,
+        dtype,
+    )
 }
 
 impl GgufModel {
@@ -327,6 +361,7 @@ impl GgufModel {
             path: path.to_path_buf(),
             config_json,
             generation_config,
+            card: card::card_of_gguf(&g),
             config,
             tokenizer: tok,
             weights,
@@ -369,6 +404,8 @@ impl GgufModel {
             std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
             write_metadata(
                 &tmp,
+                &self.path,
+                &self.card,
                 &self.config_json,
                 &self.generation_config,
                 &self.tokenizer,

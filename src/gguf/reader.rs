@@ -76,7 +76,9 @@ impl MetaValue {
 
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            MetaValue::F32(v) => Some(v.into()),
+            // The shortest decimal that reads back as this f32 (1e-5, not 9.999999747378752e-6):
+            // the number the file's writer stated, before it was rounded to f32.
+            MetaValue::F32(v) => format!("{v}").parse().ok(),
             MetaValue::F64(v) => Some(v),
             _ => self.as_u64().map(|v| v as f64),
         }

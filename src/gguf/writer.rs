@@ -301,14 +301,7 @@ fn add_tokenizer(w: &mut GgufWriter, dir: &Path, cfg: &ModelConfig) -> Result<()
         names.iter().position(|n| *n == s).map(|i| i as u32)
     };
     let unk = id_of("unk_token");
-    // add_bos: as tokenizer_config.json says, else whether the post-processor prepends a token.
-    let add_bos = tcfg
-        .get("add_bos_token")
-        .and_then(Value::as_bool)
-        .unwrap_or_else(|| {
-            tj.pointer("/post_processor/single/0/SpecialToken")
-                .is_some()
-        });
+    let flags = super::add_tokens::add_tokens(&tj, &tcfg);
     let template = if dir.join("chat_template.jinja").exists() {
         Some(
             std::fs::read_to_string(dir.join("chat_template.jinja"))
@@ -341,12 +334,47 @@ fn add_tokenizer(w: &mut GgufWriter, dir: &Path, cfg: &ModelConfig) -> Result<()
     if let Some(u) = unk {
         w.add("tokenizer.ggml.unknown_token_id", MetaValue::U32(u));
     }
-    w.add(
-        "tokenizer.ggml.add_bos_token",
-        MetaValue::Bool(add_bos && chat.bos_token_id.is_some()),
-    );
+    // A BOS flag without a BOS token would make llama.cpp prepend token 0.
+    let flags = [
+        ("bos", flags.bos.map(|b| b && chat.bos_token_id.is_some())),
+        ("eos", flags.eos),
+        ("sep", flags.sep),
+    ];
+    for (kind, flag) in flags {
+        if let Some(b) = flag {
+            w.add(
+                &format!("tokenizer.ggml.add_{kind}_token"),
+                MetaValue::Bool(b),
+            );
+        }
+    }
     if let Some(t) = template {
         w.add("tokenizer.chat_template", MetaValue::Str(t));
+    }
+    Ok(())
+}
+
+/// `general.sampling.*` from generation_config.json's defaults, as llama.cpp's converter records
+/// them (llama.cpp's samplers start from these).
+fn add_sampling(w: &mut GgufWriter, dir: &Path) -> Result<()> {
+    let path = dir.join("generation_config.json");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let g = read_json(&path)?;
+    if let Some(k) = g.get("top_k").and_then(Value::as_i64) {
+        let k = i32::try_from(k).unwrap_or(i32::MAX);
+        w.add("general.sampling.top_k", MetaValue::I32(k));
+    }
+    for (hf, key) in [
+        ("top_p", "top_p"),
+        ("min_p", "min_p"),
+        ("temperature", "temp"),
+        ("repetition_penalty", "penalty_repeat"),
+    ] {
+        if let Some(v) = g.get(hf).and_then(Value::as_f64) {
+            w.add(&format!("general.sampling.{key}"), MetaValue::F32(v as f32));
+        }
     }
     Ok(())
 }
@@ -365,11 +393,19 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
     let key = |k: &str| format!("{arch}.{k}");
     let u32_of = |v: usize| MetaValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
     w.add("general.architecture", MetaValue::Str(arch.into()));
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    w.add("general.name", MetaValue::Str(name));
+    let config_json = read_json(&dir.join("config.json"))?;
+    let card = super::card::folder_card(dir, &config_json)?;
+    let mut params: u64 = hf_names::expected_tensors(&cfg)
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>() as u64)
+        .sum();
+    if matches!(cfg.rope.scaling, RopeScaling::Llama3 { .. }) {
+        params += (cfg.head_dim / 2) as u64; // rope_freqs.weight, which llama.cpp counts too
+    }
+    for (key, value) in super::card::gguf_metadata(&card, params) {
+        w.add(&key, value);
+    }
+    add_sampling(&mut w, dir)?;
     w.add("general.file_type", MetaValue::U32(dtype.file_type()));
     w.add("general.quantization_version", MetaValue::U32(2));
     w.add(&key("context_length"), u32_of(cfg.max_position_embeddings));

@@ -105,8 +105,30 @@ pub fn save(
 }
 
 /// Copies the non-weight files (config, tokenizer, chat template, generation config) of a model
-/// folder into `dest`.
+/// folder into `dest`, and writes a README.md model card that keeps the source's name, license and
+/// the other fields GGUF has a home for (so `export-gguf` names the model, not `checkpoint`).
 pub fn copy_metadata(source_dir: &Path, dest: &Path) -> Result<Vec<PathBuf>> {
+    let mut copied = copy_files(source_dir, dest)?;
+    let config_path = source_dir.join("config.json");
+    let config_json = match std::fs::read_to_string(&config_path) {
+        Ok(text) => serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    };
+    let fields = crate::gguf::card::folder_card(source_dir, &config_json)?;
+    let body = format!(
+        "Fine-tuned with wgspin from `{}`.\n",
+        source_dir.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let card = dest.join(crate::gguf::card::CARD_FILE);
+    crate::fsutil::write_atomic(
+        &card,
+        crate::gguf::card::card_text(&fields, &body).as_bytes(),
+    )?;
+    copied.push(card);
+    Ok(copied)
+}
+
+fn copy_files(source_dir: &Path, dest: &Path) -> Result<Vec<PathBuf>> {
     let mut copied = vec![];
     let entries = std::fs::read_dir(source_dir).map_err(|e| Error::io(source_dir, e))?;
     for entry in entries {

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod kernels;
+pub mod manifest;
 pub mod model;
 pub mod report;
 pub mod rng;

@@ -109,6 +109,26 @@ pub fn model_of(out: &Path, input: &Path, t: usize) -> PathBuf {
     }
 }
 
+impl SpinConfig {
+    /// Every setting checked before anything runs (a bad one must not cost a generate stage).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Invalid(m.into()));
+        if self.iterations == 0 {
+            return bad("--iterations must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.stop_accuracy) {
+            return bad("--stop-accuracy is a reward accuracy: give a number in [0, 1]");
+        }
+        if self.eval_size == Some(0) {
+            return bad("--eval-size must be at least 1 (the held-out prompts SPIN is judged on)");
+        }
+        if self.limit == Some(0) {
+            return bad("--limit must be at least 1");
+        }
+        Ok(())
+    }
+}
+
 /// Splits examples into (train, held-out): the held-out slice is the end of the data.
 pub fn split(examples: &[SftExample], cfg: &SpinConfig) -> (Vec<SftExample>, Vec<SftExample>) {
     let n = examples.len();
@@ -222,9 +242,7 @@ pub fn run_spin(
     device: &Device,
     mut report: impl FnMut(SpinEvent),
 ) -> Result<SpinSummary> {
-    if cfg.iterations == 0 {
-        return Err(Error::Invalid("iterations must be at least 1".into()));
-    }
+    cfg.validate()?;
     if examples.len() < 2 {
         return Err(Error::Invalid(
             "SPIN needs at least 2 examples (training prompts plus a held-out one)".into(),

@@ -83,6 +83,33 @@ pub fn apply(mut cmd: clap::Command, args: &[OsString]) -> Result<clap::Command>
                 path.display()
             );
         };
+        // Parsed here, where the file is known: as a default, a bad value would fail later in
+        // clap with a message about the flag and not the file.
+        if let Some(arg) = sc
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+            && arg.get_action().takes_values()
+            && clap::Command::new(sub.clone())
+                .no_binary_name(true)
+                .arg(arg.clone().required(false))
+                .try_get_matches_from([format!("--{long}={v}")])
+                .is_err()
+        {
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .map(|p| p.get_name().to_string())
+                .collect();
+            let hint = if values.is_empty() {
+                String::new()
+            } else {
+                format!(" (possible values: {})", values.join(", "))
+            };
+            bail!(
+                "{}: key {key:?} = {v:?} is not a valid value for --{long}{hint}",
+                path.display()
+            );
+        }
         values.push((long, v));
     }
     cmd = cmd.mut_subcommand(&sub, |mut sc| {

@@ -77,5 +77,12 @@ fn generate_into(
         summary.finished_eos,
         summary.finished_length
     );
+    if summary.truncated_prompts > 0 {
+        eprintln!(
+            "warning: {} prompts were longer than the model's context leaves with \
+             --max-new-tokens {}; they kept their last tokens",
+            summary.truncated_prompts, sampling.max_new_tokens
+        );
+    }
     Ok(summary)
 }

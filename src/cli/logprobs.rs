@@ -46,8 +46,18 @@ impl LogprobsArgs {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                TokenizedPair::new(tok, &r.prompt, &r.response)
-                    .with_context(|| format!("{}:{}: tokenizing", self.data.display(), i + 1))
+                let p = TokenizedPair::new(tok, &r.prompt, &r.response)
+                    .with_context(|| format!("{}:{}: tokenizing", self.data.display(), i + 1))?;
+                let len = p.prompt.len() + p.response.len();
+                if let Some(ctx) = tok.context().filter(|&c| len > c) {
+                    anyhow::bail!(
+                        "{}:{}: prompt + response are {len} tokens, more than the model's context \
+                         ({ctx}, max_position_embeddings); shorten this row",
+                        self.data.display(),
+                        i + 1
+                    );
+                }
+                Ok(p)
             })
             .collect::<Result<Vec<_>>>()?;
         let total = pairs.len();

@@ -62,14 +62,19 @@ impl SpinArgs {
             ..self.train.clone()
         };
 
-        std::fs::create_dir_all(&self.out)
-            .with_context(|| format!("creating {}", self.out.display()))?;
+        // Checked before OUT is created or spin_config.json records settings that never ran.
+        self.spin.validate()?;
+        train_cfg.validate()?;
+        gen_opts.sampling.validate()?;
+        let _lock = wgspin::manifest::lock_dir(&self.out)?;
         let mut sampling = serde_json::to_value(gen_opts.sampling)?;
         sampling["max_new_tokens"] = json!(gen_opts.max_new_tokens);
         sampling["gen_batch_size"] = json!(gen_opts.batch_size);
         let resolved = json!({
             "model": model.to_string_lossy(),
             "data": self.job.data.data.to_string_lossy(),
+            "data_sha256": wgspin::manifest::content_hash(&examples),
+            "model_identity": wgspin::manifest::model_identity(&model)?,
             "spin": self.spin,
             "sampling": sampling,
             "train": train_cfg,
@@ -180,25 +185,7 @@ fn refuse_other_settings(path: &std::path::Path, now: &serde_json::Value) -> Res
             s.remove("gen_batch_size");
         }
     }
-    let mut diffs = vec![];
-    for section in ["model", "data", "spin", "sampling", "train"] {
-        let (a, b) = (&saved[section], &now[section]);
-        match (a.as_object(), b.as_object()) {
-            (Some(a), Some(b)) => {
-                for (k, v) in b {
-                    if a.get(k) != Some(v) {
-                        let was = a
-                            .get(k)
-                            .map(|x| x.to_string())
-                            .unwrap_or_else(|| "-".into());
-                        diffs.push(format!("{section}.{k}: {was} there, {v} now"));
-                    }
-                }
-            }
-            _ if a != b => diffs.push(format!("{section}: {a} there, {b} now")),
-            _ => {}
-        }
-    }
+    let diffs = wgspin::manifest::differences(&saved, &now);
     anyhow::ensure!(
         diffs.is_empty(),
         "{} holds a SPIN run with other settings ({}); rerun with the same flags to continue it, or choose another --out",

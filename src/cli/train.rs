@@ -51,6 +51,7 @@ impl TrainArgs {
             ..self.train
         };
         let out = &self.out;
+        wgspin::train::job::refuse_foreign(out)?;
         let mut reporter = TrainReporter::new(cfg.logging_steps);
         let summary = run_train(
             &self.job.model.model,

@@ -96,7 +96,7 @@ impl std::fmt::Display for DataFormat {
 }
 
 /// One usable example. `generated` is set only for SPIN rows (their generated assistant turn).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SftExample {
     pub id: String,
     pub prompt: String,

@@ -44,6 +44,8 @@ pub struct GenSummary {
     pub tokens: usize,
     pub finished_eos: usize,
     pub finished_length: usize,
+    /// Prompts that lost their beginning to fit the context with --max-new-tokens.
+    pub truncated_prompts: usize,
     pub seconds: f64,
 }
 
@@ -126,6 +128,13 @@ fn recover(out: &Path, examples: &[SftExample]) -> Result<HashMap<String, String
     Ok(rows)
 }
 
+/// `<out>.run.json`: the model identity and sampling settings that made `out`'s rows.
+pub fn run_record_path(out: &Path) -> std::path::PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".run.json");
+    out.with_file_name(name)
+}
+
 /// Generates a response for every example whose id is not yet in `out`, then rewrites `out` in
 /// input order.
 pub fn run_generate(
@@ -146,26 +155,72 @@ pub fn run_generate(
             dup.id
         )));
     }
+    let _lock = crate::manifest::lock_file(out)?;
+    // What made the rows: a resume must not mix two models' or two samplers' answers in one file.
+    let record = serde_json::json!({
+        "model": crate::manifest::model_identity(&bundle.dir)?,
+        "sampling": opts.sampling,
+        "max_new_tokens": opts.max_new_tokens,
+    });
+    let record_path = run_record_path(out);
     let existing = recover(out, examples)?;
+    if !existing.is_empty() {
+        let saved = std::fs::read_to_string(&record_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        let refuse = |why: String| {
+            Err(Error::Invalid(format!(
+                "{} holds {} rows {why}; rerun with the same --model and sampling flags to \
+                 continue it, or choose another --out",
+                out.display(),
+                existing.len()
+            )))
+        };
+        match saved {
+            None => return refuse(format!("without a run record ({})", record_path.display())),
+            Some(saved) if saved != record => {
+                let diffs = crate::manifest::differences(&saved, &record).join("; ");
+                return refuse(format!("made by another model or sampler ({diffs})"));
+            }
+            Some(_) => {}
+        }
+    }
+    crate::fsutil::write_atomic(
+        &record_path,
+        serde_json::to_string_pretty(&record)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     let mut summary = GenSummary {
         total: examples.len(),
         resumed: existing.len(),
         ..Default::default()
     };
     let tok = &bundle.tokenizer;
+    // Room for the prompt in the model's context once the response has its --max-new-tokens.
+    let prompt_room = match tok.context() {
+        Some(ctx) if opts.max_new_tokens >= ctx => {
+            return Err(Error::Invalid(format!(
+                "--max-new-tokens {} leaves no room for a prompt in the model's context of {ctx} \
+                 tokens (max_position_embeddings); lower it",
+                opts.max_new_tokens
+            )));
+        }
+        Some(ctx) => ctx - opts.max_new_tokens,
+        None => usize::MAX,
+    };
     let mut requests = vec![];
     for (i, ex) in examples.iter().enumerate() {
         if existing.contains_key(&ex.id) {
             continue;
         }
-        let prompt = tok
+        let mut prompt = tok
             .prompt_ids(&ex.prompt)
             .map_err(|e| Error::Invalid(format!("example {:?}: {e}", ex.id)))?;
-        if prompt.is_empty() {
-            return Err(Error::Invalid(format!(
-                "example {:?}: the prompt tokenizes to nothing and the model has no bos token",
-                ex.id
-            )));
+        // SPIN's rule for a prompt too long: keep its end, where the question usually is.
+        if prompt.len() > prompt_room {
+            prompt.drain(..prompt.len() - prompt_room);
+            summary.truncated_prompts += 1;
         }
         requests.push(GenRequest {
             index: i as u32,

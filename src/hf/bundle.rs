@@ -35,7 +35,8 @@ impl ModelBundle {
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         if path.is_file() && crate::gguf::reader::is_gguf(path) {
             let g = crate::gguf::GgufModel::load(path)?;
-            let tokenizer = g.chat_tokenizer()?;
+            let mut tokenizer = g.chat_tokenizer()?;
+            tokenizer.limit_to(&g.config)?;
             let (model, stored_dtype) = loader::load(&g.config, &g.weights, device)?;
             return Ok(Self {
                 dir: path.to_path_buf(),
@@ -64,7 +65,8 @@ impl ModelBundle {
             });
         }
         let config = ModelConfig::from_dir(path)?;
-        let tokenizer = ChatTokenizer::from_dir(path, &config.eos_token_ids)?;
+        let mut tokenizer = ChatTokenizer::from_dir(path, &config.eos_token_ids)?;
+        tokenizer.limit_to(&config)?;
         let files = WeightFiles::open_dir(path)?;
         let (model, stored_dtype) = loader::load(&config, &files, device)?;
         Ok(Self {

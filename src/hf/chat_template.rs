@@ -114,10 +114,15 @@ fn tojson(value: JValue, kwargs: Kwargs) -> std::result::Result<JValue, minijinj
     Ok(JValue::from_safe_string(out))
 }
 
+/// Template instructions one rendering may run: real chat templates need a few thousand per
+/// conversation; a model-supplied template that loops without end stops here with an error.
+pub const RENDER_FUEL: u64 = 5_000_000;
+
 impl ChatTemplate {
     /// Compiles `source`; `special` are the special-token strings (`bos_token`, `eos_token`, ...).
     pub fn new(source: &str, special: Vec<(String, String)>) -> Result<Self> {
         let mut env = Environment::new();
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -157,7 +162,14 @@ impl ChatTemplate {
             JValue::from(add_generation_prompt),
         );
         tmpl.render(ctx).map_err(|e| Error::ChatTemplate {
-            message: format!("rendering failed: {e:#}"),
+            message: if e.kind() == ErrorKind::OutOfFuel {
+                format!(
+                    "rendering ran past its budget of {RENDER_FUEL} template steps (a loop \
+                     that does not end?); fix the template"
+                )
+            } else {
+                format!("rendering failed: {e:#}")
+            },
         })
     }
 }

@@ -104,6 +104,45 @@ pub fn save(
     Ok(())
 }
 
+/// Puts a checkpoint back after a crash in [`save`]'s swap, and clears what crashed saves left.
+/// Call with the output folder locked (no live writer). A missing `parent/name` whose previous
+/// copy `.name.old-PID` survived (killed between the two renames) gets that copy back; stale
+/// `.name.old-*` and half-written `.name.tmp-*` folders are removed. Returns whether it restored.
+pub fn recover(parent: &Path, name: &str) -> Result<bool> {
+    let dest = parent.join(name);
+    let (old_prefix, tmp_prefix) = (format!(".{name}.old-"), format!(".{name}.tmp-"));
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(false);
+    };
+    let mut olds = vec![];
+    let mut tmps = vec![];
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name.starts_with(&old_prefix) {
+            let modified = entry.metadata().and_then(|m| m.modified()).ok();
+            olds.push((modified, entry.path()));
+        } else if file_name.starts_with(&tmp_prefix) {
+            tmps.push(entry.path());
+        }
+    }
+    // The newest previous copy is the last complete checkpoint; a tmp may be half written.
+    olds.sort();
+    let mut restored = false;
+    if !dest.exists()
+        && let Some((_, newest)) = olds.pop()
+    {
+        std::fs::rename(&newest, &dest).map_err(|e| Error::io(&newest, e))?;
+        restored = true;
+    }
+    for (_, p) in olds {
+        std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+    }
+    for p in tmps {
+        std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(restored)
+}
+
 /// Copies the non-weight files (config, tokenizer, chat template, generation config) of a model
 /// folder into `dest`, and writes a README.md model card that keeps the source's name, license and
 /// the other fields GGUF has a home for (so `export-gguf` names the model, not `checkpoint`).

@@ -223,10 +223,24 @@ impl HfConfig {
                 eos_token_ids.push(*id);
             }
         }
+        let vocab_size = need(self.vocab_size, "vocab_size")?;
+        if let Some(id) = eos_token_ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(err(format!(
+                "eos_token_id {id} is outside the vocabulary (vocab_size {vocab_size})"
+            )));
+        }
+        // A zero, negative or NaN epsilon divides by zero in RMSNorm for some rows: every
+        // log-prob NaN, every generation empty.
+        let rms_norm_eps = self.rms_norm_eps.unwrap_or(1e-6);
+        if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
+            return Err(err(format!(
+                "rms_norm_eps must be a positive number, got {rms_norm_eps}"
+            )));
+        }
         let attention_bias = self.attention_bias.unwrap_or(false);
         Ok(ModelConfig {
             arch,
-            vocab_size: need(self.vocab_size, "vocab_size")?,
+            vocab_size,
             hidden_size,
             intermediate_size: need(self.intermediate_size, "intermediate_size")?,
             num_layers: need(self.num_hidden_layers, "num_hidden_layers")?,
@@ -234,7 +248,7 @@ impl HfConfig {
             num_kv_heads,
             head_dim,
             max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
-            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            rms_norm_eps,
             rope,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             qkv_bias: arch == Arch::Qwen2 || attention_bias,
@@ -265,6 +279,11 @@ impl HfConfig {
         let params = params.unwrap_or_default();
         let get = |key: &str| params.get(key).and_then(Value::as_f64);
         let theta = get("rope_theta").or(self.rope_theta).unwrap_or(10000.0);
+        if !(theta.is_finite() && theta > 0.0) {
+            return Err(err(format!(
+                "rope_theta must be a positive number, got {theta}"
+            )));
+        }
         if let Some(f) = get("partial_rotary_factor")
             && f != 1.0
         {

@@ -4,7 +4,7 @@
 //!   add_special_tokens=False), or tokenize(prompt) with special tokens when there is no template;
 //! - response ids = tokenize(response, add_special_tokens=False) + [eos].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -19,6 +19,15 @@ pub struct ChatTokenizer {
     pub eos_token_id: u32,
     pub bos_token_id: Option<u32>,
     pub pad_token_id: Option<u32>,
+    /// Where the tokenizer came from (tokenizer.json or a GGUF file), for messages.
+    origin: PathBuf,
+    /// Where the chat template came from (tokenizer_config.json, chat_template.jinja, a GGUF file).
+    template_origin: PathBuf,
+    /// The model's vocab_size once [`Self::limit_to`] is called: ids at or above it have no
+    /// embedding row, so encoding them is an error instead of an out-of-bounds gather.
+    vocab_limit: Option<u32>,
+    /// The model's context (`max_position_embeddings`) once [`Self::limit_to`] is called.
+    context: Option<usize>,
 }
 
 /// A special token in tokenizer_config.json: a string or an AddedToken object with `content`.
@@ -27,6 +36,16 @@ fn token_string(v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
         _ => None,
+    }
+}
+
+/// A chat-template error, naming the file the template came from.
+fn in_file(origin: &Path, e: Error) -> Error {
+    match e {
+        Error::ChatTemplate { message } => Error::ChatTemplate {
+            message: format!("{}: {message}", origin.display()),
+        },
+        other => other,
     }
 }
 
@@ -65,7 +84,12 @@ impl ChatTokenizer {
                 None => None,
             }
         };
-        Self::new(inner, &cfg, source.as_deref(), config_eos, &cfg_path)
+        let mut tok = Self::new(inner, &cfg, source.as_deref(), config_eos, &cfg_path)?;
+        if jinja_path.exists() {
+            tok.template_origin = jinja_path;
+        }
+        tok.origin = tok_path;
+        Ok(tok)
     }
 
     /// Builds from parts: `special_cfg` is a tokenizer_config-like object (`bos_token`, `eos_token`, ...).
@@ -108,14 +132,49 @@ impl ChatTokenizer {
         let pad_token_id = id_of("pad_token");
         let template = template
             .map(|src| ChatTemplate::new(src, special.clone()))
-            .transpose()?;
+            .transpose()
+            .map_err(|e| in_file(origin, e))?;
         Ok(Self {
             inner,
             template,
             eos_token_id,
             bos_token_id,
             pad_token_id,
+            origin: origin.to_path_buf(),
+            template_origin: origin.to_path_buf(),
+            vocab_limit: None,
+            context: None,
         })
+    }
+
+    /// The model's context in tokens, once [`Self::limit_to`] has been called.
+    pub fn context(&self) -> Option<usize> {
+        self.context
+    }
+
+    /// Holds the tokenizer to a model's limits: its special tokens must be inside the vocabulary
+    /// now, and every encoded id from then on; [`Self::context`] reports the context length.
+    pub fn limit_to(&mut self, cfg: &crate::hf::config::ModelConfig) -> Result<()> {
+        let vocab_size = cfg.vocab_size;
+        self.context = Some(cfg.max_position_embeddings);
+        let limit = u32::try_from(vocab_size).unwrap_or(u32::MAX);
+        for (what, id) in [
+            ("eos", Some(self.eos_token_id)),
+            ("bos", self.bos_token_id),
+            ("pad", self.pad_token_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id >= limit) {
+                return Err(Error::Tokenizer {
+                    path: self.origin.clone(),
+                    message: format!(
+                        "the {what} token id {id} is outside the model's vocabulary \
+                         (config vocab_size {vocab_size}); fix the token or the config"
+                    ),
+                });
+            }
+        }
+        self.vocab_limit = Some(limit);
+        Ok(())
     }
 
     pub fn has_chat_template(&self) -> bool {
@@ -128,13 +187,29 @@ impl ChatTokenizer {
 
     /// Raw encoding.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        self.inner
+        let ids = self
+            .inner
             .encode(text, add_special_tokens)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| Error::Tokenizer {
-                path: "tokenizer.json".into(),
+                path: self.origin.clone(),
                 message: format!("encoding failed: {e}"),
-            })
+            })?;
+        if let Some(limit) = self.vocab_limit
+            && let Some(&id) = ids.iter().find(|&&id| id >= limit)
+        {
+            let token = self.inner.id_to_token(id).unwrap_or_default();
+            return Err(Error::Tokenizer {
+                path: self.origin.clone(),
+                message: format!(
+                    "token {token:?} (id {id}) is outside the model's vocabulary (vocab_size \
+                     {limit}): the tokenizer has tokens the embedding has no row for; resize the \
+                     embeddings (transformers: model.resize_token_embeddings(len(tokenizer))) or \
+                     remove the token from tokenizer.json"
+                ),
+            });
+        }
+        Ok(ids)
     }
 
     /// Token id for padding slots: the pad token, or eos when the model has none (padding is
@@ -147,7 +222,7 @@ impl ChatTokenizer {
         self.inner
             .decode(ids, skip_special_tokens)
             .map_err(|e| Error::Tokenizer {
-                path: "tokenizer.json".into(),
+                path: self.origin.clone(),
                 message: format!("decoding failed: {e}"),
             })
     }
@@ -155,22 +230,41 @@ impl ChatTokenizer {
     /// Renders a conversation with the chat template.
     pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         match &self.template {
-            Some(t) => t.render(messages, add_generation_prompt),
+            Some(t) => t
+                .render(messages, add_generation_prompt)
+                .map_err(|e| in_file(&self.template_origin, e)),
             None => Err(Error::ChatTemplate {
                 message: "the model has no chat template".into(),
             }),
         }
     }
 
-    /// Prompt ids by the shared rule (see the module header).
+    /// Prompt ids by the shared rule (see the module header); never empty, since the model needs
+    /// a position to predict the first response token from.
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
-        match &self.template {
+        let ids = match &self.template {
             Some(t) => {
-                let text = t.render(&[Message::user(prompt)], true)?;
-                self.encode(&text, false)
+                let text = t
+                    .render(&[Message::user(prompt)], true)
+                    .map_err(|e| in_file(&self.template_origin, e))?;
+                self.encode(&text, false)?
             }
-            None => self.encode(prompt, true),
+            None => self.encode(prompt, true)?,
+        };
+        if !ids.is_empty() {
+            return Ok(ids);
         }
+        Err(match &self.template {
+            Some(_) => Error::ChatTemplate {
+                message: format!(
+                    "{}: the chat template renders this prompt as no text at all; fix the template",
+                    self.template_origin.display()
+                ),
+            },
+            None => Error::Invalid(
+                "the prompt is empty and the tokenizer adds no bos token before it".into(),
+            ),
+        })
     }
 
     /// Response ids by the shared rule: no special tokens added, eos appended.

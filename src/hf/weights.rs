@@ -143,11 +143,59 @@ fn read_header(path: &Path, bytes: &[u8]) -> Result<(usize, Metadata)> {
                 bytes.len()
             ),
         }),
+        Err(SafeTensorError::TensorInvalidInfo) => Err(Error::Safetensors {
+            path: path.to_path_buf(),
+            message: mis_sized_tensor(bytes)
+                .unwrap_or_else(|| "a tensor's shape and dtype do not match its byte range".into()),
+        }),
         Err(e) => Err(Error::Safetensors {
             path: path.to_path_buf(),
             message: e.to_string(),
         }),
     }
+}
+
+/// Names the tensor whose shape × dtype size differs from its `data_offsets` span (the
+/// safetensors crate reports that without a name). Reads the header JSON again; `None` if it
+/// cannot say.
+fn mis_sized_tensor(bytes: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header: serde_json::Value =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    for (name, info) in header.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let size = match info.get("dtype")?.as_str()? {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            _ => 1,
+        };
+        let shape: Vec<u64> = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect::<Option<_>>()?;
+        let offsets: Vec<u64> = info
+            .get("data_offsets")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect::<Option<_>>()?;
+        let want = shape.iter().try_fold(size, |a: u64, &d| a.checked_mul(d));
+        let have = offsets.get(1)?.checked_sub(*offsets.first()?);
+        if want != have {
+            return Some(format!(
+                "tensor `{name}`: shape {shape:?} in {} needs {} bytes but its data_offsets {offsets:?} span {}",
+                info.get("dtype")?.as_str()?,
+                want.map_or("more than 2^64".to_string(), |w| w.to_string()),
+                have.map_or("a negative range".to_string(), |h| h.to_string()),
+            ));
+        }
+    }
+    None
 }
 
 /// Widens little-endian values of `dtype` to f32 into a buffer allocated once at its final size.

@@ -14,10 +14,45 @@ use crate::hf::names as hf_names;
 use crate::hf::source::TensorSource;
 use crate::hf::weights::StoredDtype;
 
+/// The layer count of the config against the layers the weights hold, before the name table is
+/// built: a config that claims 10⁸ layers would otherwise build 10⁹ names (gigabytes) first.
+fn check_layer_count(cfg: &ModelConfig, files: &dyn TensorSource) -> Result<()> {
+    let names = files.tensor_names();
+    let held = names
+        .iter()
+        .filter_map(|n| {
+            n.strip_prefix("model.layers.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |i| i + 1);
+    // Fewer layers than held: validate names the first unexpected tensor.
+    if cfg.num_layers <= held {
+        return Ok(());
+    }
+    let path = names
+        .first()
+        .map(|n| files.source_path(n))
+        .unwrap_or_default();
+    Err(Error::Tensor {
+        path,
+        name: format!("model.layers.{held}"),
+        message: format!(
+            "the config says {} layers (num_hidden_layers / block_count) but the weights hold {held}; \
+             the weights and the config disagree",
+            cfg.num_layers
+        ),
+    })
+}
+
 /// Checks names, shapes and storage types of a checkpoint against the config, from its headers
 /// alone (nothing is read or widened); returns the storage dtype of the embeddings (what a
 /// checkpoint written back should use).
 pub fn validate(cfg: &ModelConfig, files: &dyn TensorSource) -> Result<StoredDtype> {
+    check_layer_count(cfg, files)?;
     let expected = hf_names::expected_tensors(cfg);
     for (name, shape) in &expected {
         let Some(found) = files.tensor_shape(name) else {
@@ -112,6 +147,16 @@ pub fn load(
     let mut filled = 0;
     for (name, mut param) in params_mut(&mut model) {
         let t = files.read_tensor(&name)?;
+        // One NaN or inf weight makes every log-prob NaN and every generation empty, silently.
+        if let Some(bad) = t.data.iter().find(|x| !x.is_finite()) {
+            return Err(Error::Tensor {
+                path: files.source_path(&name),
+                name: name.clone(),
+                message: format!(
+                    "holds {bad}: the weights are corrupt (or were saved after a diverged run)"
+                ),
+            });
+        }
         param.set_data(TensorData::new(t.data, t.shape), device);
         filled += 1;
     }

@@ -22,6 +22,7 @@ use crate::fsutil;
 use crate::hf::bundle::ModelBundle;
 use crate::hf::checkpoint;
 use crate::hf::weights::StoredDtype;
+use crate::manifest;
 
 pub const CHECKPOINT: &str = "checkpoint";
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -105,6 +106,31 @@ fn load_ref_cache(path: &Path, ids: &[String]) -> Option<PairLogps> {
     Some(out)
 }
 
+/// Refuses an output folder that holds files a training run did not write (anything but its
+/// own files and lock), so a typo in --out cannot overwrite someone's metrics.jsonl. For
+/// `wgspin train`; inside `spin`, a training run shares its iteration's folder.
+pub fn refuse_foreign(out: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Ok(());
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != manifest::LOCK_FILE)
+        .collect();
+    if names.is_empty() || out.join(CONFIG_FILE).is_file() {
+        return Ok(());
+    }
+    let mut shown = names;
+    shown.sort();
+    shown.truncate(5);
+    Err(Error::Invalid(format!(
+        "{} holds files that no `wgspin train` wrote ({}); choose an empty or new --out",
+        out.display(),
+        shown.join(", ")
+    )))
+}
+
 /// Trains on `examples` (with `generated` set) from the model at `model_path`, into `out`.
 /// With `resume`, continues from `out/checkpoint`; without it, refuses a folder that holds a run.
 /// Which settings of a saved run differ from `now`, for the refusal to resume it.
@@ -145,8 +171,24 @@ pub fn run_train(
 ) -> Result<TrainSummary> {
     let start = std::time::Instant::now();
     cfg.validate()?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let _lock = manifest::lock_dir(out)?;
+    checkpoint::recover(out, CHECKPOINT)?;
     let state = state_of(out)?;
+    // What this run is made of: a resume must continue the same model on the same pairs.
+    let identity = json!({
+        "model": manifest::model_identity(model_path)?,
+        "pairs_sha256": manifest::content_hash(&examples),
+    });
+    if let Some(saved) = state.as_ref().and_then(|s| s.get("identity"))
+        && saved != &identity
+    {
+        return Err(Error::Invalid(format!(
+            "{} was trained from another model or on other pairs ({}); resume with the same \
+             --model and --data, or choose another --out",
+            out.display(),
+            manifest::differences(saved, &identity).join("; ")
+        )));
+    }
     if state.is_some() && !resume {
         return Err(Error::Invalid(format!(
             "{} already holds a training run; pass --resume to continue it, or choose another --out",
@@ -262,6 +304,7 @@ pub fn run_train(
             "total_steps": trainer.state.plan.total_steps,
             "complete": complete,
             "source_model": model_path.to_string_lossy(),
+            "identity": identity,
             "config": serde_json::to_value(&trainer.state.cfg).unwrap_or(Value::Null),
         });
         let mut extra = vec![(

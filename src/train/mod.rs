@@ -61,7 +61,7 @@ pub struct TrainConfig {
     /// Micro-batches per optimizer step (effective batch = batch-size × grad-accum).
     #[arg(long, default_value_t = Self::default().grad_accum)]
     pub grad_accum: usize,
-    /// Longest prompt + response in tokens; longer examples are truncated as SPIN does.
+    /// Longest prompt + response in tokens (at most the model's context); longer examples are truncated as SPIN does.
     #[arg(long, default_value_t = Self::default().max_length)]
     pub max_length: usize,
     /// Longest prompt kept (its end) when an example is too long.
@@ -125,6 +125,18 @@ impl TrainConfig {
         }
         if !(self.lr >= 0.0 && self.lr.is_finite()) {
             return bad(format!("lr must be ≥ 0, got {}", self.lr));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad(format!(
+                "weight-decay must be ≥ 0, got {}",
+                self.weight_decay
+            ));
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return bad(format!(
+                "max-grad-norm must be ≥ 0 (0 = off), got {}",
+                self.max_grad_norm
+            ));
         }
         if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
             return bad("epochs, batch size and grad accum must be at least 1".into());
@@ -193,6 +205,16 @@ pub fn truncate(
     (prompt, real, generated)
 }
 
+/// `(--max-length, --max-prompt-length)`, within the model's context where that is shorter
+/// (positions past it were never trained, and a long row would size the attention scores past any
+/// device); the prompt keeps room for at least one response token.
+pub fn lengths(cfg: &TrainConfig, tok: &ChatTokenizer) -> (usize, usize) {
+    let max = tok
+        .context()
+        .map_or(cfg.max_length, |c| cfg.max_length.min(c));
+    (max, cfg.max_prompt_length.min(max.saturating_sub(1)))
+}
+
 /// Tokenizes pairs by the shared rule (prompt through the chat template, eos appended) and
 /// truncates them. Examples need `generated`.
 pub fn tokenize_pairs(
@@ -209,19 +231,16 @@ pub fn tokenize_pairs(
                     ex.id
                 ))
             })?;
-            let prompt = tok.prompt_ids(&ex.prompt)?;
-            if prompt.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "example {:?}: the prompt tokenizes to nothing",
-                    ex.id
-                )));
-            }
+            let prompt = tok
+                .prompt_ids(&ex.prompt)
+                .map_err(|e| Error::Invalid(format!("example {:?}: {e}", ex.id)))?;
+            let (max_length, max_prompt_length) = lengths(cfg, tok);
             let (prompt, real, generated) = truncate(
                 prompt,
                 tok.response_ids(&ex.response)?,
                 tok.response_ids(generated)?,
-                cfg.max_length,
-                cfg.max_prompt_length,
+                max_length,
+                max_prompt_length,
             );
             Ok(TrainPair {
                 id: ex.id.clone(),
@@ -462,8 +481,18 @@ impl Trainer {
             self.state.cfg.loss.beta,
         );
         if !stats.loss.is_finite() {
+            let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+            let cause = if !(finite(&reference.real) && finite(&reference.generated)) {
+                "the reference model's own log-probs are not finite: the starting weights or \
+                 config are broken, no --lr fixes that"
+            } else if self.state.step == 0 {
+                "the first step already diverges: check the data, --beta and --lr"
+            } else {
+                "training diverged: try a lower --lr, a --max-grad-norm, or a smaller --beta"
+            };
             return Err(Error::Invalid(format!(
-                "step {}: the loss is {} (log-probs real {:?}, generated {:?}); stopping, the last checkpoint is kept. Try a lower --lr",
+                "step {}: the loss is {} (log-probs real {:?}, generated {:?}); stopping, the last \
+                 checkpoint is kept. {cause}",
                 step + 1,
                 stats.loss,
                 policy.real,

@@ -21,12 +21,6 @@ impl TokenizedPair {
     /// Tokenizes by the shared rule (see [`crate::hf::tokenizer`]).
     pub fn new(tok: &ChatTokenizer, prompt: &str, response: &str) -> Result<Self> {
         let prompt_ids = tok.prompt_ids(prompt)?;
-        if prompt_ids.is_empty() {
-            return Err(Error::Invalid(
-                "the prompt tokenizes to nothing and the model has no bos token to start from"
-                    .into(),
-            ));
-        }
         Ok(Self {
             prompt: prompt_ids,
             response: tok.response_ids(response)?,

@@ -93,8 +93,13 @@ impl SftTrainer {
         let loss = nll / n_tokens.max(1) as f64;
         if !loss.is_finite() {
             return Err(Error::Invalid(format!(
-                "step {}: the loss is {loss}; stopping. Try a lower --lr",
-                step + 1
+                "step {}: the loss is {loss}; stopping. {}",
+                step + 1,
+                if step == 0 {
+                    "Before any update: the starting weights, the config or the data are broken"
+                } else {
+                    "Training diverged: try a lower --lr or a --max-grad-norm"
+                }
             )));
         }
         let (lr, norm) = self.state.update(grads.unwrap_or_default())?;
@@ -120,13 +125,9 @@ pub fn tokenize_sft(
         .iter()
         .map(|e| {
             let p = TokenizedPair::new(tok, &e.prompt, &e.response)?;
-            let (prompt, response, _) = truncate(
-                p.prompt,
-                p.response,
-                vec![],
-                cfg.max_length,
-                cfg.max_prompt_length,
-            );
+            let (max_length, max_prompt_length) = crate::train::lengths(cfg, tok);
+            let (prompt, response, _) =
+                truncate(p.prompt, p.response, vec![], max_length, max_prompt_length);
             Ok(TokenizedPair { prompt, response })
         })
         .collect()
@@ -142,7 +143,7 @@ pub fn run_sft(
     device: &Device,
     mut report: impl FnMut(&SftMetrics, usize),
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let _lock = crate::manifest::lock_dir(out)?;
     let bundle = ModelBundle::load(model_path, &device.clone().autodiff())?;
     let tok = &bundle.tokenizer;
     let pad = tok.pad_id();

@@ -1,0 +1,197 @@
+//! What made an output, and who is writing it: the identity of a run's model and data (content
+//! hashes, so a file changed in place counts as changed) that a resume or rerun compares before
+//! touching anything, and an exclusive lock per output, so two processes never write one folder.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The lock file inside an output folder (or beside an output file, `<file>.lock`).
+pub const LOCK_FILE: &str = ".wgspin.lock";
+
+/// Exclusive use of an output; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct OutputLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl OutputLock {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Locks `lock_path` (created if needed) for this process, or says which process holds it.
+pub fn lock(lock_path: &Path, what: &Path) -> Result<OutputLock> {
+    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock_path)
+        .map_err(|e| Error::io(lock_path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another wgspin process".to_string()
+            } else {
+                format!("wgspin process {holder}")
+            };
+            return Err(Error::Invalid(format!(
+                "{} is in use by {who}; wait for it to finish or choose another --out",
+                what.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(lock_path, e)),
+    }
+    // The holder's pid, for the message another process prints.
+    let _ = file.set_len(0);
+    let _ = write!(file, "{}", std::process::id());
+    let _ = file.flush();
+    Ok(OutputLock {
+        _file: file,
+        path: lock_path.to_path_buf(),
+    })
+}
+
+/// Locks output folder `dir` (created if needed).
+pub fn lock_dir(dir: &Path) -> Result<OutputLock> {
+    lock(&dir.join(LOCK_FILE), dir)
+}
+
+/// Locks output file `file` through `<file>.lock` beside it.
+pub fn lock_file(file: &Path) -> Result<OutputLock> {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    lock(&file.with_file_name(name), file)
+}
+
+fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Identity of a model: its path and a SHA-256 of what defines it (config.json, the tokenizer
+/// files and every weight file of a folder; the whole file of a GGUF).
+pub fn model_identity(path: &Path) -> Result<Value> {
+    let mut hasher = Sha256::new();
+    if path.is_file() {
+        hash_file(&mut hasher, path)?;
+    } else {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                p.is_file()
+                    && (name.ends_with(".safetensors")
+                        || name.ends_with(".json") && name != "trainer_state.json"
+                        || name == "chat_template.jinja")
+            })
+            .collect();
+        files.sort();
+        for f in &files {
+            hasher.update(
+                f.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
+            hash_file(&mut hasher, f)?;
+        }
+    }
+    Ok(json!({
+        "path": path.to_string_lossy(),
+        "sha256": format!("{:x}", hasher.finalize()),
+    }))
+}
+
+/// SHA-256 of serialisable content (the examples a run reads, whatever file they came from).
+pub fn content_hash(value: &impl serde::Serialize) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    format!("{:x}", Sha256::digest(&bytes))
+}
+
+/// The keys of `saved` and `now` whose values differ, as "key: X there, Y now" (recursing into
+/// objects so the message names `model.sha256`, not the whole record).
+pub fn differences(saved: &Value, now: &Value) -> Vec<String> {
+    fn walk(prefix: &str, saved: &Value, now: &Value, out: &mut Vec<String>) {
+        match (saved, now) {
+            (Value::Object(a), Value::Object(b)) => {
+                let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+                keys.dedup();
+                let mut seen = std::collections::BTreeSet::new();
+                for k in keys {
+                    if !seen.insert(k) {
+                        continue;
+                    }
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(
+                        &key,
+                        a.get(k).unwrap_or(&Value::Null),
+                        b.get(k).unwrap_or(&Value::Null),
+                        out,
+                    );
+                }
+            }
+            (a, b) if a != b => out.push(format!("{prefix}: {a} there, {b} now")),
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    walk("", saved, now, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_names_its_holder_and_frees_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_dir(dir.path()).unwrap();
+        let e = lock_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("process {}", std::process::id())),
+            "{e}"
+        );
+        drop(first);
+        lock_dir(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn differences_name_nested_keys() {
+        let a = json!({"model": {"path": "m", "sha256": "1"}, "lr": 1});
+        let b = json!({"model": {"path": "m", "sha256": "2"}, "lr": 1});
+        assert_eq!(
+            differences(&a, &b),
+            vec!["model.sha256: \"1\" there, \"2\" now"]
+        );
+        assert!(differences(&a, &a).is_empty());
+    }
+}

@@ -57,7 +57,8 @@ pub fn lock(lock_path: &Path, what: &Path) -> Result<OutputLock> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(lock_path, e)),
     }
-    // The holder's pid, for the message another process prints.
+    // The holder's pid, for the message another process prints (where it can read a locked
+    // file: not on Windows, whose lock covers reads too).
     let _ = file.set_len(0);
     let _ = write!(file, "{}", std::process::id());
     let _ = file.flush();
@@ -91,7 +92,7 @@ fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
     }
 }
 
-/// Identity of a model: its path and a SHA-256 of what defines it (config.json, the tokenizer
+/// Identity of a model: a SHA-256 of what defines it (config.json, the tokenizer
 /// files and every weight file of a folder; the whole file of a GGUF).
 pub fn model_identity(path: &Path) -> Result<Value> {
     let mut hasher = Sha256::new();
@@ -120,10 +121,8 @@ pub fn model_identity(path: &Path) -> Result<Value> {
             hash_file(&mut hasher, f)?;
         }
     }
-    Ok(json!({
-        "path": path.to_string_lossy(),
-        "sha256": format!("{:x}", hasher.finalize()),
-    }))
+    // The path is left out on purpose: `./m` and `m`, or a moved folder, are the same model.
+    Ok(json!({ "sha256": format!("{:x}", hasher.finalize()) }))
 }
 
 /// SHA-256 of serialisable content (the examples a run reads, whatever file they came from).
@@ -138,13 +137,8 @@ pub fn differences(saved: &Value, now: &Value) -> Vec<String> {
     fn walk(prefix: &str, saved: &Value, now: &Value, out: &mut Vec<String>) {
         match (saved, now) {
             (Value::Object(a), Value::Object(b)) => {
-                let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-                keys.dedup();
-                let mut seen = std::collections::BTreeSet::new();
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
                 for k in keys {
-                    if !seen.insert(k) {
-                        continue;
-                    }
                     let key = if prefix.is_empty() {
                         k.clone()
                     } else {
@@ -176,6 +170,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = lock_dir(dir.path()).unwrap();
         let e = lock_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("is in use by"), "{e}");
+        // Windows locks the whole file: the pid cannot be read back there.
+        #[cfg(unix)]
         assert!(
             e.contains(&format!("process {}", std::process::id())),
             "{e}"

@@ -134,10 +134,7 @@ fn convert_keeps_identity_and_numbers_for_the_round_trip() {
     assert_eq!(config["rms_norm_eps"], serde_json::json!(1e-6));
     assert_eq!(config["rope_theta"], serde_json::json!(1e6));
     let card = std::fs::read_to_string(hf.join("README.md")).unwrap();
-    assert_mentions(
-        &card,
-        &["model_name: \"Tiny Qwen2 F32\"", "size_label: \"109K\""],
-    );
+    assert_mentions(&card, &["name: \"Tiny Qwen2 F32\"", "size_label: \"109K\""]);
     let out = tmp.path().join("back.gguf");
     run_ok([
         "export-gguf",

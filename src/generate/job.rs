@@ -78,23 +78,17 @@ fn row_prompt(row: &Value) -> Option<&str> {
     row.get("real")?.get(0)?.get("content")?.as_str()
 }
 
-/// Reads the rows already in `out` (dropping a torn last line), checks that they belong to
-/// `examples`, and returns them by id.
-fn recover(out: &Path, examples: &[SftExample]) -> Result<HashMap<String, String>> {
+/// The rows already in `out` by id, checked against `examples`, and the length to cut the file to
+/// when its last line was torn by a crash (`None` when it ends cleanly). Reads only: the caller
+/// cuts once it has decided to continue the file.
+fn recover(out: &Path, examples: &[SftExample]) -> Result<(HashMap<String, String>, Option<u64>)> {
     let bytes = match std::fs::read(out) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((HashMap::new(), None)),
         Err(e) => return Err(Error::io(out, e)),
     };
     let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if complete < bytes.len() {
-        // A line cut short by a crash: drop it, it will be generated again.
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(out)
-            .map_err(|e| Error::io(out, e))?;
-        f.set_len(complete as u64).map_err(|e| Error::io(out, e))?;
-    }
+    let torn = (complete < bytes.len()).then_some(complete as u64);
     let by_id: HashMap<&str, &SftExample> = examples.iter().map(|e| (e.id.as_str(), e)).collect();
     let text = String::from_utf8_lossy(&bytes[..complete]);
     let mut rows = HashMap::new();
@@ -125,7 +119,7 @@ fn recover(out: &Path, examples: &[SftExample]) -> Result<HashMap<String, String
         }
         rows.insert(id.to_string(), line.to_string());
     }
-    Ok(rows)
+    Ok((rows, torn))
 }
 
 /// `<out>.run.json`: the model identity and sampling settings that made `out`'s rows.
@@ -163,8 +157,8 @@ pub fn run_generate(
         "max_new_tokens": opts.max_new_tokens,
     });
     let record_path = run_record_path(out);
-    let existing = recover(out, examples)?;
-    if !existing.is_empty() {
+    let (existing, torn) = recover(out, examples)?;
+    if !existing.is_empty() || torn.is_some() {
         let saved = std::fs::read_to_string(&record_path)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
@@ -184,6 +178,14 @@ pub fn run_generate(
             }
             Some(_) => {}
         }
+    }
+    if let Some(len) = torn {
+        // A line cut short by a crash: drop it, it will be generated again.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(out)
+            .map_err(|e| Error::io(out, e))?;
+        f.set_len(len).map_err(|e| Error::io(out, e))?;
     }
     crate::fsutil::write_atomic(
         &record_path,
@@ -219,7 +221,10 @@ pub fn run_generate(
             .map_err(|e| Error::Invalid(format!("example {:?}: {e}", ex.id)))?;
         // SPIN's rule for a prompt too long: keep its end, where the question usually is.
         if prompt.len() > prompt_room {
-            prompt.drain(..prompt.len() - prompt_room);
+            // ...after the BOS token, which the model always saw first.
+            let keep_bos = usize::from(tok.bos_token_id.is_some_and(|b| prompt[0] == b));
+            let cut = prompt.len() - prompt_room;
+            prompt.drain(keep_bos..keep_bos + cut);
             summary.truncated_prompts += 1;
         }
         requests.push(GenRequest {

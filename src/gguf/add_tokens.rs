@@ -129,8 +129,8 @@ mod tests {
         json!({"Sequence": {"id": id, "type_id": 0}})
     }
 
-    /// Expected flags are what gguf-py 0.3.36's `SpecialVocab` sets for the same files (run on
-    /// each tokenizer.json / tokenizer_config.json pair below).
+    /// Expected flags are what `SpecialVocab` of the gguf-py vendored in llama-cpp-python 0.3.36
+    /// sets for the same files (run on each tokenizer.json / tokenizer_config.json pair below).
     #[test]
     fn flags_as_gguf_py_sets_them() {
         let tcfg = json!({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": false});

@@ -2,14 +2,15 @@
 //! `general.*` metadata, with the rules llama.cpp's `convert_hf_to_gguf.py` follows so that a GGUF
 //! from `export-gguf` is named and labelled as one from llama.cpp's converter:
 //!
-//! - `general.name`: the card's `name` or `model_name`, else config.json's `_name_or_path` when it is
+//! - `general.name`: the card's `name`, else `model_name`, else config.json's `_name_or_path` when it is
 //!   a hub id (at most one `/`), else the folder's name; ids are title-cased as llama.cpp does
 //!   (`tiny-llama-bf16` → `Tiny Llama Bf16`).
 //! - `general.size_label`: the card's, else the parameter count rounded (`135M`, `1.5B`).
 //! - The other card keys below travel as they are; `convert` (GGUF → HF) writes them back into a card.
 //!
-//! llama.cpp also guesses basename / finetune / version from the parts of a folder name; wgspin
-//! does not (they come only from a card).
+//! llama.cpp also guesses organization / basename / finetune / version / size from the parts of a
+//! hub id or folder name, and writes `general.base_model.*`, `general.dataset.*` and the card's
+//! `pipeline_tag` among the tags; wgspin does not (those come only from the card keys below).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,10 +20,10 @@ use serde_json::Value;
 use super::reader::{GgufFile, MetaValue};
 use crate::error::{Error, Result};
 
-/// Model card keys with a GGUF home, as (GGUF key, card keys llama.cpp reads, first one is what
-/// wgspin writes). Lists are `general.languages` / `general.tags`.
+/// Model card keys with a GGUF home, as (GGUF key, card keys in the order llama.cpp reads them;
+/// the first is what wgspin writes). Lists are `general.languages` / `general.tags`.
 const CARD_KEYS: &[(&str, &[&str])] = &[
-    ("general.name", &["model_name", "name"]),
+    ("general.name", &["name", "model_name"]),
     (
         "general.author",
         &["author", "model_author", "model_creator"],
@@ -164,7 +165,12 @@ pub fn read_front_matter(dir: &Path) -> Result<BTreeMap<String, CardValue>> {
                 .map(|s| unquote(s.trim()))
                 .filter(|s| !s.is_empty());
             fields.insert(key, CardValue::List(items.collect()));
-        } else {
+        } else if !value.starts_with(['|', '>']) {
+            // Block scalars (`description: |`) span lines this reader does not follow: skipped.
+            let value = match value.starts_with(['"', '\'']) {
+                true => value,
+                false => value.split(" #").next().unwrap_or(value).trim_end(),
+            };
             fields.insert(key, CardValue::Str(unquote(value)));
         }
     }
@@ -181,13 +187,17 @@ fn unquote(s: &str) -> String {
     }
 }
 
-/// The card fields of a folder with a GGUF home: its README.md's, with `model_name` resolved by
+/// The card fields of a folder with a GGUF home: its README.md's, with the name resolved by
 /// the rules at the top of this file.
 pub fn folder_card(dir: &Path, config_json: &Value) -> Result<Card> {
     let front = read_front_matter(dir)?;
     let mut card = Card::new();
     for (gguf_key, card_keys) in CARD_KEYS {
-        let value = card_keys.iter().find_map(|k| front.get(*k)).cloned();
+        let mut value = card_keys.iter().find_map(|k| front.get(*k)).cloned();
+        // `language: en` is a one-item list to llama.cpp (GGUF's languages and tags are arrays).
+        if let (true, Some(CardValue::Str(s))) = (is_list(gguf_key), &value) {
+            value = Some(CardValue::List(vec![s.clone()]));
+        }
         let value = match (*gguf_key, value) {
             ("general.name", Some(CardValue::Str(s))) => Some(CardValue::Str(s)),
             ("general.name", _) => Some(CardValue::Str(fallback_name(dir, config_json))),
@@ -198,6 +208,10 @@ pub fn folder_card(dir: &Path, config_json: &Value) -> Result<Card> {
         }
     }
     Ok(card)
+}
+
+fn is_list(gguf_key: &str) -> bool {
+    matches!(gguf_key, "general.tags" | "general.languages")
 }
 
 /// config.json's `_name_or_path` when it is a hub id, else the folder's name, title-cased.
@@ -290,7 +304,7 @@ pub fn card_text(card: &Card, body: &str) -> String {
 mod tests {
     use super::*;
 
-    /// Expected values are what llama.cpp's gguf-py 0.3.36 returns for the same inputs.
+    /// Expected values are what the gguf-py vendored in llama-cpp-python 0.3.36 returns for the same inputs.
     #[test]
     fn titles_and_size_labels_as_llama_cpp() {
         assert_eq!(id_to_title("tiny-llama-bf16"), "Tiny Llama Bf16");
@@ -314,7 +328,7 @@ mod tests {
     fn card_round_trips_through_its_text() {
         let dir = tempfile::tempdir().unwrap();
         let card: Card = vec![
-            ("model_name".into(), CardValue::Str("Smol \"LM\": 2".into())),
+            ("name".into(), CardValue::Str("Smol \"LM\": 2".into())),
             ("license".into(), CardValue::Str("apache-2.0".into())),
             (
                 "language".into(),
@@ -351,7 +365,7 @@ mod tests {
         assert_eq!(
             card,
             vec![
-                ("model_name".into(), CardValue::Str("Hub One".into())),
+                ("name".into(), CardValue::Str("Hub One".into())),
                 ("license".into(), CardValue::Str("apache-2.0".into())),
                 ("tags".into(), list(&["a", "b c"])),
                 ("language".into(), list(&["en"])),

@@ -382,14 +382,17 @@ impl GgufModel {
         crate::hf::tokenizer::ChatTokenizer::new(
             inner,
             &self.tokenizer.tokenizer_config,
-            self.tokenizer.chat_template.as_deref(),
+            self.tokenizer
+                .chat_template
+                .as_deref()
+                .map(|t| (t, self.path.as_path())),
             &self.config.eos_token_ids,
             &self.path,
         )
     }
 
     /// Writes the model as a Hugging Face folder (config.json, generation_config.json,
-    /// tokenizer.json, tokenizer_config.json, model.safetensors in `dtype`), atomically: into a
+    /// tokenizer.json, tokenizer_config.json, README.md card, model.safetensors in `dtype`), atomically: into a
     /// temporary sibling folder that is renamed to `out` when complete.
     pub fn write_hf_folder(&self, out: &Path, dtype: StoredDtype) -> Result<()> {
         if out.exists() {

@@ -84,19 +84,23 @@ impl ChatTokenizer {
                 None => None,
             }
         };
-        let mut tok = Self::new(inner, &cfg, source.as_deref(), config_eos, &cfg_path)?;
-        if jinja_path.exists() {
-            tok.template_origin = jinja_path;
-        }
+        let template_file = if jinja_path.exists() {
+            &jinja_path
+        } else {
+            &cfg_path
+        };
+        let template = source.as_deref().map(|s| (s, template_file.as_path()));
+        let mut tok = Self::new(inner, &cfg, template, config_eos, &cfg_path)?;
         tok.origin = tok_path;
         Ok(tok)
     }
 
-    /// Builds from parts: `special_cfg` is a tokenizer_config-like object (`bos_token`, `eos_token`, ...).
+    /// Builds from parts: `special_cfg` is a tokenizer_config-like object (`bos_token`, `eos_token`, ...);
+    /// `template` is the chat template's source and the file it came from.
     pub fn new(
         inner: tokenizers::Tokenizer,
         special_cfg: &Value,
-        template: Option<&str>,
+        template: Option<(&str, &Path)>,
         config_eos: &[u32],
         origin: &Path,
     ) -> Result<Self> {
@@ -130,10 +134,11 @@ impl ChatTokenizer {
             })?;
         let bos_token_id = id_of("bos_token");
         let pad_token_id = id_of("pad_token");
+        let template_origin = template.map_or(origin, |(_, file)| file).to_path_buf();
         let template = template
-            .map(|src| ChatTemplate::new(src, special.clone()))
+            .map(|(src, _)| ChatTemplate::new(src, special.clone()))
             .transpose()
-            .map_err(|e| in_file(origin, e))?;
+            .map_err(|e| in_file(&template_origin, e))?;
         Ok(Self {
             inner,
             template,
@@ -141,7 +146,7 @@ impl ChatTokenizer {
             bos_token_id,
             pad_token_id,
             origin: origin.to_path_buf(),
-            template_origin: origin.to_path_buf(),
+            template_origin,
             vocab_limit: None,
             context: None,
         })

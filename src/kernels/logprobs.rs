@@ -122,13 +122,15 @@ pub fn blocked_row_sum<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
 }
 
 /// `log Σ_v exp(x[n, v])` of f32 `x [N, V]` (`[N, 1]`), keeping the small terms:
-/// `m + log(k) + log1p(rest / k)`, with `m` the row max, `k` how many entries equal it (their
-/// `exp(x − m)` is exactly 1, so `floor` picks them out) and `rest` the block sum of all the others.
-/// The terms of 1 never meet the tiny ones in one accumulator, and `log1p` keeps `rest ≪ 1` exact.
+/// `m + log(k) + log1p(rest / k)`, with `m` the row max, `k` how many entries are (within 2⁻²²
+/// of) 1 after `exp(x − m)`, and `rest` the block sum of `e − 1` over those and `e` over all the
+/// others, so `k + rest = Σ e` whatever `exp(0)` rounds to. The terms near 1 never meet the tiny
+/// ones in one accumulator, and `log1p` keeps `rest ≪ 1` exact. (A row of only −inf gives NaN.)
 pub fn log_sum_exp_rows<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let m = B::float_max_dim(x.clone(), 1); // [N, 1]
     let e = B::float_exp(B::float_sub(x, m.clone())); // [N, V], in [0, 1]
-    let at_max = B::float_floor(e.clone()); // [N, V], 1 where x = m
+    let near_one = B::float_add_scalar(e.clone(), (1.0f32 / 4_194_304.0).into());
+    let at_max = B::float_floor(near_one); // [N, V], 1 where x is (about) m
     let k = B::float_sum_dim(at_max.clone(), 1); // [N, 1], a small integer
     let rest = blocked_row_sum::<B>(B::float_sub(e, at_max)); // [N, 1]
     let tail = B::float_log1p(B::float_div(rest, k.clone()));

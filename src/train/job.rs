@@ -116,7 +116,8 @@ pub fn refuse_foreign(out: &Path) -> Result<()> {
     let names: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != manifest::LOCK_FILE)
+        // Hidden files (the lock, .DS_Store, a crashed save's .checkpoint.*) are not someone's work.
+        .filter(|n| !n.starts_with('.'))
         .collect();
     if names.is_empty() || out.join(CONFIG_FILE).is_file() {
         return Ok(());
@@ -131,8 +132,6 @@ pub fn refuse_foreign(out: &Path) -> Result<()> {
     )))
 }
 
-/// Trains on `examples` (with `generated` set) from the model at `model_path`, into `out`.
-/// With `resume`, continues from `out/checkpoint`; without it, refuses a folder that holds a run.
 /// Which settings of a saved run differ from `now`, for the refusal to resume it.
 fn settings_differ(saved: &Value, now: &Value) -> String {
     if serde_json::from_value::<TrainConfig>(saved.clone()).is_err() {
@@ -160,6 +159,9 @@ fn settings_differ(saved: &Value, now: &Value) -> String {
     format!("the run there used other settings ({})", diffs.join("; "))
 }
 
+/// Trains on `examples` (with `generated` set) from the model at `model_path`, into `out`.
+/// With `resume`, continues from `out/checkpoint` (same model, pairs and settings only); without
+/// it, refuses a folder that holds a run.
 pub fn run_train(
     model_path: &Path,
     examples: &[SftExample],

@@ -28,7 +28,7 @@ def job_args(bin_path, job, out):
     model = os.path.join(FIX, "tiny-llama-bf16")
     if job == "train":
         data = os.path.join(FIX, "data", "spin.jsonl")
-        extra = ["--epochs", "4", "--batch-size", "1", "--save-every", "1"]
+        extra = ["--epochs", "20", "--batch-size", "1", "--save-every", "1"]
     else:
         data = os.path.join(FIX, "data", "prompt_response.jsonl")
         extra = ["--iterations", "3", "--epochs", "2", "--batch-size", "1", "--max-new-tokens", "6",

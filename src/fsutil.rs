@@ -1,5 +1,6 @@
 //! File helpers shared by every writer: outputs go to a temporary file in the same folder and are
-//! renamed into place, so an interrupted run never leaves a corrupt or half-written file behind.
+//! renamed into place, so an interrupted run never leaves a corrupt or half-written file behind;
+//! and the one bounded reader of metadata text.
 //!
 //! Kept rather than `tempfile::NamedTempFile::persist`: that crate is only a dev-dependency here,
 //! `persist` does not fsync before the rename (a crash after it can leave an empty file under the
@@ -57,4 +58,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// Largest metadata text read whole (config.json, tokenizer files, chat templates, --config): the
+/// biggest real tokenizer.json files are tens of MB.
+pub const MAX_TEXT_BYTES: u64 = 256 << 20;
+
+/// `std::fs::read_to_string`, but refusing a file past [`MAX_TEXT_BYTES`] instead of reading it
+/// all (`/dev/zero` as a config.json would otherwise fill memory).
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_TEXT_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_TEXT_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB, too large for a model's metadata file",
+                MAX_TEXT_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(text)
 }

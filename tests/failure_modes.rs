@@ -510,3 +510,18 @@ fn generate_leaves_a_foreign_file_untouched() {
         );
     }
 }
+
+/// A metadata file that never ends (here config.json pointing at /dev/zero) used to be read whole.
+#[cfg(unix)]
+#[test]
+fn an_endless_metadata_file_is_refused() {
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        let (_t, dir) = damaged("tiny-llama-bf16", |d| {
+            std::fs::remove_file(d.join(file)).unwrap();
+            std::os::unix::fs::symlink("/dev/zero", d.join(file)).unwrap();
+        });
+        let (_d, rows) = data(&[("a", "b")]);
+        let e = run_err(logprobs(&dir, &rows));
+        assert_mentions(&e, &[file, "larger than 256 MiB"]);
+    }
+}

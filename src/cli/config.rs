@@ -54,7 +54,7 @@ pub fn apply(mut cmd: clap::Command, args: &[OsString]) -> Result<clap::Command>
     let Some((sub, path)) = find(args) else {
         return Ok(cmd);
     };
-    let text = std::fs::read_to_string(&path)
+    let text = wgspin::fsutil::read_text(&path)
         .with_context(|| format!("reading --config {}", path.display()))?;
     let table: toml::Table =
         toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;

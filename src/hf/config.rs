@@ -132,7 +132,7 @@ pub fn token_ids(value: &Value) -> Option<Vec<u32>> {
 
 impl HfConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        let text = crate::fsutil::read_text(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::MissingFile {
                 path: path.to_path_buf(),
                 hint: "A Hugging Face model folder needs config.json next to its weights.".into(),
@@ -325,7 +325,7 @@ impl ModelConfig {
         let gen_path = dir.join("generation_config.json");
         let mut extra = vec![];
         if gen_path.exists() {
-            let text = std::fs::read_to_string(&gen_path).map_err(|e| Error::io(&gen_path, e))?;
+            let text = crate::fsutil::read_text(&gen_path).map_err(|e| Error::io(&gen_path, e))?;
             let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
                 path: gen_path.clone(),
                 source,

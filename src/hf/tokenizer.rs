@@ -61,13 +61,14 @@ impl ChatTokenizer {
                     .into(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::Tokenizer {
+        let text = crate::fsutil::read_text(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
+        let inner: tokenizers::Tokenizer = text.parse().map_err(|e| Error::Tokenizer {
             path: tok_path.clone(),
-            message: e.to_string(),
+            message: format!("{e}"),
         })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.exists() {
-            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+            let text = crate::fsutil::read_text(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
             serde_json::from_str(&text).map_err(|source| Error::Json {
                 path: cfg_path.clone(),
                 source,
@@ -77,7 +78,7 @@ impl ChatTokenizer {
         };
         let jinja_path = dir.join("chat_template.jinja");
         let source = if jinja_path.exists() {
-            Some(std::fs::read_to_string(&jinja_path).map_err(|e| Error::io(&jinja_path, e))?)
+            Some(crate::fsutil::read_text(&jinja_path).map_err(|e| Error::io(&jinja_path, e))?)
         } else {
             match cfg.get("chat_template") {
                 Some(v) => select_template(v)?,

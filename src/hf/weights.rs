@@ -242,7 +242,7 @@ impl WeightFiles {
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
             let text =
-                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+                crate::fsutil::read_text(&index_path).map_err(|e| Error::io(&index_path, e))?;
             let v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|source| Error::Json {
                     path: index_path.clone(),

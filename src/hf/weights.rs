@@ -166,25 +166,21 @@ fn mis_sized_tensor(bytes: &[u8]) -> Option<String> {
         if name == "__metadata__" {
             continue;
         }
-        let size = match info.get("dtype")?.as_str()? {
-            "F64" | "I64" | "U64" => 8,
-            "F32" | "I32" | "U32" => 4,
-            "F16" | "BF16" | "I16" | "U16" => 2,
-            _ => 1,
+        let bits = serde_json::from_value::<Dtype>(info.get("dtype")?.clone())
+            .ok()?
+            .bitsize() as u64;
+        let u64s = |key: &str| -> Option<Vec<u64>> {
+            info.get(key)?
+                .as_array()?
+                .iter()
+                .map(|d| d.as_u64())
+                .collect()
         };
-        let shape: Vec<u64> = info
-            .get("shape")?
-            .as_array()?
+        let (shape, offsets) = (u64s("shape")?, u64s("data_offsets")?);
+        let want = shape
             .iter()
-            .map(|d| d.as_u64())
-            .collect::<Option<_>>()?;
-        let offsets: Vec<u64> = info
-            .get("data_offsets")?
-            .as_array()?
-            .iter()
-            .map(|d| d.as_u64())
-            .collect::<Option<_>>()?;
-        let want = shape.iter().try_fold(size, |a: u64, &d| a.checked_mul(d));
+            .try_fold(bits, |a: u64, &d| a.checked_mul(d))
+            .map(|b| b.div_ceil(8));
         let have = offsets.get(1)?.checked_sub(*offsets.first()?);
         if want != have {
             return Some(format!(

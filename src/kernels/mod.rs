@@ -5,6 +5,7 @@ pub mod attention;
 mod cpu;
 mod cube;
 pub mod logprobs;
+pub mod lse;
 pub mod norm;
 pub mod rope_cache;
 pub mod rows_matmul;

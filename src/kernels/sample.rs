@@ -230,7 +230,7 @@ pub fn sample_twin_device(
 
     let logits = logits.cast(burn::tensor::DType::F32); // [B, V]
     let m = logits.clone().max_dim(1); // [B, 1]
-    let lse = super::logprobs::log_sum_exp(logits.clone()); // [B, 1]
+    let lse = super::lse::log_sum_exp(logits.clone()); // [B, 1]
 
     // Greedy: the first index of the maximum.
     let greedy = || {

@@ -525,3 +525,28 @@ fn an_endless_metadata_file_is_refused() {
         assert_mentions(&e, &[file, "larger than 256 MiB"]);
     }
 }
+
+/// `sft` into a folder that holds files (a finished SFT run) used to overwrite its checkpoint.
+#[test]
+fn sft_refuses_a_folder_with_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture("data").join("prompt_response.jsonl");
+    let out = tmp.path().join("sft");
+    run_ok(job_args(
+        "sft",
+        "tiny-llama-bf16",
+        &data,
+        &out,
+        "--epochs 1",
+    ));
+    let before = snapshot(&out);
+    let e = run_err(job_args(
+        "sft",
+        "tiny-llama-bf16",
+        &data,
+        &out,
+        "--epochs 1",
+    ));
+    assert_mentions(&e, &["already holds files", "checkpoint", "metrics.jsonl"]);
+    assert_eq!(snapshot(&out), before);
+}

@@ -176,21 +176,6 @@ pub fn run_train(
     let _lock = manifest::lock_dir(out)?;
     checkpoint::recover(out, CHECKPOINT)?;
     let state = state_of(out)?;
-    // What this run is made of: a resume must continue the same model on the same pairs.
-    let identity = json!({
-        "model": manifest::model_identity(model_path)?,
-        "pairs_sha256": manifest::content_hash(&examples),
-    });
-    if let Some(saved) = state.as_ref().and_then(|s| s.get("identity"))
-        && saved != &identity
-    {
-        return Err(Error::Invalid(format!(
-            "{} was trained from another model or on other pairs ({}); resume with the same \
-             --model and --data, or choose another --out",
-            out.display(),
-            manifest::differences(saved, &identity).join("; ")
-        )));
-    }
     if state.is_some() && !resume {
         return Err(Error::Invalid(format!(
             "{} already holds a training run; pass --resume to continue it, or choose another --out",
@@ -206,6 +191,22 @@ pub fn run_train(
             "{}: {}; resume with the same flags, or choose another --out",
             out.join(CHECKPOINT).join(STATE_FILE).display(),
             settings_differ(&saved, &config_json)
+        )));
+    }
+    // What this run is made of (hashing reads every weight, so after the cheap checks): a resume
+    // must continue the same model on the same pairs.
+    let identity = json!({
+        "model": manifest::model_identity(model_path)?,
+        "pairs_sha256": manifest::content_hash(&examples),
+    });
+    if let Some(saved) = state.as_ref().and_then(|s| s.get("identity"))
+        && saved != &identity
+    {
+        return Err(Error::Invalid(format!(
+            "{} was trained from another model or on other pairs ({}); resume with the same \
+             --model and --data, or choose another --out",
+            out.display(),
+            manifest::differences(saved, &identity).join("; ")
         )));
     }
     fsutil::write_atomic(

@@ -60,6 +60,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The names in folder `dir` that are not hidden (dot files: locks, `.DS_Store`, a crashed save's
+/// leftovers), sorted; empty when `dir` does not exist.
+pub fn visible_entries(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `path` with `suffix` appended to its file name (`gen.jsonl` → `gen.jsonl.lock`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 /// Largest metadata text read whole (config.json, tokenizer files, chat templates, --config): the
 /// biggest real tokenizer.json files are tens of MB.
 pub const MAX_TEXT_BYTES: u64 = 256 << 20;

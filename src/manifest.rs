@@ -75,9 +75,7 @@ pub fn lock_dir(dir: &Path) -> Result<OutputLock> {
 
 /// Locks output file `file` through `<file>.lock` beside it.
 pub fn lock_file(file: &Path) -> Result<OutputLock> {
-    let mut name = file.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    lock(&file.with_file_name(name), file)
+    lock(&crate::fsutil::with_suffix(file, ".lock"), file)
 }
 
 fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {

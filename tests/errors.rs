@@ -8,21 +8,11 @@ use common::*;
 use wgspin::ModelBundle;
 use wgspin::device::cpu_device;
 
-fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    f(&mut v);
-    std::fs::write(path, v.to_string()).unwrap();
-}
-
 /// The load error of a copy of fixture `name` once `damage` has changed its files.
 fn broken(name: &str, damage: impl FnOnce(&Path)) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
+    copy_fixture(name, dir);
     damage(dir);
     match ModelBundle::load(dir, &cpu_device().device) {
         Ok(_) => panic!("loading {} should fail", dir.display()),

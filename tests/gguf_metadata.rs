@@ -93,11 +93,7 @@ fn export_writes_what_llama_cpp_converter_writes() {
 fn export_names_the_model_from_its_card_or_config() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("checkpoint");
-    std::fs::create_dir(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture("tiny-llama-bf16")).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
+    copy_fixture("tiny-llama-bf16", &dir);
     let card = "---\nlicense: apache-2.0\nlanguage:\n- en\nmodel_name: Tiny SPIN\n---\n# Tiny\n";
     std::fs::write(dir.join("README.md"), card).unwrap();
     let out = tmp.path().join("m.gguf");

@@ -40,21 +40,14 @@ impl SftArgs {
         let out = &self.out;
         // An SFT run starts fresh (it does not resume): into a folder with files it would
         // overwrite a finished run's checkpoint and metrics.
-        if let Ok(entries) = std::fs::read_dir(out) {
-            let mut held: Vec<String> = entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with('.'))
-                .collect();
-            held.sort();
-            anyhow::ensure!(
-                held.is_empty(),
-                "{} already holds files ({}); `wgspin sft` starts fresh and would overwrite them: \
-                 choose an empty or new --out",
-                out.display(),
-                held.join(", ")
-            );
-        }
+        let held = wgspin::fsutil::visible_entries(out);
+        anyhow::ensure!(
+            held.is_empty(),
+            "{} already holds files ({}); `wgspin sft` starts fresh and would overwrite them: \
+             choose an empty or new --out",
+            out.display(),
+            held.join(", ")
+        );
         let ckpt = run_sft(
             &self.job.model.model,
             &examples,

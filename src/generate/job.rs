@@ -124,9 +124,7 @@ fn recover(out: &Path, examples: &[SftExample]) -> Result<(HashMap<String, Strin
 
 /// `<out>.run.json`: the model identity and sampling settings that made `out`'s rows.
 pub fn run_record_path(out: &Path) -> std::path::PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".run.json");
-    out.with_file_name(name)
+    crate::fsutil::with_suffix(out, ".run.json")
 }
 
 /// Generates a response for every example whose id is not yet in `out`, then rewrites `out` in

@@ -23,11 +23,7 @@ pub struct AddTokens {
 }
 
 fn token_string(tcfg: &Value, key: &str) -> Option<String> {
-    match tcfg.get(key)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
-        _ => None,
-    }
+    crate::hf::tokenizer::token_string(tcfg.get(key)?)
 }
 
 fn special_id(item: &Value) -> Option<&str> {

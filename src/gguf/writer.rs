@@ -293,11 +293,7 @@ fn add_tokenizer(w: &mut GgufWriter, dir: &Path, cfg: &ModelConfig) -> Result<()
         Value::Null
     };
     let id_of = |key: &str| {
-        let s = match tcfg.get(key)? {
-            Value::String(s) => s.clone(),
-            Value::Object(o) => o.get("content")?.as_str()?.to_string(),
-            _ => return None,
-        };
+        let s = crate::hf::tokenizer::token_string(tcfg.get(key)?)?;
         names.iter().position(|n| *n == s).map(|i| i as u32)
     };
     let unk = id_of("unk_token");

@@ -31,7 +31,7 @@ pub struct ChatTokenizer {
 }
 
 /// A special token in tokenizer_config.json: a string or an AddedToken object with `content`.
-fn token_string(v: &Value) -> Option<String> {
+pub(crate) fn token_string(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Object(o) => o.get("content")?.as_str().map(str::to_string),

@@ -110,20 +110,11 @@ fn load_ref_cache(path: &Path, ids: &[String]) -> Option<PairLogps> {
 /// own files and lock), so a typo in --out cannot overwrite someone's metrics.jsonl. For
 /// `wgspin train`; inside `spin`, a training run shares its iteration's folder.
 pub fn refuse_foreign(out: &Path) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(out) else {
-        return Ok(());
-    };
-    let names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        // Hidden files (the lock, .DS_Store, a crashed save's .checkpoint.*) are not someone's work.
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    if names.is_empty() || out.join(CONFIG_FILE).is_file() {
+    // Hidden files (the lock, .DS_Store, a crashed save's .checkpoint.*) are not someone's work.
+    let mut shown = fsutil::visible_entries(out);
+    if shown.is_empty() || out.join(CONFIG_FILE).is_file() {
         return Ok(());
     }
-    let mut shown = names;
-    shown.sort();
     shown.truncate(5);
     Err(Error::Invalid(format!(
         "{} holds files that no `wgspin train` wrote ({}); choose an empty or new --out",
@@ -140,22 +131,7 @@ fn settings_differ(saved: &Value, now: &Value) -> String {
              finish it with that version"
         );
     }
-    let keys = now
-        .as_object()
-        .map(|o| o.keys().collect::<Vec<_>>())
-        .unwrap_or_default();
-    let diffs: Vec<String> = keys
-        .into_iter()
-        .filter(|k| saved.get(k.as_str()) != now.get(k.as_str()))
-        .map(|k| {
-            let show = |v: Option<&Value>| v.map(Value::to_string).unwrap_or_else(|| "-".into());
-            format!(
-                "{k}: {} there, {} now",
-                show(saved.get(k.as_str())),
-                show(now.get(k.as_str()))
-            )
-        })
-        .collect();
+    let diffs = manifest::differences(saved, now);
     format!("the run there used other settings ({})", diffs.join("; "))
 }
 

@@ -307,3 +307,20 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
         }
     }
 }
+
+/// Copies the files of fixture `name` into the folder `dest` (created).
+pub fn copy_fixture(name: &str, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dest.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+/// Rewrites the JSON file at `path` through `f`.
+pub fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}

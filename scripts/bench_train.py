@@ -20,6 +20,9 @@ One step (everything inside the timed region):
   * peak_mem_bytes: CUDA -> torch.cuda.max_memory_allocated() (reset after model load,
     so it covers warmup + timed steps, model weights included); CPU -> process peak RSS
     (ru_maxrss * 1024, whole process lifetime). peak_mem_kind says which.
+  * --lora-rank R: PEFT LoRA (alpha 2R, dropout 0) on all seven projections, base frozen, the
+    optimizer over the adapters only (as `wgspin bench train --lora-rank R`).
+  * --gradient-checkpointing: transformers' gradient_checkpointing_enable() (non-reentrant).
   * --compile: model forward wrapped with torch.compile (impl "pytorch-compile");
     compilation happens in the warmup steps, so use --warmup >= 1.
 
@@ -88,6 +91,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     add_run_args(ap)
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward")
+    ap.add_argument("--lora-rank", type=int, default=0, help="PEFT LoRA rank (0 = full fine-tuning)")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="recompute each decoder layer in the backward pass")
     ap.add_argument("--json", help="append one JSON row to this .jsonl file")
     args = ap.parse_args()
     set_threads(args)
@@ -95,9 +101,17 @@ def main():
 
     dtype, dev, P, L = DTYPES[args.dtype], args.device, args.pairs, args.seq_len
     model = load_model(args, dtype)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank,
+                                                 lora_dropout=0.0, target_modules=targets,
+                                                 task_type="CAUSAL_LM"))
     model.train()
     forward = torch.compile(model) if args.compile else model
-    opt = torch.optim.RMSprop(model.parameters(), lr=LR)
+    opt = torch.optim.RMSprop([q for q in model.parameters() if q.requires_grad], lr=LR)
 
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
@@ -131,6 +145,7 @@ def main():
         "pairs": P, "seq_len": L, "prompt_len": args.prompt_len,
         "tokens_per_s": 2 * P * L / secs, "step_seconds": secs, "step_seconds_all": times,
         "peak_mem_bytes": peak, "peak_mem_kind": peak_kind, "loss_first": losses[0],
+        "lora_rank": args.lora_rank, "gradient_checkpointing": args.gradient_checkpointing,
         "device": dev, "dtype": args.dtype, "model": args.model or args.config,
         "threads": torch.get_num_threads(), "loadavg_1m": os.getloadavg()[0], "steps": args.steps, "warmup": args.warmup,
         "torch": torch.__version__, "transformers": transformers.__version__,
@@ -140,7 +155,8 @@ def main():
             f.write(json.dumps(row) + "\n")
     print(f"{row['impl']} SPIN train  model={row['model']}  device={dev}  dtype={args.dtype}  "
           f"torch={torch.__version__}  transformers={transformers.__version__}")
-    print(f"pairs={P} seq_len={L} prompt_len={args.prompt_len}  step={secs:.3f}s (median of "
+    print(f"lora_rank={args.lora_rank} gradient_checkpointing={args.gradient_checkpointing}  "
+          f"pairs={P} seq_len={L} prompt_len={args.prompt_len}  step={secs:.3f}s (median of "
           f"{len(times)})  tokens/s={row['tokens_per_s']:.1f}  peak_mem={peak / 2**20:.1f} MiB "
           f"({peak_kind})  loss[0]={losses[0]:.6f}")
 

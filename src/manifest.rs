@@ -91,7 +91,8 @@ fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
 }
 
 /// Identity of a model: a SHA-256 of what defines it (config.json, the tokenizer
-/// files and every weight file of a folder; the whole file of a GGUF).
+/// files and every weight file of a folder; the whole file of a GGUF; an adapter's files and its
+/// base's identity).
 pub fn model_identity(path: &Path) -> Result<Value> {
     let mut hasher = Sha256::new();
     if path.is_file() {
@@ -120,7 +121,13 @@ pub fn model_identity(path: &Path) -> Result<Value> {
         }
     }
     // The path is left out on purpose: `./m` and `m`, or a moved folder, are the same model.
-    Ok(json!({ "sha256": format!("{:x}", hasher.finalize()) }))
+    let mut id = json!({ "sha256": format!("{:x}", hasher.finalize()) });
+    // An adapter is a model only together with its base.
+    if crate::hf::adapter::is_adapter_dir(path) {
+        let base = crate::hf::adapter::Adapter::open(path)?.base_path()?;
+        id["base"] = model_identity(&base)?;
+    }
+    Ok(id)
 }
 
 /// SHA-256 of serialisable content (the examples a run reads, whatever file they came from).

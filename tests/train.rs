@@ -57,7 +57,7 @@ fn config(optimizer: OptimizerKind, weight_decay: f64) -> TrainConfig {
 
 fn trainer(name: &str, r: &Value, cfg: TrainConfig) -> Trainer {
     let dev = cpu_device();
-    let bundle = ModelBundle::load(&fixture(name), &dev.device.clone().autodiff()).unwrap();
+    let bundle = ModelBundle::load(&fixture(name), &cfg.train_device(&dev.device)).unwrap();
     let pairs_ref = r["pairs"].as_array().unwrap();
     let examples: Vec<SftExample> = pairs_ref
         .iter()
@@ -193,6 +193,49 @@ fn losses_gradients_and_optimizer_steps_match_pytorch() {
                     "{name} {key} {tensor}: |Δ| {got} vs torch {want}"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients() {
+    let all = spin_reference();
+    for name in ["tiny-llama-bf16", "tiny-qwen2-f32"] {
+        let r = &all[name];
+        let cfg = config(OptimizerKind::Rmsprop, 0.0);
+        let plain = trainer(name, r, cfg.clone())
+            .gradients(&[vec![0, 1, 2]])
+            .unwrap();
+        let checkpointed = trainer(
+            name,
+            r,
+            TrainConfig {
+                gradient_checkpointing: true,
+                ..cfg
+            },
+        );
+        assert_eq!(
+            checkpointed
+                .state
+                .model
+                .device()
+                .gradient_checkpointing_strategy(),
+            Some(burn::tensor::GradientCheckpointingStrategy::Balanced)
+        );
+        let ck = checkpointed.gradients(&[vec![0, 1, 2]]).unwrap();
+        assert_eq!(plain.grads.len(), ck.grads.len());
+        for (i, (a, b)) in plain.grads.iter().zip(&ck.grads).enumerate() {
+            let (a, b) = (floats(a.clone()), floats(b.clone()));
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-5 * scale,
+                "{name} tensor {i}: max |Δ| {worst} of {scale} with checkpointing"
+            );
         }
     }
 }

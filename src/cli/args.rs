@@ -15,7 +15,8 @@ use wgspin::kernels::sample::SamplingParams;
 /// `--model`: what every command that runs a model reads.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Hugging Face model folder (config.json, tokenizer.json, *.safetensors) or a .gguf file.
+    /// Hugging Face model folder (config.json, tokenizer.json, *.safetensors), a .gguf file, or
+    /// a PEFT LoRA adapter folder (on the base its adapter_config.json names).
     #[arg(long)]
     pub model: PathBuf,
 }

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod devices;
 pub mod generate;
 pub mod logprobs;
+pub mod merge;
 pub mod report;
 pub mod sft;
 pub mod spin;
@@ -46,6 +47,7 @@ enum Command {
     Plot(convert::PlotArgs),
     Convert(convert::ConvertArgs),
     ExportGguf(convert::ExportGgufArgs),
+    Merge(merge::MergeArgs),
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
@@ -77,6 +79,7 @@ impl Cli {
             Some(Command::Plot(a)) => a.run(),
             Some(Command::Convert(a)) => a.run(),
             Some(Command::ExportGguf(a)) => a.run(),
+            Some(Command::Merge(a)) => a.run(),
             Some(Command::Bench(c)) => c.run(),
         }
     }

@@ -7,8 +7,6 @@ use clap::Args;
 use serde_json::json;
 
 use wgspin::fsutil;
-use wgspin::gguf::GgufModel;
-use wgspin::hf::config::ModelConfig;
 use wgspin::report::progress::Progress;
 use wgspin::spin::{SpinConfig, SpinEvent, run_spin};
 use wgspin::train::TrainConfig;
@@ -48,12 +46,8 @@ impl SpinArgs {
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(None)?;
         let model = self.job.model.model.clone();
-        let config = if model.is_dir() {
-            ModelConfig::from_dir(&model)
-        } else {
-            GgufModel::load(&model).map(|g| g.config)
-        }
-        .with_context(|| format!("reading the config of {}", model.display()))?;
+        let config = wgspin::hf::bundle::read_config(&model)
+            .with_context(|| format!("reading the config of {}", model.display()))?;
         let rows = self.sampling.gen_batch_size(&dev, &config)?;
         // Stop ids and padding are filled in by the loop from each iteration's model.
         let gen_opts = self.sampling.options(rows, vec![], 0);

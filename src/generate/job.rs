@@ -150,7 +150,7 @@ pub fn run_generate(
     let _lock = crate::manifest::lock_file(out)?;
     // What made the rows: a resume must not mix two models' or two samplers' answers in one file.
     let record = serde_json::json!({
-        "model": crate::manifest::model_identity(&bundle.dir)?,
+        "model": crate::manifest::model_identity(bundle.source_path())?,
         "sampling": opts.sampling,
         "max_new_tokens": opts.max_new_tokens,
     });

@@ -1,23 +1,52 @@
-//! A model as the user points at it: a Hugging Face folder or a GGUF file → resolved config,
-//! tokenizer with chat template, and the transformer on a device.
+//! A model as the user points at it: a Hugging Face folder, a GGUF file, or a PEFT LoRA adapter
+//! folder on top of either → resolved config, tokenizer with chat template, and the transformer
+//! on a device.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
 use crate::error::{Error, Result};
+use crate::hf::adapter::{self, Adapter};
 use crate::hf::config::ModelConfig;
 use crate::hf::tokenizer::ChatTokenizer;
 use crate::hf::weights::{StoredDtype, WeightFiles};
+use crate::model::lora::{self, LoraConfig};
 use crate::model::{Transformer, loader};
 
+/// Where a model's adapter came from, when `--model` named an adapter folder.
+#[derive(Debug, Clone)]
+pub struct AdapterSource {
+    pub dir: PathBuf,
+    /// `base_model_name_or_path` as the adapter recorded it (what a continued adapter keeps).
+    pub base_name: String,
+    pub lora: LoraConfig,
+}
+
 pub struct ModelBundle {
+    /// The model folder or GGUF file (the base, for an adapter): where config and tokenizer
+    /// files come from.
     pub dir: PathBuf,
     pub config: ModelConfig,
     pub tokenizer: ChatTokenizer,
     pub model: Transformer,
     /// Storage type of the checkpoint on disk.
     pub stored_dtype: StoredDtype,
+    /// The adapter `--model` named, if any (merged into `model` unless loaded unmerged).
+    pub adapter: Option<AdapterSource>,
+}
+
+/// The resolved config of what `--model` names (a folder, a GGUF file, or an adapter's base),
+/// without loading weights.
+pub fn read_config(path: &Path) -> Result<ModelConfig> {
+    if adapter::is_adapter_dir(path) {
+        return read_config(&Adapter::open(path)?.base_path()?);
+    }
+    if path.is_dir() {
+        ModelConfig::from_dir(path)
+    } else {
+        crate::gguf::GgufModel::load(path).map(|g| g.config)
+    }
 }
 
 impl ModelBundle {
@@ -31,8 +60,91 @@ impl ModelBundle {
         stop
     }
 
-    /// Loads a Hugging Face model folder or a `.gguf` file onto `device`.
+    /// What `--model` named: the adapter folder, or the model itself.
+    pub fn source_path(&self) -> &Path {
+        self.adapter.as_ref().map_or(&self.dir, |a| &a.dir)
+    }
+
+    /// Loads a Hugging Face model folder, a `.gguf` file or an adapter folder onto `device`; an
+    /// adapter is merged into its base, so the model runs as one set of weights.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let mut b = Self::load_unmerged(path, device)?;
+        lora::merge(&mut b.model);
+        Ok(b)
+    }
+
+    /// [`Self::load`], keeping an adapter apart from its frozen base (to train it further).
+    pub fn load_unmerged(path: &Path, device: &Device) -> Result<Self> {
+        if !adapter::is_adapter_dir(path) {
+            return Self::load_base(path, device);
+        }
+        Self::load_adapter(path, None, device)
+    }
+
+    /// The adapter folder `path` on `base` (default: its `base_model_name_or_path`), unmerged.
+    pub fn load_adapter(path: &Path, base: Option<&Path>, device: &Device) -> Result<Self> {
+        if !adapter::is_adapter_dir(path) {
+            return Err(Error::MissingFile {
+                path: path.join(adapter::CONFIG_FILE),
+                hint: "Pass a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors)."
+                    .into(),
+            });
+        }
+        let a = Adapter::open(path)?;
+        let base = match base {
+            Some(b) => b.to_path_buf(),
+            None => a.base_path()?,
+        };
+        if adapter::is_adapter_dir(&base) {
+            return Err(Error::Invalid(format!(
+                "{}: its base {} is an adapter too; merge that one first (`wgspin merge`)",
+                path.display(),
+                base.display()
+            )));
+        }
+        let mut b = Self::load_base(&base, device)?;
+        a.apply(&mut b.model)?;
+        b.adapter = Some(AdapterSource {
+            dir: path.to_path_buf(),
+            base_name: a.base_name.clone(),
+            lora: a.lora.clone(),
+        });
+        Ok(b)
+    }
+
+    /// The model to train: with LoRA on, the adapter `--model` named (continued) or new adapters
+    /// drawn from `seed`, on a frozen base; without, every weight (an adapter merged first).
+    pub fn load_for_training(
+        path: &Path,
+        device: &Device,
+        cfg: &LoraConfig,
+        seed: u64,
+    ) -> Result<Self> {
+        if !cfg.enabled() {
+            return Self::load(path, device);
+        }
+        let mut b = Self::load_unmerged(path, device)?;
+        match &b.adapter {
+            Some(a) if a.lora.rank != cfg.rank || a.lora.targets != cfg.targets => {
+                return Err(Error::Invalid(format!(
+                    "{}: the adapter there has rank {} on {:?}, but --lora-rank {} --lora-targets                      {:?} were asked for; pass its settings to continue it, or merge it first                      (`wgspin merge`) to train a new adapter on top",
+                    a.dir.display(),
+                    a.lora.rank,
+                    a.lora.targets,
+                    cfg.rank,
+                    cfg.targets
+                )));
+            }
+            Some(_) => {}
+            None => lora::attach(&mut b.model, cfg, seed),
+        }
+        lora::freeze_base(&mut b.model);
+        lora::set_dropout(&mut b.model, cfg.dropout);
+        Ok(b)
+    }
+
+    /// Loads a Hugging Face model folder or a `.gguf` file onto `device`.
+    fn load_base(path: &Path, device: &Device) -> Result<Self> {
         if path.is_file() && crate::gguf::reader::is_gguf(path) {
             let g = crate::gguf::GgufModel::load(path)?;
             let mut tokenizer = g.chat_tokenizer()?;
@@ -44,6 +156,7 @@ impl ModelBundle {
                 tokenizer,
                 model,
                 stored_dtype,
+                adapter: None,
             });
         }
         if path.is_file() {
@@ -75,6 +188,7 @@ impl ModelBundle {
             tokenizer,
             model,
             stored_dtype,
+            adapter: None,
         })
     }
 }

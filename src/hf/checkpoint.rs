@@ -58,21 +58,11 @@ pub fn save(
     dtype: StoredDtype,
     extra: &[(&str, Vec<u8>)],
 ) -> Result<()> {
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let result = (|| -> Result<()> {
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    save_folder(dest, |tmp| {
         if source_dir.is_file() && crate::gguf::reader::is_gguf(source_dir) {
-            crate::gguf::write_hf_metadata(source_dir, &tmp, dtype)?;
+            crate::gguf::write_hf_metadata(source_dir, tmp, dtype)?;
         } else {
-            copy_metadata(source_dir, &tmp)?;
+            copy_metadata(source_dir, tmp)?;
         }
         let tensors = named_host_tensors(model, dtype)?;
         write_safetensors(
@@ -85,11 +75,33 @@ pub fn save(
                     .collect(),
             ),
         )?;
-        for (file, bytes) in extra {
-            crate::fsutil::write_atomic(&tmp.join(file), bytes)?;
-        }
-        Ok(())
-    })();
+        write_extra(tmp, extra)
+    })
+}
+
+/// Writes `extra` files (name, bytes) into `dir`.
+pub fn write_extra(dir: &Path, extra: &[(&str, Vec<u8>)]) -> Result<()> {
+    for (file, bytes) in extra {
+        crate::fsutil::write_atomic(&dir.join(file), bytes)?;
+    }
+    Ok(())
+}
+
+/// Fills a fresh folder beside `dest` with `fill`, then swaps it in for `dest`, so a crash never
+/// leaves a half-written checkpoint (see [`recover`] for a crash inside the swap).
+pub fn save_folder(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = std::fs::create_dir_all(&tmp)
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|()| fill(&tmp));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);

@@ -1,7 +1,8 @@
 //! The Hugging Face formats, in and out: `config.json` (resolved into a config without
 //! `Option`s), the one table of tensor names, safetensors weights, the tokenizer and its chat
-//! template, checkpoints that `transformers` loads, and the bundle of all of them on a device.
+//! template, checkpoints that `transformers` loads, PEFT LoRA adapters, and the bundle of all of them on a device.
 
+pub mod adapter;
 pub mod bundle;
 pub mod chat_template;
 pub mod checkpoint;

@@ -34,7 +34,7 @@ pub struct DecodeWeights {
 /// Weights of `parts` stacked along the output dimension, and their biases (zeros for a part
 /// without one; `None` when no part has one).
 fn stack(parts: &[&Linear]) -> (Tensor<2>, Option<Tensor<1>>) {
-    let weight = Tensor::cat(parts.iter().map(|l| l.weight.val()).collect(), 0);
+    let weight = Tensor::cat(parts.iter().map(|l| l.effective_weight()).collect(), 0);
     let bias = parts.iter().any(|l| l.bias.is_some()).then(|| {
         let device = weight.device();
         let each = parts

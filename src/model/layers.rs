@@ -5,6 +5,7 @@ use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
+use super::lora::Lora;
 use crate::kernels::rows_matmul::rows_matmul;
 
 /// Root-mean-square normalisation with a learned scale (no bias, no mean subtraction).
@@ -32,6 +33,8 @@ pub struct Linear {
     pub weight: Param<Tensor<2>>,
     /// `[out]`
     pub bias: Option<Param<Tensor<1>>>,
+    /// A LoRA adapter on this projection (training only; merged before anything else runs).
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
@@ -41,11 +44,14 @@ impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
-        let y = x
-            .reshape([rows, dims[D - 1]])
-            .matmul(self.weight.val().transpose());
+        let x = x.reshape([rows, dims[D - 1]]);
+        let y = x.clone().matmul(self.weight.val().transpose());
         let y = match &self.bias {
             Some(b) => y + b.val().unsqueeze::<2>(),
+            None => y,
+        };
+        let y = match &self.lora {
+            Some(l) => y + l.forward(x),
             None => y,
         };
         let mut out = dims;
@@ -53,12 +59,20 @@ impl Linear {
         y.reshape(out)
     }
 
+    /// The weight with any adapter folded in `[out, in]` (what the decode kernels read).
+    pub fn effective_weight(&self) -> Tensor<2> {
+        match &self.lora {
+            Some(l) => self.weight.val() + l.delta(),
+            None => self.weight.val(),
+        }
+    }
+
     /// `x [rows, in]` → `[rows, out]` for the few rows of a decode step (see
     /// [`rows_matmul`]: a streaming kernel on the CPU, burn's matmul against the transposed
     /// weight view on wgpu; burn's `linear` reshapes that view for a single-row batch, which
     /// copies the whole weight on the CPU backend).
     pub fn rows(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = rows_matmul(x, self.weight.val());
+        let y = rows_matmul(x, self.effective_weight());
         match &self.bias {
             Some(b) => y + b.val().unsqueeze::<2>(),
             None => y,

@@ -100,6 +100,7 @@ fn skeleton(cfg: &ModelConfig, device: &Device) -> Transformer {
     let linear = |bias: bool| Linear {
         weight: two(),
         bias: bias.then(one),
+        lora: None,
     };
     let norm = || RmsNorm {
         weight: one(),

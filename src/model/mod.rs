@@ -6,6 +6,7 @@ pub mod attention;
 pub mod fused;
 pub mod layers;
 pub mod loader;
+pub mod lora;
 pub mod named;
 pub mod random_init;
 pub mod rope;

@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Transformer;
 use super::layers::Linear;
+use super::lora;
 use crate::hf::names::{self as hf_names, LayerTensor};
 
 /// A mutable parameter of rank 1 (norms, biases) or 2 (matrices).
@@ -52,6 +53,14 @@ impl ParamRef<'_> {
         match self {
             ParamRef::One(p) => **p = Param::from_tensor(Tensor::from_data(data, device)),
             ParamRef::Two(p) => **p = Param::from_tensor(Tensor::from_data(data, device)),
+        }
+    }
+
+    /// Stops gradients at this parameter (a frozen base weight under LoRA).
+    pub fn freeze(&mut self) {
+        match self {
+            ParamRef::One(p) => **p = (**p).clone().set_require_grad(false),
+            ParamRef::Two(p) => **p = (**p).clone().set_require_grad(false),
         }
     }
 
@@ -117,4 +126,34 @@ pub fn params_mut(m: &mut Transformer) -> Vec<(String, ParamRef<'_>)> {
         out.push((hf_names::LM_HEAD.to_string(), ParamRef::Two(head)));
     }
     out
+}
+
+/// Every adapter matrix by its name without PEFT's `base_model.model.` prefix
+/// (`model.layers.0.self_attn.q_proj.lora_A.weight`), A before B, in layer and target order.
+pub fn adapter_params_mut(m: &mut Transformer) -> Vec<(String, ParamRef<'_>)> {
+    let mut out = vec![];
+    for (l, target, lin) in lora::targets_mut(m) {
+        if let Some(adapter) = lin.lora.as_mut() {
+            let path = target.module_path(l);
+            out.push((
+                format!("{path}.lora_A.weight"),
+                ParamRef::Two(&mut adapter.a),
+            ));
+            out.push((
+                format!("{path}.lora_B.weight"),
+                ParamRef::Two(&mut adapter.b),
+            ));
+        }
+    }
+    out
+}
+
+/// What training updates: the adapters when the model has any (its base is frozen), else
+/// every parameter.
+pub fn trainable_mut(m: &mut Transformer) -> Vec<(String, ParamRef<'_>)> {
+    if lora::has_adapters(m) {
+        adapter_params_mut(m)
+    } else {
+        params_mut(m)
+    }
 }

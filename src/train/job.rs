@@ -6,7 +6,8 @@
 //! - `metrics.jsonl`: one row of [`StepMetrics`] per logging step;
 //! - `checkpoint/`: Hugging Face layout plus `trainer_state.json` (and, while the run is not
 //!   finished, `optimizer.safetensors` and f32 weights), replaced atomically at every save; the
-//!   finished checkpoint stores the weights in the input's dtype.
+//!   finished checkpoint stores the weights in the input's dtype. With LoRA it is a PEFT adapter
+//!   folder instead (`adapter_config.json`, `adapter_model.safetensors`, f32) on the input's base.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -240,8 +241,14 @@ pub fn run_train(
         .and_then(|s| s.get("step").and_then(Value::as_u64))
         .unwrap_or(0) as usize;
     let load_from = if state.is_some() { &ckpt } else { model_path };
-    let train_device = device.clone().autodiff();
-    let player = ModelBundle::load(load_from, &train_device)?;
+    let train_device = cfg.train_device(device);
+    let player =
+        ModelBundle::load_for_training(load_from, &train_device, &cfg.lora, cfg.data_seed)?;
+    // A continued adapter keeps the base it was made on; a new one names the input model.
+    let base_name = match &player.adapter {
+        Some(a) => a.base_name.clone(),
+        None => model_path.to_string_lossy().into_owned(),
+    };
     let mut trainer = Trainer::new(player.model, cfg.clone(), pairs, reference, pad)?;
     if state.is_some() {
         trainer.state.step = resume_step;
@@ -301,6 +308,15 @@ pub fn run_train(
             let bytes = std::fs::read(&tmp_opt).map_err(|e| Error::io(&tmp_opt, e))?;
             let _ = std::fs::remove_file(&tmp_opt);
             extra.push((OPTIMIZER_FILE, bytes));
+        }
+        if cfg.lora.enabled() {
+            return crate::hf::adapter::save(
+                &trainer.state.model,
+                &cfg.lora,
+                &base_name,
+                &ckpt,
+                &extra,
+            );
         }
         // A resumable checkpoint keeps the f32 master weights (a bf16 round trip would change
         // the continued run); the finished one is stored like the input.

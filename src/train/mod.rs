@@ -17,7 +17,7 @@ pub mod state;
 
 use std::time::Instant;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -25,6 +25,7 @@ use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::hf::tokenizer::ChatTokenizer;
 use crate::model::Transformer;
+use crate::model::lora::LoraConfig;
 use crate::train::score::{ScoreOptions, TokenizedPair, score_all, sequence_logprobs};
 use loss::{LossKind, PairLoss, pair_loss_host, pair_losses};
 use optim::{OptimizerKind, Schedule};
@@ -85,6 +86,13 @@ pub struct TrainConfig {
     /// Write a metrics row every N steps.
     #[arg(long, default_value_t = Self::default().logging_steps)]
     pub logging_steps: usize,
+    /// LoRA: train low-rank adapters on the frozen model instead of every weight.
+    #[command(flatten)]
+    pub lora: LoraConfig,
+    /// Gradient checkpointing: recompute cheap activations in the backward pass instead of
+    /// keeping them (burn's balanced strategy keeps the matmul outputs); less memory, more compute.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Upper bound on `positions × vocab` logits alive at once (2²³; not a flag).
     #[arg(skip = Self::default().max_logits)]
     pub max_logits: usize,
@@ -112,12 +120,24 @@ impl Default for TrainConfig {
             data_seed: 42,
             save_every: 0,
             logging_steps: 1,
+            lora: LoraConfig::default(),
+            gradient_checkpointing: false,
             max_logits: 1 << 23,
         }
     }
 }
 
 impl TrainConfig {
+    /// The autodiff device training runs on: `device`'s, checkpointed when asked.
+    pub fn train_device(&self, device: &Device) -> Device {
+        let d = device.clone().autodiff();
+        if self.gradient_checkpointing {
+            d.gradient_checkpointing()
+        } else {
+            d
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
         if !(self.loss.beta > 0.0 && self.loss.beta.is_finite()) {
@@ -153,7 +173,7 @@ impl TrainConfig {
         if self.logging_steps == 0 {
             return bad("logging-steps must be at least 1".into());
         }
-        Ok(())
+        self.lora.validate()
     }
 }
 
@@ -357,7 +377,7 @@ pub fn reward_stats(
 
 /// Gradients of one optimizer step and the log-probs behind them.
 pub struct StepGrads {
-    /// Aligned with [`params_mut`], flattened.
+    /// Aligned with [`trainable_mut`], flattened.
     pub grads: Vec<Tensor<1>>,
     pub policy: PairLogps,
     pub reference: PairLogps,
@@ -422,7 +442,7 @@ impl Trainer {
     }
 
     /// Gradients of the mean loss over the pairs of `micro` (one forward + backward per entry),
-    /// aligned with [`params_mut`], and the policy / reference log-probs of those pairs.
+    /// aligned with [`trainable_mut`], and the policy / reference log-probs of those pairs.
     pub fn gradients(&self, micro: &[Vec<usize>]) -> Result<StepGrads> {
         let n_step: usize = micro.iter().map(Vec::len).sum();
         let mut grads: Option<Vec<Tensor<1>>> = None;
@@ -432,7 +452,8 @@ impl Trainer {
         };
         let mut reference = policy.clone();
         let mut tokens = 0;
-        for idx in micro {
+        for (k, idx) in micro.iter().enumerate() {
+            self.state.seed_dropout(k);
             let (loss, logps) = self.forward(idx);
             let g = loss.div_scalar(n_step as f64).backward();
             let step_grads = param_grads(&self.state.model, &g)?;

@@ -1,7 +1,7 @@
 //! Optimizers (RMSprop, SPIN's choice; AdamW), gradient-norm clipping and learning-rate
 //! schedules, written to match PyTorch / Hugging Face semantics so runs compare with the official
 //! recipes. Parameters are handled flattened (`[numel]`) and in the fixed order of
-//! [`crate::model::named::params_mut`]; state is saved by Hugging Face tensor name.
+//! [`crate::model::named::trainable_mut`]; state is saved by tensor name.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::hf::weights::{HostTensor, StoredDtype, WeightFiles, write_safetensors};
 use crate::model::Transformer;
-use crate::model::named::params_mut;
+use crate::model::named::trainable_mut;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -118,7 +118,7 @@ pub struct Optimizer {
     cfg: OptimConfig,
     /// Optimizer steps taken.
     pub steps: u64,
-    /// Per parameter (in `params_mut` order): first tensor = square average (RMSprop) or first
+    /// Per parameter (in `trainable_mut` order): first tensor = square average (RMSprop) or first
     /// moment (AdamW); second = AdamW's second moment.
     state: Vec<Option<(Tensor<1>, Option<Tensor<1>>)>>,
 }
@@ -151,12 +151,12 @@ impl Optimizer {
         }
     }
 
-    /// One update of every parameter of `model` with `grads` (aligned with `params_mut`), at `lr`.
+    /// One update of every parameter of `model` with `grads` (aligned with `trainable_mut`), at `lr`.
     pub fn step(&mut self, model: &mut Transformer, grads: Vec<Tensor<1>>, lr: f64) {
         self.steps += 1;
         let t = self.steps as i32;
         let wd = self.cfg.weight_decay;
-        let mut params = params_mut(model);
+        let mut params = trainable_mut(model);
         if self.state.len() != params.len() {
             self.state = vec![None; params.len()];
         }
@@ -209,7 +209,7 @@ impl Optimizer {
     /// Saves the state (by parameter name) to a safetensors file.
     pub fn save(&self, path: &Path, model: &Transformer) -> Result<()> {
         let mut m = model.clone();
-        let names: Vec<String> = params_mut(&mut m).into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = trainable_mut(&mut m).into_iter().map(|(n, _)| n).collect();
         let read = |t: &Tensor<1>| -> Result<HostTensor> {
             let data = t
                 .clone()
@@ -249,7 +249,7 @@ impl Optimizer {
     ) -> Result<Self> {
         let files = WeightFiles::open_files(&[path.to_path_buf()])?;
         let mut m = model.clone();
-        let names: Vec<String> = params_mut(&mut m).into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = trainable_mut(&mut m).into_iter().map(|(n, _)| n).collect();
         let mut state = vec![];
         let up = |name: &str| -> Result<Option<Tensor<1>>> {
             if !files.contains(name) {

@@ -67,7 +67,8 @@ impl SftTrainer {
         let mut grads: Option<Vec<burn::tensor::Tensor<1>>> = None;
         let mut nll = 0.0;
         let mut fed = 0;
-        for idx in &micro {
+        for (k, idx) in micro.iter().enumerate() {
+            self.state.seed_dropout(k);
             let batch: Vec<TokenizedPair> = idx.iter().map(|&i| self.seqs[i].clone()).collect();
             fed += batch
                 .iter()
@@ -134,7 +135,7 @@ pub fn tokenize_sft(
 }
 
 /// Fine-tunes the model at `model_path` on `examples`; writes `out/checkpoint` (Hugging Face
-/// layout, the input's dtype) and `out/metrics.jsonl`.
+/// layout, the input's dtype; a PEFT adapter folder with LoRA) and `out/metrics.jsonl`.
 pub fn run_sft(
     model_path: &Path,
     examples: &[SftExample],
@@ -144,7 +145,13 @@ pub fn run_sft(
     mut report: impl FnMut(&SftMetrics, usize),
 ) -> Result<PathBuf> {
     let _lock = crate::manifest::lock_dir(out)?;
-    let bundle = ModelBundle::load(model_path, &device.clone().autodiff())?;
+    let train_device = cfg.train_device(device);
+    let bundle =
+        ModelBundle::load_for_training(model_path, &train_device, &cfg.lora, cfg.data_seed)?;
+    let base_name = match &bundle.adapter {
+        Some(a) => a.base_name.clone(),
+        None => model_path.to_string_lossy().into_owned(),
+    };
     let tok = &bundle.tokenizer;
     let pad = tok.pad_id();
     let seqs = tokenize_sft(tok, examples, cfg)?;
@@ -168,6 +175,10 @@ pub fn run_sft(
         report(&m, t.state.plan.total_steps);
     }
     let ckpt = out.join(CHECKPOINT);
-    checkpoint::save(&t.state.model, &source, &ckpt, dtype, &[])?;
+    if cfg.lora.enabled() {
+        crate::hf::adapter::save(&t.state.model, &cfg.lora, &base_name, &ckpt, &[])?;
+    } else {
+        checkpoint::save(&t.state.model, &source, &ckpt, dtype, &[])?;
+    }
     Ok(ckpt)
 }

@@ -9,7 +9,7 @@ use super::TrainConfig;
 use super::optim::{OptimConfig, Optimizer, grad_norm, lr_at};
 use crate::error::{Error, Result};
 use crate::model::Transformer;
-use crate::model::named::params_mut;
+use crate::model::named::trainable_mut;
 
 /// The order of the pairs in `epoch`: a Fisher–Yates shuffle keyed by (seed, epoch).
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
@@ -60,10 +60,10 @@ impl Plan {
     }
 }
 
-/// The gradient of every parameter in `grads`, aligned with [`params_mut`], flattened.
+/// The gradient of every parameter in `grads`, aligned with [`trainable_mut`], flattened.
 pub fn param_grads(model: &Transformer, grads: &burn::tensor::Gradients) -> Result<Vec<Tensor<1>>> {
     let mut m = model.clone();
-    params_mut(&mut m)
+    trainable_mut(&mut m)
         .iter()
         .map(|(name, p)| {
             p.grad_flat(grads).ok_or_else(|| {
@@ -124,6 +124,16 @@ impl TrainState {
     /// Example indices of each forward pass of the next step, out of `n`.
     pub fn micro_batches(&self, n: usize) -> Vec<Vec<usize>> {
         self.plan.micro_batches(self.step, n, &self.cfg)
+    }
+
+    /// Seeds the device's generator for LoRA dropout in forward pass `micro` of the next step,
+    /// so the masks are a pure function of (seed, step) and a resumed run draws the same ones.
+    pub fn seed_dropout(&self, micro: usize) {
+        if self.cfg.lora.enabled() && self.cfg.lora.dropout > 0.0 {
+            let key = (self.step as u64).wrapping_mul(0x9E37_79B9) ^ micro as u64;
+            let mut rng = crate::rng::SplitMix64(self.cfg.data_seed ^ key);
+            self.model.device().seed(rng.next());
+        }
     }
 
     /// Clips `grads` to `max_grad_norm` and takes the next optimizer step at the scheduled

@@ -342,18 +342,37 @@ pub fn bench_generate(
     wgspin::generate::profile::profile_generate(model, &requests, &opts)
 }
 
+/// The shape of a training benchmark: pairs per step, tokens per sequence and of its prompt,
+/// timed steps.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainShape {
+    pub pairs: usize,
+    pub seq_len: usize,
+    pub prompt_len: usize,
+    pub steps: usize,
+}
+
 /// SPIN training throughput: `pairs` pairs of random sequences of `seq_len` tokens (prompt
 /// `prompt_len`), one optimizer step (RMSprop) per batch, as `scripts/bench_train.py` measures
-/// PyTorch. `model` must live on an autodiff device. Returns (tokens/s, median step seconds).
+/// PyTorch; with `lora` enabled, new adapters on the frozen model. `model` must live on an
+/// autodiff device. Returns (tokens/s, median step seconds).
 pub fn bench_train(
-    model: wgspin::model::Transformer,
+    mut model: wgspin::model::Transformer,
     vocab: usize,
-    pairs: usize,
-    seq_len: usize,
-    prompt_len: usize,
-    steps: usize,
+    shape: TrainShape,
+    lora: &wgspin::model::lora::LoraConfig,
 ) -> Result<(f64, f64)> {
     use wgspin::train::{PairLogps, TrainConfig, TrainPair, Trainer};
+    let TrainShape {
+        pairs,
+        seq_len,
+        prompt_len,
+        steps,
+    } = shape;
+    if lora.enabled() {
+        wgspin::model::lora::attach(&mut model, lora, 0);
+        wgspin::model::lora::freeze_base(&mut model);
+    }
     let mut rng = SplitMix64(7);
     let mut tok = || random_token(&mut rng, vocab);
     let n = pairs * (steps + 1);
@@ -379,6 +398,7 @@ pub fn bench_train(
         warmup_ratio: 0.0,
         max_length: seq_len + 1,
         max_prompt_length: prompt_len,
+        lora: lora.clone(),
         ..Default::default()
     };
     let mut trainer = Trainer::new(model, cfg, data, reference, 0)?;

@@ -169,6 +169,11 @@ pub struct TrainArgs {
     /// Timed steps (after one warmup step).
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    #[command(flatten)]
+    lora: wgspin::model::lora::LoraConfig,
+    /// Recompute activations in the backward pass (as `train --gradient-checkpointing`).
+    #[arg(long)]
+    gradient_checkpointing: bool,
 }
 
 impl TrainArgs {
@@ -180,9 +185,20 @@ impl TrainArgs {
             "need prompt-len < seq-len and steps ≥ 1"
         );
         let dev = self.device.select()?;
-        let (config, model) = self.model.load(&dev.device.clone().autodiff())?;
-        let (tps, secs) =
-            measure::bench_train(model, config.vocab_size, pairs, seq_len, prompt_len, steps)?;
+        self.lora.validate()?;
+        let train_device = wgspin::train::TrainConfig {
+            gradient_checkpointing: self.gradient_checkpointing,
+            ..Default::default()
+        }
+        .train_device(&dev.device);
+        let (config, model) = self.model.load(&train_device)?;
+        let shape = measure::TrainShape {
+            pairs,
+            seq_len,
+            prompt_len,
+            steps,
+        };
+        let (tps, secs) = measure::bench_train(model, config.vocab_size, shape, &self.lora)?;
         let mem = match dev.device.memory_pool_usage() {
             Some(u) => format!(
                 "{:.1} MiB device memory reserved",
@@ -192,8 +208,20 @@ impl TrainArgs {
                 .map(|b| format!("{:.1} MiB peak process RSS", b as f64 / 1048576.0))
                 .unwrap_or_else(|| "memory not reported here".into()),
         };
+        let mut what = if self.lora.enabled() {
+            format!(
+                "LoRA r={} on {} targets",
+                self.lora.rank,
+                self.lora.targets.len()
+            )
+        } else {
+            "full fine-tuning".to_string()
+        };
+        if self.gradient_checkpointing {
+            what += ", gradient checkpointing";
+        }
         println!(
-            "SPIN train step: {pairs} pairs x {seq_len} tokens (prompt {prompt_len}): {secs:.4} s/step (median of {steps}), {tps:.1} tokens/s; {mem}"
+            "SPIN train step ({what}): {pairs} pairs x {seq_len} tokens (prompt {prompt_len}): {secs:.4} s/step (median of {steps}), {tps:.1} tokens/s; {mem}"
         );
         Ok(())
     }

@@ -1,0 +1,62 @@
+//! `wgspin merge`: a LoRA adapter folded into its base, as a plain Hugging Face checkpoint.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use wgspin::hf::bundle::ModelBundle;
+use wgspin::hf::checkpoint;
+use wgspin::hf::weights::StoredDtype;
+use wgspin::model::lora;
+
+use super::args::DeviceArgs;
+
+/// Merge a PEFT LoRA adapter into its base model: writes a Hugging Face checkpoint that
+/// transformers, `wgspin export-gguf` and llama.cpp's converter load without PEFT.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors), e.g. a
+    /// `train --lora-rank` checkpoint.
+    #[arg(long)]
+    adapter: PathBuf,
+    /// The base model folder or .gguf file [default: the adapter's base_model_name_or_path].
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Output folder (must be empty or new; written beside and renamed into place).
+    #[arg(long)]
+    out: PathBuf,
+    /// Storage type of model.safetensors [default: the base's].
+    #[arg(long, value_enum, ignore_case = true)]
+    dtype: Option<StoredDtype>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+impl MergeArgs {
+    pub fn run(self) -> Result<()> {
+        let held = wgspin::fsutil::visible_entries(&self.out);
+        anyhow::ensure!(
+            held.is_empty(),
+            "{} already holds files ({}); choose an empty or new --out",
+            self.out.display(),
+            held.join(", ")
+        );
+        let dev = self.device.select()?;
+        let mut bundle =
+            ModelBundle::load_adapter(&self.adapter, self.base.as_deref(), &dev.device)
+                .with_context(|| format!("loading adapter {}", self.adapter.display()))?;
+        lora::merge(&mut bundle.model);
+        let dtype = self.dtype.unwrap_or(bundle.stored_dtype);
+        checkpoint::save(&bundle.model, &bundle.dir, &self.out, dtype, &[])
+            .with_context(|| format!("writing {}", self.out.display()))?;
+        eprintln!(
+            "merged {} into {} ({}): {}",
+            self.adapter.display(),
+            bundle.dir.display(),
+            dtype.torch_name(),
+            self.out.display()
+        );
+        Ok(())
+    }
+}

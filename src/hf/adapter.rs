@@ -1,0 +1,410 @@
+//! PEFT LoRA adapter folders: `adapter_config.json` + `adapter_model.safetensors`, with PEFT's key
+//! names (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`), so that
+//! `peft.PeftModel.from_pretrained(base, dir)` loads what wgspin writes and wgspin loads what PEFT
+//! writes. The math of an adapter is in [`crate::model::lora`].
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::hf::weights::{HostTensor, StoredDtype, WeightFiles, write_safetensors};
+use crate::model::Transformer;
+use crate::model::lora::{self, Lora, LoraConfig, Target};
+use crate::model::named::adapter_params_mut;
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// What PEFT puts in front of the base model's module paths in its saved keys.
+const KEY_PREFIX: &str = "base_model.model.";
+
+/// Whether `path` is an adapter folder (and not a model folder).
+pub fn is_adapter_dir(path: &Path) -> bool {
+    path.is_dir() && path.join(CONFIG_FILE).is_file()
+}
+
+/// A LoRA adapter read from its folder, checked against the settings wgspin supports.
+pub struct Adapter {
+    pub dir: PathBuf,
+    /// Rank, alpha and the projections that carry an adapter (from the weights' keys).
+    pub lora: LoraConfig,
+    /// α / r, or α / √r with rsLoRA.
+    pub scale: f64,
+    /// `base_model_name_or_path` as written.
+    pub base_name: String,
+    weights: WeightFiles,
+}
+
+fn config_err(dir: &Path, message: String) -> Error {
+    Error::Config {
+        path: dir.join(CONFIG_FILE),
+        message,
+    }
+}
+
+/// `model.layers.L.self_attn.q_proj.lora_A.weight` → (L, q, is_A).
+fn parse_key(name: &str) -> Option<(usize, Target, bool)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, ab) = rest.rsplit_once(".lora_")?;
+    let is_a = match ab {
+        "A.weight" => true,
+        "B.weight" => false,
+        _ => return None,
+    };
+    let target: Target = module.rsplit('.').next()?.parse().ok()?;
+    (target.module_path(0).split_once("0.")?.1 == module).then_some(())?;
+    Some((layer.parse().ok()?, target, is_a))
+}
+
+impl Adapter {
+    /// Reads `dir/adapter_config.json` and the headers of its weights. Refuses what it would
+    /// compute wrongly: other PEFT types, DoRA, per-module rank or alpha patterns, trained biases,
+    /// modules saved whole, and keys that are not LoRA matrices of the decoder's projections.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(CONFIG_FILE);
+        let text = crate::fsutil::read_text(&path).map_err(|e| Error::io(&path, e))?;
+        let cfg: Value =
+            serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
+        let field = |k: &str| cfg.get(k).unwrap_or(&Value::Null);
+        let peft_type = field("peft_type").as_str().unwrap_or("");
+        if peft_type != "LORA" {
+            return Err(config_err(
+                dir,
+                format!("peft_type is {peft_type:?}; wgspin reads LoRA adapters only (\"LORA\")"),
+            ));
+        }
+        let truthy = |v: &Value| match v {
+            Value::Null | Value::Bool(false) => false,
+            Value::Object(o) => !o.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::String(s) => !s.is_empty() && s != "none",
+            _ => true,
+        };
+        for (key, why) in [
+            ("use_dora", "DoRA adapters are not supported"),
+            (
+                "fan_in_fan_out",
+                "fan_in_fan_out (Conv1D layers) is not a Llama/Qwen2 layout",
+            ),
+            ("rank_pattern", "per-module ranks are not supported"),
+            ("alpha_pattern", "per-module alphas are not supported"),
+            (
+                "modules_to_save",
+                "fully trained extra modules are not supported",
+            ),
+            (
+                "bias",
+                "trained biases are not supported (bias must be \"none\")",
+            ),
+            ("layer_replication", "layer replication is not supported"),
+            (
+                "layers_to_transform",
+                "adapters on some layers only are not supported",
+            ),
+            ("use_qalora", "QA-LoRA is not supported"),
+            ("alora_invocation_tokens", "activated LoRA is not supported"),
+            ("use_bdlora", "block-diagonal LoRA is not supported"),
+            ("lora_bias", "LoRA biases are not supported"),
+            (
+                "target_parameters",
+                "adapters on raw parameters are not supported",
+            ),
+            (
+                "trainable_token_indices",
+                "trained token embeddings are not supported",
+            ),
+        ] {
+            if truthy(field(key)) {
+                return Err(config_err(dir, format!("{key} = {}: {why}", field(key))));
+            }
+        }
+        let rank = field("r").as_u64().filter(|&r| r > 0).ok_or_else(|| {
+            config_err(
+                dir,
+                format!("\"r\" must be a positive integer, got {}", field("r")),
+            )
+        })? as usize;
+        let alpha = field("lora_alpha")
+            .as_f64()
+            .filter(|a| *a > 0.0 && a.is_finite())
+            .ok_or_else(|| {
+                config_err(
+                    dir,
+                    format!("\"lora_alpha\" must be > 0, got {}", field("lora_alpha")),
+                )
+            })?;
+        let scale = if field("use_rslora").as_bool() == Some(true) {
+            alpha / (rank as f64).sqrt()
+        } else {
+            alpha / rank as f64
+        };
+        let base_name = field("base_model_name_or_path")
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let weights = WeightFiles::open_files(&[dir.join(WEIGHTS_FILE)])?;
+        let mut targets = BTreeSet::new();
+        for key in weights.names() {
+            let parsed = key.strip_prefix(KEY_PREFIX).and_then(parse_key);
+            let Some((_, target, _)) = parsed else {
+                return Err(Error::Tensor {
+                    path: weights.path_of(key),
+                    name: key.to_string(),
+                    message: "not a LoRA matrix of a decoder projection \
+                              (base_model.model.model.layers.N.<module>.lora_A/B.weight)"
+                        .into(),
+                });
+            };
+            targets.insert(target);
+        }
+        let lora = LoraConfig {
+            rank,
+            alpha: Some(alpha),
+            dropout: field("lora_dropout").as_f64().unwrap_or(0.0),
+            targets: targets.into_iter().collect(),
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            lora,
+            scale,
+            base_name,
+            weights,
+        })
+    }
+
+    /// The base model folder or GGUF file: `base_model_name_or_path` as a path from the working
+    /// directory, else from the adapter folder or the folder around it. A hub id is not fetched.
+    pub fn base_path(&self) -> Result<PathBuf> {
+        if self.base_name.is_empty() {
+            return Err(config_err(
+                &self.dir,
+                "has no base_model_name_or_path; set it to the base model's folder".into(),
+            ));
+        }
+        let given = PathBuf::from(&self.base_name);
+        let parent = self.dir.parent().unwrap_or(Path::new("."));
+        [given.clone(), self.dir.join(&given), parent.join(&given)]
+            .into_iter()
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                config_err(
+                    &self.dir,
+                    format!(
+                        "base_model_name_or_path {:?} is not a local model folder or .gguf file \
+                         (wgspin does not download models); download the base model and set \
+                         base_model_name_or_path to its path",
+                        self.base_name
+                    ),
+                )
+            })
+    }
+
+    /// Puts this adapter on `model` (unmerged, without dropout), checking every matrix's shape
+    /// against the projection it wraps and that every matrix of the file finds its projection.
+    pub fn apply(&self, model: &mut Transformer) -> Result<()> {
+        let device = model.device();
+        let mut used = 0;
+        for (l, target, lin) in lora::targets_mut(model) {
+            if !self.lora.targets.contains(&target) {
+                continue;
+            }
+            let path = target.module_path(l);
+            let [out, inp] = lin.weight.val().dims();
+            let r = self.lora.rank;
+            let mut read = |ab: &str, shape: [usize; 2]| -> Result<Param<Tensor<2>>> {
+                let key = format!("{KEY_PREFIX}{path}.lora_{ab}.weight");
+                let t = self.weights.read(&key)?;
+                if t.shape != shape {
+                    return Err(Error::Tensor {
+                        path: self.weights.path_of(&key),
+                        name: key,
+                        message: format!(
+                            "has shape {:?} but rank {r} on a [{out}, {inp}] projection needs {shape:?}",
+                            t.shape
+                        ),
+                    });
+                }
+                if let Some(bad) = t.data.iter().find(|x| !x.is_finite()) {
+                    return Err(Error::Tensor {
+                        path: self.weights.path_of(&key),
+                        name: key,
+                        message: format!("holds {bad}: the adapter is corrupt"),
+                    });
+                }
+                used += 1;
+                let t = Tensor::<2>::from_data(TensorData::new(t.data, shape), &device);
+                let t = if device.is_autodiff() {
+                    t.autodiff().require_grad()
+                } else {
+                    t
+                };
+                Ok(Param::from_tensor(t))
+            };
+            let a = read("A", [r, inp])?;
+            let b = read("B", [out, r])?;
+            lin.lora = Some(Lora {
+                a,
+                b,
+                scale: self.scale,
+                dropout: 0.0,
+            });
+        }
+        let held = self.weights.names().count();
+        if used != held {
+            return Err(Error::Invalid(format!(
+                "{}: holds {held} LoRA matrices but the model has projections for {used}; \
+                 the adapter was made for a model with more layers",
+                self.dir.join(WEIGHTS_FILE).display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The PEFT release whose `adapter_config.json` fields [`config_json`] writes (PEFT fills what a
+/// file lacks with its defaults, and warns when an adapter comes from a newer release).
+pub const PEFT_LAYOUT_VERSION: &str = "0.21.2";
+
+/// `adapter_config.json` as PEFT writes it for a causal-LM LoRA adapter: every field of
+/// [`PEFT_LAYOUT_VERSION`], at its default where wgspin has no setting for it.
+pub fn config_json(cfg: &LoraConfig, base_name: &str) -> Value {
+    let targets: Vec<&str> = cfg.targets.iter().map(|t| t.module_name()).collect();
+    let alpha = cfg.alpha();
+    // PEFT writes an integer alpha as an integer (its lora_alpha is an int field).
+    let alpha = if alpha.fract() == 0.0 && alpha < 1e15 {
+        json!(alpha as u64)
+    } else {
+        json!(alpha)
+    };
+    json!({
+        "alora_invocation_tokens": null,
+        "alpha_pattern": {},
+        "arrow_config": null,
+        "auto_mapping": null,
+        "base_model_name_or_path": base_name,
+        "bias": "none",
+        "corda_config": null,
+        "ensure_weight_tying": false,
+        "eva_config": null,
+        "exclude_modules": null,
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "kasa_config": null,
+        "layer_replication": null,
+        "layers_pattern": null,
+        "layers_to_transform": null,
+        "loftq_config": {},
+        "lora_alpha": alpha,
+        "lora_bias": false,
+        "lora_dropout": cfg.dropout,
+        "lora_ga_config": null,
+        "megatron_config": null,
+        "megatron_core": "megatron.core",
+        "modules_to_save": null,
+        "monteclora_config": null,
+        "peft_type": "LORA",
+        "peft_version": PEFT_LAYOUT_VERSION,
+        "qalora_group_size": 16,
+        "r": cfg.rank,
+        "rank_pattern": {},
+        "revision": null,
+        "target_modules": targets,
+        "target_parameters": null,
+        "task_type": "CAUSAL_LM",
+        "trainable_token_indices": null,
+        "use_bdlora": null,
+        "use_dora": false,
+        "use_qalora": false,
+        "use_rslora": false,
+        "velora_config": null
+    })
+}
+
+/// The adapters of `model` under PEFT's keys, f32.
+pub fn adapter_tensors(model: &Transformer) -> Result<Vec<(String, HostTensor)>> {
+    let mut m = model.clone();
+    adapter_params_mut(&mut m)
+        .into_iter()
+        .map(|(name, p)| {
+            let shape = p.shape();
+            let data = crate::train::state::read_f32(p.value_flat(), &name)?;
+            Ok((
+                format!("{KEY_PREFIX}{name}"),
+                HostTensor {
+                    shape,
+                    data,
+                    dtype: StoredDtype::F32,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Writes `model`'s adapters as a PEFT adapter folder at `dest` (replacing it atomically), with
+/// `extra` files beside them.
+pub fn save(
+    model: &Transformer,
+    cfg: &LoraConfig,
+    base_name: &str,
+    dest: &Path,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<()> {
+    let tensors = adapter_tensors(model)?;
+    if tensors.is_empty() {
+        return Err(Error::Invalid(
+            "the model carries no LoRA adapter to save".into(),
+        ));
+    }
+    crate::hf::checkpoint::save_folder(dest, |tmp| {
+        let config = serde_json::to_string_pretty(&config_json(cfg, base_name)).unwrap_or_default();
+        crate::fsutil::write_atomic(&tmp.join(CONFIG_FILE), config.as_bytes())?;
+        write_safetensors(
+            &tmp.join(WEIGHTS_FILE),
+            tensors.iter().map(|(name, t)| (name, t)),
+            StoredDtype::F32,
+            Some(
+                [("format".to_string(), "pt".to_string())]
+                    .into_iter()
+                    .collect(),
+            ),
+        )?;
+        let card = format!(
+            "---\nbase_model: {base_name}\nlibrary_name: peft\ntags:\n- wgspin\n- lora\n---\n\n\
+             A LoRA adapter (rank {}, alpha {}) trained with wgspin on `{base_name}`. Load it with \
+             `peft.PeftModel.from_pretrained(base, this_folder)`, or merge it with `wgspin merge`.\n",
+            cfg.rank,
+            cfg.alpha()
+        );
+        crate::fsutil::write_atomic(&tmp.join(crate::gguf::card::CARD_FILE), card.as_bytes())?;
+        crate::hf::checkpoint::write_extra(tmp, extra)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_to_layer_target_and_matrix() {
+        assert_eq!(
+            parse_key("model.layers.12.self_attn.q_proj.lora_A.weight"),
+            Some((12, Target::Q, true))
+        );
+        assert_eq!(
+            parse_key("model.layers.0.mlp.down_proj.lora_B.weight"),
+            Some((0, Target::Down, false))
+        );
+        // A module under the wrong parent, an embedding, PEFT's in-memory adapter name.
+        assert_eq!(parse_key("model.layers.0.mlp.q_proj.lora_A.weight"), None);
+        assert_eq!(parse_key("model.embed_tokens.lora_embedding_A"), None);
+        assert_eq!(
+            parse_key("model.layers.0.self_attn.q_proj.lora_A.default.weight"),
+            None
+        );
+    }
+}

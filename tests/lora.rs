@@ -5,6 +5,7 @@
 
 mod common;
 
+use burn::tensor::Tensor;
 use common::*;
 use serde_json::Value;
 use wgspin::ModelBundle;
@@ -275,6 +276,76 @@ fn lora_loss_gradients_and_rmsprop_step_match_peft() {
             );
         }
     }
+}
+
+#[test]
+fn lora_with_gradient_checkpointing_gives_the_same_gradients_and_keeps_it() {
+    let all = json("peft_reference.json");
+    let name = "tiny-qwen2-f32";
+    let r = &all[name];
+    let dev = cpu_device();
+    let dir = fixture(r["adapter"].as_str().unwrap());
+    let cfg = TrainConfig {
+        gradient_checkpointing: true,
+        ..train_cfg()
+    };
+    let fresh = |cfg: &TrainConfig| {
+        let mut b = ModelBundle::load_for_training(
+            &fixture(name),
+            &cfg.train_device(&dev.device),
+            &cfg.lora,
+            5,
+        )
+        .unwrap();
+        // Non-zero B, so every adapter matrix gets a gradient.
+        let peft = ModelBundle::load_unmerged(&dir, &dev.device).unwrap();
+        let mut src = peft.model.clone();
+        let values: Vec<Vec<f32>> = trainable_mut(&mut src)
+            .into_iter()
+            .map(|(_, p)| floats(p.value_flat()))
+            .collect();
+        for ((_, mut p), v) in trainable_mut(&mut b.model).into_iter().zip(values) {
+            let n = v.len();
+            p.set_flat(Tensor::from_data(
+                burn::tensor::TensorData::new(v, [n]),
+                &dev.device,
+            ));
+        }
+        let reference = logps(&peft, &pairs_of(name));
+        let pad = b.tokenizer.pad_id();
+        Trainer::new(b.model, cfg.clone(), pairs_of(name), reference, pad).unwrap()
+    };
+    let plain = fresh(&train_cfg()).gradients(&[vec![0, 1, 2]]).unwrap();
+    let mut ck = fresh(&cfg);
+    let got = ck.gradients(&[vec![0, 1, 2]]).unwrap();
+    for (i, (a, b)) in plain.grads.iter().zip(&got.grads).enumerate() {
+        let (a, b) = (floats(a.clone()), floats(b.clone()));
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-5 * scale,
+            "adapter tensor {i}: max |Δ| {worst} of {scale}"
+        );
+    }
+    ck.train_step().unwrap();
+    ck.train_step()
+        .unwrap_or_else(|e| panic!("a second checkpointed step: {e}"));
+    let a = ck.state.model.layers[0]
+        .attn
+        .q
+        .lora
+        .as_ref()
+        .unwrap()
+        .a
+        .val();
+    assert_eq!(
+        a.gradient_checkpointing_strategy(),
+        Some(burn::tensor::GradientCheckpointingStrategy::Balanced)
+    );
 }
 
 #[test]

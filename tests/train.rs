@@ -222,6 +222,7 @@ fn gradient_checkpointing_gives_the_same_gradients() {
                 .gradient_checkpointing_strategy(),
             Some(burn::tensor::GradientCheckpointingStrategy::Balanced)
         );
+        let mut checkpointed = checkpointed;
         let ck = checkpointed.gradients(&[vec![0, 1, 2]]).unwrap();
         assert_eq!(plain.grads.len(), ck.grads.len());
         for (i, (a, b)) in plain.grads.iter().zip(&ck.grads).enumerate() {
@@ -237,6 +238,21 @@ fn gradient_checkpointing_gives_the_same_gradients() {
                 "{name} tensor {i}: max |Δ| {worst} of {scale} with checkpointing"
             );
         }
+        // Updated weights stay on the checkpointed graph (a step once reset them to the default).
+        checkpointed.train_step().unwrap();
+        let m = &checkpointed.state.model;
+        let balanced = Some(burn::tensor::GradientCheckpointingStrategy::Balanced);
+        assert_eq!(m.embed.val().gradient_checkpointing_strategy(), balanced);
+        assert_eq!(
+            m.layers[1]
+                .mlp
+                .down
+                .weight
+                .val()
+                .gradient_checkpointing_strategy(),
+            balanced,
+            "{name}: after one step"
+        );
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -206,14 +206,14 @@ impl Adapter {
     /// Puts this adapter on `model` (unmerged, without dropout), checking every matrix's shape
     /// against the projection it wraps and that every matrix of the file finds its projection.
     pub fn apply(&self, model: &mut Transformer) -> Result<()> {
-        let device = model.device();
         let mut used = 0;
         for (l, target, lin) in lora::targets_mut(model) {
             if !self.lora.targets.contains(&target) {
                 continue;
             }
             let path = target.module_path(l);
-            let [out, inp] = lin.weight.val().dims();
+            let like = lin.weight.val();
+            let [out, inp] = like.dims();
             let r = self.lora.rank;
             let mut read = |ab: &str, shape: [usize; 2]| -> Result<Param<Tensor<2>>> {
                 let key = format!("{KEY_PREFIX}{path}.lora_{ab}.weight");
@@ -236,13 +236,7 @@ impl Adapter {
                     });
                 }
                 used += 1;
-                let t = Tensor::<2>::from_data(TensorData::new(t.data, shape), &device);
-                let t = if device.is_autodiff() {
-                    t.autodiff().require_grad()
-                } else {
-                    t
-                };
-                Ok(Param::from_tensor(t))
+                Ok(lora::upload(t.data, shape, &like))
             };
             let a = read("A", [r, inp])?;
             let b = read("B", [out, r])?;

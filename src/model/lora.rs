@@ -10,11 +10,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::Transformer;
 use super::layers::Linear;
+use super::named::leaf_like;
 use crate::error::{Error, Result};
 use crate::hf::names::{self as hf_names, LayerTensor};
 
@@ -228,35 +229,31 @@ pub fn has_adapters(m: &Transformer) -> bool {
     })
 }
 
-fn upload(data: Vec<f32>, shape: [usize; 2], device: &Device) -> Param<Tensor<2>> {
-    let t = Tensor::<2>::from_data(TensorData::new(data, shape), device);
-    let t = if device.is_autodiff() {
-        t.autodiff().require_grad()
-    } else {
-        t
-    };
-    Param::from_tensor(t)
+/// A trainable `[rows, cols]` matrix beside `like` (its device and autodiff context).
+pub fn upload(data: Vec<f32>, shape: [usize; 2], like: &Tensor<2>) -> Param<Tensor<2>> {
+    let t = Tensor::<2>::from_data(TensorData::new(data, shape), &like.device());
+    Param::from_tensor(leaf_like(t, like))
 }
 
 /// New adapters on `cfg.targets`, initialised as PEFT does by default: `A` uniform in
 /// ±1/√in (kaiming-uniform with a = √5), `B` zero, so the model starts as the base. `A` is drawn
 /// from `seed` on the host, so the start is the same on every backend.
 pub fn attach(m: &mut Transformer, cfg: &LoraConfig, seed: u64) {
-    let device = m.device();
     let mut rng = crate::rng::SplitMix64(seed ^ 0x4C6F_5241_0000_0001);
     let scale = cfg.alpha() / cfg.rank as f64;
     for (_, target, lin) in targets_mut(m) {
         if !cfg.targets.contains(&target) {
             continue;
         }
-        let [out, inp] = lin.weight.val().dims();
+        let like = lin.weight.val();
+        let [out, inp] = like.dims();
         let bound = 1.0 / (inp as f32).sqrt();
         let a: Vec<f32> = (0..cfg.rank * inp)
             .map(|_| (2.0 * rng.uniform() - 1.0) * bound)
             .collect();
         lin.lora = Some(Lora {
-            a: upload(a, [cfg.rank, inp], &device),
-            b: upload(vec![0.0; out * cfg.rank], [out, cfg.rank], &device),
+            a: upload(a, [cfg.rank, inp], &like),
+            b: upload(vec![0.0; out * cfg.rank], [out, cfg.rank], &like),
             scale,
             dropout: cfg.dropout,
         });
@@ -285,9 +282,9 @@ pub fn freeze_base(m: &mut Transformer) {
 pub fn merge(m: &mut Transformer) {
     for (_, _, lin) in targets_mut(m) {
         if let Some(l) = lin.lora.take() {
-            let autodiff = lin.weight.val().is_autodiff();
-            let w = lin.weight.val().inner() + l.delta();
-            lin.weight = Param::from_tensor(if autodiff { w.autodiff() } else { w });
+            let old = lin.weight.val();
+            let w = old.clone().inner() + l.delta();
+            lin.weight = Param::from_tensor(leaf_like(w, &old));
         }
     }
 }

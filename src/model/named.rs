@@ -64,21 +64,28 @@ impl ParamRef<'_> {
         }
     }
 
-    /// Replaces the value with `flat` (reshaped to this parameter's shape); on an autodiff
-    /// device the new value is a fresh leaf that requires grad.
+    /// Replaces the value with `flat` (reshaped to this parameter's shape); under autodiff the
+    /// new value is a fresh leaf that requires grad, with the old value's checkpointing strategy.
     pub fn set_flat(&mut self, flat: Tensor<1>) {
-        let leaf = |t: Tensor<1>, autodiff: bool| if autodiff { t.autodiff() } else { t };
         match self {
-            ParamRef::One(p) => {
-                let ad = p.val().is_autodiff();
-                **p = Param::from_tensor(leaf(flat, ad));
-            }
+            ParamRef::One(p) => **p = Param::from_tensor(leaf_like(flat, &p.val())),
             ParamRef::Two(p) => {
-                let ad = p.val().is_autodiff();
-                let [a, b] = p.val().dims();
-                **p = Param::from_tensor(leaf(flat, ad).reshape([a, b]));
+                let old = p.val();
+                let [a, b] = old.dims();
+                **p = Param::from_tensor(leaf_like(flat.reshape([a, b]), &old));
             }
         }
+    }
+}
+
+/// `t` with the autodiff context of `like`: plain when `like` is, else autodiff with `like`'s
+/// gradient-checkpointing strategy. A device read back from a tensor does not carry that strategy,
+/// and tensors of two strategies cannot meet in one operation, so new parameters take it from
+/// their neighbours.
+pub fn leaf_like<const D: usize, const E: usize>(t: Tensor<D>, like: &Tensor<E>) -> Tensor<D> {
+    match like.gradient_checkpointing_strategy() {
+        Some(strategy) => t.autodiff().with_gradient_checkpointing_strategy(strategy),
+        None => t,
     }
 }
 

@@ -184,6 +184,23 @@ fn named(t: &Trainer) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// Every value of `got` within 1e-4 of the largest |PEFT value|.
+fn assert_values(label: &str, got: &[f32], want: &Value) {
+    let want = f64s(want);
+    assert_eq!(got.len(), want.len(), "{label}: sizes");
+    let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0f64, f64::max);
+    eprintln!("{label}: max |Δ| {worst:.2e} of max |value| {scale:.2e}");
+    assert!(
+        worst <= 1e-4 * scale,
+        "{label}: max |Δ| {worst} vs scale {scale}"
+    );
+}
+
 fn norm(v: &[f32]) -> f64 {
     v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
 }
@@ -227,18 +244,10 @@ fn lora_loss_gradients_and_rmsprop_step_match_peft() {
         }
         for (n, want) in r["grads"].as_object().unwrap() {
             let i = names.iter().position(|x| x == n).unwrap();
-            let got = floats(g.grads[i].clone());
-            let want = f64s(want);
-            let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .fold(0f64, f64::max);
-            eprintln!("{name} grad {n}: max |Δ| {worst:.2e} of max |g| {scale:.2e}");
-            assert!(
-                worst <= 1e-4 * scale,
-                "{name} grad {n}: max |Δ| {worst} vs scale {scale}"
+            assert_values(
+                &format!("{name} grad {n}"),
+                &floats(g.grads[i].clone()),
+                want,
             );
         }
 
@@ -254,18 +263,7 @@ fn lora_loss_gradients_and_rmsprop_step_match_peft() {
         let after = named(&t);
         for (n, want) in r["after_rmsprop"].as_object().unwrap() {
             let got = &after.iter().find(|(x, _)| x == n).unwrap().1;
-            let want = f64s(want);
-            let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .fold(0f64, f64::max);
-            eprintln!("{name} after RMSprop {n}: max |Δ| {worst:.2e} of {scale:.2e}");
-            assert!(
-                worst <= 1e-4 * scale,
-                "{name} {n} after one step: max |Δ| {worst}"
-            );
+            assert_values(&format!("{name} after RMSprop {n}"), got, want);
         }
         let mut m = t.state.model.clone();
         for ((n, p), before) in params_mut(&mut m).into_iter().zip(base_before) {
@@ -465,23 +463,6 @@ fn lora_targets_and_alpha_parse_and_resolve() {
         .validate()
         .is_err()
     );
-}
-
-fn write_pairs(path: &std::path::Path) {
-    let mut text = String::new();
-    for i in 0..8 {
-        let row = wgspin::generate::job::spin_row(
-            &format!("q{i}"),
-            &format!("question number {i}?"),
-            &format!("the human answer is {}", i * 7),
-            &format!("model says {} {}", i, "la ".repeat(i)),
-            "eos",
-            3,
-        );
-        text += &row.to_string();
-        text.push('\n');
-    }
-    std::fs::write(path, text).unwrap();
 }
 
 fn adapter_values(dir: &std::path::Path) -> Vec<(String, Vec<f32>)> {

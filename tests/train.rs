@@ -351,23 +351,6 @@ fn train_args(pairs: &std::path::Path, out: &std::path::Path) -> Vec<String> {
     )
 }
 
-fn write_pairs(path: &std::path::Path) {
-    let mut text = String::new();
-    for i in 0..8 {
-        let row = wgspin::generate::job::spin_row(
-            &format!("q{i}"),
-            &format!("question number {i}?"),
-            &format!("the human answer is {}", i * 7),
-            &format!("model says {} {}", i, "la ".repeat(i)),
-            "eos",
-            3,
-        );
-        text += &row.to_string();
-        text.push('\n');
-    }
-    std::fs::write(path, text).unwrap();
-}
-
 fn losses(out: &std::path::Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()

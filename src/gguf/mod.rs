@@ -414,12 +414,11 @@ impl GgufModel {
                 &self.tokenizer,
                 dtype,
             )?;
-            let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
             crate::hf::weights::write_safetensors(
                 &tmp.join("model.safetensors"),
                 &self.weights.tensors,
                 dtype,
-                Some(meta),
+                crate::hf::weights::pt_metadata(),
             )?;
             std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
         })();

@@ -361,11 +361,7 @@ pub fn save(
             &tmp.join(WEIGHTS_FILE),
             tensors.iter().map(|(name, t)| (name, t)),
             StoredDtype::F32,
-            Some(
-                [("format".to_string(), "pt".to_string())]
-                    .into_iter()
-                    .collect(),
-            ),
+            crate::hf::weights::pt_metadata(),
         )?;
         let card = format!(
             "---\nbase_model: {base_name}\nlibrary_name: peft\ntags:\n- wgspin\n- lora\n---\n\n\

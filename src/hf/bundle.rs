@@ -60,6 +60,15 @@ impl ModelBundle {
         stop
     }
 
+    /// The `base_model_name_or_path` an adapter trained from this bundle records: a continued
+    /// adapter keeps its base; a new one names `model_path`, the model it was put on.
+    pub fn adapter_base_name(&self, model_path: &Path) -> String {
+        match &self.adapter {
+            Some(a) => a.base_name.clone(),
+            None => model_path.to_string_lossy().into_owned(),
+        }
+    }
+
     /// What `--model` named: the adapter folder, or the model itself.
     pub fn source_path(&self) -> &Path {
         self.adapter.as_ref().map_or(&self.dir, |a| &a.dir)

@@ -69,11 +69,7 @@ pub fn save(
             &tmp.join("model.safetensors"),
             tensors.iter().map(|(name, t)| (name, t)),
             dtype,
-            Some(
-                [("format".to_string(), "pt".to_string())]
-                    .into_iter()
-                    .collect(),
-            ),
+            crate::hf::weights::pt_metadata(),
         )?;
         write_extra(tmp, extra)
     })

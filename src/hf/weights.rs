@@ -453,6 +453,11 @@ impl View for Encoded<'_> {
 /// Writes f32 host tensors to a safetensors file in the given storage type. Written to a temporary
 /// file next to `path` and renamed, so a crash never leaves a half-written checkpoint. Each
 /// tensor is encoded as it is written: besides `tensors`, at most one encoded tensor is in memory.
+/// The header metadata transformers writes (`{"format": "pt"}`), which its loader checks.
+pub fn pt_metadata() -> Option<HashMap<String, String>> {
+    Some(HashMap::from([("format".to_string(), "pt".to_string())]))
+}
+
 pub fn write_safetensors<'a, S>(
     path: &Path,
     tensors: impl IntoIterator<Item = (S, &'a HostTensor)>,

@@ -244,11 +244,7 @@ pub fn run_train(
     let train_device = cfg.train_device(device);
     let player =
         ModelBundle::load_for_training(load_from, &train_device, &cfg.lora, cfg.data_seed)?;
-    // A continued adapter keeps the base it was made on; a new one names the input model.
-    let base_name = match &player.adapter {
-        Some(a) => a.base_name.clone(),
-        None => model_path.to_string_lossy().into_owned(),
-    };
+    let base_name = player.adapter_base_name(model_path);
     let mut trainer = Trainer::new(player.model, cfg.clone(), pairs, reference, pad)?;
     if state.is_some() {
         trainer.state.step = resume_step;

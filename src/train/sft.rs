@@ -148,10 +148,7 @@ pub fn run_sft(
     let train_device = cfg.train_device(device);
     let bundle =
         ModelBundle::load_for_training(model_path, &train_device, &cfg.lora, cfg.data_seed)?;
-    let base_name = match &bundle.adapter {
-        Some(a) => a.base_name.clone(),
-        None => model_path.to_string_lossy().into_owned(),
-    };
+    let base_name = bundle.adapter_base_name(model_path);
     let tok = &bundle.tokenizer;
     let pad = tok.pad_id();
     let seqs = tokenize_sft(tok, examples, cfg)?;

@@ -324,3 +324,21 @@ pub fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     f(&mut v);
     std::fs::write(path, v.to_string()).unwrap();
 }
+
+/// Eight SPIN pairs (the output shape of `wgspin generate`) for the training jobs' tests.
+pub fn write_pairs(path: &Path) {
+    let mut text = String::new();
+    for i in 0..8 {
+        let row = wgspin::generate::job::spin_row(
+            &format!("q{i}"),
+            &format!("question number {i}?"),
+            &format!("the human answer is {}", i * 7),
+            &format!("model says {} {}", i, "la ".repeat(i)),
+            "eos",
+            3,
+        );
+        text += &row.to_string();
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}

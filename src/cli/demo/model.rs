@@ -129,10 +129,6 @@ pub fn write_base_model(dir: &Path, seed: u64) -> Result<()> {
         &dir.join("model.safetensors"),
         tensors.iter().map(|(name, t)| (name, t)),
         StoredDtype::F32,
-        Some(
-            [("format".to_string(), "pt".to_string())]
-                .into_iter()
-                .collect(),
-        ),
+        wgspin::hf::weights::pt_metadata(),
     )
 }

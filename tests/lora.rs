@@ -515,6 +515,32 @@ fn lora_dropout_draws_from_the_device_seed_in_training_only() {
 }
 
 #[test]
+fn continuing_an_adapter_with_other_settings_is_refused_naming_them() {
+    let all = json("peft_reference.json");
+    let dir = fixture(all["tiny-llama-bf16"]["adapter"].as_str().unwrap());
+    let dev = cpu_device().device.autodiff();
+    let try_with = |cfg: LoraConfig| {
+        ModelBundle::load_for_training(&dir, &dev, &cfg, 1)
+            .err()
+            .map(|e| e.to_string())
+    };
+    // Its own settings, targets in another order: continued.
+    let mut same = lora_cfg(4, 8.0);
+    same.targets.reverse();
+    assert_eq!(try_with(same), None);
+    let err = try_with(lora_cfg(8, 16.0)).unwrap();
+    assert_mentions(&err, &["rank 4", "--lora-rank 8", "merge"]);
+    let err = try_with(lora_cfg(4, 16.0)).unwrap();
+    assert_mentions(&err, &["scale 2", "--lora-alpha 16"]);
+    let err = try_with(LoraConfig {
+        targets: vec![lora::Target::Q],
+        ..lora_cfg(4, 8.0)
+    })
+    .unwrap();
+    assert_mentions(&err, &["--lora-targets q_proj were asked"]);
+}
+
+#[test]
 fn lora_targets_and_alpha_parse_and_resolve() {
     let t: Vec<lora::Target> = ["q", "k_proj", "down"]
         .iter()

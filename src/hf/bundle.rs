@@ -21,6 +21,8 @@ pub struct AdapterSource {
     /// `base_model_name_or_path` as the adapter recorded it (what a continued adapter keeps).
     pub base_name: String,
     pub lora: LoraConfig,
+    /// The scale its update is multiplied by (α / r, or α / √r with rsLoRA).
+    pub scale: f64,
 }
 
 pub struct ModelBundle {
@@ -117,6 +119,7 @@ impl ModelBundle {
             dir: path.to_path_buf(),
             base_name: a.base_name.clone(),
             lora: a.lora.clone(),
+            scale: a.scale,
         });
         Ok(b)
     }
@@ -133,15 +136,31 @@ impl ModelBundle {
             return Self::load(path, device);
         }
         let mut b = Self::load_unmerged(path, device)?;
+        let sorted = |t: &[lora::Target]| {
+            let mut t = t.to_vec();
+            t.sort();
+            t
+        };
         match &b.adapter {
-            Some(a) if a.lora.rank != cfg.rank || a.lora.targets != cfg.targets => {
+            // Saving writes the flags' rank, alpha and targets: they must be the adapter's.
+            Some(a)
+                if a.lora.rank != cfg.rank
+                    || sorted(&a.lora.targets) != sorted(&cfg.targets)
+                    || (a.scale - cfg.alpha() / cfg.rank as f64).abs() > 1e-12 * a.scale.abs() =>
+            {
                 return Err(Error::Invalid(format!(
-                    "{}: the adapter there has rank {} on {:?}, but --lora-rank {} --lora-targets                      {:?} were asked for; pass its settings to continue it, or merge it first                      (`wgspin merge`) to train a new adapter on top",
+                    "{}: the adapter there has rank {}, scale {} on {}, but --lora-rank {} \
+                     --lora-alpha {} --lora-targets {} were asked for (scale {}); pass its \
+                     settings to continue it, or merge it first (`wgspin merge`) to train a new \
+                     adapter on top",
                     a.dir.display(),
                     a.lora.rank,
-                    a.lora.targets,
+                    a.scale,
+                    lora::target_list(&a.lora.targets),
                     cfg.rank,
-                    cfg.targets
+                    cfg.alpha(),
+                    lora::target_list(&cfg.targets),
+                    cfg.alpha() / cfg.rank as f64
                 )));
             }
             Some(_) => {}

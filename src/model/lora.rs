@@ -103,6 +103,15 @@ impl fmt::Display for Target {
     }
 }
 
+/// `q_proj,v_proj`: targets as the flag and PEFT name them.
+pub fn target_list(targets: &[Target]) -> String {
+    targets
+        .iter()
+        .map(|t| t.module_name())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The LoRA settings (flags of `train`, `sft` and `spin`; recorded in `train_config.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]

@@ -5,6 +5,7 @@ and that the final weights equal those of an uninterrupted run (max |Δ| ≤ 1e-
 
 Usage: python3 scripts/kill_loop.py --bin target/release/wgspin --job train --kills 50
        python3 scripts/kill_loop.py --bin target/release/wgspin --job spin --kills 20
+       python3 scripts/kill_loop.py ... --lora-rank 4   (the same with a LoRA adapter)
 Runs on the tiny fixture model on the CPU backend; Unix only (SIGKILL). Prints one line per kill and a
 summary; exits 1 on any failure.
 """
@@ -24,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(HERE, "..", "tests", "fixtures")
 
 
-def job_args(bin_path, job, out):
+def job_args(bin_path, job, out, lora_rank=0):
     model = os.path.join(FIX, "tiny-llama-bf16")
     if job == "train":
         data = os.path.join(FIX, "data", "spin.jsonl")
@@ -33,7 +34,16 @@ def job_args(bin_path, job, out):
         data = os.path.join(FIX, "data", "prompt_response.jsonl")
         extra = ["--iterations", "3", "--epochs", "2", "--batch-size", "1", "--max-new-tokens", "6",
                  "--stop-accuracy", "0"]
+    if lora_rank:
+        extra += ["--lora-rank", str(lora_rank), "--lr", "1e-2"]
     return [bin_path, job, "--device", "cpu", "--model", model, "--data", data, "--out", out] + extra
+
+
+def weights_of(checkpoint):
+    """The weights file of a checkpoint: a full model's, or a LoRA adapter's."""
+    adapter = os.path.join(checkpoint, "adapter_model.safetensors")
+    return adapter if os.path.exists(os.path.join(checkpoint, "adapter_config.json")) else \
+        os.path.join(checkpoint, "model.safetensors")
 
 
 def checkpoint_of(job, out):
@@ -83,22 +93,23 @@ def main():
     ap.add_argument("--job", choices=["train", "spin"], default="train")
     ap.add_argument("--kills", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lora-rank", type=int, default=0, help="train a LoRA adapter of this rank")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     tmp = tempfile.mkdtemp()
     try:
         ref_out = os.path.join(tmp, "reference")
         t0 = time.time()
-        rc, err = run_to_end(job_args(a.bin, a.job, ref_out), False)
+        rc, err = run_to_end(job_args(a.bin, a.job, ref_out, a.lora_rank), False)
         if rc != 0:
             sys.exit(f"uninterrupted run failed: {err}")
         full_secs = time.time() - t0
-        want = tensors(os.path.join(checkpoint_of(a.job, ref_out), "model.safetensors"))
+        want = tensors(weights_of(checkpoint_of(a.job, ref_out)))
         failures, kills, cycles, worst = [], 0, 0, 0.0
         while kills < a.kills:
             out = os.path.join(tmp, f"run{cycles}")
             cycles += 1
-            cmd = job_args(a.bin, a.job, out)
+            cmd = job_args(a.bin, a.job, out, a.lora_rank)
             started = False
             # Kill this run several times, then let it finish.
             for _ in range(rng.randint(1, 4)):
@@ -112,13 +123,13 @@ def main():
                 started = True
                 # After every kill the folder must hold no half-written checkpoint under its name.
                 ck = checkpoint_of(a.job, out)
-                if ck and os.path.isdir(ck) and not os.path.exists(os.path.join(ck, "model.safetensors")):
+                if ck and os.path.isdir(ck) and not os.path.exists(weights_of(ck)):
                     failures.append(f"cycle {cycles}: {ck} without weights")
             rc, err = run_to_end(cmd, a.job == "train" and started)
             if rc != 0:
                 failures.append(f"cycle {cycles}: resume failed: {err.strip().splitlines()[-1:]}")
                 continue
-            got = tensors(os.path.join(checkpoint_of(a.job, out), "model.safetensors"))
+            got = tensors(weights_of(checkpoint_of(a.job, out)))
             d = max_diff(got, want)
             worst = max(worst, d)
             print(f"cycle {cycles}: {kills} kills so far, final weights max |Δ| {d:.3g} vs uninterrupted")

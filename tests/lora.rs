@@ -316,19 +316,7 @@ fn lora_with_gradient_checkpointing_gives_the_same_gradients_and_keeps_it() {
     let plain = fresh(&train_cfg()).gradients(&[vec![0, 1, 2]]).unwrap();
     let mut ck = fresh(&cfg);
     let got = ck.gradients(&[vec![0, 1, 2]]).unwrap();
-    for (i, (a, b)) in plain.grads.iter().zip(&got.grads).enumerate() {
-        let (a, b) = (floats(a.clone()), floats(b.clone()));
-        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst <= 1e-5 * scale,
-            "adapter tensor {i}: max |Δ| {worst} of {scale}"
-        );
-    }
+    assert_grads_match("LoRA with checkpointing", &plain.grads, &got.grads, 1e-5);
     ck.train_step().unwrap();
     ck.train_step()
         .unwrap_or_else(|e| panic!("a second checkpointed step: {e}"));
@@ -638,11 +626,7 @@ fn train_with_lora_writes_a_peft_adapter_resumes_after_sigkill_and_merges() {
     resume.push("--resume".into());
     run_ok(resume);
     for ((n, a), (_, b)) in held.iter().zip(adapter_values(&out.join("checkpoint"))) {
-        let d = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let d = max_abs_diff(a, &b);
         assert!(
             d < 1e-5,
             "{n}: max |Δ| {d} between resumed and uninterrupted"

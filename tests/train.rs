@@ -224,20 +224,12 @@ fn gradient_checkpointing_gives_the_same_gradients() {
         );
         let mut checkpointed = checkpointed;
         let ck = checkpointed.gradients(&[vec![0, 1, 2]]).unwrap();
-        assert_eq!(plain.grads.len(), ck.grads.len());
-        for (i, (a, b)) in plain.grads.iter().zip(&ck.grads).enumerate() {
-            let (a, b) = (floats(a.clone()), floats(b.clone()));
-            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
-            assert!(
-                worst <= 1e-5 * scale,
-                "{name} tensor {i}: max |Δ| {worst} of {scale} with checkpointing"
-            );
-        }
+        assert_grads_match(
+            &format!("{name} with checkpointing"),
+            &plain.grads,
+            &ck.grads,
+            1e-5,
+        );
         // Updated weights stay on the checkpointed graph (a step once reset them to the default).
         checkpointed.train_step().unwrap();
         let m = &checkpointed.state.model;
@@ -413,11 +405,7 @@ fn train_resumes_after_sigkill_like_an_uninterrupted_run() {
     let b = WeightFiles::open_dir(&out.join("checkpoint")).unwrap();
     for n in a.names() {
         let (x, y) = (a.read(n).unwrap().data, b.read(n).unwrap().data);
-        let d = x
-            .iter()
-            .zip(&y)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0f32, f32::max);
+        let d = max_abs_diff(&x, &y);
         assert!(
             d < 1e-4,
             "{n}: max |Δ| {d} between resumed and uninterrupted weights"

@@ -342,3 +342,31 @@ pub fn write_pairs(path: &Path) {
     }
     std::fs::write(path, text).unwrap();
 }
+
+/// The largest |a − b| over two slices of one length.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// Two gradient lists (aligned by parameter) equal within `rel` of each tensor's largest |value|.
+pub fn assert_grads_match(
+    label: &str,
+    want: &[burn::tensor::Tensor<1>],
+    got: &[burn::tensor::Tensor<1>],
+    rel: f32,
+) {
+    assert_eq!(want.len(), got.len(), "{label}: tensor counts");
+    for (i, (a, b)) in want.iter().zip(got).enumerate() {
+        let (a, b) = (floats(a.clone()), floats(b.clone()));
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+        let worst = max_abs_diff(&a, &b);
+        assert!(
+            worst <= rel * scale,
+            "{label} tensor {i}: max |Δ| {worst} of {scale}"
+        );
+    }
+}

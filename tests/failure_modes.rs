@@ -353,7 +353,7 @@ fn train_refuses_a_folder_it_did_not_write() {
     let before = snapshot(&out);
     let pairs = fixture("data").join("spin.jsonl");
     let e = run_err(tiny_train(&pairs, &out, &fixture("tiny-llama-bf16"), ""));
-    assert_mentions(&e, &["metrics.jsonl", "no `wgspin train` wrote"]);
+    assert_mentions(&e, &["metrics.jsonl", "no `wgspin train` or `sft` wrote"]);
     assert_eq!(snapshot(&out), before);
 }
 
@@ -515,7 +515,7 @@ fn an_endless_metadata_file_is_refused() {
     }
 }
 
-/// `sft` into a folder that holds files (a finished SFT run) used to overwrite its checkpoint.
+/// `sft` into a folder that holds a finished SFT run used to overwrite its checkpoint.
 #[test]
 fn sft_refuses_a_folder_with_files() {
     let tmp = tempfile::tempdir().unwrap();
@@ -536,6 +536,6 @@ fn sft_refuses_a_folder_with_files() {
         &out,
         "--epochs 1",
     ));
-    assert_mentions(&e, &["already holds files", "checkpoint", "metrics.jsonl"]);
+    assert_mentions(&e, &["already holds a training run", "--resume"]);
     assert_eq!(snapshot(&out), before);
 }

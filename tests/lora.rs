@@ -16,7 +16,7 @@ use wgspin::model::lora::{self, Lora, LoraConfig};
 use wgspin::model::named::{params_mut, trainable_mut};
 use wgspin::train::loss::PairLoss;
 use wgspin::train::optim::{OptimizerKind, Schedule};
-use wgspin::train::{PairLogps, TrainConfig, TrainPair, Trainer, pair_logps};
+use wgspin::train::{Objective, PairLogps, TrainConfig, TrainPair, Trainer, pair_logps};
 
 const MODELS: [&str; 2] = ["tiny-llama-bf16", "tiny-qwen2-f32"];
 
@@ -173,7 +173,11 @@ fn lora_trainer(name: &str, r: &Value) -> Trainer {
             .collect(),
     };
     let pad = b.tokenizer.pad_id();
-    Trainer::new(b.model, train_cfg(), ps, reference, pad).unwrap()
+    let objective = Objective::Spin {
+        pairs: ps,
+        reference,
+    };
+    Trainer::new(b.model, train_cfg(), objective, pad).unwrap()
 }
 
 fn named(t: &Trainer) -> Vec<(String, Vec<f32>)> {
@@ -220,9 +224,10 @@ fn lora_loss_gradients_and_rmsprop_step_match_peft() {
         );
 
         let g = t.gradients(&[vec![0, 1, 2]]).unwrap();
+        let (policy, reference) = g.pairs().unwrap();
         let loss = wgspin::train::reward_stats(
-            &g.policy,
-            &g.reference,
+            policy,
+            reference,
             wgspin::train::loss::LossKind::Sigmoid,
             1.0,
         )
@@ -311,7 +316,11 @@ fn lora_with_gradient_checkpointing_gives_the_same_gradients_and_keeps_it() {
         }
         let reference = logps(&peft, &pairs_of(name));
         let pad = b.tokenizer.pad_id();
-        Trainer::new(b.model, cfg.clone(), pairs_of(name), reference, pad).unwrap()
+        let objective = Objective::Spin {
+            pairs: pairs_of(name),
+            reference,
+        };
+        Trainer::new(b.model, cfg.clone(), objective, pad).unwrap()
     };
     let plain = fresh(&train_cfg()).gradients(&[vec![0, 1, 2]]).unwrap();
     let mut ck = fresh(&cfg);

@@ -22,7 +22,9 @@ use wgspin::model::StepInput;
 use wgspin::model::named::params_mut;
 use wgspin::train::loss::{LossKind, PairLoss, pair_losses};
 use wgspin::train::optim::{OptimizerKind, Schedule, lr_at};
-use wgspin::train::{PairLogps, TrainConfig, Trainer, tokenize_pairs, truncate};
+use wgspin::train::{
+    Measured, Objective, PairLogps, TrainConfig, Trainer, tokenize_pairs, truncate,
+};
 
 fn spin_reference() -> Value {
     let text = std::fs::read_to_string(fixture("spin_reference.json")).unwrap();
@@ -97,7 +99,7 @@ fn trainer(name: &str, r: &Value, cfg: TrainConfig) -> Trainer {
             .collect(),
     };
     let pad = bundle.tokenizer.eos_token_id;
-    Trainer::new(bundle.model, cfg, pairs, reference, pad).unwrap()
+    Trainer::new(bundle.model, cfg, Objective::Spin { pairs, reference }, pad).unwrap()
 }
 
 fn norm(t: Tensor<1>) -> f64 {
@@ -120,12 +122,13 @@ fn losses_gradients_and_optimizer_steps_match_pytorch() {
         let r = &all[name];
         let t = trainer(name, r, config(OptimizerKind::Rmsprop, 0.0));
         let g = t.gradients(&[vec![0, 1, 2]]).unwrap();
+        let (policy, reference) = g.pairs().unwrap();
 
         // Per-pair losses from our log-probs and loss functions vs PyTorch.
         let margins: Vec<f32> = (0..3)
             .map(|i| {
-                ((g.policy.real[i] - g.reference.real[i])
-                    - (g.policy.generated[i] - g.reference.generated[i])) as f32
+                ((policy.real[i] - reference.real[i])
+                    - (policy.generated[i] - reference.generated[i])) as f32
             })
             .collect();
         for (kind, key) in [
@@ -289,7 +292,10 @@ fn non_finite_loss_stops_naming_the_step() {
     let all = spin_reference();
     let r = &all["tiny-llama-bf16"];
     let mut t = trainer("tiny-llama-bf16", r, config(OptimizerKind::Rmsprop, 0.0));
-    t.reference.real[1] = f64::NAN;
+    match &mut t.objective {
+        Objective::Spin { reference, .. } => reference.real[1] = f64::NAN,
+        Objective::Sft { .. } => unreachable!("a SPIN trainer"),
+    }
     let before = named_values(&t);
     let err = t.train_step().unwrap_err().to_string();
     assert_mentions(&err, &["step 1", "NaN"]);
@@ -333,11 +339,13 @@ fn checkpoints_keep_names_shapes_dtypes_and_logits() {
     }
 }
 
-fn train_args(pairs: &std::path::Path, out: &std::path::Path) -> Vec<String> {
+/// `wgspin train` (SPIN pairs) or `wgspin sft` (the pairs' real responses), 12 steps, saving
+/// every 2.
+fn train_args(cmd: &str, data: &std::path::Path, out: &std::path::Path) -> Vec<String> {
     job_args(
-        "train",
+        cmd,
         "tiny-llama-bf16",
-        pairs,
+        data,
         out,
         "--lr 1e-3 --optimizer adamw --weight-decay 0.01 --batch-size 2 --epochs 3 --save-every 2",
     )
@@ -356,14 +364,23 @@ fn losses(out: &std::path::Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn train_resumes_after_sigkill_like_an_uninterrupted_run() {
+    resumes_after_sigkill("train");
+}
+
+/// SFT runs through the same trainer and job as SPIN training, so it resumes the same way.
+#[test]
+fn sft_resumes_after_sigkill_like_an_uninterrupted_run() {
+    resumes_after_sigkill("sft");
+}
+
+fn resumes_after_sigkill(cmd: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let pairs = tmp.path().join("pairs.jsonl");
     write_pairs(&pairs);
     let full = tmp.path().join("full");
-    run_ok(train_args(&pairs, &full));
+    run_ok(train_args(cmd, &pairs, &full));
     let want = losses(&full);
     assert_eq!(want.len(), 12);
-    // Rewards separate on the training pairs.
     let last: Value = serde_json::from_str(
         std::fs::read_to_string(full.join("metrics.jsonl"))
             .unwrap()
@@ -372,12 +389,19 @@ fn train_resumes_after_sigkill_like_an_uninterrupted_run() {
             .unwrap(),
     )
     .unwrap();
-    assert!(last["rewards/margins"].as_f64().unwrap() > 0.0, "{last}");
+    if cmd == "train" {
+        // Rewards separate on the training pairs.
+        assert!(last["rewards/margins"].as_f64().unwrap() > 0.0, "{last}");
+    } else {
+        // The next-token loss falls, and SFT rows carry no reward columns.
+        assert!(want[11].1 < want[0].1, "{want:?}");
+        assert!(last.get("rewards/margins").is_none(), "{last}");
+    }
 
     let out = tmp.path().join("out");
     let state = out.join("checkpoint").join("trainer_state.json");
     kill_when(
-        &train_args(&pairs, &out),
+        &train_args(cmd, &pairs, &out),
         Duration::from_secs(300),
         "no checkpoint",
         || state.exists(),
@@ -386,10 +410,13 @@ fn train_resumes_after_sigkill_like_an_uninterrupted_run() {
     assert_eq!(s["complete"], false, "killed after the run finished: {s}");
 
     // Without --resume the folder is refused; with it, the run continues.
-    let st = wgspin().args(train_args(&pairs, &out)).output().unwrap();
+    let st = wgspin()
+        .args(train_args(cmd, &pairs, &out))
+        .output()
+        .unwrap();
     assert!(!st.status.success());
     assert!(String::from_utf8_lossy(&st.stderr).contains("--resume"));
-    let mut args = train_args(&pairs, &out);
+    let mut args = train_args(cmd, &pairs, &out);
     args.push("--resume".into());
     run_ok(args);
     let got = losses(&out);
@@ -409,6 +436,70 @@ fn train_resumes_after_sigkill_like_an_uninterrupted_run() {
         assert!(
             d < 1e-4,
             "{n}: max |Δ| {d} between resumed and uninterrupted weights"
+        );
+    }
+}
+
+/// The SFT objective's loss is the mean negative log-likelihood per response token, which the
+/// fixture's PyTorch sums of response log-probs give independently; accumulating it over
+/// micro-batches weighs tokens, not micro-batches.
+#[test]
+fn sft_loss_is_pytorchs_mean_response_nll() {
+    let all = spin_reference();
+    for name in ["tiny-llama-bf16", "tiny-qwen2-f32"] {
+        let r = &all[name];
+        let spin = trainer(name, r, config(OptimizerKind::Adamw, 0.0));
+        let Objective::Spin { pairs, reference } = &spin.objective else {
+            unreachable!("a SPIN trainer")
+        };
+        let seqs: Vec<_> = pairs
+            .iter()
+            .map(|p| p.real_pair())
+            .chain(pairs.iter().map(|p| p.generated_pair()))
+            .collect();
+        let n_tokens: usize = seqs.iter().map(|s| s.response.len()).sum();
+        // The fixture's reference is PyTorch's log-prob of each response under this model plus
+        // make_spin_reference.py's REF_OFFSETS_REAL / REF_OFFSETS_GEN.
+        let offsets = [0.5, -1.0, 2.0, -0.3, 0.7, 1.5];
+        let sum: f64 = reference
+            .real
+            .iter()
+            .chain(&reference.generated)
+            .zip(offsets)
+            .map(|(r, o)| r - o)
+            .sum();
+        let want = -sum / n_tokens as f64;
+        let n = seqs.len();
+        let sft = Trainer::new(
+            spin.state.model.clone(),
+            spin.state.cfg.clone(),
+            Objective::Sft { seqs },
+            spin.state.pad_id,
+        )
+        .unwrap();
+        let one = sft.gradients(&[(0..n).collect()]).unwrap();
+        let Measured::Nll { nll, tokens } = one.measured else {
+            unreachable!("an SFT step")
+        };
+        assert_eq!(tokens, n_tokens);
+        let got = nll / tokens as f64;
+        assert!(
+            rel(got, want) < 1e-4,
+            "{name}: SFT loss {got} vs PyTorch's {want}"
+        );
+        let split = sft.gradients(&[vec![0, 1], (2..n).collect()]).unwrap();
+        let Measured::Nll { nll: nll2, .. } = split.measured else {
+            unreachable!("an SFT step")
+        };
+        assert!(
+            rel(nll2, nll) < 1e-6,
+            "{name}: NLL {nll2} split vs {nll} whole"
+        );
+        assert_grads_match(
+            &format!("{name} SFT over two micro-batches"),
+            &one.grads,
+            &split.grads,
+            1e-5,
         );
     }
 }

@@ -41,11 +41,9 @@ impl TrainReporter {
                 if !std::io::stderr().is_terminal() {
                     if m.step % self.logging_steps == 0 || m.step == total_steps {
                         eprintln!(
-                            "step {}/{total_steps} loss {:.4} rewards/margins {:.4} rewards/accuracies {:.2} lr {:.3e} grad_norm {:.3} {:.0} tok/s",
+                            "step {}/{total_steps} {} lr {:.3e} grad_norm {:.3} {:.0} tok/s",
                             m.step,
-                            m.stats.loss,
-                            m.stats.margins,
-                            m.stats.accuracies,
+                            m.stats.summary(),
                             m.lr,
                             m.grad_norm,
                             m.tokens_per_s
@@ -58,10 +56,7 @@ impl TrainReporter {
                     .get_or_insert_with(|| Progress::new("train", total_steps));
                 bar.update(
                     m.step,
-                    &format!(
-                        "steps, loss {:.4}, acc {:.2}, {:.0} tok/s",
-                        m.stats.loss, m.stats.accuracies, m.tokens_per_s
-                    ),
+                    &format!("steps, {}, {:.0} tok/s", m.stats.summary(), m.tokens_per_s),
                 );
                 if m.step == total_steps {
                     bar.finish();

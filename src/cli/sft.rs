@@ -5,18 +5,18 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use wgspin::report::progress::Progress;
-use wgspin::train::TrainConfig;
-use wgspin::train::sft::run_sft;
+use wgspin::train::job::run_train;
+use wgspin::train::{ObjectiveKind, TrainConfig};
 
 use super::args::JobArgs;
+use super::report::TrainReporter;
 
 /// Supervised fine-tuning (next-token loss on response tokens) on prompt/response data.
 ///
-/// Makes the SFT model SPIN starts from. Writes metrics.jsonl and checkpoint/ (Hugging Face
-/// layout) into --out at the end. The training flags of `wgspin train` except SPIN's
-/// --loss/--beta, with the learning rate defaulting to SFT's; no --resume, and --save-every
-/// must stay 0 (SFT does not save mid-run yet).
+/// Makes the SFT model SPIN starts from. The same trainer, folder layout and resume as `wgspin
+/// train`: writes metrics.jsonl, train_config.json and checkpoint/ (Hugging Face layout, or a
+/// PEFT adapter with --lora-rank) into --out. The training flags of `wgspin train` except SPIN's
+/// --loss/--beta, with the learning rate defaulting to SFT's.
 #[derive(Args, Debug)]
 pub struct SftArgs {
     #[command(flatten)]
@@ -24,49 +24,44 @@ pub struct SftArgs {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (see --save-every).
+    #[arg(long)]
+    resume: bool,
     #[command(flatten)]
     train: TrainConfig,
 }
 
 impl SftArgs {
     pub fn run(self) -> Result<()> {
-        anyhow::ensure!(
-            self.train.save_every == 0,
-            "--save-every: `wgspin sft` saves only at the end (no resumable mid-run checkpoints yet); leave it at 0"
-        );
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(None)?;
-        let mut bar: Option<Progress> = None;
+        let cfg = TrainConfig {
+            objective: ObjectiveKind::Sft,
+            ..self.train
+        };
         let out = &self.out;
-        // An SFT run starts fresh (it does not resume): into a folder with files it would
-        // overwrite a finished run's checkpoint and metrics.
-        let held = wgspin::fsutil::visible_entries(out);
-        anyhow::ensure!(
-            held.is_empty(),
-            "{} already holds files ({}); `wgspin sft` starts fresh and would overwrite them: \
-             choose an empty or new --out",
-            out.display(),
-            held.join(", ")
-        );
-        let ckpt = run_sft(
+        wgspin::train::job::refuse_foreign(out)?;
+        let mut reporter = TrainReporter::new(cfg.logging_steps);
+        let summary = run_train(
             &self.job.model.model,
             &examples,
             out,
-            &self.train,
+            &cfg,
+            self.resume,
             &dev.device,
-            |m, total| {
-                let b = bar.get_or_insert_with(|| Progress::new("sft", total));
-                b.update(
-                    m.step,
-                    &format!("steps, loss {:.4}, {:.0} tok/s", m.loss, m.tokens_per_s),
-                );
-            },
+            |e| reporter.event(e),
         )
         .with_context(|| format!("SFT into {}", out.display()))?;
-        if let Some(mut b) = bar {
-            b.finish();
+        match &summary.last {
+            Some(m) => eprintln!(
+                "trained {} steps in {:.1}s; last step: {}",
+                summary.steps,
+                summary.seconds,
+                m.stats.summary()
+            ),
+            None => eprintln!("{} already holds a finished run", out.display()),
         }
-        eprintln!("checkpoint: {}", ckpt.display());
+        eprintln!("checkpoint: {}", summary.checkpoint.display());
         Ok(())
     }
 }

@@ -65,8 +65,10 @@ impl TrainArgs {
         .with_context(|| format!("training into {}", out.display()))?;
         match &summary.last {
             Some(m) => eprintln!(
-                "trained {} steps in {:.1}s; last step: loss {:.4}, rewards/accuracies {:.2}, rewards/margins {:.4}",
-                summary.steps, summary.seconds, m.stats.loss, m.stats.accuracies, m.stats.margins
+                "trained {} steps in {:.1}s; last step: {}",
+                summary.steps,
+                summary.seconds,
+                m.stats.summary()
             ),
             None => eprintln!("{} already holds a finished run", out.display()),
         }

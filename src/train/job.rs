@@ -1,8 +1,10 @@
-//! `wgspin train` as a library call: the files around a [`Trainer`] run.
+//! `wgspin train` and `wgspin sft` as a library call: the files around a [`Trainer`] run, the
+//! same for both objectives.
 //!
 //! Output folder layout:
-//! - `train_config.json`: the resolved settings (a resumed run must use the same ones);
-//! - `ref_logps.jsonl`: the reference model's log-probs of every pair, computed once;
+//! - `train_config.json`: the resolved settings, objective included (a resumed run must use the
+//!   same ones);
+//! - `ref_logps.jsonl` (SPIN): the reference model's log-probs of every pair, computed once;
 //! - `metrics.jsonl`: one row of [`StepMetrics`] per logging step;
 //! - `checkpoint/`: Hugging Face layout plus `trainer_state.json` (and, while the run is not
 //!   finished, `optimizer.safetensors` and f32 weights), replaced atomically at every save; the
@@ -16,7 +18,10 @@ use burn::tensor::Device;
 use serde_json::{Value, json};
 
 use super::optim::{OptimConfig, Optimizer};
-use super::{PairLogps, StepMetrics, TrainConfig, Trainer, pair_logps, tokenize_pairs};
+use super::{
+    Objective, ObjectiveKind, PairLogps, StepMetrics, TrainConfig, Trainer, pair_logps,
+    tokenize_pairs, tokenize_sft,
+};
 use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -34,7 +39,7 @@ pub const CONFIG_FILE: &str = "train_config.json";
 
 /// What the job reports while it runs (the CLI draws bars and prints from these).
 pub enum TrainEvent<'a> {
-    /// Reference scoring progress: sequences scored of total.
+    /// Reference scoring progress (SPIN): sequences scored of total.
     Reference {
         done: usize,
         total: usize,
@@ -109,7 +114,7 @@ fn load_ref_cache(path: &Path, ids: &[String]) -> Option<PairLogps> {
 
 /// Refuses an output folder that holds files a training run did not write (anything but its
 /// own files and lock), so a typo in --out cannot overwrite someone's metrics.jsonl. For
-/// `wgspin train`; inside `spin`, a training run shares its iteration's folder.
+/// `wgspin train` and `sft`; inside `spin`, a training run shares its iteration's folder.
 pub fn refuse_foreign(out: &Path) -> Result<()> {
     // Hidden files (the lock, .DS_Store, a crashed save's .checkpoint.*) are not someone's work.
     let mut shown = fsutil::visible_entries(out);
@@ -118,7 +123,7 @@ pub fn refuse_foreign(out: &Path) -> Result<()> {
     }
     shown.truncate(5);
     Err(Error::Invalid(format!(
-        "{} holds files that no `wgspin train` wrote ({}); choose an empty or new --out",
+        "{} holds files that no `wgspin train` or `sft` wrote ({}); choose an empty or new --out",
         out.display(),
         shown.join(", ")
     )))
@@ -136,9 +141,42 @@ fn settings_differ(saved: &Value, now: &Value) -> String {
     format!("the run there used other settings ({})", diffs.join("; "))
 }
 
-/// Trains on `examples` (with `generated` set) from the model at `model_path`, into `out`.
-/// With `resume`, continues from `out/checkpoint` (same model, pairs and settings only); without
-/// it, refuses a folder that holds a run.
+/// The reference's log-probs of `pairs`: from `out`'s cache when it matches, else scored with
+/// `model` (the opponent θ_t) and cached.
+fn reference_logps(
+    model: &crate::model::Transformer,
+    pairs: &[super::TrainPair],
+    pad: u32,
+    out: &Path,
+    cfg: &TrainConfig,
+    report: &mut impl FnMut(TrainEvent),
+) -> Result<PairLogps> {
+    let ids: Vec<String> = pairs.iter().map(|p| p.id.clone()).collect();
+    let ref_path = out.join(REF_FILE);
+    if let Some(r) = load_ref_cache(&ref_path, &ids) {
+        report(TrainEvent::ReferenceCached);
+        return Ok(r);
+    }
+    let total = 2 * pairs.len();
+    let mut done = 0;
+    let r = pair_logps(model, pairs, pad, cfg.batch_size, cfg.max_logits, |n| {
+        done += n;
+        report(TrainEvent::Reference { done, total });
+    })?;
+    let mut text = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        text.push_str(
+            &json!({"id": id, "real": r.real[i], "generated": r.generated[i]}).to_string(),
+        );
+        text.push('\n');
+    }
+    fsutil::write_atomic(&ref_path, text.as_bytes())?;
+    Ok(r)
+}
+
+/// Trains on `examples` from the model at `model_path`, into `out`, with `cfg.objective`: SPIN
+/// (examples need `generated`) or SFT. With `resume`, continues from `out/checkpoint` (same
+/// model, data and settings only); without it, refuses a folder that holds a run.
 pub fn run_train(
     model_path: &Path,
     examples: &[SftExample],
@@ -171,17 +209,21 @@ pub fn run_train(
         )));
     }
     // What this run is made of (hashing reads every weight, so after the cheap checks): a resume
-    // must continue the same model on the same pairs.
+    // must continue the same model on the same data.
+    let (data_key, data_noun) = match cfg.objective {
+        ObjectiveKind::Spin => ("pairs_sha256", "pairs"),
+        ObjectiveKind::Sft => ("data_sha256", "data"),
+    };
     let identity = json!({
         "model": manifest::model_identity(model_path)?,
-        "pairs_sha256": manifest::content_hash(&examples),
+        data_key: manifest::content_hash(&examples),
     });
     if let Some(saved) = state.as_ref().and_then(|s| s.get("identity"))
         && saved != &identity
     {
         return Err(Error::Invalid(format!(
-            "{} was trained from another model or on other pairs ({}); resume with the same \
-             --model and --data, or choose another --out",
+            "{} was trained from another model or on other {data_noun} ({}); resume with the \
+             same --model and --data, or choose another --out",
             out.display(),
             manifest::differences(saved, &identity).join("; ")
         )));
@@ -193,59 +235,45 @@ pub fn run_train(
             .as_bytes(),
     )?;
 
-    // The opponent θ_t, frozen: tokenizer, and reference log-probs of every pair.
-    let bundle = ModelBundle::load(model_path, device)?;
-    let tok = &bundle.tokenizer;
-    let pad = tok.pad_id();
-    let dtype = bundle.stored_dtype;
-    let source_dir = bundle.dir.clone();
-    let pairs = tokenize_pairs(tok, examples, cfg)?;
-    let ids: Vec<String> = pairs.iter().map(|p| p.id.clone()).collect();
-    let ref_path = out.join(REF_FILE);
-    let reference = match load_ref_cache(&ref_path, &ids) {
-        Some(r) => {
-            report(TrainEvent::ReferenceCached);
-            r
-        }
-        None => {
-            let total = 2 * pairs.len();
-            let mut done = 0;
-            let r = pair_logps(
-                &bundle.model,
-                &pairs,
-                pad,
-                cfg.batch_size,
-                cfg.max_logits,
-                |n| {
-                    done += n;
-                    report(TrainEvent::Reference { done, total });
-                },
-            )?;
-            let mut text = String::new();
-            for (i, id) in ids.iter().enumerate() {
-                text.push_str(
-                    &json!({"id": id, "real": r.real[i], "generated": r.generated[i]}).to_string(),
-                );
-                text.push('\n');
-            }
-            fsutil::write_atomic(&ref_path, text.as_bytes())?;
-            r
-        }
-    };
-    drop(bundle);
-
-    // The main player, from θ_t or from the checkpoint being resumed.
+    // The input θ_t: tokenizer, stored dtype, and for SPIN the frozen reference's log-probs of
+    // every pair (then dropped, so one model is in memory while training). A fresh SFT run
+    // trains the input itself, loaded once.
     let ckpt = out.join(CHECKPOINT);
     let resume_step = state
         .as_ref()
         .and_then(|s| s.get("step").and_then(Value::as_u64))
         .unwrap_or(0) as usize;
-    let load_from = if state.is_some() { &ckpt } else { model_path };
     let train_device = cfg.train_device(device);
-    let player =
-        ModelBundle::load_for_training(load_from, &train_device, &cfg.lora, cfg.data_seed)?;
+    let load_player =
+        |from: &Path| ModelBundle::load_for_training(from, &train_device, &cfg.lora, cfg.data_seed);
+    let fresh_sft = cfg.objective == ObjectiveKind::Sft && state.is_none();
+    let input = if fresh_sft {
+        load_player(model_path)?
+    } else {
+        ModelBundle::load(model_path, device)?
+    };
+    let pad = input.tokenizer.pad_id();
+    let (dtype, source_dir) = (input.stored_dtype, input.dir.clone());
+    let objective = match cfg.objective {
+        ObjectiveKind::Spin => {
+            let pairs = tokenize_pairs(&input.tokenizer, examples, cfg)?;
+            let reference = reference_logps(&input.model, &pairs, pad, out, cfg, &mut report)?;
+            Objective::Spin { pairs, reference }
+        }
+        ObjectiveKind::Sft => Objective::Sft {
+            seqs: tokenize_sft(&input.tokenizer, examples, cfg)?,
+        },
+    };
+
+    // The main player, from θ_t or from the checkpoint being resumed.
+    let player = if fresh_sft {
+        input
+    } else {
+        drop(input);
+        load_player(if state.is_some() { &ckpt } else { model_path })?
+    };
     let base_name = player.adapter_base_name(model_path);
-    let mut trainer = Trainer::new(player.model, cfg.clone(), pairs, reference, pad)?;
+    let mut trainer = Trainer::new(player.model, cfg.clone(), objective, pad)?;
     if state.is_some() {
         trainer.state.step = resume_step;
         let opt_path = ckpt.join(OPTIMIZER_FILE);

@@ -1,5 +1,6 @@
-//! SPIN training on (prompt, real, generated) pairs: the main player θ_{t+1} learns to tell the
-//! human response from the opponent's, with the opponent θ_t as the frozen reference.
+//! Training: SPIN on (prompt, real, generated) pairs, where the main player θ_{t+1} learns to
+//! tell the human response from the opponent's with the opponent θ_t as the frozen reference, and
+//! SFT on (prompt, response), both through one [`Trainer`] (see [`trainer`]).
 //!
 //! The reference log-probs are computed once, before training, and cached in the output folder,
 //! so only one model is in memory while training. Each optimizer step feeds the real and the
@@ -12,25 +13,22 @@ pub mod job;
 pub mod loss;
 pub mod optim;
 pub mod score;
-pub mod sft;
 pub mod state;
+pub mod trainer;
 
-use std::time::Instant;
-
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::hf::tokenizer::ChatTokenizer;
 use crate::model::Transformer;
 use crate::model::lora::LoraConfig;
-use crate::train::score::{ScoreOptions, TokenizedPair, score_all, sequence_logprobs};
-use loss::{LossKind, PairLoss, pair_loss_host, pair_losses};
+use crate::train::score::{ScoreOptions, TokenizedPair, score_all};
+use loss::{LossKind, PairLoss, pair_loss_host};
 use optim::{OptimizerKind, Schedule};
 pub use state::{Plan, TrainState};
-use state::{param_grads, read_f32};
+pub use trainer::{Measured, Objective, ObjectiveKind, StepGrads, StepMetrics, StepStats, Trainer};
 
 /// Every training setting, with the defaults of SPIN's recipe (uclaml/SPIN `configs/config.yaml`:
 /// RMSprop, lr 5e-7, 3 epochs, batch 8, linear schedule with 10% warmup, lengths 1024 / 512).
@@ -40,6 +38,9 @@ use state::{param_grads, read_f32};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// What is trained: SPIN's pairwise loss or SFT's next-token loss (set by the command).
+    #[arg(skip)]
+    pub objective: ObjectiveKind,
     /// SPIN's pairwise loss (unused by SFT; `wgspin train` and `spin` set it from --loss/--beta).
     #[arg(skip)]
     pub loss: PairLoss,
@@ -105,6 +106,7 @@ pub const SFT_LR: f64 = 2e-5;
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
+            objective: ObjectiveKind::Spin,
             loss: PairLoss::default(),
             lr: 5e-7,
             optimizer: OptimizerKind::Rmsprop,
@@ -272,8 +274,28 @@ pub fn tokenize_pairs(
         .collect()
 }
 
+/// Tokenizes SFT examples (prompt through the chat template, response + eos), truncated as SPIN
+/// truncates pairs.
+pub fn tokenize_sft(
+    tok: &ChatTokenizer,
+    examples: &[SftExample],
+    cfg: &TrainConfig,
+) -> Result<Vec<TokenizedPair>> {
+    let (max_length, max_prompt_length) = lengths(cfg, tok);
+    examples
+        .iter()
+        .map(|e| {
+            let p = TokenizedPair::new(tok, &e.prompt, &e.response)
+                .map_err(|err| Error::Invalid(format!("example {:?}: {err}", e.id)))?;
+            let (prompt, response, _) =
+                truncate(p.prompt, p.response, vec![], max_length, max_prompt_length);
+            Ok(TokenizedPair { prompt, response })
+        })
+        .collect()
+}
+
 /// log π(y|x) of the real and generated response of every pair.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PairLogps {
     pub real: Vec<f64>,
     pub generated: Vec<f64>,
@@ -309,38 +331,6 @@ pub fn pair_logps(
     })
 }
 
-/// Metrics of one optimizer step, named as TRL names them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepMetrics {
-    pub step: usize,
-    pub epoch: f64,
-    /// Loss, rewards, margins, accuracies and log-probs of the step's pairs.
-    pub stats: RewardStats,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub tokens_per_s: f64,
-}
-
-impl StepMetrics {
-    pub fn to_json(&self) -> Value {
-        let s = &self.stats;
-        json!({
-            "step": self.step,
-            "epoch": self.epoch,
-            "loss": s.loss,
-            "rewards/real": s.rewards_real,
-            "rewards/generated": s.rewards_generated,
-            "rewards/margins": s.margins,
-            "rewards/accuracies": s.accuracies,
-            "logps/real": s.logps_real,
-            "logps/generated": s.logps_generated,
-            "lr": self.lr,
-            "grad_norm": self.grad_norm,
-            "tokens/s": self.tokens_per_s,
-        })
-    }
-}
-
 /// Reward statistics of pairs under a policy and a reference (metrics and evaluation).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RewardStats {
@@ -373,162 +363,4 @@ pub fn reward_stats(
         s.logps_generated += policy.generated[i] / n;
     }
     s
-}
-
-/// Gradients of one optimizer step and the log-probs behind them.
-pub struct StepGrads {
-    /// Aligned with [`trainable_mut`], flattened.
-    pub grads: Vec<Tensor<1>>,
-    pub policy: PairLogps,
-    pub reference: PairLogps,
-    /// Tokens fed (prompts counted twice: once per response).
-    pub tokens: usize,
-}
-
-/// The main player under training.
-pub struct Trainer {
-    pub state: TrainState,
-    pub pairs: Vec<TrainPair>,
-    pub reference: PairLogps,
-}
-
-impl Trainer {
-    pub fn new(
-        model: Transformer,
-        cfg: TrainConfig,
-        pairs: Vec<TrainPair>,
-        reference: PairLogps,
-        pad_id: u32,
-    ) -> Result<Self> {
-        let state = TrainState::new(model, cfg, pairs.len(), "training pairs", pad_id)?;
-        Ok(Self {
-            state,
-            pairs,
-            reference,
-        })
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.state.is_done()
-    }
-
-    /// Loss of pairs `idx` (differentiable, summed, not averaged) and the policy log-probs.
-    fn forward(&self, idx: &[usize]) -> (Tensor<1>, Tensor<1>) {
-        let b = idx.len();
-        let seqs: Vec<TokenizedPair> = idx
-            .iter()
-            .map(|&i| self.pairs[i].real_pair())
-            .chain(idx.iter().map(|&i| self.pairs[i].generated_pair()))
-            .collect();
-        let logps = sequence_logprobs(
-            &self.state.model,
-            &seqs,
-            self.state.pad_id,
-            self.state.cfg.max_logits,
-        ); // [2b]
-        let device = logps.device();
-        let reference: Vec<f32> = idx
-            .iter()
-            .map(|&i| (self.reference.real[i] - self.reference.generated[i]) as f32)
-            .collect();
-        let reference = Tensor::<1>::from_data(TensorData::new(reference, [b]), &device);
-        let policy_real = logps.clone().narrow(0, 0, b);
-        let policy_gen = logps.clone().narrow(0, b, b);
-        let margin = policy_real - policy_gen - reference; // [b]
-        (
-            pair_losses(self.state.cfg.loss.kind, margin, self.state.cfg.loss.beta).sum(),
-            logps,
-        )
-    }
-
-    /// Gradients of the mean loss over the pairs of `micro` (one forward + backward per entry),
-    /// aligned with [`trainable_mut`], and the policy / reference log-probs of those pairs.
-    pub fn gradients(&self, micro: &[Vec<usize>]) -> Result<StepGrads> {
-        let n_step: usize = micro.iter().map(Vec::len).sum();
-        let mut grads: Option<Vec<Tensor<1>>> = None;
-        let mut policy = PairLogps {
-            real: vec![],
-            generated: vec![],
-        };
-        let mut reference = policy.clone();
-        let mut tokens = 0;
-        for (k, idx) in micro.iter().enumerate() {
-            self.state.seed_dropout(k);
-            let (loss, logps) = self.forward(idx);
-            let g = loss.div_scalar(n_step as f64).backward();
-            let step_grads = param_grads(&self.state.model, &g)?;
-            grads = Some(match grads {
-                None => step_grads,
-                Some(acc) => acc
-                    .into_iter()
-                    .zip(step_grads)
-                    .map(|(a, b)| a + b)
-                    .collect(),
-            });
-            let lp = read_f32(logps.inner(), "log-probs")?;
-            let b = idx.len();
-            for (k, &i) in idx.iter().enumerate() {
-                policy.real.push(lp[k] as f64);
-                policy.generated.push(lp[b + k] as f64);
-                reference.real.push(self.reference.real[i]);
-                reference.generated.push(self.reference.generated[i]);
-                tokens += self.pairs[i].tokens();
-            }
-        }
-        Ok(StepGrads {
-            grads: grads.unwrap_or_default(),
-            policy,
-            reference,
-            tokens,
-        })
-    }
-
-    /// One optimizer step (its forward passes, backward, clipping, update). Fails on a
-    /// non-finite loss or gradient, leaving the model as it was before the step.
-    pub fn train_step(&mut self) -> Result<StepMetrics> {
-        let start = Instant::now();
-        let step = self.state.step;
-        let micro = self.state.micro_batches(self.pairs.len());
-        let StepGrads {
-            grads,
-            policy,
-            reference,
-            tokens,
-        } = self.gradients(&micro)?;
-        let stats = reward_stats(
-            &policy,
-            &reference,
-            self.state.cfg.loss.kind,
-            self.state.cfg.loss.beta,
-        );
-        if !stats.loss.is_finite() {
-            let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
-            let cause = if !(finite(&reference.real) && finite(&reference.generated)) {
-                "the reference model's own log-probs are not finite: the starting weights or \
-                 config are broken, no --lr fixes that"
-            } else if self.state.step == 0 {
-                "the first step already diverges: check the data, --beta and --lr"
-            } else {
-                "training diverged: try a lower --lr, a --max-grad-norm, or a smaller --beta"
-            };
-            return Err(Error::Invalid(format!(
-                "step {}: the loss is {} (log-probs real {:?}, generated {:?}); stopping, the last \
-                 checkpoint is kept. {cause}",
-                step + 1,
-                stats.loss,
-                policy.real,
-                policy.generated
-            )));
-        }
-        let (lr, norm) = self.state.update(grads)?;
-        let secs = start.elapsed().as_secs_f64();
-        Ok(StepMetrics {
-            step: self.state.step,
-            epoch: self.state.step as f64 / self.state.plan.steps_per_epoch as f64,
-            stats,
-            lr,
-            grad_norm: norm,
-            tokens_per_s: tokens as f64 / secs.max(1e-9),
-        })
-    }
 }

@@ -1,7 +1,6 @@
-//! What every trainer shares (SPIN's pairwise [`Trainer`](super::Trainer) and
-//! [`SftTrainer`](super::sft::SftTrainer)): the data order, the step plan, gradients by
-//! parameter name, and the state carried from step to step with the clipped update that
-//! advances it.
+//! The state of a [`Trainer`](super::Trainer) whatever its objective: the data order, the step
+//! plan, gradients by parameter name, and the state carried from step to step with the clipped
+//! update that advances it.
 
 use burn::tensor::Tensor;
 

@@ -362,7 +362,7 @@ pub fn bench_train(
     shape: TrainShape,
     lora: &wgspin::model::lora::LoraConfig,
 ) -> Result<(f64, f64)> {
-    use wgspin::train::{PairLogps, TrainConfig, TrainPair, Trainer};
+    use wgspin::train::{Objective, PairLogps, TrainConfig, TrainPair, Trainer};
     let TrainShape {
         pairs,
         seq_len,
@@ -401,7 +401,15 @@ pub fn bench_train(
         lora: lora.clone(),
         ..Default::default()
     };
-    let mut trainer = Trainer::new(model, cfg, data, reference, 0)?;
+    let mut trainer = Trainer::new(
+        model,
+        cfg,
+        Objective::Spin {
+            pairs: data,
+            reference,
+        },
+        0,
+    )?;
     let mut times = vec![];
     for s in 0..=steps {
         let t = Instant::now();

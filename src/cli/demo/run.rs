@@ -19,11 +19,11 @@ use wgspin::generate::{GenOptions, GenRequest, generate};
 use wgspin::hf::bundle::ModelBundle;
 use wgspin::kernels::sample::SamplingParams;
 use wgspin::spin::{SpinConfig, SpinEvent, run_spin};
-use wgspin::train::TrainConfig;
+use wgspin::train::job::{TrainEvent, run_train};
 use wgspin::train::loss::PairLoss;
 use wgspin::train::optim::{OptimizerKind, Schedule};
 use wgspin::train::score::{ScoreOptions, TokenizedPair, score_all};
-use wgspin::train::sft::run_sft;
+use wgspin::train::{ObjectiveKind, TrainConfig};
 
 /// Demo size. [`DemoConfig::full`] is what `wgspin demo` runs; [`DemoConfig::quick`] is the
 /// reduced mode CI runs.
@@ -369,13 +369,24 @@ fn sft_stage(
     report: &mut dyn FnMut(DemoEvent),
 ) -> Result<(PathBuf, StageResult)> {
     let start = Instant::now();
-    let ckpt = run_sft(from, train, out, cfg, device, |m, total| {
-        report(DemoEvent::SftStep {
-            step: m.step,
-            total,
-            loss: m.loss,
-        })
+    let cfg = TrainConfig {
+        objective: ObjectiveKind::Sft,
+        ..cfg.clone()
+    };
+    let summary = run_train(from, train, out, &cfg, false, device, |e| {
+        if let TrainEvent::Step {
+            metrics,
+            total_steps,
+        } = e
+        {
+            report(DemoEvent::SftStep {
+                step: metrics.step,
+                total: total_steps,
+                loss: metrics.stats.loss(),
+            })
+        }
     })?;
+    let ckpt = summary.checkpoint;
     let (em, ll) = evaluate(&ckpt, heldout, device)?;
     let row = StageResult {
         seed: 0,

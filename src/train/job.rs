@@ -129,6 +129,15 @@ pub fn refuse_foreign(out: &Path) -> Result<()> {
     )))
 }
 
+/// The settings a saved run's state records, in today's shape: a setting added since the run was
+/// saved reads as its default, which is what that run did.
+fn saved_config(state: &Value) -> Option<Value> {
+    state
+        .get("config")
+        .and_then(|c| serde_json::from_value::<TrainConfig>(c.clone()).ok())
+        .and_then(|c| serde_json::to_value(c).ok())
+}
+
 /// Which settings of a saved run differ from `now`, for the refusal to resume it.
 fn settings_differ(saved: &Value, now: &Value) -> String {
     if serde_json::from_value::<TrainConfig>(saved.clone()).is_err() {
@@ -199,9 +208,11 @@ pub fn run_train(
     }
     let config_json = serde_json::to_value(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
     if let Some(s) = &state
-        && s.get("config") != Some(&config_json)
+        && saved_config(s).as_ref() != Some(&config_json)
     {
-        let saved = s.get("config").cloned().unwrap_or(Value::Null);
+        let saved = saved_config(s)
+            .or_else(|| s.get("config").cloned())
+            .unwrap_or(Value::Null);
         return Err(Error::Invalid(format!(
             "{}: {}; resume with the same flags, or choose another --out",
             out.join(CHECKPOINT).join(STATE_FILE).display(),
@@ -387,6 +398,17 @@ pub fn run_train(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_saved_before_a_setting_existed_resumes_with_its_default() {
+        let now = serde_json::to_value(TrainConfig::default()).unwrap();
+        let mut old = now.clone();
+        old.as_object_mut().unwrap().remove("group_by_length");
+        assert_eq!(saved_config(&json!({ "config": old })), Some(now.clone()));
+        let mut other = now.clone();
+        other["group_by_length"] = json!(true);
+        assert_ne!(saved_config(&json!({ "config": other })), Some(now));
+    }
 
     #[test]
     fn a_refused_resume_names_what_differs() {

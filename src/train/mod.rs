@@ -90,6 +90,11 @@ pub struct TrainConfig {
     /// LoRA: train low-rank adapters on the frozen model instead of every weight.
     #[command(flatten)]
     pub lora: LoraConfig,
+    /// Also sort the shuffled examples by length in groups of 50 optimizer steps, so a step's
+    /// examples have similar lengths and pad less (transformers' group_by_length). Without it,
+    /// only the examples within each step are sorted into its micro-batches.
+    #[arg(long)]
+    pub group_by_length: bool,
     /// Gradient checkpointing: recompute cheap activations in the backward pass instead of
     /// keeping them (burn's balanced strategy keeps the matmul outputs); less memory, more compute.
     #[arg(long)]
@@ -123,6 +128,7 @@ impl Default for TrainConfig {
             save_every: 0,
             logging_steps: 1,
             lora: LoraConfig::default(),
+            group_by_length: false,
             gradient_checkpointing: false,
             max_logits: 1 << 23,
         }

@@ -22,6 +22,10 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// Optimizer steps per length group under `--group-by-length` (transformers' sampler sorts
+/// groups of 50 batches).
+pub const LENGTH_GROUP_STEPS: usize = 50;
+
 /// The step plan: how the pairs split into forward passes and optimizer steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
@@ -44,17 +48,32 @@ impl Plan {
         }
     }
 
-    /// Pair indices of each forward pass of optimizer step `step`.
-    pub fn micro_batches(&self, step: usize, n_pairs: usize, cfg: &TrainConfig) -> Vec<Vec<usize>> {
+    /// Example indices of each forward pass of optimizer step `step`; `lens[i]` is example i's
+    /// padded length (the longest row it puts in a batch).
+    ///
+    /// A forward pass pads its rows to the longest, so the step's examples are sorted by length
+    /// (longest first: the step's peak memory comes at its first pass) before they are cut into
+    /// micro-batches; the step's set of examples, hence its gradient, is that of the shuffled
+    /// order. With `--group-by-length`, whole groups of [`LENGTH_GROUP_STEPS`] steps are sorted
+    /// first, as transformers' length-grouped sampler does, so steps themselves hold similar
+    /// lengths. Either way the order is a pure function of (seed, epoch, lengths).
+    pub fn micro_batches(&self, step: usize, lens: &[usize], cfg: &TrainConfig) -> Vec<Vec<usize>> {
+        let n = lens.len();
         let epoch = step / self.steps_per_epoch;
-        let order = epoch_order(n_pairs, cfg.data_seed, epoch);
-        let first = (step % self.steps_per_epoch) * cfg.grad_accum;
-        let last = (first + cfg.grad_accum).min(self.micro_per_epoch);
-        (first..last)
-            .map(|m| {
-                let lo = m * cfg.batch_size;
-                order[lo..(lo + cfg.batch_size).min(n_pairs)].to_vec()
-            })
+        let mut order = epoch_order(n, cfg.data_seed, epoch);
+        let per_step = cfg.batch_size * cfg.grad_accum;
+        let by_len = |group: &mut [usize]| group.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+        if cfg.group_by_length {
+            order
+                .chunks_mut(per_step * LENGTH_GROUP_STEPS)
+                .for_each(by_len);
+        }
+        let lo = ((step % self.steps_per_epoch) * per_step).min(n);
+        let mut examples = order[lo..(lo + per_step).min(n)].to_vec();
+        by_len(&mut examples);
+        examples
+            .chunks(cfg.batch_size)
+            .map(<[usize]>::to_vec)
             .collect()
     }
 }
@@ -120,9 +139,9 @@ impl TrainState {
         self.step >= self.plan.total_steps
     }
 
-    /// Example indices of each forward pass of the next step, out of `n`.
-    pub fn micro_batches(&self, n: usize) -> Vec<Vec<usize>> {
-        self.plan.micro_batches(self.step, n, &self.cfg)
+    /// Example indices of each forward pass of the next step (`lens`: padded lengths).
+    pub fn micro_batches(&self, lens: &[usize]) -> Vec<Vec<usize>> {
+        self.plan.micro_batches(self.step, lens, &self.cfg)
     }
 
     /// Seeds the device's generator for LoRA dropout in forward pass `micro` of the next step,
@@ -156,5 +175,86 @@ impl TrainState {
         self.optimizer.step(&mut self.model, grads, lr);
         self.step += 1;
         Ok((lr, norm))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(batch_size: usize, grad_accum: usize, group_by_length: bool) -> TrainConfig {
+        TrainConfig {
+            batch_size,
+            grad_accum,
+            group_by_length,
+            epochs: 2,
+            ..Default::default()
+        }
+    }
+
+    /// Lengths that follow the index, so sorted order is visible.
+    fn lens(n: usize) -> Vec<usize> {
+        (0..n).map(|i| 10 + (i * 37) % 101).collect()
+    }
+
+    fn steps(c: &TrainConfig, lens: &[usize]) -> Vec<Vec<Vec<usize>>> {
+        let plan = Plan::new(lens.len(), c);
+        (0..plan.total_steps)
+            .map(|s| plan.micro_batches(s, lens, c))
+            .collect()
+    }
+
+    #[test]
+    fn a_step_holds_the_shuffled_orders_examples_sorted_longest_first() {
+        let (n, c) = (203, cfg(4, 3, false));
+        let l = lens(n);
+        let plan = Plan::new(n, &c);
+        for (s, micro) in steps(&c, &l).iter().enumerate() {
+            let order = epoch_order(n, c.data_seed, s / plan.steps_per_epoch);
+            let lo = (s % plan.steps_per_epoch) * 12;
+            let mut want = order[lo..(lo + 12).min(n)].to_vec();
+            let mut got: Vec<usize> = micro.iter().flatten().copied().collect();
+            let got_lens: Vec<usize> = got.iter().map(|&i| l[i]).collect();
+            assert!(got_lens.windows(2).all(|w| w[0] >= w[1]), "{got_lens:?}");
+            assert!(micro.iter().all(|m| m.len() <= 4));
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "step {s}: another set of examples than unsorted");
+        }
+    }
+
+    #[test]
+    fn grouping_by_length_covers_every_example_once_per_epoch_and_pads_less() {
+        let n = 1000;
+        let l = lens(n);
+        let padded = |c: &TrainConfig| -> usize {
+            steps(c, &l)
+                .iter()
+                .flatten()
+                .map(|m| m.len() * m.iter().map(|&i| l[i]).max().unwrap_or(0))
+                .sum()
+        };
+        let grouped = cfg(4, 2, true);
+        let all = steps(&grouped, &l);
+        let per_epoch = Plan::new(n, &grouped).steps_per_epoch;
+        for epoch in all.chunks(per_epoch) {
+            let mut seen: Vec<usize> = epoch.iter().flatten().flatten().copied().collect();
+            seen.sort();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>());
+        }
+        assert_eq!(all, steps(&grouped, &l), "not a pure function of the seed");
+        let real: usize = l.iter().sum::<usize>() * 2;
+        let (plain, sorted_steps, by_len) = (
+            padded(&cfg(4, 1, false)),
+            padded(&cfg(4, 2, false)),
+            padded(&grouped),
+        );
+        eprintln!(
+            "padded tokens over {real} real: batch 4 {plain}, 4 x 2 sorted in the step \
+             {sorted_steps}, grouped by length {by_len}"
+        );
+        assert!(sorted_steps < plain, "{sorted_steps} vs {plain}");
+        assert!(by_len < sorted_steps, "{by_len} vs {sorted_steps}");
+        assert!(by_len as f64 <= 1.05 * real as f64, "{by_len} vs {real}");
     }
 }

@@ -50,6 +50,20 @@ impl Objective {
         self.len() == 0
     }
 
+    /// Each example's padded length: the longest row it puts in a forward pass.
+    pub fn lengths(&self) -> Vec<usize> {
+        match self {
+            Self::Spin { pairs, .. } => pairs
+                .iter()
+                .map(|p| p.prompt.len() + p.real.len().max(p.generated.len()))
+                .collect(),
+            Self::Sft { seqs } => seqs
+                .iter()
+                .map(|s| s.prompt.len() + s.response.len())
+                .collect(),
+        }
+    }
+
     fn what(&self) -> &'static str {
         match self {
             Self::Spin { .. } => "training pairs",
@@ -287,7 +301,7 @@ impl Trainer {
     /// non-finite loss or gradient, leaving the model as it was before the step.
     pub fn train_step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
-        let micro = self.state.micro_batches(self.objective.len());
+        let micro = self.state.micro_batches(&self.objective.lengths());
         let StepGrads {
             grads,
             measured,

@@ -309,3 +309,28 @@ fn fused_head_matches_reference_forward_and_backward() {
         }
     }
 }
+
+/// The lm_head's chunk comes from the device: an eighth of the adapter's largest bindable buffer
+/// (at most 2²⁶ logits) on a GPU, with or without autodiff; the CPU backend's fixed 2²³.
+#[test]
+fn logits_budget_follows_the_device_limits() {
+    use wgspin::device::{list_adapters, logits_budget};
+    for dev in devices() {
+        let got = logits_budget(&dev.device);
+        assert_eq!(logits_budget(&dev.device.clone().autodiff()), got);
+        if !dev.is_gpu {
+            assert_eq!(got, 1 << 23);
+            continue;
+        }
+        let allowed: Vec<usize> = list_adapters()
+            .iter()
+            .map(|a| ((a.max_buffer / 8) as usize).clamp(1 << 20, 1 << 26))
+            .collect();
+        assert!(
+            allowed.contains(&got),
+            "{}: {got} not in {allowed:?}",
+            dev.description
+        );
+        eprintln!("{}: {got} logits at once", dev.description);
+    }
+}

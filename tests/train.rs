@@ -503,3 +503,41 @@ fn sft_loss_is_pytorchs_mean_response_nll() {
         );
     }
 }
+
+/// `--max-logits` only sets how many lm_head rows are computed at once: a chunk of one position
+/// gives the gradients of the device's default chunk.
+#[test]
+fn gradients_do_not_depend_on_the_logits_chunk() {
+    let all = spin_reference();
+    let name = "tiny-qwen2-f32";
+    let r = &all[name];
+    let cfg = config(OptimizerKind::Rmsprop, 0.0);
+    let whole = trainer(name, r, cfg.clone())
+        .gradients(&[vec![0, 1, 2]])
+        .unwrap();
+    let one_row = trainer(
+        name,
+        r,
+        TrainConfig {
+            max_logits: 1,
+            ..cfg
+        },
+    )
+    .gradients(&[vec![0, 1, 2]])
+    .unwrap();
+    assert_grads_match(
+        "one position per lm_head chunk",
+        &whole.grads,
+        &one_row.grads,
+        1e-5,
+    );
+    let (a, b) = (whole.pairs().unwrap().0, one_row.pairs().unwrap().0);
+    for (x, y) in a
+        .real
+        .iter()
+        .chain(&a.generated)
+        .zip(b.real.iter().chain(&b.generated))
+    {
+        assert!(rel(*x, *y) < 1e-6, "log-prob {x} vs {y} in one-row chunks");
+    }
+}

@@ -111,6 +111,7 @@ mod tests {
             driver: driver.into(),
             vendor: 0x10005,
             device_id: 0,
+            max_buffer: 128 << 20,
         }
     }
 

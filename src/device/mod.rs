@@ -71,6 +71,9 @@ pub struct AdapterSummary {
     /// PCI vendor and device ids (0 where the API has none); part of the cache key.
     pub vendor: u32,
     pub device_id: u32,
+    /// The largest buffer a kernel can bind, in bytes (min of the storage-binding and buffer
+    /// limits the device is opened with).
+    pub max_buffer: u64,
 }
 
 /// Name fragments of adapters that rasterise on the CPU: mesa's llvmpipe (Vulkan: lavapipe) and
@@ -164,6 +167,7 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
     for api in probed_apis() {
         for a in enumerate(api) {
             let info = a.get_info();
+            let limits = a.limits();
             out.push(AdapterSummary {
                 index: out.len(),
                 name: info.name,
@@ -175,6 +179,9 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
                     .to_string(),
                 vendor: info.vendor,
                 device_id: info.device,
+                max_buffer: limits
+                    .max_buffer_size
+                    .min(limits.max_storage_buffer_binding_size),
             });
         }
     }
@@ -279,15 +286,37 @@ fn pinned_api(api: wgpu::Backend) -> WgpuBackend {
     }
 }
 
-/// burn devices made in this process, by (API, kind): burn refuses to initialise one twice.
-static DEVICES: Mutex<Vec<((wgpu::Backend, DeviceKind), Device)>> = Mutex::new(Vec::new());
+/// burn devices made in this process, by (API, kind), with their largest buffer in bytes: burn
+/// refuses to initialise one twice.
+type Made = ((wgpu::Backend, DeviceKind), Device, u64);
+static DEVICES: Mutex<Vec<Made>> = Mutex::new(Vec::new());
+
+/// Logits the CPU backend computes at once (32 MiB of f32; measured to keep peak RSS flat).
+const CPU_LOGITS: usize = 1 << 23;
+/// The most logits a GPU computes at once (256 MiB of f32 per buffer: the forward's logits and
+/// the backward's gradient of them are alive together).
+const GPU_MAX_LOGITS: usize = 1 << 26;
+
+/// How many logits (positions × vocab, f32) the lm_head computes at once on `device` (with or
+/// without autodiff): an eighth of its largest bindable buffer, at most [`GPU_MAX_LOGITS`], on a
+/// GPU this process opened; [`CPU_LOGITS`] on the CPU backend. Fewer, larger chunks mean fewer
+/// launches; the margin leaves room for the other buffers of a step.
+pub fn logits_budget(device: &Device) -> usize {
+    let made = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    match made.iter().find(|(_, d, _)| d == device) {
+        Some((_, _, max_buffer)) => {
+            ((max_buffer / 8).min(GPU_MAX_LOGITS as u64) as usize).max(CPU_LOGITS / 8)
+        }
+        None => CPU_LOGITS,
+    }
+}
 
 /// The burn device of `chosen`, pinned to its graphics API so that burn's runtime does not
 /// probe the others (see [`probed_apis`]).
 fn wgpu_device(adapters: &[AdapterSummary], chosen: &AdapterSummary) -> Result<Device> {
     let key = (chosen.backend, device_kind(adapters, chosen));
     let mut made = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, d)) = made.iter().find(|(k, _)| *k == key) {
+    if let Some((_, d, _)) = made.iter().find(|(k, _, _)| *k == key) {
         return Ok(d.clone());
     }
     let device = Device::wgpu_options()
@@ -300,7 +329,7 @@ fn wgpu_device(adapters: &[AdapterSummary], chosen: &AdapterSummary) -> Result<D
                 chosen.index, chosen.name, chosen.backend
             ))
         })?;
-    made.push((key, device.clone()));
+    made.push((key, device.clone(), chosen.max_buffer));
     Ok(device)
 }
 
@@ -376,6 +405,7 @@ mod tests {
             driver: String::new(),
             vendor: 0,
             device_id: 0,
+            max_buffer: 128 << 20,
         }
     }
 

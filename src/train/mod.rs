@@ -99,8 +99,12 @@ pub struct TrainConfig {
     /// keeping them (burn's balanced strategy keeps the matmul outputs); less memory, more compute.
     #[arg(long)]
     pub gradient_checkpointing: bool,
-    /// Upper bound on `positions × vocab` logits alive at once (2²³; not a flag).
-    #[arg(skip = Self::default().max_logits)]
+    /// Logits (positions × vocab) the lm_head computes at once in training and scoring; more
+    /// means fewer launches and more memory. 0 = from the device: an eighth of its largest
+    /// buffer, at most 2²⁶, on a GPU; 2²³ on the CPU. Results do not depend on it, so a resume
+    /// may change it.
+    #[arg(long, default_value_t = Self::default().max_logits)]
+    #[serde(skip_serializing)]
     pub max_logits: usize,
 }
 
@@ -130,7 +134,7 @@ impl Default for TrainConfig {
             lora: LoraConfig::default(),
             group_by_length: false,
             gradient_checkpointing: false,
-            max_logits: 1 << 23,
+            max_logits: 0,
         }
     }
 }

@@ -40,7 +40,8 @@ impl TokenizedPair {
 pub struct ScoreOptions {
     /// Sequences per forward pass.
     pub batch_size: usize,
-    /// Upper bound on `positions × vocab` logits alive at once (default 2²³ = 32 MiB of f32).
+    /// Upper bound on `positions × vocab` logits computed at once; 0 = the device's
+    /// [`crate::device::logits_budget`].
     pub max_logits: usize,
 }
 
@@ -48,7 +49,7 @@ impl Default for ScoreOptions {
     fn default() -> Self {
         Self {
             batch_size: 8,
-            max_logits: 1 << 23,
+            max_logits: 0,
         }
     }
 }
@@ -86,7 +87,11 @@ pub fn response_token_logprobs(
     let (index, targets) = response_positions(pairs, seq);
     let n = index.len();
     let vocab = model.head_weight().dims()[0];
-    let chunk = (max_logits / vocab).max(1);
+    let budget = match max_logits {
+        0 => crate::device::logits_budget(&device),
+        n => n,
+    };
+    let chunk = (budget / vocab).max(1);
     let idx = Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &device);
     let tgt = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &device);
     // Only response positions reach the lm_head, `chunk` at a time (fused WGSL log-prob on wgpu).

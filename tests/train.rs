@@ -12,95 +12,17 @@ mod common;
 use std::time::Duration;
 
 use burn::tensor::{Tensor, TensorData};
+use common::spin_fixture::*;
 use common::*;
 use serde_json::Value;
 use wgspin::ModelBundle;
-use wgspin::data::SftExample;
 use wgspin::device::cpu_device;
 use wgspin::hf::weights::WeightFiles;
 use wgspin::model::StepInput;
 use wgspin::model::named::params_mut;
-use wgspin::train::loss::{LossKind, PairLoss, pair_losses};
+use wgspin::train::loss::{LossKind, pair_losses};
 use wgspin::train::optim::{OptimizerKind, Schedule, lr_at};
-use wgspin::train::{
-    Measured, Objective, PairLogps, TrainConfig, Trainer, tokenize_pairs, truncate,
-};
-
-fn spin_reference() -> Value {
-    let text = std::fs::read_to_string(fixture("spin_reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn config(optimizer: OptimizerKind, weight_decay: f64) -> TrainConfig {
-    TrainConfig {
-        loss: PairLoss {
-            beta: 1.0,
-            ..Default::default()
-        },
-        lr: 1e-3,
-        optimizer,
-        weight_decay,
-        epochs: 1,
-        batch_size: 3,
-        warmup_ratio: 0.0,
-        schedule: Schedule::Constant,
-        max_grad_norm: 0.0,
-        ..Default::default()
-    }
-}
-
-fn trainer(name: &str, r: &Value, cfg: TrainConfig) -> Trainer {
-    let dev = cpu_device();
-    let bundle = ModelBundle::load(&fixture(name), &cfg.train_device(&dev.device)).unwrap();
-    let pairs_ref = r["pairs"].as_array().unwrap();
-    let examples: Vec<SftExample> = pairs_ref
-        .iter()
-        .enumerate()
-        .map(|(i, p)| SftExample {
-            id: format!("{i}"),
-            prompt: p["prompt"].as_str().unwrap().into(),
-            response: p["real"].as_str().unwrap().into(),
-            generated: Some(p["generated"].as_str().unwrap().into()),
-        })
-        .collect();
-    let pairs = tokenize_pairs(&bundle.tokenizer, &examples, &cfg).unwrap();
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
-    for (p, want) in pairs.iter().zip(pairs_ref) {
-        assert_eq!(p.prompt, ids(&want["prompt_ids"]), "{name} prompt ids");
-        assert_eq!(p.real, ids(&want["real_ids"]), "{name} real ids");
-        assert_eq!(
-            p.generated,
-            ids(&want["generated_ids"]),
-            "{name} generated ids"
-        );
-    }
-    let reference = PairLogps {
-        real: pairs_ref
-            .iter()
-            .map(|p| p["ref_real"].as_f64().unwrap())
-            .collect(),
-        generated: pairs_ref
-            .iter()
-            .map(|p| p["ref_generated"].as_f64().unwrap())
-            .collect(),
-    };
-    let pad = bundle.tokenizer.eos_token_id;
-    Trainer::new(bundle.model, cfg, Objective::Spin { pairs, reference }, pad).unwrap()
-}
+use wgspin::train::{Measured, Objective, TrainConfig, Trainer, truncate};
 
 fn norm(t: Tensor<1>) -> f64 {
     let v = floats(t);
@@ -209,45 +131,38 @@ fn gradient_checkpointing_gives_the_same_gradients() {
         let plain = trainer(name, r, cfg.clone())
             .gradients(&[vec![0, 1, 2]])
             .unwrap();
-        let checkpointed = trainer(
+        let mut checkpointed = trainer(
             name,
             r,
             TrainConfig {
                 gradient_checkpointing: true,
-                ..cfg
+                ..cfg.clone()
             },
         );
-        assert_eq!(
-            checkpointed
-                .state
-                .model
-                .device()
-                .gradient_checkpointing_strategy(),
-            Some(burn::tensor::GradientCheckpointingStrategy::Balanced)
-        );
-        let mut checkpointed = checkpointed;
         let ck = checkpointed.gradients(&[vec![0, 1, 2]]).unwrap();
+        // Every parameter, the (tied) embeddings included, from the per-layer recompute.
         assert_grads_match(
             &format!("{name} with checkpointing"),
             &plain.grads,
             &ck.grads,
             1e-5,
         );
-        // Updated weights stay on the checkpointed graph (a step once reset them to the default).
+        let (a, b) = (plain.pairs().unwrap().0, ck.pairs().unwrap().0);
+        for (x, y) in a
+            .real
+            .iter()
+            .chain(&a.generated)
+            .zip(b.real.iter().chain(&b.generated))
+        {
+            assert!(rel(*x, *y) < 1e-6, "{name}: log-prob {x} vs {y} recomputed");
+        }
+        // And again after a step, on updated weights.
+        let mut again = trainer(name, r, cfg);
+        again.train_step().unwrap();
         checkpointed.train_step().unwrap();
-        let m = &checkpointed.state.model;
-        let balanced = Some(burn::tensor::GradientCheckpointingStrategy::Balanced);
-        assert_eq!(m.embed.val().gradient_checkpointing_strategy(), balanced);
-        assert_eq!(
-            m.layers[1]
-                .mlp
-                .down
-                .weight
-                .val()
-                .gradient_checkpointing_strategy(),
-            balanced,
-            "{name}: after one step"
-        );
+        let want = again.gradients(&[vec![0, 1, 2]]).unwrap();
+        let got = checkpointed.gradients(&[vec![0, 1, 2]]).unwrap();
+        assert_grads_match(&format!("{name} step 2"), &want.grads, &got.grads, 1e-5);
     }
 }
 
@@ -340,14 +255,18 @@ fn checkpoints_keep_names_shapes_dtypes_and_logits() {
 }
 
 /// `wgspin train` (SPIN pairs) or `wgspin sft` (the pairs' real responses), 12 steps, saving
-/// every 2.
+/// every 2; `cmd` may carry flags after the command.
 fn train_args(cmd: &str, data: &std::path::Path, out: &std::path::Path) -> Vec<String> {
+    let (cmd, extra) = cmd.split_once(' ').unwrap_or((cmd, ""));
     job_args(
         cmd,
         "tiny-llama-bf16",
         data,
         out,
-        "--lr 1e-3 --optimizer adamw --weight-decay 0.01 --batch-size 2 --epochs 3 --save-every 2",
+        &format!(
+            "--lr 1e-3 --optimizer adamw --weight-decay 0.01 --batch-size 2 --epochs 3 \
+             --save-every 2 {extra}"
+        ),
     )
 }
 
@@ -373,6 +292,12 @@ fn sft_resumes_after_sigkill_like_an_uninterrupted_run() {
     resumes_after_sigkill("sft");
 }
 
+/// With f16 activations the loss scaler's state is part of what a checkpoint carries.
+#[test]
+fn f16_sft_resumes_after_sigkill_like_an_uninterrupted_run() {
+    resumes_after_sigkill("sft --dtype f16");
+}
+
 fn resumes_after_sigkill(cmd: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let pairs = tmp.path().join("pairs.jsonl");
@@ -389,7 +314,7 @@ fn resumes_after_sigkill(cmd: &str) {
             .unwrap(),
     )
     .unwrap();
-    if cmd == "train" {
+    if cmd.starts_with("train") {
         // Rewards separate on the training pairs.
         assert!(last["rewards/margins"].as_f64().unwrap() > 0.0, "{last}");
     } else {
@@ -408,6 +333,11 @@ fn resumes_after_sigkill(cmd: &str) {
     );
     let s: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(s["complete"], false, "killed after the run finished: {s}");
+    assert_eq!(
+        s["loss_scaler"].is_object(),
+        cmd.contains("f16"),
+        "the loss scaler's state is saved with f16 activations only: {s}"
+    );
 
     // Without --resume the folder is refused; with it, the run continues.
     let st = wgspin()

@@ -286,9 +286,9 @@ fn pinned_api(api: wgpu::Backend) -> WgpuBackend {
     }
 }
 
-/// burn devices made in this process, by (API, kind), with their largest buffer in bytes: burn
-/// refuses to initialise one twice.
-type Made = ((wgpu::Backend, DeviceKind), Device, u64);
+/// burn devices made in this process, by (API, kind), with the adapter they run on: burn refuses
+/// to initialise one twice.
+type Made = ((wgpu::Backend, DeviceKind), Device, AdapterSummary);
 static DEVICES: Mutex<Vec<Made>> = Mutex::new(Vec::new());
 
 /// Logits the CPU backend computes at once (32 MiB of f32; measured to keep peak RSS flat).
@@ -302,13 +302,24 @@ const GPU_MAX_LOGITS: usize = 1 << 26;
 /// GPU this process opened; [`CPU_LOGITS`] on the CPU backend. Fewer, larger chunks mean fewer
 /// launches; the margin leaves room for the other buffers of a step.
 pub fn logits_budget(device: &Device) -> usize {
-    let made = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
-    match made.iter().find(|(_, d, _)| d == device) {
-        Some((_, _, max_buffer)) => {
-            ((max_buffer / 8).min(GPU_MAX_LOGITS as u64) as usize).max(CPU_LOGITS / 8)
-        }
+    match adapter_of(device) {
+        Some(a) => ((a.max_buffer / 8).min(GPU_MAX_LOGITS as u64) as usize).max(CPU_LOGITS / 8),
         None => CPU_LOGITS,
     }
+}
+
+/// The adapter a GPU device this process opened runs on (autodiff or not); `None` on the CPU.
+fn adapter_of(device: &Device) -> Option<AdapterSummary> {
+    let made = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    made.iter()
+        .find(|(_, d, _)| d == device)
+        .map(|(_, _, a)| a.clone())
+}
+
+/// Whether `device` is a GPU whose WGSL has `shader-f16`; `None` on the CPU backend (which runs
+/// f16 in software).
+pub fn runs_f16(device: &Device) -> Option<bool> {
+    adapter_of(device).map(|a| a.shader_f16)
 }
 
 /// The burn device of `chosen`, pinned to its graphics API so that burn's runtime does not
@@ -329,7 +340,7 @@ fn wgpu_device(adapters: &[AdapterSummary], chosen: &AdapterSummary) -> Result<D
                 chosen.index, chosen.name, chosen.backend
             ))
         })?;
-    made.push((key, device.clone(), chosen.max_buffer));
+    made.push((key, device.clone(), chosen.clone()));
     Ok(device)
 }
 

@@ -6,9 +6,10 @@
 
 use burn::module::Module;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::layers::Linear;
+use super::precision::like;
 use super::rope;
 use crate::hf::config::AttentionWindow;
 
@@ -138,8 +139,11 @@ impl Attention {
         let scores = q
             .matmul(k.swap_dims(2, 3))
             .mul_scalar(1.0 / (d as f64).sqrt()); // [b, hkv, g*s, kv]
-        let scores = scores.reshape([b, hkv, g, s, kv_len]) + mask.clone();
-        let probs = softmax(scores, 4).reshape([b, hkv, g * s, kv_len]);
+        // The mask and softmax in f32 whatever the compute dtype, as transformers' eager
+        // attention upcasts its softmax.
+        let dtype = scores.dtype();
+        let scores = like(scores, DType::F32).reshape([b, hkv, g, s, kv_len]) + mask.clone();
+        let probs = like(softmax(scores, 4), dtype).reshape([b, hkv, g * s, kv_len]);
         let out = probs.matmul(v); // [b, hkv, g*s, d]
         let out = out
             .reshape([b, h, s, d])

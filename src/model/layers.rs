@@ -2,10 +2,11 @@
 //! and the SwiGLU MLP.
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
+use burn::tensor::{DType, Tensor};
 
 use super::lora::Lora;
+use super::precision::like;
 use crate::kernels::rows_matmul::rows_matmul;
 
 /// Root-mean-square normalisation with a learned scale (no bias, no mean subtraction).
@@ -17,11 +18,14 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// `x`: `[..., hidden]`.
+    /// `x`: `[..., hidden]`. In f32 whatever `x`'s dtype (an f16 square overflows past 256),
+    /// then back to it before the scale, as transformers' `LlamaRMSNorm` does.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = like(x, DType::F32);
         let ms = x.clone().square().mean_dim(D - 1); // [..., 1]
         let inv = ms.add_scalar(self.eps).sqrt().recip();
-        x * inv * self.weight.val().unsqueeze::<D>()
+        like(x * inv, dtype) * like(self.weight.val(), dtype).unsqueeze::<D>()
     }
 }
 
@@ -45,9 +49,10 @@ impl Linear {
         let dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         let x = x.reshape([rows, dims[D - 1]]);
-        let y = x.clone().matmul(self.weight.val().transpose());
+        let dtype = x.dtype();
+        let y = x.clone().matmul(like(self.weight.val(), dtype).transpose());
         let y = match &self.bias {
-            Some(b) => y + b.val().unsqueeze::<2>(),
+            Some(b) => y + like(b.val(), dtype).unsqueeze::<2>(),
             None => y,
         };
         let y = match &self.lora {

@@ -133,6 +133,7 @@ fn skeleton(cfg: &ModelConfig, device: &Device) -> Transformer {
         lm_head: (!cfg.tie_word_embeddings).then(two),
         rope: Transformer::config_rope(cfg),
         window: cfg.window,
+        compute: burn::tensor::DType::F32,
     }
 }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::Transformer;
 use super::layers::Linear;
 use super::named::leaf_like;
+use super::precision::like;
 use crate::error::{Error, Result};
 use crate::hf::names::{self as hf_names, LayerTensor};
 
@@ -190,15 +191,17 @@ pub struct Lora {
 impl Lora {
     /// The update for `x [rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let dtype = x.dtype();
         let x = if self.dropout > 0.0 && x.is_autodiff() {
             let keep = 1.0 - self.dropout;
             let mask = Tensor::<2>::random(x.dims(), Distribution::Bernoulli(keep), &x.device());
-            x * mask.div_scalar(keep)
+            x * like(mask.div_scalar(keep), dtype)
         } else {
             x
         };
-        x.matmul(self.a.val().transpose())
-            .matmul(self.b.val().transpose())
+        // The f32 adapters cast to the activations' dtype, as PEFT under autocast.
+        x.matmul(like(self.a.val(), dtype).transpose())
+            .matmul(like(self.b.val(), dtype).transpose())
             .mul_scalar(self.scale)
     }
 
@@ -292,7 +295,7 @@ pub fn merge(m: &mut Transformer) {
     for (_, _, lin) in targets_mut(m) {
         if let Some(l) = lin.lora.take() {
             let old = lin.weight.val();
-            let w = old.clone().inner() + l.delta();
+            let w = old.clone().inner() + like(l.delta(), old.dtype());
             lin.weight = Param::from_tensor(leaf_like(w, &old));
         }
     }

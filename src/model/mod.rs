@@ -8,16 +8,19 @@ pub mod layers;
 pub mod loader;
 pub mod lora;
 pub mod named;
+pub mod precision;
 pub mod random_init;
 pub mod rope;
 pub mod static_cache;
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 pub use attention::KvCache;
-use attention::{Attention, LayerCache, StepContext, build_mask};
+pub use attention::StepContext;
+use attention::{Attention, LayerCache, build_mask};
 use layers::{Mlp, RmsNorm};
+use precision::like;
 use rope::Rope;
 
 use crate::hf::config::{AttentionWindow, ModelConfig};
@@ -31,7 +34,7 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn forward(&self, x: Tensor<3>, ctx: &StepContext, cache: LayerCache) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, ctx: &StepContext, cache: LayerCache) -> Tensor<3> {
         let h = x.clone() + self.attn.forward(self.input_norm.forward(x), ctx, cache);
         h.clone() + self.mlp.forward(self.post_attn_norm.forward(h))
     }
@@ -49,6 +52,26 @@ pub struct Transformer {
     pub rope: Rope,
     #[module(skip)]
     pub window: AttentionWindow,
+    /// The activations' dtype (see [`precision`]); f32 unless training asks for f16.
+    #[module(skip)]
+    pub compute: DType,
+}
+
+/// The per-pass constants of a cache-free forward (training, scoring): RoPE angles and the mask.
+pub struct PassContext {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    mask: Tensor<5>,
+}
+
+impl PassContext {
+    pub fn step(&self) -> StepContext<'_> {
+        StepContext {
+            cos: &self.cos,
+            sin: &self.sin,
+            mask: &self.mask,
+        }
+    }
 }
 
 /// A batch of token rows for one forward step. Rows have equal length; padding slots carry any
@@ -118,23 +141,48 @@ impl Transformer {
         self.embed.val().device()
     }
 
-    /// Final hidden states (after the last norm) `[batch, seq, hidden]`. With a cache, the step's
-    /// tokens follow the cached slots and are appended to them.
-    pub fn forward_hidden(&self, input: &StepInput, mut cache: Option<&mut KvCache>) -> Tensor<3> {
-        let device = self.device();
+    /// The token embeddings of `input` in the compute dtype `[batch, seq, hidden]`.
+    pub fn embed_tokens(&self, input: &StepInput) -> Tensor<3> {
         let b = input.tokens.len();
         let s = input.tokens.first().map_or(0, Vec::len);
         let ids: Vec<i32> = input.tokens.iter().flatten().map(|&t| t as i32).collect();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * s]), &device);
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * s]), &self.device());
         let hidden = self.embed.val().dims()[1];
-        let mut x = self.embed.val().select(0, ids).reshape([b, s, hidden]); // [b, s, hidden]
+        let x = self.embed.val().select(0, ids).reshape([b, s, hidden]); // [b, s, hidden]
+        like(x, self.compute)
+    }
 
+    /// cos and sin of `input`'s positions (padding at 0) in the compute dtype.
+    fn angles(&self, input: &StepInput) -> (Tensor<4>, Tensor<4>) {
         let rope_pos: Vec<Vec<usize>> = input
             .positions
             .iter()
             .map(|r| r.iter().map(|p| p.unwrap_or(0)).collect())
             .collect();
-        let (cos, sin) = self.rope.angles(&rope_pos, &device);
+        let (cos, sin) = self.rope.angles(&rope_pos, &self.device());
+        (like(cos, self.compute), like(sin, self.compute))
+    }
+
+    /// What every layer of a cache-free forward over right-padded `input` shares.
+    pub fn pass_context(&self, input: &StepInput) -> PassContext {
+        let (cos, sin) = self.angles(input);
+        let s = input.tokens.first().map_or(0, Vec::len);
+        let device = self.device();
+        let mask = if input.is_right_padded() {
+            causal_mask(s, self.window, &device)
+        } else {
+            build_mask(&input.positions, &input.positions, self.window, &device)
+        };
+        PassContext { cos, sin, mask }
+    }
+
+    /// Final hidden states (after the last norm) `[batch, seq, hidden]`. With a cache, the step's
+    /// tokens follow the cached slots and are appended to them.
+    pub fn forward_hidden(&self, input: &StepInput, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let device = self.device();
+        let s = input.tokens.first().map_or(0, Vec::len);
+        let mut x = self.embed_tokens(input);
+        let (cos, sin) = self.angles(input);
         let key_pos: Vec<Vec<Option<usize>>> = match &cache {
             Some(c) if !c.key_pos.is_empty() => c
                 .key_pos
@@ -175,7 +223,8 @@ impl Transformer {
 
     /// Logits for hidden states `[..., hidden]` → `[..., vocab]`.
     pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::linear(hidden, self.head_weight().transpose(), None)
+        let w = like(self.head_weight(), hidden.dtype());
+        burn::tensor::module::linear(hidden, w.transpose(), None)
     }
 
     /// Full logits `[batch, seq, vocab]`.

@@ -4,11 +4,12 @@
 
 use burn::module::Param;
 use burn::tensor::Gradients;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::Transformer;
 use super::layers::Linear;
 use super::lora;
+use super::precision::like;
 use crate::hf::names::{self as hf_names, LayerTensor};
 
 /// A mutable parameter of rank 1 (norms, biases) or 2 (matrices).
@@ -61,6 +62,23 @@ impl ParamRef<'_> {
         match self {
             ParamRef::One(p) => **p = (**p).clone().set_require_grad(false),
             ParamRef::Two(p) => **p = (**p).clone().set_require_grad(false),
+        }
+    }
+
+    /// Stores the value in `dtype` when the parameter is frozen (gets no gradient); a trained
+    /// one keeps its f32 master value.
+    pub fn store_frozen_as(&mut self, dtype: DType) {
+        // Cast off the graph, then back onto it as a leaf with the old value's autodiff context.
+        match self {
+            ParamRef::One(p) if !p.val().is_require_grad() => {
+                let t = leaf_like(like(p.val().inner(), dtype), &p.val());
+                **p = Param::from_tensor(t).set_require_grad(false)
+            }
+            ParamRef::Two(p) if !p.val().is_require_grad() => {
+                let t = leaf_like(like(p.val().inner(), dtype), &p.val());
+                **p = Param::from_tensor(t).set_require_grad(false)
+            }
+            _ => {}
         }
     }
 

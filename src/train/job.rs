@@ -18,6 +18,7 @@ use burn::tensor::Device;
 use serde_json::{Value, json};
 
 use super::optim::{OptimConfig, Optimizer};
+use super::state::LossScaler;
 use super::{
     Objective, ObjectiveKind, PairLogps, StepMetrics, TrainConfig, Trainer, pair_logps,
     tokenize_pairs, tokenize_sft,
@@ -29,6 +30,7 @@ use crate::hf::bundle::ModelBundle;
 use crate::hf::checkpoint;
 use crate::hf::weights::StoredDtype;
 use crate::manifest;
+use crate::model::precision::set_compute;
 
 pub const CHECKPOINT: &str = "checkpoint";
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -258,11 +260,13 @@ pub fn run_train(
     let load_player =
         |from: &Path| ModelBundle::load_for_training(from, &train_device, &cfg.lora, cfg.data_seed);
     let fresh_sft = cfg.objective == ObjectiveKind::Sft && state.is_none();
-    let input = if fresh_sft {
+    let compute = cfg.dtype.resolve(device)?;
+    let mut input = if fresh_sft {
         load_player(model_path)?
     } else {
         ModelBundle::load(model_path, device)?
     };
+    set_compute(&mut input.model, compute);
     let pad = input.tokenizer.pad_id();
     let (dtype, source_dir) = (input.stored_dtype, input.dir.clone());
     let objective = match cfg.objective {
@@ -281,18 +285,28 @@ pub fn run_train(
         input
     } else {
         drop(input);
-        load_player(if state.is_some() { &ckpt } else { model_path })?
+        let mut p = load_player(if state.is_some() { &ckpt } else { model_path })?;
+        set_compute(&mut p.model, compute);
+        p
     };
     let base_name = player.adapter_base_name(model_path);
     let mut trainer = Trainer::new(player.model, cfg.clone(), objective, pad)?;
-    if state.is_some() {
+    if let Some(s) = &state {
         trainer.state.step = resume_step;
+        let scaler = s
+            .get("loss_scaler")
+            .and_then(|v| serde_json::from_value::<LossScaler>(v.clone()).ok());
+        if trainer.state.scaler.is_some() {
+            trainer.state.scaler = scaler.or(trainer.state.scaler);
+        }
+        // Steps the scaler skipped did not reach the optimizer.
+        let skipped = scaler.map_or(0, |s| s.skipped);
         let opt_path = ckpt.join(OPTIMIZER_FILE);
         if opt_path.exists() {
             trainer.state.optimizer = Optimizer::load(
                 OptimConfig::from(cfg),
                 &opt_path,
-                resume_step as u64,
+                resume_step.saturating_sub(skipped) as u64,
                 &trainer.state.model,
                 device,
             )?;
@@ -327,6 +341,7 @@ pub fn run_train(
             "source_model": model_path.to_string_lossy(),
             "identity": identity,
             "config": serde_json::to_value(&trainer.state.cfg).unwrap_or(Value::Null),
+            "loss_scaler": trainer.state.scaler,
         });
         let mut extra = vec![(
             STATE_FILE,

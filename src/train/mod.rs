@@ -12,6 +12,7 @@
 pub mod job;
 pub mod loss;
 pub mod optim;
+pub mod recompute;
 pub mod score;
 pub mod state;
 pub mod trainer;
@@ -24,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::hf::tokenizer::ChatTokenizer;
 use crate::model::Transformer;
 use crate::model::lora::LoraConfig;
+use crate::model::precision::Precision;
 use crate::train::score::{ScoreOptions, TokenizedPair, score_all};
 use loss::{LossKind, PairLoss, pair_loss_host};
 use optim::{OptimizerKind, Schedule};
@@ -90,13 +92,18 @@ pub struct TrainConfig {
     /// LoRA: train low-rank adapters on the frozen model instead of every weight.
     #[command(flatten)]
     pub lora: LoraConfig,
+    /// Activations' dtype: auto (f16 on a GPU whose WGSL has shader-f16, f32 elsewhere), f32 or
+    /// f16. Trained weights and optimizer state stay f32 (a LoRA base is stored in f16); with f16
+    /// the loss is scaled dynamically and a step whose gradients overflow is skipped.
+    #[arg(long, default_value_t = Self::default().dtype)]
+    pub dtype: Precision,
     /// Also sort the shuffled examples by length in groups of 50 optimizer steps, so a step's
     /// examples have similar lengths and pad less (transformers' group_by_length). Without it,
     /// only the examples within each step are sorted into its micro-batches.
     #[arg(long)]
     pub group_by_length: bool,
-    /// Gradient checkpointing: recompute cheap activations in the backward pass instead of
-    /// keeping them (burn's balanced strategy keeps the matmul outputs); less memory, more compute.
+    /// Gradient checkpointing: keep only each decoder layer's input and recompute the layer in
+    /// the backward pass (transformers' per-layer checkpointing); less memory, one more forward.
     #[arg(long)]
     pub gradient_checkpointing: bool,
     /// Logits (positions × vocab) the lm_head computes at once in training and scoring; more
@@ -132,6 +139,7 @@ impl Default for TrainConfig {
             save_every: 0,
             logging_steps: 1,
             lora: LoraConfig::default(),
+            dtype: Precision::Auto,
             group_by_length: false,
             gradient_checkpointing: false,
             max_logits: 0,
@@ -140,14 +148,10 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The autodiff device training runs on: `device`'s, checkpointed when asked.
+    /// The autodiff device training runs on (checkpointing is the trainer's, per layer: see
+    /// [`recompute`]).
     pub fn train_device(&self, device: &Device) -> Device {
-        let d = device.clone().autodiff();
-        if self.gradient_checkpointing {
-            d.gradient_checkpointing()
-        } else {
-            d
-        }
+        device.clone().autodiff()
     }
 
     pub fn validate(&self) -> Result<()> {

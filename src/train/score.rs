@@ -77,12 +77,26 @@ pub fn response_token_logprobs(
     pad_id: u32,
     max_logits: usize,
 ) -> Tensor<1> {
-    let device = model.device();
+    let hidden = model.forward_hidden(&model_input(pairs, pad_id), None); // [b, seq, hidden]
+    head_token_logprobs(model, hidden, pairs, max_logits)
+}
+
+/// The right-padded model input of `pairs`: prompt + response without its last token.
+pub fn model_input(pairs: &[TokenizedPair], pad_id: u32) -> StepInput {
     let rows: Vec<Vec<u32>> = pairs.iter().map(TokenizedPair::input).collect();
-    let input = StepInput::right_padded(&rows, pad_id);
-    let seq = input.tokens[0].len();
-    let hidden = model.forward_hidden(&input, None); // [b, seq, hidden]
-    let [b, _, h] = hidden.dims();
+    StepInput::right_padded(&rows, pad_id)
+}
+
+/// The lm_head part of [`response_token_logprobs`]: log-probs of every response token from the
+/// final hidden states `[b, seq, hidden]` of [`model_input`].
+pub fn head_token_logprobs(
+    model: &Transformer,
+    hidden: Tensor<3>,
+    pairs: &[TokenizedPair],
+    max_logits: usize,
+) -> Tensor<1> {
+    let device = hidden.device();
+    let [b, seq, h] = hidden.dims();
     let hidden = hidden.reshape([b * seq, h]);
     let (index, targets) = response_positions(pairs, seq);
     let n = index.len();
@@ -95,7 +109,8 @@ pub fn response_token_logprobs(
     let idx = Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &device);
     let tgt = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &device);
     // Only response positions reach the lm_head, `chunk` at a time (fused WGSL log-prob on wgpu).
-    head_logprobs(hidden.select(0, idx), model.head_weight(), tgt, chunk) // [n]
+    let head = crate::model::precision::like(model.head_weight(), hidden.dtype());
+    head_logprobs(hidden.select(0, idx), head, tgt, chunk) // [n]
 }
 
 /// Summed response log-prob of each pair `[pairs]`, differentiable (the training loss uses it).
@@ -105,7 +120,15 @@ pub fn sequence_logprobs(
     pad_id: u32,
     max_logits: usize,
 ) -> Tensor<1> {
-    let lp = response_token_logprobs(model, pairs, pad_id, max_logits); // [n]
+    sequence_sums(
+        response_token_logprobs(model, pairs, pad_id, max_logits),
+        pairs,
+    )
+}
+
+/// Per-pair sums `[pairs]` of token log-probs `lp [Σ response lengths]` laid out as
+/// [`response_token_logprobs`] returns them; differentiable.
+pub fn sequence_sums(lp: Tensor<1>, pairs: &[TokenizedPair]) -> Tensor<1> {
     let n = lp.dims()[0];
     // Segment sums as a [pairs, n] 0/1 matrix product: tiny next to the forward pass.
     let mut seg = vec![0f32; pairs.len() * n];

@@ -2,7 +2,8 @@
 //! plan, gradients by parameter name, and the state carried from step to step with the clipped
 //! update that advances it.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
+use serde::{Deserialize, Serialize};
 
 use super::TrainConfig;
 use super::optim::{OptimConfig, Optimizer, grad_norm, lr_at};
@@ -99,6 +100,53 @@ pub(crate) fn read_f32(t: Tensor<1>, what: &str) -> Result<Vec<f32>> {
         .map_err(|e| Error::Device(format!("reading {what} back failed: {e:?}")))
 }
 
+/// Dynamic loss scaling for f16 activations, as PyTorch's `GradScaler` with its defaults: the
+/// loss is multiplied by `scale` before the backward pass, so that small gradients do not flush to
+/// zero in f16, and the gradients are divided by it after; a step whose gradients are not finite
+/// is skipped (the data and the schedule move on, the weights and optimizer state do not) and the
+/// scale halved; after [`LossScaler::GROWTH_INTERVAL`] finite steps in a row it doubles.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossScaler {
+    pub scale: f64,
+    /// Finite steps since the scale last changed.
+    pub good_steps: usize,
+    /// Steps skipped over the whole run.
+    pub skipped: usize,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        Self {
+            scale: Self::INIT,
+            good_steps: 0,
+            skipped: 0,
+        }
+    }
+}
+
+impl LossScaler {
+    pub const INIT: f64 = 65536.0;
+    pub const GROWTH_INTERVAL: usize = 2000;
+    /// Gradients that overflow at a scale below this are not finite for a reason the scale
+    /// cannot fix (f16 activations overflowing, or divergence): training stops.
+    pub const MIN: f64 = 1.0;
+
+    /// Records a step whose unscaled gradients were `finite` or not.
+    pub fn update(&mut self, finite: bool) {
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps == Self::GROWTH_INTERVAL {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        } else {
+            self.scale /= 2.0;
+            self.good_steps = 0;
+            self.skipped += 1;
+        }
+    }
+}
+
 /// The model being trained, its settings, the optimizer, the step plan and the step count.
 pub struct TrainState {
     /// On an autodiff device.
@@ -106,9 +154,11 @@ pub struct TrainState {
     pub cfg: TrainConfig,
     pub optimizer: Optimizer,
     pub plan: Plan,
-    /// Optimizer steps done.
+    /// Steps done (including any the loss scaler skipped).
     pub step: usize,
     pub pad_id: u32,
+    /// With f16 activations (the model's compute dtype); `None` in f32.
+    pub scaler: Option<LossScaler>,
 }
 
 impl TrainState {
@@ -125,7 +175,9 @@ impl TrainState {
         if n == 0 {
             return Err(Error::Invalid(format!("no {what}")));
         }
+        let scaler = (model.compute == DType::F16).then(LossScaler::default);
         Ok(Self {
+            scaler,
             plan: Plan::new(n, &cfg),
             optimizer: Optimizer::new(OptimConfig::from(&cfg)),
             model,
@@ -144,21 +196,49 @@ impl TrainState {
         self.plan.micro_batches(self.step, lens, &self.cfg)
     }
 
-    /// Seeds the device's generator for LoRA dropout in forward pass `micro` of the next step,
-    /// so the masks are a pure function of (seed, step) and a resumed run draws the same ones.
-    pub fn seed_dropout(&self, micro: usize) {
-        if self.cfg.lora.enabled() && self.cfg.lora.dropout > 0.0 {
+    /// The device generator's seed for LoRA dropout in forward pass `micro` of the next step
+    /// (`None` without dropout), so the masks are a pure function of (seed, step) and a resumed
+    /// run draws the same ones.
+    pub fn dropout_seed(&self, micro: usize) -> Option<u64> {
+        (self.cfg.lora.enabled() && self.cfg.lora.dropout > 0.0).then(|| {
             let key = (self.step as u64).wrapping_mul(0x9E37_79B9) ^ micro as u64;
-            let mut rng = crate::rng::SplitMix64(self.cfg.data_seed ^ key);
-            self.model.device().seed(rng.next());
-        }
+            crate::rng::SplitMix64(self.cfg.data_seed ^ key).next()
+        })
     }
 
-    /// Clips `grads` to `max_grad_norm` and takes the next optimizer step at the scheduled
-    /// learning rate. Fails, changing nothing, when the gradient norm is not finite. Returns
-    /// (lr, norm).
+    /// What the loss is multiplied by before the backward pass (1 in f32).
+    pub fn loss_scale(&self) -> f64 {
+        self.scaler.map_or(1.0, |s| s.scale)
+    }
+
+    /// Clips `grads` (of the scaled loss) to `max_grad_norm` after unscaling them and takes the
+    /// next optimizer step at the scheduled learning rate. A gradient norm that is not finite
+    /// skips the step under loss scaling, and otherwise fails, changing nothing. Returns (lr,
+    /// norm); the norm is not finite for a skipped step.
     pub fn update(&mut self, mut grads: Vec<Tensor<1>>) -> Result<(f64, f64)> {
+        let scale = self.loss_scale();
+        if scale != 1.0 {
+            grads = grads.into_iter().map(|g| g.div_scalar(scale)).collect();
+        }
         let norm = grad_norm(&grads)?;
+        let (total, warmup) = (self.plan.total_steps, self.plan.warmup_steps);
+        if let Some(s) = self.scaler.as_mut() {
+            s.update(norm.is_finite());
+            if !norm.is_finite() {
+                if s.scale < LossScaler::MIN {
+                    return Err(Error::Invalid(format!(
+                        "step {}: the gradients are not finite even with the loss scaled by {}; \
+                         stopping, the last checkpoint is kept. The f16 activations overflow or \
+                         training diverged: try --dtype f32, a lower --lr or a --max-grad-norm",
+                        self.step + 1,
+                        s.scale * 2.0
+                    )));
+                }
+                let lr = lr_at(self.cfg.schedule, self.cfg.lr, self.step, total, warmup);
+                self.step += 1;
+                return Ok((lr, norm));
+            }
+        }
         if !norm.is_finite() {
             return Err(Error::Invalid(format!(
                 "step {}: the gradient norm is {norm}; stopping, the last checkpoint is kept. Try a lower --lr or --max-grad-norm",
@@ -170,7 +250,6 @@ impl TrainState {
             let scale = cfg.max_grad_norm / (norm + 1e-6);
             grads = grads.into_iter().map(|g| g.mul_scalar(scale)).collect();
         }
-        let (total, warmup) = (self.plan.total_steps, self.plan.warmup_steps);
         let lr = lr_at(cfg.schedule, cfg.lr, self.step, total, warmup);
         self.optimizer.step(&mut self.model, grads, lr);
         self.step += 1;
@@ -202,6 +281,22 @@ mod tests {
         (0..plan.total_steps)
             .map(|s| plan.micro_batches(s, lens, c))
             .collect()
+    }
+
+    #[test]
+    fn the_loss_scale_halves_on_overflow_and_doubles_after_the_interval() {
+        let mut s = LossScaler::default();
+        s.update(false);
+        assert_eq!((s.scale, s.skipped), (32768.0, 1));
+        for _ in 0..LossScaler::GROWTH_INTERVAL - 1 {
+            s.update(true);
+        }
+        assert_eq!(s.scale, 32768.0);
+        s.update(true);
+        assert_eq!((s.scale, s.good_steps), (65536.0, 0));
+        s.update(true);
+        s.update(false);
+        assert_eq!((s.scale, s.good_steps, s.skipped), (32768.0, 0, 2));
     }
 
     #[test]

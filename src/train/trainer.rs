@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::loss::{PairLoss, pair_losses};
-use super::score::{TokenizedPair, response_token_logprobs, sequence_logprobs};
+use super::score::{TokenizedPair, sequence_sums};
 use super::state::{TrainState, param_grads, read_f32};
 use super::{PairLogps, RewardStats, TrainConfig, TrainPair, reward_stats};
 use crate::error::{Error, Result};
@@ -137,8 +137,11 @@ pub struct StepMetrics {
     pub epoch: f64,
     pub stats: StepStats,
     pub lr: f64,
+    /// Of the unscaled gradients; not finite for a step the loss scaler skipped.
     pub grad_norm: f64,
     pub tokens_per_s: f64,
+    /// With f16 activations: the loss scale after this step, and whether it skipped the update.
+    pub loss_scale: Option<(f64, bool)>,
 }
 
 impl StepMetrics {
@@ -161,6 +164,10 @@ impl StepMetrics {
             r.insert("lr".into(), json!(self.lr));
             r.insert("grad_norm".into(), json!(self.grad_norm));
             r.insert("tokens/s".into(), json!(self.tokens_per_s));
+            if let Some((scale, skipped)) = self.loss_scale {
+                r.insert("loss_scale".into(), json!(scale));
+                r.insert("skipped".into(), json!(skipped));
+            }
         }
         row
     }
@@ -188,42 +195,35 @@ impl Trainer {
         self.state.is_done()
     }
 
-    /// SPIN's loss of pairs `idx` (differentiable, summed) and the policy log-probs `[2b]`
-    /// (real responses first).
-    fn spin_forward(
+    /// Gradients of `loss_of(token log-probs of seqs)` for the trainable parameters (aligned
+    /// with [`crate::model::named::trainable_mut`]) and the second value `loss_of` returns: one
+    /// forward and backward, or with `--gradient-checkpointing` recomputed per layer (see
+    /// [`super::recompute`]). `micro` numbers the forward pass within the step (dropout seeds).
+    fn backward(
         &self,
-        pairs: &[TrainPair],
-        reference: &PairLogps,
-        idx: &[usize],
-    ) -> (Tensor<1>, Tensor<1>) {
-        let b = idx.len();
-        let seqs: Vec<TokenizedPair> = idx
-            .iter()
-            .map(|&i| pairs[i].real_pair())
-            .chain(idx.iter().map(|&i| pairs[i].generated_pair()))
-            .collect();
-        let logps = sequence_logprobs(
-            &self.state.model,
-            &seqs,
-            self.state.pad_id,
-            self.state.cfg.max_logits,
-        ); // [2b]
-        let device = logps.device();
-        let reference: Vec<f32> = idx
-            .iter()
-            .map(|&i| (reference.real[i] - reference.generated[i]) as f32)
-            .collect();
-        let reference = Tensor::<1>::from_data(TensorData::new(reference, [b]), &device);
-        let margin = logps.clone().narrow(0, 0, b) - logps.clone().narrow(0, b, b) - reference;
-        let PairLoss { kind, beta } = self.state.cfg.loss;
-        (pair_losses(kind, margin, beta).sum(), logps)
+        seqs: &[TokenizedPair],
+        micro: usize,
+        loss_of: impl FnOnce(Tensor<1>) -> (Tensor<1>, Tensor<1>),
+    ) -> Result<(Vec<Tensor<1>>, Tensor<1>)> {
+        let s = &self.state;
+        let (seed, chunk) = (s.dropout_seed(micro), s.cfg.max_logits);
+        if s.cfg.gradient_checkpointing {
+            return super::recompute::gradients(&s.model, seqs, s.pad_id, chunk, seed, loss_of);
+        }
+        let lp = super::recompute::forward(&s.model, seqs, s.pad_id, chunk, seed);
+        let (loss, measured) = loss_of(lp);
+        Ok((param_grads(&s.model, &loss.backward())?, measured))
     }
 
     /// Gradients of the step's loss over the examples of `micro` (one forward + backward per
     /// entry, accumulated), aligned with [`crate::model::named::trainable_mut`], and what the
     /// forward passes measured. SPIN's loss is the mean over the step's pairs, SFT's the mean
     /// over its response tokens.
+    ///
+    /// Under f16 loss scaling the gradients are those of the loss times
+    /// [`TrainState::loss_scale`]; [`TrainState::update`] divides it out.
     pub fn gradients(&self, micro: &[Vec<usize>]) -> Result<StepGrads> {
+        let scale = self.state.loss_scale();
         let mut grads: Option<Vec<Tensor<1>>> = None;
         let mut add = |g: Vec<Tensor<1>>| {
             grads = Some(match grads.take() {
@@ -235,15 +235,34 @@ impl Trainer {
         let measured = match &self.objective {
             Objective::Spin { pairs, reference } => {
                 let n_step: usize = micro.iter().map(Vec::len).sum();
+                let PairLoss { kind, beta } = self.state.cfg.loss;
                 let mut policy = PairLogps::default();
                 let mut seen = PairLogps::default();
                 for (k, idx) in micro.iter().enumerate() {
-                    self.state.seed_dropout(k);
-                    let (loss, logps) = self.spin_forward(pairs, reference, idx);
-                    let g = loss.div_scalar(n_step as f64).backward();
-                    add(param_grads(&self.state.model, &g)?);
-                    let lp = read_f32(logps.inner(), "log-probs")?;
+                    // Real responses first, then generated: one forward pass for both.
                     let b = idx.len();
+                    let seqs: Vec<TokenizedPair> = idx
+                        .iter()
+                        .map(|&i| pairs[i].real_pair())
+                        .chain(idx.iter().map(|&i| pairs[i].generated_pair()))
+                        .collect();
+                    let margin_ref: Vec<f32> = idx
+                        .iter()
+                        .map(|&i| (reference.real[i] - reference.generated[i]) as f32)
+                        .collect();
+                    let device = self.state.model.device();
+                    let margin_ref =
+                        Tensor::<1>::from_data(TensorData::new(margin_ref, [b]), &device);
+                    let (g, logps) = self.backward(&seqs, k, |lp| {
+                        let logps = sequence_sums(lp, &seqs); // [2b]
+                        let margin = logps.clone().narrow(0, 0, b)
+                            - logps.clone().narrow(0, b, b)
+                            - margin_ref;
+                        let loss = pair_losses(kind, margin, beta).sum();
+                        (loss.mul_scalar(scale / n_step as f64), logps)
+                    })?;
+                    add(g);
+                    let lp = read_f32(logps.inner(), "log-probs")?;
                     for (k, &i) in idx.iter().enumerate() {
                         policy.real.push(lp[k] as f64);
                         policy.generated.push(lp[b + k] as f64);
@@ -265,20 +284,16 @@ impl Trainer {
                     .sum();
                 let mut nll = 0.0;
                 for (k, idx) in micro.iter().enumerate() {
-                    self.state.seed_dropout(k);
                     let batch: Vec<TokenizedPair> = idx.iter().map(|&i| seqs[i].clone()).collect();
                     tokens += batch
                         .iter()
                         .map(|p| p.prompt.len() + p.response.len())
                         .sum::<usize>();
-                    let lp = response_token_logprobs(
-                        &self.state.model,
-                        &batch,
-                        self.state.pad_id,
-                        self.state.cfg.max_logits,
-                    );
-                    let loss = lp.clone().sum().neg().div_scalar(n_tokens.max(1) as f64);
-                    add(param_grads(&self.state.model, &loss.backward())?);
+                    let (g, lp) = self.backward(&batch, k, |lp| {
+                        let loss = lp.clone().sum().neg();
+                        (loss.mul_scalar(scale / n_tokens.max(1) as f64), lp)
+                    })?;
+                    add(g);
                     nll -= read_f32(lp.inner(), "log-probs")?
                         .iter()
                         .map(|&x| x as f64)
@@ -328,6 +343,7 @@ impl Trainer {
             lr,
             grad_norm: norm,
             tokens_per_s: tokens as f64 / secs.max(1e-9),
+            loss_scale: self.state.scaler.map(|s| (s.scale, !norm.is_finite())),
         })
     }
 
@@ -362,8 +378,13 @@ impl Trainer {
                 },
             ),
         };
+        let f16 = if self.state.scaler.is_some() {
+            " With f16 activations, an overflow in the forward pass is likelier: try --dtype f32."
+        } else {
+            ""
+        };
         Error::Invalid(format!(
-            "step {}: the loss is {}{detail}; stopping, the last checkpoint is kept. {cause}",
+            "step {}: the loss is {}{detail}; stopping, the last checkpoint is kept. {cause}.{f16}",
             self.state.step + 1,
             stats.loss(),
         ))

@@ -14,6 +14,8 @@ use wgspin::device::{self, ComputeDevice, DeviceSpec};
 use wgspin::hf::tokenizer::ChatTokenizer;
 use wgspin::train::score::TokenizedPair;
 
+pub mod spin_fixture;
+
 pub const TINY_MODELS: &[&str] = &["tiny-llama-bf16", "tiny-qwen2-f32", "tiny-mistral-f16"];
 
 pub fn fixture(name: &str) -> PathBuf {

@@ -361,6 +361,8 @@ pub fn bench_train(
     vocab: usize,
     shape: TrainShape,
     lora: &wgspin::model::lora::LoraConfig,
+    compute: burn::tensor::DType,
+    gradient_checkpointing: bool,
 ) -> Result<(f64, f64)> {
     use wgspin::train::{Objective, PairLogps, TrainConfig, TrainPair, Trainer};
     let TrainShape {
@@ -373,6 +375,7 @@ pub fn bench_train(
         wgspin::model::lora::attach(&mut model, lora, 0);
         wgspin::model::lora::freeze_base(&mut model);
     }
+    wgspin::model::precision::set_compute(&mut model, compute);
     let mut rng = SplitMix64(7);
     let mut tok = || random_token(&mut rng, vocab);
     let n = pairs * (steps + 1);
@@ -399,6 +402,7 @@ pub fn bench_train(
         max_length: seq_len + 1,
         max_prompt_length: prompt_len,
         lora: lora.clone(),
+        gradient_checkpointing,
         ..Default::default()
     };
     let mut trainer = Trainer::new(

@@ -174,6 +174,9 @@ pub struct TrainArgs {
     /// Recompute activations in the backward pass (as `train --gradient-checkpointing`).
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Activations' dtype, as `train --dtype` (f16 scales the loss).
+    #[arg(long, default_value_t = wgspin::model::precision::Precision::Auto)]
+    dtype: wgspin::model::precision::Precision,
 }
 
 impl TrainArgs {
@@ -186,19 +189,23 @@ impl TrainArgs {
         );
         let dev = self.device.select()?;
         self.lora.validate()?;
-        let train_device = wgspin::train::TrainConfig {
-            gradient_checkpointing: self.gradient_checkpointing,
-            ..Default::default()
-        }
-        .train_device(&dev.device);
+        let train_device = wgspin::train::TrainConfig::default().train_device(&dev.device);
         let (config, model) = self.model.load(&train_device)?;
+        let compute = self.dtype.resolve(&dev.device)?;
         let shape = measure::TrainShape {
             pairs,
             seq_len,
             prompt_len,
             steps,
         };
-        let (tps, secs) = measure::bench_train(model, config.vocab_size, shape, &self.lora)?;
+        let (tps, secs) = measure::bench_train(
+            model,
+            config.vocab_size,
+            shape,
+            &self.lora,
+            compute,
+            self.gradient_checkpointing,
+        )?;
         let mem = match dev.device.memory_pool_usage() {
             Some(u) => format!(
                 "{:.1} MiB device memory reserved",
@@ -220,6 +227,7 @@ impl TrainArgs {
         if self.gradient_checkpointing {
             what += ", gradient checkpointing";
         }
+        what += &format!(", {compute:?} activations");
         println!(
             "SPIN train step ({what}): {pairs} pairs x {seq_len} tokens (prompt {prompt_len}): {secs:.4} s/step (median of {steps}), {tps:.1} tokens/s; {mem}"
         );

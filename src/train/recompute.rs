@@ -1,0 +1,129 @@
+//! Gradient checkpointing per decoder layer (`--gradient-checkpointing`), as transformers'
+//! `gradient_checkpointing_enable()`: a forward pass without a graph keeps only each layer's input
+//! `[b, seq, hidden]`; the backward pass then runs the head and loss with autodiff from the last
+//! layer's output, and each layer again, last to first, with autodiff from its kept input,
+//! feeding it the gradient of its output. Peak memory holds the layer inputs plus one layer's
+//! activations instead of every layer's; each layer's forward runs twice.
+//!
+//! LoRA dropout draws its masks from the device's generator seeded per layer, so both runs of a
+//! layer see the same masks.
+
+use burn::tensor::{Gradients, Tensor};
+
+use super::score::{TokenizedPair, head_token_logprobs, model_input};
+use crate::error::{Error, Result};
+use crate::model::Transformer;
+use crate::model::named::trainable_mut;
+
+/// Adds the gradients `grads` holds for `model`'s trainable parameters into `acc` (aligned with
+/// [`trainable_mut`]).
+fn accumulate(model: &Transformer, grads: &Gradients, acc: &mut [Option<Tensor<1>>]) {
+    let mut m = model.clone();
+    for ((_, p), slot) in trainable_mut(&mut m).iter().zip(acc.iter_mut()) {
+        if let Some(g) = p.grad_flat(grads) {
+            *slot = Some(match slot.take() {
+                Some(a) => a + g,
+                None => g,
+            });
+        }
+    }
+}
+
+/// Seeds the device generator for layer `layer` of this forward pass (`seed`: the pass's).
+fn seed_layer(model: &Transformer, seed: Option<u64>, layer: usize) {
+    if let Some(s) = seed {
+        let mut rng = crate::rng::SplitMix64(s ^ (layer as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A));
+        model.device().seed(rng.next());
+    }
+}
+
+/// Token log-probs of `pairs`' responses `[Σ response lengths]`, differentiable, through the
+/// same layer-by-layer path (and dropout seeds) as [`gradients`], keeping every activation.
+pub fn forward(
+    model: &Transformer,
+    pairs: &[TokenizedPair],
+    pad_id: u32,
+    max_logits: usize,
+    dropout_seed: Option<u64>,
+) -> Tensor<1> {
+    let input = model_input(pairs, pad_id);
+    let ctx = model.pass_context(&input);
+    let mut x = model.embed_tokens(&input); // [b, s, hidden]
+    for (l, layer) in model.layers.iter().enumerate() {
+        seed_layer(model, dropout_seed, l);
+        x = layer.forward(x, &ctx.step(), None);
+    }
+    head_token_logprobs(model, model.norm.forward(x), pairs, max_logits)
+}
+
+/// Gradients of `loss_of(token log-probs of pairs)` for `model`'s trainable parameters, aligned
+/// with [`trainable_mut`], recomputing each layer in the backward pass; with the second value
+/// `loss_of` returns (what the caller reads back). `dropout_seed` seeds LoRA dropout per layer
+/// (`None`: no dropout to draw).
+pub fn gradients(
+    model: &Transformer,
+    pairs: &[TokenizedPair],
+    pad_id: u32,
+    max_logits: usize,
+    dropout_seed: Option<u64>,
+    loss_of: impl FnOnce(Tensor<1>) -> (Tensor<1>, Tensor<1>),
+) -> Result<(Vec<Tensor<1>>, Tensor<1>)> {
+    let input = model_input(pairs, pad_id);
+    let ctx = model.pass_context(&input);
+    let n_params = trainable_mut(&mut model.clone()).len();
+    let mut acc: Vec<Option<Tensor<1>>> = vec![None; n_params];
+
+    // Forward without a graph: the parameters' plain values on an autodiff input that needs no
+    // gradient (so LoRA dropout still applies), keeping each layer's input.
+    let frozen = burn::module::Module::valid(model);
+    let embedded = model.embed_tokens(&input); // [b, s, hidden]
+    let mut inputs: Vec<Tensor<3>> = vec![embedded.clone().inner()];
+    for (l, layer) in frozen.layers.iter().enumerate() {
+        seed_layer(model, dropout_seed, l);
+        let x = inputs[l].clone().autodiff();
+        inputs.push(layer.forward(x, &ctx.step(), None).inner());
+    }
+
+    // The head and the loss, from the last layer's output.
+    let last = inputs.pop().unwrap_or_else(|| embedded.clone().inner());
+    let h = last.autodiff().require_grad();
+    let lp = head_token_logprobs(model, model.norm.forward(h.clone()), pairs, max_logits);
+    let (loss, measured) = loss_of(lp);
+    let grads = loss.backward();
+    accumulate(model, &grads, &mut acc);
+    let mut upstream = h.grad(&grads).ok_or_else(no_grad)?;
+    drop(grads);
+
+    // Each layer again, last to first, fed the gradient of its output.
+    for (l, layer) in model.layers.iter().enumerate().rev() {
+        seed_layer(model, dropout_seed, l);
+        let x = inputs.pop().ok_or_else(no_grad)?.autodiff().require_grad();
+        let out = layer.forward(x.clone(), &ctx.step(), None);
+        let grads = (out * upstream).sum().backward();
+        accumulate(model, &grads, &mut acc);
+        upstream = x.grad(&grads).ok_or_else(no_grad)?;
+    }
+
+    // The embedding lookup, when the embeddings are trained.
+    if embedded.is_tracked() {
+        let grads = (embedded * upstream).sum().backward();
+        accumulate(model, &grads, &mut acc);
+    }
+    let mut m = model.clone();
+    let grads = trainable_mut(&mut m)
+        .into_iter()
+        .zip(acc)
+        .map(|((name, _), g)| {
+            g.ok_or_else(|| {
+                Error::Device(format!(
+                    "no gradient reached {name}; the model is not on an autodiff device"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((grads, measured))
+}
+
+fn no_grad() -> Error {
+    Error::Device("a recomputed layer's input got no gradient".into())
+}

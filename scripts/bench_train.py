@@ -23,6 +23,9 @@ One step (everything inside the timed region):
   * --lora-rank R: PEFT LoRA (alpha 2R, dropout 0) on all seven projections, base frozen, the
     optimizer over the adapters only (as `wgspin bench train --lora-rank R`).
   * --gradient-checkpointing: transformers' gradient_checkpointing_enable() (non-reentrant).
+  * --autocast f16|bf16: mixed precision as `wgspin bench train --dtype f16`: weights, gradients
+    and optimizer state stay in --dtype (float32), the forward runs under torch.autocast, and
+    f16 scales the loss with torch.amp.GradScaler.
   * --compile: model forward wrapped with torch.compile (impl "pytorch-compile");
     compilation happens in the warmup steps, so use --warmup >= 1.
 
@@ -94,6 +97,8 @@ def main():
     ap.add_argument("--lora-rank", type=int, default=0, help="PEFT LoRA rank (0 = full fine-tuning)")
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="recompute each decoder layer in the backward pass")
+    ap.add_argument("--autocast", choices=["f16", "bf16"],
+                    help="mixed precision: the forward under torch.autocast in this dtype")
     ap.add_argument("--json", help="append one JSON row to this .jsonl file")
     args = ap.parse_args()
     set_threads(args)
@@ -121,13 +126,21 @@ def main():
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(dev)
 
+    import contextlib
+    amp_dtype = {"f16": torch.float16, "bf16": torch.bfloat16}.get(args.autocast)
+    dev_type = "cuda" if dev.startswith("cuda") else "cpu"
+    amp = (lambda: torch.autocast(dev_type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(dev_type, enabled=args.autocast == "f16")
+
     times, losses = [], []
     for i, (ids, ref) in enumerate(zip(batches, refs)):
         sync(dev)
         t0 = time.perf_counter()
-        loss = spin_loss(seq_logps(forward, ids, args.prompt_len), ref, P)
-        loss.backward()
-        opt.step()
+        with amp():
+            loss = spin_loss(seq_logps(forward, ids, args.prompt_len), ref, P)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
         sync(dev)
         dt = time.perf_counter() - t0
@@ -146,6 +159,7 @@ def main():
         "tokens_per_s": 2 * P * L / secs, "step_seconds": secs, "step_seconds_all": times,
         "peak_mem_bytes": peak, "peak_mem_kind": peak_kind, "loss_first": losses[0],
         "lora_rank": args.lora_rank, "gradient_checkpointing": args.gradient_checkpointing,
+        "autocast": args.autocast,
         "device": dev, "dtype": args.dtype, "model": args.model or args.config,
         "threads": torch.get_num_threads(), "loadavg_1m": os.getloadavg()[0], "steps": args.steps, "warmup": args.warmup,
         "torch": torch.__version__, "transformers": transformers.__version__,
@@ -155,7 +169,8 @@ def main():
             f.write(json.dumps(row) + "\n")
     print(f"{row['impl']} SPIN train  model={row['model']}  device={dev}  dtype={args.dtype}  "
           f"torch={torch.__version__}  transformers={transformers.__version__}")
-    print(f"lora_rank={args.lora_rank} gradient_checkpointing={args.gradient_checkpointing}  "
+    print(f"lora_rank={args.lora_rank} gradient_checkpointing={args.gradient_checkpointing} "
+          f"autocast={args.autocast}  "
           f"pairs={P} seq_len={L} prompt_len={args.prompt_len}  step={secs:.3f}s (median of "
           f"{len(times)})  tokens/s={row['tokens_per_s']:.1f}  peak_mem={peak / 2**20:.1f} MiB "
           f"({peak_kind})  loss[0]={losses[0]:.6f}")

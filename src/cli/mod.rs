@@ -13,6 +13,7 @@ pub mod devices;
 pub mod generate;
 pub mod logprobs;
 pub mod merge;
+pub mod plan;
 pub mod report;
 pub mod sft;
 pub mod spin;
@@ -48,6 +49,7 @@ enum Command {
     Convert(convert::ConvertArgs),
     ExportGguf(convert::ExportGgufArgs),
     Merge(merge::MergeArgs),
+    Plan(plan::PlanArgs),
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
@@ -75,6 +77,7 @@ impl Cli {
             Some(Command::Train(a)) => a.run(),
             Some(Command::Spin(a)) => a.run(),
             Some(Command::Sft(a)) => a.run(),
+            Some(Command::Plan(a)) => a.run(),
             Some(Command::Demo(a)) => a.run(),
             Some(Command::Plot(a)) => a.run(),
             Some(Command::Convert(a)) => a.run(),

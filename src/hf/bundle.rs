@@ -38,11 +38,14 @@ pub struct ModelBundle {
     pub adapter: Option<AdapterSource>,
 }
 
-/// The resolved config of what `--model` names (a folder, a GGUF file, or an adapter's base),
-/// without loading weights.
+/// The resolved config of what `--model` names (a folder, a GGUF file, an adapter's base, or a
+/// config.json itself), without loading weights.
 pub fn read_config(path: &Path) -> Result<ModelConfig> {
     if adapter::is_adapter_dir(path) {
         return read_config(&Adapter::open(path)?.base_path()?);
+    }
+    if path.is_file() && path.extension().is_some_and(|e| e == "json") {
+        return crate::hf::config::HfConfig::from_file(path)?.resolve(path, &[]);
     }
     if path.is_dir() {
         ModelConfig::from_dir(path)

@@ -199,6 +199,7 @@ pub fn run_train(
 ) -> Result<TrainSummary> {
     let start = std::time::Instant::now();
     cfg.validate()?;
+    super::memory::check_budget(model_path, cfg, device)?;
     let _lock = manifest::lock_dir(out)?;
     checkpoint::recover(out, CHECKPOINT)?;
     let state = state_of(out)?;

@@ -11,6 +11,7 @@
 
 pub mod job;
 pub mod loss;
+pub mod memory;
 pub mod optim;
 pub mod recompute;
 pub mod score;
@@ -97,6 +98,11 @@ pub struct TrainConfig {
     /// the loss is scaled dynamically and a step whose gradients overflow is skipped.
     #[arg(long, default_value_t = Self::default().dtype)]
     pub dtype: Precision,
+    /// Refuse to start when the estimated peak memory of a step (at --max-length) exceeds this,
+    /// e.g. 8GB (binary units), naming the setting to change; `wgspin plan` prints the estimate.
+    #[arg(long, value_parser = memory::parse_size)]
+    #[serde(skip)]
+    pub max_memory: Option<u64>,
     /// Also sort the shuffled examples by length in groups of 50 optimizer steps, so a step's
     /// examples have similar lengths and pad less (transformers' group_by_length). Without it,
     /// only the examples within each step are sorted into its micro-batches.
@@ -140,6 +146,7 @@ impl Default for TrainConfig {
             logging_steps: 1,
             lora: LoraConfig::default(),
             dtype: Precision::Auto,
+            max_memory: None,
             group_by_length: false,
             gradient_checkpointing: false,
             max_logits: 0,

@@ -35,13 +35,7 @@ fn f64s(v: &Value) -> Vec<f64> {
 /// The SPIN triples of `spin_reference.json`, tokenized as PyTorch tokenized them.
 fn pairs_of(model: &str) -> Vec<TrainPair> {
     let spin = json("spin_reference.json");
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let ids = common::spin_fixture::ids;
     spin[model]["pairs"]
         .as_array()
         .unwrap()

@@ -5,11 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use wgspin::train::job::run_train;
 use wgspin::train::{ObjectiveKind, TrainConfig};
 
 use super::args::JobArgs;
-use super::report::TrainReporter;
 
 /// Supervised fine-tuning (next-token loss on response tokens) on prompt/response data.
 ///
@@ -39,29 +37,14 @@ impl SftArgs {
             objective: ObjectiveKind::Sft,
             ..self.train
         };
-        let out = &self.out;
-        wgspin::train::job::refuse_foreign(out)?;
-        let mut reporter = TrainReporter::new(cfg.logging_steps);
-        let summary = run_train(
+        super::train::train_and_report(
             &self.job.model.model,
             &examples,
-            out,
+            &self.out,
             &cfg,
             self.resume,
             &dev.device,
-            |e| reporter.event(e),
         )
-        .with_context(|| format!("SFT into {}", out.display()))?;
-        match &summary.last {
-            Some(m) => eprintln!(
-                "trained {} steps in {:.1}s; last step: {}",
-                summary.steps,
-                summary.seconds,
-                m.stats.summary()
-            ),
-            None => eprintln!("{} already holds a finished run", out.display()),
-        }
-        eprintln!("checkpoint: {}", summary.checkpoint.display());
-        Ok(())
+        .with_context(|| format!("SFT into {}", self.out.display()))
     }
 }

@@ -50,29 +50,41 @@ impl TrainArgs {
             loss: self.loss,
             ..self.train
         };
-        let out = &self.out;
-        wgspin::train::job::refuse_foreign(out)?;
-        let mut reporter = TrainReporter::new(cfg.logging_steps);
-        let summary = run_train(
+        train_and_report(
             &self.job.model.model,
             &examples,
-            out,
+            &self.out,
             &cfg,
             self.resume,
             &dev.device,
-            |e| reporter.event(e),
         )
-        .with_context(|| format!("training into {}", out.display()))?;
-        match &summary.last {
-            Some(m) => eprintln!(
-                "trained {} steps in {:.1}s; last step: {}",
-                summary.steps,
-                summary.seconds,
-                m.stats.summary()
-            ),
-            None => eprintln!("{} already holds a finished run", out.display()),
-        }
-        eprintln!("checkpoint: {}", summary.checkpoint.display());
-        Ok(())
+        .with_context(|| format!("training into {}", self.out.display()))
     }
+}
+
+/// Runs a `train` or `sft` job into `out` with progress on stderr, then its summary.
+pub(super) fn train_and_report(
+    model: &std::path::Path,
+    examples: &[wgspin::data::SftExample],
+    out: &std::path::Path,
+    cfg: &TrainConfig,
+    resume: bool,
+    device: &burn::tensor::Device,
+) -> Result<()> {
+    wgspin::train::job::refuse_foreign(out)?;
+    let mut reporter = TrainReporter::new(cfg.logging_steps);
+    let summary = run_train(model, examples, out, cfg, resume, device, |e| {
+        reporter.event(e)
+    })?;
+    match &summary.last {
+        Some(m) => eprintln!(
+            "trained {} steps in {:.1}s; last step: {}",
+            summary.steps,
+            summary.seconds,
+            m.stats.summary()
+        ),
+        None => eprintln!("{} already holds a finished run", out.display()),
+    }
+    eprintln!("checkpoint: {}", summary.checkpoint.display());
+    Ok(())
 }

@@ -16,6 +16,15 @@ pub fn spin_reference() -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// A JSON array of token ids.
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 pub fn f64s(v: &Value) -> Vec<f64> {
     v.as_array()
         .unwrap()
@@ -59,13 +68,6 @@ pub fn trainer(name: &str, r: &Value, cfg: TrainConfig) -> Trainer {
         })
         .collect();
     let pairs = tokenize_pairs(&bundle.tokenizer, &examples, &cfg).unwrap();
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     for (p, want) in pairs.iter().zip(pairs_ref) {
         assert_eq!(p.prompt, ids(&want["prompt_ids"]), "{name} prompt ids");
         assert_eq!(p.real, ids(&want["real_ids"]), "{name} real ids");

@@ -161,7 +161,13 @@ fn readme_prose_flags_exist_in_some_command() {
     }
     // Flags of other programs the README shows: cargo, huggingface-cli, and the PyTorch
     // baselines' `--threads` and `--autocast` (scripts/bench_*.py).
-    let foreign = ["--release", "--path", "--local-dir", "--threads", "--autocast"];
+    let foreign = [
+        "--release",
+        "--path",
+        "--local-dir",
+        "--threads",
+        "--autocast",
+    ];
     let text = readme();
     let mut missing: Vec<String> = flags(&text)
         .into_iter()

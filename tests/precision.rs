@@ -55,15 +55,7 @@ fn f16_log_probs_are_within_1e_2_of_f32() {
                 "a scoring model is stored in f16"
             );
             let f16s = pair_logps(&b.model, &pairs, pad, 8, 0, |_| {}).unwrap();
-            let mut worst = 0f64;
-            for (x, y) in f16s
-                .real
-                .iter()
-                .chain(&f16s.generated)
-                .zip(f32s.real.iter().chain(&f32s.generated))
-            {
-                worst = worst.max(rel(*x, *y));
-            }
+            let worst = max_rel_logps(&f16s, &f32s);
             eprintln!(
                 "{} {name}: f16 log-probs within {worst:.1e} of f32",
                 dev.description

@@ -3,7 +3,9 @@
 use anyhow::Result;
 use clap::Args;
 
-use wgspin::train::memory::{adapter_count, human, parameter_count, plan};
+use wgspin::train::memory::{
+    adapter_count, human, parameter_count, plan, refuse_over_budget, rows_per_pass,
+};
 use wgspin::train::{ObjectiveKind, TrainConfig};
 
 use super::args::{DeviceArgs, ModelArgs};
@@ -63,7 +65,7 @@ impl PlanArgs {
         );
         println!(
             "step: {} rows × {} tokens per forward pass, {} optimizer",
-            wgspin::train::memory::rows_per_pass(&cfg),
+            rows_per_pass(&cfg),
             cfg.max_length.min(m.max_position_embeddings),
             cfg.optimizer
         );
@@ -78,7 +80,7 @@ impl PlanArgs {
             println!("  {part:<18} {:>10}", human(bytes));
         }
         println!("  {:<18} {:>10}", "estimated peak", human(est.total()));
-        wgspin::train::memory::check_budget(&self.model.model, &cfg, &dev.device)?;
+        refuse_over_budget(&self.model.model, &cfg, &est, compute)?;
         Ok(())
     }
 }

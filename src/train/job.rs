@@ -267,11 +267,12 @@ pub fn run_train(
     } else {
         ModelBundle::load(model_path, device)?
     };
-    set_compute(&mut input.model, compute);
     let pad = input.tokenizer.pad_id();
     let (dtype, source_dir) = (input.stored_dtype, input.dir.clone());
     let objective = match cfg.objective {
         ObjectiveKind::Spin => {
+            // The reference scores in the dtype the player trains in, so both start equal.
+            set_compute(&mut input.model, compute);
             let pairs = tokenize_pairs(&input.tokenizer, examples, cfg)?;
             let reference = reference_logps(&input.model, &pairs, pad, out, cfg, &mut report)?;
             Objective::Spin { pairs, reference }
@@ -282,14 +283,13 @@ pub fn run_train(
     };
 
     // The main player, from θ_t or from the checkpoint being resumed.
-    let player = if fresh_sft {
+    let mut player = if fresh_sft {
         input
     } else {
         drop(input);
-        let mut p = load_player(if state.is_some() { &ckpt } else { model_path })?;
-        set_compute(&mut p.model, compute);
-        p
+        load_player(if state.is_some() { &ckpt } else { model_path })?
     };
+    set_compute(&mut player.model, compute);
     let base_name = player.adapter_base_name(model_path);
     let mut trainer = Trainer::new(player.model, cfg.clone(), objective, pad)?;
     if let Some(s) = &state {

@@ -221,11 +221,24 @@ pub fn plan(
 
 /// Refuses `cfg` when its estimated peak exceeds `--max-memory`, naming the lever to pull.
 pub fn check_budget(model_path: &Path, cfg: &TrainConfig, device: &Device) -> Result<()> {
+    if cfg.max_memory.is_none() {
+        return Ok(());
+    }
+    let m = crate::hf::bundle::read_config(model_path)?;
+    let (est, compute) = plan(&m, cfg, device)?;
+    refuse_over_budget(model_path, cfg, &est, compute)
+}
+
+/// The refusal of [`check_budget`] for an estimate already made.
+pub fn refuse_over_budget(
+    model_path: &Path,
+    cfg: &TrainConfig,
+    est: &MemoryEstimate,
+    compute: DType,
+) -> Result<()> {
     let Some(limit) = cfg.max_memory else {
         return Ok(());
     };
-    let m = crate::hf::bundle::read_config(model_path)?;
-    let (est, compute) = plan(&m, cfg, device)?;
     if est.total() <= limit {
         return Ok(());
     }

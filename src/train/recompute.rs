@@ -13,13 +13,11 @@ use burn::tensor::{Gradients, Tensor};
 use super::score::{TokenizedPair, head_token_logprobs, model_input};
 use crate::error::{Error, Result};
 use crate::model::Transformer;
-use crate::model::named::trainable_mut;
+use crate::model::named::{ParamRef, trainable_mut};
 
-/// Adds the gradients `grads` holds for `model`'s trainable parameters into `acc` (aligned with
-/// [`trainable_mut`]).
-fn accumulate(model: &Transformer, grads: &Gradients, acc: &mut [Option<Tensor<1>>]) {
-    let mut m = model.clone();
-    for ((_, p), slot) in trainable_mut(&mut m).iter().zip(acc.iter_mut()) {
+/// Adds the gradients `grads` holds for `params` into `acc` (aligned with `params`).
+fn accumulate(params: &[(String, ParamRef)], grads: &Gradients, acc: &mut [Option<Tensor<1>>]) {
+    for ((_, p), slot) in params.iter().zip(acc.iter_mut()) {
         if let Some(g) = p.grad_flat(grads) {
             *slot = Some(match slot.take() {
                 Some(a) => a + g,
@@ -70,8 +68,9 @@ pub fn gradients(
 ) -> Result<(Vec<Tensor<1>>, Tensor<1>)> {
     let input = model_input(pairs, pad_id);
     let ctx = model.pass_context(&input);
-    let n_params = trainable_mut(&mut model.clone()).len();
-    let mut acc: Vec<Option<Tensor<1>>> = vec![None; n_params];
+    let mut listed = model.clone();
+    let params = trainable_mut(&mut listed);
+    let mut acc: Vec<Option<Tensor<1>>> = vec![None; params.len()];
 
     // Forward without a graph: the parameters' plain values on an autodiff input that needs no
     // gradient (so LoRA dropout still applies), keeping each layer's input.
@@ -90,7 +89,7 @@ pub fn gradients(
     let lp = head_token_logprobs(model, model.norm.forward(h.clone()), pairs, max_logits);
     let (loss, measured) = loss_of(lp);
     let grads = loss.backward();
-    accumulate(model, &grads, &mut acc);
+    accumulate(&params, &grads, &mut acc);
     let mut upstream = h.grad(&grads).ok_or_else(no_grad)?;
     drop(grads);
 
@@ -100,17 +99,16 @@ pub fn gradients(
         let x = inputs.pop().ok_or_else(no_grad)?.autodiff().require_grad();
         let out = layer.forward(x.clone(), &ctx.step(), None);
         let grads = (out * upstream).sum().backward();
-        accumulate(model, &grads, &mut acc);
+        accumulate(&params, &grads, &mut acc);
         upstream = x.grad(&grads).ok_or_else(no_grad)?;
     }
 
     // The embedding lookup, when the embeddings are trained.
     if embedded.is_tracked() {
         let grads = (embedded * upstream).sum().backward();
-        accumulate(model, &grads, &mut acc);
+        accumulate(&params, &grads, &mut acc);
     }
-    let mut m = model.clone();
-    let grads = trainable_mut(&mut m)
+    let grads = params
         .into_iter()
         .zip(acc)
         .map(|((name, _), g)| {

@@ -70,15 +70,16 @@ fn response_positions(pairs: &[TokenizedPair], seq: usize) -> (Vec<i32>, Vec<i32
 }
 
 /// Log-probs of every response token of `pairs`, in order `[Σ response lengths]`, from one
-/// forward pass. Differentiable when the model lives on an autodiff device.
+/// forward pass. Differentiable when the model lives on an autodiff device. The training forward
+/// itself ([`super::recompute::forward`], without dropout), so a reference scored here and the
+/// policy it starts as compute the same numbers.
 pub fn response_token_logprobs(
     model: &Transformer,
     pairs: &[TokenizedPair],
     pad_id: u32,
     max_logits: usize,
 ) -> Tensor<1> {
-    let hidden = model.forward_hidden(&model_input(pairs, pad_id), None); // [b, seq, hidden]
-    head_token_logprobs(model, hidden, pairs, max_logits)
+    super::recompute::forward(model, pairs, pad_id, max_logits, None)
 }
 
 /// The right-padded model input of `pairs`: prompt + response without its last token.
@@ -111,19 +112,6 @@ pub fn head_token_logprobs(
     // Only response positions reach the lm_head, `chunk` at a time (fused WGSL log-prob on wgpu).
     let head = crate::model::precision::like(model.head_weight(), hidden.dtype());
     head_logprobs(hidden.select(0, idx), head, tgt, chunk) // [n]
-}
-
-/// Summed response log-prob of each pair `[pairs]`, differentiable (the training loss uses it).
-pub fn sequence_logprobs(
-    model: &Transformer,
-    pairs: &[TokenizedPair],
-    pad_id: u32,
-    max_logits: usize,
-) -> Tensor<1> {
-    sequence_sums(
-        response_token_logprobs(model, pairs, pad_id, max_logits),
-        pairs,
-    )
 }
 
 /// Per-pair sums `[pairs]` of token log-probs `lp [Σ response lengths]` laid out as

@@ -222,6 +222,7 @@ impl TrainState {
         }
         let norm = grad_norm(&grads)?;
         let (total, warmup) = (self.plan.total_steps, self.plan.warmup_steps);
+        let lr = lr_at(self.cfg.schedule, self.cfg.lr, self.step, total, warmup);
         if let Some(s) = self.scaler.as_mut() {
             s.update(norm.is_finite());
             if !norm.is_finite() {
@@ -234,7 +235,6 @@ impl TrainState {
                         s.scale * 2.0
                     )));
                 }
-                let lr = lr_at(self.cfg.schedule, self.cfg.lr, self.step, total, warmup);
                 self.step += 1;
                 return Ok((lr, norm));
             }
@@ -250,7 +250,6 @@ impl TrainState {
             let scale = cfg.max_grad_norm / (norm + 1e-6);
             grads = grads.into_iter().map(|g| g.mul_scalar(scale)).collect();
         }
-        let lr = lr_at(cfg.schedule, cfg.lr, self.step, total, warmup);
         self.optimizer.step(&mut self.model, grads, lr);
         self.step += 1;
         Ok((lr, norm))

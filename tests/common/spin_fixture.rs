@@ -11,6 +11,18 @@ use wgspin::train::{Objective, PairLogps, TrainConfig, Trainer, tokenize_pairs};
 
 use super::fixture;
 
+/// The largest relative difference between two sets of pair log-probs, real and generated;
+/// NaN when any pair's is (so a bound on it fails).
+pub fn max_rel_logps(a: &PairLogps, b: &PairLogps) -> f64 {
+    assert_eq!(a.real.len(), b.real.len(), "pair counts");
+    a.real
+        .iter()
+        .chain(&a.generated)
+        .zip(b.real.iter().chain(&b.generated))
+        .map(|(x, y)| super::rel(*x, *y))
+        .fold(0.0, |m, d| if d.is_nan() || d > m { d } else { m })
+}
+
 pub fn spin_reference() -> Value {
     let text = std::fs::read_to_string(fixture("spin_reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()

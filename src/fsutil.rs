@@ -60,6 +60,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Flushes every file under `dir` to disk, then the folders themselves (their entries), so a
+/// folder about to be renamed into place is complete on disk before the rename can be. Folders
+/// are synced where the OS allows opening one (not on Windows, whose renames are journaled
+/// metadata anyway).
+pub fn sync_tree(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            // Write access: Windows flushes a file only through a handle that may write it.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Flushes a folder's entries (a rename or new file in it) where the OS supports it; best effort.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
 /// The names in folder `dir` that are not hidden (dot files: locks, `.DS_Store`, a crashed save's
 /// leftovers), sorted; empty when `dir` does not exist.
 pub fn visible_entries(dir: &Path) -> Vec<String> {

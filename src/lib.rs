@@ -7,6 +7,8 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub mod gguf;
 pub mod hf;

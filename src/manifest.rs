@@ -130,6 +130,67 @@ pub fn model_identity(path: &Path) -> Result<Value> {
     Ok(id)
 }
 
+/// What a command writes into its output folder: the file that marks a folder as one of its runs
+/// and the entries a run creates, so that a typo in `--out` is refused instead of writing into
+/// someone's folder, and `--overwrite` removes exactly an earlier run's entries, never a file
+/// wgspin did not write.
+#[derive(Debug)]
+pub struct RunLayout {
+    /// The commands that write this layout, for messages ("`wgspin train` or `sft`").
+    pub writer: &'static str,
+    /// A file only a run of this layout writes (early, before its long stages).
+    pub marker: &'static str,
+    /// Entries a run writes: exact names, or prefixes ending in `*`.
+    pub entries: &'static [&'static str],
+}
+
+impl RunLayout {
+    fn owns(&self, name: &str) -> bool {
+        self.entries.iter().any(|e| match e.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == *e,
+        })
+    }
+
+    /// Makes output folder `dir` (locked by the caller) ready for a run. A folder with visible
+    /// files but no run marker is refused, naming them; with `overwrite`, an earlier run's entries
+    /// are removed (files of other origin in a run's folder are left alone). Nothing is removed
+    /// when it refuses. Returns whether an earlier run was removed.
+    pub fn prepare(&self, dir: &Path, overwrite: bool) -> Result<bool> {
+        let shown = crate::fsutil::visible_entries(dir);
+        if shown.is_empty() {
+            return Ok(false);
+        }
+        if !dir.join(self.marker).is_file() {
+            let listed: Vec<&str> = shown.iter().take(5).map(String::as_str).collect();
+            return Err(Error::Invalid(format!(
+                "{} holds files that no {} wrote ({}{}); choose an empty or new --out                  (--overwrite only replaces an earlier wgspin run)",
+                dir.display(),
+                self.writer,
+                listed.join(", "),
+                if shown.len() > listed.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            )));
+        }
+        if !overwrite {
+            return Ok(false);
+        }
+        for name in shown.iter().filter(|n| self.owns(n)) {
+            let path = dir.join(name);
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(true)
+    }
+}
+
 /// SHA-256 of serialisable content (the examples a run reads, whatever file they came from).
 pub fn content_hash(value: &impl serde::Serialize) -> String {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
@@ -184,6 +245,38 @@ mod tests {
         );
         drop(first);
         lock_dir(dir.path()).unwrap();
+    }
+
+    const LAYOUT: RunLayout = RunLayout {
+        writer: "test",
+        marker: "run.json",
+        entries: &["run.json", "out.txt", "iter-*"],
+    };
+
+    #[test]
+    fn prepare_refuses_foreign_folders_and_overwrites_only_its_own_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert!(!LAYOUT.prepare(d, true).unwrap(), "an empty folder is fine");
+        std::fs::write(d.join("notes.txt"), "mine").unwrap();
+        let e = LAYOUT.prepare(d, true).unwrap_err().to_string();
+        assert!(
+            e.contains("notes.txt") && e.contains("no test wrote"),
+            "{e}"
+        );
+        assert!(d.join("notes.txt").is_file(), "nothing removed on refusal");
+
+        std::fs::write(d.join("run.json"), "{}").unwrap();
+        std::fs::write(d.join("out.txt"), "x").unwrap();
+        std::fs::create_dir(d.join("iter-0")).unwrap();
+        std::fs::write(d.join("iter-0").join("a"), "x").unwrap();
+        assert!(
+            !LAYOUT.prepare(d, false).unwrap(),
+            "a run of ours is kept without --overwrite"
+        );
+        assert!(d.join("out.txt").is_file());
+        assert!(LAYOUT.prepare(d, true).unwrap());
+        assert_eq!(crate::fsutil::visible_entries(d), vec!["notes.txt"]);
     }
 
     #[test]

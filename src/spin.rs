@@ -24,7 +24,7 @@ use crate::fsutil;
 use crate::generate::GenOptions;
 use crate::generate::job::{GenProgress, GenSummary, run_generate};
 use crate::hf::bundle::ModelBundle;
-use crate::train::job::{CHECKPOINT, TrainEvent, TrainSummary, is_complete, run_train};
+use crate::train::job::{CHECKPOINT, Existing, TrainEvent, TrainSummary, is_complete, run_train};
 use crate::train::score::{ScoreOptions, TokenizedPair, score_all};
 use crate::train::{PairLogps, RewardStats, TrainConfig, pair_logps, reward_stats, tokenize_pairs};
 
@@ -99,6 +99,18 @@ pub struct EvalResult {
 fn iter_dir(out: &Path, t: usize) -> PathBuf {
     out.join(format!("iter-{t}"))
 }
+
+/// The settings a run was started with (written by the CLI before the first stage).
+pub const CONFIG_FILE: &str = "spin_config.json";
+/// The iterations done, their held-out results and final models.
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// What `wgspin spin` writes into its output folder.
+pub const LAYOUT: crate::manifest::RunLayout = crate::manifest::RunLayout {
+    writer: "`wgspin spin`",
+    marker: CONFIG_FILE,
+    entries: &[CONFIG_FILE, SUMMARY_FILE, "iter-*"],
+};
 
 /// The model θ_t: the input for t = 0, else the checkpoint of iteration t−1.
 pub fn model_of(out: &Path, input: &Path, t: usize) -> PathBuf {
@@ -279,11 +291,11 @@ pub fn run_spin(
                 ..gen_opts.clone()
             };
             // The held-out prompts get θ_t's responses too: evaluation compares against them.
-            let g = run_generate(&bundle, &train, &gen_path, gen_opts, |p| {
+            let g = run_generate(&bundle, &train, &gen_path, gen_opts, false, |p| {
                 report(SpinEvent::Generate(p))
             })?;
             report(SpinEvent::Generated(&g));
-            let g = run_generate(&bundle, &held, &eval_gen_path, gen_opts, |p| {
+            let g = run_generate(&bundle, &held, &eval_gen_path, gen_opts, false, |p| {
                 report(SpinEvent::Generate(p))
             })?;
             report(SpinEvent::Generated(&g));
@@ -301,9 +313,15 @@ pub fn run_spin(
                     e
                 }));
             }
-            let s = run_train(&theta, &pairs, &dir, train_cfg, true, device, |e| {
-                report(SpinEvent::Train(e))
-            })?;
+            let s = run_train(
+                &theta,
+                &pairs,
+                &dir,
+                train_cfg,
+                Existing::Within,
+                device,
+                |e| report(SpinEvent::Train(e)),
+            )?;
             report(SpinEvent::Trained(&s));
         }
 
@@ -380,7 +398,7 @@ fn write_summary(
         "converged_at": converged,
     });
     fsutil::write_atomic(
-        &out.join("summary.json"),
+        &out.join(SUMMARY_FILE),
         serde_json::to_string_pretty(&s)
             .unwrap_or_default()
             .as_bytes(),

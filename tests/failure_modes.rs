@@ -17,23 +17,6 @@ fn damaged(name: &str, damage: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBu
     (tmp, dir)
 }
 
-/// Runs `wgspin <args>`, asserts a clean failure (exit 1, no panic), returns stderr.
-fn run_err<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {
-    let out = wgspin()
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected a clean failure: {err}"
-    );
-    assert!(!err.contains("panicked"), "panicked: {err}");
-    err
-}
-
 fn data(rows: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
     let text: String = rows
         .iter()
@@ -291,24 +274,6 @@ fn tiny_train(pairs: &Path, out: &Path, model: &Path, extra: &str) -> Vec<String
     v.extend(args(&["--epochs", "1", "--batch-size", "2"]));
     v.extend(extra.split_whitespace().map(String::from));
     v
-}
-
-/// Every file under `dir` with its bytes, to check a refused run changed nothing.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if !p.ends_with(wgspin::manifest::LOCK_FILE) {
-                out.push((p.clone(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// `train --resume` used to check only the training flags: another model or other pairs

@@ -67,6 +67,33 @@ pub struct JobArgs {
     pub config: Option<PathBuf>,
 }
 
+/// `--out`, `--resume` and `--overwrite` of the training commands (`train`, `sft`).
+#[derive(Args, Debug, Clone)]
+pub struct TrainOutArgs {
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (written every --save-every steps);
+    /// only with the same model, data and settings.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Start over: remove the run in --out (its checkpoint, metrics, settings and reference
+    /// log-probs; other files there are kept) instead of refusing it.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+impl TrainOutArgs {
+    pub fn existing(&self) -> wgspin::train::job::Existing {
+        use wgspin::train::job::Existing;
+        match (self.resume, self.overwrite) {
+            (true, _) => Existing::Resume,
+            (false, true) => Existing::Overwrite,
+            (false, false) => Existing::Refuse,
+        }
+    }
+}
+
 /// `--data` and `--format`: the training or prompt data.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {

@@ -25,6 +25,10 @@ pub struct GenerateArgs {
     /// Output JSONL file (SPIN format).
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out (and its run record) instead of continuing it, or refusing rows made by
+    /// another model or sampler, or a file generate did not write.
+    #[arg(long)]
+    overwrite: bool,
     /// Use only the first N examples.
     #[arg(long)]
     limit: Option<usize>,
@@ -40,7 +44,14 @@ impl GenerateArgs {
         let bundle = ModelBundle::load(path, &dev.device)
             .with_context(|| format!("loading model {}", path.display()))?;
         let rows = self.sampling.gen_batch_size(&dev, &bundle.config)?;
-        generate_into(&bundle, &examples, &self.out, &self.sampling, rows)?;
+        generate_into(
+            &bundle,
+            &examples,
+            &self.out,
+            &self.sampling,
+            rows,
+            self.overwrite,
+        )?;
         Ok(())
     }
 }
@@ -52,10 +63,11 @@ fn generate_into(
     out: &Path,
     sampling: &SamplingArgs,
     rows: usize,
+    overwrite: bool,
 ) -> Result<GenSummary> {
     let opts = sampling.options(rows, bundle.stop_ids(), bundle.tokenizer.pad_id());
     let mut bar = Progress::new("generate", examples.len());
-    let summary = run_generate(bundle, examples, out, &opts, |p| {
+    let summary = run_generate(bundle, examples, out, &opts, overwrite, |p| {
         let rate = p.tokens as f64 / p.elapsed.as_secs_f64().max(1e-9);
         bar.update(p.done, &format!("prompts, {rate:.1} tok/s"));
     })

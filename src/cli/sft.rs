@@ -1,13 +1,11 @@
 //! `wgspin sft`: supervised fine-tuning on prompt/response data.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result};
 use clap::Args;
 
 use wgspin::train::{ObjectiveKind, TrainConfig};
 
-use super::args::JobArgs;
+use super::args::{JobArgs, TrainOutArgs};
 
 /// Supervised fine-tuning (next-token loss on response tokens) on prompt/response data.
 ///
@@ -19,12 +17,8 @@ use super::args::JobArgs;
 pub struct SftArgs {
     #[command(flatten)]
     job: JobArgs,
-    /// Output folder.
-    #[arg(long)]
-    out: PathBuf,
-    /// Continue the run in --out from its last checkpoint (see --save-every).
-    #[arg(long)]
-    resume: bool,
+    #[command(flatten)]
+    out: TrainOutArgs,
     #[command(flatten)]
     train: TrainConfig,
 }
@@ -40,11 +34,11 @@ impl SftArgs {
         super::train::train_and_report(
             &self.job.model.model,
             &examples,
-            &self.out,
+            &self.out.out,
             &cfg,
-            self.resume,
+            self.out.existing(),
             &dev.device,
         )
-        .with_context(|| format!("SFT into {}", self.out.display()))
+        .with_context(|| format!("SFT into {}", self.out.out.display()))
     }
 }

@@ -31,6 +31,10 @@ pub struct SpinArgs {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
+    /// Start over: remove the SPIN run in --out (its iterations, summary and settings; other
+    /// files there are kept) instead of continuing it or refusing other settings.
+    #[arg(long)]
+    overwrite: bool,
     #[command(flatten)]
     spin: SpinConfig,
     #[command(flatten)]
@@ -73,8 +77,10 @@ impl SpinArgs {
             "sampling": sampling,
             "train": train_cfg,
         });
-        let config_path = self.out.join("spin_config.json");
-        refuse_other_settings(&config_path, &resolved)?;
+        let config_path = self.out.join(wgspin::spin::CONFIG_FILE);
+        if !wgspin::spin::LAYOUT.prepare(&self.out, self.overwrite)? {
+            refuse_other_settings(&config_path, &resolved)?;
+        }
         fsutil::write_atomic(
             &config_path,
             serde_json::to_string_pretty(&resolved)?.as_bytes(),
@@ -105,7 +111,7 @@ impl SpinArgs {
             "done: {} iteration(s); final model {}; summary {}",
             summary.iterations_done,
             summary.final_model.display(),
-            self.out.join("summary.json").display()
+            self.out.join(wgspin::spin::SUMMARY_FILE).display()
         );
         Ok(())
     }
@@ -182,7 +188,7 @@ fn refuse_other_settings(path: &std::path::Path, now: &serde_json::Value) -> Res
     let diffs = wgspin::manifest::differences(&saved, &now);
     anyhow::ensure!(
         diffs.is_empty(),
-        "{} holds a SPIN run with other settings ({}); rerun with the same flags to continue it, or choose another --out",
+        "{} holds a SPIN run with other settings ({}); rerun with the same flags to continue it, or start over with --overwrite or another --out",
         path.parent().unwrap_or(path).display(),
         diffs.join("; ")
     );

@@ -1,15 +1,13 @@
 //! `wgspin train`: SPIN training on (prompt, real, generated) pairs.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result};
 use clap::Args;
 
 use wgspin::train::TrainConfig;
-use wgspin::train::job::run_train;
+use wgspin::train::job::{Existing, run_train};
 use wgspin::train::loss::PairLoss;
 
-use super::args::JobArgs;
+use super::args::{JobArgs, TrainOutArgs};
 use super::report::TrainReporter;
 
 /// The main player's turn: SPIN training on (prompt, real, generated) pairs.
@@ -23,12 +21,8 @@ use super::report::TrainReporter;
 pub struct TrainArgs {
     #[command(flatten)]
     job: JobArgs,
-    /// Output folder.
-    #[arg(long)]
-    out: PathBuf,
-    /// Continue the run in --out from its last checkpoint.
-    #[arg(long)]
-    resume: bool,
+    #[command(flatten)]
+    out: TrainOutArgs,
     #[command(flatten)]
     loss: PairLoss,
     #[command(flatten)]
@@ -53,12 +47,12 @@ impl TrainArgs {
         train_and_report(
             &self.job.model.model,
             &examples,
-            &self.out,
+            &self.out.out,
             &cfg,
-            self.resume,
+            self.out.existing(),
             &dev.device,
         )
-        .with_context(|| format!("training into {}", self.out.display()))
+        .with_context(|| format!("training into {}", self.out.out.display()))
     }
 }
 
@@ -68,12 +62,11 @@ pub(super) fn train_and_report(
     examples: &[wgspin::data::SftExample],
     out: &std::path::Path,
     cfg: &TrainConfig,
-    resume: bool,
+    existing: Existing,
     device: &burn::tensor::Device,
 ) -> Result<()> {
-    wgspin::train::job::refuse_foreign(out)?;
     let mut reporter = TrainReporter::new(cfg.logging_steps);
-    let summary = run_train(model, examples, out, cfg, resume, device, |e| {
+    let summary = run_train(model, examples, out, cfg, existing, device, |e| {
         reporter.event(e)
     })?;
     match &summary.last {

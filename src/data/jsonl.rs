@@ -11,14 +11,14 @@ use crate::error::{Error, Result};
 /// Longest line read; a row is one prompt and a response or two.
 pub const MAX_LINE_BYTES: usize = 64 << 20;
 
-/// Calls `sink(line, row)` for every non-blank line (1-based line numbers). A line that is not
-/// valid JSON stops the read with an error naming the file and line.
+/// Calls `sink(line, row)` for every non-blank line (1-based line numbers) of `reader`, the
+/// contents of `path`. A line that is not valid JSON stops the read with an error naming the file
+/// and line.
 pub(super) fn read_rows(
     path: &Path,
+    mut reader: impl BufRead,
     sink: &mut dyn FnMut(usize, Value) -> Result<()>,
 ) -> Result<()> {
-    let file = super::open(path)?;
-    let mut reader = std::io::BufReader::new(file);
     let mut seen_row = false;
     let mut buf = Vec::new();
     for i in 0.. {

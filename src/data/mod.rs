@@ -132,9 +132,25 @@ pub fn read_dataset(path: &Path, format: DataFormat) -> Result<Dataset> {
     let is_parquet = parquet::is_parquet(path)?;
     let mut builder = Builder::new(path, format, if is_parquet { "row" } else { "line" });
     if is_parquet {
-        parquet::read_rows(path, &mut |line, row| builder.add(line, &row))?;
+        let file = open(path)?;
+        parquet::read_rows(path, file, &mut |line, row| builder.add(line, &row))?;
     } else {
-        jsonl::read_rows(path, &mut |line, row| builder.add(line, &row))?;
+        let file = std::io::BufReader::new(open(path)?);
+        jsonl::read_rows(path, file, &mut |line, row| builder.add(line, &row))?;
+    }
+    builder.finish()
+}
+
+/// [`read_dataset`] of a file already in memory (`name` is only used in messages and
+/// [`Dataset::path`]): the same container detection, row shapes, limits and errors.
+pub fn parse_dataset(name: &Path, bytes: &[u8], format: DataFormat) -> Result<Dataset> {
+    let is_parquet = bytes.starts_with(parquet::MAGIC);
+    let mut builder = Builder::new(name, format, if is_parquet { "row" } else { "line" });
+    if is_parquet {
+        let owned = ::bytes::Bytes::copy_from_slice(bytes);
+        parquet::read_rows(name, owned, &mut |line, row| builder.add(line, &row))?;
+    } else {
+        jsonl::read_rows(name, bytes, &mut |line, row| builder.add(line, &row))?;
     }
     builder.finish()
 }

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use ::parquet::file::reader::FileReader;
+use ::parquet::file::reader::{ChunkReader, FileReader};
 use ::parquet::file::serialized_reader::SerializedFileReader;
 use ::parquet::record::{Field, Row};
 use serde_json::{Map, Number, Value};
@@ -14,7 +14,7 @@ use serde_json::{Map, Number, Value};
 use crate::error::{Error, Result};
 
 /// Parquet files begin (and end) with these four bytes.
-const MAGIC: &[u8; 4] = b"PAR1";
+pub(super) const MAGIC: &[u8; 4] = b"PAR1";
 
 /// Whether the file is Parquet, judged by its magic bytes rather than its name.
 pub(super) fn is_parquet(path: &Path) -> Result<bool> {
@@ -39,12 +39,13 @@ pub(super) fn is_parquet(path: &Path) -> Result<bool> {
 /// decoding, found by flipping single bytes of the fixtures), so the read runs under
 /// `catch_unwind` and such a panic becomes an error naming the file. The panic hook may still print
 /// the panic message; an error is better than taking the caller down.
-pub(super) fn read_rows(
+pub(super) fn read_rows<R: ChunkReader + 'static>(
     path: &Path,
+    reader: R,
     sink: &mut dyn FnMut(usize, Value) -> Result<()>,
 ) -> Result<()> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        read_rows_unguarded(path, sink)
+        read_rows_unguarded(path, reader, sink)
     }))
     .unwrap_or_else(|payload| {
         let what = payload
@@ -59,12 +60,12 @@ pub(super) fn read_rows(
     })
 }
 
-fn read_rows_unguarded(
+fn read_rows_unguarded<R: ChunkReader + 'static>(
     path: &Path,
+    reader: R,
     sink: &mut dyn FnMut(usize, Value) -> Result<()>,
 ) -> Result<()> {
-    let file = super::open(path)?;
-    let reader = SerializedFileReader::new(file).map_err(|e| Error::Dataset {
+    let reader = SerializedFileReader::new(reader).map_err(|e| Error::Dataset {
         path: path.to_path_buf(),
         message: format!("not a readable Parquet file: {e}"),
     })?;

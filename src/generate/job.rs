@@ -100,7 +100,8 @@ fn recover(out: &Path, examples: &[SftExample]) -> Result<(HashMap<String, Strin
             path: out.to_path_buf(),
             line: i + 1,
             message: format!(
-                "{message}. This file is not the output of this generation job: delete it or choose another --out"
+                "{message}. This file is not the output of this generation job: replace it with \
+                 --overwrite or choose another --out"
             ),
         };
         let row: Value =
@@ -128,12 +129,14 @@ pub fn run_record_path(out: &Path) -> std::path::PathBuf {
 }
 
 /// Generates a response for every example whose id is not yet in `out`, then rewrites `out` in
-/// input order.
+/// input order. With `overwrite`, an existing `out` (and its run record) is removed first instead
+/// of continued or refused.
 pub fn run_generate(
     bundle: &ModelBundle,
     examples: &[SftExample],
     out: &Path,
     opts: &GenOptions,
+    overwrite: bool,
     mut progress: impl FnMut(&GenProgress),
 ) -> Result<GenSummary> {
     let start = Instant::now();
@@ -155,6 +158,16 @@ pub fn run_generate(
         "max_new_tokens": opts.max_new_tokens,
     });
     let record_path = run_record_path(out);
+    if overwrite {
+        for path in [out, record_path.as_path()] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(path, e));
+                }
+                _ => {}
+            }
+        }
+    }
     let (existing, torn) = recover(out, examples)?;
     if !existing.is_empty() || torn.is_some() {
         let saved = std::fs::read_to_string(&record_path)
@@ -163,7 +176,7 @@ pub fn run_generate(
         let refuse = |why: String| {
             Err(Error::Invalid(format!(
                 "{} holds {} rows {why}; rerun with the same --model and sampling flags to \
-                 continue it, or choose another --out",
+                 continue it, or start over with --overwrite or another --out",
                 out.display(),
                 existing.len()
             )))

@@ -83,8 +83,9 @@ pub fn write_extra(dir: &Path, extra: &[(&str, Vec<u8>)]) -> Result<()> {
     Ok(())
 }
 
-/// Fills a fresh folder beside `dest` with `fill`, then swaps it in for `dest`, so a crash never
-/// leaves a half-written checkpoint (see [`recover`] for a crash inside the swap).
+/// Fills a fresh folder beside `dest` with `fill` and flushes it to disk, then swaps it in for
+/// `dest`, so neither a crash nor a power loss leaves a half-written checkpoint under `dest` (see
+/// [`recover`] for a crash inside the swap).
 pub fn save_folder(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -97,7 +98,8 @@ pub fn save_folder(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Resul
     let _ = std::fs::remove_dir_all(&tmp);
     let result = std::fs::create_dir_all(&tmp)
         .map_err(|e| Error::io(&tmp, e))
-        .and_then(|()| fill(&tmp));
+        .and_then(|()| fill(&tmp))
+        .and_then(|()| crate::fsutil::sync_tree(&tmp));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -108,6 +110,8 @@ pub fn save_folder(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Resul
         std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
     }
     std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
+    // The new checkpoint's name on disk before the previous copy goes.
+    crate::fsutil::sync_dir(parent);
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }

@@ -76,11 +76,27 @@ pub struct HostTensor {
 
 struct Shard {
     path: PathBuf,
-    /// The whole file, mapped read-only (see [`map_file`]).
-    map: Mmap,
+    /// The whole file, mapped read-only (see [`map_file`]), or already in memory.
+    map: Contents,
     /// Byte offset of the data section (8-byte length + JSON header).
     data_start: usize,
     metadata: Metadata,
+}
+
+/// A safetensors file's bytes: mapped from disk, or handed over in memory.
+enum Contents {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Contents {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Contents::Mapped(m) => m,
+            Contents::Owned(v) => v,
+        }
+    }
 }
 
 /// All safetensors files of a checkpoint, with an index from tensor name to file.
@@ -290,25 +306,43 @@ impl WeightFiles {
             if is_pickle(path) {
                 return Err(Error::PickleWeights { path: path.clone() });
             }
-            let map = map_file(path)?;
-            let (data_start, metadata) = read_header(path, &map)?;
-            for name in metadata.tensors().keys() {
-                if index.insert(name.clone(), shards.len()).is_some() {
-                    return Err(Error::Tensor {
-                        path: path.clone(),
-                        name: name.clone(),
-                        message: "appears in more than one weight file".into(),
-                    });
-                }
-            }
-            shards.push(Shard {
-                path: path.clone(),
-                map,
-                data_start,
-                metadata,
-            });
+            let map = Contents::Mapped(map_file(path)?);
+            Self::add_shard(&mut shards, &mut index, path, map)?;
         }
         Ok(Self { shards, index })
+    }
+
+    /// One safetensors file already in memory (`name` is only used in messages), checked as
+    /// [`WeightFiles::open_files`] checks a file on disk.
+    pub fn from_bytes(name: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let (mut shards, mut index) = (vec![], BTreeMap::new());
+        Self::add_shard(&mut shards, &mut index, name, Contents::Owned(bytes))?;
+        Ok(Self { shards, index })
+    }
+
+    fn add_shard(
+        shards: &mut Vec<Shard>,
+        index: &mut BTreeMap<String, usize>,
+        path: &Path,
+        map: Contents,
+    ) -> Result<()> {
+        let (data_start, metadata) = read_header(path, &map)?;
+        for name in metadata.tensors().keys() {
+            if index.insert(name.clone(), shards.len()).is_some() {
+                return Err(Error::Tensor {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    message: "appears in more than one weight file".into(),
+                });
+            }
+        }
+        shards.push(Shard {
+            path: path.to_path_buf(),
+            map,
+            data_start,
+            metadata,
+        });
+        Ok(())
     }
 
     /// Names of every tensor, sorted.
@@ -403,11 +437,10 @@ fn release_pages(shard: &Shard, offset: usize, len: usize) {
     // thread right now) sees the same bytes, the file's, under the same caveat as `map_file`.
     // memmap2 rounds the start down to a page; the range lies inside the map because
     // `read_header` checked every tensor's offsets against the mapped length.
-    let _ = unsafe {
-        shard
-            .map
-            .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
-    };
+    if let Contents::Mapped(map) = &shard.map {
+        let _ =
+            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+    }
 }
 
 #[cfg(not(unix))]

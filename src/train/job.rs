@@ -114,21 +114,26 @@ fn load_ref_cache(path: &Path, ids: &[String]) -> Option<PairLogps> {
     Some(out)
 }
 
-/// Refuses an output folder that holds files a training run did not write (anything but its
-/// own files and lock), so a typo in --out cannot overwrite someone's metrics.jsonl. For
-/// `wgspin train` and `sft`; inside `spin`, a training run shares its iteration's folder.
-pub fn refuse_foreign(out: &Path) -> Result<()> {
-    // Hidden files (the lock, .DS_Store, a crashed save's .checkpoint.*) are not someone's work.
-    let mut shown = fsutil::visible_entries(out);
-    if shown.is_empty() || out.join(CONFIG_FILE).is_file() {
-        return Ok(());
-    }
-    shown.truncate(5);
-    Err(Error::Invalid(format!(
-        "{} holds files that no `wgspin train` or `sft` wrote ({}); choose an empty or new --out",
-        out.display(),
-        shown.join(", ")
-    )))
+/// What `wgspin train` and `sft` write into their output folder (the lock and a crashed save's
+/// `.checkpoint.*` leftovers are hidden, and handled by the lock and [`checkpoint::recover`]).
+pub const LAYOUT: manifest::RunLayout = manifest::RunLayout {
+    writer: "`wgspin train` or `sft`",
+    marker: CONFIG_FILE,
+    entries: &[CONFIG_FILE, CHECKPOINT, METRICS_FILE, REF_FILE],
+};
+
+/// What [`run_train`] does with a run already in its output folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse it (a new run needs an empty folder or a new one).
+    Refuse,
+    /// Continue it from its checkpoint: same model, data and settings only.
+    Resume,
+    /// Remove it first (only what a run wrote there) and start over.
+    Overwrite,
+    /// The folder belongs to the caller (a `spin` iteration beside its generated pairs):
+    /// continue what is there without the folder checks.
+    Within,
 }
 
 /// The settings a saved run's state records, in today's shape: a setting added since the run was
@@ -186,14 +191,13 @@ fn reference_logps(
 }
 
 /// Trains on `examples` from the model at `model_path`, into `out`, with `cfg.objective`: SPIN
-/// (examples need `generated`) or SFT. With `resume`, continues from `out/checkpoint` (same
-/// model, data and settings only); without it, refuses a folder that holds a run.
+/// (examples need `generated`) or SFT. `existing` says what to do with a run already in `out`.
 pub fn run_train(
     model_path: &Path,
     examples: &[SftExample],
     out: &Path,
     cfg: &TrainConfig,
-    resume: bool,
+    existing: Existing,
     device: &Device,
     mut report: impl FnMut(TrainEvent),
 ) -> Result<TrainSummary> {
@@ -201,11 +205,20 @@ pub fn run_train(
     cfg.validate()?;
     super::memory::check_budget(model_path, cfg, device)?;
     let _lock = manifest::lock_dir(out)?;
+    // Refuse a foreign folder before touching anything; clear an earlier run only after a crashed
+    // save's copy was put back, so that copy goes too.
+    if existing != Existing::Within {
+        LAYOUT.prepare(out, false)?;
+    }
     checkpoint::recover(out, CHECKPOINT)?;
+    if existing == Existing::Overwrite {
+        LAYOUT.prepare(out, true)?;
+    }
     let state = state_of(out)?;
-    if state.is_some() && !resume {
+    if state.is_some() && existing == Existing::Refuse {
         return Err(Error::Invalid(format!(
-            "{} already holds a training run; pass --resume to continue it, or choose another --out",
+            "{} already holds a training run; pass --resume to continue it, --overwrite to \
+             replace it, or choose another --out",
             out.display()
         )));
     }
@@ -217,7 +230,7 @@ pub fn run_train(
             .or_else(|| s.get("config").cloned())
             .unwrap_or(Value::Null);
         return Err(Error::Invalid(format!(
-            "{}: {}; resume with the same flags, or choose another --out",
+            "{}: {}; resume with the same flags, or start over with --overwrite or another --out",
             out.join(CHECKPOINT).join(STATE_FILE).display(),
             settings_differ(&saved, &config_json)
         )));
@@ -237,7 +250,7 @@ pub fn run_train(
     {
         return Err(Error::Invalid(format!(
             "{} was trained from another model or on other {data_noun} ({}); resume with the \
-             same --model and --data, or choose another --out",
+             same --model and --data, or start over with --overwrite or another --out",
             out.display(),
             manifest::differences(saved, &identity).join("; ")
         )));

@@ -224,6 +224,41 @@ pub fn run_ok<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
     out
 }
 
+/// Runs `wgspin <args>`, asserts a clean failure (exit 1, no panic), returns stderr.
+pub fn run_err<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    let out = wgspin()
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a clean failure: {err}"
+    );
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    err
+}
+
+/// Every file under `dir` with its bytes, to check a refused run changed nothing.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if !p.ends_with(wgspin::manifest::LOCK_FILE) {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Starts `wgspin <args>` and kills it (SIGKILL on Unix, TerminateProcess on Windows) as soon as
 /// `ready()` holds, to test resuming from what a crash leaves behind. Fails with `never_ready`
 /// after `timeout`, or if the run ends before it could be killed.

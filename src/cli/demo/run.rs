@@ -19,7 +19,7 @@ use wgspin::generate::{GenOptions, GenRequest, generate};
 use wgspin::hf::bundle::ModelBundle;
 use wgspin::kernels::sample::SamplingParams;
 use wgspin::spin::{SpinConfig, SpinEvent, run_spin};
-use wgspin::train::job::{TrainEvent, run_train};
+use wgspin::train::job::{Existing, TrainEvent, run_train};
 use wgspin::train::loss::PairLoss;
 use wgspin::train::optim::{OptimizerKind, Schedule};
 use wgspin::train::score::{ScoreOptions, TokenizedPair, score_all};
@@ -373,7 +373,7 @@ fn sft_stage(
         objective: ObjectiveKind::Sft,
         ..cfg.clone()
     };
-    let summary = run_train(from, train, out, &cfg, false, device, |e| {
+    let summary = run_train(from, train, out, &cfg, Existing::Refuse, device, |e| {
         if let TrainEvent::Step {
             metrics,
             total_steps,

@@ -159,10 +159,12 @@ fn readme_prose_flags_exist_in_some_command() {
         let path: Vec<&str> = c.iter().map(String::as_str).collect();
         known.extend(help_flags(&path));
     }
-    // Flags of other programs the README shows: cargo, huggingface-cli, and the PyTorch
-    // baselines' `--threads` and `--autocast` (scripts/bench_*.py).
+    // Flags of other programs the README shows: cargo (and cargo fuzz's `--dev`),
+    // huggingface-cli, and the PyTorch baselines' `--threads` and `--autocast`
+    // (scripts/bench_*.py).
     let foreign = [
         "--release",
+        "--dev",
         "--path",
         "--local-dir",
         "--threads",

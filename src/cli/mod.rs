@@ -10,6 +10,7 @@ pub mod config;
 pub mod convert;
 pub mod demo;
 pub mod devices;
+pub mod export_pairs;
 pub mod generate;
 pub mod logprobs;
 pub mod merge;
@@ -48,6 +49,7 @@ enum Command {
     Plot(convert::PlotArgs),
     Convert(convert::ConvertArgs),
     ExportGguf(convert::ExportGgufArgs),
+    ExportPairs(export_pairs::ExportPairsArgs),
     Merge(merge::MergeArgs),
     Plan(plan::PlanArgs),
     #[command(subcommand)]
@@ -82,6 +84,7 @@ impl Cli {
             Some(Command::Plot(a)) => a.run(),
             Some(Command::Convert(a)) => a.run(),
             Some(Command::ExportGguf(a)) => a.run(),
+            Some(Command::ExportPairs(a)) => a.run(),
             Some(Command::Merge(a)) => a.run(),
             Some(Command::Bench(c)) => c.run(),
         }

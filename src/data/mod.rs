@@ -7,6 +7,7 @@
 //! row that is not usable (other shape, missing turn, empty text) is skipped and reported in
 //! [`Dataset::skipped`], because real datasets contain a few such rows.
 
+pub mod export;
 mod jsonl;
 mod parquet;
 mod shapes;

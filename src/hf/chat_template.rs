@@ -132,9 +132,22 @@ impl ChatTemplate {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        env.add_function("strftime_now", |fmt: String| {
-            chrono::Local::now().format(&fmt).to_string()
-        });
+        env.add_function(
+            "strftime_now",
+            |fmt: String| -> std::result::Result<String, minijinja::Error> {
+                // An unknown `%` specifier makes chrono's Display fail, which `to_string` would
+                // turn into a panic (found by fuzzing): write it out and report the error.
+                use std::fmt::Write;
+                let mut out = String::new();
+                write!(out, "{}", chrono::Local::now().format(&fmt)).map_err(|_| {
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("strftime_now: invalid format {fmt:?}"),
+                    )
+                })?;
+                Ok(out)
+            },
+        );
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::ChatTemplate {
@@ -183,6 +196,15 @@ mod tests {
             ("bos_token".into(), "<s>".into()),
             ("eos_token".into(), "</s>".into()),
         ]
+    }
+
+    #[test]
+    fn strftime_now_with_a_bad_format_is_an_error() {
+        let t = ChatTemplate::new("{{ strftime_now('%Q %Y') }}", special()).unwrap();
+        let e = t.render(&[Message::user("hi")], false).unwrap_err();
+        assert!(e.to_string().contains("invalid format"), "{e}");
+        let t = ChatTemplate::new("{{ strftime_now('%Y') }}", special()).unwrap();
+        assert_eq!(t.render(&[], false).unwrap().len(), 4);
     }
 
     #[test]

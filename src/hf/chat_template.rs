@@ -114,6 +114,10 @@ fn tojson(value: JValue, kwargs: Kwargs) -> std::result::Result<JValue, minijinj
     Ok(JValue::from_safe_string(out))
 }
 
+// Errors are shown with `{e}`, not `{e:#}`: minijinja 2.24's source excerpt of the alternate form
+// underflows a column subtraction on templates with `\r` line breaks (found by fuzzing), which
+// panics; the plain form still names the error kind, detail and line.
+
 /// Template instructions one rendering may run: real chat templates need a few thousand per
 /// conversation; a model-supplied template that loops without end stops here with an error.
 pub const RENDER_FUEL: u64 = 5_000_000;
@@ -151,7 +155,7 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::ChatTemplate {
-                message: format!("does not compile: {e:#}"),
+                message: format!("does not compile: {e}"),
             })?;
         Ok(Self { env, special })
     }
@@ -181,7 +185,7 @@ impl ChatTemplate {
                      that does not end?); fix the template"
                 )
             } else {
-                format!("rendering failed: {e:#}")
+                format!("rendering failed: {e}")
             },
         })
     }

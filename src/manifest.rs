@@ -164,7 +164,8 @@ impl RunLayout {
         if !dir.join(self.marker).is_file() {
             let listed: Vec<&str> = shown.iter().take(5).map(String::as_str).collect();
             return Err(Error::Invalid(format!(
-                "{} holds files that no {} wrote ({}{}); choose an empty or new --out                  (--overwrite only replaces an earlier wgspin run)",
+                "{} holds files that no {} wrote ({}{}); choose an empty or new --out \
+                 (--overwrite only replaces an earlier wgspin run)",
                 dir.display(),
                 self.writer,
                 listed.join(", "),

@@ -19,13 +19,18 @@ fn export_dir() -> std::path::PathBuf {
     fixture("export")
 }
 
-fn export(format: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let data = export_dir().join("pairs.jsonl");
+/// `export-pairs` of `data` as `format` into `out`, then `extra` flags.
+fn export_from(data: &Path, format: &str, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut a = args(&["export-pairs", "--format", format, "--data"]);
     a.push(data.to_str().unwrap().into());
     a.extend(args(&["--out", out.to_str().unwrap()]));
     a.extend(args(extra));
-    wgspin().args(a).output().unwrap()
+    a
+}
+
+/// `export-pairs` of the fixture pairs.
+fn export(format: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    export_from(&export_dir().join("pairs.jsonl"), format, out, extra)
 }
 
 fn jsonl(path: &Path) -> Vec<Value> {
@@ -88,22 +93,12 @@ fn exports_match_what_pyarrow_writes_for_each_layout() {
     let tmp = tempfile::tempdir().unwrap();
     for format in FORMATS {
         let out = tmp.path().join(format!("{format}.jsonl"));
-        let res = export(format, &out, &[]);
-        assert!(
-            res.status.success(),
-            "{}",
-            String::from_utf8_lossy(&res.stderr)
-        );
+        run_ok(export(format, &out, &[]));
         let want = jsonl(&export_dir().join(format!("{format}.jsonl")));
         assert_eq!(jsonl(&out), want, "{format}: JSON lines rows");
 
         let out = tmp.path().join(format!("{format}.parquet"));
-        let res = export(format, &out, &[]);
-        assert!(
-            res.status.success(),
-            "{}",
-            String::from_utf8_lossy(&res.stderr)
-        );
+        run_ok(export(format, &out, &[]));
         let (ours, theirs) = (
             open(&out),
             open(&export_dir().join(format!("{format}.parquet"))),
@@ -130,7 +125,7 @@ fn spin_layout_reads_back_as_the_same_pairs() {
     .unwrap();
     for ext in ["jsonl", "parquet"] {
         let out = tmp.path().join(format!("pairs.{ext}"));
-        assert!(export("spin", &out, &[]).status.success());
+        run_ok(export("spin", &out, &[]));
         let back = wgspin::data::read_dataset(&out, wgspin::data::DataFormat::Auto).unwrap();
         assert_eq!(back.format, wgspin::data::DataFormat::Spin);
         let strip = |d: &wgspin::data::Dataset| -> Vec<(String, String, Option<String>)> {
@@ -147,24 +142,14 @@ fn spin_layout_reads_back_as_the_same_pairs() {
 fn export_refuses_data_without_generations_and_an_existing_out() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("trl.jsonl");
-    let mut a = args(&["export-pairs", "--format", "trl", "--data"]);
-    a.push(
-        fixture("data")
-            .join("prompt_response.jsonl")
-            .to_str()
-            .unwrap()
-            .into(),
-    );
-    a.extend(args(&["--out", out.to_str().unwrap()]));
-    let e = run_err(a);
+    let sft = fixture("data").join("prompt_response.jsonl");
+    let e = run_err(export_from(&sft, "trl", &out, &[]));
     assert_mentions(&e, &["prompt_response.jsonl"]);
     assert!(!out.exists());
 
     std::fs::write(&out, "keep").unwrap();
-    let res = export("trl", &out, &[]);
-    assert_eq!(res.status.code(), Some(1));
-    assert_mentions(&String::from_utf8_lossy(&res.stderr), &["--overwrite"]);
+    assert_mentions(&run_err(export("trl", &out, &[])), &["--overwrite"]);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep");
-    assert!(export("trl", &out, &["--overwrite"]).status.success());
+    run_ok(export("trl", &out, &["--overwrite"]));
     assert_eq!(jsonl(&out), jsonl(&export_dir().join("trl.jsonl")));
 }

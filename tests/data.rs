@@ -379,3 +379,19 @@ fn corrupt_parquet_bytes_never_panic() {
         assert!(r.is_ok(), "flipping byte {i} panicked");
     }
 }
+
+#[test]
+fn parquet_dictionary_declaring_more_values_than_it_holds_is_refused() {
+    // A dictionary page that declares 2^27 values in 8 bytes (see make_inflated_dictionary.py):
+    // the parquet crate sized the dictionary from the header, gigabytes, before decoding it.
+    let e = err(&fixture("inflated_dictionary.parquet"), DataFormat::Auto);
+    assert_mentions(
+        &e,
+        &[
+            "inflated_dictionary.parquet",
+            "column \"prompt\"",
+            "declares 134217728 values",
+            "corrupt",
+        ],
+    );
+}

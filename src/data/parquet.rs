@@ -6,6 +6,8 @@
 use std::io::Read;
 use std::path::Path;
 
+use ::parquet::basic::Type as PhysicalType;
+use ::parquet::column::page::Page;
 use ::parquet::file::reader::{ChunkReader, FileReader};
 use ::parquet::file::serialized_reader::SerializedFileReader;
 use ::parquet::record::{Field, Row};
@@ -69,6 +71,10 @@ fn read_rows_unguarded<R: ChunkReader + 'static>(
         path: path.to_path_buf(),
         message: format!("not a readable Parquet file: {e}"),
     })?;
+    check_dictionaries(&reader).map_err(|message| Error::Dataset {
+        path: path.to_path_buf(),
+        message,
+    })?;
     let rows = reader.get_row_iter(None).map_err(|e| Error::Dataset {
         path: path.to_path_buf(),
         message: format!("cannot read Parquet rows: {e}"),
@@ -83,6 +89,67 @@ fn read_rows_unguarded<R: ChunkReader + 'static>(
         sink(row_no, row_to_json(&row))?;
     }
     Ok(())
+}
+
+/// Refuses dictionary pages that declare more values than their bytes can hold.
+///
+/// The parquet crate sizes a column's dictionary from the page header's value count before decoding
+/// it, so a few-kilobyte file that declares two billion values asks for tens of gigabytes and
+/// aborts the process (found by fuzzing, parquet 60.1). Each plain-encoded value takes at least a
+/// known number of bits, which bounds the honest count by the page's decompressed length. Only a
+/// column's first page can be a dictionary, so data pages are not read here.
+fn check_dictionaries<R: ChunkReader + 'static>(
+    reader: &SerializedFileReader<R>,
+) -> std::result::Result<(), String> {
+    for g in 0..reader.num_row_groups() {
+        let group = reader
+            .get_row_group(g)
+            .map_err(|e| format!("cannot read row group {g}: {e}"))?;
+        for (c, column) in group.metadata().columns().iter().enumerate() {
+            let mut pages = group
+                .get_column_page_reader(c)
+                .map_err(|e| format!("cannot read column {}: {e}", column.column_path()))?;
+            let first_is_dict = pages
+                .peek_next_page()
+                .map_err(|e| format!("cannot read column {}: {e}", column.column_path()))?
+                .is_some_and(|meta| meta.is_dict);
+            if !first_is_dict {
+                continue;
+            }
+            let page = pages
+                .get_next_page()
+                .map_err(|e| format!("cannot read column {}: {e}", column.column_path()))?;
+            if let Some(Page::DictionaryPage {
+                buf, num_values, ..
+            }) = page
+            {
+                let bits =
+                    min_plain_bits(column.column_type(), column.column_descr().type_length());
+                let fits = (buf.len() as u64).saturating_mul(8) / bits;
+                if u64::from(num_values) > fits {
+                    return Err(format!(
+                        "column {} of row group {g}: its dictionary page declares {num_values} \
+                         values but holds {} bytes (at most {fits} values); the file is corrupt",
+                        column.column_path(),
+                        buf.len()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The fewest bits one plain-encoded value of a physical type occupies (byte arrays carry a 4-byte
+/// length; a zero-width fixed-length array still counts one byte so the bound stays finite).
+fn min_plain_bits(ty: PhysicalType, type_length: i32) -> u64 {
+    match ty {
+        PhysicalType::BOOLEAN => 1,
+        PhysicalType::INT32 | PhysicalType::FLOAT | PhysicalType::BYTE_ARRAY => 32,
+        PhysicalType::INT64 | PhysicalType::DOUBLE => 64,
+        PhysicalType::INT96 => 96,
+        PhysicalType::FIXED_LEN_BYTE_ARRAY => 8 * u64::try_from(type_length).unwrap_or(0).max(1),
+    }
 }
 
 fn row_to_json(row: &Row) -> Value {

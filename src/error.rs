@@ -72,6 +72,9 @@ pub enum Error {
     #[error("{path}: {message}")]
     Dataset { path: PathBuf, message: String },
 
+    #[error("server {url}: {message}")]
+    Server { url: String, message: String },
+
     #[error("device: {0}")]
     Device(String),
 

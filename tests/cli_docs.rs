@@ -160,8 +160,8 @@ fn readme_prose_flags_exist_in_some_command() {
         known.extend(help_flags(&path));
     }
     // Flags of other programs the README shows: cargo (and cargo fuzz's `--dev`),
-    // huggingface-cli, and the PyTorch baselines' `--threads` and `--autocast`
-    // (scripts/bench_*.py).
+    // huggingface-cli, the PyTorch baselines' `--threads` and `--autocast`
+    // (scripts/bench_*.py), and the servers' `--port` (vllm, llama-server).
     let foreign = [
         "--release",
         "--dev",
@@ -169,6 +169,7 @@ fn readme_prose_flags_exist_in_some_command() {
         "--local-dir",
         "--threads",
         "--autocast",
+        "--port",
     ];
     let text = readme();
     let mut missing: Vec<String> = flags(&text)

@@ -9,6 +9,7 @@ use clap::Args;
 use wgspin::data::{DataFormat, SftExample, read_dataset};
 use wgspin::device::{self, ComputeDevice, DeviceSpec};
 use wgspin::generate::GenOptions;
+use wgspin::generate::server::{API_KEY_ENV, ServerApi, ServerOptions};
 use wgspin::hf::config::ModelConfig;
 use wgspin::kernels::sample::SamplingParams;
 
@@ -175,5 +176,50 @@ impl SamplingArgs {
             stop_ids,
             pad_id,
         }
+    }
+}
+
+/// `--server` and its settings: generation on an OpenAI-compatible server instead of `--device`.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Generate on this OpenAI-compatible server (vLLM, llama.cpp's llama-server,
+    /// llama-cpp-python, ...), e.g. http://127.0.0.1:8080, instead of on --device. It must serve
+    /// the --model, whose tokenizer and chat template render the prompts; its weights are not
+    /// loaded. An API key is read from the environment variable WGSPIN_SERVER_API_KEY.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Model name sent to the server. Default: the first model its /v1/models lists.
+    #[arg(long, requires = "server")]
+    pub server_model: Option<String>,
+    /// completions: the prompt rendered by --model's chat template goes to /v1/completions (the
+    /// same text local generation uses). chat: the user turn goes to /v1/chat/completions and the
+    /// server applies its own template.
+    #[arg(long, default_value = "completions")]
+    pub server_api: ServerApi,
+    /// Requests in flight at once on the server.
+    #[arg(long, default_value_t = ServerOptions::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// Retries of a request after a connection failure, timeout, HTTP 408/429 or 5xx (backoff
+    /// from 0.5 s doubling to 30 s), before the run stops; a rerun continues it.
+    #[arg(long, default_value_t = ServerOptions::DEFAULT_RETRIES)]
+    pub server_retries: u32,
+    /// Seconds to wait for one response.
+    #[arg(long, default_value_t = ServerOptions::DEFAULT_TIMEOUT_S)]
+    pub server_timeout: u64,
+}
+
+impl ServerArgs {
+    /// The server settings, when --server is given.
+    pub fn options(&self) -> Option<ServerOptions> {
+        let url = self.server.clone()?;
+        Some(ServerOptions {
+            url,
+            model: self.server_model.clone(),
+            api: self.server_api,
+            concurrency: self.concurrency,
+            retries: self.server_retries,
+            timeout: std::time::Duration::from_secs(self.server_timeout.max(1)),
+            api_key: std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty()),
+        })
     }
 }

@@ -7,10 +7,13 @@ use clap::Args;
 
 use wgspin::ModelBundle;
 use wgspin::data::SftExample;
-use wgspin::generate::job::{GenSummary, run_generate};
+use wgspin::generate::GenOptions;
+use wgspin::generate::job::{GenModel, GenSummary, Opponent, run_generate_with};
+use wgspin::generate::server::ServerClient;
+use wgspin::hf::bundle::{read_text_side, stop_ids};
 use wgspin::report::progress::Progress;
 
-use super::args::{JobArgs, SamplingArgs};
+use super::args::{JobArgs, SamplingArgs, ServerArgs};
 
 /// The opponent's turn: sample a response for every SFT prompt, written as SPIN pairs.
 ///
@@ -34,40 +37,64 @@ pub struct GenerateArgs {
     limit: Option<usize>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 impl GenerateArgs {
     pub fn run(self) -> Result<()> {
+        if let Some(opts) = self.server.options() {
+            return self.run_on_server(opts);
+        }
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(self.limit)?;
         let path = &self.job.model.model;
         let bundle = ModelBundle::load(path, &dev.device)
             .with_context(|| format!("loading model {}", path.display()))?;
         let rows = self.sampling.gen_batch_size(&dev, &bundle.config)?;
-        generate_into(
-            &bundle,
-            &examples,
-            &self.out,
-            &self.sampling,
-            rows,
-            self.overwrite,
-        )?;
+        let opts = self
+            .sampling
+            .options(rows, bundle.stop_ids(), bundle.tokenizer.pad_id());
+        let model = GenModel::local(&bundle);
+        generate_into(&model, &examples, &self.out, &opts, self.overwrite)?;
+        Ok(())
+    }
+
+    /// The same job with the responses from a server: only the tokenizer side of --model loads.
+    fn run_on_server(&self, opts: wgspin::generate::server::ServerOptions) -> Result<()> {
+        let examples = self.job.data.load(self.limit)?;
+        let path = &self.job.model.model;
+        let (config, tokenizer) = read_text_side(path)
+            .with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+        let url = opts.url.clone();
+        let client = ServerClient::connect(opts).with_context(|| format!("connecting to {url}"))?;
+        eprintln!(
+            "generating on {url} (model {})",
+            client.model().unwrap_or("not named by the server")
+        );
+        let gen_opts = self
+            .sampling
+            .options(1, stop_ids(&config, &tokenizer), tokenizer.pad_id());
+        let model = GenModel {
+            tokenizer: &tokenizer,
+            source: path,
+            opponent: Opponent::Server(&client),
+        };
+        generate_into(&model, &examples, &self.out, &gen_opts, self.overwrite)?;
         Ok(())
     }
 }
 
 /// Generates for `examples` into `out` with a progress bar; resumes a partial `out`.
 fn generate_into(
-    bundle: &ModelBundle,
+    model: &GenModel,
     examples: &[SftExample],
     out: &Path,
-    sampling: &SamplingArgs,
-    rows: usize,
+    opts: &GenOptions,
     overwrite: bool,
 ) -> Result<GenSummary> {
-    let opts = sampling.options(rows, bundle.stop_ids(), bundle.tokenizer.pad_id());
     let mut bar = Progress::new("generate", examples.len());
-    let summary = run_generate(bundle, examples, out, &opts, overwrite, |p| {
+    let summary = run_generate_with(model, examples, out, opts, overwrite, |p| {
         let rate = p.tokens as f64 / p.elapsed.as_secs_f64().max(1e-9);
         bar.update(p.done, &format!("prompts, {rate:.1} tok/s"));
     })
@@ -93,7 +120,7 @@ fn generate_into(
         eprintln!(
             "warning: {} prompts were longer than the model's context leaves with \
              --max-new-tokens {}; they kept their last tokens",
-            summary.truncated_prompts, sampling.max_new_tokens
+            summary.truncated_prompts, opts.max_new_tokens
         );
     }
     Ok(summary)

@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Finished, GenOptions, GenRequest, generate};
+use super::server::{Reply, ServerClient, ServerPrompt};
+use super::{FinishReason, Finished, GenOptions, GenRequest, generate};
 use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::hf::bundle::ModelBundle;
+use crate::hf::chat_template::Message;
+use crate::hf::tokenizer::ChatTokenizer;
+use crate::model::Transformer;
 
 /// Where a generation job stands, reported after every finished request.
 #[derive(Debug, Clone)]
@@ -128,11 +132,57 @@ pub fn run_record_path(out: &Path) -> std::path::PathBuf {
     crate::fsutil::with_suffix(out, ".run.json")
 }
 
+/// Who writes the responses.
+pub enum Opponent<'a> {
+    /// The model on this machine's device.
+    Local(&'a Transformer),
+    /// An OpenAI-compatible server that serves the same model.
+    Server(&'a ServerClient),
+}
+
+/// A generation job's model side: the tokenizer that renders, truncates and measures prompts,
+/// what `--model` named (its identity goes into the run record), and who generates.
+pub struct GenModel<'a> {
+    pub tokenizer: &'a ChatTokenizer,
+    pub source: &'a Path,
+    pub opponent: Opponent<'a>,
+}
+
+impl<'a> GenModel<'a> {
+    /// The bundle's own model generates.
+    pub fn local(bundle: &'a ModelBundle) -> Self {
+        Self {
+            tokenizer: &bundle.tokenizer,
+            source: bundle.source_path(),
+            opponent: Opponent::Local(&bundle.model),
+        }
+    }
+}
+
 /// Generates a response for every example whose id is not yet in `out`, then rewrites `out` in
 /// input order. With `overwrite`, an existing `out` (and its run record) is removed first instead
 /// of continued or refused.
 pub fn run_generate(
     bundle: &ModelBundle,
+    examples: &[SftExample],
+    out: &Path,
+    opts: &GenOptions,
+    overwrite: bool,
+    progress: impl FnMut(&GenProgress),
+) -> Result<GenSummary> {
+    run_generate_with(
+        &GenModel::local(bundle),
+        examples,
+        out,
+        opts,
+        overwrite,
+        progress,
+    )
+}
+
+/// [`run_generate`] with the responses from `model.opponent`.
+pub fn run_generate_with(
+    model: &GenModel,
     examples: &[SftExample],
     out: &Path,
     opts: &GenOptions,
@@ -152,11 +202,14 @@ pub fn run_generate(
     }
     let _lock = crate::manifest::lock_file(out)?;
     // What made the rows: a resume must not mix two models' or two samplers' answers in one file.
-    let record = serde_json::json!({
-        "model": crate::manifest::model_identity(bundle.source_path())?,
+    let mut record = serde_json::json!({
+        "model": crate::manifest::model_identity(model.source)?,
         "sampling": opts.sampling,
         "max_new_tokens": opts.max_new_tokens,
     });
+    if let Opponent::Server(client) = model.opponent {
+        record["server"] = client.identity();
+    }
     let record_path = run_record_path(out);
     if overwrite {
         for path in [out, record_path.as_path()] {
@@ -209,7 +262,7 @@ pub fn run_generate(
         resumed: existing.len(),
         ..Default::default()
     };
-    let tok = &bundle.tokenizer;
+    let tok = model.tokenizer;
     // Room for the prompt in the model's context once the response has its --max-new-tokens.
     let prompt_room = match tok.context() {
         Some(ctx) if opts.max_new_tokens >= ctx => {
@@ -223,6 +276,7 @@ pub fn run_generate(
         None => usize::MAX,
     };
     let mut requests = vec![];
+    let mut truncated = HashSet::new();
     for (i, ex) in examples.iter().enumerate() {
         if existing.contains_key(&ex.id) {
             continue;
@@ -237,6 +291,7 @@ pub fn run_generate(
             let cut = prompt.len() - prompt_room;
             prompt.drain(keep_bos..keep_bos + cut);
             summary.truncated_prompts += 1;
+            truncated.insert(i as u32);
         }
         requests.push(GenRequest {
             index: i as u32,
@@ -263,31 +318,19 @@ pub fn run_generate(
         tokens: 0,
         elapsed: start.elapsed(),
     });
-    generate(&bundle.model, &requests, opts, |f: Finished| {
-        let ex = &examples[f.index as usize];
-        let text_ids: &[u32] = match f.tokens.last() {
-            Some(t) if opts.stop_ids.contains(t) => &f.tokens[..f.tokens.len() - 1],
-            _ => &f.tokens,
-        };
-        let text = tok.decode(text_ids, true)?;
-        let row = spin_row(
-            &ex.id,
-            &ex.prompt,
-            &ex.response,
-            &text,
-            f.finish_reason.as_str(),
-            f.tokens.len(),
-        );
+    let mut write_row = |index: u32, text: &str, finish: FinishReason, n: usize| -> Result<()> {
+        let ex = &examples[index as usize];
+        let row = spin_row(&ex.id, &ex.prompt, &ex.response, text, finish.as_str(), n);
         let line = row.to_string();
         file.write_all(format!("{line}\n").as_bytes())
             .and_then(|_| file.flush())
             .map_err(|e| Error::io(out, e))?;
         lines.insert(ex.id.clone(), line);
         summary.generated += 1;
-        summary.tokens += f.tokens.len();
-        match f.finish_reason {
-            super::FinishReason::Eos => summary.finished_eos += 1,
-            super::FinishReason::Length => summary.finished_length += 1,
+        summary.tokens += n;
+        match finish {
+            FinishReason::Eos => summary.finished_eos += 1,
+            FinishReason::Length => summary.finished_length += 1,
         }
         done += 1;
         progress(&GenProgress {
@@ -297,7 +340,28 @@ pub fn run_generate(
             elapsed: start.elapsed(),
         });
         Ok(())
-    })?;
+    };
+    match model.opponent {
+        Opponent::Local(transformer) => {
+            generate(transformer, &requests, opts, |f: Finished| {
+                let text_ids: &[u32] = match f.tokens.last() {
+                    Some(t) if opts.stop_ids.contains(t) => &f.tokens[..f.tokens.len() - 1],
+                    _ => &f.tokens,
+                };
+                let text = tok.decode(text_ids, true)?;
+                write_row(f.index, &text, f.finish_reason, f.tokens.len())
+            })?;
+        }
+        Opponent::Server(client) => {
+            let prompts = server_prompts(tok, examples, &requests, &truncated)?;
+            client.generate(&prompts, opts, |r: Reply| {
+                // Counted as local generation counts: the response's tokens, plus the stop token.
+                let n =
+                    tok.encode(&r.text, false)?.len() + usize::from(r.finish == FinishReason::Eos);
+                write_row(r.index, &r.text, r.finish, n)
+            })?;
+        }
+    }
     drop(file);
     let mut ordered = String::new();
     for ex in examples {
@@ -309,4 +373,33 @@ pub fn run_generate(
     fsutil::write_atomic(out, ordered.as_bytes())?;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// What a server is sent for each request: the prompt text local generation would feed the model
+/// (re-rendered, or decoded from the kept ids when the prompt was cut to fit the context) and the
+/// bare user turn for the chat API.
+fn server_prompts(
+    tok: &ChatTokenizer,
+    examples: &[SftExample],
+    requests: &[GenRequest],
+    truncated: &HashSet<u32>,
+) -> Result<Vec<ServerPrompt>> {
+    requests
+        .iter()
+        .map(|r| {
+            let ex = &examples[r.index as usize];
+            let text = if truncated.contains(&r.index) {
+                tok.decode(&r.prompt, false)?
+            } else if tok.has_chat_template() {
+                tok.render_chat(&[Message::user(&ex.prompt)], true)?
+            } else {
+                ex.prompt.clone()
+            };
+            Ok(ServerPrompt {
+                index: r.index,
+                text,
+                user: ex.prompt.clone(),
+            })
+        })
+        .collect()
 }

@@ -54,15 +54,38 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
     }
 }
 
+/// What `--model` names without its weights: the resolved config and the chat tokenizer (an
+/// adapter's come from its base). For generation on a server, which holds the weights itself.
+pub fn read_text_side(path: &Path) -> Result<(ModelConfig, ChatTokenizer)> {
+    if adapter::is_adapter_dir(path) {
+        return read_text_side(&Adapter::open(path)?.base_path()?);
+    }
+    let (config, mut tokenizer) = if path.is_file() && crate::gguf::reader::is_gguf(path) {
+        let g = crate::gguf::GgufModel::load(path)?;
+        let tokenizer = g.chat_tokenizer()?;
+        (g.config, tokenizer)
+    } else {
+        let config = read_config(path)?;
+        let tokenizer = ChatTokenizer::from_dir(path, &config.eos_token_ids)?;
+        (config, tokenizer)
+    };
+    tokenizer.limit_to(&config)?;
+    Ok((config, tokenizer))
+}
+
+/// Ids that end a generated response: config / generation_config eos ids and the tokenizer's eos.
+pub fn stop_ids(config: &ModelConfig, tokenizer: &ChatTokenizer) -> Vec<u32> {
+    let mut stop = config.eos_token_ids.clone();
+    if !stop.contains(&tokenizer.eos_token_id) {
+        stop.push(tokenizer.eos_token_id);
+    }
+    stop
+}
+
 impl ModelBundle {
-    /// Ids that end a generated response: config / generation_config eos ids and the
-    /// tokenizer's eos.
+    /// Ids that end a generated response (see [`stop_ids`]).
     pub fn stop_ids(&self) -> Vec<u32> {
-        let mut stop = self.config.eos_token_ids.clone();
-        if !stop.contains(&self.tokenizer.eos_token_id) {
-            stop.push(self.tokenizer.eos_token_id);
-        }
-        stop
+        stop_ids(&self.config, &self.tokenizer)
     }
 
     /// The `base_model_name_or_path` an adapter trained from this bundle records: a continued

@@ -1,0 +1,359 @@
+//! `generate --server`: generation through an OpenAI-compatible server.
+//!
+//! The real client test serves SmolLM2 (converted from `WGSPIN_SMOLLM2_GGUF` and exported by
+//! wgspin as an f32 GGUF) with llama.cpp through llama-cpp-python's server on loopback, and checks
+//! that greedy server generation equals wgspin's own greedy generation, row for row, through both
+//! APIs; that a partial output resumes; and that a server killed and restarted mid-run is waited
+//! for. It needs `python3 -m llama_cpp.server` (`.ci/run` installs it; skipped elsewhere with a
+//! printed reason, a failure in CI). The retry policy itself (which statuses are retried, which
+//! end the run) is checked against a minimal HTTP responder that answers with chosen statuses.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_mentions, fixture, run_err, run_ok, smollm2_gguf, wgspin};
+
+/// Prompts of different kinds and lengths (one answer ends on eos, one runs into the limit).
+const PROMPTS: &[(&str, &str)] = &[
+    ("capital", "What is the capital of France?"),
+    ("colors", "Name three colors."),
+    ("haiku", "Write a haiku about the sea."),
+];
+const MAX_NEW: &str = "16";
+
+fn write_prompts(path: &Path, prompts: &[(&str, &str)]) {
+    let rows: String = prompts
+        .iter()
+        .map(|(id, p)| {
+            serde_json::json!({"id": id, "prompt": p, "response": "A reference answer."})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(path, rows).unwrap();
+}
+
+/// `generate` arguments shared by the local and the server runs: greedy, same data and limit.
+fn generate_args(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "generate",
+        "--model",
+        &model.to_string_lossy(),
+        "--data",
+        &data.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        MAX_NEW,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// (id, generated text, finish_reason, generated_tokens) of each output row.
+fn rows(path: &Path) -> Vec<(String, String, String, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["generated"][1]["content"].as_str().unwrap().to_string(),
+                r["finish_reason"].as_str().unwrap().to_string(),
+                r["generated_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn llama_cpp_server_installed() -> bool {
+    Command::new("python3")
+        .args(["-c", "import llama_cpp.server"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// llama-cpp-python's server on loopback, killed when dropped.
+struct LlamaServer {
+    child: Child,
+}
+
+impl LlamaServer {
+    fn start(gguf: &Path, port: u16, log: &Path) -> Self {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new("python3")
+            .args(["-m", "llama_cpp.server", "--model"])
+            .arg(gguf)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            // Greedy decoding is deterministic; one thread keeps the CI machine's other core free.
+            .args(["--n_ctx", "1024", "--n_threads", "1", "--verbose", "false"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    /// Waits until `/v1/models` answers.
+    fn wait_ready(&mut self, port: u16, log: &Path) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the llama.cpp server exited ({status}):\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            if ureq::get(format!("http://127.0.0.1:{port}/v1/models"))
+                .call()
+                .is_ok()
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the llama.cpp server did not answer within 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn llama_cpp_server_generation_equals_local_greedy_resumes_and_survives_a_restart() {
+    let Some(gguf) = smollm2_gguf() else { return };
+    if !llama_cpp_server_installed() {
+        let ci = std::env::var_os("CI").is_some()
+            || std::env::var("WGSPIN_REQUIRE_GPU").is_ok_and(|v| v == "1");
+        assert!(
+            !ci,
+            "llama-cpp-python's server is not installed but this is a CI run: .ci/run installs it"
+        );
+        eprintln!("skipped: pip install 'llama-cpp-python[server]' (see .ci/run)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // One model for both sides: the GGUF converted to a Hugging Face folder (f32), exported by
+    // wgspin as an f32 GGUF for llama.cpp. (Served from the Q4_1 file directly, llama.cpp's
+    // quantized matmuls would pick other tokens where the top two are close.)
+    let hf = tmp.path().join("smollm2-hf");
+    let served = tmp.path().join("smollm2-f32.gguf");
+    let g = wgspin::gguf::GgufModel::load(&gguf).unwrap();
+    g.write_hf_folder(&hf, wgspin::hf::weights::StoredDtype::F32)
+        .unwrap();
+    drop(g);
+    wgspin::gguf::writer::export_hf_folder(&hf, &served, wgspin::gguf::writer::ExportDtype::F32)
+        .unwrap();
+    let data = tmp.path().join("prompts.jsonl");
+    write_prompts(&data, PROMPTS);
+
+    let local = tmp.path().join("local.jsonl");
+    run_ok(generate_args(&hf, &data, &local, &["--device", "cpu"]));
+    let want = rows(&local);
+    assert_eq!(want.len(), PROMPTS.len());
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = tmp.path().join("server.log");
+    let mut server = LlamaServer::start(&served, port, &log);
+    server.wait_ready(port, &log);
+
+    for api in ["completions", "chat"] {
+        let out = tmp.path().join(format!("server-{api}.jsonl"));
+        let args = generate_args(&hf, &data, &out, &["--server", &url, "--server-api", api]);
+        let err = String::from_utf8_lossy(&run_ok(&args).stderr).into_owned();
+        assert_mentions(&err, &[&url]);
+        assert_eq!(
+            rows(&out),
+            want,
+            "{api}: server rows differ from local greedy"
+        );
+        // The run record names the server: a rerun with another server or API is refused.
+        let record = std::fs::read_to_string(wgspin::generate::job::run_record_path(&out)).unwrap();
+        assert_mentions(&record, &[&format!("\"api\": \"{api}\""), &url]);
+    }
+
+    // A partial output (as a killed run leaves it) resumes and ends byte-identical.
+    let full = tmp.path().join("server-completions.jsonl");
+    let complete = std::fs::read_to_string(&full).unwrap();
+    let first_line = complete.lines().next().unwrap();
+    std::fs::write(&full, format!("{first_line}\n")).unwrap();
+    let err = run_ok(generate_args(&hf, &data, &full, &["--server", &url]));
+    let err = String::from_utf8_lossy(&err.stderr);
+    assert_mentions(&err, &["kept 1 rows"]);
+    assert_eq!(std::fs::read_to_string(&full).unwrap(), complete);
+
+    // The server goes away before the run starts and comes back after a few seconds: the run
+    // retries its connections (asking /v1/models for the model name, then the prompts) and
+    // finishes with the same rows.
+    drop(server);
+    let restarted = tmp.path().join("restarted.jsonl");
+    let args = generate_args(&hf, &data, &restarted, &["--server", &url]);
+    let child = wgspin()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut server = LlamaServer::start(&served, port, &log);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "run across a restart failed: {stderr}"
+    );
+    assert_eq!(rows(&restarted), want);
+    server.wait_ready(port, &log);
+}
+
+/// A loopback HTTP responder that answers each request with the next of `statuses` (200 gets a
+/// completion body) and records the request lines.
+fn responder(statuses: Vec<u16>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut seen = vec![];
+        for status in statuses {
+            let (stream, _) = listener.accept().unwrap();
+            seen.push(answer(stream, status));
+        }
+        seen
+    });
+    (url, handle)
+}
+
+fn answer(mut stream: TcpStream, status: u16) -> String {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let reply = match status {
+        200 => {
+            serde_json::json!({"choices": [{"text": "Blue.", "finish_reason": "stop"}]}).to_string()
+        }
+        _ => format!("{{\"error\": \"status {status} chosen by the test\"}}"),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+        reply.len()
+    )
+    .unwrap();
+    format!("{} {}", request_line.trim(), String::from_utf8_lossy(&body))
+}
+
+fn tiny_model() -> PathBuf {
+    fixture("tiny-qwen2-f32")
+}
+
+#[test]
+fn server_errors_5xx_are_retried_and_4xx_end_the_run_with_the_reply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("one.jsonl");
+    write_prompts(&data, &[("q", "Which color is the sky?")]);
+
+    // 503 and 429 are retried (0.5 s, then 1 s of backoff), then the answer is written.
+    let (url, seen) = responder(vec![503, 429, 200]);
+    let out = tmp.path().join("ok.jsonl");
+    let args = generate_args(
+        &tiny_model(),
+        &data,
+        &out,
+        &["--server", &url, "--server-model", "m"],
+    );
+    run_ok(&args);
+    let seen = seen.join().unwrap();
+    assert_eq!(seen.len(), 3);
+    for request in &seen {
+        assert!(request.starts_with("POST /v1/completions "), "{request}");
+        // Every sampling setting is sent, so the server's own defaults never apply.
+        for key in [
+            "\"temperature\":0.0",
+            "\"top_k\":",
+            "\"top_p\":",
+            "\"min_p\":",
+            "\"seed\":",
+        ] {
+            assert!(request.contains(key), "{key} not sent: {request}");
+        }
+    }
+    let (_, text, finish, _) = rows(&out).remove(0);
+    assert_eq!((text.as_str(), finish.as_str()), ("Blue.", "eos"));
+
+    // A 400 ends the run at once with the server's words; nothing is written for the prompt.
+    let (url, seen) = responder(vec![400]);
+    let out = tmp.path().join("bad.jsonl");
+    let args = generate_args(
+        &tiny_model(),
+        &data,
+        &out,
+        &["--server", &url, "--server-model", "m"],
+    );
+    let err = run_err(&args);
+    assert_mentions(&err, &[&url, "HTTP 400", "status 400 chosen by the test"]);
+    assert_eq!(seen.join().unwrap().len(), 1);
+    assert!(std::fs::read_to_string(&out).unwrap_or_default().is_empty());
+
+    // Retries run out: the message says how many and which flag raises them.
+    let (url, seen) = responder(vec![500, 500]);
+    let args = generate_args(
+        &tiny_model(),
+        &data,
+        &out,
+        &[
+            "--server",
+            &url,
+            "--server-model",
+            "m",
+            "--server-retries",
+            "1",
+        ],
+    );
+    let err = run_err(&args);
+    assert_mentions(
+        &err,
+        &["HTTP 500", "gave up after 1 retries", "--server-retries"],
+    );
+    assert_eq!(seen.join().unwrap().len(), 2);
+}

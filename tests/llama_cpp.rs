@@ -15,101 +15,26 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use common::{fixture, greedy_opts, job_args, run_generate, run_ok, write_pairs};
+use common::{fixture, job_args, python_eval, python_has, run_ok, wgspin_scores, write_pairs};
 
 const GREEDY: usize = 12;
 
 /// (dtype, log-prob tolerance). Measured on the fixtures: 2.1e-6, 1.8e-3 and 7.6e-2.
 const EXPORTS: &[(&str, f64)] = &[("f32", 1e-4), ("f16", 1e-2), ("q8_0", 1.5e-1)];
 
-fn llama_cpp_installed() -> bool {
-    Command::new("python3")
-        .args(["-c", "import llama_cpp, numpy"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// llama.cpp's log-probs of `ids[prompt_len..]` and its greedy continuation of `ids[..prompt_len]`.
 fn llama_cpp(gguf: &Path, ids: &[u32], prompt_len: usize) -> (Vec<f64>, Vec<u32>) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llama_cpp_eval.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let req = serde_json::json!({
-        "gguf": gguf, "ids": ids, "prompt_len": prompt_len, "greedy": GREEDY,
-    });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "llama.cpp failed on {}: {}",
-        gguf.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let logprobs = v["logprobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
-    let greedy = v["greedy"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
-    (logprobs, greedy)
-}
-
-/// wgspin's log-probs and greedy continuation from the same GGUF file, on the CPU backend.
-fn wgspin_side(gguf: &Path, ids: &[u32], prompt_len: usize) -> (Vec<f64>, Vec<u32>) {
-    let dev = wgspin::device::cpu_device();
-    let bundle = wgspin::ModelBundle::load(gguf, &dev.device).unwrap();
-    let input = wgspin::model::StepInput::right_padded(&[ids.to_vec()], 0);
-    let logits = bundle.model.forward(&input, None); // [1, s, v]
-    let [_, s, v] = logits.dims();
-    let flat = common::floats(logits);
-    let logprobs = (prompt_len..s)
-        .map(|i| {
-            let row = &flat[(i - 1) * v..i * v];
-            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&x| (x as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            row[ids[i] as usize] as f64 - lse
-        })
-        .collect();
-    let greedy = run_generate(
-        &bundle,
-        &[ids[..prompt_len].to_vec()],
-        &greedy_opts(1, GREEDY, vec![]),
+    python_eval(
+        "llama_cpp_eval.py",
+        serde_json::json!({"gguf": gguf, "ids": ids, "prompt_len": prompt_len, "greedy": GREEDY}),
     )
-    .remove(0);
-    (logprobs, greedy)
 }
 
 #[test]
 fn llama_cpp_loads_exported_trained_checkpoints_with_wgspins_logprobs_and_greedy_tokens() {
-    if !llama_cpp_installed() {
+    if !python_has(&["llama_cpp", "numpy"]) {
         let ci = std::env::var_os("CI").is_some()
             || std::env::var("WGSPIN_REQUIRE_GPU").is_ok_and(|v| v == "1");
         assert!(
@@ -154,11 +79,11 @@ fn llama_cpp_loads_exported_trained_checkpoints_with_wgspins_logprobs_and_greedy
                 dtype,
             ]);
             let (want_lp, want_greedy) = llama_cpp(&gguf, &ids, prompt_len);
-            let (got_lp, got_greedy) = wgspin_side(&gguf, &ids, prompt_len);
+            let (got_lp, got_greedy) = wgspin_scores(&gguf, &ids, prompt_len, GREEDY);
             if dtype == "f32" {
                 // The f32 file holds the checkpoint's weights exactly.
                 assert_eq!(
-                    wgspin_side(&ckpt, &ids, prompt_len),
+                    wgspin_scores(&ckpt, &ids, prompt_len, GREEDY),
                     (got_lp.clone(), got_greedy.clone())
                 );
             }

@@ -407,3 +407,91 @@ pub fn assert_grads_match(
         );
     }
 }
+
+/// Whether `python3` imports every module in `modules`.
+pub fn python_has(modules: &[&str]) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `tests/<script>` with `request` (JSON) on stdin and reads back its `{"logprobs",
+/// "greedy"}`: what an independent implementation scores and generates.
+pub fn python_eval(script: &str, request: serde_json::Value) -> (Vec<f64>, Vec<u32>) {
+    use std::io::Write;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let mut child = Command::new("python3")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed on {request}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logprobs = v["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let greedy = v["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    (logprobs, greedy)
+}
+
+/// wgspin's log-probs of `ids[prompt_len..]` and its greedy continuation (`greedy` tokens, no stop
+/// token) of `ids[..prompt_len]`, for the model at `path` on the CPU backend.
+pub fn wgspin_scores(
+    path: &Path,
+    ids: &[u32],
+    prompt_len: usize,
+    greedy: usize,
+) -> (Vec<f64>, Vec<u32>) {
+    let dev = wgspin::device::cpu_device();
+    let bundle = ModelBundle::load(path, &dev.device).unwrap();
+    let input = wgspin::model::StepInput::right_padded(&[ids.to_vec()], 0);
+    let logits = bundle.model.forward(&input, None); // [1, s, v]
+    let [_, s, v] = logits.dims();
+    let flat = floats(logits);
+    let logprobs = (prompt_len..s)
+        .map(|i| {
+            let row = &flat[(i - 1) * v..i * v];
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            row[ids[i] as usize] as f64 - lse
+        })
+        .collect();
+    let tokens = run_generate(
+        &bundle,
+        &[ids[..prompt_len].to_vec()],
+        &greedy_opts(1, greedy, vec![]),
+    )
+    .remove(0);
+    (logprobs, tokens)
+}

@@ -24,6 +24,7 @@ use crate::fsutil;
 use crate::generate::GenOptions;
 use crate::generate::job::{GenProgress, GenSummary, run_generate};
 use crate::hf::bundle::ModelBundle;
+use crate::train::card::{EVAL_HEADING, RunNotes, eval_section};
 use crate::train::job::{CHECKPOINT, Existing, TrainEvent, TrainSummary, is_complete, run_train};
 use crate::train::score::{ScoreOptions, TokenizedPair, score_all};
 use crate::train::{PairLogps, RewardStats, TrainConfig, pair_logps, reward_stats, tokenize_pairs};
@@ -251,6 +252,7 @@ pub fn run_spin(
     cfg: &SpinConfig,
     gen_opts: &GenOptions,
     train_cfg: &TrainConfig,
+    notes: &RunNotes,
     device: &Device,
     mut report: impl FnMut(SpinEvent),
 ) -> Result<SpinSummary> {
@@ -319,6 +321,10 @@ pub fn run_spin(
                 &dir,
                 train_cfg,
                 Existing::Within,
+                &RunNotes {
+                    iteration: Some(t),
+                    ..notes.clone()
+                },
                 device,
                 |e| report(SpinEvent::Train(e)),
             )?;
@@ -345,6 +351,7 @@ pub fn run_spin(
                     device,
                     evals.last().map(|e: &EvalResult| e.human_logprob_per_token),
                 )?;
+                add_eval_to_card(&dir.join(CHECKPOINT), t, &e)?;
                 fsutil::write_atomic(
                     &eval_path,
                     serde_json::to_string_pretty(&e)
@@ -373,6 +380,18 @@ pub fn run_spin(
         final_model: iter_dir(out, done - 1).join(CHECKPOINT),
         evals,
     })
+}
+
+/// Appends the held-out evaluation to the iteration's model card, once (a rerun after a crash
+/// between this and eval.json finds it there).
+fn add_eval_to_card(ckpt: &Path, t: usize, eval: &EvalResult) -> Result<()> {
+    let card = ckpt.join(crate::gguf::card::CARD_FILE);
+    let text = std::fs::read_to_string(&card).unwrap_or_default();
+    if text.contains(EVAL_HEADING) {
+        return Ok(());
+    }
+    let value = serde_json::to_value(eval).unwrap_or_default();
+    crate::hf::checkpoint::append_to_card(ckpt, &eval_section(t, &value))
 }
 
 fn write_summary(

@@ -349,7 +349,7 @@ fn written_adapters_have_pefts_files_keys_shapes_and_fields() {
         // A fresh adapter is PEFT's default start: B = 0, so the model is the base.
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("adapter");
-        adapter::save(&b.model, &lora_cfg(4, 8.0), name, &out, &[]).unwrap();
+        adapter::save(&b.model, &lora_cfg(4, 8.0), name, &out, None, &[]).unwrap();
 
         let ours: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join(adapter::CONFIG_FILE)).unwrap())

@@ -101,6 +101,25 @@ fn spin_runs_two_iterations_and_resumes_after_sigkill() {
             "iteration {t}: {last}"
         );
         ModelBundle::load(&dir.join("checkpoint"), &cpu_device().device).unwrap();
+        // The model card names the iteration, the settings and the held-out result.
+        let card = std::fs::read_to_string(dir.join("checkpoint/README.md")).unwrap();
+        let eval = json(&dir.join("eval.json"));
+        assert_mentions(
+            &card,
+            &[
+                &format!("iteration {t} (θ{t} → θ{})", t + 1),
+                "lr 2e-3",
+                "adamw",
+                "sft.jsonl",
+                "wgspin spin",
+                "## Held-out evaluation",
+                &format!(
+                    "| reward_accuracy | {:.4} |",
+                    eval["reward_accuracy"].as_f64().unwrap()
+                ),
+            ],
+        );
+        assert_eq!(card.matches("## Held-out evaluation").count(), 1);
     }
     // Iteration 1 trains on the pairs of iterations 1 and 0.
     let refs = std::fs::read_to_string(full.join("iter-1").join("ref_logps.jsonl")).unwrap();

@@ -225,7 +225,8 @@ fn checkpoints_keep_names_shapes_dtypes_and_logits() {
         let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("ckpt");
-        wgspin::hf::checkpoint::save(&bundle.model, &dir, &out, bundle.stored_dtype, &[]).unwrap();
+        wgspin::hf::checkpoint::save(&bundle.model, &dir, &out, bundle.stored_dtype, None, &[])
+            .unwrap();
         let a = WeightFiles::open_dir(&dir).unwrap();
         let b = WeightFiles::open_dir(&out).unwrap();
         let mut an: Vec<&str> = a.names().collect();
@@ -462,4 +463,59 @@ fn gradients_do_not_depend_on_the_logits_chunk() {
         d < 1e-6,
         "log-probs in one-row chunks differ by {d} (relative)"
     );
+}
+
+/// A checkpoint is Hub-ready: its model card says what it was trained from and on (with the
+/// hashes trainer_state.json records), how, how far and by which command; generation_config.json
+/// is there even when the source had none.
+#[test]
+fn checkpoint_carries_a_model_card_with_the_run_and_a_generation_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = tmp.path().join("pairs.jsonl");
+    write_pairs(&pairs);
+    let model = tmp.path().join("model");
+    copy_fixture("tiny-qwen2-f32", &model);
+    let _ = std::fs::remove_file(model.join("generation_config.json"));
+    let out = tmp.path().join("run");
+    let mut args = job_args(
+        "train",
+        "tiny-qwen2-f32",
+        &pairs,
+        &out,
+        "--lr 1e-3 --beta 0.25 --batch-size 4 --epochs 1",
+    );
+    args[4] = model.to_string_lossy().into_owned();
+    run_ok(&args);
+    let ckpt = out.join("checkpoint");
+    let card = std::fs::read_to_string(ckpt.join("README.md")).unwrap();
+    let state = json_file(&ckpt.join("trainer_state.json"));
+    let sha = |v: &Value| v.as_str().unwrap()[..16].to_string();
+    assert_mentions(
+        &card,
+        &[
+            "## Training",
+            &format!(
+                "`{}` (sha256 `{}`)",
+                model.display(),
+                sha(&state["identity"]["model"]["sha256"])
+            ),
+            &format!(
+                "`{}` (sha256 `{}`)",
+                pairs.display(),
+                sha(&state["identity"]["pairs_sha256"])
+            ),
+            "SPIN (Self-Play fIne-tuNing, Chen et al. 2024): sigmoid loss, β = 0.25",
+            "rmsprop, lr 1e-3",
+            "| steps | 2 of 2 |",
+            "| last step | step 2: loss ",
+            "wgspin train --device cpu --model",
+        ],
+    );
+    let generation = json_file(&ckpt.join("generation_config.json"));
+    let config = json_file(&model.join("config.json"));
+    assert_eq!(generation["eos_token_id"], config["eos_token_id"]);
+}
+
+fn json_file(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }

@@ -95,6 +95,29 @@ impl TrainOutArgs {
     }
 }
 
+/// What a checkpoint's model card records of this run beyond its settings: the data file as
+/// named and the command line (arguments with spaces or quotes are single-quoted).
+pub fn run_notes(data: &std::path::Path) -> wgspin::train::card::RunNotes {
+    let quote = |a: String| {
+        if !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+        {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        }
+    };
+    let args: Vec<String> = std::iter::once("wgspin".to_string())
+        .chain(std::env::args().skip(1).map(quote))
+        .collect();
+    wgspin::train::card::RunNotes {
+        data: Some(data.display().to_string()),
+        command: Some(args.join(" ")),
+        iteration: None,
+    }
+}
+
 /// `--data` and `--format`: the training or prompt data.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {

@@ -48,7 +48,7 @@ impl MergeArgs {
                 .with_context(|| format!("loading adapter {}", self.adapter.display()))?;
         lora::merge(&mut bundle.model);
         let dtype = self.dtype.unwrap_or(bundle.stored_dtype);
-        checkpoint::save(&bundle.model, &bundle.dir, &self.out, dtype, &[])
+        checkpoint::save(&bundle.model, &bundle.dir, &self.out, dtype, None, &[])
             .with_context(|| format!("writing {}", self.out.display()))?;
         eprintln!(
             "merged {} into {} ({}): {}",

@@ -37,6 +37,7 @@ impl SftArgs {
             &self.out.out,
             &cfg,
             self.out.existing(),
+            &super::args::run_notes(&self.job.data.data),
             &dev.device,
         )
         .with_context(|| format!("SFT into {}", self.out.out.display()))

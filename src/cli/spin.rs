@@ -97,6 +97,7 @@ impl SpinArgs {
             &self.spin,
             &gen_opts,
             &train_cfg,
+            &super::args::run_notes(&self.job.data.data),
             &dev.device,
             |e| reporter.event(e),
         )

@@ -50,6 +50,7 @@ impl TrainArgs {
             &self.out.out,
             &cfg,
             self.out.existing(),
+            &super::args::run_notes(&self.job.data.data),
             &dev.device,
         )
         .with_context(|| format!("training into {}", self.out.out.display()))
@@ -63,10 +64,11 @@ pub(super) fn train_and_report(
     out: &std::path::Path,
     cfg: &TrainConfig,
     existing: Existing,
+    notes: &wgspin::train::card::RunNotes,
     device: &burn::tensor::Device,
 ) -> Result<()> {
     let mut reporter = TrainReporter::new(cfg.logging_steps);
-    let summary = run_train(model, examples, out, cfg, existing, device, |e| {
+    let summary = run_train(model, examples, out, cfg, existing, notes, device, |e| {
         reporter.event(e)
     })?;
     match &summary.last {

@@ -346,6 +346,7 @@ pub fn save(
     cfg: &LoraConfig,
     base_name: &str,
     dest: &Path,
+    card: Option<&str>,
     extra: &[(&str, Vec<u8>)],
 ) -> Result<()> {
     let tensors = adapter_tensors(model)?;
@@ -363,14 +364,17 @@ pub fn save(
             StoredDtype::F32,
             crate::hf::weights::pt_metadata(),
         )?;
-        let card = format!(
+        let text = format!(
             "---\nbase_model: {base_name}\nlibrary_name: peft\ntags:\n- wgspin\n- lora\n---\n\n\
              A LoRA adapter (rank {}, alpha {}) trained with wgspin on `{base_name}`. Load it with \
              `peft.PeftModel.from_pretrained(base, this_folder)`, or merge it with `wgspin merge`.\n",
             cfg.rank,
             cfg.alpha()
         );
-        crate::fsutil::write_atomic(&tmp.join(crate::gguf::card::CARD_FILE), card.as_bytes())?;
+        crate::fsutil::write_atomic(&tmp.join(crate::gguf::card::CARD_FILE), text.as_bytes())?;
+        if let Some(section) = card {
+            crate::hf::checkpoint::append_to_card(tmp, section)?;
+        }
         crate::hf::checkpoint::write_extra(tmp, extra)
     })
 }

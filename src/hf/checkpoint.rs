@@ -26,6 +26,9 @@ const METADATA_FILES: &[&str] = &[
     "merges.txt",
 ];
 
+/// Generation defaults transformers reads (`GenerationConfig.from_pretrained`).
+pub const GENERATION_CONFIG: &str = "generation_config.json";
+
 fn is_metadata(name: &str) -> bool {
     METADATA_FILES.contains(&name)
 }
@@ -50,12 +53,14 @@ pub fn named_host_tensors(
 }
 
 /// Writes a complete checkpoint folder at `dest`: the model's weights in `dtype`, the metadata
-/// files of `source_dir` (a model folder, or a .gguf file whose metadata is converted), and `extra` files (name, bytes), replacing any folder already there.
+/// files of `source_dir` (a model folder, or a .gguf file whose metadata is converted), `card`
+/// appended to its model card, and `extra` files (name, bytes), replacing any folder already there.
 pub fn save(
     model: &Transformer,
     source_dir: &Path,
     dest: &Path,
     dtype: StoredDtype,
+    card: Option<&str>,
     extra: &[(&str, Vec<u8>)],
 ) -> Result<()> {
     save_folder(dest, |tmp| {
@@ -63,6 +68,9 @@ pub fn save(
             crate::gguf::write_hf_metadata(source_dir, tmp, dtype)?;
         } else {
             copy_metadata(source_dir, tmp)?;
+        }
+        if let Some(section) = card {
+            append_to_card(tmp, section)?;
         }
         let tensors = named_host_tensors(model, dtype)?;
         write_safetensors(
@@ -73,6 +81,21 @@ pub fn save(
         )?;
         write_extra(tmp, extra)
     })
+}
+
+/// Appends `section` (Markdown) to the model card `dir/README.md`, replacing the file atomically.
+pub fn append_to_card(dir: &Path, section: &str) -> Result<()> {
+    let path = dir.join(crate::gguf::card::CARD_FILE);
+    let mut text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if !text.is_empty() && !text.ends_with("\n\n") {
+        text.push('\n');
+    }
+    text.push_str(section);
+    crate::fsutil::write_atomic(&path, text.as_bytes())
 }
 
 /// Writes `extra` files (name, bytes) into `dir`.
@@ -165,6 +188,20 @@ pub fn copy_metadata(source_dir: &Path, dest: &Path) -> Result<Vec<PathBuf>> {
         Ok(text) => serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
         Err(_) => serde_json::Value::Null,
     };
+    // transformers' `generate` reads its defaults from generation_config.json; a source without
+    // one gets what save_pretrained derives from config.json.
+    let generation = dest.join(GENERATION_CONFIG);
+    if !generation.exists() {
+        let mut g = serde_json::json!({ "_from_model_config": true });
+        for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+            if let Some(v) = config_json.get(key).filter(|v| !v.is_null()) {
+                g[key] = v.clone();
+            }
+        }
+        let text = serde_json::to_string_pretty(&g).unwrap_or_default();
+        crate::fsutil::write_atomic(&generation, text.as_bytes())?;
+        copied.push(generation);
+    }
     let fields = crate::gguf::card::folder_card(source_dir, &config_json)?;
     let body = format!(
         "Fine-tuned with wgspin from `{}`.\n",

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde_json::{Value, json};
 
+use super::card::{CardFacts, RunNotes, training_section};
 use super::optim::{OptimConfig, Optimizer};
 use super::state::LossScaler;
 use super::{
@@ -192,12 +193,14 @@ fn reference_logps(
 
 /// Trains on `examples` from the model at `model_path`, into `out`, with `cfg.objective`: SPIN
 /// (examples need `generated`) or SFT. `existing` says what to do with a run already in `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_train(
     model_path: &Path,
     examples: &[SftExample],
     out: &Path,
     cfg: &TrainConfig,
     existing: Existing,
+    notes: &RunNotes,
     device: &Device,
     mut report: impl FnMut(TrainEvent),
 ) -> Result<TrainSummary> {
@@ -347,7 +350,21 @@ pub fn run_train(
         .open(&metrics_path)
         .map_err(|e| Error::io(&metrics_path, e))?;
 
-    let save = |trainer: &Trainer, complete: bool| -> Result<()> {
+    let base = model_path.to_string_lossy();
+    let save = |trainer: &Trainer, complete: bool, last: Option<&StepMetrics>| -> Result<()> {
+        let card = training_section(&CardFacts {
+            base: &base,
+            identity: &identity,
+            cfg: &trainer.state.cfg,
+            compute: serde_json::to_value(compute)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("{compute:?}")),
+            notes,
+            step: trainer.state.step,
+            total_steps: trainer.state.plan.total_steps,
+            last,
+        });
         let state = json!({
             "step": trainer.state.step,
             "total_steps": trainer.state.plan.total_steps,
@@ -379,13 +396,21 @@ pub fn run_train(
                 &cfg.lora,
                 &base_name,
                 &ckpt,
+                Some(&card),
                 &extra,
             );
         }
         // A resumable checkpoint keeps the f32 master weights (a bf16 round trip would change
         // the continued run); the finished one is stored like the input.
         let save_dtype = if complete { dtype } else { StoredDtype::F32 };
-        checkpoint::save(&trainer.state.model, &source_dir, &ckpt, save_dtype, &extra)
+        checkpoint::save(
+            &trainer.state.model,
+            &source_dir,
+            &ckpt,
+            save_dtype,
+            Some(&card),
+            &extra,
+        )
     };
 
     let mut last = None;
@@ -401,7 +426,7 @@ pub fn run_train(
             total_steps: trainer.state.plan.total_steps,
         });
         if cfg.save_every > 0 && m.step % cfg.save_every == 0 && !trainer.is_done() {
-            save(&trainer, false)?;
+            save(&trainer, false, Some(&m))?;
             report(TrainEvent::Saved {
                 step: m.step,
                 path: &ckpt,
@@ -410,7 +435,7 @@ pub fn run_train(
         last = Some(m);
     }
     if !is_complete(out)? {
-        save(&trainer, true)?;
+        save(&trainer, true, last.as_ref())?;
         report(TrainEvent::Saved {
             step: trainer.state.step,
             path: &ckpt,

@@ -9,6 +9,7 @@
 //! loss to the margin (see [`loss`]). Data order, learning rate and optimizer state are all
 //! functions of (seed, step), so a resumed run continues exactly where the saved one stopped.
 
+pub mod card;
 pub mod job;
 pub mod loss;
 pub mod memory;

@@ -6,6 +6,7 @@
 //! of the human answers, and (for SPIN) reward accuracy and margin of θ_{t+1} against θ_t.
 
 use super::{model, task};
+use wgspin::train::card::RunNotes;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -288,6 +289,7 @@ pub fn run_demo(
             &spin_cfg,
             &gen_opts,
             &train_cfg(c, c.spin_lr, c.spin_epochs, seed),
+            &RunNotes::default(),
             device,
             |e| {
                 if let SpinEvent::Evaluated { iteration, eval } = &e {
@@ -373,19 +375,29 @@ fn sft_stage(
         objective: ObjectiveKind::Sft,
         ..cfg.clone()
     };
-    let summary = run_train(from, train, out, &cfg, Existing::Refuse, device, |e| {
-        if let TrainEvent::Step {
-            metrics,
-            total_steps,
-        } = e
-        {
-            report(DemoEvent::SftStep {
-                step: metrics.step,
-                total: total_steps,
-                loss: metrics.stats.loss(),
-            })
-        }
-    })?;
+    let notes = RunNotes::default();
+    let summary = run_train(
+        from,
+        train,
+        out,
+        &cfg,
+        Existing::Refuse,
+        &notes,
+        device,
+        |e| {
+            if let TrainEvent::Step {
+                metrics,
+                total_steps,
+            } = e
+            {
+                report(DemoEvent::SftStep {
+                    step: metrics.step,
+                    total: total_steps,
+                    loss: metrics.stats.loss(),
+                })
+            }
+        },
+    )?;
     let ckpt = summary.checkpoint;
     let (em, ll) = evaluate(&ckpt, heldout, device)?;
     let row = StageResult {

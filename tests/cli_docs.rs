@@ -161,7 +161,8 @@ fn readme_prose_flags_exist_in_some_command() {
     }
     // Flags of other programs the README shows: cargo (and cargo fuzz's `--dev`),
     // huggingface-cli, the PyTorch baselines' `--threads` and `--autocast`
-    // (scripts/bench_*.py), and the servers' `--port` (vllm, llama-server).
+    // (scripts/bench_*.py), the servers' `--port` (vllm, llama-server) and tensorboard's
+    // `--logdir`.
     let foreign = [
         "--release",
         "--dev",
@@ -170,6 +171,7 @@ fn readme_prose_flags_exist_in_some_command() {
         "--threads",
         "--autocast",
         "--port",
+        "--logdir",
     ];
     let text = readme();
     let mut missing: Vec<String> = flags(&text)

@@ -97,7 +97,10 @@ impl TrainOutArgs {
 
 /// What a checkpoint's model card records of this run beyond its settings: the data file as
 /// named and the command line (arguments with spaces or quotes are single-quoted).
-pub fn run_notes(data: &std::path::Path) -> wgspin::train::card::RunNotes {
+pub fn run_notes(
+    data: &std::path::Path,
+    report_to: wgspin::report::ReportTo,
+) -> wgspin::train::card::RunNotes {
     let quote = |a: String| {
         if !a.is_empty()
             && a.chars()
@@ -115,7 +118,18 @@ pub fn run_notes(data: &std::path::Path) -> wgspin::train::card::RunNotes {
         data: Some(data.display().to_string()),
         command: Some(args.join(" ")),
         iteration: None,
+        report_to,
     }
+}
+
+/// `--report-to`, of the training commands (`train`, `sft`, `spin`).
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Where training metrics go besides metrics.jsonl: none, or tensorboard (event files in
+    /// OUT/runs/, or iter-T/runs/ under spin, with TRL's metric names: train/loss,
+    /// train/rewards/chosen for real, train/rewards/rejected for generated, ...).
+    #[arg(long, default_value = "none")]
+    pub report_to: wgspin::report::ReportTo,
 }
 
 /// `--data` and `--format`: the training or prompt data.

@@ -21,6 +21,8 @@ pub struct SftArgs {
     out: TrainOutArgs,
     #[command(flatten)]
     train: TrainConfig,
+    #[command(flatten)]
+    report: super::args::ReportArgs,
 }
 
 impl SftArgs {
@@ -37,7 +39,7 @@ impl SftArgs {
             &self.out.out,
             &cfg,
             self.out.existing(),
-            &super::args::run_notes(&self.job.data.data),
+            &super::args::run_notes(&self.job.data.data, self.report.report_to),
             &dev.device,
         )
         .with_context(|| format!("SFT into {}", self.out.out.display()))

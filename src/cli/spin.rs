@@ -43,6 +43,8 @@ pub struct SpinArgs {
     loss: PairLoss,
     #[command(flatten)]
     train: TrainConfig,
+    #[command(flatten)]
+    report: super::args::ReportArgs,
 }
 
 impl SpinArgs {
@@ -97,7 +99,7 @@ impl SpinArgs {
             &self.spin,
             &gen_opts,
             &train_cfg,
-            &super::args::run_notes(&self.job.data.data),
+            &super::args::run_notes(&self.job.data.data, self.report.report_to),
             &dev.device,
             |e| reporter.event(e),
         )

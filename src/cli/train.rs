@@ -27,6 +27,8 @@ pub struct TrainArgs {
     loss: PairLoss,
     #[command(flatten)]
     train: TrainConfig,
+    #[command(flatten)]
+    report: super::args::ReportArgs,
 }
 
 impl TrainArgs {
@@ -50,7 +52,7 @@ impl TrainArgs {
             &self.out.out,
             &cfg,
             self.out.existing(),
-            &super::args::run_notes(&self.job.data.data),
+            &super::args::run_notes(&self.job.data.data, self.report.report_to),
             &dev.device,
         )
         .with_context(|| format!("training into {}", self.out.out.display()))

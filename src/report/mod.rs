@@ -3,3 +3,14 @@
 
 pub mod plot;
 pub mod progress;
+pub mod tensorboard;
+
+/// Where training metrics go besides metrics.jsonl (`--report-to`, TRL's flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReportTo {
+    /// metrics.jsonl only.
+    #[default]
+    None,
+    /// Also TensorBoard event files in `OUT/runs/`, with TRL's metric names.
+    Tensorboard,
+}

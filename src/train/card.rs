@@ -12,10 +12,12 @@ use super::{ObjectiveKind, TrainConfig};
 /// Heading of the section `spin` appends after evaluating an iteration.
 pub const EVAL_HEADING: &str = "## Held-out evaluation";
 
-/// Where a training run came from, beyond its settings: for the card only (none of it changes
-/// the result, so none of it is compared on resume).
+/// What a training run records beyond its settings, for its model card and reports. None of it
+/// changes the result, so none of it is compared on resume.
 #[derive(Debug, Clone, Default)]
 pub struct RunNotes {
+    /// Where metrics go besides metrics.jsonl.
+    pub report_to: crate::report::ReportTo,
     /// The data file, as the user named it.
     pub data: Option<String>,
     /// The command line that started the run.

@@ -32,6 +32,8 @@ use crate::hf::checkpoint;
 use crate::hf::weights::StoredDtype;
 use crate::manifest;
 use crate::model::precision::set_compute;
+use crate::report::ReportTo;
+use crate::report::tensorboard::{EventWriter, RUNS_DIR};
 
 pub const CHECKPOINT: &str = "checkpoint";
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -120,7 +122,7 @@ fn load_ref_cache(path: &Path, ids: &[String]) -> Option<PairLogps> {
 pub const LAYOUT: manifest::RunLayout = manifest::RunLayout {
     writer: "`wgspin train` or `sft`",
     marker: CONFIG_FILE,
-    entries: &[CONFIG_FILE, CHECKPOINT, METRICS_FILE, REF_FILE],
+    entries: &[CONFIG_FILE, CHECKPOINT, METRICS_FILE, REF_FILE, RUNS_DIR],
 };
 
 /// What [`run_train`] does with a run already in its output folder.
@@ -413,13 +415,23 @@ pub fn run_train(
         )
     };
 
+    let mut events = match notes.report_to {
+        ReportTo::Tensorboard if !trainer.is_done() => {
+            Some(EventWriter::create(&out.join(RUNS_DIR))?)
+        }
+        _ => None,
+    };
     let mut last = None;
     while !trainer.is_done() {
         let m = trainer.train_step()?;
         if m.step % cfg.logging_steps == 0 || m.step == trainer.state.plan.total_steps {
-            writeln!(metrics_file, "{}", m.to_json())
+            let row = m.to_json();
+            writeln!(metrics_file, "{row}")
                 .and_then(|_| metrics_file.flush())
                 .map_err(|e| Error::io(&metrics_path, e))?;
+            if let Some(w) = events.as_mut() {
+                w.metrics_row(&row)?;
+            }
         }
         report(TrainEvent::Step {
             metrics: &m,

@@ -22,8 +22,13 @@ use crate::data::{DataFormat, SftExample, read_dataset};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::generate::GenOptions;
-use crate::generate::job::{GenProgress, GenSummary, run_generate};
+use crate::generate::job::{
+    GenModel, GenProgress, GenSummary, Opponent, run_generate, run_generate_with,
+};
+use crate::generate::serve::{ServerProcess, SpinServer};
+use crate::generate::server::ServerClient;
 use crate::hf::bundle::ModelBundle;
+use crate::hf::bundle::{read_text_side, stop_ids};
 use crate::train::card::{EVAL_HEADING, RunNotes, eval_section};
 use crate::train::job::{CHECKPOINT, Existing, TrainEvent, TrainSummary, is_complete, run_train};
 use crate::train::score::{ScoreOptions, TokenizedPair, score_all};
@@ -251,12 +256,25 @@ pub fn run_spin(
     out: &Path,
     cfg: &SpinConfig,
     gen_opts: &GenOptions,
+    server: Option<&SpinServer>,
     train_cfg: &TrainConfig,
     notes: &RunNotes,
     device: &Device,
     mut report: impl FnMut(SpinEvent),
 ) -> Result<SpinSummary> {
     cfg.validate()?;
+    if let Some(s) = server
+        && s.command.is_none()
+        && cfg.iterations > 1
+    {
+        return Err(Error::Invalid(
+            "--server without --server-cmd serves one model, but iteration t ≥ 1 generates with \
+             θt (the previous iteration's checkpoint); pass --server-cmd (e.g. \
+             \"llama-server -m {gguf} --port 8080\") so wgspin serves each iteration's model, or \
+             --iterations 1"
+                .into(),
+        ));
+    }
     if examples.len() < 2 {
         return Err(Error::Invalid(
             "SPIN needs at least 2 examples (training prompts plus a held-out one)".into(),
@@ -286,22 +304,56 @@ pub fn run_spin(
                 iteration: t,
                 stage: "generate",
             });
-            let bundle = ModelBundle::load(&theta, device)?;
-            let gen_opts = &GenOptions {
-                stop_ids: bundle.stop_ids(),
-                pad_id: bundle.tokenizer.pad_id(),
-                ..gen_opts.clone()
-            };
             // The held-out prompts get θ_t's responses too: evaluation compares against them.
-            let g = run_generate(&bundle, &train, &gen_path, gen_opts, false, |p| {
-                report(SpinEvent::Generate(p))
-            })?;
-            report(SpinEvent::Generated(&g));
-            let g = run_generate(&bundle, &held, &eval_gen_path, gen_opts, false, |p| {
-                report(SpinEvent::Generate(p))
-            })?;
-            report(SpinEvent::Generated(&g));
-            drop(bundle);
+            let jobs = [(&train, &gen_path), (&held, &eval_gen_path)];
+            match server {
+                None => {
+                    let bundle = ModelBundle::load(&theta, device)?;
+                    let gen_opts = &GenOptions {
+                        stop_ids: bundle.stop_ids(),
+                        pad_id: bundle.tokenizer.pad_id(),
+                        ..gen_opts.clone()
+                    };
+                    for (examples, path) in jobs {
+                        let g = run_generate(&bundle, examples, path, gen_opts, false, |p| {
+                            report(SpinEvent::Generate(p))
+                        })?;
+                        report(SpinEvent::Generated(&g));
+                    }
+                }
+                Some(s) => {
+                    let (config, tokenizer) = read_text_side(&theta)?;
+                    let gen_opts = &GenOptions {
+                        stop_ids: stop_ids(&config, &tokenizer),
+                        pad_id: tokenizer.pad_id(),
+                        ..gen_opts.clone()
+                    };
+                    // Stopped (dropped) when the stage ends, before training needs the memory.
+                    let _process = match &s.command {
+                        Some(cmd) => Some(ServerProcess::start(
+                            cmd,
+                            &theta,
+                            &dir,
+                            s.gguf_dtype,
+                            &s.options.url,
+                            s.options.timeout,
+                        )?),
+                        None => None,
+                    };
+                    let client = ServerClient::connect(s.options.clone())?;
+                    let model = GenModel {
+                        tokenizer: &tokenizer,
+                        source: &theta,
+                        opponent: Opponent::Server(&client),
+                    };
+                    for (examples, path) in jobs {
+                        let g = run_generate_with(&model, examples, path, gen_opts, false, |p| {
+                            report(SpinEvent::Generate(p))
+                        })?;
+                        report(SpinEvent::Generated(&g));
+                    }
+                }
+            }
 
             report(SpinEvent::Stage {
                 iteration: t,

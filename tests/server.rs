@@ -106,8 +106,11 @@ impl LlamaServer {
             .args(["-m", "llama_cpp.server", "--model"])
             .arg(gguf)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            // Greedy decoding is deterministic; one thread keeps the CI machine's other core free.
+            // Greedy decoding is deterministic; one thread keeps the CI machine's other core free;
+            // an f32 KV cache (llama.cpp's default is f16) keeps its numbers as close to wgspin's
+            // as f32 weights allow.
             .args(["--n_ctx", "1024", "--n_threads", "1", "--verbose", "false"])
+            .args(["--type_k", "0", "--type_v", "0"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -233,6 +236,198 @@ fn llama_cpp_server_generation_equals_local_greedy_resumes_and_survives_a_restar
     );
     assert_eq!(rows(&restarted), want);
     server.wait_ready(port, &log);
+}
+
+fn require_llama_cpp_server() -> bool {
+    if llama_cpp_server_installed() {
+        return true;
+    }
+    let ci = std::env::var_os("CI").is_some()
+        || std::env::var("WGSPIN_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    assert!(
+        !ci,
+        "llama-cpp-python's server is not installed but this is a CI run: .ci/run installs it"
+    );
+    eprintln!("skipped: pip install 'llama-cpp-python[server]' (see .ci/run)");
+    false
+}
+
+/// `spin --server --server-cmd`: each iteration's θt (θ1 a LoRA adapter, merged for serving) is
+/// exported and served by llama.cpp, and the whole run (pairs of both iterations, the final
+/// adapter) equals the same spin run generating locally, greedily.
+#[test]
+fn spin_through_a_server_started_per_iteration_equals_local_spin() {
+    let Some(gguf) = smollm2_gguf() else { return };
+    if !require_llama_cpp_server() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("smollm2-hf");
+    let g = wgspin::gguf::GgufModel::load(&gguf).unwrap();
+    g.write_hf_folder(&hf, wgspin::hf::weights::StoredDtype::F32)
+        .unwrap();
+    drop(g);
+    let data = tmp.path().join("sft.jsonl");
+    let rows: String = [
+        ("What is the capital of France?", "Paris."),
+        ("Name a primary colour.", "Red."),
+        ("What is 2 + 2?", "4."),
+        ("Say hello.", "Hello!"),
+        ("What colour is grass?", "Green."),
+        ("Which animal says moo?", "A cow."),
+    ]
+    .iter()
+    .map(|(p, r)| serde_json::json!({"prompt": p, "response": r}).to_string() + "\n")
+    .collect();
+    std::fs::write(&data, rows).unwrap();
+    let spin = |out: &Path, extra: &[String]| {
+        let mut a: Vec<String> = [
+            "spin",
+            "--device",
+            "cpu",
+            "--model",
+            &hf.to_string_lossy(),
+            "--data",
+            &data.to_string_lossy(),
+            "--out",
+            &out.to_string_lossy(),
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(
+            "--iterations 2 --eval-size 2 --max-new-tokens 8 --temperature 0 --epochs 1 \
+             --batch-size 2 --lr 1e-3 --lora-rank 2 --stop-accuracy 0"
+                .split_whitespace()
+                .map(String::from),
+        );
+        a.extend(extra.iter().cloned());
+        a
+    };
+    let local = tmp.path().join("local");
+    run_ok(spin(&local, &[]));
+
+    let port = free_port();
+    let served = tmp.path().join("served");
+    let cmd = format!(
+        "python3 -m llama_cpp.server --model {{gguf}} --host 127.0.0.1 --port {port} \
+         --n_ctx 1024 --n_threads 1 --type_k 0 --type_v 0"
+    );
+    run_ok(spin(
+        &served,
+        &[
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+            "--server-cmd",
+            &cmd,
+            "--server-gguf-dtype",
+            "f32",
+        ]
+        .map(String::from),
+    ));
+    let mut identical = true;
+    for t in 0..2 {
+        let theta = if t == 0 {
+            hf.clone()
+        } else {
+            local.join(format!("iter-{}/checkpoint", t - 1))
+        };
+        for f in ["generated.jsonl", "eval_generated.jsonl"] {
+            let (a, b) = (
+                local.join(format!("iter-{t}/{f}")),
+                served.join(format!("iter-{t}/{f}")),
+            );
+            identical &= same_or_near_ties(&theta, &b, &a, &format!("iteration {t} {f}"));
+        }
+        let iter = served.join(format!("iter-{t}"));
+        assert!(iter.join("server.log").is_file());
+        assert!(
+            !iter.join("served-model.gguf").exists(),
+            "the exported θ{t} is removed"
+        );
+        assert!(
+            !iter.join("served-model").exists(),
+            "the merged θ{t} is removed"
+        );
+    }
+    // Same pairs, same training: the same final adapter.
+    let weights =
+        |d: &Path| std::fs::read(d.join("iter-1/checkpoint/adapter_model.safetensors")).unwrap();
+    if identical {
+        assert_eq!(weights(&served), weights(&local));
+    } else {
+        eprintln!("a near-tie changed a pair, so the final adapters are not compared");
+    }
+
+    // One server without a command serves one model: a second iteration is refused at once.
+    let refused = spin(
+        &tmp.path().join("refused"),
+        &["--server", "http://127.0.0.1:9"].map(String::from),
+    );
+    assert_mentions(&run_err(&refused), &["--server-cmd", "--iterations 1"]);
+}
+
+/// Whether the rows of `got` (server) equal those of `want` (local) — the same ids, texts and
+/// finish reasons — asserting that where a text differs, it is at a near-tie of θ: the two
+/// diverging tokens' log-probs under wgspin's θ are within 1e-4 (with f32 weights and KV cache,
+/// llama.cpp's log-probs of SmolLM2 are within 2e-5 of wgspin's, so only such ties can flip a
+/// greedy choice).
+fn same_or_near_ties(theta: &Path, got: &Path, want: &Path, label: &str) -> bool {
+    let parse = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (got, want) = (parse(got), parse(want));
+    let ids = |rows: &[serde_json::Value]| rows.iter().map(|r| r["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&got), ids(&want), "{label}: ids");
+    let mut identical = true;
+    let mut bundle = None;
+    for (g, w) in got.iter().zip(&want) {
+        let text =
+            |r: &serde_json::Value| r["generated"][1]["content"].as_str().unwrap().to_string();
+        if text(g) == text(w) && g["finish_reason"] == w["finish_reason"] {
+            continue;
+        }
+        identical = false;
+        let b = bundle.get_or_insert_with(|| {
+            wgspin::ModelBundle::load(theta, &wgspin::device::cpu_device().device).unwrap()
+        });
+        let tok = &b.tokenizer;
+        let prompt = tok
+            .prompt_ids(g["real"][0]["content"].as_str().unwrap())
+            .unwrap();
+        let eos = tok.eos_token_id;
+        let tokens = |r: &serde_json::Value| {
+            let mut t = tok.encode(&text(r), false).unwrap();
+            if r["finish_reason"] == "eos" {
+                t.push(eos);
+            }
+            t
+        };
+        let (a, c) = (tokens(g), tokens(w));
+        let k = a.iter().zip(&c).take_while(|(x, y)| x == y).count();
+        let (Some(&ta), Some(&tc)) = (a.get(k), c.get(k)) else {
+            panic!("{label}: {} vs {}: one stops inside the other", g, w)
+        };
+        let mut seq = prompt.clone();
+        seq.extend_from_slice(&c[..k]);
+        let input = wgspin::model::StepInput::right_padded(&[seq.clone()], 0);
+        let logits = common::floats(b.model.forward(&input, None));
+        let v = logits.len() / seq.len();
+        let row = &logits[(seq.len() - 1) * v..];
+        let gap = (row[ta as usize] - row[tc as usize]).abs();
+        eprintln!(
+            "{label}: {} diverges at token {k}, logit gap {gap:.2e}",
+            g["id"]
+        );
+        assert!(
+            gap < 1e-4,
+            "{label}: {g} vs {w}: not a near-tie (gap {gap})"
+        );
+    }
+    identical
 }
 
 /// A loopback HTTP responder that answers each request with the next of `statuses` (200 gets a

@@ -260,3 +260,29 @@ impl ServerArgs {
         })
     }
 }
+
+/// `spin`'s server flags: `--server` and its settings, and how each iteration's model is served.
+#[derive(Args, Debug, Clone)]
+pub struct SpinServerArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Command that serves a model at --server, started for each iteration's generation and
+    /// stopped after it: {gguf} becomes θt written as a GGUF file, {model} its Hugging Face
+    /// folder. E.g. "llama-server -m {gguf} --port 8080" or "vllm serve {model} --port 8080".
+    /// Started directly, not through a shell. Needed for more than one iteration.
+    #[arg(long, requires = "server")]
+    pub server_cmd: Option<String>,
+    /// Matrix type of the GGUF file written for --server-cmd.
+    #[arg(long, default_value = "f16", requires = "server_cmd")]
+    pub server_gguf_dtype: wgspin::gguf::writer::ExportDtype,
+}
+
+impl SpinServerArgs {
+    pub fn spin_server(&self) -> Option<wgspin::generate::serve::SpinServer> {
+        Some(wgspin::generate::serve::SpinServer {
+            options: self.server.options()?,
+            command: self.server_cmd.clone(),
+            gguf_dtype: self.server_gguf_dtype,
+        })
+    }
+}

@@ -45,6 +45,8 @@ pub struct SpinArgs {
     train: TrainConfig,
     #[command(flatten)]
     report: super::args::ReportArgs,
+    #[command(flatten)]
+    server: super::args::SpinServerArgs,
 }
 
 impl SpinArgs {
@@ -98,6 +100,7 @@ impl SpinArgs {
             &self.out,
             &self.spin,
             &gen_opts,
+            self.server.spin_server().as_ref(),
             &train_cfg,
             &super::args::run_notes(&self.job.data.data, self.report.report_to),
             &dev.device,

@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod job;
 pub mod profile;
+pub mod serve;
 pub mod server;
 
 use burn::tensor::{Int, Tensor};

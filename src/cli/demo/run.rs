@@ -288,6 +288,7 @@ pub fn run_demo(
             &spin_dir,
             &spin_cfg,
             &gen_opts,
+            None,
             &train_cfg(c, c.spin_lr, c.spin_epochs, seed),
             &RunNotes::default(),
             device,

@@ -321,6 +321,8 @@ pub fn run_spin(
                         report(SpinEvent::Generated(&g));
                     }
                 }
+                // A resume with only training left needs no server.
+                Some(_) if complete(&gen_path, &train)? && complete(&eval_gen_path, &held)? => {}
                 Some(s) => {
                     let (config, tokenizer) = read_text_side(&theta)?;
                     let gen_opts = &GenOptions {
@@ -335,8 +337,7 @@ pub fn run_spin(
                             &theta,
                             &dir,
                             s.gguf_dtype,
-                            &s.options.url,
-                            s.options.timeout,
+                            &s.options,
                         )?),
                         None => None,
                     };
@@ -432,6 +433,22 @@ pub fn run_spin(
         final_model: iter_dir(out, done - 1).join(CHECKPOINT),
         evals,
     })
+}
+
+/// Whether the generation output `path` already holds a row for every one of `examples` (a
+/// finished stage; `run_generate` checks the rows themselves when it continues the file).
+fn complete(path: &Path, examples: &[SftExample]) -> Result<bool> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let ids: std::collections::HashSet<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
+        .collect();
+    Ok(examples.iter().all(|e| ids.contains(&e.id)))
 }
 
 /// Appends the held-out evaluation to the iteration's model card, once (a rerun after a crash

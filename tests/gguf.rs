@@ -446,3 +446,26 @@ fn unsupported_architecture_and_pre_tokenizer_are_named() {
     let e = wgspin::gguf::GgufModel::load(&p).err().unwrap().to_string();
     assert_mentions(&e, &["falcon", "llama-bpe", "smollm"]);
 }
+
+/// What `generate --server` reads of a GGUF `--model` (metadata only, no tensor dequantized) is
+/// the config and tokenizer a full load builds.
+#[test]
+fn smollm2_gguf_text_side_matches_the_full_load() {
+    let Some(path) = smollm2_gguf() else { return };
+    let (config, tok) = wgspin::hf::bundle::read_text_side(&path).unwrap();
+    let full = wgspin::gguf::GgufModel::load(&path).unwrap();
+    assert_eq!(format!("{config:?}"), format!("{:?}", full.config));
+    let full_tok = full.chat_tokenizer().unwrap();
+    let prompt = "Name three colours, then say why the sky is blue.";
+    assert_eq!(
+        tok.prompt_ids(prompt).unwrap(),
+        full_tok.prompt_ids(prompt).unwrap()
+    );
+    assert!(
+        wgspin::gguf::GgufModel::load_metadata(&path)
+            .unwrap()
+            .weights
+            .tensors
+            .is_empty()
+    );
+}

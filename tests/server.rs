@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_mentions, fixture, run_err, run_ok, smollm2_gguf, wgspin};
+use common::{assert_mentions, fixture, python_client, run_err, run_ok, smollm2_gguf, wgspin};
 
 /// Prompts of different kinds and lengths (one answer ends on eos, one runs into the limit).
 const PROMPTS: &[(&str, &str)] = &[
@@ -85,13 +85,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn llama_cpp_server_installed() -> bool {
-    Command::new("python3")
-        .args(["-c", "import llama_cpp.server"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// llama-cpp-python's server, or a skip (a failure in CI) without it.
+fn require_llama_cpp_server() -> bool {
+    python_client(
+        &["llama_cpp.server"],
+        "pip install 'llama-cpp-python[server]'",
+    )
 }
 
 /// llama-cpp-python's server on loopback, killed when dropped.
@@ -153,14 +152,7 @@ impl Drop for LlamaServer {
 #[test]
 fn llama_cpp_server_generation_equals_local_greedy_resumes_and_survives_a_restart() {
     let Some(gguf) = smollm2_gguf() else { return };
-    if !llama_cpp_server_installed() {
-        let ci = std::env::var_os("CI").is_some()
-            || std::env::var("WGSPIN_REQUIRE_GPU").is_ok_and(|v| v == "1");
-        assert!(
-            !ci,
-            "llama-cpp-python's server is not installed but this is a CI run: .ci/run installs it"
-        );
-        eprintln!("skipped: pip install 'llama-cpp-python[server]' (see .ci/run)");
+    if !require_llama_cpp_server() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -204,6 +196,15 @@ fn llama_cpp_server_generation_equals_local_greedy_resumes_and_survives_a_restar
         assert_mentions(&record, &[&format!("\"api\": \"{api}\""), &url]);
     }
 
+    // The run record names the API: continuing the file through the other one is refused.
+    let other = generate_args(
+        &hf,
+        &data,
+        &tmp.path().join("server-completions.jsonl"),
+        &["--server", &url, "--server-api", "chat"],
+    );
+    assert_mentions(&run_err(&other), &["api", "--overwrite"]);
+
     // A partial output (as a killed run leaves it) resumes and ends byte-identical.
     let full = tmp.path().join("server-completions.jsonl");
     let complete = std::fs::read_to_string(&full).unwrap();
@@ -236,20 +237,30 @@ fn llama_cpp_server_generation_equals_local_greedy_resumes_and_survives_a_restar
     );
     assert_eq!(rows(&restarted), want);
     server.wait_ready(port, &log);
-}
 
-fn require_llama_cpp_server() -> bool {
-    if llama_cpp_server_installed() {
-        return true;
-    }
-    let ci = std::env::var_os("CI").is_some()
-        || std::env::var("WGSPIN_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    assert!(
-        !ci,
-        "llama-cpp-python's server is not installed but this is a CI run: .ci/run installs it"
-    );
-    eprintln!("skipped: pip install 'llama-cpp-python[server]' (see .ci/run)");
-    false
+    // spin's --server-cmd refuses to start beside a server already answering at --server: that
+    // one would generate instead of the iteration's model.
+    let spin_out = tmp.path().join("spin");
+    let spin = [
+        "spin",
+        "--device",
+        "cpu",
+        "--model",
+        &hf.to_string_lossy(),
+        "--data",
+        &data.to_string_lossy(),
+        "--out",
+        &spin_out.to_string_lossy(),
+        "--iterations",
+        "1",
+        "--eval-size",
+        "1",
+        "--server",
+        &url,
+        "--server-cmd",
+        &format!("python3 -m llama_cpp.server --model {{gguf}} --port {port}"),
+    ];
+    assert_mentions(&run_err(spin), &["already answers", &url, "--server-cmd"]);
 }
 
 /// `spin --server --server-cmd`: each iteration's θt (θ1 a LoRA adapter, merged for serving) is
@@ -502,10 +513,11 @@ fn server_errors_5xx_are_retried_and_4xx_end_the_run_with_the_reply() {
     assert_eq!(seen.len(), 3);
     for request in &seen {
         assert!(request.starts_with("POST /v1/completions "), "{request}");
-        // Every sampling setting is sent, so the server's own defaults never apply.
+        // Every sampling setting is sent, so the server's own defaults never apply (top-k off is
+        // 0, which llama-cpp-python takes and -1 it refuses).
         for key in [
             "\"temperature\":0.0",
-            "\"top_k\":",
+            "\"top_k\":0",
             "\"top_p\":",
             "\"min_p\":",
             "\"seed\":",
@@ -513,6 +525,15 @@ fn server_errors_5xx_are_retried_and_4xx_end_the_run_with_the_reply() {
             assert!(request.contains(key), "{key} not sent: {request}");
         }
     }
+    // The prompt sent is what the model sees locally once a server tokenizes it the usual way
+    // (adding the BOS this tokenizer adds by itself, so the template's own is not sent twice).
+    let body: serde_json::Value =
+        serde_json::from_str(&seen[0][seen[0].find('{').unwrap()..]).unwrap();
+    let tok = wgspin::hf::tokenizer::ChatTokenizer::from_dir(&tiny_model(), &[]).unwrap();
+    assert_eq!(
+        tok.encode(body["prompt"].as_str().unwrap(), true).unwrap(),
+        tok.prompt_ids("Which color is the sky?").unwrap()
+    );
     let (_, text, finish, _) = rows(&out).remove(0);
     assert_eq!((text.as_str(), finish.as_str()), ("Blue.", "eos"));
 

@@ -500,7 +500,7 @@ fn checkpoint_carries_a_model_card_with_the_run_and_a_generation_config() {
                 sha(&state["identity"]["model"]["sha256"])
             ),
             &format!(
-                "`{}` (sha256 `{}`)",
+                "`{}` (content sha256 `{}`)",
                 pairs.display(),
                 sha(&state["identity"]["pairs_sha256"])
             ),

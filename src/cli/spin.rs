@@ -72,7 +72,7 @@ impl SpinArgs {
         let mut sampling = serde_json::to_value(gen_opts.sampling)?;
         sampling["max_new_tokens"] = json!(gen_opts.max_new_tokens);
         sampling["gen_batch_size"] = json!(gen_opts.batch_size);
-        let resolved = json!({
+        let mut resolved = json!({
             "model": model.to_string_lossy(),
             "data": self.job.data.data.to_string_lossy(),
             "data_sha256": wgspin::manifest::content_hash(&examples),
@@ -81,6 +81,17 @@ impl SpinArgs {
             "sampling": sampling,
             "train": train_cfg,
         });
+        // Who generates is a setting of the run too (absent for local generation, as in runs
+        // made before servers were supported).
+        if let Some(s) = self.server.spin_server() {
+            resolved["server"] = json!({
+                "url": s.options.url,
+                "model": s.options.model,
+                "api": s.options.api,
+                "command": s.command,
+                "gguf_dtype": format!("{:?}", s.gguf_dtype).to_lowercase(),
+            });
+        }
         let config_path = self.out.join(wgspin::spin::CONFIG_FILE);
         if !wgspin::spin::LAYOUT.prepare(&self.out, self.overwrite)? {
             refuse_other_settings(&config_path, &resolved)?;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::server::{Reply, ServerClient, ServerPrompt};
+use super::server::{Reply, ServerApi, ServerClient, ServerPrompt};
 use super::{FinishReason, Finished, GenOptions, GenRequest, generate};
 use crate::data::SftExample;
 use crate::error::{Error, Result};
@@ -228,8 +228,8 @@ pub fn run_generate_with(
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
         let refuse = |why: String| {
             Err(Error::Invalid(format!(
-                "{} holds {} rows {why}; rerun with the same --model and sampling flags to \
-                 continue it, or start over with --overwrite or another --out",
+                "{} holds {} rows {why}; rerun with the same --model, sampling and --server \
+                 flags to continue it, or start over with --overwrite or another --out",
                 out.display(),
                 existing.len()
             )))
@@ -353,7 +353,7 @@ pub fn run_generate_with(
             })?;
         }
         Opponent::Server(client) => {
-            let prompts = server_prompts(tok, examples, &requests, &truncated)?;
+            let prompts = server_prompts(tok, examples, &requests, &truncated, client.api())?;
             client.generate(&prompts, opts, |r: Reply| {
                 // Counted as local generation counts: the response's tokens, plus the stop token.
                 let n =
@@ -377,24 +377,54 @@ pub fn run_generate_with(
 
 /// What a server is sent for each request: the prompt text local generation would feed the model
 /// (re-rendered, or decoded from the kept ids when the prompt was cut to fit the context) and the
-/// bare user turn for the chat API.
+/// bare user turn for the chat API. When the model's tokenizer adds a BOS by itself (as servers
+/// tokenizing a completion prompt do: vLLM with the same tokenizer, llama.cpp from the GGUF's
+/// add_bos flag), the BOS the chat template rendered is left out of the text, or the server would
+/// see two. SmolLM2's BOS is `<|im_start|>`, which its template renders and its tokenizer does not
+/// add: there the text is kept whole.
 fn server_prompts(
     tok: &ChatTokenizer,
     examples: &[SftExample],
     requests: &[GenRequest],
     truncated: &HashSet<u32>,
+    api: ServerApi,
 ) -> Result<Vec<ServerPrompt>> {
+    let adds_bos = |special| -> Result<bool> {
+        let ids = tok.encode("a", special)?;
+        Ok(ids.first().is_some_and(|id| Some(*id) == tok.bos_token_id))
+    };
+    let bos_text = match tok.bos_token_id {
+        Some(b) if adds_bos(true)? && !adds_bos(false)? => {
+            Some(tok.decode(&[b], false)?).filter(|t| !t.is_empty())
+        }
+        _ => None,
+    };
     requests
         .iter()
         .map(|r| {
             let ex = &examples[r.index as usize];
-            let text = if truncated.contains(&r.index) {
+            if api == ServerApi::Chat && truncated.contains(&r.index) {
+                return Err(Error::Invalid(format!(
+                    "example {:?}: its prompt is longer than the model's context leaves once \
+                     --max-new-tokens is reserved, and the chat API cannot cut it (the server \
+                     renders the turn): use --server-api completions, which keeps the prompt's \
+                     end as local generation does, or a lower --max-new-tokens",
+                    ex.id
+                )));
+            }
+            let mut text = if truncated.contains(&r.index) {
                 tok.decode(&r.prompt, false)?
             } else if tok.has_chat_template() {
                 tok.render_chat(&[Message::user(&ex.prompt)], true)?
             } else {
                 ex.prompt.clone()
             };
+            if let Some(bos) = &bos_text
+                && r.prompt.first() == tok.bos_token_id.as_ref()
+                && let Some(rest) = text.strip_prefix(bos.as_str())
+            {
+                text = rest.to_string();
+            }
             Ok(ServerPrompt {
                 index: r.index,
                 text,

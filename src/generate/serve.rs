@@ -40,75 +40,81 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for p in &self.written {
-            let _ = if p.is_dir() {
-                std::fs::remove_dir_all(p)
-            } else {
-                std::fs::remove_file(p)
-            };
-        }
+        remove_all(&self.written);
     }
 }
 
 impl ServerProcess {
-    /// Writes `theta` (a model folder, adapter folder or GGUF file) as a GGUF file under `dir`,
-    /// starts `command` on it with output to `dir/server.log`, and waits (up to `timeout`) until
-    /// it answers at `url`.
+    /// Writes `theta` (a model folder, adapter folder or GGUF file) as the command needs it under
+    /// `dir`, starts `command` on it with output to `dir/server.log`, and waits (up to the
+    /// server timeout) until it answers at the server URL.
     pub fn start(
         command: &str,
         theta: &Path,
         dir: &Path,
         dtype: ExportDtype,
-        url: &str,
-        timeout: Duration,
+        server: &super::server::ServerOptions,
     ) -> Result<Self> {
-        let (gguf, folder, written) = serve_files(theta, dir, dtype)?;
         let words = split_command(command)?;
+        let url = server.url.trim().trim_end_matches('/');
+        let base = url.strip_suffix("/v1").unwrap_or(url).to_string();
+        if answers(&base, server.api_key.as_deref()) {
+            return Err(Error::Invalid(format!(
+                "something already answers at {base} before --server-cmd started: it would \
+                 generate instead of this iteration's model; stop it, or point --server and \
+                 --server-cmd at a free port"
+            )));
+        }
+        let needs = |key: &str| words.iter().any(|w| w.contains(key));
+        let (gguf, folder, written) =
+            serve_files(theta, dir, dtype, needs("{gguf}"), needs("{model}"))?;
         let fill = |w: &str| {
             w.replace("{gguf}", &gguf.to_string_lossy())
                 .replace("{model}", &folder.to_string_lossy())
         };
         let log = dir.join("server.log");
-        let log_file = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
-        let err_file = log_file.try_clone().map_err(|e| Error::io(&log, e))?;
-        let child = Command::new(fill(&words[0]))
-            .args(words[1..].iter().map(|w| fill(w)))
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(err_file)
-            .spawn()
-            .map_err(|e| {
-                Error::Invalid(format!("--server-cmd: cannot start {:?}: {e}", words[0]))
-            })?;
+        let spawned = std::fs::File::create(&log)
+            .and_then(|f| Ok((f.try_clone()?, f)))
+            .map_err(|e| Error::io(&log, e))
+            .and_then(|(out, err)| {
+                Command::new(fill(&words[0]))
+                    .args(words[1..].iter().map(|w| fill(w)))
+                    .stdin(Stdio::null())
+                    .stdout(out)
+                    .stderr(err)
+                    .spawn()
+                    .map_err(|e| {
+                        Error::Invalid(format!("--server-cmd: cannot start {:?}: {e}", words[0]))
+                    })
+            });
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                remove_all(&written);
+                return Err(e);
+            }
+        };
         let mut p = Self {
             child,
             log,
             written,
         };
-        p.wait_ready(url, timeout)?;
+        p.wait_ready(&base, server.api_key.as_deref(), server.timeout)?;
         Ok(p)
     }
 
-    fn wait_ready(&mut self, url: &str, timeout: Duration) -> Result<()> {
-        let base = url.trim_end_matches('/').trim_end_matches("/v1");
+    fn wait_ready(&mut self, base: &str, key: Option<&str>, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(Error::Invalid(format!(
-                    "--server-cmd exited ({status}) before serving; its output is in {}",
-                    self.log.display()
-                )));
+                return Err(self.exited(status));
             }
-            let probe = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(5)))
-                .build();
-            let agent: ureq::Agent = probe.into();
-            if agent
-                .get(format!("{base}/v1/models"))
-                .call()
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return Ok(());
+            if answers(base, key) {
+                // The answer must come from the process started, not one that held the port.
+                return match self.child.try_wait() {
+                    Ok(Some(status)) => Err(self.exited(status)),
+                    _ => Ok(()),
+                };
             }
             if start.elapsed() > timeout {
                 return Err(Error::Invalid(format!(
@@ -121,29 +127,67 @@ impl ServerProcess {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+
+    fn exited(&self, status: std::process::ExitStatus) -> Error {
+        Error::Invalid(format!(
+            "--server-cmd exited ({status}) before serving; its output is in {}",
+            self.log.display()
+        ))
+    }
+}
+
+fn remove_all(paths: &[PathBuf]) {
+    for p in paths {
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+    }
+}
+
+/// Whether a server answers `GET base/v1/models` with a success status within 5 s.
+fn answers(base: &str, key: Option<&str>) -> bool {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut req = agent.get(format!("{base}/v1/models"));
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    req.call().is_ok_and(|r| r.status().is_success())
 }
 
 /// The GGUF file and Hugging Face folder a server is started on: a GGUF θ as it is; a folder
-/// exported (an adapter merged into its base first) next to the iteration's outputs.
+/// exported (an adapter merged into its base first) next to the iteration's outputs. Only what
+/// the command names (`{gguf}`, `{model}`) is written; the list says what was.
 fn serve_files(
     theta: &Path,
     dir: &Path,
     dtype: ExportDtype,
+    gguf_needed: bool,
+    folder_needed: bool,
 ) -> Result<(PathBuf, PathBuf, Vec<PathBuf>)> {
     if theta.is_file() && crate::gguf::reader::is_gguf(theta) {
         return Ok((theta.to_path_buf(), theta.to_path_buf(), vec![]));
     }
     let mut folder = theta.to_path_buf();
     let mut written = vec![];
-    if crate::hf::adapter::is_adapter_dir(theta) {
+    if crate::hf::adapter::is_adapter_dir(theta) && (gguf_needed || folder_needed) {
         folder = dir.join("served-model");
         let b = ModelBundle::load(theta, &crate::device::cpu_device().device)?;
         crate::hf::checkpoint::save(&b.model, &b.dir, &folder, StoredDtype::F32, None, &[])?;
         written.push(folder.clone());
     }
     let gguf = dir.join("served-model.gguf");
-    export_hf_folder(&folder, &gguf, dtype)?;
-    written.push(gguf.clone());
+    if gguf_needed {
+        if let Err(e) = export_hf_folder(&folder, &gguf, dtype) {
+            remove_all(&written);
+            return Err(e);
+        }
+        written.push(gguf.clone());
+    }
     Ok((gguf, folder, written))
 }
 

@@ -45,8 +45,8 @@ pub struct ServerOptions {
     pub api: ServerApi,
     /// Requests in flight at once (default 8).
     pub concurrency: usize,
-    /// Retries of a request after a retryable failure before giving up (default 8: about 3 minutes
-    /// of backoff, enough for a server to restart).
+    /// Retries of a request after a retryable failure before giving up (default 8: 91.5 s of
+    /// backoff, enough for a server to restart).
     pub retries: u32,
     /// Longest wait for one response (default 600 s).
     pub timeout: Duration,
@@ -130,7 +130,8 @@ impl ServerClient {
             opts,
         };
         if client.model.is_none() {
-            let models = client.with_retries(|| client.get("/v1/models"))?;
+            let models =
+                client.with_retries(&AtomicBool::new(false), || client.get("/v1/models"))?;
             client.model = models
                 .get("data")
                 .and_then(|d| d.get(0))
@@ -144,6 +145,11 @@ impl ServerClient {
     /// The model name sent with every request (`None` when the server named none).
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
+    }
+
+    /// Which endpoint receives the prompts.
+    pub fn api(&self) -> ServerApi {
+        self.opts.api
     }
 
     /// What a run record keeps of the server: where, which model, which API.
@@ -171,7 +177,7 @@ impl ServerClient {
                     while !stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(p) = prompts.get(i) else { break };
-                        if tx.send(self.complete(p, opts)).is_err() {
+                        if tx.send(self.complete(p, opts, stop)).is_err() {
                             break;
                         }
                     }
@@ -180,10 +186,14 @@ impl ServerClient {
             drop(tx);
             let mut first_error = None;
             for reply in rx {
-                let handled = reply.and_then(&mut on_reply);
-                if let Err(e) = handled {
+                // After the first error nothing more is handed over: a row written after a failed
+                // write would follow a torn line. The replies in flight are drained unread.
+                if first_error.is_some() {
+                    continue;
+                }
+                if let Err(e) = reply.and_then(&mut on_reply) {
                     stop.store(true, Ordering::Relaxed);
-                    first_error.get_or_insert(e);
+                    first_error = Some(e);
                 }
             }
             first_error.map_or(Ok(()), Err)
@@ -191,13 +201,13 @@ impl ServerClient {
     }
 
     /// One prompt, retried as the module docs say.
-    fn complete(&self, p: &ServerPrompt, opts: &GenOptions) -> Result<Reply> {
+    fn complete(&self, p: &ServerPrompt, opts: &GenOptions, stop: &AtomicBool) -> Result<Reply> {
         let body = self.request_body(p, opts);
         let path = match self.opts.api {
             ServerApi::Completions => "/v1/completions",
             ServerApi::Chat => "/v1/chat/completions",
         };
-        let reply = self.with_retries(|| self.post(path, &body))?;
+        let reply = self.with_retries(stop, || self.post(path, &body))?;
         self.parse_reply(p.index, &reply)
     }
 
@@ -207,6 +217,8 @@ impl ServerClient {
             "max_tokens": opts.max_new_tokens,
             "temperature": s.temperature,
             "top_p": s.top_p,
+            // 0 is "off" to llama.cpp (any k ≤ 0) and to vLLM from 0.8; llama-cpp-python refuses
+            // -1, the older vLLM spelling (tests/server.rs found it).
             "top_k": s.top_k,
             "min_p": s.min_p,
             "seed": request_seed(s.seed, p.index),
@@ -262,9 +274,11 @@ impl ServerClient {
         })
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or runs out of retries.
+    /// Runs `attempt` until it succeeds, fails for good, runs out of retries, or `stop` is set
+    /// (another request failed: the run ends, so waiting on this one is pointless).
     fn with_retries(
         &self,
+        stop: &AtomicBool,
         mut attempt: impl FnMut() -> std::result::Result<Value, Failure>,
     ) -> Result<Value> {
         let mut wait = FIRST_BACKOFF;
@@ -273,6 +287,11 @@ impl ServerClient {
             match attempt() {
                 Ok(v) => return Ok(v),
                 Err(f) if f.retryable && tries < self.opts.retries => {
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(
+                            self.error(format!("{} (not retried: the run is stopping)", f.message))
+                        );
+                    }
                     tries += 1;
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(MAX_BACKOFF);
@@ -334,11 +353,17 @@ fn read_reply(
         .read_to_string()
         .map_err(|e| Failure {
             message: format!("{path}: reading the reply: {e}"),
-            retryable: true,
+            // A reply over the size limit will be as large the next time.
+            retryable: !matches!(e, ureq::Error::BodyExceedsLimit(_)),
         })?;
     if !(200..300).contains(&status) {
+        let hint = match (status, path) {
+            (404, "/v1/models") => " (the server lists no models there: pass --server-model)",
+            (401 | 403, _) => " (set the API key in WGSPIN_SERVER_API_KEY)",
+            _ => "",
+        };
         return Err(Failure {
-            message: format!("{path}: HTTP {status}: {}", excerpt(&text)),
+            message: format!("{path}: HTTP {status}{hint}: {}", excerpt(&text)),
             retryable: status == 408 || status == 429 || status >= 500,
         });
     }

@@ -343,6 +343,16 @@ pub fn write_hf_metadata(path: &Path, dir: &Path, dtype: StoredDtype) -> Result<
 impl GgufModel {
     /// Reads a GGUF file: config, tokenizer documents and f32 weights.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, true)
+    }
+
+    /// [`Self::load`] without the weights (`weights` left empty): the config, tokenizer and card
+    /// from the metadata only, without dequantizing a single tensor.
+    pub fn load_metadata(path: &Path) -> Result<Self> {
+        Self::load_with(path, false)
+    }
+
+    fn load_with(path: &Path, with_weights: bool) -> Result<Self> {
         let g = GgufFile::open(path)?;
         let tok = tokenizer::from_gguf(&g)?;
         let (config_json, generation_config) = hf_config(&g, &tok)?;
@@ -356,7 +366,14 @@ impl GgufModel {
             .and_then(crate::hf::config::token_ids)
             .unwrap_or_default();
         let config = raw.resolve(path, &extra)?;
-        let weights = hf_tensors(&g, &config)?;
+        let weights = if with_weights {
+            hf_tensors(&g, &config)?
+        } else {
+            crate::hf::source::TensorMap {
+                path: path.to_path_buf(),
+                tensors: BTreeMap::new(),
+            }
+        };
         Ok(Self {
             path: path.to_path_buf(),
             config_json,

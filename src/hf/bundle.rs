@@ -61,7 +61,7 @@ pub fn read_text_side(path: &Path) -> Result<(ModelConfig, ChatTokenizer)> {
         return read_text_side(&Adapter::open(path)?.base_path()?);
     }
     let (config, mut tokenizer) = if path.is_file() && crate::gguf::reader::is_gguf(path) {
-        let g = crate::gguf::GgufModel::load(path)?;
+        let g = crate::gguf::GgufModel::load_metadata(path)?;
         let tokenizer = g.chat_tokenizer()?;
         (g.config, tokenizer)
     } else {

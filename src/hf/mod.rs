@@ -11,3 +11,4 @@ pub mod names;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;
+pub mod weights_write;

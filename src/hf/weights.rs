@@ -5,21 +5,20 @@
 //! Files are memory-mapped rather than read: a tensor is widened straight from the mapping into
 //! its f32 buffer, and on Unix its file pages are handed back once it has been read (on Linux
 //! they leave the resident set at once; macOS only deactivates them), so loading does not hold
-//! the file's bytes beside the widened model. Writing encodes one tensor at a
-//! time into the output file.
+//! the file's bytes beside the widened model. Writing is in `weights_write.rs`.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Display;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, View};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors};
 
 use crate::error::{Error, Result};
+
+pub use super::weights_write::{pt_metadata, write_safetensors};
 
 /// Floating-point storage type of a checkpoint tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -57,7 +56,7 @@ impl StoredDtype {
         }
     }
 
-    fn to_safetensors(self) -> Dtype {
+    pub(super) fn to_safetensors(self) -> Dtype {
         match self {
             StoredDtype::F32 => Dtype::F32,
             StoredDtype::F16 => Dtype::F16,
@@ -446,93 +445,11 @@ fn release_pages(shard: &Shard, offset: usize, len: usize) {
 #[cfg(not(unix))]
 fn release_pages(_shard: &Shard, _offset: usize, _len: usize) {}
 
-/// A host tensor as safetensors' writer sees it: encoded to `dtype` only when the writer asks for
-/// its bytes, one tensor at a time, so a file is written without an encoded copy of the model.
-struct Encoded<'a> {
-    tensor: &'a HostTensor,
-    dtype: StoredDtype,
-}
-
-impl View for Encoded<'_> {
-    fn dtype(&self) -> Dtype {
-        self.dtype.to_safetensors()
-    }
-    fn shape(&self) -> &[usize] {
-        &self.tensor.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        let data = &self.tensor.data;
-        if cfg!(target_endian = "little") && self.dtype == StoredDtype::F32 {
-            return Cow::Borrowed(bytemuck::cast_slice(data));
-        }
-        let mut out = vec![0u8; self.data_len()];
-        let chunks = out.chunks_exact_mut(self.dtype.size()).zip(data);
-        match self.dtype {
-            StoredDtype::F32 => chunks.for_each(|(c, v)| c.copy_from_slice(&v.to_le_bytes())),
-            StoredDtype::F16 => {
-                chunks.for_each(|(c, v)| c.copy_from_slice(&f16::from_f32(*v).to_le_bytes()))
-            }
-            StoredDtype::BF16 => {
-                chunks.for_each(|(c, v)| c.copy_from_slice(&bf16::from_f32(*v).to_le_bytes()))
-            }
-        }
-        Cow::Owned(out)
-    }
-    fn data_len(&self) -> usize {
-        self.tensor.data.len() * self.dtype.size()
-    }
-}
-
-/// Writes f32 host tensors to a safetensors file in the given storage type. Written to a temporary
-/// file next to `path` and renamed, so a crash never leaves a half-written checkpoint. Each
-/// tensor is encoded as it is written: besides `tensors`, at most one encoded tensor is in memory.
-/// The header metadata transformers writes (`{"format": "pt"}`), which its loader checks.
-pub fn pt_metadata() -> Option<HashMap<String, String>> {
-    Some(HashMap::from([("format".to_string(), "pt".to_string())]))
-}
-
-pub fn write_safetensors<'a, S>(
-    path: &Path,
-    tensors: impl IntoIterator<Item = (S, &'a HostTensor)>,
-    dtype: StoredDtype,
-    metadata: Option<HashMap<String, String>>,
-) -> Result<()>
-where
-    S: AsRef<str> + Ord + Display,
-{
-    let mut views = vec![];
-    for (name, tensor) in tensors {
-        // The header's offsets come from the data lengths: a shape that disagrees with them would
-        // make a file no reader accepts.
-        let numel: usize = tensor.shape.iter().product();
-        if numel != tensor.data.len() {
-            return Err(Error::Tensor {
-                path: path.to_path_buf(),
-                name: name.to_string(),
-                message: format!(
-                    "holds {} values but its shape {:?} needs {numel}",
-                    tensor.data.len(),
-                    tensor.shape
-                ),
-            });
-        }
-        views.push((name, Encoded { tensor, dtype }));
-    }
-    crate::fsutil::write_atomic_with(path, |tmp| {
-        safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| match e {
-            SafeTensorError::IoError(e) => Error::io(path, e),
-            e => Error::Safetensors {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            },
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hf::source::TensorSource;
+    use safetensors::tensor::View;
 
     fn sample() -> HostTensor {
         // Signs, magnitudes from f16's subnormal range to its largest finite value, and values
@@ -567,7 +484,9 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&back.data), bits(&expected), "{dtype:?}");
             // The unaligned fallback of `widen` agrees with the aligned path.
-            let bytes = Encoded { tensor: &t, dtype }.data().into_owned();
+            let bytes = crate::hf::weights_write::Encoded { tensor: &t, dtype }
+                .data()
+                .into_owned();
             let shifted = [&[0u8][..], &bytes].concat();
             assert_eq!(
                 bits(&widen(&shifted[1..], dtype)),

@@ -51,9 +51,11 @@ pub fn training_section(f: &CardFacts) -> String {
             .unwrap_or("?")
             .to_string()
     };
-    let hash = |v: Option<&Value>| {
+    // Hex digests are ASCII, so the byte cut is a char boundary.
+    let hash = |what: &str, v: Option<&Value>| {
         v.and_then(Value::as_str)
-            .map(|h| format!(" (sha256 `{}`)", &h[..h.len().min(16)]))
+            .filter(|h| h.is_ascii())
+            .map(|h| format!(" ({what} `{}`)", &h[..h.len().min(16)]))
             .unwrap_or_default()
     };
     let mut rows: Vec<(&str, String)> = vec![(
@@ -61,7 +63,10 @@ pub fn training_section(f: &CardFacts) -> String {
         format!(
             "`{}`{}",
             f.base,
-            hash(f.identity.get("model").and_then(|m| m.get("sha256")))
+            hash(
+                "sha256",
+                f.identity.get("model").and_then(|m| m.get("sha256"))
+            )
         ),
     )];
     let data_hash = f
@@ -69,7 +74,11 @@ pub fn training_section(f: &CardFacts) -> String {
         .get("pairs_sha256")
         .or_else(|| f.identity.get("data_sha256"));
     let data_name = f.notes.data.as_deref().unwrap_or("(not recorded)");
-    rows.push(("data", format!("`{data_name}`{}", hash(data_hash))));
+    // A hash of the examples as read (the same rows in another file format hash the same).
+    rows.push((
+        "data",
+        format!("`{data_name}`{}", hash("content sha256", data_hash)),
+    ));
     let method = match cfg.objective {
         ObjectiveKind::Spin => {
             let iteration = f

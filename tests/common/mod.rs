@@ -333,10 +333,8 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
             Some(p)
         }
         None => {
-            let ci = std::env::var("WGSPIN_REQUIRE_GPU").is_ok_and(|v| v == "1")
-                || std::env::var_os("CI").is_some();
             assert!(
-                !ci,
+                !is_ci(),
                 "WGSPIN_SMOLLM2_GGUF is not set but this is a CI run (CI or WGSPIN_REQUIRE_GPU=1): .ci/run downloads it"
             );
             eprintln!("skipped: set WGSPIN_SMOLLM2_GGUF (see .ci/run)");
@@ -406,6 +404,26 @@ pub fn assert_grads_match(
             "{label} tensor {i}: max |Δ| {worst} of {scale}"
         );
     }
+}
+
+/// A CI run (`CI` set, or `WGSPIN_REQUIRE_GPU=1` as `.ci/run` sets it): what `.ci/run` installs
+/// must be there.
+pub fn is_ci() -> bool {
+    std::env::var_os("CI").is_some() || std::env::var("WGSPIN_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// Whether `python3` has `modules`, an independent client `.ci/run` installs (`install` says how):
+/// without it the test is skipped with a printed reason, and in CI it fails.
+pub fn python_client(modules: &[&str], install: &str) -> bool {
+    if python_has(modules) {
+        return true;
+    }
+    assert!(
+        !is_ci(),
+        "python3 lacks {modules:?} but this is a CI run: .ci/run installs them ({install})"
+    );
+    eprintln!("skipped: python3 lacks {modules:?}; {install} (see .ci/run)");
+    false
 }
 
 /// Whether `python3` imports every module in `modules`.

@@ -8,7 +8,9 @@
 //! - `Event { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }`,
 //!   `Summary { repeated Value value = 1; }`, `Value { string tag = 1; float simple_value = 2; }`.
 //!
-//! The first record of a file carries `file_version = "brain.Event:2"`, as TensorFlow writes it.
+//! The first record of a file carries `file_version = "brain.Event:2"`, as TensorFlow writes it;
+//! the second a `SessionLog { status = START }` (Event field 7) at the first step this process will
+//! log, which makes TensorBoard drop every point of an interrupted run from that step on.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -50,17 +52,24 @@ pub struct EventWriter {
 
 impl EventWriter {
     /// Starts a new event file in `dir` (created). Every process writes its own file, named as
-    /// TensorFlow names them (`events.out.tfevents.<seconds>.<host>.<pid>`); TensorBoard reads
-    /// all files of a folder as one run.
-    pub fn create(dir: &Path) -> Result<Self> {
+    /// TensorFlow names them (`events.out.tfevents.<seconds>.<host>.<n>`); TensorBoard reads the
+    /// files of a folder in name order as one run, so `n` counts the files already there: a
+    /// resumed run's file sorts after the interrupted one's even within the same second. Its
+    /// session start at `first_step` makes TensorBoard drop the interrupted run's points from
+    /// there on, as metrics.jsonl drops its rows.
+    pub fn create(dir: &Path, first_step: u64) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        let earlier = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("tfevents"))
+            .count();
         let path = dir.join(format!(
-            "events.out.tfevents.{}.wgspin.{}",
-            now.as_secs(),
-            std::process::id()
+            "events.out.tfevents.{:010}.wgspin.{earlier:04}",
+            now.as_secs()
         ));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -72,6 +81,13 @@ impl EventWriter {
         field_double(&mut event, 1, now.as_secs_f64());
         field_bytes(&mut event, 3, b"brain.Event:2");
         w.record(&event)?;
+        let mut start = vec![];
+        field_double(&mut start, 1, now.as_secs_f64());
+        start.push(2 << 3);
+        varint(&mut start, first_step);
+        // SessionLog { status = START (1) }: field 1, varint.
+        field_bytes(&mut start, 7, &[1 << 3, 1]);
+        w.record(&start)?;
         Ok(w)
     }
 

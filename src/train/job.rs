@@ -416,9 +416,10 @@ pub fn run_train(
     };
 
     let mut events = match notes.report_to {
-        ReportTo::Tensorboard if !trainer.is_done() => {
-            Some(EventWriter::create(&out.join(RUNS_DIR))?)
-        }
+        ReportTo::Tensorboard if !trainer.is_done() => Some(EventWriter::create(
+            &out.join(RUNS_DIR),
+            trainer.state.step as u64 + 1,
+        )?),
         _ => None,
     };
     let mut last = None;

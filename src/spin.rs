@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::generate::GenOptions;
 use crate::generate::job::{
-    GenModel, GenProgress, GenSummary, Opponent, run_generate, run_generate_with,
+    GenModel, GenProgress, GenSummary, Opponent, reorder_rows, run_generate, run_generate_with,
 };
 use crate::generate::serve::{ServerProcess, SpinServer};
 use crate::generate::server::ServerClient;
@@ -263,6 +263,9 @@ pub fn run_spin(
     mut report: impl FnMut(SpinEvent),
 ) -> Result<SpinSummary> {
     cfg.validate()?;
+    if let Some(s) = server {
+        s.options.base_url()?;
+    }
     if let Some(s) = server
         && s.command.is_none()
         && cfg.iterations > 1
@@ -321,8 +324,12 @@ pub fn run_spin(
                         report(SpinEvent::Generated(&g));
                     }
                 }
-                // A resume with only training left needs no server.
-                Some(_) if complete(&gen_path, &train)? && complete(&eval_gen_path, &held)? => {}
+                // A resume with only training left needs no server; the rows are put in input
+                // order, as a finished generation leaves them (a crash may have come before).
+                Some(_) if complete(&gen_path, &train)? && complete(&eval_gen_path, &held)? => {
+                    reorder_rows(&gen_path, &train)?;
+                    reorder_rows(&eval_gen_path, &held)?;
+                }
                 Some(s) => {
                     let (config, tokenizer) = read_text_side(&theta)?;
                     let gen_opts = &GenOptions {

@@ -115,7 +115,7 @@ pub fn run_notes(
         .chain(
             std::env::args_os()
                 .skip(1)
-                .map(|a| redact_url_credentials(&a.to_string_lossy()))
+                .map(|a| wgspin::generate::server::redact_credentials(&a.to_string_lossy()))
                 .map(quote),
         )
         .collect();
@@ -135,18 +135,6 @@ pub struct ReportArgs {
     /// train/rewards/chosen for real, train/rewards/rejected for generated, ...).
     #[arg(long, default_value = "none")]
     pub report_to: wgspin::report::ReportTo,
-}
-
-/// `scheme://user:password@host...` → `scheme://***@host...`, so a card never records credentials
-/// given in a --server URL.
-fn redact_url_credentials(arg: &str) -> String {
-    match arg.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((userinfo, host)) if !userinfo.contains('/') => format!("{scheme}://***@{host}"),
-            _ => arg.to_string(),
-        },
-        None => arg.to_string(),
-    }
 }
 
 /// `--data` and `--format`: the training or prompt data.

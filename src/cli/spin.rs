@@ -85,7 +85,7 @@ impl SpinArgs {
         // made before servers were supported).
         if let Some(s) = self.server.spin_server() {
             resolved["server"] = json!({
-                "url": s.options.url,
+                "url": wgspin::generate::server::redact_credentials(&s.options.url),
                 "model": s.options.model,
                 "api": s.options.api,
                 "command": s.command,

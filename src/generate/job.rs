@@ -375,6 +375,20 @@ pub fn run_generate_with(
     Ok(summary)
 }
 
+/// Rewrites `out` (every example's row present) atomically in the order of `examples`, as a
+/// finished generation job leaves it.
+pub fn reorder_rows(out: &Path, examples: &[SftExample]) -> Result<()> {
+    let (rows, _) = recover(out, examples)?;
+    let mut ordered = String::new();
+    for ex in examples {
+        if let Some(l) = rows.get(&ex.id) {
+            ordered.push_str(l);
+            ordered.push('\n');
+        }
+    }
+    fsutil::write_atomic(out, ordered.as_bytes())
+}
+
 /// What a server is sent for each request: the prompt text local generation would feed the model
 /// (re-rendered, or decoded from the kept ids when the prompt was cut to fit the context) and the
 /// bare user turn for the chat API. When the model's tokenizer adds a BOS by itself (as servers

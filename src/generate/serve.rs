@@ -6,7 +6,12 @@
 //!
 //! The command is split into a program and arguments here (whitespace, with '...' and "..."
 //! quoting) and started directly, never through a shell, so it behaves the same on Windows,
-//! macOS and Linux.
+//! macOS and Linux. On Unix it runs in its own process group, and stopping it signals the group
+//! (SIGTERM, then SIGKILL after 10 s), so workers it starts go too; elsewhere the process started
+//! is killed, so it should be the server itself rather than a wrapper. `{api_key}` in the command
+//! becomes WGSPIN_SERVER_API_KEY (spin_config.json records the template, not the key). A server
+//! already answering at the URL before the start is refused: its answers would come from another
+//! model.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,11 +43,39 @@ pub struct ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_process(&mut self.child);
         remove_all(&self.written);
     }
 }
+
+/// Asks the server's process group to end (SIGTERM), gives it [`STOP_GRACE`] to free its port
+/// and memory, then kills the group. Elsewhere than Unix the process itself is killed.
+#[cfg(unix)]
+fn stop_process(child: &mut Child) {
+    let group = -(child.id() as i32);
+    // SAFETY: kill(2) with a negative pid signals the group the child leads (process_group(0)
+    // at spawn); it touches no memory of this process.
+    unsafe { libc::kill(group, libc::SIGTERM) };
+    let until = Instant::now() + STOP_GRACE;
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: as above; the group may be gone already (ESRCH), which is what is wanted.
+    unsafe { libc::kill(group, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+#[cfg(not(unix))]
+fn stop_process(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// How long a server gets to shut down before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl ServerProcess {
     /// Writes `theta` (a model folder, adapter folder or GGUF file) as the command needs it under
@@ -56,8 +89,7 @@ impl ServerProcess {
         server: &super::server::ServerOptions,
     ) -> Result<Self> {
         let words = split_command(command)?;
-        let url = server.url.trim().trim_end_matches('/');
-        let base = url.strip_suffix("/v1").unwrap_or(url).to_string();
+        let base = server.base_url()?;
         if answers(&base, server.api_key.as_deref()) {
             return Err(Error::Invalid(format!(
                 "something already answers at {base} before --server-cmd started: it would \
@@ -68,24 +100,28 @@ impl ServerProcess {
         let needs = |key: &str| words.iter().any(|w| w.contains(key));
         let (gguf, folder, written) =
             serve_files(theta, dir, dtype, needs("{gguf}"), needs("{model}"))?;
+        let key = server.api_key.clone().unwrap_or_default();
         let fill = |w: &str| {
             w.replace("{gguf}", &gguf.to_string_lossy())
                 .replace("{model}", &folder.to_string_lossy())
+                .replace("{api_key}", &key)
         };
         let log = dir.join("server.log");
         let spawned = std::fs::File::create(&log)
             .and_then(|f| Ok((f.try_clone()?, f)))
             .map_err(|e| Error::io(&log, e))
             .and_then(|(out, err)| {
-                Command::new(fill(&words[0]))
-                    .args(words[1..].iter().map(|w| fill(w)))
+                let mut cmd = Command::new(fill(&words[0]));
+                cmd.args(words[1..].iter().map(|w| fill(w)))
                     .stdin(Stdio::null())
                     .stdout(out)
-                    .stderr(err)
-                    .spawn()
-                    .map_err(|e| {
-                        Error::Invalid(format!("--server-cmd: cannot start {:?}: {e}", words[0]))
-                    })
+                    .stderr(err);
+                // Its own process group, so stopping it reaches the workers it starts (vLLM).
+                #[cfg(unix)]
+                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+                cmd.spawn().map_err(|e| {
+                    Error::Invalid(format!("--server-cmd: cannot start {:?}: {e}", words[0]))
+                })
             });
         let child = match spawned {
             Ok(c) => c,

@@ -58,6 +58,37 @@ impl ServerOptions {
     pub const DEFAULT_CONCURRENCY: usize = 8;
     pub const DEFAULT_RETRIES: u32 = 8;
     pub const DEFAULT_TIMEOUT_S: u64 = 600;
+
+    /// The URL without a trailing `/` or `/v1`, after checking the settings (before anything
+    /// is started or exported for the server).
+    pub fn base_url(&self) -> Result<String> {
+        let url = self.url.trim().trim_end_matches('/');
+        let base = url.strip_suffix("/v1").unwrap_or(url).to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Invalid(format!(
+                "--server {:?}: expected an http:// or https:// URL such as http://127.0.0.1:8080",
+                redact_credentials(&self.url)
+            )));
+        }
+        if self.concurrency == 0 {
+            return Err(Error::Invalid("--concurrency must be at least 1".into()));
+        }
+        Ok(base)
+    }
+}
+
+/// `scheme://user:password@host/...` → `scheme://***@host/...`: what may be written to run
+/// records, cards and messages. The user part ends at the last `@` before the path.
+pub fn redact_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://***@{}{tail}", &authority[at + 1..]),
+        None => url.to_string(),
+    }
 }
 
 /// The environment variable the CLI reads an API key from (never a flag: command lines are
@@ -106,19 +137,7 @@ impl ServerClient {
     /// Connects to `opts.url` and settles the model name (asking `/v1/models` when none is given;
     /// retried like any request, so a server still loading is waited for).
     pub fn connect(opts: ServerOptions) -> Result<Self> {
-        let mut base = opts.url.trim().trim_end_matches('/').to_string();
-        if let Some(stripped) = base.strip_suffix("/v1") {
-            base = stripped.to_string();
-        }
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::Invalid(format!(
-                "--server {:?}: expected an http:// or https:// URL such as http://127.0.0.1:8080",
-                opts.url
-            )));
-        }
-        if opts.concurrency == 0 {
-            return Err(Error::Invalid("--concurrency must be at least 1".into()));
-        }
+        let base = opts.base_url()?;
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(opts.timeout))
             .http_status_as_error(false)
@@ -154,7 +173,7 @@ impl ServerClient {
 
     /// What a run record keeps of the server: where, which model, which API.
     pub fn identity(&self) -> Value {
-        json!({ "url": self.base, "model": self.model, "api": self.opts.api })
+        json!({ "url": redact_credentials(&self.base), "model": self.model, "api": self.opts.api })
     }
 
     /// Sends `prompts` with up to `concurrency` in flight and calls `on_reply` (on this thread) as
@@ -287,13 +306,17 @@ impl ServerClient {
             match attempt() {
                 Ok(v) => return Ok(v),
                 Err(f) if f.retryable && tries < self.opts.retries => {
+                    tries += 1;
+                    // The backoff in short slices, so a stopping run is not held up by it.
+                    let until = std::time::Instant::now() + wait;
+                    while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                     if stop.load(Ordering::Relaxed) {
                         return Err(
                             self.error(format!("{} (not retried: the run is stopping)", f.message))
                         );
                     }
-                    tries += 1;
-                    std::thread::sleep(wait);
                     wait = (wait * 2).min(MAX_BACKOFF);
                 }
                 Err(f) => {
@@ -329,7 +352,7 @@ impl ServerClient {
 
     fn error(&self, message: String) -> Error {
         Error::Server {
-            url: self.base.clone(),
+            url: redact_credentials(&self.base),
             message,
         }
     }
@@ -404,6 +427,19 @@ mod tests {
         assert_eq!(uniq.len(), a.len());
         assert!(a.iter().all(|&s| s < 1 << 31));
         assert_ne!(request_seed(7, 3), request_seed(8, 3));
+    }
+
+    #[test]
+    fn credentials_are_redacted_up_to_the_last_at_of_the_authority() {
+        assert_eq!(
+            redact_credentials("https://me:p@ss@host:8000/v1?x=a@b"),
+            "https://***@host:8000/v1?x=a@b"
+        );
+        assert_eq!(
+            redact_credentials("http://127.0.0.1:8080"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(redact_credentials("not a url"), "not a url");
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
     if path.is_dir() {
         ModelConfig::from_dir(path)
     } else {
-        crate::gguf::GgufModel::load(path).map(|g| g.config)
+        crate::gguf::GgufModel::load_metadata(path).map(|g| g.config)
     }
 }
 

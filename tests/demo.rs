@@ -1,5 +1,5 @@
 //! The built-in demo in its reduced mode (what CI can afford): it completes on the CPU backend,
-//! prints the stage table, and writes demo.json with every stage and a report.svg with the
+//! prints the stage table and, over two seeds, the paired comparison, and writes demo.json with every stage and a report.svg with the
 //! curves; `wgspin plot` draws a run folder.
 
 mod common;
@@ -12,13 +12,20 @@ fn quick_demo_completes_and_writes_the_report() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("demo");
     let st = wgspin()
-        .args(["demo", "--quick", "--device", "cpu", "--out"])
+        .args([
+            "demo", "--quick", "--seeds", "2", "--device", "cpu", "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&st.stderr);
     assert!(st.status.success(), "{stderr}");
     assert!(stderr.contains("exact match"), "table printed: {stderr}");
+    // Two seeds: SPIN − continued SFT paired by seed, with its interval and a verdict.
+    assert!(
+        stderr.contains("paired by seed") && stderr.contains("95% interval over 2 seeds"),
+        "paired comparison printed: {stderr}"
+    );
     let demo: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("demo.json")).unwrap()).unwrap();
     let stages: Vec<&str> = demo["results"]
@@ -27,16 +34,14 @@ fn quick_demo_completes_and_writes_the_report() {
         .iter()
         .map(|r| r["stage"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        stages,
-        [
-            "SFT (weak start)",
-            "SPIN iteration 1",
-            "SPIN iteration 2",
-            "continued SFT 1",
-            "continued SFT 2"
-        ]
-    );
+    let one_seed = [
+        "SFT (weak start)",
+        "SPIN iteration 1",
+        "SPIN iteration 2",
+        "continued SFT 1",
+        "continued SFT 2",
+    ];
+    assert_eq!(stages, [one_seed, one_seed].concat());
     for r in demo["results"].as_array().unwrap() {
         let em = r["exact_match"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&em), "{r}");

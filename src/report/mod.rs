@@ -3,6 +3,7 @@
 
 pub mod plot;
 pub mod progress;
+pub mod stats;
 pub mod tensorboard;
 
 /// Where training metrics go besides metrics.jsonl (`--report-to`, TRL's flag).

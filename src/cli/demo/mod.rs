@@ -11,6 +11,7 @@ mod task;
 
 use run::{DemoConfig, DemoEvent, StageResult, run_demo};
 use wgspin::report::progress::Progress;
+use wgspin::report::stats::{paired_interval, verdict};
 use wgspin::spin::SpinEvent;
 
 use super::args::DeviceArgs;
@@ -67,6 +68,40 @@ fn summary(rows: &[StageResult]) {
         let m = v.iter().sum::<f64>() / v.len() as f64;
         let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
         eprintln!("  {s:<22} {:5.1}% ± {:4.1}", 100.0 * m, 100.0 * sd);
+    }
+    paired_comparison(rows);
+}
+
+/// Per round, SPIN − continued SFT paired by seed (same data, same weak start) with its 95%
+/// t-interval, then one sentence on the last round.
+fn paired_comparison(rows: &[StageResult]) {
+    let last_round = rows.iter().map(|r| r.round).max().unwrap_or(0);
+    let mut last = None;
+    for round in 1..=last_round {
+        let diffs: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.round == round && r.method == "spin")
+            .filter_map(|spin| {
+                rows.iter()
+                    .find(|r| r.round == round && r.method == "sft" && r.seed == spin.seed)
+                    .map(|sft| 100.0 * (spin.exact_match - sft.exact_match))
+            })
+            .collect();
+        if let Some(i) = paired_interval(&diffs) {
+            if round == 1 {
+                eprintln!(
+                    "SPIN − continued SFT, paired by seed (exact-match points, 95% t-interval):"
+                );
+            }
+            eprintln!("  round {round}: {:+5.1} ± {:4.1}", i.mean, i.half_width);
+            last = Some(i);
+        }
+    }
+    if let Some(i) = last {
+        eprintln!(
+            "After {last_round} rounds: {}.",
+            verdict("SPIN", "continued SFT", &i)
+        );
     }
 }
 

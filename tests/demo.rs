@@ -13,7 +13,14 @@ fn quick_demo_completes_and_writes_the_report() {
     let out = tmp.path().join("demo");
     let st = wgspin()
         .args([
-            "demo", "--quick", "--seeds", "2", "--device", "cpu", "--out",
+            "demo",
+            "--quick",
+            "--seeds",
+            "2",
+            "--explain",
+            "--device",
+            "cpu",
+            "--out",
         ])
         .arg(&out)
         .output()
@@ -21,6 +28,10 @@ fn quick_demo_completes_and_writes_the_report() {
     let stderr = String::from_utf8_lossy(&st.stderr);
     assert!(st.status.success(), "{stderr}");
     assert!(stderr.contains("exact match"), "table printed: {stderr}");
+    assert!(
+        stderr.contains("What happens, stage by stage"),
+        "--explain: {stderr}"
+    );
     // Two seeds: SPIN − continued SFT paired by seed, with its interval and a verdict.
     assert!(
         stderr.contains("paired by seed") && stderr.contains("95% interval over 2 seeds"),

@@ -58,20 +58,21 @@ pub fn paired_interval(diffs: &[f64]) -> Option<Interval> {
 
 /// One sentence on what an interval of differences `a − b` (in points) supports.
 pub fn verdict(a: &str, b: &str, i: &Interval) -> String {
-    let span = format!(
-        "{:+.1} ± {:.1} points, 95% interval over {} seeds",
-        i.mean, i.half_width, i.n
-    );
+    let over = format!("95% interval over {} seeds", i.n);
     if !i.excludes_zero() {
-        format!("no significant difference between {a} and {b} ({span})")
+        format!(
+            "no significant difference between {a} and {b} ({a} − {b} = {:+.1} ± {:.1} points, \
+             {over})",
+            i.mean, i.half_width
+        )
     } else if i.mean > 0.0 {
         format!(
-            "{a} beats {b} by {:.1} ± {:.1} points ({span})",
+            "{a} beats {b} by {:.1} ± {:.1} points ({over})",
             i.mean, i.half_width
         )
     } else {
         format!(
-            "{b} beats {a} by {:.1} ± {:.1} points ({span})",
+            "{b} beats {a} by {:.1} ± {:.1} points ({over})",
             -i.mean, i.half_width
         )
     }

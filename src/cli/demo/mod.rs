@@ -118,7 +118,7 @@ pub struct DemoArgs {
     /// Reduced mode (fewer examples and steps, one seed), for CI and a first look.
     #[arg(long)]
     quick: bool,
-    /// Number of seeds (default: 3, or 1 with --quick).
+    /// Number of seeds (default: 5, or 1 with --quick).
     #[arg(long)]
     seeds: Option<usize>,
     /// Learning rate of the SPIN iterations and of the continued SFT they are compared with
@@ -131,9 +131,31 @@ pub struct DemoArgs {
     /// SPIN iterations (default 3, or 2 with --quick).
     #[arg(long)]
     iterations: Option<usize>,
+    /// Before running, say in plain words what each stage does and how to read the table.
+    #[arg(long)]
+    explain: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
+
+/// What `--explain` prints.
+const EXPLANATION: &str = "\
+What happens, stage by stage:
+  1. SFT (weak start): supervised fine-tuning on (prompt, human answer) pairs, an epoch at a time,
+     until the model gets a fifth of a validation set right. This is the model SPIN starts from.
+  2. SPIN iteration t: the current model (the opponent) answers every training prompt; a copy of
+     it (the main player) is trained to tell the human answers from its own, raising the
+     likelihood of the first and lowering that of the second relative to the opponent. The
+     trained player becomes the next opponent. No new human data is used.
+  3. Continued SFT t: the same starting model trained on the human answers alone, with the same
+     number of sequences through forward and backward as SPIN iteration t, for a fair comparison.
+How to read the table: exact match is the share of held-out prompts answered exactly right;
+held-out ll/tok is the mean log-likelihood per token of the human answers (higher is better);
+reward acc is how often the player prefers the human answer over the opponent's on held-out
+prompts: SPIN has converged when it nears 50% (the player can no longer tell them apart). The
+last lines pair SPIN and continued SFT seed by seed and say whether the difference is larger
+than the seeds' spread (95% interval).
+";
 
 impl DemoArgs {
     pub fn run(self) -> Result<()> {
@@ -156,6 +178,9 @@ impl DemoArgs {
             cfg.spin_iterations = n;
         }
         let out = self.out;
+        if self.explain {
+            eprintln!("{EXPLANATION}");
+        }
         eprintln!(
             "wgspin demo: a tiny Llama learns to shift letters (cat → dbu) ({} training / {} held-out examples, {} seed(s)).\n\
          A short SFT makes a weak model; then {} SPIN iterations, against continued SFT with the same compute.",

@@ -23,7 +23,8 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::generate::GenOptions;
 use crate::generate::job::{
-    GenModel, GenProgress, GenSummary, Opponent, reorder_rows, run_generate, run_generate_with,
+    GenModel, GenProgress, GenSummary, Opponent, has_every_row, reorder_rows, run_generate,
+    run_generate_with,
 };
 use crate::generate::serve::{ServerProcess, SpinServer};
 use crate::generate::server::ServerClient;
@@ -326,7 +327,10 @@ pub fn run_spin(
                 }
                 // A resume with only training left needs no server; the rows are put in input
                 // order, as a finished generation leaves them (a crash may have come before).
-                Some(_) if complete(&gen_path, &train)? && complete(&eval_gen_path, &held)? => {
+                Some(_)
+                    if has_every_row(&gen_path, &train)?
+                        && has_every_row(&eval_gen_path, &held)? =>
+                {
                     reorder_rows(&gen_path, &train)?;
                     reorder_rows(&eval_gen_path, &held)?;
                 }
@@ -440,22 +444,6 @@ pub fn run_spin(
         final_model: iter_dir(out, done - 1).join(CHECKPOINT),
         evals,
     })
-}
-
-/// Whether the generation output `path` already holds a row for every one of `examples` (a
-/// finished stage; `run_generate` checks the rows themselves when it continues the file).
-fn complete(path: &Path, examples: &[SftExample]) -> Result<bool> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    let ids: std::collections::HashSet<String> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
-        .collect();
-    Ok(examples.iter().all(|e| ids.contains(&e.id)))
 }
 
 /// Appends the held-out evaluation to the iteration's model card, once (a rerun after a crash

@@ -149,6 +149,26 @@ impl Drop for LlamaServer {
     }
 }
 
+/// SmolLM2 from the GGUF, converted into `dir` as a Hugging Face folder in f32: the model both
+/// sides of a comparison use.
+fn smollm2_f32_folder(gguf: &Path, dir: &Path) -> PathBuf {
+    let hf = dir.join("smollm2-hf");
+    let g = wgspin::gguf::GgufModel::load(gguf).unwrap();
+    g.write_hf_folder(&hf, wgspin::hf::weights::StoredDtype::F32)
+        .unwrap();
+    hf
+}
+
+/// `spin --device cpu --model <model> --data <data> --out <out>` followed by `flags`.
+fn spin_args(model: &Path, data: &Path, out: &Path, flags: &[&str]) -> Vec<String> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let mut a: Vec<String> = ["spin", "--device", "cpu"].map(String::from).to_vec();
+    a.extend(["--model".into(), path(model), "--data".into(), path(data)]);
+    a.extend(["--out".into(), path(out)]);
+    a.extend(flags.iter().map(|f| f.to_string()));
+    a
+}
+
 #[test]
 fn llama_cpp_server_generation_equals_local_greedy_resumes_and_survives_a_restart() {
     let Some(gguf) = smollm2_gguf() else { return };
@@ -159,12 +179,8 @@ fn llama_cpp_server_generation_equals_local_greedy_resumes_and_survives_a_restar
     // One model for both sides: the GGUF converted to a Hugging Face folder (f32), exported by
     // wgspin as an f32 GGUF for llama.cpp. (Served from the Q4_1 file directly, llama.cpp's
     // quantized matmuls would pick other tokens where the top two are close.)
-    let hf = tmp.path().join("smollm2-hf");
+    let hf = smollm2_f32_folder(&gguf, tmp.path());
     let served = tmp.path().join("smollm2-f32.gguf");
-    let g = wgspin::gguf::GgufModel::load(&gguf).unwrap();
-    g.write_hf_folder(&hf, wgspin::hf::weights::StoredDtype::F32)
-        .unwrap();
-    drop(g);
     wgspin::gguf::writer::export_hf_folder(&hf, &served, wgspin::gguf::writer::ExportDtype::F32)
         .unwrap();
     let data = tmp.path().join("prompts.jsonl");
@@ -240,26 +256,22 @@ fn llama_cpp_server_generation_equals_local_greedy_resumes_and_survives_a_restar
 
     // spin's --server-cmd refuses to start beside a server already answering at --server: that
     // one would generate instead of the iteration's model.
-    let spin_out = tmp.path().join("spin");
-    let spin = [
-        "spin",
-        "--device",
-        "cpu",
-        "--model",
-        &hf.to_string_lossy(),
-        "--data",
-        &data.to_string_lossy(),
-        "--out",
-        &spin_out.to_string_lossy(),
-        "--iterations",
-        "1",
-        "--eval-size",
-        "1",
-        "--server",
-        &url,
-        "--server-cmd",
-        &format!("python3 -m llama_cpp.server --model {{gguf}} --port {port}"),
-    ];
+    let cmd = format!("python3 -m llama_cpp.server --model {{gguf}} --port {port}");
+    let spin = spin_args(
+        &hf,
+        &data,
+        &tmp.path().join("spin"),
+        &[
+            "--iterations",
+            "1",
+            "--eval-size",
+            "1",
+            "--server",
+            &url,
+            "--server-cmd",
+            &cmd,
+        ],
+    );
     assert_mentions(&run_err(spin), &["already answers", &url, "--server-cmd"]);
 }
 
@@ -273,11 +285,7 @@ fn spin_through_a_server_started_per_iteration_equals_local_spin() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let hf = tmp.path().join("smollm2-hf");
-    let g = wgspin::gguf::GgufModel::load(&gguf).unwrap();
-    g.write_hf_folder(&hf, wgspin::hf::weights::StoredDtype::F32)
-        .unwrap();
-    drop(g);
+    let hf = smollm2_f32_folder(&gguf, tmp.path());
     let data = tmp.path().join("sft.jsonl");
     let rows: String = [
         ("What is the capital of France?", "Paris."),
@@ -291,28 +299,29 @@ fn spin_through_a_server_started_per_iteration_equals_local_spin() {
     .map(|(p, r)| serde_json::json!({"prompt": p, "response": r}).to_string() + "\n")
     .collect();
     std::fs::write(&data, rows).unwrap();
-    let spin = |out: &Path, extra: &[String]| {
-        let mut a: Vec<String> = [
-            "spin",
-            "--device",
-            "cpu",
-            "--model",
-            &hf.to_string_lossy(),
-            "--data",
-            &data.to_string_lossy(),
-            "--out",
-            &out.to_string_lossy(),
-        ]
-        .map(String::from)
-        .to_vec();
-        a.extend(
-            "--iterations 2 --eval-size 2 --max-new-tokens 8 --temperature 0 --epochs 1 \
-             --batch-size 2 --lr 1e-3 --lora-rank 2 --stop-accuracy 0"
-                .split_whitespace()
-                .map(String::from),
-        );
-        a.extend(extra.iter().cloned());
-        a
+    let spin = |out: &Path, extra: &[&str]| {
+        let mut flags = vec![
+            "--iterations",
+            "2",
+            "--eval-size",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-3",
+            "--lora-rank",
+            "2",
+            "--stop-accuracy",
+            "0",
+        ];
+        flags.extend_from_slice(extra);
+        spin_args(&hf, &data, out, &flags)
     };
     let local = tmp.path().join("local");
     run_ok(spin(&local, &[]));
@@ -323,17 +332,17 @@ fn spin_through_a_server_started_per_iteration_equals_local_spin() {
         "python3 -m llama_cpp.server --model {{gguf}} --host 127.0.0.1 --port {port} \
          --n_ctx 1024 --n_threads 1 --type_k 0 --type_v 0"
     );
+    let url = format!("http://127.0.0.1:{port}");
     run_ok(spin(
         &served,
         &[
             "--server",
-            &format!("http://127.0.0.1:{port}"),
+            &url,
             "--server-cmd",
             &cmd,
             "--server-gguf-dtype",
             "f32",
-        ]
-        .map(String::from),
+        ],
     ));
     let mut identical = true;
     for t in 0..2 {
@@ -372,7 +381,7 @@ fn spin_through_a_server_started_per_iteration_equals_local_spin() {
     // One server without a command serves one model: a second iteration is refused at once.
     let refused = spin(
         &tmp.path().join("refused"),
-        &["--server", "http://127.0.0.1:9"].map(String::from),
+        &["--server", "http://127.0.0.1:9"],
     );
     assert_mentions(&run_err(&refused), &["--server-cmd", "--iterations 1"]);
 }

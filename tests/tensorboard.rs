@@ -50,22 +50,28 @@ fn assert_points_match(scalars: &Value, tag: &str, key: &str, rows: &[Value]) {
     }
 }
 
+/// `train` arguments on the tiny Llama, SPIN pairs written into `dir`, output in `dir/run`.
+fn train_args(dir: &Path, flags: &str) -> (Vec<String>, std::path::PathBuf) {
+    let pairs = dir.join("pairs.jsonl");
+    write_pairs(&pairs);
+    let out = dir.join("run");
+    (
+        job_args("train", "tiny-llama-bf16", &pairs, &out, flags),
+        out,
+    )
+}
+
 #[test]
 fn tensorboard_reads_the_metrics_under_trl_names() {
     if !python_client(&["tensorboard"], "pip install tensorboard") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let pairs = tmp.path().join("pairs.jsonl");
-    write_pairs(&pairs);
-    let out = tmp.path().join("run");
-    run_ok(job_args(
-        "train",
-        "tiny-llama-bf16",
-        &pairs,
-        &out,
+    let (args, out) = train_args(
+        tmp.path(),
         "--lr 1e-3 --batch-size 2 --epochs 1 --report-to tensorboard",
-    ));
+    );
+    run_ok(args);
     let scalars = read_scalars(&out.join("runs"));
     let rows = metrics_rows(&out);
     assert_eq!(rows.len(), 4, "4 steps, each logged");
@@ -93,14 +99,8 @@ fn tensorboard_shows_a_resumed_run_once() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let pairs = tmp.path().join("pairs.jsonl");
-    write_pairs(&pairs);
-    let out = tmp.path().join("run");
-    let args = job_args(
-        "train",
-        "tiny-llama-bf16",
-        &pairs,
-        &out,
+    let (args, out) = train_args(
+        tmp.path(),
         "--lr 1e-3 --batch-size 2 --epochs 3 --save-every 2 --report-to tensorboard",
     );
     let state = out.join("checkpoint").join("trainer_state.json");

@@ -363,22 +363,13 @@ pub fn run_generate_with(
         }
     }
     drop(file);
-    let mut ordered = String::new();
-    for ex in examples {
-        if let Some(l) = lines.get(&ex.id) {
-            ordered.push_str(l);
-            ordered.push('\n');
-        }
-    }
-    fsutil::write_atomic(out, ordered.as_bytes())?;
+    fsutil::write_atomic(out, in_input_order(examples, &lines).as_bytes())?;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-/// Rewrites `out` (every example's row present) atomically in the order of `examples`, as a
-/// finished generation job leaves it.
-pub fn reorder_rows(out: &Path, examples: &[SftExample]) -> Result<()> {
-    let (rows, _) = recover(out, examples)?;
+/// The rows of `examples` found in `rows` (by id), one per line, in the order of `examples`.
+fn in_input_order(examples: &[SftExample], rows: &HashMap<String, String>) -> String {
     let mut ordered = String::new();
     for ex in examples {
         if let Some(l) = rows.get(&ex.id) {
@@ -386,7 +377,20 @@ pub fn reorder_rows(out: &Path, examples: &[SftExample]) -> Result<()> {
             ordered.push('\n');
         }
     }
-    fsutil::write_atomic(out, ordered.as_bytes())
+    ordered
+}
+
+/// Whether `out` already holds a row for every one of `examples` (a finished job; its rows are
+/// checked against the data as a resume checks them).
+pub fn has_every_row(out: &Path, examples: &[SftExample]) -> Result<bool> {
+    let (rows, _) = recover(out, examples)?;
+    Ok(examples.iter().all(|e| rows.contains_key(&e.id)))
+}
+
+/// Rewrites `out` atomically in the order of `examples`, as a finished generation job leaves it.
+pub fn reorder_rows(out: &Path, examples: &[SftExample]) -> Result<()> {
+    let (rows, _) = recover(out, examples)?;
+    fsutil::write_atomic(out, in_input_order(examples, &rows).as_bytes())
 }
 
 /// What a server is sent for each request: the prompt text local generation would feed the model

@@ -46,7 +46,7 @@ fn quick_demo_completes_and_writes_the_report() {
         .map(|r| r["stage"].as_str().unwrap())
         .collect();
     let one_seed = [
-        "SFT (weak start)",
+        "SFT (converged)",
         "SPIN iteration 1",
         "SPIN iteration 2",
         "continued SFT 1",
@@ -56,12 +56,40 @@ fn quick_demo_completes_and_writes_the_report() {
     for r in demo["results"].as_array().unwrap() {
         let em = r["exact_match"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&em), "{r}");
+        let val = r["validation_exact_match"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&val), "{r}");
         assert!(r["heldout_loglik_per_token"].as_f64().unwrap() < 0.0, "{r}");
     }
+    // SFT ran to its stopping rule: the kept epoch is the best by validation exact match, and
+    // the run ended either at the epoch limit or `patience` epochs after its last gain.
+    let patience = demo["config"]["sft_patience"].as_u64().unwrap() as usize;
+    let max_epochs = demo["config"]["sft_max_epochs"].as_u64().unwrap() as usize;
+    for c in demo["sft_curves"].as_array().unwrap() {
+        let epochs = c["epochs"].as_array().unwrap();
+        let em: Vec<f64> = epochs
+            .iter()
+            .map(|e| e["validation_exact_match"].as_f64().unwrap())
+            .collect();
+        let best = c["best_epoch"].as_u64().unwrap() as usize;
+        let top = em.iter().cloned().fold(f64::MIN, f64::max);
+        assert_eq!(em[best - 1], top, "kept epoch is a best one: {c}");
+        assert!(
+            epochs.len() == max_epochs || epochs.len() >= best + patience,
+            "stopped by the rule: {c}"
+        );
+    }
+    assert_eq!(demo["sft_curves"].as_array().unwrap().len(), 2);
     let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("polyline"),
         "report.svg has curves"
+    );
+    // Mean curves over the two seeds carry a ±1 std band, and rounds are integer ticks.
+    assert!(svg.contains("<polygon"), "bands drawn");
+    assert!(svg.contains("SFT to convergence") && svg.contains("chance (50%)"));
+    assert!(
+        !svg.contains(">0.750<") && !svg.contains(">1.500<"),
+        "integer round ticks"
     );
 
     let spin_dir = out.join("seed-1").join("spin");

@@ -40,6 +40,21 @@ impl Interval {
     }
 }
 
+/// Mean and sample standard deviation (n − 1; 0 for one value); `None` for no values.
+pub fn mean_sd(v: &[f64]) -> Option<(f64, f64)> {
+    let n = v.len();
+    if n == 0 {
+        return None;
+    }
+    let mean = v.iter().sum::<f64>() / n as f64;
+    let var = if n > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+    } else {
+        0.0
+    };
+    Some((mean, var.sqrt()))
+}
+
 /// The mean of `diffs` (one per seed, e.g. SPIN − continued SFT) with its 95% t-interval
 /// (sample standard deviation, n − 1 degrees of freedom); `None` under two observations.
 pub fn paired_interval(diffs: &[f64]) -> Option<Interval> {
@@ -47,11 +62,10 @@ pub fn paired_interval(diffs: &[f64]) -> Option<Interval> {
     if n < 2 {
         return None;
     }
-    let mean = diffs.iter().sum::<f64>() / n as f64;
-    let var = diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let (mean, sd) = mean_sd(diffs)?;
     Some(Interval {
         mean,
-        half_width: t975(n - 1) * (var / n as f64).sqrt(),
+        half_width: t975(n - 1) * sd / (n as f64).sqrt(),
         n,
     })
 }

@@ -5,13 +5,16 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
+mod eval;
 mod model;
+mod report;
 mod run;
 mod task;
 
-use run::{DemoConfig, DemoEvent, StageResult, run_demo};
+use run::{DemoConfig, DemoEvent, SftCurve, StageResult, run_demo};
+use task::Task;
 use wgspin::report::progress::Progress;
-use wgspin::report::stats::{paired_interval, verdict};
+use wgspin::report::stats::{Interval, mean_sd, paired_interval, verdict};
 use wgspin::spin::SpinEvent;
 
 use super::args::DeviceArgs;
@@ -21,27 +24,56 @@ fn pct(x: f64) -> String {
     format!("{:5.1}%", 100.0 * x)
 }
 
+fn print_header() {
+    eprintln!(
+        "{:<5} {:<22} {:>11} {:>11} {:>14} {:>10} {:>9} {:>8}",
+        "seed", "stage", "exact match", "(valid.)", "test ll/tok", "reward acc", "margin", "time"
+    );
+}
+
+fn print_row(r: &StageResult) {
+    eprintln!(
+        "{:<5} {:<22} {:>11} {:>11} {:>14.4} {:>10} {:>9} {:>7.1}s",
+        r.seed,
+        r.stage,
+        pct(r.exact_match),
+        pct(r.validation_exact_match),
+        r.heldout_loglik_per_token,
+        r.reward_accuracy.map(pct).unwrap_or_else(|| "-".into()),
+        r.reward_margin
+            .map(|m| format!("{m:.3}"))
+            .unwrap_or_else(|| "-".into()),
+        r.seconds
+    );
+}
+
 fn print_table(rows: &[StageResult]) {
     eprintln!();
-    eprintln!(
-        "{:<5} {:<22} {:>11} {:>16} {:>10} {:>9} {:>8}",
-        "seed", "stage", "exact match", "held-out ll/tok", "reward acc", "margin", "time"
-    );
-    for r in rows {
+    print_header();
+    rows.iter().for_each(print_row);
+    eprintln!();
+}
+
+/// Each seed's SFT plateau: validation exact match over its last epochs, the kept one marked.
+fn plateau(curves: &[SftCurve]) {
+    eprintln!("SFT plateau (validation exact match per epoch, last epochs; * = kept):");
+    for c in curves {
+        let shown = c.epochs.len().saturating_sub(6);
+        let tail: Vec<String> = c.epochs[shown..]
+            .iter()
+            .map(|e| {
+                let mark = if e.epoch == c.best_epoch { "*" } else { "" };
+                format!("{}:{:.1}%{mark}", e.epoch, 100.0 * e.validation_exact_match)
+            })
+            .collect();
         eprintln!(
-            "{:<5} {:<22} {:>11} {:>16.4} {:>10} {:>9} {:>7.1}s",
-            r.seed,
-            r.stage,
-            pct(r.exact_match),
-            r.heldout_loglik_per_token,
-            r.reward_accuracy.map(pct).unwrap_or_else(|| "-".into()),
-            r.reward_margin
-                .map(|m| format!("{m:.3}"))
-                .unwrap_or_else(|| "-".into()),
-            r.seconds
+            "  seed {:<3} epochs {:>2}, kept {:>2}: {}",
+            c.seed,
+            c.epochs.len(),
+            c.best_epoch,
+            tail.join("  ")
         );
     }
-    eprintln!();
 }
 
 fn summary(rows: &[StageResult]) {
@@ -49,10 +81,7 @@ fn summary(rows: &[StageResult]) {
     if seeds.len() < 2 {
         return;
     }
-    eprintln!(
-        "mean ± std over {} seeds (held-out exact match):",
-        seeds.len()
-    );
+    eprintln!("mean ± std over {} seeds (test exact match):", seeds.len());
     let mut stages: Vec<&str> = vec![];
     for r in rows {
         if !stages.contains(&r.stage.as_str()) {
@@ -65,62 +94,90 @@ fn summary(rows: &[StageResult]) {
             .filter(|r| r.stage == s)
             .map(|r| r.exact_match)
             .collect();
-        let m = v.iter().sum::<f64>() / v.len() as f64;
-        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
-        eprintln!("  {s:<22} {:5.1}% ± {:4.1}", 100.0 * m, 100.0 * sd);
+        if let Some((m, sd)) = mean_sd(&v) {
+            eprintln!("  {s:<22} {:5.1}% ± {:4.1}", 100.0 * m, 100.0 * sd);
+        }
     }
     paired_comparison(rows);
 }
 
-/// Per round, SPIN − continued SFT paired by seed (same data, same weak start) with its 95%
-/// t-interval, then one sentence on the last round.
-fn paired_comparison(rows: &[StageResult]) {
+/// Per round, SPIN − continued SFT paired by seed (same data, same converged start), in points of
+/// `metric`, with its 95% t-interval.
+fn paired_by_round(
+    rows: &[StageResult],
+    metric: fn(&StageResult) -> f64,
+) -> Vec<(usize, Interval)> {
     let last_round = rows.iter().map(|r| r.round).max().unwrap_or(0);
-    let mut last = None;
-    for round in 1..=last_round {
-        let diffs: Vec<f64> = rows
-            .iter()
-            .filter(|r| r.round == round && r.method == "spin")
-            .filter_map(|spin| {
-                rows.iter()
-                    .find(|r| r.round == round && r.method == "sft" && r.seed == spin.seed)
-                    .map(|sft| 100.0 * (spin.exact_match - sft.exact_match))
-            })
-            .collect();
-        if let Some(i) = paired_interval(&diffs) {
-            if round == 1 {
-                eprintln!(
-                    "SPIN − continued SFT, paired by seed (exact-match points, 95% t-interval):"
-                );
-            }
-            eprintln!("  round {round}: {:+5.1} ± {:4.1}", i.mean, i.half_width);
-            last = Some(i);
-        }
+    (1..=last_round)
+        .filter_map(|round| {
+            let diffs: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.round == round && r.method == "spin")
+                .filter_map(|spin| {
+                    rows.iter()
+                        .find(|r| r.round == round && r.method == "sft" && r.seed == spin.seed)
+                        .map(|sft| 100.0 * (metric(spin) - metric(sft)))
+                })
+                .collect();
+            paired_interval(&diffs).map(|i| (round, i))
+        })
+        .collect()
+}
+
+/// The paired comparison on the test split per round, a sentence on the last round, and the
+/// same difference on the validation split (what a choice between settings may look at).
+fn paired_comparison(rows: &[StageResult]) {
+    let test = paired_by_round(rows, |r| r.exact_match);
+    if test.is_empty() {
+        return;
     }
-    if let Some(i) = last {
+    eprintln!("SPIN − continued SFT, paired by seed (test exact-match points, 95% t-interval):");
+    for (round, i) in &test {
+        eprintln!("  round {round}: {:+5.1} ± {:4.1}", i.mean, i.half_width);
+    }
+    if let Some((round, i)) = test.last() {
         eprintln!(
-            "After {last_round} rounds: {}.",
-            verdict("SPIN", "continued SFT", &i)
+            "After {round} rounds: {}.",
+            verdict("SPIN", "continued SFT", i)
+        );
+    }
+    if let Some((round, i)) = paired_by_round(rows, |r| r.validation_exact_match).last() {
+        eprintln!(
+            "(validation split, round {round}: {:+.1} ± {:.1} points)",
+            i.mean, i.half_width
         );
     }
 }
 
 /// The built-in demo (what `wgspin` runs without a command): SPIN on a tiny model, no download.
 ///
-/// A tiny Llama learns to shift letters (cat → dbu); a short SFT makes a weak model, then SPIN
-/// iterations run against continued SFT with the same compute. Prints a table per stage and
+/// A tiny Llama learns a letter task (default: shift letters, cat → dbu). SFT runs to convergence
+/// (early stopping on a validation split), then SPIN iterations run against continued SFT with
+/// the same compute, over several seeds. Prints a table per stage, the paired comparison, and
 /// writes OUT/report.svg.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Output folder (data, models, metrics, report.svg).
     #[arg(long, default_value = "wgspin-demo")]
     out: PathBuf,
-    /// Reduced mode (fewer examples and steps, one seed), for CI and a first look.
+    /// Reduced mode (fewer examples and epochs, one seed), for CI and a first look.
     #[arg(long)]
     quick: bool,
     /// Number of seeds (default: 5, or 1 with --quick).
     #[arg(long)]
     seeds: Option<usize>,
+    /// First seed; seeds run from here up (other seeds give other data and initial weights).
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
+    /// The letter task.
+    #[arg(long, value_enum, default_value_t = Task::Shift)]
+    task: Task,
+    /// SFT training examples per seed (default 256, or 48 with --quick).
+    #[arg(long)]
+    train_examples: Option<usize>,
+    /// Hidden size of the tiny Llama (a multiple of 4; default 64).
+    #[arg(long)]
+    hidden: Option<usize>,
     /// Learning rate of the SPIN iterations and of the continued SFT they are compared with
     /// (default 1e-4).
     #[arg(long)]
@@ -141,20 +198,22 @@ pub struct DemoArgs {
 /// What `--explain` prints.
 const EXPLANATION: &str = "\
 What happens, stage by stage:
-  1. SFT (weak start): supervised fine-tuning on (prompt, human answer) pairs, an epoch at a time,
-     until the model gets a fifth of a validation set right. This is the model SPIN starts from.
+  1. SFT (converged): supervised fine-tuning on (prompt, human answer) pairs, an epoch at a
+     time, until neither exact match nor log-likelihood on a validation split has improved for a
+     few epochs; the best epoch is kept. This is the model SPIN starts from, as in the SPIN paper: more SFT on the
+     same data has stopped helping it.
   2. SPIN iteration t: the current model (the opponent) answers every training prompt; a copy of
      it (the main player) is trained to tell the human answers from its own, raising the
      likelihood of the first and lowering that of the second relative to the opponent. The
      trained player becomes the next opponent. No new human data is used.
-  3. Continued SFT t: the same starting model trained on the human answers alone, with the same
-     number of sequences through forward and backward as SPIN iteration t, for a fair comparison.
-How to read the table: exact match is the share of held-out prompts answered exactly right;
-held-out ll/tok is the mean log-likelihood per token of the human answers (higher is better);
-reward acc is how often the player prefers the human answer over the opponent's on held-out
-prompts: SPIN has converged when it nears 50% (the player can no longer tell them apart). The
-last lines pair SPIN and continued SFT seed by seed and say whether the difference is larger
-than the seeds' spread (95% interval).
+  3. Continued SFT t: the same converged model trained further on the human answers alone, with
+     the same number of sequences through forward and backward as SPIN iteration t.
+How to read the table: exact match is the share of test prompts (never used for any decision)
+answered exactly right, (valid.) the same on the validation split; test ll/tok is the mean
+log-likelihood per token of the human answers (higher is better); reward acc is how often the
+player prefers the human answer over the opponent's on test prompts: SPIN has converged when it
+nears 50% (the player can no longer tell them apart). The last lines pair SPIN and continued SFT
+seed by seed and say whether the difference is larger than the seeds' spread (95% interval).
 ";
 
 impl DemoArgs {
@@ -165,8 +224,19 @@ impl DemoArgs {
         } else {
             DemoConfig::full()
         };
-        if let Some(n) = self.seeds {
-            cfg.seeds = (1..=n as u64).collect();
+        let seeds = self.seeds.unwrap_or(cfg.seeds.len()) as u64;
+        cfg.seeds = (self.first_seed..self.first_seed.saturating_add(seeds)).collect();
+        cfg.task = self.task;
+        if let Some(n) = self.train_examples {
+            anyhow::ensure!(n >= 1, "--train-examples must be at least 1");
+            cfg.train_examples = n;
+        }
+        if let Some(h) = self.hidden {
+            anyhow::ensure!(
+                h >= 8 && h % 4 == 0,
+                "--hidden {h}: the demo model has four heads, so the width must be a multiple of 4 (at least 8)"
+            );
+            cfg.hidden = h;
         }
         if let Some(lr) = self.lr {
             cfg.spin_lr = lr;
@@ -182,24 +252,33 @@ impl DemoArgs {
             eprintln!("{EXPLANATION}");
         }
         eprintln!(
-            "wgspin demo: a tiny Llama learns to shift letters (cat → dbu) ({} training / {} held-out examples, {} seed(s)).\n\
-         A short SFT makes a weak model; then {} SPIN iterations, against continued SFT with the same compute.",
+            "wgspin demo: a tiny Llama (hidden {}) learns to {} ({} training / {} validation / {} test examples, {} seed(s)).\n\
+             SFT runs to convergence on the validation split; then {} SPIN iterations, against continued SFT with the same compute.",
+            cfg.hidden,
+            cfg.task.describe(),
             cfg.train_examples,
-            cfg.eval_examples,
+            cfg.validation_examples,
+            cfg.test_examples,
             cfg.seeds.len(),
             cfg.spin_iterations
         );
         let start = std::time::Instant::now();
-        let mut rows: Vec<StageResult> = vec![];
         let mut bar: Option<Progress> = None;
+        let mut converging = false;
+        let mut best_em = 0.0f64;
+        let mut header = false;
         let mut train_rep = TrainReporter::new(1_000_000);
-        let all = run_demo(&out, &cfg, &dev.device, |e| match e {
+        let max_epochs = cfg.sft_max_epochs;
+        let outcome = run_demo(&out, &cfg, &dev.device, |e| match e {
             DemoEvent::Stage(s) => {
                 if let Some(mut b) = bar.take() {
                     b.finish();
                 }
+                converging = s.starts_with("SFT to convergence");
+                best_em = 0.0;
                 eprintln!("== {s}");
             }
+            DemoEvent::SftStep { .. } if converging => {}
             DemoEvent::SftStep { step, total, loss } => {
                 let b = bar.get_or_insert_with(|| Progress::new("sft", total));
                 b.update(step, &format!("steps, loss {loss:.4}"));
@@ -208,9 +287,39 @@ impl DemoArgs {
                     bar = None;
                 }
             }
+            DemoEvent::SftEpoch(p) => {
+                best_em = best_em.max(p.validation_exact_match);
+                let b = bar.get_or_insert_with(|| Progress::new("sft", max_epochs));
+                b.update(
+                    p.epoch,
+                    &format!(
+                        "epochs, validation exact match {} (best {})",
+                        pct(p.validation_exact_match),
+                        pct(best_em)
+                    ),
+                );
+            }
+            DemoEvent::SftConverged(c) => {
+                if let Some(mut b) = bar.take() {
+                    b.finish();
+                }
+                converging = false;
+                eprintln!(
+                    "SFT stopped after {} epochs; kept epoch {} (validation exact match {})",
+                    c.epochs.len(),
+                    c.best_epoch,
+                    c.epochs
+                        .get(c.best_epoch.saturating_sub(1))
+                        .map(|e| pct(e.validation_exact_match))
+                        .unwrap_or_default()
+                );
+            }
             DemoEvent::Result(r) => {
-                rows.push(r.clone());
-                print_table(&rows);
+                if !header {
+                    print_header();
+                    header = true;
+                }
+                print_row(r);
             }
             DemoEvent::Spin(SpinEvent::Generate(p)) => {
                 let b = bar.get_or_insert_with(|| Progress::new("generate", p.total));
@@ -227,8 +336,9 @@ impl DemoArgs {
             DemoEvent::Spin(_) => {}
         })
         .with_context(|| format!("demo into {}", out.display()))?;
-        print_table(&all);
-        summary(&all);
+        print_table(&outcome.results);
+        plateau(&outcome.sft_curves);
+        summary(&outcome.results);
         eprintln!(
             "done in {:.1}s. Report: {}  (data, models and metrics under {})",
             start.elapsed().as_secs_f64(),

@@ -1,4 +1,4 @@
-//! The demo's model, made on the spot: a tiny Llama (2 layers, hidden 64, GQA, tied embeddings)
+//! The demo's model, made on the spot: a tiny Llama (2 layers, hidden 64 by default, GQA, tied embeddings)
 //! with a character-level tokenizer and a chat template, written as an ordinary Hugging Face
 //! folder (transformers loads it too). Weights are drawn from N(0, 0.02) with a fixed seed.
 
@@ -18,6 +18,7 @@ const TEMPLATE: &str = "{% for m in messages %}{% if m['role'] == 'user' %}<|use
 {% elif m['role'] == 'assistant' %}<|assistant|>{{ m['content'] }}<|end|>{% endif %}{% endfor %}\
 {% if add_generation_prompt %}<|assistant|>{% endif %}";
 
+/// Hidden size of the default demo model (`--hidden`).
 pub const HIDDEN: usize = 64;
 pub const LAYERS: usize = 2;
 
@@ -57,20 +58,20 @@ fn tokenizer_json() -> Value {
     })
 }
 
-/// Writes the untrained demo model into `dir`.
-pub fn write_base_model(dir: &Path, seed: u64) -> Result<()> {
+/// Writes the untrained demo model of width `hidden` (a multiple of 4: four heads) into `dir`.
+pub fn write_base_model(dir: &Path, seed: u64, hidden: usize) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let v = vocab().len();
     let config = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": v,
-        "hidden_size": HIDDEN,
-        "intermediate_size": 3 * HIDDEN,
+        "hidden_size": hidden,
+        "intermediate_size": 3 * hidden,
         "num_hidden_layers": LAYERS,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "head_dim": HIDDEN / 4,
+        "head_dim": hidden / 4,
         "max_position_embeddings": 64,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,

@@ -1,0 +1,136 @@
+//! The demo's report.svg: what a class reads. Every curve is the mean over seeds with a ±1 std
+//! band (sample std), on integer rounds; each panel has a caption in plain words.
+
+use std::path::{Path, PathBuf};
+
+use wgspin::error::Result;
+use wgspin::report::plot::{Panel, Series, run_panels, svg};
+use wgspin::report::stats::mean_sd;
+
+use super::run::{DemoOutcome, StageResult};
+
+/// Mean and ±1 std band per x of the values `f` gives for each x.
+fn curve(name: &str, xs: impl Iterator<Item = (f64, Vec<f64>)>) -> Series {
+    let (points, band) = xs
+        .filter_map(|(x, v)| mean_sd(&v).map(|(m, sd)| ((x, m), (x, m - sd, m + sd))))
+        .unzip();
+    Series::line(name, points).with_band(band)
+}
+
+/// A method's curve over rounds; round 0 is the converged SFT model both start from.
+fn by_round(rows: &[StageResult], name: &str, method: &str, f: fn(&StageResult) -> f64) -> Series {
+    let rounds = rows.iter().map(|r| r.round).max().unwrap_or(0);
+    curve(
+        name,
+        (0..=rounds).map(|k| {
+            let v = rows
+                .iter()
+                .filter(|r| r.round == k && (r.method == method || r.method == "start"))
+                .map(f)
+                .collect();
+            (k as f64, v)
+        }),
+    )
+}
+
+/// `report.svg`: test exact match and log-likelihood per round (SPIN vs continued SFT), SPIN's
+/// held-out reward accuracy heading to 50%, the SFT plateau, and the first seed's SPIN curves.
+pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
+    let rows = &outcome.results;
+    let seeds = outcome.sft_curves.len();
+    let both = |f: fn(&StageResult) -> f64| {
+        vec![
+            by_round(rows, "SPIN", "spin", f),
+            by_round(rows, "continued SFT", "sft", f),
+        ]
+    };
+    let round_axis = "round (SPIN iteration t / continued SFT with its compute)";
+    let mut panels = vec![
+        Panel {
+            title: "Test exact match".into(),
+            x_label: round_axis.into(),
+            series: both(|r| r.exact_match),
+            caption: format!(
+                "Share of test prompts answered exactly right, mean over {seeds} seeds, band ±1 \
+                 std. Round 0 is the converged SFT model both methods start from."
+            ),
+            y_percent: true,
+            ..Default::default()
+        },
+        Panel {
+            title: "Test log-likelihood per token of the human answers".into(),
+            x_label: round_axis.into(),
+            series: both(|r| r.heldout_loglik_per_token),
+            caption: "Higher is better. Continued SFT raises it directly; SPIN raises it \
+                      relative to the model's own answers."
+                .into(),
+            ..Default::default()
+        },
+    ];
+    let spin: Vec<&StageResult> = rows.iter().filter(|r| r.method == "spin").collect();
+    let iterations = spin.iter().map(|r| r.round).max().unwrap_or(0);
+    panels.push(Panel {
+        title: "SPIN: held-out reward accuracy".into(),
+        x_label: "SPIN iteration".into(),
+        series: vec![curve(
+            "SPIN",
+            (1..=iterations).map(|k| {
+                let v = spin
+                    .iter()
+                    .filter(|r| r.round == k)
+                    .filter_map(|r| r.reward_accuracy)
+                    .collect();
+                (k as f64, v)
+            }),
+        )],
+        caption: "How often the trained model prefers the human answer over its own on test \
+                  prompts. Near 50% it can no longer tell them apart: SPIN has converged."
+            .into(),
+        reference_y: Some((0.5, "chance (50%)".into())),
+        y_percent: true,
+    });
+    let last_epoch = outcome
+        .sft_curves
+        .iter()
+        .map(|c| c.epochs.len())
+        .max()
+        .unwrap_or(0);
+    panels.push(Panel {
+        title: "SFT to convergence: validation exact match".into(),
+        x_label: "SFT epoch".into(),
+        series: vec![curve(
+            "SFT",
+            (1..=last_epoch).map(|k| {
+                let v = outcome
+                    .sft_curves
+                    .iter()
+                    .filter_map(|c| c.epochs.get(k - 1))
+                    .map(|e| e.validation_exact_match)
+                    .collect();
+                (k as f64, v)
+            }),
+        )],
+        caption: "Each seed stops once neither validation exact match nor log-likelihood has \
+                  improved for a few epochs and keeps its best epoch; later epochs average the \
+                  seeds still running."
+            .into(),
+        y_percent: true,
+        ..Default::default()
+    });
+    if let Some(first) = rows.first() {
+        let spin_dir = out.join(format!("seed-{}", first.seed)).join("spin");
+        if let Ok(p) = run_panels(&spin_dir) {
+            panels.extend(p);
+        }
+    }
+    let path = out.join("report.svg");
+    wgspin::fsutil::write_atomic(
+        &path,
+        svg(
+            "wgspin demo: SPIN vs continued SFT from converged SFT",
+            &panels,
+        )
+        .as_bytes(),
+    )?;
+    Ok(path)
+}

@@ -50,7 +50,7 @@ pub struct SpinConfig {
     #[arg(long, default_value_t = Self::default().mix_previous, action = clap::ArgAction::Set)]
     pub mix_previous: bool,
     /// Stop when held-out reward accuracy of a finished iteration is at most this: the player
-    /// can no longer tell real from generated.
+    /// can no longer tell real from generated (0 = never stop early).
     #[arg(long, default_value_t = Self::default().stop_accuracy)]
     pub stop_accuracy: f64,
     /// Held-out examples for evaluation, from the end of the data (default: 10%, at most 64).
@@ -129,6 +129,12 @@ pub fn model_of(out: &Path, input: &Path, t: usize) -> PathBuf {
 }
 
 impl SpinConfig {
+    /// Whether held-out reward accuracy `acc` ends the loop. 0 turns the stop off: accuracy is
+    /// exactly 0 when every generated answer ties with the human one, which is not convergence.
+    pub fn converged(&self, acc: f64) -> bool {
+        self.stop_accuracy > 0.0 && acc <= self.stop_accuracy
+    }
+
     /// Every setting checked before anything runs (a bad one must not cost a generate stage).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Invalid(m.into()));
@@ -432,7 +438,7 @@ pub fn run_spin(
         evals.push(eval.clone());
         done = t + 1;
         write_summary(out, model, &evals, None)?;
-        if eval.reward_accuracy <= cfg.stop_accuracy {
+        if cfg.converged(eval.reward_accuracy) {
             converged_at = Some(t);
             break;
         }
@@ -486,4 +492,23 @@ fn write_summary(
             .unwrap_or_default()
             .as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpinConfig;
+
+    #[test]
+    fn zero_stop_accuracy_never_stops_even_at_zero_accuracy() {
+        let never = SpinConfig {
+            stop_accuracy: 0.0,
+            ..SpinConfig::default()
+        };
+        assert!(!never.converged(0.0) && !never.converged(0.5));
+        let at = SpinConfig {
+            stop_accuracy: 0.55,
+            ..SpinConfig::default()
+        };
+        assert!(at.converged(0.55) && at.converged(0.0) && !at.converged(0.56));
+    }
 }

@@ -9,19 +9,28 @@ use wgspin::report::stats::mean_sd;
 
 use super::run::{DemoOutcome, StageResult};
 
-/// Mean and ±1 std band per x of the values `f` gives for each x.
-fn curve(name: &str, xs: impl Iterator<Item = (f64, Vec<f64>)>) -> Series {
+/// Mean and ±1 std band per x of the values given for each x; `share` clips the band to
+/// [0, 1], where a share lives.
+fn curve(name: &str, share: bool, xs: impl Iterator<Item = (f64, Vec<f64>)>) -> Series {
+    let clip = |y: f64| if share { y.clamp(0.0, 1.0) } else { y };
     let (points, band) = xs
-        .filter_map(|(x, v)| mean_sd(&v).map(|(m, sd)| ((x, m), (x, m - sd, m + sd))))
+        .filter_map(|(x, v)| mean_sd(&v).map(|(m, sd)| ((x, m), (x, clip(m - sd), clip(m + sd)))))
         .unzip();
     Series::line(name, points).with_band(band)
 }
 
 /// A method's curve over rounds; round 0 is the converged SFT model both start from.
-fn by_round(rows: &[StageResult], name: &str, method: &str, f: fn(&StageResult) -> f64) -> Series {
+fn by_round(
+    rows: &[StageResult],
+    name: &str,
+    method: &str,
+    share: bool,
+    f: fn(&StageResult) -> f64,
+) -> Series {
     let rounds = rows.iter().map(|r| r.round).max().unwrap_or(0);
     curve(
         name,
+        share,
         (0..=rounds).map(|k| {
             let v = rows
                 .iter()
@@ -38,10 +47,10 @@ fn by_round(rows: &[StageResult], name: &str, method: &str, f: fn(&StageResult) 
 pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
     let rows = &outcome.results;
     let seeds = outcome.sft_curves.len();
-    let both = |f: fn(&StageResult) -> f64| {
+    let both = |share: bool, f: fn(&StageResult) -> f64| {
         vec![
-            by_round(rows, "SPIN", "spin", f),
-            by_round(rows, "continued SFT", "sft", f),
+            by_round(rows, "SPIN", "spin", share, f),
+            by_round(rows, "continued SFT", "sft", share, f),
         ]
     };
     let round_axis = "round (SPIN iteration t / continued SFT with its compute)";
@@ -49,7 +58,7 @@ pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
         Panel {
             title: "Test exact match".into(),
             x_label: round_axis.into(),
-            series: both(|r| r.exact_match),
+            series: both(true, |r| r.exact_match),
             caption: format!(
                 "Share of test prompts answered exactly right, mean over {seeds} seeds, band ±1 \
                  std. Round 0 is the converged SFT model both methods start from."
@@ -60,7 +69,7 @@ pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
         Panel {
             title: "Test log-likelihood per token of the human answers".into(),
             x_label: round_axis.into(),
-            series: both(|r| r.heldout_loglik_per_token),
+            series: both(false, |r| r.heldout_loglik_per_token),
             caption: "Higher is better. Continued SFT raises it directly; SPIN raises it \
                       relative to the model's own answers."
                 .into(),
@@ -74,6 +83,7 @@ pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
         x_label: "SPIN iteration".into(),
         series: vec![curve(
             "SPIN",
+            true,
             (1..=iterations).map(|k| {
                 let v = spin
                     .iter()
@@ -84,35 +94,32 @@ pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
             }),
         )],
         caption: "How often the trained model prefers the human answer over its own on test \
-                  prompts. Near 50% it can no longer tell them apart: SPIN has converged."
+                  prompts. Near 50% it can no longer tell them apart: SPIN has converged. An \
+                  answer identical to the human one is a tie and counts as not preferred."
             .into(),
         reference_y: Some((0.5, "chance (50%)".into())),
         y_percent: true,
     });
-    let last_epoch = outcome
+    // One line per seed: seeds stop at different epochs, so a mean would jump where one stops.
+    let per_seed = outcome
         .sft_curves
         .iter()
-        .map(|c| c.epochs.len())
-        .max()
-        .unwrap_or(0);
+        .map(|c| {
+            let points = c
+                .epochs
+                .iter()
+                .map(|e| (e.epoch as f64, e.validation_exact_match))
+                .collect();
+            Series::line(format!("seed {}", c.seed), points)
+        })
+        .collect();
     panels.push(Panel {
         title: "SFT to convergence: validation exact match".into(),
         x_label: "SFT epoch".into(),
-        series: vec![curve(
-            "SFT",
-            (1..=last_epoch).map(|k| {
-                let v = outcome
-                    .sft_curves
-                    .iter()
-                    .filter_map(|c| c.epochs.get(k - 1))
-                    .map(|e| e.validation_exact_match)
-                    .collect();
-                (k as f64, v)
-            }),
-        )],
-        caption: "Each seed stops once neither validation exact match nor log-likelihood has \
-                  improved for a few epochs and keeps its best epoch; later epochs average the \
-                  seeds still running."
+        series: per_seed,
+        caption: "One line per seed. Each stops once neither validation exact match nor \
+                  log-likelihood has improved for a few epochs, and keeps its best epoch: the \
+                  model SPIN and continued SFT start from."
             .into(),
         y_percent: true,
         ..Default::default()

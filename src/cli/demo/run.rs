@@ -293,6 +293,7 @@ pub fn run_demo(
             iterations: c.spin_iterations,
             limit: None,
             mix_previous: true,
+            // Never stop early: every seed runs every iteration, so rounds pair up.
             stop_accuracy: 0.0,
             eval_size: Some(splits.test.len()),
         };

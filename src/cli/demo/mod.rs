@@ -54,6 +54,23 @@ fn print_table(rows: &[StageResult]) {
     eprintln!();
 }
 
+/// "lr 3e-3, 3e-4 from epoch 31, 1e-4 from epoch 36": where the plateaus dropped the rate.
+fn lr_drops(c: &SftCurve) -> String {
+    let mut parts: Vec<String> = vec![];
+    let mut last = None;
+    for e in &c.epochs {
+        if last != Some(e.lr) {
+            parts.push(if last.is_none() {
+                format!("lr {:.0e}", e.lr)
+            } else {
+                format!("{:.0e} from epoch {}", e.lr, e.epoch)
+            });
+            last = Some(e.lr);
+        }
+    }
+    parts.join(", ")
+}
+
 /// Each seed's SFT plateau: validation exact match over its last epochs, the kept one marked.
 fn plateau(curves: &[SftCurve]) {
     eprintln!("SFT plateau (validation exact match per epoch, last epochs; * = kept):");
@@ -67,11 +84,12 @@ fn plateau(curves: &[SftCurve]) {
             })
             .collect();
         eprintln!(
-            "  seed {:<3} epochs {:>2}, kept {:>2}: {}",
+            "  seed {:<3} epochs {:>2}, kept {:>2}: {}  ({})",
             c.seed,
             c.epochs.len(),
             c.best_epoch,
-            tail.join("  ")
+            tail.join("  "),
+            lr_drops(c)
         );
     }
 }
@@ -199,8 +217,10 @@ pub struct DemoArgs {
 const EXPLANATION: &str = "\
 What happens, stage by stage:
   1. SFT (converged): supervised fine-tuning on (prompt, human answer) pairs, an epoch at a
-     time, until neither exact match nor log-likelihood on a validation split has improved for a
-     few epochs; the best epoch is kept. This is the model SPIN starts from, as in the SPIN paper: more SFT on the
+     time. When neither exact match nor log-likelihood on a validation split has improved for a
+     few epochs (a plateau), training goes back to the best epoch and the learning rate drops
+     tenfold, down to the rate continued SFT uses; a plateau at that rate ends SFT, and the best
+     epoch is kept. This is the model SPIN starts from, as in the SPIN paper: more SFT on the
      same data has stopped helping it.
   2. SPIN iteration t: the current model (the opponent) answers every training prompt; a copy of
      it (the main player) is trained to tell the human answers from its own, raising the
@@ -293,7 +313,8 @@ impl DemoArgs {
                 b.update(
                     p.epoch,
                     &format!(
-                        "epochs, validation exact match {} (best {})",
+                        "epochs, lr {:.0e}, validation exact match {} (best {})",
+                        p.lr,
                         pct(p.validation_exact_match),
                         pct(best_em)
                     ),
@@ -305,8 +326,9 @@ impl DemoArgs {
                 }
                 converging = false;
                 eprintln!(
-                    "SFT stopped after {} epochs; kept epoch {} (validation exact match {})",
+                    "SFT stopped after {} epochs ({}); kept epoch {} (validation exact match {})",
                     c.epochs.len(),
+                    lr_drops(c),
                     c.best_epoch,
                     c.epochs
                         .get(c.best_epoch.saturating_sub(1))

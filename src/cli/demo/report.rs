@@ -117,9 +117,9 @@ pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
         title: "SFT to convergence: validation exact match".into(),
         x_label: "SFT epoch".into(),
         series: per_seed,
-        caption: "One line per seed. Each stops once neither validation exact match nor \
-                  log-likelihood has improved for a few epochs, and keeps its best epoch: the \
-                  model SPIN and continued SFT start from."
+        caption: "One line per seed. At each plateau (no new best of validation exact match or \
+                  log-likelihood for a few epochs) the learning rate drops tenfold, down to \
+                  continued SFT's; a plateau there ends SFT. The best epoch is the start."
             .into(),
         y_percent: true,
         ..Default::default()

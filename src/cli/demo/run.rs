@@ -40,8 +40,8 @@ pub struct DemoConfig {
     pub validation_examples: usize,
     /// What the table reports; never used for a decision. 200 examples: one is half a point.
     pub test_examples: usize,
-    /// SFT stops once validation exact match has not improved for this many epochs; the best
-    /// epoch is the starting model.
+    /// Epochs without a new best on validation that make a plateau: at each the SFT rate drops
+    /// tenfold, down to `spin_lr`; a plateau there ends SFT. The best epoch is the starting model.
     pub sft_patience: usize,
     pub sft_max_epochs: usize,
     pub spin_iterations: usize,
@@ -65,7 +65,7 @@ impl DemoConfig {
             validation_examples: 128,
             test_examples: 200,
             sft_patience: 3,
-            sft_max_epochs: 40,
+            sft_max_epochs: 80,
             spin_iterations: 3,
             spin_epochs: 1,
             sft_lr: 3e-3,
@@ -112,6 +112,8 @@ pub struct StageResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct SftEpoch {
     pub epoch: usize,
+    /// The learning rate of this epoch (it drops at plateaus).
+    pub lr: f64,
     pub validation_exact_match: f64,
     pub validation_loglik_per_token: f64,
 }
@@ -382,9 +384,15 @@ pub fn run_demo(
     Ok(outcome)
 }
 
-/// SFT from `base` one epoch at a time until neither validation exact match nor validation
-/// log-likelihood has improved for `sft_patience` epochs; returns the checkpoint of the best
-/// epoch by exact match (ties: log-likelihood) and the curve.
+/// SFT from `base` one epoch at a time until it has converged at the learning rate continued
+/// SFT uses: when neither validation exact match nor validation log-likelihood has reached a new
+/// best for `sft_patience` epochs, training goes back to the best epoch and the rate drops
+/// tenfold (not below `spin_lr`); a plateau at `spin_lr` ends it. Returns the checkpoint of the
+/// best epoch by exact match (ties: log-likelihood) and the curve.
+///
+/// Stopping at the first plateau of the starting rate leaves a model that more SFT at a lower
+/// rate still improves by several points: continued SFT would then measure the missing rate
+/// decay, not what more epochs on the same data give a converged model.
 fn converge_sft(
     base: &Path,
     splits: &Splits,
@@ -395,11 +403,13 @@ fn converge_sft(
     report: &mut dyn FnMut(DemoEvent),
 ) -> Result<(PathBuf, SftCurve)> {
     let mut from = base.to_path_buf();
+    let mut lr = c.sft_lr;
     let mut best: Option<(usize, (f64, f64), PathBuf)> = None;
-    let mut best_loglik = (0, f64::NEG_INFINITY);
+    let mut best_loglik = f64::NEG_INFINITY;
+    let mut last_gain = 0;
     let mut epochs = vec![];
     for epoch in 1..=c.sft_max_epochs {
-        let mut cfg = train_cfg(c, c.sft_lr, 1, seed + epoch as u64);
+        let mut cfg = train_cfg(c, lr, 1, seed + epoch as u64);
         cfg.schedule = Schedule::Constant;
         cfg.warmup_ratio = if epoch == 1 { 0.1 } else { 0.0 };
         let ckpt = sft_run(
@@ -413,26 +423,35 @@ fn converge_sft(
         let v = evaluate(&ckpt, &splits.validation, device)?;
         let point = SftEpoch {
             epoch,
+            lr,
             validation_exact_match: v.exact_match,
             validation_loglik_per_token: v.loglik_per_token,
         };
         report(DemoEvent::SftEpoch(&point));
         epochs.push(point);
-        // The kept model is the best by exact match (ties: log-likelihood). Training goes on
-        // while either measure still reaches a new best: early on exact match is 0% or noise
-        // around a few percent while the log-likelihood climbs, and at a plateau of exact match
-        // the log-likelihood says whether the model is still learning or overfitting.
+        // Early on exact match is 0% or noise around a few percent while the log-likelihood
+        // climbs; at a plateau of exact match the log-likelihood tells learning from
+        // overfitting. So either one reaching a new best counts as progress.
         let score = (v.exact_match, v.loglik_per_token);
         if best.as_ref().is_none_or(|b| score > b.1) {
             best = Some((epoch, score, ckpt.clone()));
+            last_gain = epoch;
         }
-        if v.loglik_per_token > best_loglik.1 {
-            best_loglik = (epoch, v.loglik_per_token);
+        if v.loglik_per_token > best_loglik {
+            best_loglik = v.loglik_per_token;
+            last_gain = epoch;
         }
         from = ckpt;
-        let last_gain = best.as_ref().map_or(epoch, |b| b.0).max(best_loglik.0);
         if epoch - last_gain >= c.sft_patience {
-            break;
+            // A relative tolerance: the rate is divided down to `spin_lr`, not hit exactly.
+            if lr <= c.spin_lr * (1.0 + 1e-9) {
+                break;
+            }
+            lr = (lr / 10.0).max(c.spin_lr);
+            last_gain = epoch;
+            if let Some(b) = &best {
+                from = b.2.clone();
+            }
         }
     }
     let (best_epoch, _, ckpt) =

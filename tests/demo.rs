@@ -17,6 +17,13 @@ fn quick_demo_completes_and_writes_the_report() {
             "--quick",
             "--seeds",
             "2",
+            // Small enough for a debug build: the task the model learns fastest, few epochs.
+            "--task",
+            "shift",
+            "--train-examples",
+            "48",
+            "--sft-max-epochs",
+            "6",
             "--explain",
             "--device",
             "cpu",

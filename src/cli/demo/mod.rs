@@ -178,7 +178,7 @@ pub struct DemoArgs {
     /// Output folder (data, models, metrics, report.svg).
     #[arg(long, default_value = "wgspin-demo")]
     out: PathBuf,
-    /// Reduced mode (fewer examples and epochs, one seed), for CI and a first look.
+    /// Reduced mode (one seed, two iterations, smaller evaluation splits), for a first look.
     #[arg(long)]
     quick: bool,
     /// Number of seeds (default: 5, or 1 with --quick).
@@ -193,6 +193,9 @@ pub struct DemoArgs {
     /// SFT training examples per seed (default 256, or 48 with --quick).
     #[arg(long)]
     train_examples: Option<usize>,
+    /// Most SFT epochs before SPIN, whether or not SFT has converged (default 80).
+    #[arg(long)]
+    sft_max_epochs: Option<usize>,
     /// Hidden size of the tiny Llama (a multiple of 4; default 64).
     #[arg(long)]
     hidden: Option<usize>,
@@ -250,6 +253,10 @@ impl DemoArgs {
         if let Some(n) = self.train_examples {
             anyhow::ensure!(n >= 1, "--train-examples must be at least 1");
             cfg.train_examples = n;
+        }
+        if let Some(n) = self.sft_max_epochs {
+            anyhow::ensure!(n >= 1, "--sft-max-epochs must be at least 1");
+            cfg.sft_max_epochs = n;
         }
         if let Some(h) = self.hidden {
             anyhow::ensure!(

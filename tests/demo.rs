@@ -89,6 +89,20 @@ fn quick_demo_completes_and_writes_the_report() {
         );
     }
     assert_eq!(demo["sft_curves"].as_array().unwrap().len(), 2);
+    // Only the kept epoch's weights stay on disk.
+    let sft_dir = out.join("seed-1").join("sft");
+    let kept = demo["sft_curves"][0]["best_epoch"].as_u64().unwrap();
+    for entry in std::fs::read_dir(&sft_dir).unwrap() {
+        let epoch = entry.unwrap().path();
+        let is_kept = epoch.ends_with(format!("epoch-{kept}"));
+        assert_eq!(
+            epoch.join("checkpoint").exists(),
+            is_kept,
+            "{}",
+            epoch.display()
+        );
+        assert!(epoch.join("metrics.jsonl").exists());
+    }
     let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("polyline"),

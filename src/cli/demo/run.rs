@@ -455,6 +455,13 @@ fn converge_sft(
     }
     let (best_epoch, _, ckpt) =
         best.ok_or_else(|| Error::Invalid("the demo's SFT ran no epoch".into()))?;
+    // Only the kept epoch's weights are used from here on; the others' metrics stay.
+    for e in epochs.iter().filter(|e| e.epoch != best_epoch) {
+        let old = dir
+            .join(format!("epoch-{}", e.epoch))
+            .join(wgspin::train::job::CHECKPOINT);
+        std::fs::remove_dir_all(&old).map_err(|err| Error::io(&old, err))?;
+    }
     Ok((
         ckpt,
         SftCurve {

@@ -7,7 +7,9 @@ SFT has something to teach and SPIN something to improve.
 
 Protocol (the same as `wgspin demo`):
   1. SFT from the instruct model one epoch at a time; after each epoch, greedy exact match on a
-     validation split; stop when it has not improved for --patience epochs; keep the best epoch.
+     validation split. After --patience epochs without a new best, back to the best epoch with
+     a tenth of the learning rate, down to the rate SPIN and continued SFT use; a plateau at
+     that rate ends SFT. The best epoch is kept.
   2. From that converged SFT model: `wgspin spin` for --iterations iterations on the SFT prompts,
      and continued SFT with the same compute (sequences through forward and backward: a SPIN
      iteration over N pairs is 2N sequences, so 2 SFT epochs for iteration 1 and 4 for the
@@ -89,20 +91,21 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--train", type=int, default=128)
-    p.add_argument("--validation", type=int, default=64)
+    p.add_argument("--validation", type=int, default=100)
     p.add_argument("--test", type=int, default=200)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--sft-lr", default="1e-5")
+    p.add_argument("--sft-lr", default="1e-4")
     p.add_argument("--spin-lr", default="1e-5")
     p.add_argument("--beta", default="0.1")
     p.add_argument("--batch-size", default="8")
     p.add_argument("--patience", type=int, default=2)
-    p.add_argument("--max-sft-epochs", type=int, default=8)
+    p.add_argument("--max-sft-epochs", type=int, default=12)
     p.add_argument("--iterations", type=int, default=3)
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run = Runner(args)
+    started = time.time()
 
     rng = random.Random(args.seed)
     seen = set()
@@ -130,24 +133,31 @@ def main():
     results["sft_validation_curve"] = [{"epoch": 0, "validation_exact_match": start_em}]
     record("instruct model", "start", -1, args.model, 0.0)
     best, best_em, since, prev = args.model, start_em, 0, args.model
+    lr = float(args.sft_lr)
+    floor = float(args.spin_lr)
     sft_seconds = 0.0
     for epoch in range(1, args.max_sft_epochs + 1):
         run_dir = out / "sft" / f"epoch-{epoch}"
         sft_seconds += run.wgspin(
             "sft", "--model", prev, "--data", data / "train.jsonl", "--out", run_dir, "--overwrite",
-            "--epochs", "1", "--lr", args.sft_lr, "--schedule", "constant",
+            "--epochs", "1", "--lr", f"{lr:g}", "--schedule", "constant",
             "--warmup-ratio", "0.1" if epoch == 1 else "0", "--data-seed", str(args.seed + epoch),
             *common)
         prev = checkpoint(run_dir)
         em = run.exact_match(prev, data / "validation.jsonl", f"validation-sft-{epoch}")
-        results["sft_validation_curve"].append({"epoch": epoch, "validation_exact_match": em})
-        print(json.dumps({"sft_epoch": epoch, "validation_exact_match": em}), flush=True)
+        results["sft_validation_curve"].append(
+            {"epoch": epoch, "lr": lr, "validation_exact_match": em})
+        print(json.dumps({"sft_epoch": epoch, "lr": lr, "validation_exact_match": em}), flush=True)
         if em > best_em:
             best, best_em, since = prev, em, 0
         else:
             since += 1
             if since >= args.patience:
-                break
+                # A plateau: back to the best epoch at a tenth of the rate, down to the rate
+                # continued SFT uses; a plateau at that rate ends SFT (as `wgspin demo` does).
+                if lr <= floor * (1 + 1e-9):
+                    break
+                lr, since, prev = max(lr / 10, floor), 0, best
     results["sft_best"] = {"model": best, "validation_exact_match": best_em}
     record("SFT (converged)", "start", 0, best, sft_seconds)
 
@@ -179,6 +189,9 @@ def main():
         prev = checkpoint(run_dir)
         record(f"continued SFT {t + 1}", "sft", t + 1, prev, secs)
 
+    results["wall_seconds"] = round(time.time() - started)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\nwall time {results['wall_seconds']} s")
     print("\n| stage | test exact match | time |\n|---|---|---|")
     for s in results["stages"]:
         print(f"| {s['stage']} | {100 * s['test_exact_match']:.1f}% | {s['seconds']:.0f} s |")

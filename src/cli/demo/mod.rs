@@ -169,7 +169,7 @@ fn paired_comparison(rows: &[StageResult]) {
 
 /// The built-in demo (what `wgspin` runs without a command): SPIN on a tiny model, no download.
 ///
-/// A tiny Llama learns a letter task (default: shift letters, cat → dbu). SFT runs to convergence
+/// A tiny Llama learns a letter task (default: write 5–8-letter words backwards). SFT runs to convergence
 /// (early stopping on a validation split), then SPIN iterations run against continued SFT with
 /// the same compute, over several seeds. Prints a table per stage, the paired comparison, and
 /// writes OUT/report.svg.
@@ -187,10 +187,10 @@ pub struct DemoArgs {
     /// First seed; seeds run from here up (other seeds give other data and initial weights).
     #[arg(long, default_value_t = 1)]
     first_seed: u64,
-    /// The letter task.
-    #[arg(long, value_enum, default_value_t = Task::Shift)]
-    task: Task,
-    /// SFT training examples per seed (default 256, or 48 with --quick).
+    /// The letter task (default: reverse).
+    #[arg(long, value_enum)]
+    task: Option<Task>,
+    /// SFT training examples per seed (default 512).
     #[arg(long)]
     train_examples: Option<usize>,
     /// Most SFT epochs before SPIN, whether or not SFT has converged (default 80).
@@ -249,7 +249,9 @@ impl DemoArgs {
         };
         let seeds = self.seeds.unwrap_or(cfg.seeds.len()) as u64;
         cfg.seeds = (self.first_seed..self.first_seed.saturating_add(seeds)).collect();
-        cfg.task = self.task;
+        if let Some(task) = self.task {
+            cfg.task = task;
+        }
         if let Some(n) = self.train_examples {
             anyhow::ensure!(n >= 1, "--train-examples must be at least 1");
             cfg.train_examples = n;

@@ -11,10 +11,11 @@ mod report;
 mod run;
 mod task;
 
+use report::paired_by_round;
 use run::{DemoConfig, DemoEvent, SftCurve, StageResult, run_demo};
 use task::Task;
 use wgspin::report::progress::Progress;
-use wgspin::report::stats::{Interval, mean_sd, paired_interval, verdict};
+use wgspin::report::stats::{mean_sd, verdict};
 use wgspin::spin::SpinEvent;
 
 use super::args::DeviceArgs;
@@ -117,29 +118,6 @@ fn summary(rows: &[StageResult]) {
         }
     }
     paired_comparison(rows);
-}
-
-/// Per round, SPIN − continued SFT paired by seed (same data, same converged start), in points of
-/// `metric`, with its 95% t-interval.
-fn paired_by_round(
-    rows: &[StageResult],
-    metric: fn(&StageResult) -> f64,
-) -> Vec<(usize, Interval)> {
-    let last_round = rows.iter().map(|r| r.round).max().unwrap_or(0);
-    (1..=last_round)
-        .filter_map(|round| {
-            let diffs: Vec<f64> = rows
-                .iter()
-                .filter(|r| r.round == round && r.method == "spin")
-                .filter_map(|spin| {
-                    rows.iter()
-                        .find(|r| r.round == round && r.method == "sft" && r.seed == spin.seed)
-                        .map(|sft| 100.0 * (metric(spin) - metric(sft)))
-                })
-                .collect();
-            paired_interval(&diffs).map(|i| (round, i))
-        })
-        .collect()
 }
 
 /// The paired comparison on the test split per round, a sentence on the last round, and the

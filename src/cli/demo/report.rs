@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use wgspin::error::Result;
 use wgspin::report::plot::{Panel, Series, run_panels, svg};
-use wgspin::report::stats::mean_sd;
+use wgspin::report::stats::{Interval, mean_sd, paired_interval};
 
 use super::run::{DemoOutcome, StageResult};
 
@@ -42,6 +42,51 @@ fn by_round(
     )
 }
 
+/// Per round, SPIN − continued SFT paired by seed (same data, same converged start), in points of
+/// `metric`, with its 95% t-interval.
+pub fn paired_by_round(
+    rows: &[StageResult],
+    metric: fn(&StageResult) -> f64,
+) -> Vec<(usize, Interval)> {
+    let last_round = rows.iter().map(|r| r.round).max().unwrap_or(0);
+    (1..=last_round)
+        .filter_map(|round| {
+            let diffs: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.round == round && r.method == "spin")
+                .filter_map(|spin| {
+                    rows.iter()
+                        .find(|r| r.round == round && r.method == "sft" && r.seed == spin.seed)
+                        .map(|sft| 100.0 * (metric(spin) - metric(sft)))
+                })
+                .collect();
+            paired_interval(&diffs).map(|i| (round, i))
+        })
+        .collect()
+}
+
+/// SPIN − continued SFT per round, paired by seed, with its 95% t-interval as the band: the
+/// figure of the verdict sentence. Round 0 is the shared start, a difference of 0.
+fn paired_panel(rows: &[StageResult]) -> Panel {
+    let paired = paired_by_round(rows, |r| r.exact_match);
+    let (mut points, mut band) = (vec![(0.0, 0.0)], vec![(0.0, 0.0, 0.0)]);
+    for (round, i) in &paired {
+        let x = *round as f64;
+        points.push((x, i.mean));
+        band.push((x, i.mean - i.half_width, i.mean + i.half_width));
+    }
+    Panel {
+        title: "SPIN − continued SFT, paired by seed".into(),
+        x_label: "round".into(),
+        series: vec![Series::line("SPIN − continued SFT (test points)", points).with_band(band)],
+        caption: "Difference in test exact match, in points, mean over seeds with its 95% \
+                  t-interval. An interval that holds 0 means no significant difference."
+            .into(),
+        reference_y: Some((0.0, "no difference".into())),
+        ..Default::default()
+    }
+}
+
 /// `report.svg`: test exact match and log-likelihood per round (SPIN vs continued SFT), SPIN's
 /// held-out reward accuracy heading to 50%, the SFT plateau, and the first seed's SPIN curves.
 pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
@@ -66,6 +111,7 @@ pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
             y_percent: true,
             ..Default::default()
         },
+        paired_panel(rows),
         Panel {
             title: "Test log-likelihood per token of the human answers".into(),
             x_label: round_axis.into(),
@@ -124,10 +170,21 @@ pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
         y_percent: true,
         ..Default::default()
     });
-    if let Some(first) = rows.first() {
-        let spin_dir = out.join(format!("seed-{}", first.seed)).join("spin");
+    // One seed's SPIN training curves: the one whose converged model is nearest 50% right, as
+    // at the floor or the ceiling nearly every generated answer ties with the human one and
+    // the curves are flat.
+    let middle = rows.iter().filter(|r| r.method == "start").min_by(|a, b| {
+        (a.exact_match - 0.5)
+            .abs()
+            .total_cmp(&(b.exact_match - 0.5).abs())
+    });
+    if let Some(seed) = middle.map(|r| r.seed) {
+        let spin_dir = out.join(format!("seed-{seed}")).join("spin");
         if let Ok(p) = run_panels(&spin_dir) {
-            panels.extend(p);
+            panels.extend(p.into_iter().map(|p| Panel {
+                title: format!("seed {seed}: {}", p.title),
+                ..p
+            }));
         }
     }
     let path = out.join("report.svg");

@@ -29,7 +29,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
     version,
     about = "SPIN (Self-Play fIne-tuNing) of small language models on any GPU wgpu reaches, with a CPU fallback",
     after_help = "Without a command, `wgspin` runs the built-in demo (`wgspin demo`: a tiny model, \
-                  ~30 s on a CPU, writes ./wgspin-demo)."
+                  about 3 minutes on a 2-core CPU, writes ./wgspin-demo)."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -35,7 +35,13 @@ impl std::fmt::Display for Precision {
 impl Precision {
     /// The compute dtype on `device`; f16 where the device cannot run it is refused.
     pub fn resolve(self, device: &Device) -> Result<DType> {
-        let f16 = crate::device::runs_f16(device);
+        self.resolve_for(crate::device::runs_f16(device))
+    }
+
+    /// [`Self::resolve`] for a device whose WGSL has `shader-f16` (`Some(true)`), lacks it
+    /// (`Some(false)`), or that is not a GPU (`None`: the CPU backend, which runs f16 in
+    /// software and so takes it only when asked).
+    pub fn resolve_for(self, f16: Option<bool>) -> Result<DType> {
         match self {
             Self::F32 => Ok(DType::F32),
             Self::Auto if f16 == Some(true) => Ok(DType::F16),
@@ -45,6 +51,15 @@ impl Precision {
             )),
             Self::F16 => Ok(DType::F16),
         }
+    }
+}
+
+/// How run records and messages name a compute dtype (`--dtype`'s spelling).
+pub fn dtype_name(dtype: DType) -> String {
+    match dtype {
+        DType::F32 => "f32".into(),
+        DType::F16 => "f16".into(),
+        other => format!("{other:?}").to_lowercase(),
     }
 }
 
@@ -67,5 +82,38 @@ pub fn set_compute(m: &mut Transformer, dtype: DType) {
     }
     for (_, mut p) in params_mut(m) {
         p.store_frozen_as(dtype);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_takes_f16_only_on_a_gpu_with_shader_f16() {
+        assert_eq!(Precision::Auto.resolve_for(Some(true)).unwrap(), DType::F16);
+        assert_eq!(
+            Precision::Auto.resolve_for(Some(false)).unwrap(),
+            DType::F32
+        );
+        assert_eq!(Precision::Auto.resolve_for(None).unwrap(), DType::F32);
+        for f16 in [Some(true), Some(false), None] {
+            assert_eq!(Precision::F32.resolve_for(f16).unwrap(), DType::F32);
+        }
+        // The CPU backend runs f16 in software when asked.
+        assert_eq!(Precision::F16.resolve_for(None).unwrap(), DType::F16);
+    }
+
+    /// No adapter here lacks shader-f16 (lavapipe has it), so the refusal is checked on the
+    /// decision itself: it names the missing feature and the flag that works.
+    #[test]
+    fn f16_on_a_gpu_without_shader_f16_is_refused_naming_the_fix() {
+        let err = Precision::F16
+            .resolve_for(Some(false))
+            .unwrap_err()
+            .to_string();
+        for part in ["--dtype f16", "shader-f16", "--dtype f32"] {
+            assert!(err.contains(part), "{part:?} not in {err:?}");
+        }
     }
 }

@@ -7,22 +7,25 @@
 // written; r and h are then bound to placeholders and not touched.
 // Algorithm: one workgroup of WG invocations per row. Each invocation sums the squares of
 // elements lid, lid + WG, … (writing h as it goes), a tree reduction in shared memory gives the
-// row's sum, and each invocation then scales its own elements. Math in f32.
+// row's sum, and each invocation then scales its own elements. Math in f32 whatever the element
+// type (an f16 square overflows past 256); each output is rounded to it once.
 // Compile-time constants: B {{ b }}, N {{ n }}, eps {{ eps }}, RESIDUAL {{ residual }}.
+// Element type {{ elem }} (f32 or f16) for every binding.
 //
 // Bindings (group 0), all read_write (cubecl sub-allocates tensors from shared buffers, and
 // wgpu forbids binding one buffer both read-only and read-write in a dispatch):
-//   0 x  f32 [B * N]   read
-//   1 r  f32 [B * N]   read (RESIDUAL)
-//   2 w  f32 [N]       read
-//   3 h  f32 [B * N]   write (RESIDUAL)
-//   4 y  f32 [B * N]   write
+//   0 x  {{ elem }} [B * N]   read
+//   1 r  {{ elem }} [B * N]   read (RESIDUAL)
+//   2 w  {{ elem }} [N]       read
+//   3 h  {{ elem }} [B * N]   write (RESIDUAL)
+//   4 y  {{ elem }} [B * N]   write
 // Dispatch: workgroups (x, y, 1) with x * y ≥ B (row = x + y * num_workgroups.x).
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> r: array<f32>;
-@group(0) @binding(2) var<storage, read_write> w: array<f32>;
-@group(0) @binding(3) var<storage, read_write> h: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+{{ enable }}
+@group(0) @binding(0) var<storage, read_write> x: array<{{ elem }}>;
+@group(0) @binding(1) var<storage, read_write> r: array<{{ elem }}>;
+@group(0) @binding(2) var<storage, read_write> w: array<{{ elem }}>;
+@group(0) @binding(3) var<storage, read_write> h: array<{{ elem }}>;
+@group(0) @binding(4) var<storage, read_write> y: array<{{ elem }}>;
 
 const B: u32 = {{ b }}u;
 const N: u32 = {{ n }}u;
@@ -44,10 +47,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let base = row * N;
     var sq = 0.0;
     for (var i = lid; i < N; i += WG) {
-        var v = x[base + i];
+        var v = f32(x[base + i]);
         if (RESIDUAL) {
-            v += r[base + i];
-            h[base + i] = v;
+            // The stream is kept in the element type: the sum is rounded to it before it is
+            // squared, so the norm sees exactly the h the next layer adds to.
+            let hv = {{ elem }}(v + f32(r[base + i]));
+            h[base + i] = hv;
+            v = f32(hv);
         }
         sq += v * v;
     }
@@ -61,10 +67,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let inv = 1.0 / sqrt(partial[0] / f32(N) + EPS);
     for (var i = lid; i < N; i += WG) {
-        var v = x[base + i];
+        var v = f32(x[base + i]);
         if (RESIDUAL) {
-            v += r[base + i];
+            v = f32({{ elem }}(v + f32(r[base + i])));
         }
-        y[base + i] = v * inv * w[i];
+        y[base + i] = {{ elem }}(v * inv * f32(w[i]));
     }
 }

@@ -19,18 +19,18 @@
 // Shapes are compile-time constants (a run decodes with fixed shapes, so a launch uploads
 // nothing): M {{ m }}, K {{ k }} (a multiple of 4; K4 = K / 4), N {{ n }}; COLS {{ cols }},
 // LANES {{ lanes }} (workgroup {{ wg }}), GATED {{ gated }}. Element type {{ elem }} (f32 or f16)
-// for x, w and y.
+// for x and w; y is {{ out }} ({{ elem }}, or f32 for logits: the sums are f32 already).
 //
 // Bindings (group 0), all read_write (cubecl sub-allocates tensors from shared buffers, and
 // wgpu forbids binding one buffer both read-only and read-write in a dispatch):
 //   0 x  vec4<{{ elem }}> [M * K4]   read
 //   1 w  vec4<{{ elem }}> [N * K4]   read ([2N * K4] with GATED)
-//   2 y  {{ elem }}       [M * N]    write
+//   2 y  {{ out }}       [M * N]    write
 // Dispatch: workgroups (x, y, 1) with x * y ≥ ceil(N / COLS) (group = x + y * num_workgroups.x).
 {{ enable }}
 @group(0) @binding(0) var<storage, read_write> x: array<vec4<{{ elem }}>>;
 @group(0) @binding(1) var<storage, read_write> w: array<vec4<{{ elem }}>>;
-@group(0) @binding(2) var<storage, read_write> y: array<{{ elem }}>;
+@group(0) @binding(2) var<storage, read_write> y: array<{{ out }}>;
 
 const M: u32 = {{ m }}u;
 const K4: u32 = {{ k }}u / 4u;
@@ -103,7 +103,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 }
                 s = s / (1.0 + exp(-s)) * u;
             }
-            y[r * N + first + c] = {{ elem }}(s);
+            y[r * N + first + c] = {{ out }}(s);
         }
     }
 }

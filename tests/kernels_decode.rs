@@ -2,9 +2,11 @@
 //! - RoPE + KV-cache write (WGSL on wgpu, Rust on the CPU backend) and its burn-ops twin: q
 //!   rotated, k rotated and v written at exactly column pos[b] of each row, every other cache
 //!   element unchanged, rows outside the cache writing nothing, a shared cache never modified;
-//! - residual add + RMSNorm (WGSL, Rust) and the model's burn-ops norm as its twin;
+//! - residual add + RMSNorm (WGSL, Rust) and the model's burn-ops norm as its twin, in f32 and in
+//!   f16 (statistics in f32, the stream rounded to f16 before it is normed);
 //! - the CPU backend's few-rows matmul `x · wᵀ` at row counts around its limits, inner sizes that
-//!   are not multiples of its 8 lanes, one thread and several.
+//!   are not multiples of its 8 lanes, one thread and several; the WGSL one in f32 and f16, and
+//!   its f32-output form (the lm_head of an f16 decode step).
 
 mod common;
 
@@ -173,7 +175,7 @@ fn rows_matmul_matches_host_reference_and_twin() {
     use burn::tensor::DType;
     use wgspin::kernels::logprobs::f16_kernel_available;
     use wgspin::kernels::rows_matmul::{
-        COLS, RowsPath, rows_matmul_twin, rows_path, rows_swiglu, rows_swiglu_twin,
+        COLS, RowsPath, rows_matmul_f32, rows_matmul_twin, rows_path, rows_swiglu, rows_swiglu_twin,
     };
     let mut rng = Rng(43);
     set_poison_outputs(true);
@@ -226,6 +228,9 @@ fn rows_matmul_matches_host_reference_and_twin() {
             let got = rows_matmul(xt.clone(), wt.clone());
             assert_eq!(got.dims(), [m, n]);
             assert_close(&label, &floats(got), &want, tol);
+            let got = rows_matmul_f32(xt.clone(), wt.clone());
+            assert_eq!(got.dtype(), DType::F32);
+            assert_close(&format!("{label} f32 out"), &floats(got), &want, tol);
             if !dev.is_gpu {
                 let twin = rows_matmul_twin(xt.clone(), wt.clone());
                 assert_close(&format!("{label} twin"), &floats(twin), &want, tol);
@@ -253,7 +258,7 @@ fn rows_matmul_matches_host_reference_and_twin() {
             if dev.is_gpu && f16_kernel_available(device) {
                 let (xh, wh) = (xt.cast(DType::F16), wt.cast(DType::F16));
                 assert_eq!(rows_path(&xh, &wh), RowsPath::Wgsl, "{label} f16");
-                let got = rows_matmul(xh, wh);
+                let got = rows_matmul(xh.clone(), wh.clone());
                 assert_eq!(got.dtype(), DType::F16, "{label}: f16 in, f16 out");
                 // The same f16-rounded inputs, f32 accumulation, one rounding of the output.
                 let tol = 1e-3 + 1e-5 * (k as f64).sqrt();
@@ -263,6 +268,11 @@ fn rows_matmul_matches_host_reference_and_twin() {
                     &want_f16,
                     tol,
                 );
+                // f32 outputs from f16 operands: no rounding of the output at all.
+                let got = rows_matmul_f32(xh, wh);
+                assert_eq!(got.dtype(), DType::F32, "{label}: f32 out of f16 operands");
+                let tol = 1e-5 * (k as f64).sqrt();
+                assert_close(&format!("{label} f16 → f32"), &floats(got), &want_f16, tol);
             }
         }
     }
@@ -316,6 +326,77 @@ fn add_rms_norm_matches_host_reference_and_twin() {
             };
             let y = twin.forward(t2(&x) + t2(&r));
             assert_close(&format!("{label} twin y"), &floats(y), &norm(&h), 1e-5);
+        }
+    }
+    set_poison_outputs(false);
+}
+
+/// The norm in f16: the kernels read and write f16 (no casts around them on a device with WGSL
+/// f16), round the residual sum to f16 before norming it, and compute the statistics in f32.
+#[test]
+fn add_rms_norm_in_f16_rounds_once_per_output() {
+    use burn::tensor::DType;
+    use wgspin::kernels::norm::{add_rms_norm, rms_norm};
+    set_poison_outputs(true);
+    let mut rng = Rng(53);
+    let f16 = |v: f64| half::f16::from_f64(v).to_f64();
+    for dev in devices() {
+        let device = &dev.device;
+        for &(b, n) in &[(1, 64), (3, 576), (9, 1000)] {
+            let eps = 1e-5;
+            // Already f16 values, as a decode step's are; the residual large enough that an f16
+            // square would overflow (|h| > 256), which the f32 statistics must survive.
+            let mut draw = |n: usize, scale: f32| -> Vec<f32> {
+                (0..n)
+                    .map(|_| half::f16::from_f32(scale * rng.normal()).to_f32())
+                    .collect()
+            };
+            let (x, r) = (draw(b * n, 1.0), draw(b * n, 300.0));
+            let w: Vec<f32> = draw(n, 0.1).iter().map(|g| 1.0 + g).collect();
+            let h: Vec<f64> = x
+                .iter()
+                .zip(&r)
+                .map(|(&a, &c)| f16(a as f64 + c as f64))
+                .collect();
+            let norm = |v: &[f64]| -> Vec<f64> {
+                v.chunks(n)
+                    .flat_map(|row| {
+                        let ms = row.iter().map(|a| a * a).sum::<f64>() / n as f64;
+                        let inv = 1.0 / (ms + eps).sqrt();
+                        row.iter().zip(&w).map(move |(a, &g)| a * inv * g as f64)
+                    })
+                    .collect()
+            };
+            let t2 = |v: &[f32]| {
+                Tensor::<2>::from_data(TensorData::new(v.to_vec(), [b, n]), device).cast(DType::F16)
+            };
+            let wt =
+                Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), device).cast(DType::F16);
+            let label = format!("{} f16 b={b} n={n}", dev.description);
+            let (got_h, got_y) = add_rms_norm(t2(&x), t2(&r), wt.clone(), eps);
+            assert_eq!(
+                (got_h.dtype(), got_y.dtype()),
+                (DType::F16, DType::F16),
+                "{label}"
+            );
+            // h is exact (the same one rounding); y is one f16 rounding (2⁻¹¹ relative) off.
+            assert_close(
+                &format!("{label} h"),
+                &floats(got_h.cast(DType::F32)),
+                &h,
+                0.0,
+            );
+            let y = floats(got_y.cast(DType::F32));
+            assert_close(&format!("{label} y"), &y, &norm(&h), 1e-3);
+            let xs: Vec<f64> = x.iter().map(|&a| a as f64).collect();
+            let got = rms_norm(t2(&x), wt, eps);
+            assert_eq!(got.dtype(), DType::F16, "{label}");
+            assert_close(
+                &format!("{label} plain y"),
+                &floats(got.cast(DType::F32)),
+                &norm(&xs),
+                1e-3,
+            );
         }
     }
     set_poison_outputs(false);

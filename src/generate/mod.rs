@@ -9,6 +9,10 @@
 //! Every row draws its random numbers from `(seed, request index, step)` (see
 //! [`crate::kernels::sample`]), so a request yields the same tokens whatever the batch size, the
 //! other requests, or whether the run was interrupted and resumed.
+//!
+//! Generation computes in the model's compute dtype (`Transformer::compute`, set once at load by
+//! [`crate::model::precision::set_compute`] from `--dtype`): prefill, decode steps and the KV
+//! cache all run in it, with logits, sampling and log-probs in f32.
 
 pub mod batch;
 pub mod job;
@@ -140,6 +144,7 @@ fn draw_ids(rows: &[Option<Row>]) -> Vec<DrawId> {
 /// returns their first sampled tokens and log-probs.
 fn prefill(
     model: &Transformer,
+    weights: &DecodeWeights,
     cache: &mut StaticKvCache,
     new: &[GenRequest],
     slots: &[usize],
@@ -178,7 +183,7 @@ fn prefill(
         })
         .collect();
     let sampler = BatchSampler::new(vec![opts.sampling; n], ids, &device)?;
-    let (mut tokens, mut logprobs) = read_samples(sampler.draw(model.logits(last))?.0)?;
+    let (mut tokens, mut logprobs) = read_samples(sampler.draw(weights.logits(last))?.0)?;
     tokens.truncate(new.len());
     logprobs.truncate(new.len());
     Ok((tokens, logprobs))
@@ -245,6 +250,8 @@ pub struct GenStats {
     /// Host→device tensor uploads of the decode loop: the batch state rebuilt after a refill
     /// (prefills, which upload their prompts, are not counted; a decode step uploads nothing).
     pub uploads: usize,
+    /// Bytes of the preallocated KV cache (every layer's keys and values).
+    pub kv_cache_bytes: usize,
 }
 
 /// [`generate`], calling `on_step` with the running counts after every decode step is enqueued.
@@ -275,6 +282,7 @@ pub fn generate_observed(
     let slots = opts.batch_size.min(requests.len());
     let max_prompt = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(1);
     let mut cache = StaticKvCache::new(model, slots, capacity_for(max_prompt, opts.max_new_tokens));
+    stats.kv_cache_bytes = cache.bytes();
     let weights = DecodeWeights::new(model);
     // Refill once a quarter of the slots are free: prefilling one row at a time would cost a
     // forward pass per finished row.
@@ -318,7 +326,7 @@ pub fn generate_observed(
             let take = free.len().min(requests.len() - next);
             let new = &requests[next..next + take];
             next += take;
-            let (first, lps) = prefill(model, &mut cache, new, &free[..take], opts)?;
+            let (first, lps) = prefill(model, &weights, &mut cache, new, &free[..take], opts)?;
             stats.reads += 1;
             for ((r, &slot), (t, lp)) in new.iter().zip(&free).zip(first.into_iter().zip(lps)) {
                 let mut row = Row {

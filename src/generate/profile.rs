@@ -4,7 +4,9 @@
 //! the engine, see [`GenStats`]), and kernels launched for the first time after warm-up (each a
 //! compile, or an autotune candidate; cubecl's launched-kernel collection, by kernel id). All
 //! per-step figures are over the decode steps after warm-up: the first [`WARMUP_STEPS`], their
-//! read-back, and the step that follows it (the snapshot is taken after a step).
+//! read-back, and the step that follows it (the snapshot is taken after a step). Warm decode
+//! throughput is timed over the same steps: from that snapshot, which comes right after the
+//! blocking read-back of the warm-up steps, to the end of the run, which reads everything back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +37,11 @@ pub struct GenProfile {
     pub reads_per_step: f64,
     /// Kernel ids first launched after warm-up (`None` off cubecl).
     pub new_kernels_after_warmup: Option<usize>,
+    /// Tokens per second of the decode steps after warm-up (every slot decodes one token per
+    /// step; 0 when none were measured).
+    pub decode_tokens_per_s: f64,
+    /// Bytes of the run's KV cache.
+    pub kv_cache_bytes: usize,
 }
 
 #[derive(Default)]
@@ -62,6 +69,7 @@ pub fn profile_generate(
     // (stats, launches) at the end of warm-up and after the last decode step.
     let mut at_warm: Option<(GenStats, usize)> = None;
     let mut last: Option<(GenStats, usize)> = None;
+    let mut warm_at = None;
     let start = Instant::now();
     let mut tokens = 0;
     generate_observed(
@@ -77,11 +85,13 @@ pub fn profile_generate(
                 warm_set = before_warm.take().map(LaunchedKernels::finish);
                 after_warm = Some(LaunchedKernels::new());
                 at_warm = Some((*stats, count()));
+                warm_at = Some(Instant::now());
             }
             last = Some((*stats, count()));
         },
     )?;
     let tokens_per_s = tokens as f64 / start.elapsed().as_secs_f64();
+    let end = Instant::now();
     let new_kernels = match (warm_set, after_warm.map(LaunchedKernels::finish)) {
         (Some(warm), Some(after)) => after.iter().filter(|k| !warm.contains(*k)).count(),
         _ => 0,
@@ -100,6 +110,13 @@ pub fn profile_generate(
         }
         _ => (0, [0.0; 3]),
     };
+    let slots = opts.batch_size.min(requests.len());
+    let decode_tokens_per_s = match warm_at {
+        Some(t) if measured_steps > 0 => {
+            (measured_steps * slots) as f64 / (end - t).as_secs_f64().max(1e-9)
+        }
+        _ => 0.0,
+    };
     Ok(GenProfile {
         tokens_per_s,
         measured_steps,
@@ -107,5 +124,7 @@ pub fn profile_generate(
         uploads_per_step: per_step[1],
         reads_per_step: per_step[2],
         new_kernels_after_warmup: cube.then_some(new_kernels),
+        decode_tokens_per_s,
+        kv_cache_bytes: last.map_or(0, |(s, _)| s.kv_cache_bytes),
     })
 }

@@ -22,6 +22,7 @@ use super::logprobs::{as_i32, has_f16, new_tensor};
 use super::rows_matmul::{PARALLEL_WORK, dot_f32};
 use super::sample::{is_cpu, is_wgpu};
 use crate::model::attention::MASKED;
+use crate::model::precision::like;
 use rayon::prelude::*;
 
 /// The kernel keeps a group's queries and accumulators in 1024 slots: G · D must fit.
@@ -58,8 +59,10 @@ pub fn decode_attention_twin(
     let scores = q
         .matmul(keys.swap_dims(2, 3))
         .mul_scalar(1.0 / (d as f64).sqrt()); // [b, hkv, g, L]
-    let probs = softmax(scores + mask, 3);
-    probs.matmul(values).reshape([b, h, d])
+    // The mask and softmax in f32 whatever the cache's dtype, as the model's attention does.
+    let dtype = scores.dtype();
+    let probs = softmax(like(scores, DType::F32) + mask, 3);
+    like(probs, dtype).matmul(values).reshape([b, h, d])
 }
 
 /// The additive mask of the twin for queries at `pos [B]` over `attend` columns whose indices

@@ -5,6 +5,11 @@
 //! `add_rms_norm(x [B, N], r [B, N], w [N], eps)` → `(h = x + r, h / sqrt(mean(h²) + eps) · w)`;
 //! `rms_norm(x, w, eps)` → the second alone. burn's ops make 5 to 7 kernels of a norm (a reduce,
 //! element-wise passes, the residual add before it); this is one launch.
+//!
+//! In f16 (where the device's WGSL has it) the kernel reads and writes f16 and computes the
+//! statistics in f32, as the model's norm does: no cast launches around it. The residual stream
+//! `h` is rounded to the element type before it is normed, so `y` is the norm of the `h` the
+//! next layer reads.
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
@@ -14,8 +19,8 @@ use burn::cubecl::prelude::KernelId;
 use burn::tensor::Tensor;
 
 use super::cpu;
-use super::cube::{cast_to, contiguous_as, launch_wgsl};
-use super::logprobs::new_tensor;
+use super::cube::{cast_to, contiguous_as, elem_template, launch_wgsl};
+use super::logprobs::{has_f16, new_tensor};
 use super::rows_matmul::dot_f32;
 
 #[backend_extension(Cube, Flex, Fusion)]
@@ -62,11 +67,12 @@ struct NormSource {
     n: usize,
     eps: f32,
     residual: bool,
+    f16: bool,
 }
 
 impl KernelSource for NormSource {
     fn source(&self) -> SourceTemplate {
-        SourceTemplate::new(include_str!("../../shaders/rms_norm.wgsl"))
+        elem_template(include_str!("../../shaders/rms_norm.wgsl"), self.f16)
             .register("b", self.b.to_string())
             .register("n", self.n.to_string())
             // Debug formatting prints the shortest string that reads back to the same f32.
@@ -74,15 +80,11 @@ impl KernelSource for NormSource {
             .register("residual", self.residual.to_string())
     }
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.b, self.n, self.eps.to_bits(), self.residual))
+        KernelId::new::<Self>().info((self.b, self.n, self.eps.to_bits(), self.residual, self.f16))
     }
     fn lang(&self) -> &'static str {
         "wgsl"
     }
-}
-
-fn f32_contiguous(t: CubeTensor) -> CubeTensor {
-    contiguous_as(t, DType::F32)
 }
 
 /// Launches the kernel; `r` is `None` for the plain norm. Returns `(h, y)` (`h` only with `r`).
@@ -93,18 +95,20 @@ fn launch(
     eps: f32,
 ) -> (Option<CubeTensor>, CubeTensor) {
     let dtype = x.dtype;
-    let (x, w) = (f32_contiguous(x), f32_contiguous(w));
+    let f16 = dtype == DType::F16 && has_f16(x.client.properties());
+    let elem = if f16 { DType::F16 } else { DType::F32 };
+    let (x, w) = (contiguous_as(x, elem), contiguous_as(w, elem));
     let [b, n] = x.shape().dims::<2>();
-    let y = new_tensor(&x, Shape::new([b, n]), DType::F32);
+    let y = new_tensor(&x, Shape::new([b, n]), elem);
     let residual = r.is_some();
     // Without a residual, r and h are bound to a one-element placeholder the kernel never reads.
     let (r, h) = match r {
         Some(r) => (
-            f32_contiguous(r),
-            new_tensor(&x, Shape::new([b, n]), DType::F32),
+            contiguous_as(r, elem),
+            new_tensor(&x, Shape::new([b, n]), elem),
         ),
         None => {
-            let dummy = new_tensor(&x, Shape::new([1]), DType::F32);
+            let dummy = new_tensor(&x, Shape::new([1]), elem);
             (dummy.clone(), dummy)
         }
     };
@@ -114,6 +118,7 @@ fn launch(
             n,
             eps,
             residual,
+            f16,
         };
         launch_wgsl(kernel, 256, b, &[&x, &r, &w, &h, &y]);
     }
@@ -156,10 +161,16 @@ impl RmsNormBackend for Flex {
         let dtype = x.dtype();
         let [b, n] = x.shape().dims::<2>();
         let (x, r, w) = (cpu::f32_dense(x), cpu::f32_dense(r), cpu::f32_dense(w));
+        // Rounded to the stream's dtype before it is normed, as the WGSL kernel does.
+        let round = |v: f32| match dtype {
+            DType::F16 => half::f16::from_f32(v).to_f32(),
+            DType::BF16 => half::bf16::from_f32(v).to_f32(),
+            _ => v,
+        };
         let h: Vec<f32> = cpu::read(&x)
             .iter()
             .zip(cpu::read(&r))
-            .map(|(a, b)| a + b)
+            .map(|(a, b)| round(a + b))
             .collect();
         let mut y = vec![0f32; b * n];
         if n > 0 {

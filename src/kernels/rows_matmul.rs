@@ -107,6 +107,19 @@ pub fn rows_matmul_twin(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     x.matmul(w.transpose())
 }
 
+/// [`rows_matmul`] with f32 outputs whatever the operands' dtype: the lm_head of a decode step,
+/// whose logits go on to sampling and log-probs in f32. The kernels sum in f32 and write f32
+/// (logits rounded to f16 would move log-probs by up to ~1e-2 at logits near 30); the twin casts
+/// its product.
+pub fn rows_matmul_f32(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    match rows_path(&x, &w) {
+        RowsPath::Twin => rows_matmul_twin(x, w).cast(DType::F32),
+        RowsPath::Wgsl | RowsPath::Cpu => Tensor::from_dispatch(
+            <Dispatch as RowsMatmul>::rows_matmul_f32(x.into_dispatch(), w.into_dispatch()),
+        ),
+    }
+}
+
 /// SwiGLU of a stacked gate/up projection: `x [m, k]` against `w [2n, k]` (gate rows, then
 /// up rows) → `silu(x · gateᵀ) · (x · upᵀ)` `[m, n]`, in one kernel where [`rows_path`] allows.
 pub fn rows_swiglu(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
@@ -132,6 +145,10 @@ pub trait RowsMatmul: Backend {
     #[fusion(meta = |x, w| TensorSpec::new(Shape::new([x.shape[0], w.shape[0]]), x.dtype))]
     fn rows_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// `x [m, k] · w [n, k]ᵀ` in f32.
+    #[fusion(meta = |x, w| TensorSpec::new(Shape::new([x.shape[0], w.shape[0]]), DType::F32))]
+    fn rows_matmul_f32(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// `silu(x · gateᵀ) · (x · upᵀ)` for `w` = gate rows then up rows.
     #[fusion(meta = |x, w| TensorSpec::new(Shape::new([x.shape[0], w.shape[0] / 2]), x.dtype))]
     fn rows_swiglu(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -142,6 +159,8 @@ struct RowsSource {
     shape: [usize; 3],
     gated: bool,
     f16: bool,
+    /// f32 outputs from f16 operands.
+    out_f32: bool,
 }
 
 impl KernelSource for RowsSource {
@@ -156,31 +175,42 @@ impl KernelSource for RowsSource {
             .register("wg", (COLS * LANES).to_string())
             .register("gated", self.gated.to_string())
             .register(
+                "out",
+                if self.f16 && !self.out_f32 {
+                    "f16"
+                } else {
+                    "f32"
+                },
+            )
+            .register(
                 "partial",
                 ((1 + self.gated as usize) * COLS * m * LANES).to_string(),
             )
     }
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.shape, self.gated, self.f16))
+        KernelId::new::<Self>().info((self.shape, self.gated, self.f16, self.out_f32))
     }
     fn lang(&self) -> &'static str {
         "wgsl"
     }
 }
 
-fn launch_rows(x: CubeTensor, w: CubeTensor, gated: bool) -> CubeTensor {
-    let dtype = x.dtype;
-    let f16 = dtype == DType::F16 && w.dtype == DType::F16 && has_f16(x.client.properties());
+/// Launches the kernel; the output is in x's dtype, or f32 with `out_f32`.
+fn launch_rows(x: CubeTensor, w: CubeTensor, gated: bool, out_f32: bool) -> CubeTensor {
+    let dtype = if out_f32 { DType::F32 } else { x.dtype };
+    let f16 = x.dtype == DType::F16 && w.dtype == DType::F16 && has_f16(x.client.properties());
     let elem = if f16 { DType::F16 } else { DType::F32 };
+    let out = if out_f32 { DType::F32 } else { elem };
     let (x, w) = (contiguous_as(x, elem), contiguous_as(w, elem));
     let [m, k] = x.shape().dims::<2>();
     let n = w.shape().dims::<2>()[0] / (1 + gated as usize);
-    let y = new_tensor(&x, Shape::new([m, n]), elem);
+    let y = new_tensor(&x, Shape::new([m, n]), out);
     if m * n > 0 {
         let kernel = RowsSource {
             shape: [m, k, n],
             gated,
             f16,
+            out_f32,
         };
         launch_wgsl(
             kernel,
@@ -194,11 +224,15 @@ fn launch_rows(x: CubeTensor, w: CubeTensor, gated: bool) -> CubeTensor {
 
 impl RowsMatmul for CubeBackend {
     fn rows_matmul(x: CubeTensor, w: CubeTensor) -> CubeTensor {
-        launch_rows(x, w, false)
+        launch_rows(x, w, false, false)
+    }
+
+    fn rows_matmul_f32(x: CubeTensor, w: CubeTensor) -> CubeTensor {
+        launch_rows(x, w, false, true)
     }
 
     fn rows_swiglu(x: CubeTensor, w: CubeTensor) -> CubeTensor {
-        launch_rows(x, w, true)
+        launch_rows(x, w, true, false)
     }
 }
 
@@ -236,6 +270,11 @@ impl RowsMatmul for Flex {
         let m = x.shape().dims::<2>()[0];
         let n = w.shape().dims::<2>()[0];
         cpu::from_f32(cpu_rows(x, w), [m, n])
+    }
+
+    fn rows_matmul_f32(x: FloatTensor<Flex>, w: FloatTensor<Flex>) -> FloatTensor<Flex> {
+        // The CPU path runs only f32 operands (see `rows_path`), whose output is f32 already.
+        Self::rows_matmul(x, w)
     }
 
     fn rows_swiglu(x: FloatTensor<Flex>, w: FloatTensor<Flex>) -> FloatTensor<Flex> {

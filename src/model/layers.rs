@@ -7,7 +7,6 @@ use burn::tensor::{DType, Tensor};
 
 use super::lora::Lora;
 use super::precision::like;
-use crate::kernels::rows_matmul::rows_matmul;
 
 /// Root-mean-square normalisation with a learned scale (no bias, no mean subtraction).
 #[derive(Module, Debug)]
@@ -69,18 +68,6 @@ impl Linear {
         match &self.lora {
             Some(l) => self.weight.val() + l.delta(),
             None => self.weight.val(),
-        }
-    }
-
-    /// `x [rows, in]` → `[rows, out]` for the few rows of a decode step (see
-    /// [`rows_matmul`]: a streaming kernel on the CPU, burn's matmul against the transposed
-    /// weight view on wgpu; burn's `linear` reshapes that view for a single-row batch, which
-    /// copies the whole weight on the CPU backend).
-    pub fn rows(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = rows_matmul(x, self.effective_weight());
-        match &self.bias {
-            Some(b) => y + b.val().unsqueeze::<2>(),
-            None => y,
         }
     }
 }

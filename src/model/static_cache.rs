@@ -15,13 +15,18 @@
 //! norm: 8 launches, the projections through the few-rows kernel (`kernels/rows_matmul.rs`). The burn-ops twin of
 //! attention (with a mask tensor, its length moving in buckets of [`LEN_BUCKET`]) runs only where
 //! the kernel cannot (a query group wider than the WGSL kernel's shared memory).
+//!
+//! A step runs in the model's compute dtype (`Transformer::compute`): the cache, the residual
+//! stream and every weight it reads ([`DecodeWeights`]) are in it, so f16 halves the cache and
+//! the bytes a step reads without adding a cast. The kernels keep in f32 what the model's own
+//! forward keeps in f32 (norm statistics, attention scores and softmax, RoPE tables, every
+//! accumulation), and the lm_head writes f32 logits for the sampler.
 
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::attention::{Attention, KvCache};
 use super::fused::{DecodeWeights, FusedLayer};
-use super::layers::RmsNorm;
 use super::{DecoderLayer, Transformer};
 use crate::hf::config::AttentionWindow;
 use crate::kernels::attention;
@@ -47,7 +52,8 @@ pub fn capacity_for(max_prompt: usize, max_new_tokens: usize) -> usize {
 /// Keys and values of every layer for `slots` rows of up to `capacity` tokens.
 #[derive(Debug, Clone)]
 pub struct StaticKvCache {
-    /// Per layer: keys and values `[slots, kv_heads, capacity, head_dim]` (keys after RoPE).
+    /// Per layer: keys and values `[slots, kv_heads, capacity, head_dim]` (keys after RoPE), in
+    /// the model's compute dtype.
     layers: Vec<(Tensor<4>, Tensor<4>)>,
     slots: usize,
     capacity: usize,
@@ -64,19 +70,23 @@ pub struct StaticKvCache {
 }
 
 impl StaticKvCache {
+    /// The cache of `slots` rows of `capacity` tokens, in the model's compute dtype (the prefill
+    /// writes its keys and values in it; a cache in another dtype would be cast, whole, at every
+    /// step's write).
     pub fn new(model: &Transformer, slots: usize, capacity: usize) -> Self {
         let device = model.device();
         let attn = &model.layers[0].attn;
         let (hkv, d) = (attn.num_kv_heads, attn.head_dim);
         let kernel = attention::kernel_available(&device, attn.num_heads, hkv, d);
+        let options = (&device, model.compute);
         // The kernels read only columns a row has written (≤ its position); the twin's additive
         // mask needs finite values everywhere.
         let fresh = || {
             let shape = [slots, hkv, capacity, d];
             if kernel {
-                Tensor::<4>::empty(shape, &device)
+                Tensor::<4>::empty(shape, options)
             } else {
-                Tensor::<4>::zeros(shape, &device)
+                Tensor::<4>::zeros(shape, options)
             }
         };
         let layers = model.layers.iter().map(|_| (fresh(), fresh())).collect();
@@ -98,6 +108,19 @@ impl StaticKvCache {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The cache's element type.
+    pub fn dtype(&self) -> DType {
+        self.layers.first().map_or(DType::F32, |(k, _)| k.dtype())
+    }
+
+    /// Bytes the keys and values of every layer take on the device.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|(k, v)| (k.shape().num_elements() + v.shape().num_elements()) * k.dtype().size())
+            .sum()
     }
 
     /// Writes a right-padded prefill's keys and values (row `i` → slot `slots[i]`, column =
@@ -224,26 +247,26 @@ impl Attention {
             }
         };
         let out = out.reshape([b, h * d]);
-        (self.o.rows(out), k_cache, v_cache)
+        (projection(out, &fused.o), k_cache, v_cache)
     }
 }
 
 impl DecoderLayer {
     /// One layer for the residual stream `h [slots, hidden]` and its normed copy `normed` (this
     /// layer's input norm already applied); `next` is the norm after this layer (the next
-    /// layer's input norm, or the final one). Returns the new residual stream and its `next`
-    /// norm: each residual add is fused with the norm that follows it.
+    /// layer's input norm, or the final one: its weight and eps). Returns the new residual
+    /// stream and its `next` norm: each residual add is fused with the norm that follows it.
     fn forward_cached(
         &self,
         fused: &FusedLayer,
         (h, normed): (Tensor<2>, Tensor<2>),
-        next: &RmsNorm,
+        next: (&Tensor<1>, f64),
         step: &DecodeStep,
         (k, v): (Tensor<4>, Tensor<4>),
     ) -> ((Tensor<2>, Tensor<2>), (Tensor<4>, Tensor<4>)) {
         let (a, k, v) = self.attn.forward_cached(fused, normed, step, k, v);
-        let post = &self.post_attn_norm;
-        let (h, normed) = norm::add_rms_norm(h, a, post.weight.val(), post.eps);
+        let post = fused.post_attn_norm.clone();
+        let (h, normed) = norm::add_rms_norm(h, a, post, self.post_attn_norm.eps);
         // SwiGLU through the fused gate/up matmul.
         let [b, _] = normed.dims();
         let i = fused.intermediate;
@@ -255,17 +278,23 @@ impl DecoderLayer {
                 silu(gu.clone().slice([0..b, 0..i])) * gu.slice([0..b, i..2 * i])
             }
         };
-        let m = self.mlp.down.rows(act);
-        (
-            norm::add_rms_norm(h, m, next.weight.val(), next.eps),
-            (k, v),
-        )
+        let m = projection(act, &fused.down);
+        (norm::add_rms_norm(h, m, next.0.clone(), next.1), (k, v))
+    }
+}
+
+/// `x [rows, in]` through a projection's `(weight [out, in], bias)` → `[rows, out]`.
+fn projection(x: Tensor<2>, (w, bias): &(Tensor<2>, Option<Tensor<1>>)) -> Tensor<2> {
+    let y = rows_matmul(x, w.clone());
+    match bias {
+        Some(b) => y + b.clone().unsqueeze::<2>(),
+        None => y,
     }
 }
 
 impl Transformer {
-    /// Logits `[slots, vocab]` of one token per slot (`tokens [slots]`, all on the device),
-    /// reading and extending `cache`; `weights` are this model's fused projections.
+    /// Logits in f32 `[slots, vocab]` of one token per slot (`tokens [slots]`, all on the
+    /// device), reading and extending `cache`; `weights` are this model's decode weights.
     pub fn decode_step(
         &self,
         weights: &DecodeWeights,
@@ -273,9 +302,13 @@ impl Transformer {
         step: &DecodeStep,
         cache: &mut StaticKvCache,
     ) -> Tensor<2> {
-        let h = self.embed.val().select(0, tokens); // [slots, hidden]
+        let h = weights.embed.clone().select(0, tokens); // [slots, hidden]
         let first = self.layers.first().map_or(&self.norm, |l| &l.input_norm);
-        let normed = norm::rms_norm(h.clone(), first.weight.val(), first.eps);
+        let first_w = weights
+            .layers
+            .first()
+            .map_or(&weights.norm, |l| &l.input_norm);
+        let normed = norm::rms_norm(h.clone(), first_w.clone(), first.eps);
         let mut stream = (h, normed);
         let layers = std::mem::take(&mut cache.layers);
         for (l, ((layer, fused), kv)) in self
@@ -285,12 +318,17 @@ impl Transformer {
             .zip(layers)
             .enumerate()
         {
-            let next = self.layers.get(l + 1).map_or(&self.norm, |n| &n.input_norm);
+            let eps = self
+                .layers
+                .get(l + 1)
+                .map_or(&self.norm, |n| &n.input_norm)
+                .eps;
+            let next = (weights.norm_after(l), eps);
             let (s, kv) = layer.forward_cached(fused, stream, next, step, kv);
             stream = s;
             cache.layers.push(kv);
         }
-        rows_matmul(stream.1, self.head_weight())
+        weights.logits(stream.1)
     }
 }
 

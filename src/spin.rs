@@ -30,6 +30,7 @@ use crate::generate::serve::{ServerProcess, SpinServer};
 use crate::generate::server::ServerClient;
 use crate::hf::bundle::ModelBundle;
 use crate::hf::bundle::{read_text_side, stop_ids};
+use crate::model::precision::set_compute;
 use crate::train::card::{EVAL_HEADING, RunNotes, eval_section};
 use crate::train::job::{CHECKPOINT, Existing, TrainEvent, TrainSummary, is_complete, run_train};
 use crate::train::score::{ScoreOptions, TokenizedPair, score_all};
@@ -318,7 +319,10 @@ pub fn run_spin(
             let jobs = [(&train, &gen_path), (&held, &eval_gen_path)];
             match server {
                 None => {
-                    let bundle = ModelBundle::load(&theta, device)?;
+                    let mut bundle = ModelBundle::load(&theta, device)?;
+                    // θ_t generates in the dtype the player trains in (`--dtype`), its weights
+                    // stored in it once here.
+                    set_compute(&mut bundle.model, train_cfg.dtype.resolve(device)?);
                     let gen_opts = &GenOptions {
                         stop_ids: bundle.stop_ids(),
                         pad_id: bundle.tokenizer.pad_id(),

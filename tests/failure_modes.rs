@@ -393,6 +393,8 @@ fn generate_refuses_to_mix_models_or_samplers() {
             "sampling.temperature",
         ),
         ("tiny-llama-bf16", "--max-new-tokens 5", "max_new_tokens"),
+        // auto is f32 on the CPU backend; f16 decides near-ties differently.
+        ("tiny-llama-bf16", "--max-new-tokens 3 --dtype f16", "dtype"),
     ] {
         let e = run_err(job_args("generate", model, &data, &out, flags));
         assert_mentions(&e, &["another model or sampler", named]);
@@ -402,7 +404,19 @@ fn generate_refuses_to_mix_models_or_samplers() {
             "{flags}: the file changed"
         );
     }
-    // The same command continues it.
+    let record = wgspin::generate::job::run_record_path(&out);
+    assert_mentions(
+        &std::fs::read_to_string(&record).unwrap(),
+        &["\"dtype\": \"f32\""],
+    );
+    // The same command continues it, with the dtype spelled out or left to auto, and so does
+    // a record written before generation had a dtype (those runs were f32).
+    for flags in ["--max-new-tokens 3", "--max-new-tokens 3 --dtype f32"] {
+        run_ok(job_args("generate", "tiny-llama-bf16", &data, &out, flags));
+    }
+    edit_json(&record, |r| {
+        r.as_object_mut().unwrap().remove("dtype");
+    });
     run_ok(job_args(
         "generate",
         "tiny-llama-bf16",

@@ -2,7 +2,8 @@
 //! from a `--config` TOML file (flags override it) raise rewards/accuracies above 0.5 and margins
 //! above 0 on their pairs, write every output file, and produce checkpoints that load; a run
 //! killed with SIGKILL during the second iteration and rerun skips the finished iteration and ends
-//! with the same results as an uninterrupted one.
+//! with the same results as an uninterrupted one. Its generate stage computes in the training
+//! `--dtype`.
 
 mod common;
 
@@ -84,6 +85,11 @@ fn spin_runs_two_iterations_and_resumes_after_sigkill() {
         ] {
             assert!(dir.join(f).exists(), "missing {}", dir.join(f).display());
         }
+        // θ_t generated in the training dtype: auto, f32 on the CPU backend.
+        let record = json(&wgspin::generate::job::run_record_path(
+            &dir.join("generated.jsonl"),
+        ));
+        assert_eq!(record["dtype"], "f32");
         let gen_rows = std::fs::read_to_string(dir.join("generated.jsonl")).unwrap();
         assert_eq!(
             gen_rows.lines().count(),
@@ -185,4 +191,22 @@ fn spin_runs_two_iterations_and_resumes_after_sigkill() {
         std::fs::read(full.join("spin_config.json")).unwrap(),
         before
     );
+}
+
+/// `--dtype f16` makes θ_t generate in f16 as well as train in it (here on the CPU backend, which
+/// runs f16 when asked).
+#[test]
+fn spin_generates_in_the_training_dtype() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sft.jsonl");
+    write_data(&data);
+    let out = tmp.path().join("out");
+    let flags = "--iterations 1 --epochs 1 --max-new-tokens 4 --eval-size 2 --dtype f16";
+    run_ok(job_args("spin", "tiny-llama-bf16", &data, &out, flags));
+    let dir = out.join("iter-0");
+    assert_eq!(json(&dir.join("train_config.json"))["dtype"], "f16");
+    for rows in ["generated.jsonl", "eval_generated.jsonl"] {
+        let record = json(&wgspin::generate::job::run_record_path(&dir.join(rows)));
+        assert_eq!(record["dtype"], "f16", "{rows}");
+    }
 }

@@ -12,6 +12,7 @@ use wgspin::generate::GenOptions;
 use wgspin::generate::server::{API_KEY_ENV, ServerApi, ServerOptions};
 use wgspin::hf::config::ModelConfig;
 use wgspin::kernels::sample::SamplingParams;
+use wgspin::model::precision::{Precision, dtype_name};
 
 /// `--model`: what every command that runs a model reads.
 #[derive(Args, Debug, Clone)]
@@ -50,6 +51,40 @@ impl DeviceArgs {
         }
         Ok(dev)
     }
+}
+
+/// `--dtype` of the commands that run a model without training it (`generate`, `bench
+/// generate`); the training commands take theirs from
+/// [`wgspin::train::TrainConfig`], which records it with the run's other settings.
+#[derive(Args, Debug, Clone)]
+pub struct DtypeArgs {
+    /// Compute dtype: auto (f16 on a GPU whose WGSL has shader-f16; f32 on other GPUs and on the
+    /// CPU backend), f32 or f16. With f16 the weights are stored in f16 once at load and the
+    /// activations and KV cache run in it (half the memory and bytes read); norm statistics,
+    /// attention softmax and all accumulation stay f32, and logits, sampling and log-probs are
+    /// f32. Local generation only (a --server decides its own).
+    #[arg(long, default_value_t = Precision::Auto)]
+    pub dtype: Precision,
+}
+
+impl DtypeArgs {
+    /// The dtype on `dev`, announced on stderr when `auto` chose it.
+    pub fn resolve(&self, dev: &ComputeDevice) -> Result<burn::tensor::DType> {
+        resolve_dtype(self.dtype, dev)
+    }
+}
+
+/// `dtype` on `dev`, announced on stderr when `auto` chose it (a run's speed and memory, and
+/// near-ties of its outputs, depend on it).
+pub fn resolve_dtype(dtype: Precision, dev: &ComputeDevice) -> Result<burn::tensor::DType> {
+    let resolved = dtype.resolve(&dev.device)?;
+    if dtype == Precision::Auto {
+        eprintln!(
+            "dtype: {} (auto; pass --dtype to change it)",
+            dtype_name(resolved)
+        );
+    }
+    Ok(resolved)
 }
 
 /// What the job commands (`generate`, `train`, `spin`, `sft`) read: the model, the data, the
@@ -197,13 +232,24 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// `--gen-batch-size`, or the device's default for this model (printed).
-    pub fn gen_batch_size(&self, dev: &ComputeDevice, cfg: &ModelConfig) -> Result<usize> {
+    /// `--gen-batch-size`, or the device's default for this model computing in `dtype`
+    /// (printed).
+    pub fn gen_batch_size(
+        &self,
+        dev: &ComputeDevice,
+        cfg: &ModelConfig,
+        dtype: burn::tensor::DType,
+    ) -> Result<usize> {
         match self.gen_batch_size {
             Some(0) => anyhow::bail!("--gen-batch-size must be at least 1"),
             Some(n) => Ok(n),
             None => {
-                let n = wgspin::generate::batch::default_batch_size(dev, cfg, self.max_new_tokens);
+                let n = wgspin::generate::batch::default_batch_size(
+                    dev,
+                    cfg,
+                    self.max_new_tokens,
+                    dtype,
+                );
                 eprintln!("decode batch: {n} rows (pass --gen-batch-size to change it)");
                 Ok(n)
             }

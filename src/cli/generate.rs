@@ -11,9 +11,10 @@ use wgspin::generate::GenOptions;
 use wgspin::generate::job::{GenModel, GenSummary, Opponent, run_generate_with};
 use wgspin::generate::server::ServerClient;
 use wgspin::hf::bundle::{read_text_side, stop_ids};
+use wgspin::model::precision::set_compute;
 use wgspin::report::progress::Progress;
 
-use super::args::{JobArgs, SamplingArgs, ServerArgs};
+use super::args::{DtypeArgs, JobArgs, SamplingArgs, ServerArgs};
 
 /// The opponent's turn: sample a response for every SFT prompt, written as SPIN pairs.
 ///
@@ -38,6 +39,8 @@ pub struct GenerateArgs {
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
+    dtype: DtypeArgs,
+    #[command(flatten)]
     server: ServerArgs,
 }
 
@@ -47,11 +50,14 @@ impl GenerateArgs {
             return self.run_on_server(opts);
         }
         let dev = self.job.device.select()?;
+        // Checked before the data and the model load: f16 on a GPU without it is refused.
+        let dtype = self.dtype.resolve(&dev)?;
         let examples = self.job.data.load(self.limit)?;
         let path = &self.job.model.model;
-        let bundle = ModelBundle::load(path, &dev.device)
+        let mut bundle = ModelBundle::load(path, &dev.device)
             .with_context(|| format!("loading model {}", path.display()))?;
-        let rows = self.sampling.gen_batch_size(&dev, &bundle.config)?;
+        set_compute(&mut bundle.model, dtype);
+        let rows = self.sampling.gen_batch_size(&dev, &bundle.config, dtype)?;
         let opts = self
             .sampling
             .options(rows, bundle.stop_ids(), bundle.tokenizer.pad_id());

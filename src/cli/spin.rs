@@ -56,7 +56,9 @@ impl SpinArgs {
         let model = self.job.model.model.clone();
         let config = wgspin::hf::bundle::read_config(&model)
             .with_context(|| format!("reading the config of {}", model.display()))?;
-        let rows = self.sampling.gen_batch_size(&dev, &config)?;
+        // Generation computes in the dtype training does (refused here if the device lacks it).
+        let dtype = super::args::resolve_dtype(self.train.dtype, &dev)?;
+        let rows = self.sampling.gen_batch_size(&dev, &config, dtype)?;
         // Stop ids and padding are filled in by the loop from each iteration's model.
         let gen_opts = self.sampling.options(rows, vec![], 0);
         let train_cfg = TrainConfig {

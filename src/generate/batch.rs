@@ -4,9 +4,11 @@
 //! batch is as fast per token as a large one. On a GPU a decode step costs nearly the same for 1
 //! row as for 64, so the batch is as large as device memory allows: the KV cache of every slot
 //! (sized for prompts of up to [`PLANNED_PROMPT`] tokens plus the token limit), the weights and
-//! their fused decode copies must fit in [`MEMORY_SHARE`] of what the device reports.
+//! their fused decode copies must fit in [`MEMORY_SHARE`] of what the device reports, all in the
+//! compute dtype (f16 halves them, so about twice the rows fit).
 
 use burn::backend::DispatchDevice;
+use burn::tensor::DType;
 
 use crate::device::ComputeDevice;
 use crate::hf::config::ModelConfig;
@@ -37,21 +39,33 @@ pub fn device_memory(device: &burn::tensor::Device) -> Option<u64> {
     }
 }
 
-/// The default batch for `model` on `dev` with responses of up to `max_new_tokens`.
-pub fn default_batch_size(dev: &ComputeDevice, cfg: &ModelConfig, max_new_tokens: usize) -> usize {
+/// The default batch for `model` on `dev` with responses of up to `max_new_tokens`, computing in
+/// `dtype`.
+pub fn default_batch_size(
+    dev: &ComputeDevice,
+    cfg: &ModelConfig,
+    max_new_tokens: usize,
+    dtype: DType,
+) -> usize {
     if !dev.is_gpu || dev.is_software {
         return CPU_BATCH;
     }
     match device_memory(&dev.device) {
-        Some(bytes) => batch_for_memory(bytes, cfg, max_new_tokens),
+        Some(bytes) => batch_for_memory(bytes, cfg, max_new_tokens, dtype),
         None => UNKNOWN_MEMORY_BATCH,
     }
 }
 
 /// Rows that fit `bytes` of device memory (see the module docs), a multiple of 8 in
 /// [`CPU_BATCH`, `MAX_GPU_BATCH`].
-pub fn batch_for_memory(bytes: u64, cfg: &ModelConfig, max_new_tokens: usize) -> usize {
+pub fn batch_for_memory(
+    bytes: u64,
+    cfg: &ModelConfig,
+    max_new_tokens: usize,
+    dtype: DType,
+) -> usize {
     let f32_bytes = 4.0;
+    let elem_bytes = dtype.size() as f64;
     let capacity = capacity_for(PLANNED_PROMPT, max_new_tokens) as f64;
     let (h, layers) = (cfg.hidden_size as f64, cfg.num_layers as f64);
     let kv = (cfg.num_kv_heads * cfg.head_dim) as f64;
@@ -61,12 +75,13 @@ pub fn batch_for_memory(bytes: u64, cfg: &ModelConfig, max_new_tokens: usize) ->
     let heads = if cfg.tie_word_embeddings { 1.0 } else { 2.0 };
     let params = layers * per_layer + heads * cfg.vocab_size as f64 * h;
     // The fused q/k/v and gate/up copies are about two thirds of the layers' weights.
-    let weights = (params + layers * per_layer * 2.0 / 3.0) * f32_bytes;
-    // Per row: keys and values of every layer, and a step's logits and activations.
+    let weights = (params + layers * per_layer * 2.0 / 3.0) * elem_bytes;
+    // Per row: keys and values of every layer, a step's logits (f32 whatever the dtype) and
+    // activations.
     let per_row = (layers * 2.0 * kv * capacity
-        + 4.0 * cfg.vocab_size as f64
         + 16.0 * cfg.intermediate_size.max(cfg.hidden_size) as f64)
-        * f32_bytes;
+        * elem_bytes
+        + 4.0 * cfg.vocab_size as f64 * f32_bytes;
     let budget = bytes as f64 * MEMORY_SHARE - weights;
     let rows = (budget / per_row).max(0.0) as usize;
     (rows / 8 * 8).clamp(CPU_BATCH, MAX_GPU_BATCH)
@@ -94,7 +109,7 @@ mod tests {
         let cfg = smollm2();
         let gib = 1u64 << 30;
         // 256 new tokens: each row's cache holds 768 positions (36 MB for SmolLM2).
-        let at = |g: u64| batch_for_memory(g * gib, &cfg, 256);
+        let at = |g: u64| batch_for_memory(g * gib, &cfg, 256, DType::F32);
         assert_eq!(
             at(1),
             CPU_BATCH,
@@ -108,6 +123,22 @@ mod tests {
             assert_eq!(at(g) % 8, 0);
         }
         // Longer responses need more cache per row.
-        assert!(batch_for_memory(8 * gib, &cfg, 2048) < at(8));
+        assert!(batch_for_memory(8 * gib, &cfg, 2048, DType::F32) < at(8));
+    }
+
+    #[test]
+    fn f16_fits_about_twice_the_rows() {
+        let cfg = smollm2();
+        let gib = 1u64 << 30;
+        for g in 2..=8 {
+            let f32s = batch_for_memory(g * gib, &cfg, 256, DType::F32);
+            let f16s = batch_for_memory(g * gib, &cfg, 256, DType::F16);
+            // Caches and weights halve (more room, and less per row), the logits stay f32; rows
+            // come in multiples of 8, at most MAX_GPU_BATCH.
+            assert!(
+                f16s + 8 >= (2 * f32s).min(MAX_GPU_BATCH),
+                "{g} GiB: {f32s} → {f16s}"
+            );
+        }
     }
 }

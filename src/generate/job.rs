@@ -24,6 +24,7 @@ use crate::hf::bundle::ModelBundle;
 use crate::hf::chat_template::Message;
 use crate::hf::tokenizer::ChatTokenizer;
 use crate::model::Transformer;
+use crate::model::precision::dtype_name;
 
 /// Where a generation job stands, reported after every finished request.
 #[derive(Debug, Clone)]
@@ -127,7 +128,8 @@ fn recover(out: &Path, examples: &[SftExample]) -> Result<(HashMap<String, Strin
     Ok((rows, torn))
 }
 
-/// `<out>.run.json`: the model identity and sampling settings that made `out`'s rows.
+/// `<out>.run.json`: the model identity, sampling settings and compute dtype (or server) that
+/// made `out`'s rows.
 pub fn run_record_path(out: &Path) -> std::path::PathBuf {
     crate::fsutil::with_suffix(out, ".run.json")
 }
@@ -207,8 +209,10 @@ pub fn run_generate_with(
         "sampling": opts.sampling,
         "max_new_tokens": opts.max_new_tokens,
     });
-    if let Opponent::Server(client) = model.opponent {
-        record["server"] = client.identity();
+    match model.opponent {
+        Opponent::Server(client) => record["server"] = client.identity(),
+        // The dtype decides near-ties, so rows of an f16 run and an f32 run differ.
+        Opponent::Local(m) => record["dtype"] = dtype_name(m.compute).into(),
     }
     let record_path = run_record_path(out);
     if overwrite {
@@ -225,11 +229,20 @@ pub fn run_generate_with(
     if !existing.is_empty() || torn.is_some() {
         let saved = std::fs::read_to_string(&record_path)
             .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map(|mut saved| {
+                // Records written before generation had a dtype come from f32 runs.
+                if let Some(fields) = saved.as_object_mut()
+                    && !fields.contains_key("server")
+                {
+                    fields.entry("dtype").or_insert_with(|| "f32".into());
+                }
+                saved
+            });
         let refuse = |why: String| {
             Err(Error::Invalid(format!(
-                "{} holds {} rows {why}; rerun with the same --model, sampling and --server \
-                 flags to continue it, or start over with --overwrite or another --out",
+                "{} holds {} rows {why}; rerun with the same --model, sampling, --dtype and \
+                 --server flags to continue it, or start over with --overwrite or another --out",
                 out.display(),
                 existing.len()
             )))

@@ -96,7 +96,8 @@ pub struct TrainConfig {
     pub lora: LoraConfig,
     /// Activations' dtype: auto (f16 on a GPU whose WGSL has shader-f16, f32 elsewhere), f32 or
     /// f16. Trained weights and optimizer state stay f32 (a LoRA base is stored in f16); with f16
-    /// the loss is scaled dynamically and a step whose gradients overflow is skipped.
+    /// the loss is scaled dynamically and a step whose gradients overflow is skipped. In spin the
+    /// opponent generates in it too.
     #[arg(long, default_value_t = Self::default().dtype)]
     pub dtype: Precision,
     /// Refuse to start when the estimated peak memory of a step (at --max-length) exceeds this,

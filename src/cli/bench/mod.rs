@@ -14,7 +14,7 @@ use wgspin::hf::config::ModelConfig;
 use wgspin::model::Transformer;
 use wgspin::model::random_init::random_model;
 
-use super::args::DeviceArgs;
+use super::args::{DeviceArgs, DtypeArgs};
 use measure::BenchSizes;
 
 /// Benchmarks: WGSL kernels against their twins; generation, training and memory.
@@ -123,15 +123,23 @@ pub struct GenerateArgs {
     /// Tokens generated per row.
     #[arg(long, default_value_t = 256)]
     new_tokens: usize,
+    #[command(flatten)]
+    dtype: DtypeArgs,
 }
 
 impl GenerateArgs {
     fn run(self) -> Result<()> {
         let dev = self.device.select()?;
-        let (config, model) = self.model.load(&dev.device)?;
+        let dtype = self.dtype.resolve(&dev)?;
+        let (config, mut model) = self.model.load(&dev.device)?;
+        wgspin::model::precision::set_compute(&mut model, dtype);
         println!(
-            "{:>6} {:>11} {:>11} {:>12}",
-            "batch", "prompt", "new tokens", "tokens/s"
+            "{:>6} {:>11} {:>11} {:>12}  ({} compute)",
+            "batch",
+            "prompt",
+            "new tokens",
+            "tokens/s",
+            wgspin::model::precision::dtype_name(dtype)
         );
         let (prompt_len, new_tokens) = (self.prompt_len, self.new_tokens);
         for batch in self.batch_sizes {
@@ -310,7 +318,11 @@ fn profile_line(p: &GenProfile, layers: usize) -> String {
         None => String::new(),
     };
     format!(
-        "profile over {} steps after warm-up: {launches}, {:.2} host uploads/step, {:.3} blocking reads/step{compiled}",
-        p.measured_steps, p.uploads_per_step, p.reads_per_step
+        "profile over {} steps after warm-up: {launches}, {:.2} host uploads/step, {:.3} blocking reads/step{compiled}; warm decode {:.1} tok/s; KV cache {:.2} MiB",
+        p.measured_steps,
+        p.uploads_per_step,
+        p.reads_per_step,
+        p.decode_tokens_per_s,
+        p.kv_cache_bytes as f64 / 1048576.0
     )
 }

@@ -13,7 +13,8 @@
 //!   the largest |Δ logit| of the f16 decode path there (a flip needs the gap to be within 2×
 //!   it; the other 2× covers the engine's prefill and batch shapes, which round differently
 //!   from the teacher-forced run). After that the continuations are different texts.
-//! - An f16 decode step launches no more kernels than an f32 one (nothing is cast per step),
+//! - An f16 decode step launches no more kernels than an f32 one, give or take the one launch
+//!   burn's fusion varies from run to run (nothing is cast per step),
 //!   its cache and decode weights are f16, and the cache takes half the bytes.
 //!
 //! Tiny fixtures on the CPU backend (f16 in software) and the GPU model on a wgpu adapter with
@@ -31,6 +32,14 @@ use wgspin::model::fused::DecodeWeights;
 use wgspin::model::precision::set_compute;
 use wgspin::model::static_cache::{LEN_BUCKET, StaticKvCache, capacity_for, ids_tensor};
 use wgspin::model::{KvCache, StepInput};
+
+/// Held by the tests that run kernels on wgpu: cubecl's launch observer counts every launch in
+/// the process, so the launch count must not see another test's kernels.
+static WGPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn wgpu_alone() -> std::sync::MutexGuard<'static, ()> {
+    WGPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Log-softmax of one row of logits, in f64.
 fn log_softmax(row: &[f32]) -> Vec<f64> {
@@ -195,6 +204,7 @@ fn takes_f16(dev: &ComputeDevice) -> bool {
 
 #[test]
 fn f16_greedy_generation_tracks_f32_on_the_fixtures() {
+    let _alone = wgpu_alone();
     for dev in devices().into_iter().filter(takes_f16) {
         for name in TINY_MODELS.iter().filter(|m| runs_on(&dev, m)) {
             let dir = fixture(name);
@@ -251,7 +261,8 @@ fn f16_halves_the_kv_cache_and_decodes_from_f16_weights() {
     }
 }
 
-/// On wgpu an f16 step runs the f32 step's kernels in f16: no launch is added by a cast.
+/// On wgpu an f16 step runs the f32 step's kernels in f16: no launch is added by a cast
+/// (counted by cubecl's launch observer, as `bench generate` counts them).
 #[test]
 fn f16_decode_launches_no_more_kernels_than_f32() {
     use wgspin::generate::GenRequest;
@@ -263,6 +274,7 @@ fn f16_decode_launches_no_more_kernels_than_f32() {
         eprintln!("skipped: {} has no WGSL f16", dev.description);
         return;
     }
+    let _alone = wgpu_alone();
     let dir = fixture(GPU_MODEL);
     let r = reference(&dir);
     let requests: Vec<GenRequest> = r
@@ -287,6 +299,9 @@ fn f16_decode_launches_no_more_kernels_than_f32() {
     let [(l32, kv32), (l16, kv16)] = per_step[..] else {
         unreachable!("two runs")
     };
-    assert!(l16 <= l32, "f16 {l16} launches per step, f32 {l32}");
+    // burn's fusion groups the few small state updates of a step (position, sampler step)
+    // differently from run to run, moving either count by under one launch per step; a cast
+    // per weight would add more than one per layer.
+    assert!(l16 <= l32 + 1.0, "f16 {l16} launches per step, f32 {l32}");
     assert_eq!(kv16 * 2, kv32, "f16 KV cache bytes");
 }

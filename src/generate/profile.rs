@@ -1,6 +1,7 @@
 //! What one decode step costs the host, measured around the engine for `wgspin bench generate`:
-//! kernel launches per step (cubecl's launch observer, which counts on the issuing thread
-//! without waiting for the device), host→device uploads and blocking reads per step (counted by
+//! kernel launches per step (cubecl's launch observer, which is told on the issuing thread
+//! without waiting for the device, and sees every launch in the process: nothing else may run
+//! kernels meanwhile), host→device uploads and blocking reads per step (counted by
 //! the engine, see [`GenStats`]), and kernels launched for the first time after warm-up (each a
 //! compile, or an autotune candidate; cubecl's launched-kernel collection, by kernel id). All
 //! per-step figures are over the decode steps after warm-up: the first [`WARMUP_STEPS`], their

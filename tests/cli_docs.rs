@@ -161,8 +161,8 @@ fn readme_prose_flags_exist_in_some_command() {
     }
     // Flags of other programs the README shows: cargo (and cargo fuzz's `--dev`),
     // huggingface-cli, the PyTorch baselines' `--threads` and `--autocast`
-    // (scripts/bench_*.py), the servers' `--port` (vllm, llama-server) and tensorboard's
-    // `--logdir`.
+    // (scripts/bench_*.py), the real-model run's `--wgspin` (scripts/smollm2_spin.py), the
+    // servers' `--port` (vllm, llama-server) and tensorboard's `--logdir`.
     let foreign = [
         "--release",
         "--dev",
@@ -170,6 +170,7 @@ fn readme_prose_flags_exist_in_some_command() {
         "--local-dir",
         "--threads",
         "--autocast",
+        "--wgspin",
         "--port",
         "--logdir",
     ];

@@ -41,18 +41,6 @@ fn wgpu_alone() -> std::sync::MutexGuard<'static, ()> {
     WGPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Log-softmax of one row of logits, in f64.
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-    let lse = max
-        + row
-            .iter()
-            .map(|&x| (x as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    row.iter().map(|&x| x as f64 - lse).collect()
-}
-
 /// The largest logit minus the second largest.
 fn top2_gap(row: &[f32]) -> f32 {
     let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);

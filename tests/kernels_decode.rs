@@ -299,15 +299,7 @@ fn add_rms_norm_matches_host_reference_and_twin() {
                 .zip(&r)
                 .map(|(&a, &b)| a as f64 + b as f64)
                 .collect();
-            let norm = |v: &[f64]| -> Vec<f64> {
-                v.chunks(n)
-                    .flat_map(|row| {
-                        let ms = row.iter().map(|a| a * a).sum::<f64>() / n as f64;
-                        let inv = 1.0 / (ms + eps).sqrt();
-                        row.iter().zip(&w).map(move |(a, &g)| a * inv * g as f64)
-                    })
-                    .collect()
-            };
+            let norm = |v: &[f64]| rms_norm_f64(v, &w, eps);
             let xs: Vec<f64> = x.iter().map(|&a| a as f64).collect();
             let t2 =
                 |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [b, n]), device);
@@ -358,15 +350,7 @@ fn add_rms_norm_in_f16_rounds_once_per_output() {
                 .zip(&r)
                 .map(|(&a, &c)| f16(a as f64 + c as f64))
                 .collect();
-            let norm = |v: &[f64]| -> Vec<f64> {
-                v.chunks(n)
-                    .flat_map(|row| {
-                        let ms = row.iter().map(|a| a * a).sum::<f64>() / n as f64;
-                        let inv = 1.0 / (ms + eps).sqrt();
-                        row.iter().zip(&w).map(move |(a, &g)| a * inv * g as f64)
-                    })
-                    .collect()
-            };
+            let norm = |v: &[f64]| rms_norm_f64(v, &w, eps);
             let t2 = |v: &[f32]| {
                 Tensor::<2>::from_data(TensorData::new(v.to_vec(), [b, n]), device).cast(DType::F16)
             };
@@ -400,4 +384,16 @@ fn add_rms_norm_in_f16_rounds_once_per_output() {
         }
     }
     set_poison_outputs(false);
+}
+
+/// RMSNorm of each row of `v` (rows of `w.len()`) in f64: the kernels' reference.
+fn rms_norm_f64(v: &[f64], w: &[f32], eps: f64) -> Vec<f64> {
+    let n = w.len();
+    v.chunks(n)
+        .flat_map(|row| {
+            let ms = row.iter().map(|a| a * a).sum::<f64>() / n as f64;
+            let inv = 1.0 / (ms + eps).sqrt();
+            row.iter().zip(w).map(move |(a, &g)| a * inv * g as f64)
+        })
+        .collect()
 }

@@ -379,6 +379,18 @@ pub fn write_pairs(path: &Path) {
 }
 
 /// The largest |a − b| over two slices of one length.
+/// Log-softmax of one row of logits, in f64.
+pub fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    row.iter().map(|&x| x as f64 - lse).collect()
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
     a.iter()
@@ -493,17 +505,7 @@ pub fn wgspin_scores(
     let [_, s, v] = logits.dims();
     let flat = floats(logits);
     let logprobs = (prompt_len..s)
-        .map(|i| {
-            let row = &flat[(i - 1) * v..i * v];
-            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&x| (x as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            row[ids[i] as usize] as f64 - lse
-        })
+        .map(|i| log_softmax(&flat[(i - 1) * v..i * v])[ids[i] as usize])
         .collect();
     let tokens = run_generate(
         &bundle,

@@ -54,3 +54,7 @@ pub fn cast_back(t: FlexTensor, dtype: DType) -> FlexTensor {
         Flex::float_cast(t, dtype.into())
     }
 }
+
+pub fn from_shape(values: Vec<f32>, shape: burn::backend::Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}

@@ -21,8 +21,8 @@ use burn::backend::wgpu::{
     CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
 };
 use burn::backend::{
-    Autodiff, AutodiffBackend, Backend, DType, Dispatch, Flex, FloatDType, IntDType, RuntimeId,
-    Shape, TensorMetadata, backend_extension,
+    Autodiff, AutodiffBackend, Backend, DType, Dispatch, FloatDType, IntDType, RuntimeId, Shape,
+    TensorMetadata, backend_extension,
 };
 use burn::cubecl::ir::{DeviceProperties, ElemType, FloatKind};
 use burn::cubecl::prelude::KernelId;
@@ -142,8 +142,6 @@ pub fn reference_backward<B: Backend>(
         B::float_cast(d, dtype.into())
     }
 }
-
-impl LogprobBackend for Flex {}
 
 // ---------------------------------------------------------------- WGSL launch (wgpu runtime only)
 

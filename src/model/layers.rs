@@ -2,7 +2,6 @@
 //! and the SwiGLU MLP.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
 use burn::tensor::{DType, Tensor};
 
 use super::lora::Lora;
@@ -83,7 +82,8 @@ pub struct Mlp {
 impl Mlp {
     /// `x`: `[batch, seq, hidden]` → `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let g = silu(self.gate.forward(x.clone())); // [batch, seq, intermediate]
-        self.down.forward(g * self.up.forward(x))
+        let g = self.gate.forward(x.clone()); // [batch, seq, intermediate]
+        self.down
+            .forward(crate::kernels::swiglu::swiglu(g, self.up.forward(x)))
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hf::weights::{HostTensor, StoredDtype, WeightFiles, write_safetensors};
+use crate::kernels::optim_step::{AdamwCoefs, RmspropCoefs, adamw_step, rmsprop_step, sum_squares};
 use crate::model::Transformer;
 use crate::model::named::trainable_mut;
 
@@ -128,12 +129,15 @@ const EPS: f64 = 1e-8;
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 
-/// Global L2 norm of `grads` (one readback).
-pub fn grad_norm(grads: &[Tensor<1>]) -> Result<f64> {
+/// Global L2 norm of `grads` times `scale` (one readback).
+pub fn grad_norm(grads: &[Tensor<1>], scale: f64) -> Result<f64> {
     if grads.is_empty() {
         return Ok(0.0);
     }
-    let sq: Vec<Tensor<1>> = grads.iter().map(|g| g.clone().square().sum()).collect();
+    let sq: Vec<Tensor<1>> = grads
+        .iter()
+        .map(|g| sum_squares(g.clone(), scale as f32))
+        .collect();
     let total = Tensor::cat(sq, 0).sum();
     let v = total
         .into_data()
@@ -151,55 +155,59 @@ impl Optimizer {
         }
     }
 
-    /// One update of every parameter of `model` with `grads` (aligned with `trainable_mut`), at `lr`.
-    pub fn step(&mut self, model: &mut Transformer, grads: Vec<Tensor<1>>, lr: f64) {
+    /// One update of every parameter of `model` with `grads` (aligned with `trainable_mut`) times
+    /// `grad_scale` (the loss-scale and clipping factor), at `lr`.
+    pub fn step(
+        &mut self,
+        model: &mut Transformer,
+        grads: Vec<Tensor<1>>,
+        lr: f64,
+        grad_scale: f64,
+    ) {
         self.steps += 1;
         let t = self.steps as i32;
-        let wd = self.cfg.weight_decay;
+        let wd = self.cfg.weight_decay as f32;
+        let (lr, grad_scale) = (lr as f32, grad_scale as f32);
         let mut params = trainable_mut(model);
         if self.state.len() != params.len() {
             self.state = vec![None; params.len()];
         }
         for (i, ((_, p), g)) in params.iter_mut().zip(grads).enumerate() {
             let w = p.value_flat();
+            // torch starts both from zeros; the first step's update is the same.
+            let zeros = || w.zeros_like();
             let new = match self.cfg.kind {
                 OptimizerKind::Rmsprop => {
-                    let g = if wd != 0.0 {
-                        g + w.clone().mul_scalar(wd)
-                    } else {
-                        g
+                    let v = self.state[i].take().map_or_else(zeros, |(v, _)| v);
+                    let c = RmspropCoefs {
+                        lr,
+                        alpha: RMS_ALPHA as f32,
+                        eps: EPS as f32,
+                        weight_decay: wd,
+                        grad_scale,
                     };
-                    let sq = g.clone().square().mul_scalar(1.0 - RMS_ALPHA);
-                    let v = match self.state[i].take() {
-                        Some((v, _)) => v.mul_scalar(RMS_ALPHA) + sq,
-                        None => sq,
-                    };
-                    let upd = g / v.clone().sqrt().add_scalar(EPS);
+                    let (w, v) = rmsprop_step(w, g, v, c);
                     self.state[i] = Some((v, None));
-                    w - upd.mul_scalar(lr)
+                    w
                 }
                 OptimizerKind::Adamw => {
-                    let w = if wd != 0.0 {
-                        w.mul_scalar(1.0 - lr * wd)
-                    } else {
-                        w
-                    };
                     let (m, v) = match self.state[i].take() {
-                        Some((m, Some(v))) => (
-                            m.mul_scalar(BETA1) + g.clone().mul_scalar(1.0 - BETA1),
-                            v.mul_scalar(BETA2) + g.square().mul_scalar(1.0 - BETA2),
-                        ),
-                        _ => (
-                            g.clone().mul_scalar(1.0 - BETA1),
-                            g.square().mul_scalar(1.0 - BETA2),
-                        ),
+                        Some((m, Some(v))) => (m, v),
+                        _ => (zeros(), zeros()),
                     };
-                    let c1 = 1.0 - BETA1.powi(t);
-                    let c2 = 1.0 - BETA2.powi(t);
-                    let denom = v.clone().div_scalar(c2).sqrt().add_scalar(EPS);
-                    let upd = m.clone().div_scalar(c1) / denom;
+                    let c = AdamwCoefs {
+                        lr,
+                        beta1: BETA1 as f32,
+                        beta2: BETA2 as f32,
+                        eps: EPS as f32,
+                        weight_decay: wd,
+                        bias1: (1.0 - BETA1.powi(t)) as f32,
+                        bias2: (1.0 - BETA2.powi(t)) as f32,
+                        grad_scale,
+                    };
+                    let (w, m, v) = adamw_step(w, g, m, v, c);
                     self.state[i] = Some((m, Some(v)));
-                    w - upd.mul_scalar(lr)
+                    w
                 }
             };
             p.set_flat(new);

@@ -215,12 +215,10 @@ impl TrainState {
     /// next optimizer step at the scheduled learning rate. A gradient norm that is not finite
     /// skips the step under loss scaling, and otherwise fails, changing nothing. Returns (lr,
     /// norm); the norm is not finite for a skipped step.
-    pub fn update(&mut self, mut grads: Vec<Tensor<1>>) -> Result<(f64, f64)> {
-        let scale = self.loss_scale();
-        if scale != 1.0 {
-            grads = grads.into_iter().map(|g| g.div_scalar(scale)).collect();
-        }
-        let norm = grad_norm(&grads)?;
+    pub fn update(&mut self, grads: Vec<Tensor<1>>) -> Result<(f64, f64)> {
+        // Unscaling and clipping are factors folded into the optimizer's one pass.
+        let unscale = 1.0 / self.loss_scale();
+        let norm = grad_norm(&grads, unscale)?;
         let (total, warmup) = (self.plan.total_steps, self.plan.warmup_steps);
         let lr = lr_at(self.cfg.schedule, self.cfg.lr, self.step, total, warmup);
         if let Some(s) = self.scaler.as_mut() {
@@ -246,11 +244,13 @@ impl TrainState {
             )));
         }
         let cfg = &self.cfg;
-        if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm {
-            let scale = cfg.max_grad_norm / (norm + 1e-6);
-            grads = grads.into_iter().map(|g| g.mul_scalar(scale)).collect();
-        }
-        self.optimizer.step(&mut self.model, grads, lr);
+        let clip = if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm {
+            cfg.max_grad_norm / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        self.optimizer
+            .step(&mut self.model, grads, lr, unscale * clip);
         self.step += 1;
         Ok((lr, norm))
     }

@@ -1,0 +1,216 @@
+//! The training step's fused element-wise ops (Rust loops on the CPU backend, burn-ops twins
+//! elsewhere) against references written here on the host in f64 from their definitions:
+//! - SwiGLU `silu(g) · u` and its two gradients, and the op's autodiff against burn's own
+//!   autodiff of `silu(g) * u`;
+//! - RMSprop and AdamW updates over several steps (torch's formulas, weight decay, a gradient
+//!   scale), and the sum of squares of the gradient norm.
+//!
+//! Tolerances (f32 against f64): |Δ| ≤ 1e-5 · max(1, |ref|) for values; the optimizer's weights
+//! after 3 steps ≤ 1e-5 · max(1, |ref|) (the update divides by √v + ε: relative error of f32).
+
+mod common;
+
+use burn::tensor::activation::silu;
+use burn::tensor::{Tensor, TensorData};
+use common::{Rng, assert_close, devices, floats};
+use wgspin::kernels::optim_step::{
+    AdamwCoefs, RmspropCoefs, adamw_step, rmsprop_step, sum_squares,
+};
+use wgspin::kernels::swiglu::{swiglu, swiglu_grad};
+
+fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() * scale).collect()
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+#[test]
+fn swiglu_matches_its_definition() {
+    let mut rng = Rng(21);
+    for dev in devices() {
+        // 70001 elements: more than one parallel chunk, not a multiple of it.
+        for &(rows, cols) in &[(1, 1), (3, 17), (7, 10001)] {
+            let n = rows * cols;
+            let (g, u, dy) = (
+                randn(&mut rng, n, 4.0),
+                randn(&mut rng, n, 1.0),
+                randn(&mut rng, n, 1.0),
+            );
+            let t = |v: &[f32]| {
+                Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), &dev.device)
+            };
+            let y = floats(swiglu(t(&g), t(&u)));
+            let (dg, du) = swiglu_grad(t(&g), t(&u), t(&dy));
+            let want_y: Vec<f64> = (0..n)
+                .map(|i| g[i] as f64 * sigmoid(g[i] as f64) * u[i] as f64)
+                .collect();
+            let want_dg: Vec<f64> = (0..n)
+                .map(|i| {
+                    let (x, s) = (g[i] as f64, sigmoid(g[i] as f64));
+                    dy[i] as f64 * u[i] as f64 * (s + x * s * (1.0 - s))
+                })
+                .collect();
+            let want_du: Vec<f64> = (0..n)
+                .map(|i| dy[i] as f64 * g[i] as f64 * sigmoid(g[i] as f64))
+                .collect();
+            let label = format!("{} [{rows}, {cols}]", dev.description);
+            assert_close(&format!("{label} y"), &y, &want_y, 1e-5);
+            assert_close(&format!("{label} dgate"), &floats(dg), &want_dg, 1e-5);
+            assert_close(&format!("{label} dup"), &floats(du), &want_du, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn swiglu_autodiff_matches_burns_autodiff() {
+    let mut rng = Rng(22);
+    for dev in devices() {
+        let device = dev.device.clone().autodiff();
+        let (rows, cols) = (5, 333);
+        let n = rows * cols;
+        let (g, u, w) = (
+            randn(&mut rng, n, 3.0),
+            randn(&mut rng, n, 1.0),
+            randn(&mut rng, n, 1.0),
+        );
+        let t =
+            |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), &device);
+        let grads_of = |fused: bool| {
+            let (gate, up) = (t(&g).require_grad(), t(&u).require_grad());
+            let y = if fused {
+                swiglu(gate.clone(), up.clone())
+            } else {
+                silu(gate.clone()) * up.clone()
+            };
+            let grads = (y * t(&w)).sum().backward();
+            (
+                floats(gate.grad(&grads).unwrap()),
+                floats(up.grad(&grads).unwrap()),
+            )
+        };
+        let ((a_g, a_u), (b_g, b_u)) = (grads_of(true), grads_of(false));
+        let wide = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+        assert_close(
+            &format!("{} dgate", dev.description),
+            &a_g,
+            &wide(b_g),
+            1e-5,
+        );
+        assert_close(&format!("{} dup", dev.description), &a_u, &wide(b_u), 1e-5);
+    }
+}
+
+/// torch.optim.RMSprop (alpha, eps, weight_decay; no momentum) in f64, `steps` updates.
+fn rmsprop_host(w: &[f32], grads: &[Vec<f32>], c: RmspropCoefs) -> (Vec<f64>, Vec<f64>) {
+    let mut w: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+    let mut v = vec![0f64; w.len()];
+    let (lr, a, eps, wd, s) = (
+        c.lr as f64,
+        c.alpha as f64,
+        c.eps as f64,
+        c.weight_decay as f64,
+        c.grad_scale as f64,
+    );
+    for g in grads {
+        for i in 0..w.len() {
+            let gi = g[i] as f64 * s + wd * w[i];
+            v[i] = a * v[i] + (1.0 - a) * gi * gi;
+            w[i] -= lr * gi / (v[i].sqrt() + eps);
+        }
+    }
+    (w, v)
+}
+
+/// torch.optim.AdamW in f64.
+fn adamw_host(w: &[f32], grads: &[Vec<f32>], c: AdamwCoefs) -> Vec<f64> {
+    let mut w: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+    let (mut m, mut v) = (vec![0f64; w.len()], vec![0f64; w.len()]);
+    let (lr, b1, b2, eps, wd, s) = (
+        c.lr as f64,
+        c.beta1 as f64,
+        c.beta2 as f64,
+        c.eps as f64,
+        c.weight_decay as f64,
+        c.grad_scale as f64,
+    );
+    for (t, g) in grads.iter().enumerate() {
+        let t = t as i32 + 1;
+        for i in 0..w.len() {
+            let gi = g[i] as f64 * s;
+            w[i] *= 1.0 - lr * wd;
+            m[i] = b1 * m[i] + (1.0 - b1) * gi;
+            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+            let (mh, vh) = (m[i] / (1.0 - b1.powi(t)), v[i] / (1.0 - b2.powi(t)));
+            w[i] -= lr * mh / (vh.sqrt() + eps);
+        }
+    }
+    w
+}
+
+#[test]
+fn optimizer_steps_match_torch_formulas() {
+    let mut rng = Rng(23);
+    let n = 70_001;
+    for dev in devices() {
+        let w0 = randn(&mut rng, n, 0.5);
+        let grads: Vec<Vec<f32>> = (0..3).map(|_| randn(&mut rng, n, 2.0)).collect();
+        let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), &dev.device);
+        let rc = RmspropCoefs {
+            lr: 1e-3,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            grad_scale: 0.25,
+        };
+        let (mut w, mut v) = (t(&w0), t(&vec![0.0; n]));
+        for g in &grads {
+            (w, v) = rmsprop_step(w, t(g), v, rc);
+        }
+        let (want_w, want_v) = rmsprop_host(&w0, &grads, rc);
+        assert_close(
+            &format!("{} rmsprop w", dev.description),
+            &floats(w),
+            &want_w,
+            1e-5,
+        );
+        assert_close(
+            &format!("{} rmsprop v", dev.description),
+            &floats(v),
+            &want_v,
+            1e-5,
+        );
+
+        let ac = |t: i32| AdamwCoefs {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            bias1: 1.0 - 0.9f32.powi(t),
+            bias2: 1.0 - 0.999f32.powi(t),
+            grad_scale: 0.5,
+        };
+        let (mut w, mut m, mut v) = (t(&w0), t(&vec![0.0; n]), t(&vec![0.0; n]));
+        for (i, g) in grads.iter().enumerate() {
+            (w, m, v) = adamw_step(w, t(g), m, v, ac(i as i32 + 1));
+        }
+        let want = adamw_host(&w0, &grads, ac(1));
+        assert_close(
+            &format!("{} adamw w", dev.description),
+            &floats(w),
+            &want,
+            1e-5,
+        );
+        let _ = (m, v);
+
+        let sq = floats(sum_squares(t(&grads[0]), 0.125))[0] as f64;
+        let want: f64 = grads[0].iter().map(|&x| (x as f64 * 0.125).powi(2)).sum();
+        assert!(
+            (sq - want).abs() <= 1e-5 * want,
+            "{} sum of squares {sq} vs {want}",
+            dev.description
+        );
+    }
+}

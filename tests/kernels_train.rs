@@ -2,6 +2,8 @@
 //! elsewhere) against references written here on the host in f64 from their definitions:
 //! - SwiGLU `silu(g) · u` and its two gradients, and the op's autodiff against burn's own
 //!   autodiff of `silu(g) * u`;
+//! - attention's scaled, masked softmax and its gradient (masks shared by the batch and per
+//!   row, fully masked keys), and its autodiff against burn's autodiff of the ops it replaces;
 //! - RMSprop and AdamW updates over several steps (torch's formulas, weight decay, a gradient
 //!   scale), and the sum of squares of the gradient norm.
 //!
@@ -10,12 +12,13 @@
 
 mod common;
 
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Tensor, TensorData};
 use common::{Rng, assert_close, devices, floats};
 use wgspin::kernels::optim_step::{
     AdamwCoefs, RmspropCoefs, adamw_step, rmsprop_step, sum_squares,
 };
+use wgspin::kernels::softmax::{masked_softmax, masked_softmax_grad};
 use wgspin::kernels::swiglu::{swiglu, swiglu_grad};
 
 fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
@@ -211,6 +214,106 @@ fn optimizer_steps_match_torch_formulas() {
             (sq - want).abs() <= 1e-5 * want,
             "{} sum of squares {sq} vs {want}",
             dev.description
+        );
+    }
+}
+
+/// Scores `[b, h, g, s, k]` and a mask `[mb, 1, 1, s, k]`: causal, plus random hidden keys in
+/// per-row masks (never the diagonal, so no row is fully hidden).
+fn softmax_case(rng: &mut Rng, dims: [usize; 5], mb: usize) -> (Vec<f32>, Vec<f32>) {
+    let [b, h, g, s, k] = dims;
+    let scores = randn(rng, b * h * g * s * k, 6.0);
+    let mut mask = vec![0f32; mb * s * k];
+    for r in 0..mb {
+        for q in 0..s {
+            for j in 0..k {
+                let hidden = j > q + (k - s) || (mb > 1 && j != q + (k - s) && rng.uniform() < 0.3);
+                if hidden {
+                    mask[(r * s + q) * k + j] = -1.0e9;
+                }
+            }
+        }
+    }
+    (scores, mask)
+}
+
+#[test]
+fn masked_softmax_matches_its_definition() {
+    let mut rng = Rng(24);
+    let scale = 0.125f32;
+    for dev in devices() {
+        for &(dims, mb) in &[
+            ([1, 1, 1, 1, 1], 1),
+            ([2, 3, 2, 5, 5], 1),
+            ([3, 2, 1, 4, 9], 3),
+            ([2, 1, 3, 40, 300], 2),
+        ] {
+            let [b, h, g, s, k] = dims;
+            let (x, mask) = softmax_case(&mut rng, dims, mb);
+            let dy = randn(&mut rng, x.len(), 1.0);
+            let t = |v: &[f32], d: [usize; 5]| {
+                Tensor::<5>::from_data(TensorData::new(v.to_vec(), d), &dev.device)
+            };
+            let p = floats(masked_softmax(
+                t(&x, dims),
+                t(&mask, [mb, 1, 1, s, k]),
+                scale,
+            ));
+            let d = floats(masked_softmax_grad(t(&p, dims), t(&dy, dims), scale));
+            let (mut want_p, mut want_d) = (vec![0f64; x.len()], vec![0f64; x.len()]);
+            for row in 0..b * h * g * s {
+                let mrow = if mb == 1 { 0 } else { row / (h * g * s) } * s + row % s;
+                let z: Vec<f64> = (0..k)
+                    .map(|j| x[row * k + j] as f64 * scale as f64 + mask[mrow * k + j] as f64)
+                    .collect();
+                let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = z.iter().map(|v| (v - m).exp()).sum();
+                let pr: Vec<f64> = z.iter().map(|v| (v - m).exp() / sum).collect();
+                // The backward from the kernel's own probabilities: it is held to its formula.
+                let dot: f64 = (0..k)
+                    .map(|j| p[row * k + j] as f64 * dy[row * k + j] as f64)
+                    .sum();
+                for j in 0..k {
+                    want_p[row * k + j] = pr[j];
+                    let pj = p[row * k + j] as f64;
+                    want_d[row * k + j] = scale as f64 * pj * (dy[row * k + j] as f64 - dot);
+                }
+            }
+            let label = format!("{} {dims:?} mask rows {mb}", dev.description);
+            assert_close(&format!("{label} probs"), &p, &want_p, 1e-5);
+            assert_close(&format!("{label} dscores"), &d, &want_d, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn masked_softmax_autodiff_matches_burns_autodiff() {
+    let mut rng = Rng(25);
+    for dev in devices() {
+        let device = dev.device.clone().autodiff();
+        let dims = [2, 2, 2, 6, 6];
+        let (x, mask) = softmax_case(&mut rng, dims, 2);
+        let w = randn(&mut rng, x.len(), 1.0);
+        let t = |v: &[f32], d: [usize; 5]| {
+            Tensor::<5>::from_data(TensorData::new(v.to_vec(), d), &device)
+        };
+        let grad_of = |fused: bool| {
+            let scores = t(&x, dims).require_grad();
+            let mask = t(&mask, [2, 1, 1, 6, 6]);
+            let p = if fused {
+                masked_softmax(scores.clone(), mask, 0.3)
+            } else {
+                softmax(scores.clone().mul_scalar(0.3) + mask, 4)
+            };
+            let grads = (p * t(&w, dims)).sum().backward();
+            floats(scores.grad(&grads).unwrap())
+        };
+        let want: Vec<f64> = grad_of(false).into_iter().map(f64::from).collect();
+        assert_close(
+            &format!("{} dscores", dev.description),
+            &grad_of(true),
+            &want,
+            1e-5,
         );
     }
 }

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use super::cpu;
 use super::logprobs::LogprobBackend;
 use super::optim_step::{AdamwCoefs, OptimStepBackend, RmspropCoefs};
+use super::softmax::MaskedSoftmaxBackend;
 use super::swiglu::SwigluBackend;
 
 /// Elements per parallel task of the flat loops: large enough that a task outweighs its
@@ -155,6 +156,92 @@ impl SwigluBackend for Flex {
             cpu::cast_back(cpu::from_shape(dg, shape.clone()), dtype),
             cpu::cast_back(cpu::from_shape(du, shape), dtype),
         )
+    }
+}
+
+/// Rows of the last dimension per parallel task: about [`FLAT_CHUNK`] elements.
+fn rows_per_task(width: usize) -> usize {
+    (FLAT_CHUNK / width.max(1)).max(1)
+}
+
+impl MaskedSoftmaxBackend for Flex {
+    fn masked_softmax(
+        scores: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        let dtype = scores.dtype();
+        let shape = scores.shape();
+        let [b, h, g, s, k] = shape.dims::<5>();
+        let mask_rows = mask.shape()[0];
+        assert!(
+            mask.shape().dims::<5>() == [mask_rows, 1, 1, s, k]
+                && (mask_rows == 1 || mask_rows == b),
+            "mask {:?} does not fit scores {:?}",
+            mask.shape(),
+            shape
+        );
+        let (scores, mask) = (cpu::f32_dense(scores), cpu::f32_dense(mask));
+        let mask = cpu::read(&mask);
+        let mut p = vec![0f32; shape.num_elements()];
+        if k > 0 {
+            let per = rows_per_task(k);
+            p.par_chunks_mut(per * k)
+                .zip(cpu::read(&scores).par_chunks(per * k))
+                .enumerate()
+                .for_each(|(task, (prows, xrows))| {
+                    for (i, (pr, xr)) in prows.chunks_mut(k).zip(xrows.chunks(k)).enumerate() {
+                        let row = task * per + i;
+                        // Row = ((batch · h + head) · g + group) · s + query.
+                        let batch = if mask_rows == 1 { 0 } else { row / (h * g * s) };
+                        let mr = &mask[(batch * s + row % s) * k..][..k];
+                        let mut m = f32::NEG_INFINITY;
+                        for ((o, &x), &a) in pr.iter_mut().zip(xr).zip(mr) {
+                            *o = x * scale + a;
+                            m = m.max(*o);
+                        }
+                        let mut sum = 0f32;
+                        for o in pr.iter_mut() {
+                            *o = (*o - m).exp();
+                            sum += *o;
+                        }
+                        let inv = 1.0 / sum;
+                        pr.iter_mut().for_each(|o| *o *= inv);
+                    }
+                });
+        }
+        cpu::cast_back(cpu::from_shape(p, shape), dtype)
+    }
+
+    fn masked_softmax_backward(
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        let dtype = probs.dtype();
+        let shape = probs.shape();
+        let k = shape[shape.num_dims() - 1];
+        let (probs, grad) = (cpu::f32_dense(probs), cpu::f32_dense(grad));
+        let mut d = vec![0f32; shape.num_elements()];
+        if k > 0 {
+            let per = rows_per_task(k) * k;
+            d.par_chunks_mut(per)
+                .zip(cpu::read(&probs).par_chunks(per))
+                .zip(cpu::read(&grad).par_chunks(per))
+                .for_each(|((drows, prows), grows)| {
+                    for ((dr, pr), gr) in drows
+                        .chunks_mut(k)
+                        .zip(prows.chunks(k))
+                        .zip(grows.chunks(k))
+                    {
+                        let dot: f32 = pr.iter().zip(gr).map(|(p, g)| p * g).sum();
+                        for ((o, &p), &g) in dr.iter_mut().zip(pr).zip(gr) {
+                            *o = scale * p * (g - dot);
+                        }
+                    }
+                });
+        }
+        cpu::cast_back(cpu::from_shape(d, shape), dtype)
     }
 }
 

@@ -12,4 +12,5 @@ pub mod optim_step;
 pub mod rope_cache;
 pub mod rows_matmul;
 pub mod sample;
+pub mod softmax;
 pub mod swiglu;

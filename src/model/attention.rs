@@ -5,13 +5,12 @@
 //! covers right padding (scoring, training), left padding and cached incremental decoding.
 
 use burn::module::Module;
-use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::layers::Linear;
-use super::precision::like;
 use super::rope;
 use crate::hf::config::AttentionWindow;
+use crate::kernels::softmax::masked_softmax;
 
 /// Added to the scores of masked keys. Finite, so a fully masked (padding) query row gives a
 /// uniform distribution instead of NaN.
@@ -136,14 +135,12 @@ impl Attention {
         // Query heads h = kv_head * g + i share kv_head (transformers' repeat_kv), so group them
         // instead of copying keys and values g times.
         let q = q.reshape([b, hkv, g * s, d]);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(1.0 / (d as f64).sqrt()); // [b, hkv, g*s, kv]
-        // The mask and softmax in f32 whatever the compute dtype, as transformers' eager
+        let scores = q.matmul(k.swap_dims(2, 3)); // [b, hkv, g*s, kv]
+        // Scale, mask and softmax in f32 whatever the compute dtype, as transformers' eager
         // attention upcasts its softmax.
-        let dtype = scores.dtype();
-        let scores = like(scores, DType::F32).reshape([b, hkv, g, s, kv_len]) + mask.clone();
-        let probs = like(softmax(scores, 4), dtype).reshape([b, hkv, g * s, kv_len]);
+        let scale = 1.0 / (d as f32).sqrt();
+        let scores = scores.reshape([b, hkv, g, s, kv_len]);
+        let probs = masked_softmax(scores, mask.clone(), scale).reshape([b, hkv, g * s, kv_len]);
         let out = probs.matmul(v); // [b, hkv, g*s, d]
         let out = out
             .reshape([b, h, s, d])

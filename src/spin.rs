@@ -210,7 +210,10 @@ fn evaluate(
     ll_before: Option<f64>,
 ) -> Result<EvalResult> {
     let score = |model_path: &Path, known_ll: Option<f64>| -> Result<(PairLogps, f64)> {
-        let b = ModelBundle::load(model_path, device)?;
+        let mut b = ModelBundle::load(model_path, device)?;
+        // Scored in the dtype the player trains and generates in, as training's reference
+        // log-probs are.
+        set_compute(&mut b.model, train_cfg.dtype.resolve(device)?);
         let tok = &b.tokenizer;
         let pairs = tokenize_pairs(tok, eval_pairs, train_cfg)?;
         let pad = tok.pad_id();

@@ -363,7 +363,7 @@ pub fn bench_train(
     lora: &wgspin::model::lora::LoraConfig,
     compute: burn::tensor::DType,
     gradient_checkpointing: bool,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, usize)> {
     use wgspin::train::{Objective, PairLogps, TrainConfig, TrainPair, Trainer};
     let TrainShape {
         pairs,
@@ -414,16 +414,17 @@ pub fn bench_train(
         },
         0,
     )?;
-    let mut times = vec![];
+    let (mut times, mut skipped) = (vec![], 0);
     for s in 0..=steps {
         let t = Instant::now();
-        trainer.train_step()?;
+        let m = trainer.train_step()?;
         if s > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
+        skipped += usize::from(m.loss_scale.is_some_and(|(_, skip)| skip));
     }
     let median = median(times);
-    Ok(((2 * pairs * seq_len) as f64 / median, median))
+    Ok(((2 * pairs * seq_len) as f64 / median, median, skipped))
 }
 
 /// Peak resident memory of this process in bytes, where the OS tells it cheaply (Linux).

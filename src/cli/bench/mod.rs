@@ -206,7 +206,7 @@ impl TrainArgs {
             prompt_len,
             steps,
         };
-        let (tps, secs) = measure::bench_train(
+        let (tps, secs, skipped) = measure::bench_train(
             model,
             config.vocab_size,
             shape,
@@ -236,8 +236,18 @@ impl TrainArgs {
             what += ", gradient checkpointing";
         }
         what += &format!(", {compute:?} activations");
+        // A step the loss scaler skips makes no optimizer update (and, on the first, no
+        // optimizer state): its time and memory are not a trained step's.
+        let skipped = if skipped > 0 {
+            format!(
+                "; {skipped} of {} steps skipped by the f16 loss scaler (gradients overflowed)",
+                steps + 1
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "SPIN train step ({what}): {pairs} pairs x {seq_len} tokens (prompt {prompt_len}): {secs:.4} s/step (median of {steps}), {tps:.1} tokens/s; {mem}"
+            "SPIN train step ({what}): {pairs} pairs x {seq_len} tokens (prompt {prompt_len}): {secs:.4} s/step (median of {steps}), {tps:.1} tokens/s; {mem}{skipped}"
         );
         Ok(())
     }

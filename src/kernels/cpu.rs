@@ -37,7 +37,7 @@ pub fn write(t: &mut FlexTensor) -> &mut [f32] {
     &mut t.storage_mut::<f32>()[start..end]
 }
 
-/// An int tensor's values (positions: a handful per step).
+/// An int tensor's values (positions, target ids).
 pub fn positions(t: FlexTensor) -> Vec<i64> {
     t.into_data().iter::<i64>().collect()
 }

@@ -1,11 +1,12 @@
 //! The training step's element-wise hot paths on the CPU backend, as Rust loops over rows on all
-//! cores: token log-probs and their gradient, SwiGLU and its gradient, and the optimizer updates.
+//! cores: token log-probs, attention's masked softmax and SwiGLU with their gradients, and the
+//! optimizer updates.
 //!
 //! burn's CPU backend runs each element-wise op on one thread, one pass over memory per op: a
 //! training step spent more wall time there than in its (multi-threaded) matmuls. Each function
 //! here is one parallel pass computing in f32, next to the burn-ops twin its module keeps
-//! (`logprobs::reference_*`, `swiglu::reference_*`, `optim_step::reference_*`), which the tests
-//! compare it with.
+//! (`reference_*` in `logprobs`, `softmax`, `swiglu` and `optim_step`); `tests/kernels_train.rs`
+//! and `tests/kernels_logprobs.rs` hold both to references computed in f64.
 
 use burn::backend::Flex;
 use burn::backend::TensorMetadata;
@@ -30,10 +31,6 @@ fn max_and_sum(row: &[f32]) -> (f32, f64) {
     (m, s)
 }
 
-fn targets_of(t: IntTensor<Flex>) -> Vec<i64> {
-    cpu::positions(t)
-}
-
 impl LogprobBackend for Flex {
     fn token_logprobs(
         logits: FloatTensor<Self>,
@@ -41,7 +38,7 @@ impl LogprobBackend for Flex {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let [n, v] = logits.shape().dims::<2>();
         let logits = cpu::f32_dense(logits);
-        let targets = targets_of(targets);
+        let targets = cpu::positions(targets);
         let mut out = vec![[0f32; 2]; n];
         if v > 0 {
             cpu::read(&logits)
@@ -78,7 +75,7 @@ impl LogprobBackend for Flex {
             cpu::f32_dense(lse),
             cpu::f32_dense(grad),
         );
-        let targets = targets_of(targets);
+        let targets = cpu::positions(targets);
         let (lse, grad) = (cpu::read(&lse), cpu::read(&grad));
         let mut d = vec![0f32; n * v];
         if v > 0 {

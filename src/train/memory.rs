@@ -121,9 +121,9 @@ pub fn adapter_count(m: &ModelConfig, cfg: &TrainConfig) -> u64 {
 
 /// Bytes one layer keeps for its backward pass per token of a `seq`-token row, activations in
 /// `e`-byte floats: each RMSNorm's f32 input, normalised values and output; the shared input of
-/// q/k/v and of gate/up; q, k, v and their rotated copies; the f32 softmax output and its cast
-/// (`heads × seq` per token: the attention probabilities); the attention output; the MLP's gate,
-/// up, SiLU and product.
+/// q/k/v and of gate/up; q, k, v and their rotated copies; the attention probabilities (`heads ×
+/// seq` per token, the masked softmax's output, which the next matmul shares); the attention
+/// output; the MLP's gate and up (what the SwiGLU op keeps) and their product.
 pub fn layer_bytes_per_token(m: &ModelConfig, seq: usize, e: u64) -> u64 {
     let (h, i) = (m.hidden_size as u64, m.intermediate_size as u64);
     let (q, kv) = (
@@ -133,16 +133,19 @@ pub fn layer_bytes_per_token(m: &ModelConfig, seq: usize, e: u64) -> u64 {
     let norms = 2 * (8 + e) * h;
     let inputs = 2 * e * h;
     let qkv = 2 * e * (q + 2 * kv) + 2 * e * q;
-    let attention = m.num_heads as u64 * seq as u64 * (4 + e);
-    let mlp = 4 * e * i;
+    let attention = m.num_heads as u64 * seq as u64 * e;
+    let mlp = 3 * e * i;
     norms + inputs + qkv + attention + mlp
 }
 
 /// Bytes per attention score (row × head × query × key) that one layer's backward pass holds
-/// beyond what its forward kept, fitted to the CPU backend's measured peaks: SPIN on the
-/// Qwen2.5-0.5B shape at 1 pair × 1024 tokens with checkpointing peaked 2.2 GiB above its other
-/// parts, ~75 bytes per score; 64 keeps the shorter runs within bounds.
-const ATTENTION_BACKWARD: u64 = 64;
+/// beyond what its forward kept (the gradients of the probabilities and scores), fitted to the
+/// CPU backend's measured peaks (`tests/memory.rs`): 12 in f32; 24 in f16, where the softmax's
+/// backward also holds f32 copies (SPIN on the Qwen2.5-0.5B shape, LoRA r=16, checkpointing, 1
+/// pair × 1024 tokens, peaked at 2401 MiB).
+const fn attention_backward(e: u64) -> u64 {
+    if e == 2 { 24 } else { 12 }
+}
 
 /// The estimated peak of one optimizer step: `rows` sequences of `seq` tokens per forward pass
 /// (a SPIN pair is two rows), `max_logits` lm_head logits at once, activations in `compute`.
@@ -176,8 +179,8 @@ pub fn estimate(
     let layer = layer_bytes_per_token(m, seq, e) * tokens;
     let layers = m.num_layers as u64;
     // One layer's backward pass at a time also holds the attention's temporaries: the gradients
-    // of the scores and probabilities and their copies, [`ATTENTION_BACKWARD`] bytes per score.
-    let backward = ATTENTION_BACKWARD * (m.num_heads * seq) as u64 * tokens;
+    // of the scores and probabilities, [`attention_backward`] bytes per score.
+    let backward = attention_backward(e) * (m.num_heads * seq) as u64 * tokens;
     let activations = backward
         + if cfg.gradient_checkpointing {
             // Every layer's input, one layer's activations and the gradient between layers.

@@ -288,8 +288,15 @@ fn f16_decode_launches_no_more_kernels_than_f32() {
         unreachable!("two runs")
     };
     // burn's fusion groups the few small state updates of a step (position, sampler step)
-    // differently from run to run, moving either count by under one launch per step; a cast
-    // per weight would add more than one per layer.
-    assert!(l16 <= l32 + 1.0, "f16 {l16} launches per step, f32 {l32}");
+    // differently from run to run, moving either count by about a launch per step (more on a
+    // loaded machine, where it flushes at other points); a cast per weight would add at least
+    // seven per layer, so the bound is one per layer.
+    let layers = wgspin::hf::config::ModelConfig::from_dir(&dir)
+        .unwrap()
+        .num_layers as f64;
+    assert!(
+        l16 < l32 + layers.max(1.0),
+        "f16 {l16} launches per step, f32 {l32} ({layers} layers)"
+    );
     assert_eq!(kv16 * 2, kv32, "f16 KV cache bytes");
 }

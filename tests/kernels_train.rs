@@ -1,5 +1,6 @@
 //! The training step's fused element-wise ops (Rust loops on the CPU backend, burn-ops twins
-//! elsewhere) against references written here on the host in f64 from their definitions:
+//! elsewhere; SwiGLU's and the optimizers' twins are also run on every device) against
+//! references written here on the host in f64 from their definitions:
 //! - SwiGLU `silu(g) · u` and its two gradients, and the op's autodiff against burn's own
 //!   autodiff of `silu(g) * u`;
 //! - attention's scaled, masked softmax and its gradient (masks shared by the batch and per
@@ -16,10 +17,11 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Tensor, TensorData};
 use common::{Rng, assert_close, devices, floats};
 use wgspin::kernels::optim_step::{
-    AdamwCoefs, RmspropCoefs, adamw_step, rmsprop_step, sum_squares,
+    AdamwCoefs, RmspropCoefs, adamw_step, adamw_step_twin, rmsprop_step, rmsprop_step_twin,
+    sum_squares,
 };
 use wgspin::kernels::softmax::{masked_softmax, masked_softmax_grad};
-use wgspin::kernels::swiglu::{swiglu, swiglu_grad};
+use wgspin::kernels::swiglu::{swiglu, swiglu_grad, swiglu_grad_twin, swiglu_twin};
 
 fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() * scale).collect()
@@ -44,8 +46,6 @@ fn swiglu_matches_its_definition() {
             let t = |v: &[f32]| {
                 Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), &dev.device)
             };
-            let y = floats(swiglu(t(&g), t(&u)));
-            let (dg, du) = swiglu_grad(t(&g), t(&u), t(&dy));
             let want_y: Vec<f64> = (0..n)
                 .map(|i| g[i] as f64 * sigmoid(g[i] as f64) * u[i] as f64)
                 .collect();
@@ -58,10 +58,21 @@ fn swiglu_matches_its_definition() {
             let want_du: Vec<f64> = (0..n)
                 .map(|i| dy[i] as f64 * g[i] as f64 * sigmoid(g[i] as f64))
                 .collect();
-            let label = format!("{} [{rows}, {cols}]", dev.description);
-            assert_close(&format!("{label} y"), &y, &want_y, 1e-5);
-            assert_close(&format!("{label} dgate"), &floats(dg), &want_dg, 1e-5);
-            assert_close(&format!("{label} dup"), &floats(du), &want_du, 1e-5);
+            // The op as this device runs it, and the burn-ops twin other backends run.
+            type Fwd = fn(Tensor<2>, Tensor<2>) -> Tensor<2>;
+            type Bwd = fn(Tensor<2>, Tensor<2>, Tensor<2>) -> (Tensor<2>, Tensor<2>);
+            let ops: [(&str, Fwd, Bwd); 2] = [
+                ("op", swiglu, swiglu_grad),
+                ("twin", swiglu_twin, swiglu_grad_twin),
+            ];
+            for (which, fwd, bwd) in ops {
+                let y = floats(fwd(t(&g), t(&u)));
+                let (dg, du) = bwd(t(&g), t(&u), t(&dy));
+                let label = format!("{} {which} [{rows}, {cols}]", dev.description);
+                assert_close(&format!("{label} y"), &y, &want_y, 1e-5);
+                assert_close(&format!("{label} dgate"), &floats(dg), &want_dg, 1e-5);
+                assert_close(&format!("{label} dup"), &floats(du), &want_du, 1e-5);
+            }
         }
     }
 }
@@ -167,23 +178,17 @@ fn optimizer_steps_match_torch_formulas() {
             weight_decay: 0.01,
             grad_scale: 0.25,
         };
-        let (mut w, mut v) = (t(&w0), t(&vec![0.0; n]));
-        for g in &grads {
-            (w, v) = rmsprop_step(w, t(g), v, rc);
-        }
         let (want_w, want_v) = rmsprop_host(&w0, &grads, rc);
-        assert_close(
-            &format!("{} rmsprop w", dev.description),
-            &floats(w),
-            &want_w,
-            1e-5,
-        );
-        assert_close(
-            &format!("{} rmsprop v", dev.description),
-            &floats(v),
-            &want_v,
-            1e-5,
-        );
+        type Rms = fn(Tensor<1>, Tensor<1>, Tensor<1>, RmspropCoefs) -> (Tensor<1>, Tensor<1>);
+        for (which, step) in [("op", rmsprop_step as Rms), ("twin", rmsprop_step_twin)] {
+            let (mut w, mut v) = (t(&w0), t(&vec![0.0; n]));
+            for g in &grads {
+                (w, v) = step(w, t(g), v, rc);
+            }
+            let label = format!("{} {which} rmsprop", dev.description);
+            assert_close(&format!("{label} w"), &floats(w), &want_w, 1e-5);
+            assert_close(&format!("{label} v"), &floats(v), &want_v, 1e-5);
+        }
 
         let ac = |t: i32| AdamwCoefs {
             lr: 1e-3,
@@ -195,18 +200,22 @@ fn optimizer_steps_match_torch_formulas() {
             bias2: 1.0 - 0.999f32.powi(t),
             grad_scale: 0.5,
         };
-        let (mut w, mut m, mut v) = (t(&w0), t(&vec![0.0; n]), t(&vec![0.0; n]));
-        for (i, g) in grads.iter().enumerate() {
-            (w, m, v) = adamw_step(w, t(g), m, v, ac(i as i32 + 1));
-        }
         let want = adamw_host(&w0, &grads, ac(1));
-        assert_close(
-            &format!("{} adamw w", dev.description),
-            &floats(w),
-            &want,
-            1e-5,
-        );
-        let _ = (m, v);
+        type Adam = fn(
+            Tensor<1>,
+            Tensor<1>,
+            Tensor<1>,
+            Tensor<1>,
+            AdamwCoefs,
+        ) -> (Tensor<1>, Tensor<1>, Tensor<1>);
+        for (which, step) in [("op", adamw_step as Adam), ("twin", adamw_step_twin)] {
+            let (mut w, mut m, mut v) = (t(&w0), t(&vec![0.0; n]), t(&vec![0.0; n]));
+            for (i, g) in grads.iter().enumerate() {
+                (w, m, v) = step(w, t(g), m, v, ac(i as i32 + 1));
+            }
+            let label = format!("{} {which} adamw w", dev.description);
+            assert_close(&label, &floats(w), &want, 1e-5);
+        }
 
         let sq = floats(sum_squares(t(&grads[0]), 0.125))[0] as f64;
         let want: f64 = grads[0].iter().map(|&x| (x as f64 * 0.125).powi(2)).sum();

@@ -42,8 +42,14 @@ pub fn positions(t: FlexTensor) -> Vec<i64> {
     t.into_data().iter::<i64>().collect()
 }
 
-pub fn from_f32<const N: usize>(values: Vec<f32>, shape: [usize; N]) -> FlexTensor {
+pub fn from_f32(values: Vec<f32>, shape: impl Into<burn::backend::Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// `(silu(g), sigmoid(g))`, the SiLU as the decode step's SwiGLU has always computed it.
+pub fn silu_sigmoid(g: f32) -> (f32, f32) {
+    let d = 1.0 + (-g).exp();
+    (g / d, 1.0 / d)
 }
 
 /// Back to the caller's dtype where the kernel computed in f32.
@@ -53,8 +59,4 @@ pub fn cast_back(t: FlexTensor, dtype: DType) -> FlexTensor {
     } else {
         Flex::float_cast(t, dtype.into())
     }
-}
-
-pub fn from_shape(values: Vec<f32>, shape: burn::backend::Shape) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }

@@ -99,12 +99,6 @@ impl LogprobBackend for Flex {
     }
 }
 
-/// `(silu(g), sigmoid(g))` of one element.
-fn silu_sigmoid(g: f32) -> (f32, f32) {
-    let s = 1.0 / (1.0 + (-g).exp());
-    (g * s, s)
-}
-
 impl SwigluBackend for Flex {
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         let dtype = gate.dtype();
@@ -116,10 +110,10 @@ impl SwigluBackend for Flex {
             .zip(cpu::read(&up).par_chunks(FLAT_CHUNK))
             .for_each(|((y, g), u)| {
                 for ((o, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                    *o = silu_sigmoid(g).0 * u;
+                    *o = cpu::silu_sigmoid(g).0 * u;
                 }
             });
-        cpu::cast_back(cpu::from_shape(y, shape), dtype)
+        cpu::cast_back(cpu::from_f32(y, shape), dtype)
     }
 
     fn swiglu_backward(
@@ -143,15 +137,15 @@ impl SwigluBackend for Flex {
             .zip(cpu::read(&grad).par_chunks(FLAT_CHUNK))
             .for_each(|((((dg, du), g), u), dy)| {
                 for i in 0..g.len() {
-                    let (silu, s) = silu_sigmoid(g[i]);
+                    let (silu, s) = cpu::silu_sigmoid(g[i]);
                     // d silu / dg = s · (1 + g · (1 − s))
                     dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
                     du[i] = dy[i] * silu;
                 }
             });
         (
-            cpu::cast_back(cpu::from_shape(dg, shape.clone()), dtype),
-            cpu::cast_back(cpu::from_shape(du, shape), dtype),
+            cpu::cast_back(cpu::from_f32(dg, shape.clone()), dtype),
+            cpu::cast_back(cpu::from_f32(du, shape), dtype),
         )
     }
 }
@@ -207,7 +201,7 @@ impl MaskedSoftmaxBackend for Flex {
                     }
                 });
         }
-        cpu::cast_back(cpu::from_shape(p, shape), dtype)
+        cpu::cast_back(cpu::from_f32(p, shape), dtype)
     }
 
     fn masked_softmax_backward(
@@ -238,7 +232,7 @@ impl MaskedSoftmaxBackend for Flex {
                     }
                 });
         }
-        cpu::cast_back(cpu::from_shape(d, shape), dtype)
+        cpu::cast_back(cpu::from_f32(d, shape), dtype)
     }
 }
 

@@ -146,7 +146,7 @@ pub fn rmsprop_step(
     (Tensor::from_dispatch(w), Tensor::from_dispatch(v))
 }
 
-/// The burn-ops twin of [`rmsprop_step`] (the reference in tests).
+/// The burn-ops twin of [`rmsprop_step`] (what other backends run), for tests.
 pub fn rmsprop_step_twin(
     w: Tensor<1>,
     g: Tensor<1>,

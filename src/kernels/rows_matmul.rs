@@ -288,7 +288,7 @@ impl RowsMatmul for Flex {
             out.extend(
                 gate.iter()
                     .zip(up)
-                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
+                    .map(|(&g, &u)| cpu::silu_sigmoid(g).0 * u),
             );
         }
         cpu::from_f32(out, [m, n])

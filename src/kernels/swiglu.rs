@@ -120,7 +120,7 @@ pub fn swiglu_grad<const D: usize>(
     (Tensor::from_dispatch(dg), Tensor::from_dispatch(du))
 }
 
-/// The burn-ops twins of [`swiglu`] and [`swiglu_grad`] (the references in tests).
+/// The burn-ops twins of [`swiglu`] and [`swiglu_grad`] (what other backends run), for tests.
 pub fn swiglu_twin<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(reference_forward::<Dispatch>(
         gate.into_dispatch(),

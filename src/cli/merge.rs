@@ -46,6 +46,14 @@ impl MergeArgs {
         let mut bundle =
             ModelBundle::load_adapter(&self.adapter, self.base.as_deref(), &dev.device)
                 .with_context(|| format!("loading adapter {}", self.adapter.display()))?;
+        // PEFT ignores LoRA matrices of modules the config does not target; so does the merge.
+        let ignored = bundle.adapter.as_ref().map_or(&[][..], |a| &a.ignored_keys);
+        if let Some(first) = ignored.first() {
+            let n = ignored.len();
+            eprintln!(
+                "warning: ignored {n} tensors of modules the config does not target: {first}, …"
+            );
+        }
         lora::merge(&mut bundle.model);
         let dtype = self.dtype.unwrap_or(bundle.stored_dtype);
         checkpoint::save(&bundle.model, &bundle.dir, &self.out, dtype, None, &[])

@@ -1,9 +1,12 @@
 //! PEFT LoRA adapter folders: `adapter_config.json` + `adapter_model.safetensors`, with PEFT's key
 //! names (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`), so that
 //! `peft.PeftModel.from_pretrained(base, dir)` loads what wgspin writes and wgspin loads what PEFT
-//! writes. The math of an adapter is in [`crate::model::lora`].
+//! writes. Which modules carry the adapter is what the config says, by PEFT's rules
+//! ([`targets`]), not what the file's keys say. The math of an adapter is in [`crate::model::lora`].
 
-use std::collections::BTreeSet;
+mod targets;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
@@ -15,6 +18,9 @@ use crate::hf::weights::{HostTensor, StoredDtype, WeightFiles, write_safetensors
 use crate::model::Transformer;
 use crate::model::lora::{self, Lora, LoraConfig, Target};
 use crate::model::named::adapter_params_mut;
+
+pub use targets::Chosen;
+use targets::Selection;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -29,13 +35,34 @@ pub fn is_adapter_dir(path: &Path) -> bool {
 /// A LoRA adapter read from its folder, checked against the settings wgspin supports.
 pub struct Adapter {
     pub dir: PathBuf,
-    /// Rank, alpha and the projections that carry an adapter (from the weights' keys).
-    pub lora: LoraConfig,
-    /// α / r, or α / √r with rsLoRA.
-    pub scale: f64,
     /// `base_model_name_or_path` as written.
     pub base_name: String,
+    /// `r`, `lora_alpha`, `lora_dropout` (the modules are known once the base is: [`Self::apply`]).
+    rank: usize,
+    alpha: f64,
+    dropout: f64,
+    rslora: bool,
+    selection: Selection,
     weights: WeightFiles,
+}
+
+/// What [`Adapter::apply`] put on a model.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The adapter as LoRA settings: the config's rank, alpha and dropout, and the projection kinds
+    /// that carry it on some layer.
+    pub lora: LoraConfig,
+    /// α / r, or α / √r with rsLoRA, of the config's r and alpha.
+    pub scale: f64,
+    /// Every module that carries the adapter, with its own rank and alpha.
+    pub modules: Vec<Chosen>,
+    /// Keys of `adapter_model.safetensors` that PEFT ignores as unexpected: LoRA matrices of
+    /// modules the config does not target. Not applied; the CLI warns about them.
+    pub ignored_keys: Vec<String>,
+    /// Why the adapter is not what `--lora-rank/--lora-alpha/--lora-targets` describe (one rank
+    /// and alpha on the same projections of every layer), when it is not: such an adapter runs and
+    /// merges, but is not continued by training (which saves the flags' config).
+    pub irregular: Option<String>,
 }
 
 fn config_err(dir: &Path, message: String) -> Error {
@@ -45,25 +72,27 @@ fn config_err(dir: &Path, message: String) -> Error {
     }
 }
 
-/// `model.layers.L.self_attn.q_proj.lora_A.weight` → (L, q, is_A).
-fn parse_key(name: &str) -> Option<(usize, Target, bool)> {
+/// `base_model.model.<module>.lora_A.weight` (or `lora_B`) → `<module>`: PEFT's key of a LoRA
+/// matrix.
+fn lora_module(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(KEY_PREFIX)?;
+    rest.strip_suffix(".lora_A.weight")
+        .or_else(|| rest.strip_suffix(".lora_B.weight"))
+}
+
+/// `model.layers.L.self_attn.q_proj` → (L, q): a decoder projection's module name, any layer.
+fn parse_module(name: &str) -> Option<(usize, Target)> {
     let rest = name.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let (module, ab) = rest.rsplit_once(".lora_")?;
-    let is_a = match ab {
-        "A.weight" => true,
-        "B.weight" => false,
-        _ => return None,
-    };
+    let (layer, module) = rest.split_once('.')?;
     let target: Target = module.rsplit('.').next()?.parse().ok()?;
     (target.module_path(0).split_once("0.")?.1 == module).then_some(())?;
-    Some((layer.parse().ok()?, target, is_a))
+    Some((layer.parse().ok()?, target))
 }
 
 impl Adapter {
     /// Reads `dir/adapter_config.json` and the headers of its weights. Refuses what it would
-    /// compute wrongly: other PEFT types, DoRA, per-module rank or alpha patterns, trained biases,
-    /// modules saved whole, and keys that are not LoRA matrices of the decoder's projections.
+    /// compute wrongly: other PEFT types, DoRA, trained biases, modules saved whole, and targeting
+    /// fields PEFT refuses or wgspin cannot evaluate.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(CONFIG_FILE);
         let text = crate::fsutil::read_text(&path).map_err(|e| Error::io(&path, e))?;
@@ -90,21 +119,17 @@ impl Adapter {
                 "fan_in_fan_out",
                 "fan_in_fan_out (Conv1D layers) is not a Llama/Qwen2 layout",
             ),
-            ("rank_pattern", "per-module ranks are not supported"),
-            ("alpha_pattern", "per-module alphas are not supported"),
             (
                 "modules_to_save",
-                "fully trained extra modules are not supported",
+                "modules saved whole (their trained weights replace the base's) are not \
+                 supported; merge with PEFT (merge_and_unload, save_pretrained) and pass that \
+                 model folder instead",
             ),
             (
                 "bias",
                 "trained biases are not supported (bias must be \"none\")",
             ),
             ("layer_replication", "layer replication is not supported"),
-            (
-                "layers_to_transform",
-                "adapters on some layers only are not supported",
-            ),
             ("use_qalora", "QA-LoRA is not supported"),
             ("alora_invocation_tokens", "activated LoRA is not supported"),
             ("use_bdlora", "block-diagonal LoRA is not supported"),
@@ -137,43 +162,33 @@ impl Adapter {
                     format!("\"lora_alpha\" must be > 0, got {}", field("lora_alpha")),
                 )
             })?;
-        let scale = if field("use_rslora").as_bool() == Some(true) {
-            alpha / (rank as f64).sqrt()
-        } else {
-            alpha / rank as f64
-        };
+        let dropout = field("lora_dropout").as_f64().unwrap_or(0.0);
+        let selection =
+            Selection::from_config(&cfg, rank, alpha).map_err(|m| config_err(dir, m))?;
         let base_name = field("base_model_name_or_path")
             .as_str()
             .unwrap_or("")
             .to_string();
         let weights = WeightFiles::open_files(&[dir.join(WEIGHTS_FILE)])?;
-        let mut targets = BTreeSet::new();
-        for key in weights.names() {
-            let parsed = key.strip_prefix(KEY_PREFIX).and_then(parse_key);
-            let Some((_, target, _)) = parsed else {
-                return Err(Error::Tensor {
-                    path: weights.path_of(key),
-                    name: key.to_string(),
-                    message: "not a LoRA matrix of a decoder projection \
-                              (base_model.model.model.layers.N.<module>.lora_A/B.weight)"
-                        .into(),
-                });
-            };
-            targets.insert(target);
-        }
-        let lora = LoraConfig {
-            rank,
-            alpha: Some(alpha),
-            dropout: field("lora_dropout").as_f64().unwrap_or(0.0),
-            targets: targets.into_iter().collect(),
-        };
         Ok(Self {
             dir: dir.to_path_buf(),
-            lora,
-            scale,
             base_name,
+            rank,
+            alpha,
+            dropout,
+            rslora: field("use_rslora").as_bool() == Some(true),
+            selection,
             weights,
         })
+    }
+
+    /// α / r, or α / √r with rsLoRA (PEFT's `scaling`).
+    fn scale_of(&self, rank: usize, alpha: f64) -> f64 {
+        if self.rslora {
+            alpha / (rank as f64).sqrt()
+        } else {
+            alpha / rank as f64
+        }
     }
 
     /// The base model folder or GGUF file: `base_model_name_or_path` as a path from the working
@@ -203,39 +218,104 @@ impl Adapter {
             })
     }
 
-    /// Puts this adapter on `model` (unmerged, without dropout), checking every matrix's shape
-    /// against the projection it wraps and that every matrix of the file finds its projection.
-    pub fn apply(&self, model: &mut Transformer) -> Result<()> {
-        let mut used = 0;
-        for (l, target, lin) in lora::targets_mut(model) {
-            if !self.lora.targets.contains(&target) {
-                continue;
+    /// Puts this adapter on `model` (unmerged, without dropout): on the modules the config
+    /// targets, each matrix's shape checked against the projection it wraps. Keys of untargeted
+    /// modules are left out and listed, as PEFT ignores them; a targeted module without its
+    /// matrices is refused (PEFT would start it at its initialisation, changing what it computes).
+    pub fn apply(&self, model: &mut Transformer) -> Result<Applied> {
+        let layers = model.layers.len();
+        let chosen = self
+            .selection
+            .select(layers)
+            .map_err(|m| config_err(&self.dir, m))?;
+        let by_name: BTreeMap<String, &Chosen> = chosen.iter().map(|c| (c.name(), c)).collect();
+        let file = self.dir.join(WEIGHTS_FILE);
+        let tensor_err = |key: &str, message: String| Error::Tensor {
+            path: self.weights.path_of(key),
+            name: key.to_string(),
+            message,
+        };
+        let mut ignored_keys = vec![];
+        for key in self.weights.names() {
+            if let Some(module) = lora_module(key) {
+                if by_name.contains_key(module) {
+                    continue;
+                }
+                if let Some((l, _)) = parse_module(module).filter(|(l, _)| *l >= layers) {
+                    return Err(tensor_err(
+                        key,
+                        format!(
+                            "is for layer {l}, but the base has {layers} layers: the adapter was \
+                             made for another model; pass its base (--base)"
+                        ),
+                    ));
+                }
+                ignored_keys.push(key.to_string());
+            } else if let Some(c) = by_name
+                .keys()
+                .find(|m| key.starts_with(&format!("{KEY_PREFIX}{m}.")))
+            {
+                return Err(tensor_err(
+                    key,
+                    format!(
+                        "is a parameter of the targeted module {c} that plain LoRA does not have \
+                          (a DoRA magnitude, a LoRA bias, a key with the adapter's name?); \
+                         wgspin reads lora_A/lora_B.weight only"
+                    ),
+                ));
+            } else if !key.contains("lora_") {
+                return Err(tensor_err(
+                    key,
+                    "is a whole weight, not a LoRA matrix (modules_to_save and trainable tokens \
+                     write these); wgspin does not load them: merge with PEFT instead"
+                        .into(),
+                ));
+            } else {
+                ignored_keys.push(key.to_string());
             }
-            let path = target.module_path(l);
+        }
+        let mut targets: BTreeMap<(usize, Target), &mut crate::model::layers::Linear> =
+            lora::targets_mut(model)
+                .into_iter()
+                .map(|(l, t, lin)| ((l, t), lin))
+                .collect();
+        for c in &chosen {
+            let Some(lin) = targets.get_mut(&(c.layer, c.target)) else {
+                continue;
+            };
+            let path = c.name();
             let like = lin.weight.val();
             let [out, inp] = like.dims();
-            let r = self.lora.rank;
-            let mut read = |ab: &str, shape: [usize; 2]| -> Result<Param<Tensor<2>>> {
+            let r = c.rank;
+            let read = |ab: &str, shape: [usize; 2]| -> Result<Param<Tensor<2>>> {
                 let key = format!("{KEY_PREFIX}{path}.lora_{ab}.weight");
-                let t = self.weights.read(&key)?;
-                if t.shape != shape {
+                if !self.weights.names().any(|k| k == key) {
                     return Err(Error::Tensor {
-                        path: self.weights.path_of(&key),
+                        path: file.clone(),
                         name: key,
                         message: format!(
-                            "has shape {:?} but rank {r} on a [{out}, {inp}] projection needs {shape:?}",
-                            t.shape
+                            "is missing: {CONFIG_FILE} targets {path} (target_modules, \
+                             exclude_modules, layers_to_transform), but the file holds no \
+                             lora_{ab} for it; fix target_modules or use the adapter's full file"
                         ),
                     });
                 }
-                if let Some(bad) = t.data.iter().find(|x| !x.is_finite()) {
-                    return Err(Error::Tensor {
-                        path: self.weights.path_of(&key),
-                        name: key,
-                        message: format!("holds {bad}: the adapter is corrupt"),
-                    });
+                let t = self.weights.read(&key)?;
+                if t.shape != shape {
+                    return Err(tensor_err(
+                        &key,
+                        format!(
+                            "has shape {:?} but rank {r} on a [{out}, {inp}] projection needs {shape:?}",
+                            t.shape
+                        ),
+                    ));
                 }
-                used += 1;
+                if let Some(bad) = t.data.iter().find(|x| !x.is_finite()) {
+                    return Err(tensor_err(
+                        &key,
+                        format!("holds {bad}: the adapter is corrupt"),
+                    ));
+                }
                 Ok(lora::upload(t.data, shape, &like))
             };
             let a = read("A", [r, inp])?;
@@ -243,19 +323,36 @@ impl Adapter {
             lin.lora = Some(Lora {
                 a,
                 b,
-                scale: self.scale,
+                scale: self.scale_of(r, c.alpha),
                 dropout: 0.0,
             });
         }
-        let held = self.weights.names().count();
-        if used != held {
-            return Err(Error::Invalid(format!(
-                "{}: holds {held} LoRA matrices but the model has projections for {used}; \
-                 the adapter was made for a model with more layers",
-                self.dir.join(WEIGHTS_FILE).display()
-            )));
-        }
-        Ok(())
+        let kinds: BTreeSet<Target> = chosen.iter().map(|c| c.target).collect();
+        let irregular = if chosen.len() != kinds.len() * layers {
+            Some(
+                "it is on some layers' modules only (layers_to_transform, exclude_modules or a \
+                  target_modules regex)",
+            )
+        } else if chosen
+            .iter()
+            .any(|c| c.rank != self.rank || c.alpha != self.alpha)
+        {
+            Some("its modules have ranks or alphas of their own (rank_pattern, alpha_pattern)")
+        } else {
+            None
+        };
+        Ok(Applied {
+            lora: LoraConfig {
+                rank: self.rank,
+                alpha: Some(self.alpha),
+                dropout: self.dropout,
+                targets: kinds.into_iter().collect(),
+            },
+            scale: self.scale_of(self.rank, self.alpha),
+            modules: chosen,
+            ignored_keys,
+            irregular: irregular.map(str::to_string),
+        })
     }
 }
 
@@ -384,20 +481,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_parse_to_layer_target_and_matrix() {
+    fn keys_parse_to_modules() {
+        let key = "base_model.model.model.layers.12.self_attn.q_proj.lora_A.weight";
+        assert_eq!(lora_module(key), Some("model.layers.12.self_attn.q_proj"));
         assert_eq!(
-            parse_key("model.layers.12.self_attn.q_proj.lora_A.weight"),
-            Some((12, Target::Q, true))
+            parse_module("model.layers.12.self_attn.q_proj"),
+            Some((12, Target::Q))
         );
         assert_eq!(
-            parse_key("model.layers.0.mlp.down_proj.lora_B.weight"),
-            Some((0, Target::Down, false))
+            lora_module("base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"),
+            Some("model.layers.0.mlp.down_proj")
         );
         // A module under the wrong parent, an embedding, PEFT's in-memory adapter name.
-        assert_eq!(parse_key("model.layers.0.mlp.q_proj.lora_A.weight"), None);
-        assert_eq!(parse_key("model.embed_tokens.lora_embedding_A"), None);
+        assert_eq!(parse_module("model.layers.0.mlp.q_proj"), None);
         assert_eq!(
-            parse_key("model.layers.0.self_attn.q_proj.lora_A.default.weight"),
+            lora_module("base_model.model.model.embed_tokens.lora_embedding_A"),
+            None
+        );
+        assert_eq!(
+            lora_module("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"),
             None
         );
     }

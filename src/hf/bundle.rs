@@ -23,6 +23,12 @@ pub struct AdapterSource {
     pub lora: LoraConfig,
     /// The scale its update is multiplied by (α / r, or α / √r with rsLoRA).
     pub scale: f64,
+    /// Keys of its weights file that PEFT ignores (LoRA matrices of modules the config does not
+    /// target): left out, for the CLI to warn about.
+    pub ignored_keys: Vec<String>,
+    /// Why the flags cannot describe it (some layers only, per-module ranks), so that training
+    /// does not continue it; `None` for an adapter `--lora-*` flags describe.
+    pub irregular: Option<String>,
 }
 
 pub struct ModelBundle {
@@ -140,12 +146,14 @@ impl ModelBundle {
             )));
         }
         let mut b = Self::load_base(&base, device)?;
-        a.apply(&mut b.model)?;
+        let applied = a.apply(&mut b.model)?;
         b.adapter = Some(AdapterSource {
             dir: path.to_path_buf(),
             base_name: a.base_name.clone(),
-            lora: a.lora.clone(),
-            scale: a.scale,
+            lora: applied.lora,
+            scale: applied.scale,
+            ignored_keys: applied.ignored_keys,
+            irregular: applied.irregular,
         });
         Ok(b)
     }
@@ -168,6 +176,15 @@ impl ModelBundle {
             t
         };
         match &b.adapter {
+            // Saving writes the flags' config (every layer, one rank): it must mean this adapter.
+            Some(a) if a.irregular.is_some() => {
+                return Err(Error::Invalid(format!(
+                    "{}: {}, which the saved adapter_config.json of --lora-rank/--lora-targets \
+                     cannot express; merge it first (`wgspin merge`) to train a new adapter on top",
+                    a.dir.display(),
+                    a.irregular.as_deref().unwrap_or_default()
+                )));
+            }
             // Saving writes the flags' rank, alpha and targets: they must be the adapter's.
             Some(a)
                 if a.lora.rank != cfg.rank

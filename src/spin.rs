@@ -183,7 +183,7 @@ fn human_ll(
 ) -> Result<f64> {
     let pairs = examples
         .iter()
-        .map(|e| TokenizedPair::new(tok, &e.prompt, &e.response))
+        .map(|e| TokenizedPair::chat(tok, &e.history, &e.prompt, &e.response))
         .collect::<Result<Vec<_>>>()?;
     let pad = tok.pad_id();
     let opts = ScoreOptions {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use common::{assert_mentions, temp_file};
 
 use wgspin::data::{DataFormat, Dataset, SftExample, Skipped, read_dataset, read_prompt_responses};
+use wgspin::hf::chat_template::Message;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,10 +19,23 @@ fn fixture(name: &str) -> PathBuf {
 fn ex(id: &str, prompt: &str, response: &str, generated: Option<&str>) -> SftExample {
     SftExample {
         id: id.into(),
+        history: vec![],
         prompt: prompt.into(),
         response: response.into(),
         generated: generated.map(Into::into),
     }
+}
+
+/// `e` with the turns `history` (role, content) before its prompt.
+fn with_history(mut e: SftExample, history: &[(&str, &str)]) -> SftExample {
+    e.history = history
+        .iter()
+        .map(|(role, content)| Message {
+            role: role.to_string(),
+            content: content.to_string(),
+        })
+        .collect();
+    e
 }
 
 /// Reads `name.jsonl` and `name.parquet` (Auto) and checks both give the same result.
@@ -72,11 +86,20 @@ fn messages_ultrachat_style() {
     assert_eq!(
         d.examples,
         [
-            ex("p1", "What is 2+2?", "4", None),
+            // Every turn before the last answer is the prompt, the system turn included.
+            with_history(
+                ex("p1", "And 3+3?", "6", None),
+                &[
+                    ("system", "Be brief."),
+                    ("user", "What is 2+2?"),
+                    ("assistant", "4")
+                ]
+            ),
             ex("p4", "Name a color.", "Blue.", None)
         ]
     );
     assert_skipped(&d.skipped, &[(2, "no assistant turn"), (3, "empty")]);
+    assert_eq!(d.ties, 0);
 }
 
 #[test]
@@ -100,7 +123,10 @@ fn sharegpt_conversations() {
     assert_eq!(
         d.examples,
         [
-            ex("c1", "Capital of France?", "Paris.", None),
+            with_history(
+                ex("c1", "Capital of France?", "Paris.", None),
+                &[("system", "You are helpful.")]
+            ),
             ex("c2", "Capital of Italy?", "Rome.", None)
         ]
     );

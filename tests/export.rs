@@ -153,3 +153,89 @@ fn export_refuses_data_without_generations_and_an_existing_out() {
     run_ok(export("trl", &out, &["--overwrite"]));
     assert_eq!(jsonl(&out), jsonl(&export_dir().join("trl.jsonl")));
 }
+
+/// A multi-turn pair keeps every turn in every layout: the shared turns (system turn, earlier
+/// exchange, last user turn) in TRL's `prompt` and ShareGPT's `conversations`, whole
+/// conversations in SPIN's; as JSON lines and Parquet, and the spin layout reads back as the same
+/// example.
+#[test]
+fn multi_turn_pairs_keep_every_turn_in_each_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = |role: &str, content: &str| serde_json::json!({"role": role, "content": content});
+    let s = |from: &str, value: &str| serde_json::json!({"from": from, "value": value});
+    let shared = [
+        m("system", "Be brief."),
+        m("user", "u1"),
+        m("assistant", "a1"),
+        m("user", "u2"),
+    ];
+    let side = |last: &str| Value::Array([&shared[..], &[m("assistant", last)]].concat());
+    let data = tmp.path().join("pairs.jsonl");
+    let row = serde_json::json!({"id": "x", "real": side("a2"), "generated": side("g2")});
+    std::fs::write(&data, format!("{row}\n")).unwrap();
+    let want = [
+        (
+            "trl",
+            serde_json::json!({
+                "prompt": shared,
+                "chosen": [m("assistant", "a2")],
+                "rejected": [m("assistant", "g2")],
+            }),
+        ),
+        (
+            "spin",
+            serde_json::json!({"real": side("a2"), "generated": side("g2")}),
+        ),
+        (
+            "sharegpt",
+            serde_json::json!({
+                "conversations": [
+                    s("system", "Be brief."), s("human", "u1"), s("gpt", "a1"), s("human", "u2")
+                ],
+                "chosen": s("gpt", "a2"),
+                "rejected": s("gpt", "g2"),
+            }),
+        ),
+    ];
+    for (format, want) in want {
+        let out = tmp.path().join(format!("{format}.jsonl"));
+        run_ok(export_from(&data, format, &out, &[]));
+        assert_eq!(
+            jsonl(&out),
+            std::slice::from_ref(&want),
+            "{format}: JSON lines"
+        );
+        let out = tmp.path().join(format!("{format}.parquet"));
+        run_ok(export_from(&data, format, &out, &[]));
+        assert_eq!(parquet_rows(&open(&out)), [want], "{format}: Parquet");
+    }
+    let input = wgspin::data::read_dataset(&data, wgspin::data::DataFormat::Spin).unwrap();
+    let back = wgspin::data::read_dataset(
+        &tmp.path().join("spin.parquet"),
+        wgspin::data::DataFormat::Auto,
+    )
+    .unwrap();
+    assert_eq!(back.examples[0].history.len(), 3);
+    assert_eq!(back.examples[0].history, input.examples[0].history);
+    assert_eq!(back.examples[0].prompt, "u2");
+}
+
+/// A conversation LLaMA-Factory's ShareGPT converter would drop (a system turn after the first)
+/// is refused by name rather than written for it to discard.
+#[test]
+fn sharegpt_layout_refuses_turns_it_cannot_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = |role: &str, content: &str| serde_json::json!({"role": role, "content": content});
+    let shared = [m("user", "u1"), m("system", "late"), m("user", "u2")];
+    let side = |last: &str| Value::Array([&shared[..], &[m("assistant", last)]].concat());
+    let data = tmp.path().join("pairs.jsonl");
+    let row = serde_json::json!({"id": "odd", "real": side("a"), "generated": side("g")});
+    std::fs::write(&data, format!("{row}\n")).unwrap();
+    let out = tmp.path().join("sharegpt.jsonl");
+    assert_mentions(
+        &run_err(export_from(&data, "sharegpt", &out, &[])),
+        &["\"odd\"", "turn 1", "trl or spin"],
+    );
+    assert!(!out.exists());
+    run_ok(export_from(&data, "trl", &out, &[]));
+}

@@ -163,3 +163,43 @@ fn generate_resumes_after_sigkill() {
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(err.contains("out.jsonl"), "error names the file: {err}");
 }
+
+/// A row whose human response changed in the data (same id and prompt) is generated again with
+/// the new `real` side; the rows that did not change are kept as they were.
+#[test]
+fn generate_regenerates_rows_whose_data_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("prompts.jsonl");
+    write_prompts(&data, 4);
+    let out = tmp.path().join("out.jsonl");
+    run_ok(generate_args(&data, &out));
+    let before = std::fs::read_to_string(&out).unwrap();
+
+    let text = std::fs::read_to_string(&data).unwrap();
+    assert!(text.contains("\"answer 2\""));
+    std::fs::write(&data, text.replace("\"answer 2\"", "\"a better answer\"")).unwrap();
+    let st = run_ok(generate_args(&data, &out));
+    let stderr = String::from_utf8_lossy(&st.stderr);
+    assert!(stderr.contains("generated 1 responses"), "{stderr}");
+
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[2]["id"], "p2");
+    assert_eq!(rows[2]["real"][1]["content"], "a better answer");
+    // Every request has its own random stream: the regenerated row is what a fresh run writes,
+    // and the others are the rows of the first run.
+    let old: Vec<&str> = before.lines().collect();
+    let new = std::fs::read_to_string(&out).unwrap();
+    let new: Vec<&str> = new.lines().collect();
+    for i in [0, 1, 3] {
+        assert_eq!(new[i], old[i], "row {i} kept");
+    }
+    assert_eq!(
+        rows[2]["generated"],
+        serde_json::from_str::<serde_json::Value>(old[2]).unwrap()["generated"]
+    );
+}

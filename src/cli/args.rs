@@ -209,6 +209,23 @@ impl DataArgs {
             ds.examples.len(),
             ds.format
         );
+        // Ties are legitimate pairs, but they add nothing to the gradient; a file of nothing else
+        // (the opponent copied the data, or a reader bug) would train for nothing without a word.
+        if ds.ties == ds.examples.len() {
+            eprintln!(
+                "warning: {}: every one of the {} pairs is a tie (generated response = real \
+                 response); training on it does nothing: gradient norm 0",
+                path.display(),
+                ds.ties
+            );
+        } else if ds.ties > 0 {
+            eprintln!(
+                "{}: {} of {} pairs are ties (generated response = real response)",
+                path.display(),
+                ds.ties,
+                ds.examples.len()
+            );
+        }
         let mut examples = ds.examples;
         if let Some(n) = limit {
             examples.truncate(n);

@@ -13,7 +13,8 @@ use super::args::{DeviceArgs, ModelArgs};
 
 /// Log-probabilities of responses given prompts, as the SPIN trainer computes them.
 ///
-/// Input: JSONL rows {"prompt": str, "response": str}. Output: JSONL rows
+/// Input: JSONL rows {"prompt": str, "response": str}, or conversations (chat `messages`,
+/// ShareGPT), whose last assistant turn is scored given every turn before it. Output: JSONL rows
 /// {"index", "logprob", "tokens", "token_logprobs"} in input order. The prompt is rendered
 /// with the model's chat template (add_generation_prompt) and the response gets eos appended.
 #[derive(Args, Debug)]
@@ -46,7 +47,7 @@ impl LogprobsArgs {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let p = TokenizedPair::new(tok, &r.prompt, &r.response)
+                let p = TokenizedPair::chat(tok, &r.history, &r.prompt, &r.response)
                     .with_context(|| format!("{}:{}: tokenizing", self.data.display(), i + 1))?;
                 let len = p.prompt.len() + p.response.len();
                 if let Some(ctx) = tok.context().filter(|&c| len > c) {

@@ -1,11 +1,13 @@
 //! SPIN pairs in the layouts the Python stacks read, so an iteration's pairs go to TRL, uclaml/SPIN
 //! or LLaMA-Factory without a conversion script:
 //! - `trl`: TRL's conversational preference rows, `prompt` / `chosen` / `rejected` message lists
-//!   (what `DPOTrainer` takes directly);
-//! - `spin`: uclaml/SPIN's rows, `real` / `generated` as whole conversations (user turn, then the
+//!   (what `DPOTrainer` takes directly): the shared turns (system turns, earlier exchanges, the
+//!   last user turn) in `prompt`, the last assistant turns alone in `chosen` / `rejected`;
+//! - `spin`: uclaml/SPIN's rows, `real` / `generated` as whole conversations (every turn, then the
 //!   human or the generated assistant turn), what its `spin/run_spin.py` reads;
 //! - `sharegpt`: LLaMA-Factory's ShareGPT preference rows, a `conversations` list of
-//!   `{from, value}` with `chosen` / `rejected` `{from, value}` turns.
+//!   `{from, value}` (the shared turns: a leading `system` turn, then `human` / `gpt` turns that
+//!   alternate, as LLaMA-Factory's converter requires) with `chosen` / `rejected` `gpt` turns.
 //!
 //! As JSON lines or Parquet. The Parquet columns are nested the way pyarrow writes a list of
 //! structs (`<col>.list.element.<field>`, strings as UTF-8 byte arrays), so pyarrow and `datasets`
@@ -22,6 +24,7 @@ use serde_json::{Value, json};
 
 use super::SftExample;
 use crate::error::{Error, Result};
+use crate::hf::chat_template::Message;
 
 /// The row layout of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -87,6 +90,36 @@ fn message(role: &str, content: &str) -> Value {
     json!({"role": role, "content": content})
 }
 
+fn messages(turns: &[Message]) -> Value {
+    turns.iter().map(|m| message(&m.role, &m.content)).collect()
+}
+
+/// The shared turns as LLaMA-Factory's ShareGPT converter reads them: a system turn only first
+/// (it becomes the system prompt), then `human` at even and `gpt` at odd positions; anything else
+/// it drops as "invalid role tag", so such a conversation is refused here instead.
+fn sharegpt_turns(ex: &SftExample) -> Result<Value> {
+    let turns = ex.prompt_messages();
+    let lead = usize::from(turns.first().is_some_and(|m| m.role == "system"));
+    let mut out = vec![];
+    for (i, m) in turns.iter().enumerate() {
+        let from = match (i.checked_sub(lead).map(|j| j % 2), m.role.as_str()) {
+            (None, _) => "system",
+            (Some(0), "user") => "human",
+            (Some(1), "assistant") => "gpt",
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "example {:?}: its turns do not fit LLaMA-Factory's ShareGPT layout (turn {i} \
+                     is a {} turn; it takes one leading system turn, then user and assistant \
+                     turns that alternate); export it as trl or spin",
+                    ex.id, m.role
+                )));
+            }
+        };
+        out.push(sharegpt_turn(from, &m.content));
+    }
+    Ok(Value::Array(out))
+}
+
 fn sharegpt_turn(from: &str, value: &str) -> Value {
     json!({"from": from, "value": value})
 }
@@ -100,19 +133,19 @@ pub fn pair_row(format: PairFormat, ex: &SftExample) -> Result<Value> {
             ex.id
         ))
     })?;
-    let (p, real) = (ex.prompt.as_str(), ex.response.as_str());
+    let real = ex.response.as_str();
     Ok(match format {
         PairFormat::Trl => json!({
-            "prompt": [message("user", p)],
+            "prompt": messages(&ex.prompt_messages()),
             "chosen": [message("assistant", real)],
             "rejected": [message("assistant", generated)],
         }),
         PairFormat::Spin => json!({
-            "real": [message("user", p), message("assistant", real)],
-            "generated": [message("user", p), message("assistant", generated)],
+            "real": messages(&ex.conversation(real)),
+            "generated": messages(&ex.conversation(generated)),
         }),
         PairFormat::Sharegpt => json!({
-            "conversations": [sharegpt_turn("human", p)],
+            "conversations": sharegpt_turns(ex)?,
             "chosen": sharegpt_turn("gpt", real),
             "rejected": sharegpt_turn("gpt", generated),
         }),

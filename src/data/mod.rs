@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::hf::chat_template::Message;
 
 /// Which row shape a file holds. `Auto` detects it from the first usable row.
 ///
@@ -96,13 +97,46 @@ impl std::fmt::Display for DataFormat {
     }
 }
 
-/// One usable example. `generated` is set only for SPIN rows (their generated assistant turn).
+/// One usable example: a conversation up to its last assistant turn. `prompt` is the last user
+/// turn and `history` every turn before it (system turns, earlier exchanges), so the model is
+/// asked `history + [user: prompt]`; `response` is the assistant turn that answers it.
+/// `generated` is set only for SPIN rows (their generated side's last assistant turn).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SftExample {
     pub id: String,
+    /// Empty for single-turn rows, and then not serialized, so the content hash of single-turn
+    /// data (what a resumed run compares) is what it was before conversations kept their turns.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Message>,
     pub prompt: String,
     pub response: String,
     pub generated: Option<String>,
+}
+
+impl SftExample {
+    /// What the model is asked: the history, then the user turn.
+    pub fn prompt_messages(&self) -> Vec<Message> {
+        prompt_messages(&self.history, &self.prompt)
+    }
+
+    /// The whole conversation with `answer` as its last assistant turn.
+    pub fn conversation(&self, answer: &str) -> Vec<Message> {
+        let mut turns = self.prompt_messages();
+        turns.push(Message::assistant(answer));
+        turns
+    }
+
+    /// A SPIN pair whose two responses are the same text: its loss has no gradient.
+    pub fn is_tie(&self) -> bool {
+        self.generated.as_deref() == Some(self.response.as_str())
+    }
+}
+
+/// `history` followed by the user turn `prompt`.
+pub fn prompt_messages(history: &[Message], prompt: &str) -> Vec<Message> {
+    let mut turns = history.to_vec();
+    turns.push(Message::user(prompt));
+    turns
 }
 
 /// A row that was skipped, and why. `line` is the 1-based JSONL line, or the 1-based Parquet row.
@@ -119,6 +153,9 @@ pub struct Dataset {
     pub format: DataFormat,
     pub examples: Vec<SftExample>,
     pub skipped: Vec<Skipped>,
+    /// SPIN pairs whose generated response equals the real one (see [`SftExample::is_tie`]): a
+    /// legitimate outcome, but when every pair is one, training on the file does nothing.
+    pub ties: usize,
 }
 
 /// How many skip reasons the "no usable rows" error quotes.
@@ -169,9 +206,12 @@ fn open(path: &Path) -> Result<std::fs::File> {
     })
 }
 
-/// A prompt and its human-written response (the input of `wgspin logprobs`).
+/// A prompt and its human-written response (the input of `wgspin logprobs`); `history` holds
+/// the turns before the prompt of a multi-turn row, as in [`SftExample`].
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct PromptResponse {
+    #[serde(default)]
+    pub history: Vec<Message>,
     pub prompt: String,
     pub response: String,
 }
@@ -193,6 +233,7 @@ pub fn read_prompt_responses(path: &Path) -> Result<Vec<PromptResponse>> {
         .examples
         .into_iter()
         .map(|e| PromptResponse {
+            history: e.history,
             prompt: e.prompt,
             response: e.response,
         })
@@ -280,6 +321,7 @@ impl<'a> Builder<'a> {
         }
         self.examples.push(SftExample {
             id,
+            history: parsed.history,
             prompt: parsed.prompt,
             response: parsed.response,
             generated: parsed.generated,
@@ -292,6 +334,7 @@ impl<'a> Builder<'a> {
             Some((format, _)) if !self.examples.is_empty() => Ok(Dataset {
                 path: self.path.to_path_buf(),
                 format,
+                ties: self.examples.iter().filter(|e| e.is_tie()).count(),
                 examples: self.examples,
                 skipped: self.skipped,
             }),

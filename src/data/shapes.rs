@@ -7,10 +7,15 @@
 use serde_json::{Map, Value};
 
 use super::DataFormat;
+use crate::hf::chat_template::Message;
 
-/// What one usable row yields, before the caller attaches its id.
+/// What one usable row yields, before the caller attaches its id: the conversation up to its last
+/// assistant turn, split as [`super::SftExample`] holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Parsed {
+    /// The turns before the last user turn (system turns, earlier exchanges), in order.
+    pub history: Vec<Message>,
+    /// The last user turn, the one the response answers.
     pub prompt: String,
     pub response: String,
     pub generated: Option<String>,
@@ -51,39 +56,27 @@ pub(crate) fn parse(format: DataFormat, row: &Value) -> Result<Parsed, String> {
         DataFormat::PromptResponse => prompt_response(obj),
         DataFormat::Messages => {
             let turns = turns(obj, "messages", "role", "content")?;
-            let (prompt, response) = first_exchange(&turns, "messages")?;
-            Ok(Parsed {
-                prompt,
-                response,
-                generated: None,
-            })
+            Ok(parsed(last_answer(&turns, "messages")?, None))
         }
         DataFormat::ShareGpt => {
             let turns = turns(obj, "conversations", "from", "value")?;
-            let (prompt, response) = first_exchange(&turns, "conversations")?;
-            Ok(Parsed {
-                prompt,
-                response,
-                generated: None,
-            })
+            Ok(parsed(last_answer(&turns, "conversations")?, None))
         }
         DataFormat::Spin => {
             let real = turns(obj, "real", "role", "content")?;
             let generated = turns(obj, "generated", "role", "content")?;
-            let (prompt, response) = first_exchange(&real, "real")?;
-            let (gen_prompt, gen_response) = first_exchange(&generated, "generated")?;
-            // Both sides must answer the same prompt, or the pair compares unrelated responses.
-            if gen_prompt.trim() != prompt.trim() {
-                return Err(
-                    "the user turns of \"real\" and \"generated\" differ (a pair must share its prompt)"
-                        .into(),
-                );
+            let real = last_answer(&real, "real")?;
+            let generated = last_answer(&generated, "generated")?;
+            // Both sides must answer the same conversation, or the pair compares responses to
+            // different questions; the prompt is tokenized once, from "real".
+            if let Some(at) = first_difference(&real, &generated) {
+                return Err(format!(
+                    "the turns before the last assistant turn of \"real\" and \"generated\" \
+                     differ (at turn {at}; a pair must share its prompt)"
+                ));
             }
-            Ok(Parsed {
-                prompt,
-                response,
-                generated: Some(gen_response),
-            })
+            let generated = generated.answer.content.clone();
+            Ok(parsed(real, Some(generated)))
         }
     }
 }
@@ -144,6 +137,7 @@ fn prompt_response(obj: &Map<String, Value>) -> Result<Parsed, String> {
         .ok_or("missing \"response\" (or \"completion\", \"output\")")?;
     let response = text(obj, key)?;
     Ok(Parsed {
+        history: vec![],
         prompt,
         response,
         generated: None,
@@ -209,25 +203,101 @@ fn turns(
         .collect()
 }
 
-/// The first user turn and the assistant turn right after it (system turns are skipped; the
-/// system prompt is not used yet).
-fn first_exchange(turns: &[Turn], list_key: &str) -> Result<(String, String), String> {
-    let mut rest = turns.iter().filter(|t| t.role != Role::System);
-    let user = rest
-        .by_ref()
-        .find(|t| t.role == Role::User)
-        .ok_or_else(|| format!("\"{list_key}\" has no user turn"))?;
-    let assistant = rest
-        .next()
-        .filter(|t| t.role == Role::Assistant)
-        .ok_or_else(|| format!("\"{list_key}\": no assistant turn follows the first user turn"))?;
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// A conversation's split (see [`last_answer`]) as [`Parsed`].
+fn parsed(split: Split, generated: Option<String>) -> Parsed {
+    let Split {
+        history,
+        user,
+        answer,
+    } = split;
+    Parsed {
+        history: history
+            .iter()
+            .map(|t| Message {
+                role: t.role.name().into(),
+                content: t.content.clone(),
+            })
+            .collect(),
+        prompt: user.content.clone(),
+        response: answer.content.clone(),
+        generated,
+    }
+}
+
+/// A conversation read up to its last assistant turn.
+struct Split<'t> {
+    /// The turns before `user`.
+    history: &'t [Turn],
+    /// The user turn `answer` answers.
+    user: &'t Turn,
+    answer: &'t Turn,
+}
+
+impl Split<'_> {
+    /// Every turn before the answer.
+    fn prompt(&self) -> impl Iterator<Item = &Turn> {
+        self.history.iter().chain(std::iter::once(self.user))
+    }
+}
+
+/// The turns before the last assistant turn (the prompt: system turns and earlier exchanges
+/// included, in order) and that turn (the response). The prompt must end with a user turn, the one
+/// answered: templates render a generation prompt after it, and a system or assistant turn there
+/// has no single reading. Turns after the last assistant turn (an unanswered user turn) have no
+/// response to learn from, so the example ends before them.
+fn last_answer<'t>(turns: &'t [Turn], list_key: &str) -> Result<Split<'t>, String> {
+    let last = turns
+        .iter()
+        .rposition(|t| t.role == Role::Assistant)
+        .ok_or_else(|| format!("\"{list_key}\" has no assistant turn"))?;
+    let answer = &turns[last];
+    let Some((user, history)) = turns[..last].split_last() else {
+        return Err(format!(
+            "\"{list_key}\" has no user turn before its assistant turn"
+        ));
+    };
+    if user.role != Role::User {
+        return Err(format!(
+            "\"{list_key}\"[{}]: the turn before the last assistant turn is a {} turn, expected \
+             the user turn it answers",
+            last - 1,
+            user.role.name()
+        ));
+    }
     if user.content.trim().is_empty() {
-        return Err(format!("\"{list_key}\": the first user turn is empty"));
+        return Err(format!("\"{list_key}\": the last user turn is empty"));
     }
-    if assistant.content.trim().is_empty() {
-        return Err(format!("\"{list_key}\": the assistant turn is empty"));
+    if answer.content.trim().is_empty() {
+        return Err(format!("\"{list_key}\": the last assistant turn is empty"));
     }
-    Ok((user.content.clone(), assistant.content.clone()))
+    Ok(Split {
+        history,
+        user,
+        answer,
+    })
+}
+
+/// The index of the first turn where the prompts of two splits differ (in role or content, or one
+/// has more turns), or `None` when they are the same.
+fn first_difference(a: &Split, b: &Split) -> Option<usize> {
+    let same = |x: &Turn, y: &Turn| x.role == y.role && x.content == y.content;
+    match a.prompt().zip(b.prompt()).position(|(x, y)| !same(x, y)) {
+        Some(i) => Some(i),
+        None => {
+            let (n, m) = (a.history.len(), b.history.len());
+            (n != m).then_some(n.min(m) + 1)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -256,16 +326,116 @@ mod tests {
         );
     }
 
+    fn msg(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    fn turn(role: &str, content: &str) -> Value {
+        json!({"role": role, "content": content})
+    }
+
     #[test]
-    fn system_turns_are_skipped() {
+    fn multi_turn_spin_pair_keeps_every_turn() {
+        let prefix = [
+            turn("system", "Be brief."),
+            turn("user", "u1"),
+            turn("assistant", "a1"),
+            turn("user", "u2"),
+        ];
+        let side = |answer| {
+            let mut t = prefix.to_vec();
+            t.push(turn("assistant", answer));
+            t
+        };
+        let row = json!({"real": side("a2"), "generated": side("g2")});
+        let p = parse(DataFormat::Spin, &row).unwrap();
+        assert_eq!(
+            p,
+            Parsed {
+                history: vec![
+                    msg("system", "Be brief."),
+                    msg("user", "u1"),
+                    msg("assistant", "a1")
+                ],
+                prompt: "u2".into(),
+                response: "a2".into(),
+                generated: Some("g2".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn spin_sides_must_share_every_prompt_turn() {
+        let real = [
+            turn("user", "u1"),
+            turn("assistant", "a1"),
+            turn("user", "u2"),
+            turn("assistant", "a2"),
+        ];
+        let mut generated = real.to_vec();
+        generated[1] = turn("assistant", "other a1");
+        let row = json!({"real": real, "generated": generated});
+        let e = parse(DataFormat::Spin, &row).unwrap_err();
+        assert!(e.contains("differ") && e.contains("turn 1"), "{e}");
+        // A missing system turn is a difference too.
+        let mut with_system = vec![turn("system", "s")];
+        with_system.extend(real.iter().cloned());
+        let row = json!({"real": with_system, "generated": real});
+        assert!(
+            parse(DataFormat::Spin, &row)
+                .unwrap_err()
+                .contains("differ")
+        );
+    }
+
+    #[test]
+    fn conversations_end_at_their_last_answer() {
         let row = json!({"messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Hi"},
-            {"role": "system", "content": "Really brief."},
-            {"role": "assistant", "content": "Hello"},
-            {"role": "user", "content": "More"},
+            turn("system", "Be brief."),
+            turn("user", "Hi"),
+            turn("assistant", "Hello"),
+            turn("user", "More"),
         ]});
         let p = parse(DataFormat::Messages, &row).unwrap();
+        assert_eq!(p.history, [msg("system", "Be brief.")]);
+        assert_eq!((p.prompt.as_str(), p.response.as_str()), ("Hi", "Hello"));
+        // ShareGPT dialects' roles become the template's.
+        let row = json!({"conversations": [
+            {"from": "human", "value": "q1"}, {"from": "gpt", "value": "r1"},
+            {"from": "human", "value": "q2"}, {"from": "gpt", "value": "r2"},
+        ]});
+        let p = parse(DataFormat::ShareGpt, &row).unwrap();
+        assert_eq!(p.history, [msg("user", "q1"), msg("assistant", "r1")]);
+        assert_eq!((p.prompt.as_str(), p.response.as_str()), ("q2", "r2"));
+    }
+
+    #[test]
+    fn the_last_answer_must_follow_a_user_turn() {
+        let row = json!({"messages": [
+            turn("user", "Hi"),
+            turn("system", "Really brief."),
+            turn("assistant", "Hello"),
+        ]});
+        let e = parse(DataFormat::Messages, &row).unwrap_err();
+        assert!(e.contains("[1]") && e.contains("system turn"), "{e}");
+        let row = json!({"messages": [turn("system", "s"), turn("assistant", "a")]});
+        assert!(parse(DataFormat::Messages, &row).is_err());
+        let row = json!({"messages": [turn("assistant", "a")]});
+        assert!(
+            parse(DataFormat::Messages, &row)
+                .unwrap_err()
+                .contains("no user turn")
+        );
+    }
+
+    #[test]
+    fn single_turn_rows_have_no_history() {
+        let row = json!({"messages": [turn("user", "Hi"), turn("assistant", "Hello")]});
+        let p = parse(DataFormat::Messages, &row).unwrap();
+        assert!(p.history.is_empty());
         assert_eq!((p.prompt.as_str(), p.response.as_str()), ("Hi", "Hello"));
     }
 

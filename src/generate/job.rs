@@ -1,12 +1,15 @@
 //! `wgspin generate` as a library call: SFT examples in, SPIN pairs out, resumable.
 //!
 //! Output rows are SPIN's own format, so the official pipeline reads them too:
-//! `{"id", "real": [user, assistant], "generated": [user, assistant], "finish_reason",
-//! "generated_tokens"}`. Each row is appended and flushed as soon as its request finishes, so a
+//! `{"id", "real": [..turns, user, assistant], "generated": [..turns, user, assistant],
+//! "finish_reason", "generated_tokens"}`, both sides the example's whole conversation (system
+//! turns and earlier exchanges, then the last user turn) with the human or the generated last
+//! assistant turn. Each row is appended and flushed as soon as its request finishes, so a
 //! killed run loses at most the rows in flight. Rerunning the same job keeps the rows already in
-//! the file (their ids and prompts are checked against the data), drops a torn last line, and
-//! generates only what is missing; because every request has its own random stream, the result
-//! equals an uninterrupted run. At the end the file is rewritten atomically in input order.
+//! the file whose `real` conversation is still the data's (prompt turns and human response), drops
+//! the others (an edited row) and a torn last line, and generates only what is missing; because
+//! every request has its own random stream, the result equals an uninterrupted run. At the end the
+//! file is rewritten atomically in input order.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -43,6 +46,9 @@ pub struct GenSummary {
     pub total: usize,
     /// Rows already present in the output file and kept.
     pub resumed: usize,
+    /// Rows present in the output file whose example changed since (its prompt turns or its
+    /// human response): dropped and generated again, so no row keeps a stale `real`.
+    pub regenerated: usize,
     /// Rows generated in this run.
     pub generated: usize,
     /// Tokens generated in this run (stop tokens included).
@@ -60,7 +66,7 @@ impl GenSummary {
     }
 }
 
-/// A SPIN-format output row.
+/// A SPIN-format output row of a single-turn prompt.
 pub fn spin_row(
     id: &str,
     prompt: &str,
@@ -69,27 +75,54 @@ pub fn spin_row(
     finish: &str,
     n: usize,
 ) -> Value {
-    let turn = |role: &str, content: &str| json!({"role": role, "content": content});
+    let prompt = [Message::user(prompt)];
+    chat_row(id, &prompt, real, generated, finish, n)
+}
+
+/// A SPIN-format output row: `prompt` (every turn before the answer), then the human (`real`) or
+/// the generated assistant turn on each side.
+pub fn chat_row(
+    id: &str,
+    prompt: &[Message],
+    real: &str,
+    generated: &str,
+    finish: &str,
+    n: usize,
+) -> Value {
     json!({
         "id": id,
-        "real": [turn("user", prompt), turn("assistant", real)],
-        "generated": [turn("user", prompt), turn("assistant", generated)],
+        "real": conversation(prompt, real),
+        "generated": conversation(prompt, generated),
         "finish_reason": finish,
         "generated_tokens": n,
     })
 }
 
-fn row_prompt(row: &Value) -> Option<&str> {
-    row.get("real")?.get(0)?.get("content")?.as_str()
+fn conversation(prompt: &[Message], answer: &str) -> Value {
+    let turn = |role: &str, content: &str| json!({"role": role, "content": content});
+    let turns = prompt.iter().map(|m| turn(&m.role, &m.content));
+    turns.chain([turn("assistant", answer)]).collect()
 }
 
-/// The rows already in `out` by id, checked against `examples`, and the length to cut the file to
-/// when its last line was torn by a crash (`None` when it ends cleanly). Reads only: the caller
-/// cuts once it has decided to continue the file.
-fn recover(out: &Path, examples: &[SftExample]) -> Result<(HashMap<String, String>, Option<u64>)> {
+/// What [`recover`] found in an output file.
+#[derive(Default)]
+struct Recovered {
+    /// Rows to keep, by id.
+    rows: HashMap<String, String>,
+    /// Rows whose example's conversation or human response changed since they were written.
+    stale: usize,
+    /// The length to cut the file to when its last line was torn by a crash.
+    torn: Option<u64>,
+}
+
+/// The rows already in `out` by id, checked against `examples`: a row whose id is not in the data
+/// is an error (the file is another job's), a row whose `real` conversation is not the one its
+/// example writes now is stale (the data was edited) and left out, to be generated again. Reads
+/// only: the caller cuts or rewrites once it has decided to continue the file.
+fn recover(out: &Path, examples: &[SftExample]) -> Result<Recovered> {
     let bytes = match std::fs::read(out) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((HashMap::new(), None)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recovered::default()),
         Err(e) => return Err(Error::io(out, e)),
     };
     let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -97,6 +130,7 @@ fn recover(out: &Path, examples: &[SftExample]) -> Result<(HashMap<String, Strin
     let by_id: HashMap<&str, &SftExample> = examples.iter().map(|e| (e.id.as_str(), e)).collect();
     let text = String::from_utf8_lossy(&bytes[..complete]);
     let mut rows = HashMap::new();
+    let mut stale = HashSet::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -118,14 +152,22 @@ fn recover(out: &Path, examples: &[SftExample]) -> Result<(HashMap<String, Strin
         let ex = by_id
             .get(id)
             .ok_or_else(|| bad(format!("row id {id:?} is not in the data")))?;
-        if row_prompt(&row) != Some(ex.prompt.as_str()) {
-            return Err(bad(format!(
-                "row id {id:?} has a different prompt than the data"
-            )));
+        // The whole conversation, not only the prompt: a row whose human response was edited
+        // would otherwise keep the old one as its `real` side.
+        if row.get("real") != Some(&conversation(&ex.prompt_messages(), &ex.response)) {
+            rows.remove(id);
+            stale.insert(id.to_string());
+            continue;
         }
+        // A later line of one id is the newer row (an interrupted run appends, then rewrites).
+        stale.remove(id);
         rows.insert(id.to_string(), line.to_string());
     }
-    Ok((rows, torn))
+    Ok(Recovered {
+        rows,
+        stale: stale.len(),
+        torn,
+    })
 }
 
 /// `<out>.run.json`: the model identity, sampling settings and compute dtype (or server) that
@@ -225,8 +267,12 @@ pub fn run_generate_with(
             }
         }
     }
-    let (existing, torn) = recover(out, examples)?;
-    if !existing.is_empty() || torn.is_some() {
+    let Recovered {
+        rows: existing,
+        stale,
+        torn,
+    } = recover(out, examples)?;
+    if !existing.is_empty() || stale > 0 || torn.is_some() {
         let saved = std::fs::read_to_string(&record_path)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -256,7 +302,11 @@ pub fn run_generate_with(
             Some(_) => {}
         }
     }
-    if let Some(len) = torn {
+    if stale > 0 {
+        // Stale rows leave the file now, so a run killed before the final rewrite cannot leave
+        // them behind (the torn line, if any, goes with them).
+        fsutil::write_atomic(out, in_input_order(examples, &existing).as_bytes())?;
+    } else if let Some(len) = torn {
         // A line cut short by a crash: drop it, it will be generated again.
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -273,6 +323,7 @@ pub fn run_generate_with(
     let mut summary = GenSummary {
         total: examples.len(),
         resumed: existing.len(),
+        regenerated: stale,
         ..Default::default()
     };
     let tok = model.tokenizer;
@@ -295,7 +346,7 @@ pub fn run_generate_with(
             continue;
         }
         let mut prompt = tok
-            .prompt_ids(&ex.prompt)
+            .chat_prompt_ids(&ex.history, &ex.prompt)
             .map_err(|e| Error::Invalid(format!("example {:?}: {e}", ex.id)))?;
         // SPIN's rule for a prompt too long: keep its end, where the question usually is.
         if prompt.len() > prompt_room {
@@ -333,7 +384,8 @@ pub fn run_generate_with(
     });
     let mut write_row = |index: u32, text: &str, finish: FinishReason, n: usize| -> Result<()> {
         let ex = &examples[index as usize];
-        let row = spin_row(&ex.id, &ex.prompt, &ex.response, text, finish.as_str(), n);
+        let prompt = ex.prompt_messages();
+        let row = chat_row(&ex.id, &prompt, &ex.response, text, finish.as_str(), n);
         let line = row.to_string();
         file.write_all(format!("{line}\n").as_bytes())
             .and_then(|_| file.flush())
@@ -396,13 +448,13 @@ fn in_input_order(examples: &[SftExample], rows: &HashMap<String, String>) -> St
 /// Whether `out` already holds a row for every one of `examples` (a finished job; its rows are
 /// checked against the data as a resume checks them).
 pub fn has_every_row(out: &Path, examples: &[SftExample]) -> Result<bool> {
-    let (rows, _) = recover(out, examples)?;
+    let rows = recover(out, examples)?.rows;
     Ok(examples.iter().all(|e| rows.contains_key(&e.id)))
 }
 
 /// Rewrites `out` atomically in the order of `examples`, as a finished generation job leaves it.
 pub fn reorder_rows(out: &Path, examples: &[SftExample]) -> Result<()> {
-    let (rows, _) = recover(out, examples)?;
+    let rows = recover(out, examples)?.rows;
     fsutil::write_atomic(out, in_input_order(examples, &rows).as_bytes())
 }
 
@@ -434,6 +486,16 @@ fn server_prompts(
         .iter()
         .map(|r| {
             let ex = &examples[r.index as usize];
+            if api == ServerApi::Chat && !ex.history.is_empty() {
+                // The chat request carries the user turn alone (the server renders it), so the
+                // earlier turns would be lost.
+                return Err(Error::Invalid(format!(
+                    "example {:?}: a multi-turn prompt cannot be sent to the chat API yet (it \
+                     sends the last user turn only); use --server-api completions, which sends \
+                     the conversation rendered with the model's chat template",
+                    ex.id
+                )));
+            }
             if api == ServerApi::Chat && truncated.contains(&r.index) {
                 return Err(Error::Invalid(format!(
                     "example {:?}: its prompt is longer than the model's context leaves once \
@@ -446,7 +508,7 @@ fn server_prompts(
             let mut text = if truncated.contains(&r.index) {
                 tok.decode(&r.prompt, false)?
             } else if tok.has_chat_template() {
-                tok.render_chat(&[Message::user(&ex.prompt)], true)?
+                tok.render_chat(&ex.prompt_messages(), true)?
             } else {
                 ex.prompt.clone()
             };

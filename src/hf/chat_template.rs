@@ -5,13 +5,13 @@
 
 use minijinja::value::{Kwargs, Value as JValue};
 use minijinja::{Environment, ErrorKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// One chat message as templates see it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// One chat message as templates see it (`role` is `system`, `user` or `assistant`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Message {
     pub role: String,
     pub content: String,

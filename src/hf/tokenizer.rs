@@ -1,7 +1,10 @@
 //! Tokenizer and the tokenization rule every wgspin stage shares (scoring, generation, training):
 //!
-//! - prompt ids = tokenize(chat_template([{user: prompt}], add_generation_prompt=True),
-//!   add_special_tokens=False), or tokenize(prompt) with special tokens when there is no template;
+//! - prompt ids = tokenize(chat_template(history + [{user: prompt}], add_generation_prompt=True),
+//!   add_special_tokens=False), as transformers' `apply_chat_template(messages[:-1],
+//!   add_generation_prompt=True)` renders a conversation before its last assistant turn; or
+//!   tokenize(prompt) with special tokens when there is no template (single-turn prompts only:
+//!   without a template there is no way to write the earlier turns);
 //! - response ids = tokenize(response, add_special_tokens=False) + [eos].
 
 use std::path::{Path, PathBuf};
@@ -245,15 +248,34 @@ impl ChatTokenizer {
         }
     }
 
-    /// Prompt ids by the shared rule (see the module header); never empty, since the model needs
-    /// a position to predict the first response token from.
+    /// Prompt ids of a single-turn prompt by the shared rule (see the module header).
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.chat_prompt_ids(&[], prompt)
+    }
+
+    /// Prompt ids of the conversation `history + [user: prompt]` by the shared rule (see the module
+    /// header); never empty, since the model needs a position to predict the first response token
+    /// from. With history and no chat template it is an error: dropping the turns would train
+    /// and generate on another prompt than the data's.
+    pub fn chat_prompt_ids(&self, history: &[Message], prompt: &str) -> Result<Vec<u32>> {
         let ids = match &self.template {
             Some(t) => {
                 let text = t
-                    .render(&[Message::user(prompt)], true)
+                    .render(&crate::data::prompt_messages(history, prompt), true)
                     .map_err(|e| in_file(&self.template_origin, e))?;
                 self.encode(&text, false)?
+            }
+            None if !history.is_empty() => {
+                return Err(Error::ChatTemplate {
+                    message: format!(
+                        "{}: this prompt has {} turn(s) before its last user turn (system turns \
+                         or earlier exchanges), and a multi-turn prompt needs a chat template to \
+                         render them; the model has none (set `chat_template` in \
+                         tokenizer_config.json or add chat_template.jinja)",
+                        self.template_origin.display(),
+                        history.len()
+                    ),
+                });
             }
             None => self.encode(prompt, true)?,
         };

@@ -277,7 +277,7 @@ pub fn tokenize_pairs(
                 ))
             })?;
             let prompt = tok
-                .prompt_ids(&ex.prompt)
+                .chat_prompt_ids(&ex.history, &ex.prompt)
                 .map_err(|e| Error::Invalid(format!("example {:?}: {e}", ex.id)))?;
             let (max_length, max_prompt_length) = lengths(cfg, tok);
             let (prompt, real, generated) = truncate(
@@ -308,7 +308,7 @@ pub fn tokenize_sft(
     examples
         .iter()
         .map(|e| {
-            let p = TokenizedPair::new(tok, &e.prompt, &e.response)
+            let p = TokenizedPair::chat(tok, &e.history, &e.prompt, &e.response)
                 .map_err(|err| Error::Invalid(format!("example {:?}: {err}", e.id)))?;
             let (prompt, response, _) =
                 truncate(p.prompt, p.response, vec![], max_length, max_prompt_length);

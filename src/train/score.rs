@@ -6,6 +6,7 @@
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::hf::chat_template::Message;
 use crate::hf::tokenizer::ChatTokenizer;
 use crate::kernels::logprobs::head_logprobs;
 use crate::model::{StepInput, Transformer};
@@ -18,9 +19,20 @@ pub struct TokenizedPair {
 }
 
 impl TokenizedPair {
-    /// Tokenizes by the shared rule (see [`crate::hf::tokenizer`]).
+    /// Tokenizes a single-turn prompt and its response by the shared rule (see
+    /// [`crate::hf::tokenizer`]).
     pub fn new(tok: &ChatTokenizer, prompt: &str, response: &str) -> Result<Self> {
-        let prompt_ids = tok.prompt_ids(prompt)?;
+        Self::chat(tok, &[], prompt, response)
+    }
+
+    /// Tokenizes the response to the conversation `history + [user: prompt]` by the shared rule.
+    pub fn chat(
+        tok: &ChatTokenizer,
+        history: &[Message],
+        prompt: &str,
+        response: &str,
+    ) -> Result<Self> {
+        let prompt_ids = tok.chat_prompt_ids(history, prompt)?;
         Ok(Self {
             prompt: prompt_ids,
             response: tok.response_ids(response)?,

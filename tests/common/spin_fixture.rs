@@ -74,6 +74,7 @@ pub fn trainer(name: &str, r: &Value, cfg: TrainConfig) -> Trainer {
         .enumerate()
         .map(|(i, p)| SftExample {
             id: format!("{i}"),
+            history: vec![],
             prompt: p["prompt"].as_str().unwrap().into(),
             response: p["real"].as_str().unwrap().into(),
             generated: Some(p["generated"].as_str().unwrap().into()),

@@ -90,6 +90,7 @@ impl Task {
             }
             out.push(SftExample {
                 id: format!("ex-{}", out.len()),
+                history: vec![],
                 response: self.answer(&word),
                 prompt,
                 generated: None,

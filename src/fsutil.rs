@@ -60,6 +60,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Fills a fresh folder beside `dest` with `fill` and flushes it to disk, then swaps it in for
+/// `dest`, so neither a crash nor a power loss leaves a half-written checkpoint under `dest` (see
+/// `hf::checkpoint::recover` for a crash inside the swap).
+pub fn replace_folder(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if dest.exists() && !dest.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: is a file, not a folder; it is left as it is: choose another output folder",
+            dest.display()
+        )));
+    }
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = std::fs::create_dir_all(&tmp)
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|()| fill(&tmp))
+        .and_then(|()| sync_tree(&tmp));
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    // Two renames (Windows cannot rename over a folder); at every instant one complete
+    // checkpoint exists under `dest` or `old`.
+    if dest.exists() {
+        std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
+    }
+    std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
+    // The new checkpoint's name on disk before the previous copy goes.
+    sync_dir(parent);
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
 /// Flushes every file under `dir` to disk, then the folders themselves (their entries), so a
 /// folder about to be renamed into place is complete on disk before the rename can be. Folders
 /// are synced where the OS allows opening one (not on Windows, whose renames are journaled

@@ -15,6 +15,7 @@ pub mod hf;
 pub mod kernels;
 pub mod manifest;
 pub mod model;
+pub mod outputs;
 pub mod report;
 pub mod rng;
 pub mod spin;

@@ -1,8 +1,6 @@
 //! The `wgspin` binary: parses the command line (`cli/`) and runs the command; the work is in
 //! the library.
 
-use anyhow::Result;
-
 mod cli;
 
 /// Mesa's Vulkan device-select layer (an implicit layer on most Linux distributions) connects to
@@ -32,9 +30,40 @@ fn keep_freed_memory() {
     }
 }
 
-fn main() -> Result<()> {
+/// An error and its causes as anyhow prints them, less each cause whose text the line above it
+/// already holds (the library's errors carry their cause in their own message: "x.json: Read-only
+/// file system" would otherwise be followed by "Read-only file system").
+fn error_report(e: &anyhow::Error) -> String {
+    let mut lines: Vec<String> = vec![];
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if lines.last().is_none_or(|above| !above.contains(&text)) {
+            lines.push(text);
+        }
+    }
+    let mut out = format!("Error: {}", lines[0]);
+    match &lines[1..] {
+        [] => {}
+        [one] => out.push_str(&format!("\n\nCaused by:\n    {one}")),
+        many => {
+            out.push_str("\n\nCaused by:");
+            for (i, c) in many.iter().enumerate() {
+                out.push_str(&format!("\n    {i}: {c}"));
+            }
+        }
+    }
+    out
+}
+
+fn main() -> std::process::ExitCode {
     keep_freed_memory();
     quiet_graphics_stack();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    cli::parse(&args)?.run()
+    match cli::parse(&args).and_then(|c| c.run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", error_report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

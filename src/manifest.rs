@@ -2,6 +2,7 @@
 //! hashes, so a file changed in place counts as changed) that a resume or rerun compares before
 //! touching anything, and an exclusive lock per output, so two processes never write one folder.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,11 +15,15 @@ use crate::error::{Error, Result};
 /// The lock file inside an output folder (or beside an output file, `<file>.lock`).
 pub const LOCK_FILE: &str = ".wgspin.lock";
 
-/// Exclusive use of an output; released when dropped (or when the process dies).
+/// Exclusive use of an output; released when dropped (or when the process dies). Dropping it
+/// also removes the lock file, and the folder it was created in when nothing else was written
+/// there, so a command that refuses leaves no trace in a folder it never wrote.
 #[derive(Debug)]
 pub struct OutputLock {
-    _file: File,
+    file: Option<File>,
     path: PathBuf,
+    /// The folder this lock created to hold its file (the output folder did not exist yet).
+    created: Option<PathBuf>,
 }
 
 impl OutputLock {
@@ -27,11 +32,47 @@ impl OutputLock {
     }
 }
 
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Removed while still held, so no other process can take the lock of a file that is
+        // about to vanish and believe it owns the output (see the check after `try_lock`).
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file.take());
+        if let Some(dir) = &self.created {
+            // Fails, as it should, when the run wrote anything there.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// Locks `lock_path` (created if needed) for this process, or says which process holds it.
 pub fn lock(lock_path: &Path, what: &Path) -> Result<OutputLock> {
-    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    let mut created = None;
+    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        created = Some(parent.to_path_buf());
     }
+    // A holder that finished removes the file while still holding it; a process that opened the
+    // old file just before then gets its lock on a file no longer there, so it opens again.
+    for _ in 0..8 {
+        let lock = lock_once(lock_path, what)?;
+        if lock_path.is_file() {
+            return Ok(OutputLock {
+                file: Some(lock),
+                path: lock_path.to_path_buf(),
+                created,
+            });
+        }
+    }
+    Err(Error::Invalid(format!(
+        "{}: its lock file keeps disappearing; another program is deleting it",
+        lock_path.display()
+    )))
+}
+
+fn lock_once(lock_path: &Path, what: &Path) -> Result<File> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -62,10 +103,38 @@ pub fn lock(lock_path: &Path, what: &Path) -> Result<OutputLock> {
     let _ = file.set_len(0);
     let _ = write!(file, "{}", std::process::id());
     let _ = file.flush();
-    Ok(OutputLock {
-        _file: file,
-        path: lock_path.to_path_buf(),
-    })
+    Ok(file)
+}
+
+/// Refuses `path` (an input) while a wgspin process holds its output lock (`<path>.lock`, taken
+/// by `generate` for the file it writes): reading it then would see only the rows written so far.
+pub fn refuse_if_being_written(path: &Path) -> Result<()> {
+    let lock_path = crate::fsutil::with_suffix(path, ".lock");
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+    else {
+        return Ok(());
+    };
+    match file.try_lock() {
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let who = match holder.trim() {
+                "" => "another wgspin process".to_string(),
+                pid => format!("wgspin process {pid}"),
+            };
+            Err(Error::Invalid(format!(
+                "{} is still being written by {who} (it holds {}); wait for it to finish, \
+                 then run this again",
+                path.display(),
+                lock_path.display()
+            )))
+        }
+        // Free (a writer that died leaves its file unlocked) or not lockable here: not written now.
+        _ => Ok(()),
+    }
 }
 
 /// Locks output folder `dir` (created if needed).
@@ -90,26 +159,39 @@ fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
     }
 }
 
-/// Identity of a model: a SHA-256 of what defines it (config.json, the tokenizer
-/// files and every weight file of a folder; the whole file of a GGUF; an adapter's files and its
-/// base's identity).
+/// The metadata files of a model folder that loading reads (config, generation defaults,
+/// tokenizer, chat template, the shard index); the weights come from the loader's own list.
+const LOADED_METADATA: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "model.safetensors.index.json",
+];
+
+/// Identity of a model: a SHA-256 of the files loading it reads (config, tokenizer and weight
+/// files of a folder; the whole file of a GGUF; an adapter's two files and its base's identity).
+/// Anything else in the folder (a `generate --out` beside it, notes) leaves it unchanged.
 pub fn model_identity(path: &Path) -> Result<Value> {
     let mut hasher = Sha256::new();
     if path.is_file() {
         hash_file(&mut hasher, path)?;
     } else {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Error::io(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let name = p.file_name().unwrap_or_default().to_string_lossy();
-                p.is_file()
-                    && (name.ends_with(".safetensors")
-                        || name.ends_with(".json") && name != "trainer_state.json"
-                        || name == "chat_template.jinja")
-            })
-            .collect();
+        let adapter = crate::hf::adapter::is_adapter_dir(path);
+        let mut files: Vec<PathBuf> = if adapter {
+            ["adapter_config.json", "adapter_model.safetensors"]
+                .iter()
+                .map(|n| path.join(n))
+                .collect()
+        } else {
+            let mut f = crate::hf::weights::WeightFiles::paths_in(path)?;
+            f.extend(LOADED_METADATA.iter().map(|n| path.join(n)));
+            f
+        };
+        files.retain(|p| p.is_file());
         files.sort();
+        files.dedup();
         for f in &files {
             hasher.update(
                 f.file_name()
@@ -144,12 +226,35 @@ pub struct RunLayout {
     pub entries: &'static [&'static str],
 }
 
+/// The hidden record, in a run's output folder, of the entries the run created there: what
+/// `--overwrite` removes. Names alone would also take a user's own `runs/` or `iter-old/`.
+pub const WRITTEN_FILE: &str = ".wgspin-written.json";
+
+/// The entries of `dir` its runs recorded as theirs; `None` when there is no record (a folder
+/// written before the record existed).
+fn written(dir: &Path) -> Option<BTreeSet<String>> {
+    let text = std::fs::read_to_string(dir.join(WRITTEN_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 impl RunLayout {
     fn owns(&self, name: &str) -> bool {
         self.entries.iter().any(|e| match e.strip_suffix('*') {
             Some(prefix) => name.starts_with(prefix),
             None => name == *e,
         })
+    }
+
+    /// Records that this run creates entry `name` of `dir`; called before the entry is written,
+    /// so a run killed while writing it still owns what it left.
+    pub fn claim(&self, dir: &Path, name: &str) -> Result<()> {
+        debug_assert!(self.owns(name), "{name} is not an entry of {}", self.writer);
+        let mut names = written(dir).unwrap_or_default();
+        if names.insert(name.to_string()) {
+            let text = serde_json::to_vec(&names).unwrap_or_default();
+            crate::fsutil::write_atomic(&dir.join(WRITTEN_FILE), &text)?;
+        }
+        Ok(())
     }
 
     /// Makes output folder `dir` (locked by the caller) ready for a run. A folder with visible
@@ -179,7 +284,13 @@ impl RunLayout {
         if !overwrite {
             return Ok(false);
         }
-        for name in shown.iter().filter(|n| self.owns(n)) {
+        // A folder from before the record: its run's entries by name, as they were removed then.
+        let ours = written(dir);
+        let owned = |n: &String| match &ours {
+            Some(names) => names.contains(n),
+            None => self.owns(n),
+        };
+        for name in shown.iter().filter(|n| owned(n)) {
             let path = dir.join(name);
             let removed = if path.is_dir() {
                 std::fs::remove_dir_all(&path)
@@ -187,6 +298,10 @@ impl RunLayout {
                 std::fs::remove_file(&path)
             };
             removed.map_err(|e| Error::io(&path, e))?;
+        }
+        let record = dir.join(WRITTEN_FILE);
+        if record.exists() {
+            std::fs::remove_file(&record).map_err(|e| Error::io(&record, e))?;
         }
         Ok(true)
     }
@@ -278,6 +393,47 @@ mod tests {
         assert!(d.join("out.txt").is_file());
         assert!(LAYOUT.prepare(d, true).unwrap());
         assert_eq!(crate::fsutil::visible_entries(d), vec!["notes.txt"]);
+    }
+
+    #[test]
+    fn overwrite_removes_only_what_the_record_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for name in ["run.json", "out.txt"] {
+            LAYOUT.claim(d, name).unwrap();
+            std::fs::write(d.join(name), "x").unwrap();
+        }
+        // Named like a run's entry, but the user's: the run never claimed it.
+        std::fs::create_dir(d.join("iter-7")).unwrap();
+        assert!(LAYOUT.prepare(d, true).unwrap());
+        assert_eq!(crate::fsutil::visible_entries(d), vec!["iter-7"]);
+        assert!(!d.join(WRITTEN_FILE).exists(), "the record starts over too");
+    }
+
+    #[test]
+    fn a_lock_leaves_no_trace_in_a_folder_it_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("new");
+        drop(lock_dir(&out).unwrap());
+        assert!(!out.exists(), "the folder made for the lock is gone");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("kept"), "x").unwrap();
+        drop(lock_dir(&out).unwrap());
+        assert_eq!(crate::fsutil::visible_entries(&out), vec!["kept"]);
+        assert!(!out.join(LOCK_FILE).exists());
+    }
+
+    #[test]
+    fn an_input_being_written_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("gen.jsonl");
+        std::fs::write(&data, "{}\n").unwrap();
+        refuse_if_being_written(&data).unwrap();
+        let held = lock_file(&data).unwrap();
+        let e = refuse_if_being_written(&data).unwrap_err().to_string();
+        assert!(e.contains("still being written"), "{e}");
+        drop(held);
+        refuse_if_being_written(&data).unwrap();
     }
 
     #[test]

@@ -303,6 +303,7 @@ pub fn run_spin(
     let mut done = 0;
     for t in 0..cfg.iterations {
         let dir = iter_dir(out, t);
+        LAYOUT.claim(out, &format!("iter-{t}"))?;
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let theta = model_of(out, model, t);
         let gen_path = dir.join("generated.jsonl");
@@ -493,6 +494,7 @@ fn write_summary(
         "iterations": iters,
         "converged_at": converged,
     });
+    LAYOUT.claim(out, SUMMARY_FILE)?;
     fsutil::write_atomic(
         &out.join(SUMMARY_FILE),
         serde_json::to_string_pretty(&s)

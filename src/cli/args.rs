@@ -103,6 +103,22 @@ pub struct JobArgs {
     pub config: Option<PathBuf>,
 }
 
+impl JobArgs {
+    /// Refuses output `out` (given as `flag`) when it is, contains or lies inside what the job
+    /// reads: the model (an adapter's base too), the data or the --config file.
+    pub fn check_output(&self, flag: &str, out: &std::path::Path) -> Result<()> {
+        let mut inputs = wgspin::outputs::Inputs::new();
+        inputs
+            .add_model("--model", &self.model.model)
+            .add("--data", &self.data.data);
+        if let Some(c) = &self.config {
+            inputs.add("--config", c);
+        }
+        inputs.check(flag, out)?;
+        Ok(())
+    }
+}
+
 /// `--out`, `--resume` and `--overwrite` of the training commands (`train`, `sft`).
 #[derive(Args, Debug, Clone)]
 pub struct TrainOutArgs {
@@ -188,6 +204,7 @@ impl DataArgs {
     /// Reads the data, reports skipped rows on stderr, and keeps the first `limit` examples.
     pub fn load(&self, limit: Option<usize>) -> Result<Vec<SftExample>> {
         let path = &self.data;
+        wgspin::manifest::refuse_if_being_written(path)?;
         let ds = read_dataset(path, self.format)
             .with_context(|| format!("reading data {}", path.display()))?;
         if !ds.skipped.is_empty() {

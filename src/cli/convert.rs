@@ -9,6 +9,7 @@ use clap::Args;
 use wgspin::gguf::GgufModel;
 use wgspin::gguf::writer::{ExportDtype, export_hf_folder};
 use wgspin::hf::weights::StoredDtype;
+use wgspin::outputs::{Inputs, check_file, check_folder, is_model_folder};
 
 /// Convert a GGUF model (llama / qwen2) to a Hugging Face folder (weights dequantized).
 #[derive(Args, Debug)]
@@ -16,9 +17,13 @@ pub struct ConvertArgs {
     /// The .gguf file.
     #[arg(long)]
     model: PathBuf,
-    /// Output folder (must not exist; written atomically).
+    /// Output folder (new or empty; written beside and renamed into place).
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out when it holds a Hugging Face model folder (never the --model file, nor a
+    /// folder of other files).
+    #[arg(long)]
+    overwrite: bool,
     /// Storage type of model.safetensors.
     #[arg(long, value_enum, ignore_case = true, default_value_t = StoredDtype::F32)]
     dtype: StoredDtype,
@@ -26,6 +31,9 @@ pub struct ConvertArgs {
 
 impl ConvertArgs {
     pub fn run(self) -> Result<()> {
+        Inputs::new().add("--model", &self.model).check("--out", &self.out)?;
+        let kind = "a Hugging Face model folder";
+        check_folder("--out", &self.out, self.overwrite, kind, is_model_folder)?;
         let g = GgufModel::load(&self.model)
             .with_context(|| format!("reading {}", self.model.display()))?;
         g.write_hf_folder(&self.out, self.dtype)?;
@@ -43,6 +51,9 @@ pub struct ExportGgufArgs {
     /// Output .gguf file (written atomically).
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out if it exists (never a file of --model).
+    #[arg(long)]
+    overwrite: bool,
     /// Matrix type (norms stay f32).
     #[arg(long, value_enum, ignore_case = true, default_value_t = ExportDtype::F16)]
     dtype: ExportDtype,
@@ -50,6 +61,10 @@ pub struct ExportGgufArgs {
 
 impl ExportGgufArgs {
     pub fn run(self) -> Result<()> {
+        Inputs::new()
+            .add_model("--model", &self.model)
+            .check("--out", &self.out)?;
+        check_file("--out", &self.out, self.overwrite)?;
         export_hf_folder(&self.model, &self.out, self.dtype)
             .with_context(|| format!("exporting {}", self.model.display()))?;
         eprintln!("wrote {}", self.out.display());

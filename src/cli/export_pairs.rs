@@ -8,6 +8,8 @@ use clap::Args;
 use wgspin::data::DataFormat;
 use wgspin::data::export::{PairFormat, export_pairs};
 
+use wgspin::outputs::{Inputs, check_file};
+
 use super::args::DataArgs;
 
 /// Write SPIN pairs in the layout a Python stack reads: TRL's DPOTrainer, uclaml/SPIN or
@@ -35,19 +37,22 @@ pub struct ExportPairsArgs {
 
 impl ExportPairsArgs {
     pub fn run(self) -> Result<()> {
+        Inputs::new()
+            .add("--data", &self.data)
+            .check("--out", &self.out)?;
+        check_file("--out", &self.out, self.overwrite)?;
         let data = DataArgs {
             data: self.data.clone(),
             format: DataFormat::Spin,
         };
         let examples = data.load(None)?;
-        anyhow::ensure!(
-            self.overwrite || !self.out.exists(),
-            "{} exists; pass --overwrite to replace it, or choose another --out",
-            self.out.display()
-        );
         let n = export_pairs(&examples, self.format, &self.out)
             .with_context(|| format!("exporting pairs to {}", self.out.display()))?;
-        eprintln!("wrote {n} {:?} rows to {}", self.format, self.out.display());
+        // The name as --format spells it ("trl"), not the Rust variant's.
+        let format = clap::ValueEnum::to_possible_value(&self.format)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        eprintln!("wrote {n} {format} rows to {}", self.out.display());
         Ok(())
     }
 }

@@ -46,6 +46,10 @@ pub struct GenerateArgs {
 
 impl GenerateArgs {
     pub fn run(self) -> Result<()> {
+        self.job.check_output("--out", &self.out)?;
+        let record = wgspin::generate::job::run_record_path(&self.out);
+        self.job.check_output("--out (its run record)", &record)?;
+        wgspin::outputs::check_file("--out", &self.out, true)?;
         if let Some(opts) = self.server.options() {
             return self.run_on_server(opts);
         }
@@ -111,6 +115,13 @@ fn generate_into(
             "{}: kept {} rows from an earlier run",
             out.display(),
             summary.resumed
+        );
+    }
+    if summary.regenerated > 0 {
+        eprintln!(
+            "{}: regenerated {} rows whose prompt or response changed in the data",
+            out.display(),
+            summary.regenerated
         );
     }
     eprintln!(

@@ -24,9 +24,13 @@ pub struct LogprobsArgs {
     /// JSONL file of {"prompt", "response"} rows.
     #[arg(long)]
     data: PathBuf,
-    /// Output JSONL file (stdout when omitted).
+    /// Output JSONL file (stdout when omitted; rows are written there as they are scored, and a
+    /// reader that closes the pipe, like `head`, ends the run).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace --out if it exists (never the --model or --data).
+    #[arg(long, requires = "out")]
+    overwrite: bool,
     #[command(flatten)]
     device: DeviceArgs,
     /// Examples (sequences) per forward pass.
@@ -34,9 +38,20 @@ pub struct LogprobsArgs {
     batch_size: usize,
 }
 
+/// Rows scored between writes to stdout.
+const CHUNK: usize = 64;
+
 impl LogprobsArgs {
     pub fn run(self) -> Result<()> {
-        anyhow::ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        anyhow::ensure!(self.batch_size > 0, "--batch-size 0: must be at least 1");
+        if let Some(out) = &self.out {
+            wgspin::outputs::Inputs::new()
+                .add_model("--model", &self.model.model)
+                .add("--data", &self.data)
+                .check("--out", out)?;
+            wgspin::outputs::check_file("--out", out, self.overwrite)?;
+        }
+        wgspin::manifest::refuse_if_being_written(&self.data)?;
         let dev = self.device.select()?;
         let rows = data::read_prompt_responses(&self.data)?;
         let model_dir = &self.model.model;
@@ -68,22 +83,37 @@ impl LogprobsArgs {
             batch_size: self.batch_size,
             ..Default::default()
         };
-        let scores = score_all(&bundle.model, &pairs, tok.pad_id(), options, |n| {
-            done += n;
-            eprintln!("scored {done}/{total}");
-        })?;
-        let secs = start.elapsed().as_secs_f64();
+        // Scored in input order, a chunk at a time, so rows reach stdout as they are ready and a
+        // closed pipe stops the scoring (each chunk is still batched by length inside).
         let mut text = String::new();
-        for (i, lp) in scores.iter().enumerate() {
-            let sum: f64 = lp.iter().map(|&x| x as f64).sum();
-            let row = serde_json::json!({"index": i, "logprob": sum, "tokens": lp.len(), "token_logprobs": lp});
-            text.push_str(&row.to_string());
-            text.push('\n');
+        let mut stdout = std::io::stdout().lock();
+        for (c, chunk) in pairs.chunks(CHUNK).enumerate() {
+            let scores = score_all(&bundle.model, chunk, tok.pad_id(), options, |n| {
+                done += n;
+                eprintln!("scored {done}/{total}");
+            })?;
+            let mut rows = String::new();
+            for (k, lp) in scores.iter().enumerate() {
+                let sum: f64 = lp.iter().map(|&x| x as f64).sum();
+                let row = serde_json::json!({"index": c * CHUNK + k, "logprob": sum, "tokens": lp.len(), "token_logprobs": lp});
+                rows.push_str(&row.to_string());
+                rows.push('\n');
+            }
+            if self.out.is_some() {
+                text.push_str(&rows);
+                continue;
+            }
+            match stdout.write_all(rows.as_bytes()).and_then(|()| stdout.flush()) {
+                Ok(()) => {}
+                // The reader has what it wanted (`| head -1`): nothing left to do for it.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(anyhow::Error::new(e).context("writing to stdout")),
+            }
         }
-        match &self.out {
-            Some(path) => fsutil::write_atomic(path, text.as_bytes())?,
-            None => std::io::stdout().write_all(text.as_bytes())?,
+        if let Some(path) = &self.out {
+            fsutil::write_atomic(path, text.as_bytes())?;
         }
+        let secs = start.elapsed().as_secs_f64();
         eprintln!("scored {total} sequences in {secs:.2}s");
         Ok(())
     }

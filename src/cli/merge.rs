@@ -9,6 +9,7 @@ use wgspin::hf::bundle::ModelBundle;
 use wgspin::hf::checkpoint;
 use wgspin::hf::weights::StoredDtype;
 use wgspin::model::lora;
+use wgspin::outputs::{Inputs, check_folder, is_model_folder};
 
 use super::args::DeviceArgs;
 
@@ -23,9 +24,13 @@ pub struct MergeArgs {
     /// The base model folder or .gguf file [default: the adapter's base_model_name_or_path].
     #[arg(long)]
     base: Option<PathBuf>,
-    /// Output folder (must be empty or new; written beside and renamed into place).
+    /// Output folder (new or empty; written beside and renamed into place).
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out when it holds a Hugging Face model folder (never the adapter or its base,
+    /// nor a folder of other files).
+    #[arg(long)]
+    overwrite: bool,
     /// Storage type of model.safetensors [default: the base's].
     #[arg(long, value_enum, ignore_case = true)]
     dtype: Option<StoredDtype>,
@@ -35,13 +40,14 @@ pub struct MergeArgs {
 
 impl MergeArgs {
     pub fn run(self) -> Result<()> {
-        let held = wgspin::fsutil::visible_entries(&self.out);
-        anyhow::ensure!(
-            held.is_empty(),
-            "{} already holds files ({}); choose an empty or new --out",
-            self.out.display(),
-            held.join(", ")
-        );
+        let mut inputs = Inputs::new();
+        inputs.add_model("--adapter", &self.adapter);
+        if let Some(base) = &self.base {
+            inputs.add_model("--base", base);
+        }
+        inputs.check("--out", &self.out)?;
+        let kind = "a Hugging Face model folder";
+        check_folder("--out", &self.out, self.overwrite, kind, is_model_folder)?;
         let dev = self.device.select()?;
         let mut bundle =
             ModelBundle::load_adapter(&self.adapter, self.base.as_deref(), &dev.device)

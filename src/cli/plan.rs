@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 
 use wgspin::train::memory::{
-    adapter_count, human, parameter_count, plan, refuse_over_budget, rows_per_pass,
+    adapter_count, check_shapes, human, parameter_count, plan, refuse_over_budget, rows_per_pass,
 };
 use wgspin::train::{ObjectiveKind, TrainConfig};
 
@@ -41,6 +41,7 @@ impl PlanArgs {
         };
         cfg.validate()?;
         let m = wgspin::hf::bundle::read_config(&self.model.model)?;
+        check_shapes(&m, &cfg)?;
         let (est, compute) = plan(&m, &cfg, &dev.device)?;
         let (params, _) = parameter_count(&m);
         let what = if cfg.lora.enabled() {

@@ -1,8 +1,6 @@
 //! Training progress on stderr, shared by `train`, `spin` and `demo`: a bar on a terminal, a
 //! line per logged step otherwise (logs, CI).
 
-use std::io::IsTerminal;
-
 use wgspin::report::progress::Progress;
 use wgspin::train::job::TrainEvent;
 
@@ -38,7 +36,7 @@ impl TrainReporter {
                 metrics: m,
                 total_steps,
             } => {
-                if !std::io::stderr().is_terminal() {
+                if !wgspin::report::progress::draws_bars() {
                     if m.step % self.logging_steps == 0 || m.step == total_steps {
                         eprintln!(
                             "step {}/{total_steps} {} lr {:.3e} grad_norm {:.3} {:.0} tok/s",

@@ -51,6 +51,7 @@ pub struct SpinArgs {
 
 impl SpinArgs {
     pub fn run(self) -> Result<()> {
+        self.job.check_output("--out", &self.out)?;
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(None)?;
         let model = self.job.model.model.clone();
@@ -69,6 +70,7 @@ impl SpinArgs {
         // Checked before OUT is created or spin_config.json records settings that never ran.
         self.spin.validate()?;
         train_cfg.validate()?;
+        wgspin::train::memory::check_budget(&model, &train_cfg, &dev.device)?;
         gen_opts.sampling.validate()?;
         let _lock = wgspin::manifest::lock_dir(&self.out)?;
         let mut sampling = serde_json::to_value(gen_opts.sampling)?;
@@ -98,6 +100,7 @@ impl SpinArgs {
         if !wgspin::spin::LAYOUT.prepare(&self.out, self.overwrite)? {
             refuse_other_settings(&config_path, &resolved)?;
         }
+        wgspin::spin::LAYOUT.claim(&self.out, wgspin::spin::CONFIG_FILE)?;
         fsutil::write_atomic(
             &config_path,
             serde_json::to_string_pretty(&resolved)?.as_bytes(),

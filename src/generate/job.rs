@@ -234,6 +234,8 @@ pub fn run_generate_with(
     mut progress: impl FnMut(&GenProgress),
 ) -> Result<GenSummary> {
     let start = Instant::now();
+    // Before the lock and the run record: a refused run leaves no file behind.
+    opts.validate()?;
     if u32::try_from(examples.len()).is_err() {
         return Err(Error::Invalid("more than 2³² prompts in one job".into()));
     }

@@ -54,6 +54,22 @@ pub struct GenOptions {
     pub pad_id: u32,
 }
 
+impl GenOptions {
+    /// Refuses settings no decode can run with, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate()?;
+        for (flag, n) in [
+            ("--gen-batch-size", self.batch_size),
+            ("--max-new-tokens", self.max_new_tokens),
+        ] {
+            if n == 0 {
+                return Err(Error::Invalid(format!("{flag} 0: must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for GenOptions {
     fn default() -> Self {
         Self {
@@ -262,12 +278,7 @@ pub fn generate_observed(
     mut on_finished: impl FnMut(Finished) -> Result<()>,
     mut on_step: impl FnMut(&GenStats),
 ) -> Result<GenStats> {
-    opts.sampling.validate()?;
-    if opts.batch_size == 0 || opts.max_new_tokens == 0 {
-        return Err(Error::Invalid(
-            "batch size and max new tokens must be at least 1".into(),
-        ));
-    }
+    opts.validate()?;
     if let Some(r) = requests.iter().find(|r| r.prompt.is_empty()) {
         return Err(Error::Invalid(format!(
             "request {} has an empty prompt (the model needs at least one token to start from)",

@@ -409,21 +409,13 @@ impl GgufModel {
     }
 
     /// Writes the model as a Hugging Face folder (config.json, generation_config.json,
-    /// tokenizer.json, tokenizer_config.json, README.md card, model.safetensors in `dtype`), atomically: into a
-    /// temporary sibling folder that is renamed to `out` when complete.
+    /// tokenizer.json, tokenizer_config.json, README.md card, model.safetensors in `dtype`),
+    /// atomically: filled beside `out` and swapped in when complete, replacing a folder there
+    /// (whether one may be replaced is the caller's rule: `outputs::check_folder`).
     pub fn write_hf_folder(&self, out: &Path, dtype: StoredDtype) -> Result<()> {
-        if out.exists() {
-            return Err(Error::Invalid(format!(
-                "{}: already exists; choose a new output folder",
-                out.display()
-            )));
-        }
-        let tmp = crate::fsutil::temp_path(out);
-        let _ = std::fs::remove_dir_all(&tmp);
-        let result = (|| {
-            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        crate::fsutil::replace_folder(out, |tmp| {
             write_metadata(
-                &tmp,
+                tmp,
                 &self.path,
                 &self.card,
                 &self.config_json,
@@ -436,12 +428,7 @@ impl GgufModel {
                 &self.weights.tensors,
                 dtype,
                 crate::hf::weights::pt_metadata(),
-            )?;
-            std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        result
+            )
+        })
     }
 }

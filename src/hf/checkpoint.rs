@@ -106,38 +106,8 @@ pub fn write_extra(dir: &Path, extra: &[(&str, Vec<u8>)]) -> Result<()> {
     Ok(())
 }
 
-/// Fills a fresh folder beside `dest` with `fill` and flushes it to disk, then swaps it in for
-/// `dest`, so neither a crash nor a power loss leaves a half-written checkpoint under `dest` (see
-/// [`recover`] for a crash inside the swap).
-pub fn save_folder(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let result = std::fs::create_dir_all(&tmp)
-        .map_err(|e| Error::io(&tmp, e))
-        .and_then(|()| fill(&tmp))
-        .and_then(|()| crate::fsutil::sync_tree(&tmp));
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    // Two renames (Windows cannot rename over a folder); at every instant one complete
-    // checkpoint exists under `dest` or `old`.
-    if dest.exists() {
-        std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
-    }
-    std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
-    // The new checkpoint's name on disk before the previous copy goes.
-    crate::fsutil::sync_dir(parent);
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
-}
+/// Fills a fresh folder beside `dest` and swaps it in (see [`crate::fsutil::replace_folder`]).
+pub use crate::fsutil::replace_folder as save_folder;
 
 /// Puts a checkpoint back after a crash in [`save`]'s swap, and clears what crashed saves left.
 /// Call with the output folder locked (no live writer). A missing `parent/name` whose previous

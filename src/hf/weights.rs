@@ -250,6 +250,12 @@ impl WeightFiles {
     /// Finds the weights of a model folder: the sharded index, `model.safetensors`, or else every
     /// `*.safetensors` file there.
     pub fn open_dir(dir: &Path) -> Result<Self> {
+        Self::open_files(&Self::paths_in(dir)?)
+    }
+
+    /// The weight files [`Self::open_dir`] reads (the index's shards, `model.safetensors`, or
+    /// every `*.safetensors`), without opening them.
+    pub fn paths_in(dir: &Path) -> Result<Vec<PathBuf>> {
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
             let text =
@@ -293,7 +299,7 @@ impl WeightFiles {
             }
             st
         };
-        Self::open_files(&files)
+        Ok(files)
     }
 
     /// Opens the given safetensors files (headers only; no tensor data is read); a tensor name

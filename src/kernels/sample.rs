@@ -56,15 +56,18 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Invalid(m.into()));
+        let bad = |m: String| Err(Error::Invalid(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad("temperature must be a finite number ≥ 0 (0 = greedy)");
+            return bad(format!(
+                "--temperature {}: must be a finite number ≥ 0 (0 = greedy)",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top-p must be in (0, 1]");
+            return bad(format!("--top-p {}: must be in (0, 1]", self.top_p));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad("min-p must be in [0, 1]");
+            return bad(format!("--min-p {}: must be in [0, 1]", self.min_p));
         }
         Ok(())
     }

@@ -161,16 +161,16 @@ impl LoraConfig {
         if let Some(a) = self.alpha
             && !(a > 0.0 && a.is_finite())
         {
-            return bad(format!("lora-alpha must be > 0, got {a}"));
+            return bad(format!("--lora-alpha {a}: must be > 0"));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!(
-                "lora-dropout must be in [0, 1), got {}",
+                "--lora-dropout {}: must be in [0, 1)",
                 self.dropout
             ));
         }
         if self.enabled() && self.targets.is_empty() {
-            return bad("lora-targets is empty; name at least one projection".into());
+            return bad("--lora-targets is empty; name at least one projection".into());
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ impl Progress {
         Self {
             label: label.into(),
             total,
-            tty: std::io::stderr().is_terminal(),
+            tty: draws_bars(),
             start: Instant::now(),
             last_draw: None,
             last_logged_tenth: 0,
@@ -88,6 +88,12 @@ impl Progress {
             eprintln!();
         }
     }
+}
+
+/// Whether stderr takes a redrawn bar: a terminal that understands escape codes (`TERM=dumb`,
+/// as Emacs shells and some CI runners set it, prints them as text).
+pub fn draws_bars() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
 }
 
 pub fn fmt_secs(secs: f64) -> String {

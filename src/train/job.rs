@@ -260,6 +260,17 @@ pub fn run_train(
             manifest::differences(saved, &identity).join("; ")
         )));
     }
+    // What this run writes, recorded before it is written: `--overwrite` removes only these.
+    let mut written = vec![CONFIG_FILE, CHECKPOINT, METRICS_FILE];
+    if cfg.objective == ObjectiveKind::Spin {
+        written.push(REF_FILE);
+    }
+    if notes.report_to == ReportTo::Tensorboard {
+        written.push(RUNS_DIR);
+    }
+    for name in written {
+        LAYOUT.claim(out, name)?;
+    }
     fsutil::write_atomic(
         &out.join(CONFIG_FILE),
         serde_json::to_string_pretty(&config_json)

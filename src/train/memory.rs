@@ -37,12 +37,15 @@ pub struct MemoryEstimate {
 impl MemoryEstimate {
     /// The step's peak, or loading's when that is higher.
     pub fn total(&self) -> u64 {
-        let step = self.weights
-            + self.optimizer
-            + self.gradients
-            + self.weight_copies
-            + self.activations
-            + self.logits;
+        let step = [
+            self.optimizer,
+            self.gradients,
+            self.weight_copies,
+            self.activations,
+            self.logits,
+        ]
+        .into_iter()
+        .fold(self.weights, u64::saturating_add);
         step.max(self.loading)
     }
 
@@ -62,8 +65,13 @@ impl MemoryEstimate {
             }
             levers.push("a smaller --max-length".into());
         }
-        if !cfg.lora.enabled() && 4 * (self.optimizer + self.gradients) >= self.total() {
-            levers.push("--lora-rank 16 (no gradients or optimizer state for the base)".into());
+        if 4 * (self.optimizer + self.gradients) >= self.total() {
+            levers.push(if cfg.lora.enabled() {
+                // With LoRA, gradients and optimizer state are the adapters' alone.
+                format!("a smaller --lora-rank than {}", cfg.lora.rank)
+            } else {
+                "--lora-rank 16 (no gradients or optimizer state for the base)".into()
+            });
         }
         if compute == DType::F32 {
             levers.push("--dtype f16 on a GPU that has it".into());
@@ -94,29 +102,66 @@ pub fn parameter_count(m: &ModelConfig) -> (u64, u64) {
     (total, layer)
 }
 
+/// `(in, out)` features of the projection `t` wraps in `m`.
+fn projection_dims(m: &ModelConfig, t: Target) -> (usize, usize) {
+    let (h, i) = (m.hidden_size, m.intermediate_size);
+    let (q, kv) = (m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim);
+    match t {
+        Target::Q => (h, q),
+        Target::K | Target::V => (h, kv),
+        Target::O => (q, h),
+        Target::Gate | Target::Up => (h, i),
+        Target::Down => (i, h),
+    }
+}
+
 /// LoRA parameters of `m` under `cfg`'s rank and targets.
 pub fn adapter_count(m: &ModelConfig, cfg: &TrainConfig) -> u64 {
     if !cfg.lora.enabled() {
         return 0;
     }
-    let (h, i) = (m.hidden_size, m.intermediate_size);
-    let (q, kv) = (m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim);
     let per_layer: usize = cfg
         .lora
         .targets
         .iter()
-        .map(|t| {
-            let (inp, out) = match t {
-                Target::Q => (h, q),
-                Target::K | Target::V => (h, kv),
-                Target::O => (q, h),
-                Target::Gate | Target::Up => (h, i),
-                Target::Down => (i, h),
-            };
-            cfg.lora.rank * (inp + out)
+        .map(|&t| {
+            let (inp, out) = projection_dims(m, t);
+            cfg.lora.rank.saturating_mul(inp + out)
         })
         .sum();
-    (per_layer * m.num_layers) as u64
+    per_layer.saturating_mul(m.num_layers) as u64
+}
+
+/// Refuses settings that `m`'s shapes make meaningless before anything is allocated: a LoRA rank
+/// above the smaller side of a projection it adapts (`B·A` cannot have a higher rank than that,
+/// and the adapter would be larger than the weight it adapts).
+pub fn check_shapes(m: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
+    if !cfg.lora.enabled() {
+        return Ok(());
+    }
+    let Some((t, side)) = cfg
+        .lora
+        .targets
+        .iter()
+        .map(|&t| {
+            let (inp, out) = projection_dims(m, t);
+            (t, inp.min(out))
+        })
+        .min_by_key(|&(_, side)| side)
+    else {
+        return Ok(());
+    };
+    if cfg.lora.rank > side {
+        return Err(Error::Invalid(format!(
+            "--lora-rank {}: {} of this model is a [{}, {}] projection, so a LoRA rank above {side} \
+             adds nothing; pass --lora-rank {side} or less (8 to 64 is usual)",
+            cfg.lora.rank,
+            t.module_name(),
+            projection_dims(m, t).1,
+            projection_dims(m, t).0,
+        )));
+    }
+    Ok(())
 }
 
 /// Bytes one layer keeps for its backward pass per token of a `seq`-token row, activations in
@@ -164,7 +209,7 @@ pub fn estimate(
     let trainable = if lora { adapters } else { params };
     // A LoRA base is stored in the compute dtype; trained weights are f32 masters.
     let weights = if lora {
-        params * e + adapters * 4
+        (params * e).saturating_add(adapters.saturating_mul(4))
     } else {
         params * 4
     };
@@ -175,27 +220,31 @@ pub fn estimate(
     // Accumulating micro-batches holds the running sum beside the newest.
     let grad_copies = if cfg.grad_accum > 1 { 2 } else { 1 };
     let weight_copies = if !lora && e == 2 { params * 2 } else { 0 };
-    let tokens = (rows * seq) as u64;
-    let layer = layer_bytes_per_token(m, seq, e) * tokens;
+    // Settings as large as a user can type (`--batch-size 10^17`) saturate instead of wrapping,
+    // so the estimate stays an upper bound that `--max-memory` refuses.
+    let mul = |a: u64, b: u64| a.saturating_mul(b);
+    let tokens = mul(rows as u64, seq as u64);
+    let layer = mul(layer_bytes_per_token(m, seq, e), tokens);
     let layers = m.num_layers as u64;
+    let hidden = m.hidden_size as u64 * e;
     // One layer's backward pass at a time also holds the attention's temporaries: the gradients
     // of the scores and probabilities, [`attention_backward`] bytes per score.
-    let backward = attention_backward(e) * (m.num_heads * seq) as u64 * tokens;
-    let activations = backward
-        + if cfg.gradient_checkpointing {
-            // Every layer's input, one layer's activations and the gradient between layers.
-            layers * tokens * m.hidden_size as u64 * e
-                + layer
-                + 2 * tokens * m.hidden_size as u64 * e
-        } else {
-            layers * layer
-        };
+    let backward = mul(
+        attention_backward(e) * m.num_heads as u64,
+        mul(seq as u64, tokens),
+    );
+    let activations = backward.saturating_add(if cfg.gradient_checkpointing {
+        // Every layer's input, one layer's activations and the gradient between layers.
+        mul(mul(layers + 2, tokens), hidden).saturating_add(layer)
+    } else {
+        mul(layers, layer)
+    });
     // The chunk's logits, their gradient and the softmax's exponentials, f32.
-    let logits = 3 * 4 * max_logits.min(tokens as usize * m.vocab_size) as u64;
+    let logits = 3 * 4 * (max_logits as u64).min(mul(tokens, m.vocab_size as u64));
     MemoryEstimate {
         weights,
-        optimizer: states * trainable * 4,
-        gradients: grad_copies * trainable * 4,
+        optimizer: trainable.saturating_mul(states * 4),
+        gradients: trainable.saturating_mul(grad_copies * 4),
         weight_copies,
         activations,
         logits,
@@ -222,12 +271,14 @@ pub fn plan(
     ))
 }
 
-/// Refuses `cfg` when its estimated peak exceeds `--max-memory`, naming the lever to pull.
+/// Refuses `cfg` when the model's shapes make it meaningless ([`check_shapes`]) or its estimated
+/// peak exceeds `--max-memory`, naming the lever to pull.
 pub fn check_budget(model_path: &Path, cfg: &TrainConfig, device: &Device) -> Result<()> {
+    let m = crate::hf::bundle::read_config(model_path)?;
+    check_shapes(&m, cfg)?;
     if cfg.max_memory.is_none() {
         return Ok(());
     }
-    let m = crate::hf::bundle::read_config(model_path)?;
     let (est, compute) = plan(&m, cfg, device)?;
     refuse_over_budget(model_path, cfg, &est, compute)
 }

@@ -165,38 +165,44 @@ impl TrainConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
+        // Each message names the flag the user typed, with its value.
         if !(self.loss.beta > 0.0 && self.loss.beta.is_finite()) {
-            return bad(format!("beta must be > 0, got {}", self.loss.beta));
+            return bad(format!("--beta {}: must be > 0", self.loss.beta));
         }
         if !(self.lr >= 0.0 && self.lr.is_finite()) {
-            return bad(format!("lr must be ≥ 0, got {}", self.lr));
+            return bad(format!("--lr {}: must be ≥ 0", self.lr));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return bad(format!(
-                "weight-decay must be ≥ 0, got {}",
-                self.weight_decay
-            ));
+            return bad(format!("--weight-decay {}: must be ≥ 0", self.weight_decay));
         }
         if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
             return bad(format!(
-                "max-grad-norm must be ≥ 0 (0 = off), got {}",
+                "--max-grad-norm {}: must be ≥ 0 (0 = off)",
                 self.max_grad_norm
             ));
         }
-        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
-            return bad("epochs, batch size and grad accum must be at least 1".into());
+        for (flag, n) in [
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+            ("--max-prompt-length", self.max_prompt_length),
+            ("--logging-steps", self.logging_steps),
+        ] {
+            if n == 0 {
+                return bad(format!("{flag} 0: must be at least 1"));
+            }
         }
-        if self.max_prompt_length == 0 || self.max_length <= self.max_prompt_length {
+        if self.max_length <= self.max_prompt_length {
             return bad(format!(
-                "max-length ({}) must exceed max-prompt-length ({}) so responses keep some tokens",
+                "--max-length {} must exceed --max-prompt-length {} so responses keep some tokens",
                 self.max_length, self.max_prompt_length
             ));
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
-            return bad("warmup-ratio must be in [0, 1)".into());
-        }
-        if self.logging_steps == 0 {
-            return bad("logging-steps must be at least 1".into());
+            return bad(format!(
+                "--warmup-ratio {}: must be in [0, 1)",
+                self.warmup_ratio
+            ));
         }
         self.lora.validate()
     }

@@ -223,6 +223,16 @@ impl RowLabel {
     }
 }
 
+/// What the demo writes into its folder. Every demo starts over, removing only an earlier demo's
+/// entries; a folder of other files is refused.
+const LAYOUT: wgspin::manifest::RunLayout = wgspin::manifest::RunLayout {
+    writer: "`wgspin demo`",
+    marker: DEMO_FILE,
+    entries: &[DEMO_FILE, REPORT_FILE, "seed-*"],
+};
+const DEMO_FILE: &str = "demo.json";
+const REPORT_FILE: &str = "report.svg";
+
 /// Runs the demo into `out` (one folder per seed); returns every table row and SFT curve.
 pub fn run_demo(
     out: &Path,
@@ -235,14 +245,22 @@ pub fn run_demo(
             "the demo's SFT needs at least one epoch and a patience of at least 1".into(),
         ));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let _lock = wgspin::manifest::lock_dir(out)?;
+    LAYOUT.prepare(out, true)?;
+    // The marker first (replaced by the results at the end), so an interrupted demo's folder is
+    // still known as the demo's.
+    for name in [DEMO_FILE, REPORT_FILE] {
+        LAYOUT.claim(out, name)?;
+    }
+    wgspin::fsutil::write_atomic(&out.join(DEMO_FILE), b"{\"running\": true}\n")?;
     let mut outcome = DemoOutcome {
         results: vec![],
         sft_curves: vec![],
     };
     for &seed in &c.seeds {
-        let dir = out.join(format!("seed-{seed}"));
-        let _ = std::fs::remove_dir_all(&dir);
+        let name = format!("seed-{seed}");
+        LAYOUT.claim(out, &name)?;
+        let dir = out.join(name);
         let base = dir.join("base-model");
         model::write_base_model(&base, seed, c.hidden)?;
         let splits = Splits::new(c, seed);
@@ -375,7 +393,7 @@ pub fn run_demo(
     }
     let json = serde_json::json!({"config": c, "results": outcome.results, "sft_curves": outcome.sft_curves});
     wgspin::fsutil::write_atomic(
-        &out.join("demo.json"),
+        &out.join(DEMO_FILE),
         serde_json::to_string_pretty(&json)
             .unwrap_or_default()
             .as_bytes(),

@@ -117,7 +117,11 @@ pub fn check_folder(
         return Ok(());
     }
     let listed: Vec<&str> = held.iter().take(5).map(String::as_str).collect();
-    let more = if held.len() > listed.len() { ", ..." } else { "" };
+    let more = if held.len() > listed.len() {
+        ", ..."
+    } else {
+        ""
+    };
     if !overwrite {
         return Err(Error::Invalid(format!(
             "{flag} {} already holds files ({}{more}); pass --overwrite to replace it, or \
@@ -201,7 +205,11 @@ mod tests {
 
         let refused = |out: PathBuf, how: &str| {
             let e = inputs.check("--out", &out).unwrap_err().to_string();
-            assert!(e.contains(how) && e.contains("--out"), "{}: {e}", out.display());
+            assert!(
+                e.contains(how) && e.contains("--out"),
+                "{}: {e}",
+                out.display()
+            );
         };
         refused(model.clone(), "is");
         refused(model.join("sub").join(".."), "is");
@@ -210,7 +218,9 @@ mod tests {
         refused(model.join("new").join("deeper"), "lies inside");
         refused(data.clone(), "is");
         inputs.check("--out", &dir.path().join("m2")).unwrap();
-        inputs.check("--out", &dir.path().join("sft.jsonl.out")).unwrap();
+        inputs
+            .check("--out", &dir.path().join("sft.jsonl.out"))
+            .unwrap();
     }
 
     #[cfg(unix)]

@@ -46,7 +46,10 @@ fn train_never_overwrites_the_model_it_reads() {
     let before = snapshot(&o2);
     let flags = format!("{TRAIN} --overwrite");
     let e = run_err(job("train", &model, &pairs, &o2, &flags));
-    assert_mentions(&e, &["--out", "contains", "--model", "choose another --out"]);
+    assert_mentions(
+        &e,
+        &["--out", "contains", "--model", "choose another --out"],
+    );
     assert_eq!(snapshot(&o2), before, "the refused run changed the folder");
     // Into the model folder itself, and into a folder inside it.
     for out in [model.clone(), model.join("again")] {
@@ -85,7 +88,13 @@ fn generate_never_writes_over_or_into_its_inputs() {
     for flags in ["", "--overwrite"] {
         let e = run_err(job("generate", &model, &sft, &sft, flags));
         assert_mentions(&e, &["--out", "is", "--data"]);
-        let e = run_err(job("generate", &model, &sft, &model.join("gen.jsonl"), flags));
+        let e = run_err(job(
+            "generate",
+            &model,
+            &sft,
+            &model.join("gen.jsonl"),
+            flags,
+        ));
         assert_mentions(&e, &["--out", "lies inside", "--model"]);
     }
     assert_eq!(std::fs::read(&sft).unwrap(), data_before);
@@ -108,11 +117,7 @@ fn export_gguf_asks_before_replacing_and_never_replaces_the_model() {
     let model = model_at("tiny-llama-bf16", &tmp.path().join("m"));
     let before = snapshot(&model);
     for flags in ["", "--overwrite"] {
-        let e = run_err(export_gguf(
-            &model,
-            &model.join("model.safetensors"),
-            flags,
-        ));
+        let e = run_err(export_gguf(&model, &model.join("model.safetensors"), flags));
         assert_mentions(&e, &["--out", "lies inside", "--model"]);
     }
     assert_eq!(snapshot(&model), before);

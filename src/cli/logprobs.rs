@@ -103,7 +103,10 @@ impl LogprobsArgs {
                 text.push_str(&rows);
                 continue;
             }
-            match stdout.write_all(rows.as_bytes()).and_then(|()| stdout.flush()) {
+            match stdout
+                .write_all(rows.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
                 Ok(()) => {}
                 // The reader has what it wanted (`| head -1`): nothing left to do for it.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),

@@ -117,7 +117,12 @@ pub const SUMMARY_FILE: &str = "summary.json";
 pub const LAYOUT: crate::manifest::RunLayout = crate::manifest::RunLayout {
     writer: "`wgspin spin`",
     marker: CONFIG_FILE,
-    entries: &[CONFIG_FILE, SUMMARY_FILE, "iter-*"],
+    entries: &[
+        CONFIG_FILE,
+        SUMMARY_FILE,
+        crate::report::html::PAGE_FILE,
+        "iter-*",
+    ],
 };
 
 /// The model θ_t: the input for t = 0, else the checkpoint of iteration t−1.
@@ -208,7 +213,7 @@ fn evaluate(
     train_cfg: &TrainConfig,
     device: &Device,
     ll_before: Option<f64>,
-) -> Result<EvalResult> {
+) -> Result<(EvalResult, Vec<f64>)> {
     let score = |model_path: &Path, known_ll: Option<f64>| -> Result<(PairLogps, f64)> {
         let mut b = ModelBundle::load(model_path, device)?;
         // Scored in the dtype the player trains and generates in, as training's reference
@@ -239,15 +244,27 @@ fn evaluate(
         train_cfg.loss.kind,
         train_cfg.loss.beta,
     );
-    Ok(EvalResult {
+    // Each pair's margin, as `reward_stats` averages them: what the report's game shows.
+    let beta = train_cfg.loss.beta;
+    let margins = (0..eval_pairs.len())
+        .map(|i| {
+            beta * ((policy.real[i] - reference.real[i])
+                - (policy.generated[i] - reference.generated[i]))
+        })
+        .collect();
+    let result = EvalResult {
         examples: eval_pairs.len(),
         reward_accuracy: s.accuracies,
         reward_margin: s.margins,
         loss: s.loss,
         human_logprob_per_token: ll_after,
         human_logprob_per_token_before: ll_before,
-    })
+    };
+    Ok((result, margins))
 }
+
+/// Per held-out pair of an iteration: its id and θ_{t+1}'s reward margin (`iter-T/`).
+pub const EVAL_MARGINS_FILE: &str = "eval_margins.jsonl";
 
 /// Outcome of the loop.
 #[derive(Debug, Clone)]
@@ -421,7 +438,7 @@ pub fn run_spin(
                     stage: "evaluate",
                 });
                 let eval_pairs = read_pairs(&eval_gen_path)?;
-                let e = evaluate(
+                let (e, margins) = evaluate(
                     &theta,
                     &dir.join(CHECKPOINT),
                     &eval_pairs,
@@ -429,6 +446,12 @@ pub fn run_spin(
                     device,
                     evals.last().map(|e: &EvalResult| e.human_logprob_per_token),
                 )?;
+                let rows: String = eval_pairs
+                    .iter()
+                    .zip(&margins)
+                    .map(|(p, m)| json!({"id": p.id, "margin": m}).to_string() + "\n")
+                    .collect();
+                fsutil::write_atomic(&dir.join(EVAL_MARGINS_FILE), rows.as_bytes())?;
                 add_eval_to_card(&dir.join(CHECKPOINT), t, &e)?;
                 fsutil::write_atomic(
                     &eval_path,

@@ -1,6 +1,7 @@
 //! The built-in demo in its reduced mode (what CI can afford): it completes on the CPU backend,
-//! prints the stage table and, over two seeds, the paired comparison, and writes demo.json with every stage and a report.svg with the
-//! curves; `wgspin plot` draws a run folder.
+//! prints the stage table and, over two seeds, the paired comparison, and writes demo.json with
+//! every stage, a report.svg with the curves and a report.html with the game; `wgspin plot`
+//! draws a run folder.
 
 mod common;
 
@@ -116,6 +117,40 @@ fn quick_demo_completes_and_writes_the_report() {
         "integer round ticks"
     );
 
+    // report.html: printed at the start, ended (no longer reloading), the verdict in words, and
+    // per SPIN iteration the held-out prompts with the human answer beside the model's own.
+    assert!(stderr.contains("report: file://"), "{stderr}");
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(page.contains("The run has ended") && !page.contains("refresh"));
+    assert!(page.contains("After 2 rounds:"), "verdict on the page");
+    assert!(page.contains("Iteration 0") && page.contains("Iteration 1"));
+    let seed = page
+        .split("Seed ")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .unwrap()
+        .to_string();
+    let eval = out
+        .join(format!("seed-{seed}"))
+        .join("spin")
+        .join("iter-1")
+        .join("eval_generated.jsonl");
+    let pairs = wgspin::data::read_dataset(&eval, wgspin::data::DataFormat::Spin).unwrap();
+    let text = page.replace("<mark>", "").replace("</mark>", "");
+    let shown = pairs
+        .examples
+        .iter()
+        .filter(|e| {
+            let g = wgspin::report::html::escape(e.generated.as_deref().unwrap());
+            text.contains(&format!("<td>{}", wgspin::report::html::escape(&e.prompt)))
+                && text.contains(&g)
+        })
+        .count();
+    assert!(
+        shown >= 3,
+        "{shown} generated answers of seed {seed} on the page"
+    );
+
     let spin_dir = out.join("seed-1").join("spin");
     let st = wgspin().arg("plot").arg(&spin_dir).output().unwrap();
     assert!(
@@ -125,6 +160,8 @@ fn quick_demo_completes_and_writes_the_report() {
     );
     let svg = std::fs::read_to_string(spin_dir.join("report.svg")).unwrap();
     assert!(svg.contains("SPIN loss") && svg.contains("held-out reward accuracy"));
+    let page = std::fs::read_to_string(spin_dir.join("report.html")).unwrap();
+    assert!(page.contains("The game") && page.contains("SPIN loss"));
 
     // A folder that is not a run is refused with a hint.
     let st = wgspin().arg("plot").arg(tmp.path()).output().unwrap();

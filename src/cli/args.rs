@@ -147,11 +147,22 @@ impl TrainOutArgs {
 }
 
 /// What a checkpoint's model card records of this run beyond its settings: the data file as
-/// named and the command line (arguments with spaces or quotes are single-quoted).
+/// named and the command line.
 pub fn run_notes(
     data: &std::path::Path,
     report_to: wgspin::report::ReportTo,
 ) -> wgspin::train::card::RunNotes {
+    wgspin::train::card::RunNotes {
+        data: Some(data.display().to_string()),
+        command: Some(command_line()),
+        iteration: None,
+        report_to,
+    }
+}
+
+/// This process's command line as a shell would take it back (arguments with spaces or quotes
+/// single-quoted, server credentials redacted).
+pub fn command_line() -> String {
     let quote = |a: String| {
         if !a.is_empty()
             && a.chars()
@@ -170,12 +181,7 @@ pub fn run_notes(
                 .map(quote),
         )
         .collect();
-    wgspin::train::card::RunNotes {
-        data: Some(data.display().to_string()),
-        command: Some(args.join(" ")),
-        iteration: None,
-        report_to,
-    }
+    args.join(" ")
 }
 
 /// `--report-to`, of the training commands (`train`, `sft`, `spin`).

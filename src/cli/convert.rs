@@ -31,7 +31,9 @@ pub struct ConvertArgs {
 
 impl ConvertArgs {
     pub fn run(self) -> Result<()> {
-        Inputs::new().add("--model", &self.model).check("--out", &self.out)?;
+        Inputs::new()
+            .add("--model", &self.model)
+            .check("--out", &self.out)?;
         let kind = "a Hugging Face model folder";
         check_folder("--out", &self.out, self.overwrite, kind, is_model_folder)?;
         let g = GgufModel::load(&self.model)
@@ -72,9 +74,10 @@ impl ExportGgufArgs {
     }
 }
 
-/// Draw OUT/report.svg for the output folder of a `spin` or `train` run.
+/// Draw OUT/report.svg and OUT/report.html for the output folder of a `spin` or `train` run.
 ///
-/// Loss, reward margins and accuracy per step, held-out reward accuracy per iteration.
+/// Loss, reward margins and accuracy per step, held-out reward accuracy per iteration; the page
+/// adds the settings and, for spin, the held-out prompts with the human and generated answers.
 #[derive(Args, Debug)]
 pub struct PlotArgs {
     /// The --out folder of a run.
@@ -85,6 +88,8 @@ impl PlotArgs {
     pub fn run(self) -> Result<()> {
         let path = wgspin::report::plot::report_for_run(&self.run_dir)?;
         println!("{}", path.display());
+        let page = wgspin::report::game::write_run_page(&self.run_dir, None, None)?;
+        println!("{}", page.display());
         Ok(())
     }
 }

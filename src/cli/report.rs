@@ -1,6 +1,7 @@
 //! Training progress on stderr, shared by `train`, `spin` and `demo`: a bar on a terminal, a
 //! line per logged step otherwise (logs, CI).
 
+use wgspin::report::html::{Page, Status};
 use wgspin::report::progress::Progress;
 use wgspin::train::job::TrainEvent;
 
@@ -67,6 +68,76 @@ impl TrainReporter {
                 }
                 eprintln!("saved step {step} to {}", path.display());
             }
+        }
+    }
+}
+
+/// `report.html` kept current while a run goes on: rewritten at every stage and, during a stage,
+/// at most every two seconds of progress; the last rewrite says the run ended (so the page stops
+/// reloading). A page that cannot be written is reported once and never stops the run.
+pub struct LivePage {
+    dir: std::path::PathBuf,
+    build: Box<dyn Fn(Option<Status>) -> Page>,
+    stage: String,
+    last: Option<std::time::Instant>,
+    warned: bool,
+}
+
+impl LivePage {
+    pub fn new(dir: &std::path::Path, build: impl Fn(Option<Status>) -> Page + 'static) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            build: Box::new(build),
+            stage: String::new(),
+            last: None,
+            warned: false,
+        }
+    }
+
+    /// The page's address, for the line that tells the user where to look.
+    pub fn url(&self) -> String {
+        wgspin::report::html::file_url(&self.dir.join(wgspin::report::html::PAGE_FILE))
+    }
+
+    /// A new stage began.
+    pub fn stage(&mut self, stage: &str, progress: &str) {
+        self.stage = stage.to_string();
+        self.write(Status::Running {
+            stage: stage.to_string(),
+            progress: progress.to_string(),
+        });
+    }
+
+    /// Progress within the stage (written at most every two seconds).
+    pub fn progress(&mut self, progress: &str) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(2))
+        {
+            return;
+        }
+        self.write(Status::Running {
+            stage: self.stage.clone(),
+            progress: progress.to_string(),
+        });
+    }
+
+    /// The run ended: with `error`'s words if it failed.
+    pub fn end(&mut self, error: Option<&anyhow::Error>) {
+        self.write(match error {
+            None => Status::Done,
+            Some(e) => Status::Failed(format!("{e:#}")),
+        });
+    }
+
+    fn write(&mut self, status: Status) {
+        self.last = Some(std::time::Instant::now());
+        let page = (self.build)(Some(status));
+        if let Err(e) = wgspin::report::html::write(&self.dir, &page)
+            && !self.warned
+        {
+            self.warned = true;
+            eprintln!("warning: could not write the run's report page: {e}");
         }
     }
 }

@@ -13,7 +13,7 @@ use wgspin::train::TrainConfig;
 use wgspin::train::loss::PairLoss;
 
 use super::args::{JobArgs, SamplingArgs};
-use super::report::TrainReporter;
+use super::report::{LivePage, TrainReporter};
 
 /// The self-play loop: generate, train and evaluate per iteration until converged.
 ///
@@ -23,7 +23,9 @@ use super::report::TrainReporter;
 ///
 /// --data is SFT data; the last 10% (at most 64, see --eval-size) are held out for evaluation.
 /// Layout: OUT/iter-T/{generated.jsonl, ref_logps.jsonl, metrics.jsonl, checkpoint/,
-/// eval_generated.jsonl, eval.json}, OUT/summary.json, OUT/spin_config.json.
+/// eval_generated.jsonl, eval_margins.jsonl, eval.json}, OUT/summary.json, OUT/spin_config.json,
+/// OUT/report.html (a self-contained page: settings, curves and, per iteration, held-out
+/// prompts with the human answer beside the model's own; kept current while the run goes).
 #[derive(Args, Debug)]
 pub struct SpinArgs {
     #[command(flatten)]
@@ -106,11 +108,20 @@ impl SpinArgs {
             serde_json::to_string_pretty(&resolved)?.as_bytes(),
         )?;
 
+        wgspin::spin::LAYOUT.claim(&self.out, wgspin::report::html::PAGE_FILE)?;
+        let notes = super::args::run_notes(&self.job.data.data, self.report.report_to);
+        let (dir, command) = (self.out.clone(), notes.command.clone());
+        let page = LivePage::new(&self.out, move |status| {
+            wgspin::report::game::run_page(&dir, status, command.as_deref())
+        });
+        eprintln!("report: {} (updated as the run goes)", page.url());
         let mut reporter = SpinReporter {
             gen_bar: None,
             train: TrainReporter::new(train_cfg.logging_steps),
+            page,
+            iterations: self.spin.iterations,
         };
-        let summary = run_spin(
+        let result = run_spin(
             &model,
             &examples,
             &self.out,
@@ -118,11 +129,13 @@ impl SpinArgs {
             &gen_opts,
             self.server.spin_server().as_ref(),
             &train_cfg,
-            &super::args::run_notes(&self.job.data.data, self.report.report_to),
+            &notes,
             &dev.device,
             |e| reporter.event(e),
         )
-        .with_context(|| format!("SPIN into {}", self.out.display()))?;
+        .with_context(|| format!("SPIN into {}", self.out.display()));
+        reporter.page.end(result.as_ref().err());
+        let summary = result?;
         if let Some(t) = summary.converged_at {
             eprintln!(
                 "converged at iteration {t}: held-out reward accuracy ≤ {} (the player can no longer tell real from generated)",
@@ -144,13 +157,18 @@ impl SpinArgs {
 struct SpinReporter {
     gen_bar: Option<Progress>,
     train: TrainReporter,
+    page: LivePage,
+    iterations: usize,
 }
 
 impl SpinReporter {
     fn event(&mut self, e: SpinEvent) {
+        let of = |t: usize| format!("(iteration {} of {})", t + 1, self.iterations);
         match e {
             SpinEvent::Stage { iteration, stage } => {
                 eprintln!("== iteration {iteration}: {stage}");
+                self.page
+                    .stage(&format!("iteration {iteration}: {stage}"), &of(iteration));
             }
             SpinEvent::Skipped { iteration, stage } => {
                 eprintln!("== iteration {iteration}: {stage} already done");
@@ -161,6 +179,8 @@ impl SpinReporter {
                     .get_or_insert_with(|| Progress::new("generate", p.total));
                 let rate = p.tokens as f64 / p.elapsed.as_secs_f64().max(1e-9);
                 bar.update(p.done, &format!("prompts, {rate:.1} tok/s"));
+                self.page
+                    .progress(&format!("{}/{} prompts answered", p.done, p.total));
             }
             SpinEvent::Generated(s) => {
                 if let Some(mut b) = self.gen_bar.take() {
@@ -174,11 +194,26 @@ impl SpinReporter {
                     s.tokens_per_second()
                 );
             }
-            SpinEvent::Train(t) => self.train.event(t),
+            SpinEvent::Train(t) => {
+                if let wgspin::train::job::TrainEvent::Step {
+                    metrics,
+                    total_steps,
+                } = &t
+                {
+                    self.page.progress(&format!(
+                        "step {}/{total_steps}, {}",
+                        metrics.step,
+                        metrics.stats.summary()
+                    ));
+                }
+                self.train.event(t)
+            }
             SpinEvent::Trained(s) => {
                 eprintln!("trained {} steps in {:.1}s", s.steps, s.seconds);
             }
             SpinEvent::Evaluated { iteration, eval } => {
+                self.page
+                    .stage(&format!("iteration {iteration}: evaluated"), &of(iteration));
                 eprintln!(
                     "iteration {iteration} held-out ({} pairs): reward accuracy {:.3}, margin {:.4}, human log-lik/token {:.4} (before {:.4})",
                     eval.examples,

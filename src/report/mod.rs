@@ -1,6 +1,8 @@
-//! What a run shows its user and leaves behind besides models: progress bars on stderr and the
-//! SVG report drawn from a run folder's metrics.
+//! What a run shows its user and leaves behind besides models: progress bars on stderr, the SVG
+//! charts drawn from a run folder's metrics and the self-contained HTML page around them.
 
+pub mod game;
+pub mod html;
 pub mod plot;
 pub mod progress;
 pub mod stats;

@@ -7,6 +7,7 @@ use clap::Args;
 
 mod eval;
 mod model;
+mod page;
 mod report;
 mod run;
 mod task;
@@ -15,11 +16,41 @@ use report::paired_by_round;
 use run::{DemoConfig, DemoEvent, SftCurve, StageResult, run_demo};
 use task::Task;
 use wgspin::report::progress::Progress;
-use wgspin::report::stats::{mean_sd, verdict};
+use wgspin::report::stats::verdict;
 use wgspin::spin::SpinEvent;
 
 use super::args::DeviceArgs;
 use super::report::TrainReporter;
+
+/// `--explain`'s words (the same the page puts beside its sections), wrapped for a terminal.
+fn explanation() -> String {
+    let mut out = String::from("What happens, stage by stage:\n");
+    let stages = [page::SFT_STAGE, page::SPIN_STAGE, page::CONTINUED_STAGE];
+    for (k, text) in stages.iter().enumerate() {
+        out += &wrap(&format!("  {}. ", k + 1), "     ", text);
+    }
+    out + &wrap("How to read the table: ", "", page::READING)
+}
+
+/// `text` wrapped at 96 columns, the first line after `first`, the others after `rest`.
+fn wrap(first: &str, rest: &str, text: &str) -> String {
+    let mut out = String::new();
+    let mut line = first.to_string();
+    for word in text.split_whitespace() {
+        if line.chars().count() + 1 + word.chars().count() > 96 && !line.trim().is_empty() {
+            out += line.trim_end();
+            out.push('\n');
+            line = rest.to_string();
+        }
+        if !line.is_empty() && !line.ends_with(' ') {
+            line.push(' ');
+        }
+        line += word;
+    }
+    out += line.trim_end();
+    out.push('\n');
+    out
+}
 
 fn pct(x: f64) -> String {
     format!("{:5.1}%", 100.0 * x)
@@ -101,21 +132,8 @@ fn summary(rows: &[StageResult]) {
         return;
     }
     eprintln!("mean ± std over {} seeds (test exact match):", seeds.len());
-    let mut stages: Vec<&str> = vec![];
-    for r in rows {
-        if !stages.contains(&r.stage.as_str()) {
-            stages.push(&r.stage);
-        }
-    }
-    for s in stages {
-        let v: Vec<f64> = rows
-            .iter()
-            .filter(|r| r.stage == s)
-            .map(|r| r.exact_match)
-            .collect();
-        if let Some((m, sd)) = mean_sd(&v) {
-            eprintln!("  {s:<22} {:5.1}% ± {:4.1}", 100.0 * m, 100.0 * sd);
-        }
+    for (s, m, sd) in page::stage_means(rows) {
+        eprintln!("  {s:<22} {:5.1}% ± {:4.1}", 100.0 * m, 100.0 * sd);
     }
     paired_comparison(rows);
 }
@@ -149,11 +167,13 @@ fn paired_comparison(rows: &[StageResult]) {
 ///
 /// A tiny Llama learns a letter task (default: write 5–8-letter words backwards). SFT runs to convergence
 /// (early stopping on a validation split), then SPIN iterations run against continued SFT with
-/// the same compute, over several seeds. Prints a table per stage, the paired comparison, and
-/// writes OUT/report.svg.
+/// the same compute, over several seeds. Prints a table per stage and the paired comparison, and
+/// writes OUT/report.html (one self-contained page to open in a browser, kept current while the
+/// demo runs: the verdict, every stage, and per SPIN iteration held-out prompts with the human
+/// answer beside the model's own) and OUT/report.svg (the curves).
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Output folder (data, models, metrics, report.svg).
+    /// Output folder (data, models, metrics, report.html, report.svg).
     #[arg(long, default_value = "wgspin-demo")]
     out: PathBuf,
     /// Reduced mode (one seed, two iterations, smaller evaluation splits), for a first look.
@@ -195,27 +215,6 @@ pub struct DemoArgs {
 }
 
 /// What `--explain` prints.
-const EXPLANATION: &str = "\
-What happens, stage by stage:
-  1. SFT (converged): supervised fine-tuning on (prompt, human answer) pairs, an epoch at a
-     time. When neither exact match nor log-likelihood on a validation split has improved for a
-     few epochs (a plateau), training goes back to the best epoch and the learning rate drops
-     tenfold, down to the rate continued SFT uses; a plateau at that rate ends SFT, and the best
-     epoch is kept. This is the model SPIN starts from, as in the SPIN paper: more SFT on the
-     same data has stopped helping it.
-  2. SPIN iteration t: the current model (the opponent) answers every training prompt; a copy of
-     it (the main player) is trained to tell the human answers from its own, raising the
-     likelihood of the first and lowering that of the second relative to the opponent. The
-     trained player becomes the next opponent. No new human data is used.
-  3. Continued SFT t: the same converged model trained further on the human answers alone, with
-     the same number of sequences through forward and backward as SPIN iteration t.
-How to read the table: exact match is the share of test prompts (never used for any decision)
-answered exactly right, (valid.) the same on the validation split; test ll/tok is the mean
-log-likelihood per token of the human answers (higher is better); reward acc is how often the
-player prefers the human answer over the opponent's on test prompts: SPIN has converged when it
-nears 50% (the player can no longer tell them apart). The last lines pair SPIN and continued SFT
-seed by seed and say whether the difference is larger than the seeds' spread (95% interval).
-";
 
 impl DemoArgs {
     pub fn run(self) -> Result<()> {
@@ -256,7 +255,7 @@ impl DemoArgs {
         }
         let out = self.out;
         if self.explain {
-            eprintln!("{EXPLANATION}");
+            eprintln!("{}", explanation());
         }
         eprintln!(
             "wgspin demo: a tiny Llama (hidden {}) learns to {} ({} training / {} validation / {} test examples, {} seed(s)).\n\
@@ -276,11 +275,25 @@ impl DemoArgs {
         let mut header = false;
         let mut train_rep = TrainReporter::new(1_000_000);
         let max_epochs = cfg.sft_max_epochs;
-        let outcome = run_demo(&out, &cfg, &dev.device, |e| match e {
+        // What the page shows grows with the run: the rows and SFT curves reported so far.
+        let so_far = std::rc::Rc::new(std::cell::RefCell::new(run::DemoOutcome {
+            results: vec![],
+            sft_curves: vec![],
+        }));
+        let mut page = {
+            let (dir, cfg, so_far) = (out.clone(), cfg.clone(), so_far.clone());
+            let command = super::args::command_line();
+            super::report::LivePage::new(&out, move |status| {
+                page::page(&dir, &cfg, &so_far.borrow(), status, &command)
+            })
+        };
+        eprintln!("report: {} (updated after every stage)", page.url());
+        let result = run_demo(&out, &cfg, &dev.device, |e| match e {
             DemoEvent::Stage(s) => {
                 if let Some(mut b) = bar.take() {
                     b.finish();
                 }
+                page.stage(s, "");
                 converging = s.starts_with("SFT to convergence");
                 best_em = 0.0;
                 eprintln!("== {s}");
@@ -311,6 +324,7 @@ impl DemoArgs {
                 if let Some(mut b) = bar.take() {
                     b.finish();
                 }
+                so_far.borrow_mut().sft_curves.push(c.clone());
                 converging = false;
                 eprintln!(
                     "SFT stopped after {} epochs ({}); kept epoch {} (validation exact match {})",
@@ -329,6 +343,8 @@ impl DemoArgs {
                     header = true;
                 }
                 print_row(r);
+                so_far.borrow_mut().results.push(r.clone());
+                page.progress("");
             }
             DemoEvent::Spin(SpinEvent::Generate(p)) => {
                 let b = bar.get_or_insert_with(|| Progress::new("generate", p.total));
@@ -344,13 +360,16 @@ impl DemoArgs {
             }
             DemoEvent::Spin(_) => {}
         })
-        .with_context(|| format!("demo into {}", out.display()))?;
+        .with_context(|| format!("demo into {}", out.display()));
+        page.end(result.as_ref().err());
+        let outcome = result?;
         print_table(&outcome.results);
         plateau(&outcome.sft_curves);
         summary(&outcome.results);
         eprintln!(
-            "done in {:.1}s. Report: {}  (data, models and metrics under {})",
+            "done in {:.1}s. Report: {} and {}  (data, models and metrics under {})",
             start.elapsed().as_secs_f64(),
+            out.join(wgspin::report::html::PAGE_FILE).display(),
             out.join("report.svg").display(),
             out.display()
         );

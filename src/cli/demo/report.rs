@@ -87,9 +87,33 @@ fn paired_panel(rows: &[StageResult]) -> Panel {
     }
 }
 
-/// `report.svg`: test exact match and log-likelihood per round (SPIN vs continued SFT), SPIN's
-/// held-out reward accuracy heading to 50%, the SFT plateau, and the first seed's SPIN curves.
+/// The seed whose SPIN is shown (curves, the page's game): the one whose converged model is
+/// nearest 50% right, as at the floor or the ceiling nearly every generated answer ties with the
+/// human one and the curves are flat.
+pub fn shown_seed(rows: &[StageResult]) -> Option<u64> {
+    rows.iter()
+        .filter(|r| r.method == "start")
+        .min_by(|a, b| {
+            (a.exact_match - 0.5)
+                .abs()
+                .total_cmp(&(b.exact_match - 0.5).abs())
+        })
+        .map(|r| r.seed)
+}
+
+/// The title of the demo's charts.
+pub const TITLE: &str = "wgspin demo: SPIN vs continued SFT from converged SFT";
+
+/// `report.svg`: [`panels`] drawn as one SVG; returns its path.
 pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
+    let path = out.join("report.svg");
+    wgspin::fsutil::write_atomic(&path, svg(TITLE, &panels(out, outcome)).as_bytes())?;
+    Ok(path)
+}
+
+/// Test exact match and log-likelihood per round (SPIN vs continued SFT), SPIN's held-out reward
+/// accuracy heading to 50%, the SFT plateau, and the shown seed's SPIN curves.
+pub fn panels(out: &Path, outcome: &DemoOutcome) -> Vec<Panel> {
     let rows = &outcome.results;
     let seeds = outcome.sft_curves.len();
     let both = |share: bool, f: fn(&StageResult) -> f64| {
@@ -170,15 +194,7 @@ pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
         y_percent: true,
         ..Default::default()
     });
-    // One seed's SPIN training curves: the one whose converged model is nearest 50% right, as
-    // at the floor or the ceiling nearly every generated answer ties with the human one and
-    // the curves are flat.
-    let middle = rows.iter().filter(|r| r.method == "start").min_by(|a, b| {
-        (a.exact_match - 0.5)
-            .abs()
-            .total_cmp(&(b.exact_match - 0.5).abs())
-    });
-    if let Some(seed) = middle.map(|r| r.seed) {
+    if let Some(seed) = shown_seed(rows) {
         let spin_dir = out.join(format!("seed-{seed}")).join("spin");
         if let Ok(p) = run_panels(&spin_dir) {
             panels.extend(p.into_iter().map(|p| Panel {
@@ -187,14 +203,5 @@ pub fn write_report(out: &Path, outcome: &DemoOutcome) -> Result<PathBuf> {
             }));
         }
     }
-    let path = out.join("report.svg");
-    wgspin::fsutil::write_atomic(
-        &path,
-        svg(
-            "wgspin demo: SPIN vs continued SFT from converged SFT",
-            &panels,
-        )
-        .as_bytes(),
-    )?;
-    Ok(path)
+    panels
 }

@@ -228,7 +228,12 @@ impl RowLabel {
 const LAYOUT: wgspin::manifest::RunLayout = wgspin::manifest::RunLayout {
     writer: "`wgspin demo`",
     marker: DEMO_FILE,
-    entries: &[DEMO_FILE, REPORT_FILE, "seed-*"],
+    entries: &[
+        DEMO_FILE,
+        REPORT_FILE,
+        wgspin::report::html::PAGE_FILE,
+        "seed-*",
+    ],
 };
 const DEMO_FILE: &str = "demo.json";
 const REPORT_FILE: &str = "report.svg";
@@ -249,7 +254,7 @@ pub fn run_demo(
     LAYOUT.prepare(out, true)?;
     // The marker first (replaced by the results at the end), so an interrupted demo's folder is
     // still known as the demo's.
-    for name in [DEMO_FILE, REPORT_FILE] {
+    for name in [DEMO_FILE, REPORT_FILE, wgspin::report::html::PAGE_FILE] {
         LAYOUT.claim(out, name)?;
     }
     wgspin::fsutil::write_atomic(&out.join(DEMO_FILE), b"{\"running\": true}\n")?;

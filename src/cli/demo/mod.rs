@@ -214,8 +214,6 @@ pub struct DemoArgs {
     device: DeviceArgs,
 }
 
-/// What `--explain` prints.
-
 impl DemoArgs {
     pub fn run(self) -> Result<()> {
         let dev = self.device.select()?;

@@ -159,17 +159,6 @@ fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
     }
 }
 
-/// The metadata files of a model folder that loading reads (config, generation defaults,
-/// tokenizer, chat template, the shard index); the weights come from the loader's own list.
-const LOADED_METADATA: &[&str] = &[
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "model.safetensors.index.json",
-];
-
 /// Identity of a model: a SHA-256 of the files loading it reads (config, tokenizer and weight
 /// files of a folder; the whole file of a GGUF; an adapter's two files and its base's identity).
 /// Anything else in the folder (a `generate --out` beside it, notes) leaves it unchanged.
@@ -178,18 +167,7 @@ pub fn model_identity(path: &Path) -> Result<Value> {
     if path.is_file() {
         hash_file(&mut hasher, path)?;
     } else {
-        let adapter = crate::hf::adapter::is_adapter_dir(path);
-        let mut files: Vec<PathBuf> = if adapter {
-            ["adapter_config.json", "adapter_model.safetensors"]
-                .iter()
-                .map(|n| path.join(n))
-                .collect()
-        } else {
-            let mut f = crate::hf::weights::WeightFiles::paths_in(path)?;
-            f.extend(LOADED_METADATA.iter().map(|n| path.join(n)));
-            f
-        };
-        files.retain(|p| p.is_file());
+        let mut files = crate::hf::bundle::files_read(path)?;
         files.sort();
         files.dedup();
         for f in &files {

@@ -2,9 +2,7 @@
 //! names (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`), so that
 //! `peft.PeftModel.from_pretrained(base, dir)` loads what wgspin writes and wgspin loads what PEFT
 //! writes. Which modules carry the adapter is what the config says, by PEFT's rules
-//! ([`targets`]), not what the file's keys say. The math of an adapter is in [`crate::model::lora`].
-
-mod targets;
+//! ([`crate::model::peft_targets`]), not what the file's keys say. The math of an adapter is in [`crate::model::lora`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,8 +17,8 @@ use crate::model::Transformer;
 use crate::model::lora::{self, Lora, LoraConfig, Target};
 use crate::model::named::adapter_params_mut;
 
-pub use targets::Chosen;
-use targets::Selection;
+pub use crate::model::peft_targets::Chosen;
+use crate::model::peft_targets::Selection;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";

@@ -79,6 +79,35 @@ pub fn read_text_side(path: &Path) -> Result<(ModelConfig, ChatTokenizer)> {
     Ok((config, tokenizer))
 }
 
+/// The metadata files of a model folder that loading reads (config, generation defaults,
+/// tokenizer, chat template, the shard index); the weights come from the loader's own list.
+const LOADED_METADATA: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "model.safetensors.index.json",
+];
+
+/// The files of folder `dir` that loading it reads, and only those: an adapter folder's config
+/// and weights (its base is loaded from its own folder), or a model folder's metadata and the
+/// weight files the loader opens. What a model's identity hashes.
+pub fn files_read(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = if adapter::is_adapter_dir(dir) {
+        [adapter::CONFIG_FILE, adapter::WEIGHTS_FILE]
+            .iter()
+            .map(|n| dir.join(n))
+            .collect()
+    } else {
+        let mut f = WeightFiles::paths_in(dir)?;
+        f.extend(LOADED_METADATA.iter().map(|n| dir.join(n)));
+        f
+    };
+    files.retain(|p| p.is_file());
+    Ok(files)
+}
+
 /// Ids that end a generated response: config / generation_config eos ids and the tokenizer's eos.
 pub fn stop_ids(config: &ModelConfig, tokenizer: &ChatTokenizer) -> Vec<u32> {
     let mut stop = config.eos_token_ids.clone();

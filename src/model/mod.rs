@@ -8,6 +8,7 @@ pub mod layers;
 pub mod loader;
 pub mod lora;
 pub mod named;
+pub mod peft_targets;
 pub mod precision;
 pub mod random_init;
 pub mod rope;

@@ -144,6 +144,17 @@ pub fn visible_entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The first few of `names` for a message ("a, b, c, d, e, ...").
+pub fn listing(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    let more = if names.len() > shown.len() {
+        ", ..."
+    } else {
+        ""
+    };
+    format!("{}{more}", shown.join(", "))
+}
+
 /// `path` with `suffix` appended to its file name (`gen.jsonl` → `gen.jsonl.lock`).
 pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();

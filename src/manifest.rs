@@ -22,8 +22,9 @@ pub const LOCK_FILE: &str = ".wgspin.lock";
 pub struct OutputLock {
     file: Option<File>,
     path: PathBuf,
-    /// The folder this lock created to hold its file (the output folder did not exist yet).
-    created: Option<PathBuf>,
+    /// The folders this lock created to hold its file, deepest first (the output folder and any
+    /// of its parents that did not exist yet).
+    created: Vec<PathBuf>,
 }
 
 impl OutputLock {
@@ -38,27 +39,45 @@ impl Drop for OutputLock {
         // about to vanish and believe it owns the output (see the check after `try_lock`).
         let _ = std::fs::remove_file(&self.path);
         drop(self.file.take());
-        if let Some(dir) = &self.created {
-            // Fails, as it should, when the run wrote anything there.
-            let _ = std::fs::remove_dir(dir);
+        remove_empty(&self.created);
+    }
+}
+
+/// Removes `dirs` (deepest first) while they are empty; stops at the first that is not, as it
+/// should when the run wrote anything there.
+fn remove_empty(dirs: &[PathBuf]) {
+    for dir in dirs {
+        if std::fs::remove_dir(dir).is_err() {
+            return;
         }
     }
 }
 
 /// Locks `lock_path` (created if needed) for this process, or says which process holds it.
 pub fn lock(lock_path: &Path, what: &Path) -> Result<OutputLock> {
-    let mut created = None;
-    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.is_dir()
-    {
+    let parent = lock_path.parent().filter(|p| !p.as_os_str().is_empty());
+    let created: Vec<PathBuf> = parent
+        .map(|p| {
+            p.ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                .map(Path::to_path_buf)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(parent) = parent {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        created = Some(parent.to_path_buf());
     }
     // A holder that finished removes the file while still holding it; a process that opened the
     // old file just before then gets its lock on a file no longer there, so it opens again.
     for _ in 0..8 {
-        let lock = lock_once(lock_path, what)?;
-        if lock_path.is_file() {
+        let lock = match lock_once(lock_path, what) {
+            Ok(lock) => lock,
+            Err(e) => {
+                remove_empty(&created);
+                return Err(e);
+            }
+        };
+        if is_at(&lock, lock_path) {
             return Ok(OutputLock {
                 file: Some(lock),
                 path: lock_path.to_path_buf(),
@@ -66,10 +85,31 @@ pub fn lock(lock_path: &Path, what: &Path) -> Result<OutputLock> {
             });
         }
     }
+    remove_empty(&created);
     Err(Error::Invalid(format!(
         "{}: its lock file keeps disappearing; another program is deleting it",
         lock_path.display()
     )))
+}
+
+/// Whether the open `file` is the one `path` names now (not one removed from under it, with a
+/// new file made under the name since). Unix compares device and inode; Windows keeps a removed
+/// file's name taken while any handle is open (a new one cannot be made there), so the name
+/// existing is enough.
+fn is_at(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.is_file()
+    }
 }
 
 fn lock_once(lock_path: &Path, what: &Path) -> Result<File> {
@@ -83,14 +123,7 @@ fn lock_once(lock_path: &Path, what: &Path) -> Result<File> {
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let who = if holder.is_empty() {
-                "another wgspin process".to_string()
-            } else {
-                format!("wgspin process {holder}")
-            };
+            let who = holder(&mut file);
             return Err(Error::Invalid(format!(
                 "{} is in use by {who}; wait for it to finish or choose another --out",
                 what.display()
@@ -106,6 +139,17 @@ fn lock_once(lock_path: &Path, what: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// Who holds the lock `file` (its holder writes its pid into it), for messages; on Windows, whose
+/// lock covers reads too, only "another wgspin process".
+fn holder(file: &mut File) -> String {
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    match pid.trim() {
+        "" => "another wgspin process".to_string(),
+        pid => format!("wgspin process {pid}"),
+    }
+}
+
 /// Refuses `path` (an input) while a wgspin process holds its output lock (`<path>.lock`, taken
 /// by `generate` for the file it writes): reading it then would see only the rows written so far.
 pub fn refuse_if_being_written(path: &Path) -> Result<()> {
@@ -119,12 +163,7 @@ pub fn refuse_if_being_written(path: &Path) -> Result<()> {
     };
     match file.try_lock() {
         Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let who = match holder.trim() {
-                "" => "another wgspin process".to_string(),
-                pid => format!("wgspin process {pid}"),
-            };
+            let who = holder(&mut file);
             Err(Error::Invalid(format!(
                 "{} is still being written by {who} (it holds {}); wait for it to finish, \
                  then run this again",
@@ -163,11 +202,38 @@ fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
 /// files of a folder; the whole file of a GGUF; an adapter's two files and its base's identity).
 /// Anything else in the folder (a `generate --out` beside it, notes) leaves it unchanged.
 pub fn model_identity(path: &Path) -> Result<Value> {
+    identity(path, Hashed::Read)
+}
+
+/// Which files of a model folder an identity hashes.
+#[derive(Clone, Copy, PartialEq)]
+enum Hashed {
+    /// What loading reads (identities marked `"files": "read"`).
+    Read,
+    /// Every `*.safetensors` and `*.json` (but trainer_state.json) and chat_template.jinja: the
+    /// identities of runs made before the mark, which a resume must still recognise.
+    Legacy,
+}
+
+fn identity(path: &Path, hashed: Hashed) -> Result<Value> {
     let mut hasher = Sha256::new();
     if path.is_file() {
         hash_file(&mut hasher, path)?;
     } else {
-        let mut files = crate::hf::bundle::files_read(path)?;
+        let mut files = match hashed {
+            Hashed::Read => crate::hf::bundle::files_read(path)?,
+            Hashed::Legacy => std::fs::read_dir(path)
+                .map_err(|e| Error::io(path, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let name = p.file_name().unwrap_or_default().to_string_lossy();
+                    p.is_file()
+                        && (name.ends_with(".safetensors")
+                            || name.ends_with(".json") && name != "trainer_state.json"
+                            || name == "chat_template.jinja")
+                })
+                .collect(),
+        };
         files.sort();
         files.dedup();
         for f in &files {
@@ -182,12 +248,28 @@ pub fn model_identity(path: &Path) -> Result<Value> {
     }
     // The path is left out on purpose: `./m` and `m`, or a moved folder, are the same model.
     let mut id = json!({ "sha256": format!("{:x}", hasher.finalize()) });
+    if hashed == Hashed::Read {
+        id["files"] = "read".into();
+    }
     // An adapter is a model only together with its base.
     if crate::hf::adapter::is_adapter_dir(path) {
         let base = crate::hf::adapter::Adapter::open(path)?.base_path()?;
-        id["base"] = model_identity(&base)?;
+        id["base"] = identity(&base, hashed)?;
     }
     Ok(id)
+}
+
+/// `now` (the [`model_identity`] of `path`), or the identity a run made before identities were
+/// marked recorded as `saved`, when that is what `path` still hashes to by the old rule: a resume
+/// of such a run compares like with like instead of refusing an unchanged model.
+pub fn identity_for(path: &Path, now: Value, saved: Option<&Value>) -> Result<Value> {
+    match saved {
+        Some(s) if s != &now && s.get("files").is_none() => {
+            let legacy = identity(path, Hashed::Legacy)?;
+            Ok(if &legacy == s { legacy } else { now })
+        }
+        _ => Ok(now),
+    }
 }
 
 /// What a command writes into its output folder: the file that marks a folder as one of its runs
@@ -245,18 +327,12 @@ impl RunLayout {
             return Ok(false);
         }
         if !dir.join(self.marker).is_file() {
-            let listed: Vec<&str> = shown.iter().take(5).map(String::as_str).collect();
             return Err(Error::Invalid(format!(
-                "{} holds files that no {} wrote ({}{}); choose an empty or new --out \
+                "{} holds files that no {} wrote ({}); choose an empty or new --out \
                  (--overwrite only replaces an earlier wgspin run)",
                 dir.display(),
                 self.writer,
-                listed.join(", "),
-                if shown.len() > listed.len() {
-                    ", ..."
-                } else {
-                    ""
-                }
+                crate::fsutil::listing(&shown)
             )));
         }
         if !overwrite {
@@ -392,6 +468,8 @@ mod tests {
     fn a_lock_leaves_no_trace_in_a_folder_it_created() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("new");
+        drop(lock_dir(&out.join("deeper")).unwrap());
+        assert!(!out.exists(), "the folders made for the lock are gone");
         drop(lock_dir(&out).unwrap());
         assert!(!out.exists(), "the folder made for the lock is gone");
         std::fs::create_dir(&out).unwrap();
@@ -412,6 +490,29 @@ mod tests {
         assert!(e.contains("still being written"), "{e}");
         drop(held);
         refuse_if_being_written(&data).unwrap();
+    }
+
+    #[test]
+    fn a_run_recorded_before_the_mark_still_recognises_its_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama-bf16");
+        for e in std::fs::read_dir(&fixture).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+        }
+        let m = dir.path();
+        let old = identity(m, Hashed::Legacy).unwrap();
+        let now = model_identity(m).unwrap();
+        assert_ne!(old, now);
+        assert_eq!(identity_for(m, now.clone(), Some(&old)).unwrap(), old);
+        assert_eq!(identity_for(m, now.clone(), Some(&now)).unwrap(), now);
+        // Changed since: the old rule no longer matches either, and the refusal shows the new.
+        std::fs::write(m.join("config.json"), "{}").unwrap();
+        let changed = model_identity(m).unwrap();
+        assert_eq!(
+            identity_for(m, changed.clone(), Some(&old)).unwrap(),
+            changed
+        );
     }
 
     #[test]

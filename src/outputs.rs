@@ -96,65 +96,69 @@ pub fn check_file(flag: &str, out: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-/// Refuses to write folder `out` (given as `flag`) over an existing entry: never over a file, and
-/// over a folder with visible entries only with `overwrite` and when it is a folder of `kind`
-/// (`is_kind` says whether it is, e.g. a model folder wgspin can load).
-pub fn check_folder(
-    flag: &str,
-    out: &Path,
-    overwrite: bool,
-    kind: &str,
-    is_kind: impl Fn(&Path) -> bool,
-) -> Result<()> {
+/// Refuses to write model folder `out` (given as `flag`, what `merge` and `convert` write) over
+/// an existing entry: never over a file; over a folder with anything in it (hidden entries too:
+/// a clone's `.git` is somebody's) only with `overwrite`, and only when everything there is a
+/// Hugging Face model's file (config, tokenizer, card, weights): the folder is swapped whole, so
+/// a file of other origin would go with it.
+pub fn check_model_folder(flag: &str, out: &Path, overwrite: bool) -> Result<()> {
     if out.exists() && !out.is_dir() {
         return Err(Error::Invalid(format!(
             "{flag} {} is a file; {flag} names the folder to write (the file is left as it is)",
             out.display()
         )));
     }
-    let held = crate::fsutil::visible_entries(out);
+    let mut held: Vec<String> = std::fs::read_dir(out)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    held.sort();
     if held.is_empty() {
         return Ok(());
     }
-    let listed: Vec<&str> = held.iter().take(5).map(String::as_str).collect();
-    let more = if held.len() > listed.len() {
-        ", ..."
-    } else {
-        ""
-    };
     if !overwrite {
         return Err(Error::Invalid(format!(
-            "{flag} {} already holds files ({}{more}); pass --overwrite to replace it, or \
-             choose an empty or new {flag}",
+            "{flag} {} already holds files ({}); pass --overwrite to replace it, or choose an \
+             empty or new {flag}",
             out.display(),
-            listed.join(", ")
+            crate::fsutil::listing(&held)
         )));
     }
-    if !is_kind(out) {
+    let foreign: Vec<String> = held
+        .into_iter()
+        .filter(|n| !crate::hf::checkpoint::is_model_file(n))
+        .collect();
+    if !foreign.is_empty() {
         return Err(Error::Invalid(format!(
-            "{flag} {} holds files that are not {kind} ({}{more}); --overwrite replaces only \
-             {kind}: choose an empty or new {flag}",
+            "{flag} {} holds files that are not a Hugging Face model's ({}); --overwrite \
+             replaces a model folder whole, so it would take them too: move them, or choose an \
+             empty or new {flag}",
             out.display(),
-            listed.join(", ")
+            crate::fsutil::listing(&foreign)
         )));
     }
     Ok(())
 }
 
-/// Whether `dir` looks like a Hugging Face model folder (what `merge` and `convert` write, and
-/// what their `--overwrite` may replace): a config.json beside safetensors weights.
-pub fn is_model_folder(dir: &Path) -> bool {
-    let weights = std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-    });
-    dir.join("config.json").is_file() && weights
+/// `path` made absolute and resolved: the nearest existing ancestor canonicalized (links and
+/// `..` followed), the rest appended with `.` and `..` applied by name. A link whose target does
+/// not exist yet resolves to that target (writing through it creates the target).
+pub fn resolve(path: &Path) -> PathBuf {
+    resolve_within(path, 8)
 }
 
-/// `path` made absolute and resolved: the nearest existing ancestor canonicalized (links and
-/// `..` followed), the rest appended with `.` and `..` applied by name.
-pub fn resolve(path: &Path) -> PathBuf {
+fn resolve_within(path: &Path, links: usize) -> PathBuf {
+    if links > 0
+        && path.canonicalize().is_err()
+        && let Ok(target) = std::fs::read_link(path)
+    {
+        let parent = path.parent().unwrap_or(Path::new(""));
+        return resolve_within(&parent.join(target), links - 1);
+    }
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -203,10 +207,12 @@ mod tests {
         let mut inputs = Inputs::new();
         inputs.add("--model", &model).add("--data", &data);
 
+        // The relation, spaced as the message words it (" is " is no other word's part).
         let refused = |out: PathBuf, how: &str| {
             let e = inputs.check("--out", &out).unwrap_err().to_string();
+            let how = format!(" {how} ");
             assert!(
-                e.contains(how) && e.contains("--out"),
+                e.contains(&how) && e.contains("--out"),
                 "{}: {e}",
                 out.display()
             );
@@ -236,6 +242,20 @@ mod tests {
         assert!(inputs.check("--out", &link.join("gen.jsonl")).is_err());
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_dangling_link_into_an_input_is_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        std::fs::create_dir(&model).unwrap();
+        let link = dir.path().join("gen.jsonl");
+        std::os::unix::fs::symlink(model.join("gen.jsonl"), &link).unwrap();
+        let mut inputs = Inputs::new();
+        inputs.add("--model", &model);
+        let e = inputs.check("--out", &link).unwrap_err().to_string();
+        assert!(e.contains("lies inside"), "{e}");
+    }
+
     #[test]
     fn existing_files_and_folders_need_overwrite_and_the_right_kind() {
         let dir = tempfile::tempdir().unwrap();
@@ -246,14 +266,29 @@ mod tests {
         assert!(check_file("--out", dir.path(), true).is_err());
         check_file("--out", &dir.path().join("new.gguf"), false).unwrap();
 
-        let any = |_: &Path| true;
-        let e = check_folder("--out", &file, true, "a model", any).unwrap_err();
+        let e = check_model_folder("--out", &file, true).unwrap_err();
         assert!(e.to_string().contains("is a file"), "{e}");
-        assert!(check_folder("--out", dir.path(), false, "a model", any).is_err());
-        check_folder("--out", dir.path(), true, "a model", any).unwrap();
-        let none = |_: &Path| false;
-        let e = check_folder("--out", dir.path(), true, "a model folder", none).unwrap_err();
-        assert!(e.to_string().contains("not a model folder"), "{e}");
-        check_folder("--out", &dir.path().join("new"), false, "a model", none).unwrap();
+        let model = dir.path().join("m");
+        std::fs::create_dir(&model).unwrap();
+        check_model_folder("--out", &model, false).unwrap();
+        // Hidden entries count: a folder holding only `.git` is not empty.
+        std::fs::create_dir(model.join(".git")).unwrap();
+        let e = check_model_folder("--out", &model, false).unwrap_err();
+        assert!(e.to_string().contains(".git"), "{e}");
+        std::fs::remove_dir(model.join(".git")).unwrap();
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "README.md",
+            "tokenizer.json",
+        ] {
+            std::fs::write(model.join(f), "x").unwrap();
+        }
+        assert!(check_model_folder("--out", &model, false).is_err());
+        check_model_folder("--out", &model, true).unwrap();
+        std::fs::write(model.join("notes.txt"), "mine").unwrap();
+        let e = check_model_folder("--out", &model, true).unwrap_err();
+        assert!(e.to_string().contains("notes.txt"), "{e}");
+        check_model_folder("--out", &dir.path().join("new"), false).unwrap();
     }
 }

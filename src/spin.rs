@@ -245,13 +245,7 @@ fn evaluate(
         train_cfg.loss.beta,
     );
     // Each pair's margin, as `reward_stats` averages them: what the report's game shows.
-    let beta = train_cfg.loss.beta;
-    let margins = (0..eval_pairs.len())
-        .map(|i| {
-            beta * ((policy.real[i] - reference.real[i])
-                - (policy.generated[i] - reference.generated[i]))
-        })
-        .collect();
+    let margins = crate::train::pair_margins(&policy, &reference, train_cfg.loss.beta);
     let result = EvalResult {
         examples: eval_pairs.len(),
         reward_accuracy: s.accuracies,

@@ -136,19 +136,31 @@ fn quick_demo_completes_and_writes_the_report() {
         .join("iter-1")
         .join("eval_generated.jsonl");
     let pairs = wgspin::data::read_dataset(&eval, wgspin::data::DataFormat::Spin).unwrap();
-    let text = page.replace("<mark>", "").replace("</mark>", "");
+    // Whole rows of iteration 1's table: the prompt, then both answers (the page marks the
+    // differing letters inside them; the text between the marks is the answer's own).
+    let section = page
+        .split("<summary>Iteration 1")
+        .nth(1)
+        .and_then(|s| s.split("</details>").next())
+        .unwrap()
+        .replace("<mark>", "")
+        .replace("</mark>", "");
+    let esc = wgspin::report::html::escape;
     let shown = pairs
         .examples
         .iter()
         .filter(|e| {
-            let g = wgspin::report::html::escape(e.generated.as_deref().unwrap());
-            text.contains(&format!("<td>{}", wgspin::report::html::escape(&e.prompt)))
-                && text.contains(&g)
+            let p = esc(&e.prompt);
+            let h = format!("<td>{}", esc(&e.response));
+            let g = format!("<td>{}", esc(e.generated.as_ref().unwrap()));
+            section
+                .split("<tr><td>")
+                .any(|row| row.starts_with(&p) && row.contains(&h) && row.contains(&g))
         })
         .count();
     assert!(
-        shown >= 3,
-        "{shown} generated answers of seed {seed} on the page"
+        shown >= 6,
+        "{shown} held-out pairs of seed {seed} on the page"
     );
 
     let spin_dir = out.join("seed-1").join("spin");

@@ -9,7 +9,7 @@ use clap::Args;
 use wgspin::gguf::GgufModel;
 use wgspin::gguf::writer::{ExportDtype, export_hf_folder};
 use wgspin::hf::weights::StoredDtype;
-use wgspin::outputs::{Inputs, check_file, check_folder, is_model_folder};
+use wgspin::outputs::{Inputs, check_file, check_model_folder};
 
 /// Convert a GGUF model (llama / qwen2) to a Hugging Face folder (weights dequantized).
 #[derive(Args, Debug)]
@@ -20,8 +20,8 @@ pub struct ConvertArgs {
     /// Output folder (new or empty; written beside and renamed into place).
     #[arg(long)]
     out: PathBuf,
-    /// Replace --out when it holds a Hugging Face model folder (never the --model file, nor a
-    /// folder of other files).
+    /// Replace --out when it holds a Hugging Face model folder and nothing else (never the
+    /// --model file, nor a folder with other files in it).
     #[arg(long)]
     overwrite: bool,
     /// Storage type of model.safetensors.
@@ -34,8 +34,7 @@ impl ConvertArgs {
         Inputs::new()
             .add("--model", &self.model)
             .check("--out", &self.out)?;
-        let kind = "a Hugging Face model folder";
-        check_folder("--out", &self.out, self.overwrite, kind, is_model_folder)?;
+        check_model_folder("--out", &self.out, self.overwrite)?;
         let g = GgufModel::load(&self.model)
             .with_context(|| format!("reading {}", self.model.display()))?;
         g.write_hf_folder(&self.out, self.dtype)?;

@@ -18,10 +18,12 @@ use super::args::{DtypeArgs, JobArgs, SamplingArgs, ServerArgs};
 
 /// The opponent's turn: sample a response for every SFT prompt, written as SPIN pairs.
 ///
-/// Output JSONL rows {"id", "real": [user, assistant], "generated": [user, assistant],
-/// "finish_reason": "eos"|"length", "generated_tokens"}, in input order. Rows are flushed as
-/// they finish; rerunning the same command after an interruption keeps them and generates
-/// only the rest.
+/// Output JSONL rows {"id", "real": [every turn of the prompt, human answer], "generated":
+/// [every turn of the prompt, generated answer], "finish_reason": "eos"|"length",
+/// "generated_tokens"}, in input order; a conversation's prompt is every turn before its last
+/// assistant turn. Rows are flushed as they finish; rerunning the same command after an
+/// interruption keeps them (and generates again any row whose prompt or answer changed in the
+/// data) and generates only the rest.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]

@@ -21,7 +21,8 @@ use super::args::{DeviceArgs, ModelArgs};
 pub struct LogprobsArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// JSONL file of {"prompt", "response"} rows.
+    /// JSONL or Parquet rows: {"prompt", "response"}, or conversations (chat `messages`,
+    /// ShareGPT) whose last assistant turn is scored.
     #[arg(long)]
     data: PathBuf,
     /// Output JSONL file (stdout when omitted; rows are written there as they are scored, and a

@@ -9,7 +9,7 @@ use wgspin::hf::bundle::ModelBundle;
 use wgspin::hf::checkpoint;
 use wgspin::hf::weights::StoredDtype;
 use wgspin::model::lora;
-use wgspin::outputs::{Inputs, check_folder, is_model_folder};
+use wgspin::outputs::{Inputs, check_model_folder};
 
 use super::args::DeviceArgs;
 
@@ -27,8 +27,8 @@ pub struct MergeArgs {
     /// Output folder (new or empty; written beside and renamed into place).
     #[arg(long)]
     out: PathBuf,
-    /// Replace --out when it holds a Hugging Face model folder (never the adapter or its base,
-    /// nor a folder of other files).
+    /// Replace --out when it holds a Hugging Face model folder and nothing else (never the
+    /// adapter or its base, nor a folder with other files in it).
     #[arg(long)]
     overwrite: bool,
     /// Storage type of model.safetensors [default: the base's].
@@ -46,8 +46,7 @@ impl MergeArgs {
             inputs.add_model("--base", base);
         }
         inputs.check("--out", &self.out)?;
-        let kind = "a Hugging Face model folder";
-        check_folder("--out", &self.out, self.overwrite, kind, is_model_folder)?;
+        check_model_folder("--out", &self.out, self.overwrite)?;
         let dev = self.device.select()?;
         let mut bundle =
             ModelBundle::load_adapter(&self.adapter, self.base.as_deref(), &dev.device)

@@ -74,12 +74,15 @@ impl TrainReporter {
 
 /// `report.html` kept current while a run goes on: rewritten at every stage and, during a stage,
 /// at most every two seconds of progress; the last rewrite says the run ended (so the page stops
-/// reloading). A page that cannot be written is reported once and never stops the run.
+/// reloading). A page that cannot be written is reported once and never stops the run. Nothing is
+/// written before the run's first stage (a run refused at its start leaves no page, and never
+/// touches the page of the run that holds the folder) nor after its end.
 pub struct LivePage {
     dir: std::path::PathBuf,
     build: Box<dyn Fn(Option<Status>) -> Page>,
     stage: String,
     last: Option<std::time::Instant>,
+    ended: bool,
     warned: bool,
 }
 
@@ -90,6 +93,7 @@ impl LivePage {
             build: Box::new(build),
             stage: String::new(),
             last: None,
+            ended: false,
             warned: false,
         }
     }
@@ -112,7 +116,7 @@ impl LivePage {
     pub fn progress(&mut self, progress: &str) {
         if self
             .last
-            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(2))
+            .is_none_or(|t| t.elapsed() < std::time::Duration::from_secs(2))
         {
             return;
         }
@@ -122,15 +126,22 @@ impl LivePage {
         });
     }
 
-    /// The run ended: with `error`'s words if it failed.
+    /// The run ended: with `error`'s words if it failed. Only the first call after a stage writes.
     pub fn end(&mut self, error: Option<&anyhow::Error>) {
+        if self.last.is_none() || self.ended {
+            return;
+        }
         self.write(match error {
             None => Status::Done,
             Some(e) => Status::Failed(format!("{e:#}")),
         });
+        self.ended = true;
     }
 
     fn write(&mut self, status: Status) {
+        if self.ended {
+            return;
+        }
         self.last = Some(std::time::Instant::now());
         let page = (self.build)(Some(status));
         if let Err(e) = wgspin::report::html::write(&self.dir, &page)

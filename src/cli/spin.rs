@@ -99,6 +99,16 @@ impl SpinArgs {
             });
         }
         let config_path = self.out.join(wgspin::spin::CONFIG_FILE);
+        // A run made before model identities were marked is compared by its own rule.
+        let saved_id = std::fs::read_to_string(&config_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|c| c.get("model_identity").cloned());
+        resolved["model_identity"] = wgspin::manifest::identity_for(
+            &model,
+            resolved["model_identity"].take(),
+            saved_id.as_ref(),
+        )?;
         if !wgspin::spin::LAYOUT.prepare(&self.out, self.overwrite)? {
             refuse_other_settings(&config_path, &resolved)?;
         }

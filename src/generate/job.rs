@@ -295,6 +295,13 @@ pub fn run_generate_with(
                 existing.len()
             )))
         };
+        if let Some(s) = &saved {
+            record["model"] = crate::manifest::identity_for(
+                model.source,
+                record["model"].take(),
+                s.get("model"),
+            )?;
+        }
         match saved {
             None => return refuse(format!("without a run record ({})", record_path.display())),
             Some(saved) if saved != record => {

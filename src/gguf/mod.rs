@@ -411,7 +411,7 @@ impl GgufModel {
     /// Writes the model as a Hugging Face folder (config.json, generation_config.json,
     /// tokenizer.json, tokenizer_config.json, README.md card, model.safetensors in `dtype`),
     /// atomically: filled beside `out` and swapped in when complete, replacing a folder there
-    /// (whether one may be replaced is the caller's rule: `outputs::check_folder`).
+    /// (whether one may be replaced is the caller's rule: `outputs::check_model_folder`).
     pub fn write_hf_folder(&self, out: &Path, dtype: StoredDtype) -> Result<()> {
         crate::fsutil::replace_folder(out, |tmp| {
             write_metadata(

@@ -33,6 +33,15 @@ fn is_metadata(name: &str) -> bool {
     METADATA_FILES.contains(&name)
 }
 
+/// Whether a file named `name` belongs to a Hugging Face model folder as checkpoints and
+/// `convert` write them: metadata, the model card, the weights and their shard index.
+pub fn is_model_file(name: &str) -> bool {
+    is_metadata(name)
+        || name == crate::gguf::card::CARD_FILE
+        || name == "model.safetensors.index.json"
+        || name.ends_with(".safetensors")
+}
+
 /// Host copies of every parameter, by Hugging Face name.
 pub fn named_host_tensors(
     model: &Transformer,

@@ -181,8 +181,9 @@ pub fn run_page(
                 .to_string(),
         )
     });
+    let kind = if config.is_null() { "training" } else { "SPIN" };
     super::html::Page {
-        title: format!("wgspin SPIN run: {}", dir.display()),
+        title: format!("wgspin {kind} run: {}", dir.display()),
         status,
         glance,
         tables,

@@ -40,9 +40,10 @@ pub struct Round {
 }
 
 impl Round {
-    /// The opponent wrote exactly the human answer (the demo's exact match; a tie either way).
+    /// The opponent wrote exactly the human answer (the demo's exact match), as training counts
+    /// ties (`SftExample::is_tie`).
     pub fn tie(&self) -> bool {
-        self.human.trim() == self.generated.trim()
+        self.human == self.generated
     }
 }
 
@@ -348,11 +349,24 @@ pub fn write(dir: &Path, page: &Page) -> Result<PathBuf> {
 
 /// `path` as a `file://` URL for a browser's address bar (what `wgspin demo` prints).
 pub fn file_url(path: &Path) -> String {
-    let absolute = crate::outputs::resolve(path);
-    let text = absolute.to_string_lossy().replace('\\', "/");
-    // Windows' verbatim prefix (`\\?\C:\…`) is not part of a URL.
-    let text = text.trim_start_matches("//?/");
-    let mut url = String::from("file://");
+    url_of(&crate::outputs::resolve(path).to_string_lossy())
+}
+
+/// The `file://` URL of an absolute path written as this OS writes it.
+fn url_of(absolute: &str) -> String {
+    let text = absolute.replace('\\', "/");
+    // Windows' verbatim prefixes are not part of a URL: `\\?\C:\…` is a drive path, and
+    // `\\?\UNC\server\share\…` (like `\\server\share\…`) names the server as the URL's host.
+    let (host, text) = if let Some(unc) = text.strip_prefix("//?/UNC/") {
+        unc.split_once('/').unwrap_or((unc, ""))
+    } else if let Some(drive) = text.strip_prefix("//?/") {
+        ("", drive)
+    } else if let Some(unc) = text.strip_prefix("//") {
+        unc.split_once('/').unwrap_or((unc, ""))
+    } else {
+        ("", text.as_str())
+    };
+    let mut url = format!("file://{host}");
     if !text.starts_with('/') {
         url.push('/');
     }
@@ -402,7 +416,7 @@ mod tests {
                         id: "b".into(),
                         prompt: "p".into(),
                         human: "same".into(),
-                        generated: " same".into(),
+                        generated: "same".into(),
                         margin: Some(-0.1),
                         moved: true,
                     },
@@ -462,5 +476,11 @@ mod tests {
             url.starts_with("file:///") && url.ends_with("/a%20b/report.html"),
             "{url}"
         );
+        assert_eq!(url_of(r"\\?\C:\a b\r.html"), "file:///C:/a%20b/r.html");
+        assert_eq!(
+            url_of(r"\\?\UNC\srv\share\r.html"),
+            "file://srv/share/r.html"
+        );
+        assert_eq!(url_of(r"\\srv\share\r.html"), "file://srv/share/r.html");
     }
 }

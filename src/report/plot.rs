@@ -75,10 +75,9 @@ const CAPTION_LINE: f64 = 14.0;
 /// three segments whose measured points cannot be told from the bends.
 const MAX_MARKED: usize = 12;
 
+/// Text for SVG element content (titles, names and captions may come from a run's data).
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    super::html::escape(s)
 }
 
 fn finite(&(x, y): &(f64, f64)) -> bool {
@@ -325,7 +324,7 @@ mod tests {
         }
         assert!(open.is_empty(), "unclosed: {open:?}");
         for (i, _) in svg.match_indices('&') {
-            let entity = ["&amp;", "&lt;", "&gt;"];
+            let entity = ["&amp;", "&lt;", "&gt;", "&quot;", "&#39;"];
             assert!(
                 entity.iter().any(|e| svg[i..].starts_with(e)),
                 "bare & at byte {i}"

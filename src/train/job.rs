@@ -246,11 +246,16 @@ pub fn run_train(
         ObjectiveKind::Spin => ("pairs_sha256", "pairs"),
         ObjectiveKind::Sft => ("data_sha256", "data"),
     };
+    let saved_identity = state.as_ref().and_then(|s| s.get("identity"));
     let identity = json!({
-        "model": manifest::model_identity(model_path)?,
+        "model": manifest::identity_for(
+            model_path,
+            manifest::model_identity(model_path)?,
+            saved_identity.and_then(|i| i.get("model")),
+        )?,
         data_key: manifest::content_hash(&examples),
     });
-    if let Some(saved) = state.as_ref().and_then(|s| s.get("identity"))
+    if let Some(saved) = saved_identity
         && saved != &identity
     {
         return Err(Error::Invalid(format!(

@@ -372,6 +372,16 @@ pub struct RewardStats {
     pub logps_generated: f64,
 }
 
+/// Each pair's margin β[(log π(y) − log π_ref(y)) − (log π(y') − log π_ref(y'))], in pair order.
+pub fn pair_margins(policy: &PairLogps, reference: &PairLogps, beta: f64) -> Vec<f64> {
+    (0..policy.real.len())
+        .map(|i| {
+            beta * (policy.real[i] - reference.real[i])
+                - beta * (policy.generated[i] - reference.generated[i])
+        })
+        .collect()
+}
+
 pub fn reward_stats(
     policy: &PairLogps,
     reference: &PairLogps,

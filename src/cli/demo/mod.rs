@@ -357,6 +357,7 @@ impl DemoArgs {
                 eprintln!("== SPIN iteration {}: {stage}", iteration + 1)
             }
             DemoEvent::Spin(_) => {}
+            DemoEvent::Finished => page.end(None),
         })
         .with_context(|| format!("demo into {}", out.display()));
         page.end(result.as_ref().err());

@@ -136,6 +136,8 @@ pub struct DemoOutcome {
 /// What the demo reports as it goes.
 pub enum DemoEvent<'a> {
     Stage(&'a str),
+    /// Every result is written; the folder is still locked.
+    Finished,
     Result(&'a StageResult),
     Spin(SpinEvent<'a>),
     SftStep {
@@ -404,6 +406,7 @@ pub fn run_demo(
             .as_bytes(),
     )?;
     super::report::write_report(out, &outcome)?;
+    report(DemoEvent::Finished);
     Ok(outcome)
 }
 

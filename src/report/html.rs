@@ -66,7 +66,8 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
 }
 
-/// What a page shows, top to bottom.
+/// What a page shows, top to bottom: status, verdict, the glance, the game, the tables, the
+/// charts.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
     pub title: String,
@@ -230,6 +231,9 @@ pub fn render(page: &Page) -> String {
         }
         h.push_str("</table>");
     }
+    if !page.game.is_empty() {
+        game(&mut h, page);
+    }
     for t in &page.tables {
         let _ = write!(h, "<h2>{}</h2>", escape(&t.caption));
         explain(&mut h, &t.explain);
@@ -246,9 +250,6 @@ pub fn render(page: &Page) -> String {
             h.push_str("</tr>");
         }
         h.push_str("</table>");
-    }
-    if !page.game.is_empty() {
-        game(&mut h, page);
     }
     if let Some((svg, text)) = &page.charts {
         h.push_str("<h2 id=\"curves\">The curves</h2>");

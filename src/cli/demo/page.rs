@@ -72,11 +72,8 @@ pub fn page(
     let paired = paired_by_round(rows, |r| r.exact_match);
     let verdict_text = paired.last().map(|(round, i)| {
         format!(
-            "After {round} rounds: {} (SPIN − continued SFT in test exact match, paired by seed: \
-             {:+.1} ± {:.1} points, 95% interval).",
-            verdict("SPIN", "continued SFT", i),
-            i.mean,
-            i.half_width
+            "After {round} rounds: {}.",
+            verdict("SPIN", "continued SFT", i)
         )
     });
     let seeds: Vec<String> = cfg.seeds.iter().map(u64::to_string).collect();

@@ -308,15 +308,18 @@ fn game(h: &mut String, page: &Page) {
                 ""
             };
             let margin = match r.margin {
-                Some(m) => format!(
-                    "<span class=\"margin {}\">{m:+.3}</span>{}",
-                    if m > 0.0 { "pos" } else { "neg" },
-                    if m > 0.0 {
-                        "<br><small>tells the human answer apart</small>"
+                Some(m) => {
+                    let (class, words) = if m > 0.0 {
+                        ("pos", "tells the human answer apart")
+                    } else if m < 0.0 {
+                        ("neg", "prefers its own answer")
                     } else {
-                        "<br><small>cannot tell them apart</small>"
-                    }
-                ),
+                        ("zero", "no preference")
+                    };
+                    format!(
+                        "<span class=\"margin {class}\">{m:+.3}</span><br><small>{words}</small>"
+                    )
+                }
                 None => "<small>not scored yet</small>".into(),
             };
             let moved = if r.moved {

@@ -408,7 +408,7 @@ fn logprobs_stops_when_its_reader_does_and_keeps_its_inputs() {
     use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("rows.jsonl");
-    let rows: String = (0..400)
+    let rows: String = (0..1000)
         .map(|i| {
             serde_json::json!({"prompt": format!("q {i}"), "response": format!("a {i}")})
                 .to_string()
@@ -433,7 +433,7 @@ fn logprobs_stops_when_its_reader_does_and_keeps_its_inputs() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(!err.contains("scored 400/400"), "scored every row: {err}");
+    assert!(!err.contains("scored 1000/1000"), "scored every row: {err}");
 
     let mut into_data = args(&["logprobs", "--device", "cpu", "--overwrite", "--model"]);
     into_data.push(fixture("tiny-llama-bf16").to_str().unwrap().into());

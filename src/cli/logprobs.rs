@@ -40,7 +40,7 @@ pub struct LogprobsArgs {
 }
 
 /// Rows scored between writes to stdout.
-const CHUNK: usize = 64;
+const CHUNK: usize = 256;
 
 impl LogprobsArgs {
     pub fn run(self) -> Result<()> {
@@ -88,7 +88,13 @@ impl LogprobsArgs {
         // closed pipe stops the scoring (each chunk is still batched by length inside).
         let mut text = String::new();
         let mut stdout = std::io::stdout().lock();
-        for (c, chunk) in pairs.chunks(CHUNK).enumerate() {
+        // Into a file: one pass (every row sorted by length together, the fastest batching).
+        let chunk_len = if self.out.is_some() {
+            pairs.len().max(1)
+        } else {
+            CHUNK
+        };
+        for (c, chunk) in pairs.chunks(chunk_len).enumerate() {
             let scores = score_all(&bundle.model, chunk, tok.pad_id(), options, |n| {
                 done += n;
                 eprintln!("scored {done}/{total}");
@@ -96,7 +102,7 @@ impl LogprobsArgs {
             let mut rows = String::new();
             for (k, lp) in scores.iter().enumerate() {
                 let sum: f64 = lp.iter().map(|&x| x as f64).sum();
-                let row = serde_json::json!({"index": c * CHUNK + k, "logprob": sum, "tokens": lp.len(), "token_logprobs": lp});
+                let row = serde_json::json!({"index": c * chunk_len + k, "logprob": sum, "tokens": lp.len(), "token_logprobs": lp});
                 rows.push_str(&row.to_string());
                 rows.push('\n');
             }

@@ -16,15 +16,6 @@ fn model_at(name: &str, dest: &Path) -> PathBuf {
     dest.to_path_buf()
 }
 
-/// `cmd --device cpu --model <model> --data <data> --out <out> flags...` for a model anywhere.
-fn job(cmd: &str, model: &Path, data: &Path, out: &Path, flags: &str) -> Vec<String> {
-    let mut v = args(&[cmd, "--device", "cpu", "--model", model.to_str().unwrap()]);
-    v.extend(args(&["--data", data.to_str().unwrap()]));
-    v.extend(args(&["--out", out.to_str().unwrap()]));
-    v.extend(flags.split_whitespace().map(String::from));
-    v
-}
-
 const TRAIN: &str = "--epochs 1 --batch-size 2 --max-length 64 --max-prompt-length 32";
 
 /// `train --model o2/checkpoint --out o2 --overwrite` deleted its own input model, then failed
@@ -35,7 +26,7 @@ fn train_never_overwrites_the_model_it_reads() {
     let pairs = tmp.path().join("pairs.jsonl");
     write_pairs(&pairs);
     let o2 = tmp.path().join("o2");
-    run_ok(job(
+    run_ok(job_args_at(
         "train",
         &fixture("tiny-llama-bf16"),
         &pairs,
@@ -45,7 +36,7 @@ fn train_never_overwrites_the_model_it_reads() {
     let model = o2.join("checkpoint");
     let before = snapshot(&o2);
     let flags = format!("{TRAIN} --overwrite");
-    let e = run_err(job("train", &model, &pairs, &o2, &flags));
+    let e = run_err(job_args_at("train", &model, &pairs, &o2, &flags));
     assert_mentions(
         &e,
         &["--out", "contains", "--model", "choose another --out"],
@@ -53,7 +44,7 @@ fn train_never_overwrites_the_model_it_reads() {
     assert_eq!(snapshot(&o2), before, "the refused run changed the folder");
     // Into the model folder itself, and into a folder inside it.
     for out in [model.clone(), model.join("again")] {
-        let e = run_err(job("train", &model, &pairs, &out, &flags));
+        let e = run_err(job_args_at("train", &model, &pairs, &out, &flags));
         assert_mentions(&e, &["--out", "--model"]);
     }
     assert_eq!(snapshot(&o2), before);
@@ -70,7 +61,7 @@ fn spin_never_overwrites_the_model_it_reads() {
     std::fs::write(s1.join(wgspin::spin::CONFIG_FILE), "{}").unwrap();
     let data = fixture("data").join("prompt_response.jsonl");
     let before = snapshot(&s1);
-    let e = run_err(job("spin", &model, &data, &s1, "--overwrite"));
+    let e = run_err(job_args_at("spin", &model, &data, &s1, "--overwrite"));
     assert_mentions(&e, &["--out", "contains", "--model"]);
     assert_eq!(snapshot(&s1), before);
 }
@@ -86,10 +77,10 @@ fn generate_never_writes_over_or_into_its_inputs() {
     let model = model_at("tiny-llama-bf16", &tmp.path().join("m"));
     let model_before = snapshot(&model);
     for flags in ["", "--overwrite"] {
-        let e = run_err(job("generate", &model, &sft, &sft, flags));
+        let e = run_err(job_args_at("generate", &model, &sft, &sft, flags));
         let same = format!("{} is {}", sft.display(), sft.display());
         assert_mentions(&e, &["--out", &same, "--data"]);
-        let e = run_err(job(
+        let e = run_err(job_args_at(
             "generate",
             &model,
             &sft,
@@ -198,12 +189,12 @@ fn overwrite_keeps_entries_the_run_did_not_write() {
     write_pairs(&pairs);
     let out = tmp.path().join("run");
     let model = fixture("tiny-llama-bf16");
-    run_ok(job("train", &model, &pairs, &out, TRAIN));
+    run_ok(job_args_at("train", &model, &pairs, &out, TRAIN));
     assert!(!out.join("runs").exists(), "no --report-to: no runs/");
     std::fs::create_dir(out.join("runs")).unwrap();
     std::fs::write(out.join("runs").join("mine.txt"), "mine").unwrap();
     let flags = format!("{TRAIN} --overwrite");
-    run_ok(job("train", &model, &pairs, &out, &flags));
+    run_ok(job_args_at("train", &model, &pairs, &out, &flags));
     assert_eq!(
         std::fs::read(out.join("runs").join("mine.txt")).unwrap(),
         b"mine"
@@ -220,7 +211,7 @@ fn data_being_written_is_refused_with_its_writer() {
     write_pairs(&pairs);
     let out = tmp.path().join("run");
     let held = wgspin::manifest::lock_file(&pairs).unwrap();
-    let e = run_err(job(
+    let e = run_err(job_args_at(
         "train",
         &fixture("tiny-llama-bf16"),
         &pairs,
@@ -230,7 +221,7 @@ fn data_being_written_is_refused_with_its_writer() {
     assert_mentions(&e, &["pairs.jsonl", "still being written", "wait for it"]);
     assert!(!out.exists());
     drop(held);
-    run_ok(job(
+    run_ok(job_args_at(
         "train",
         &fixture("tiny-llama-bf16"),
         &pairs,
@@ -264,7 +255,7 @@ fn an_impossible_lora_rank_is_refused_before_anything_is_written() {
     write_pairs(&pairs);
     let out = tmp.path().join("run");
     let flags = format!("{TRAIN} --lora-rank 1000000000");
-    let e = run_err(job(
+    let e = run_err(job_args_at(
         "train",
         &fixture("tiny-llama-bf16"),
         &pairs,
@@ -288,7 +279,7 @@ fn a_refused_run_leaves_no_lock_behind() {
     let out = tmp.path().join("mine");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
-    let e = run_err(job(
+    let e = run_err(job_args_at(
         "train",
         &fixture("tiny-llama-bf16"),
         &pairs,
@@ -393,7 +384,7 @@ fn errors_name_the_flag_as_typed() {
         ("--top-p 0", "--top-p 0"),
     ] {
         let out = tmp.path().join("g.jsonl");
-        let e = run_err(job("generate", &model, &data, &out, flags));
+        let e = run_err(job_args_at("generate", &model, &data, &out, flags));
         assert_mentions(&e, &[named]);
         let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
         assert!(left.is_empty(), "{flags}: the refused run left {left:?}");

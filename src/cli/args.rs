@@ -104,9 +104,9 @@ pub struct JobArgs {
 }
 
 impl JobArgs {
-    /// Refuses output `out` (given as `flag`) when it is, contains or lies inside what the job
+    /// Refuses each output (given as its flag) that is, contains or lies inside what the job
     /// reads: the model (an adapter's base too), the data or the --config file.
-    pub fn check_output(&self, flag: &str, out: &std::path::Path) -> Result<()> {
+    pub fn check_outputs(&self, outputs: &[(&str, &std::path::Path)]) -> Result<()> {
         let mut inputs = wgspin::outputs::Inputs::new();
         inputs
             .add_model("--model", &self.model.model)
@@ -114,7 +114,9 @@ impl JobArgs {
         if let Some(c) = &self.config {
             inputs.add("--config", c);
         }
-        inputs.check(flag, out)?;
+        for (flag, out) in outputs {
+            inputs.check(flag, out)?;
+        }
         Ok(())
     }
 }

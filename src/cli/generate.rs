@@ -48,9 +48,9 @@ pub struct GenerateArgs {
 
 impl GenerateArgs {
     pub fn run(self) -> Result<()> {
-        self.job.check_output("--out", &self.out)?;
         let record = wgspin::generate::job::run_record_path(&self.out);
-        self.job.check_output("--out (its run record)", &record)?;
+        self.job
+            .check_outputs(&[("--out", &self.out), ("--out (its run record)", &record)])?;
         wgspin::outputs::check_file("--out", &self.out, true)?;
         if let Some(opts) = self.server.options() {
             return self.run_on_server(opts);

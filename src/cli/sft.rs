@@ -27,7 +27,7 @@ pub struct SftArgs {
 
 impl SftArgs {
     pub fn run(self) -> Result<()> {
-        self.job.check_output("--out", &self.out.out)?;
+        self.job.check_outputs(&[("--out", &self.out.out)])?;
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(None)?;
         let cfg = TrainConfig {

@@ -53,7 +53,7 @@ pub struct SpinArgs {
 
 impl SpinArgs {
     pub fn run(self) -> Result<()> {
-        self.job.check_output("--out", &self.out)?;
+        self.job.check_outputs(&[("--out", &self.out)])?;
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(None)?;
         let model = self.job.model.model.clone();

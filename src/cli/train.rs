@@ -33,7 +33,7 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     pub fn run(self) -> Result<()> {
-        self.job.check_output("--out", &self.out.out)?;
+        self.job.check_outputs(&[("--out", &self.out.out)])?;
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(None)?;
         if let Some(e) = examples.iter().find(|e| e.generated.is_none()) {

@@ -205,8 +205,13 @@ pub fn args(list: &[&str]) -> Vec<String> {
 /// on a command line (split at white space): the shape of every command that turns a data file
 /// into an output with a model.
 pub fn job_args(cmd: &str, model: &str, data: &Path, out: &Path, flags: &str) -> Vec<String> {
+    job_args_at(cmd, &fixture(model), data, out, flags)
+}
+
+/// [`job_args`] with the model at any path (a copy, a checkpoint a test made).
+pub fn job_args_at(cmd: &str, model: &Path, data: &Path, out: &Path, flags: &str) -> Vec<String> {
     let mut v = args(&[cmd, "--device", "cpu", "--model"]);
-    v.push(fixture(model).to_str().unwrap().into());
+    v.push(model.to_str().unwrap().into());
     v.extend(args(&["--data", data.to_str().unwrap()]));
     v.extend(args(&["--out", out.to_str().unwrap()]));
     v.extend(flags.split_whitespace().map(String::from));

@@ -99,18 +99,19 @@ impl SpinArgs {
             });
         }
         let config_path = self.out.join(wgspin::spin::CONFIG_FILE);
-        // A run made before model identities were marked is compared by its own rule.
-        let saved_id = std::fs::read_to_string(&config_path)
+        // The settings of a run already there, read once: a run made before model identities
+        // were marked is compared by its own rule, then all its settings with these.
+        let saved = std::fs::read_to_string(&config_path)
             .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|c| c.get("model_identity").cloned());
-        resolved["model_identity"] = wgspin::manifest::identity_for(
-            &model,
-            resolved["model_identity"].take(),
-            saved_id.as_ref(),
-        )?;
+            .map(|t| serde_json::from_str::<serde_json::Value>(&t));
+        let saved_id = saved
+            .as_ref()
+            .and_then(|s| s.as_ref().ok())
+            .and_then(|c| c.get("model_identity"));
+        resolved["model_identity"] =
+            wgspin::manifest::identity_for(&model, resolved["model_identity"].take(), saved_id)?;
         if !wgspin::spin::LAYOUT.prepare(&self.out, self.overwrite)? {
-            refuse_other_settings(&config_path, &resolved)?;
+            refuse_other_settings(&config_path, saved, &resolved)?;
         }
         wgspin::spin::LAYOUT.claim(&self.out, wgspin::spin::CONFIG_FILE)?;
         fsutil::write_atomic(
@@ -240,11 +241,15 @@ impl SpinReporter {
 /// A rerun into the same --out continues the run there: it must have the same settings, or the
 /// iterations already done and the ones still to come would mix two runs. The decode batch may
 /// differ (per-request random streams make the responses independent of it).
-fn refuse_other_settings(path: &std::path::Path, now: &serde_json::Value) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
+fn refuse_other_settings(
+    path: &std::path::Path,
+    saved: Option<serde_json::Result<serde_json::Value>>,
+    now: &serde_json::Value,
+) -> Result<()> {
+    let Some(saved) = saved else {
         return Ok(());
     };
-    let mut saved: serde_json::Value = serde_json::from_str(&text)
+    let mut saved = saved
         .with_context(|| format!("{}: not valid JSON; move the folder aside", path.display()))?;
     let mut now = now.clone();
     for v in [&mut saved, &mut now] {

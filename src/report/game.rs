@@ -19,10 +19,8 @@ pub const MOVED: usize = 3;
 
 /// θ_{t+1}'s margin per held-out pair id, from `iter-T/eval_margins.jsonl`.
 fn margins(dir: &Path) -> HashMap<String, f64> {
-    let text =
-        std::fs::read_to_string(dir.join(crate::spin::EVAL_MARGINS_FILE)).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    super::plot::read_jsonl(&dir.join(crate::spin::EVAL_MARGINS_FILE))
+        .into_iter()
         .filter_map(|v| {
             Some((
                 v.get("id")?.as_str()?.to_string(),

@@ -13,6 +13,7 @@ use std::fmt::Write;
 
 use axis::{Ticks, integer_ticks, tick_label, ticks, wrap};
 use place::{along, least_covered, legend, text_width};
+pub(crate) use run::read_jsonl;
 pub use run::{report_for_run, run_panels};
 
 /// One named line: points (x, y), optionally with a shaded band around it.

@@ -8,7 +8,9 @@ use serde_json::Value;
 use super::{Panel, Series, svg};
 use crate::error::{Error, Result};
 
-fn read_jsonl(path: &Path) -> Vec<Value> {
+/// The rows of a JSON lines file a run wrote, skipping what does not parse (a torn last line);
+/// none when it is missing.
+pub(crate) fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()

@@ -3,8 +3,9 @@
 // For rows x [M, K] (M ≤ 16: one token per batch row) and a weight in Hugging Face layout
 // w [N, K] (each output's weights contiguous), computes
 //   y[m, n] = Σ_k x[m, k] · w[n, k]
-// With GATED (SwiGLU: w stacks the gate rows, then the up rows, [2N, K]) it computes instead
-//   y[m, n] = silu(g) · u,   g = Σ_k x[m, k] · w[n, k],   u = Σ_k x[m, k] · w[N + n, k]
+// With GATED (a gated MLP: w stacks the gate rows, then the up rows, [2N, K]) it computes instead
+//   y[m, n] = act(g) · u,   g = Σ_k x[m, k] · w[n, k],   u = Σ_k x[m, k] · w[N + n, k]
+// act = silu, or with GELU the tanh GELU (argument clamped to ±15, where tanh is ±1 in f32).
 // so the MLP's activation costs no launch and no [M, 2N] intermediate.
 // A decode step reads every weight once for a handful of rows, so the kernel is bound by the
 // weight's bytes, not by arithmetic; a tiled GEMM's 16- or 32-row tiles run mostly empty here.
@@ -18,7 +19,7 @@
 // workgroup are contiguous per row. Accumulation in f32.
 // Shapes are compile-time constants (a run decodes with fixed shapes, so a launch uploads
 // nothing): M {{ m }}, K {{ k }} (a multiple of 4; K4 = K / 4), N {{ n }}; COLS {{ cols }},
-// LANES {{ lanes }} (workgroup {{ wg }}), GATED {{ gated }}. Element type {{ elem }} (f32 or f16)
+// LANES {{ lanes }} (workgroup {{ wg }}), GATED {{ gated }}, GELU {{ gelu }}. Element type {{ elem }} (f32 or f16)
 // for x and w; y is {{ out }} ({{ elem }}, or f32 for logits: the sums are f32 already).
 //
 // Bindings (group 0), all read_write (cubecl sub-allocates tensors from shared buffers, and
@@ -39,6 +40,15 @@ const COLS: u32 = {{ cols }}u;
 const LANES: u32 = {{ lanes }}u;
 const WG: u32 = COLS * LANES;
 const GATED: bool = {{ gated }};
+const GELU: bool = {{ gelu }};
+
+fn act(g: f32) -> f32 {
+    if (GELU) {
+        let inner = clamp(0.7978846 * (g + 0.044715 * g * g * g), -15.0, 15.0);
+        return 0.5 * g * (1.0 + tanh(inner));
+    }
+    return g / (1.0 + exp(-g));
+}
 const UP: u32 = COLS * M * LANES; // where the up partials start in `partial`
 
 var<workgroup> partial: array<f32, {{ partial }}>; // COLS * M * LANES, twice with GATED
@@ -101,7 +111,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 for (var l = 0u; l < LANES; l++) {
                     u += partial[UP + at + l];
                 }
-                s = s / (1.0 + exp(-s)) * u;
+                s = act(s) * u;
             }
             y[r * N + first + c] = {{ out }}(s);
         }

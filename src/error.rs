@@ -28,11 +28,12 @@ pub enum Error {
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
 
-    #[error(
-        "{path}: unsupported model_type {model_type:?}; wgspin supports {}",
-        crate::hf::config::SUPPORTED_MODEL_TYPES.join(", ")
-    )]
-    UnsupportedModel { path: PathBuf, model_type: String },
+    #[error("{path}: unsupported model_type {model_type:?}; wgspin supports {supported}")]
+    UnsupportedModel {
+        path: PathBuf,
+        model_type: String,
+        supported: String,
+    },
 
     #[error(
         "{path}: refusing to load pickle weights (.bin/.pt/.pth files can run arbitrary code when loaded). \

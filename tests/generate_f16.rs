@@ -97,7 +97,6 @@ fn teacher_forced_logits(bundle: &ModelBundle, prompt: &[u32], tokens: &[u32]) -
         let step = cache.step(
             &ids_tensor(&[pos as u32], &device),
             (pos + 1).next_multiple_of(LEN_BUCKET),
-            model.window,
         );
         let logits = model.decode_step(&weights, ids_tensor(&[t], &device), &step, &mut cache);
         assert_eq!(logits.dtype(), DType::F32, "logits leave the step in f32");

@@ -254,10 +254,15 @@ fn export_gguf_round_trips_through_the_reader() {
             // eps, stored as f32, reads back as the decimal config.json states.
             let mut want = cfg.clone();
             want.torch_dtype = "float32".into();
-            want.window = wgspin::hf::config::AttentionWindow::Full;
-            if want.arch == wgspin::hf::config::Arch::Mistral {
-                want.arch = wgspin::hf::config::Arch::Llama;
-            }
+            // GGUF records no sliding window (every layer full, with the model's RoPE), and
+            // llama.cpp's `llama` reads back as the llama family.
+            let gguf = cfg.family.gguf.unwrap().name;
+            want.family = wgspin::hf::arch::by_gguf_arch(gguf).unwrap();
+            want.attention = vec![wgspin::hf::config::AttentionKind {
+                window: wgspin::hf::config::AttentionWindow::Full,
+                rope: cfg.rope.clone(),
+            }];
+            want.layer_kinds = vec![0; cfg.num_layers];
             assert_eq!(g.config, want, "{name} {dtype:?}: config");
             for n in files.tensor_names() {
                 let a = files.read_tensor(&n).unwrap();

@@ -153,7 +153,8 @@ fn kernel_twin_and_host_reference_agree() {
                 .reshape([1, attend])
                 .expand([b, attend]);
             let mask = decode_mask(&pt, columns, window);
-            let twin = decode_attention_twin(qt.clone(), kt.clone(), vt.clone(), mask);
+            let scale = 1.0 / (d as f32).sqrt();
+            let twin = decode_attention_twin(qt.clone(), kt.clone(), vt.clone(), mask, scale);
             let twin = floats(twin);
             let label = format!(
                 "{} b={b} h={h} hkv={hkv} c={c} d={d} w={window}",
@@ -164,13 +165,21 @@ fn kernel_twin_and_host_reference_agree() {
                 assert!(!dev.is_gpu, "{label}: the kernel must run on wgpu");
                 continue;
             }
-            let got = decode_attention(qt.clone(), kt.clone(), vt.clone(), pt.clone(), window);
+            let got = decode_attention(
+                qt.clone(),
+                kt.clone(),
+                vt.clone(),
+                pt.clone(),
+                window,
+                scale,
+            );
             assert_eq!(got.dtype(), DType::F32);
             let got = floats(got);
             assert_close(&format!("{label} kernel"), &got, &want, 1e-5);
             if wgspin::kernels::logprobs::f16_kernel_available(device) {
                 let half = |t: Tensor<4>| t.cast(DType::F16);
-                let got = decode_attention(qt.cast(DType::F16), half(kt), half(vt), pt, window);
+                let got =
+                    decode_attention(qt.cast(DType::F16), half(kt), half(vt), pt, window, scale);
                 assert_eq!(got.dtype(), DType::F16, "{label}: f16 in, f16 out");
                 let got = floats(got.cast(DType::F32));
                 // Against the reference on the same f16-rounded inputs: f32 arithmetic, then

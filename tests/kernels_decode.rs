@@ -175,7 +175,7 @@ fn rows_matmul_matches_host_reference_and_twin() {
     use burn::tensor::DType;
     use wgspin::kernels::logprobs::f16_kernel_available;
     use wgspin::kernels::rows_matmul::{
-        COLS, RowsPath, rows_matmul_f32, rows_matmul_twin, rows_path, rows_swiglu, rows_swiglu_twin,
+        COLS, RowsPath, rows_gated, rows_gated_twin, rows_matmul_f32, rows_matmul_twin, rows_path,
     };
     let mut rng = Rng(43);
     set_poison_outputs(true);
@@ -235,24 +235,33 @@ fn rows_matmul_matches_host_reference_and_twin() {
                 let twin = rows_matmul_twin(xt.clone(), wt.clone());
                 assert_close(&format!("{label} twin"), &floats(twin), &want, tol);
             }
-            // SwiGLU over the same weight read as gate rows then up rows (n even).
-            if n % 2 == 0 {
+            // The gated MLP (SiLU, then GELU-tanh) over the same weight read as gate rows then
+            // up rows (n even), against float64.
+            for gelu in [false, true].into_iter().filter(|_| n % 2 == 0) {
                 let half_n = n / 2;
+                let act = |g: f64| {
+                    if gelu {
+                        let c = (2.0 / std::f64::consts::PI).sqrt();
+                        0.5 * g * (1.0 + (c * (g + 0.044715 * g * g * g)).tanh())
+                    } else {
+                        g / (1.0 + (-g).exp())
+                    }
+                };
                 let gated: Vec<f64> = (0..m * half_n)
                     .map(|i| {
                         let (r, j) = (i / half_n, i % half_n);
-                        let (g, u) = (want[r * n + j], want[r * n + half_n + j]);
-                        g / (1.0 + (-g).exp()) * u
+                        act(want[r * n + j]) * want[r * n + half_n + j]
                     })
                     .collect();
-                let got = rows_swiglu(xt.clone(), wt.clone());
+                let got = rows_gated(xt.clone(), wt.clone(), gelu);
                 assert_eq!(got.dims(), [m, half_n]);
                 // The product of two dots: relative error of either carries over.
                 let tol = 4e-5 * (k as f64).sqrt();
-                assert_close(&format!("{label} swiglu"), &floats(got), &gated, tol);
+                let label = format!("{label} gated gelu={gelu}");
+                assert_close(&label, &floats(got), &gated, tol);
                 if !dev.is_gpu {
-                    let twin = rows_swiglu_twin(xt.clone(), wt.clone());
-                    assert_close(&format!("{label} swiglu twin"), &floats(twin), &gated, tol);
+                    let twin = rows_gated_twin(xt.clone(), wt.clone(), gelu);
+                    assert_close(&format!("{label} twin"), &floats(twin), &gated, tol);
                 }
             }
             if dev.is_gpu && f16_kernel_available(device) {
@@ -315,6 +324,7 @@ fn add_rms_norm_matches_host_reference_and_twin() {
             let twin = RmsNorm {
                 weight: Param::from_tensor(wt),
                 eps,
+                offset: 0.0,
             };
             let y = twin.forward(t2(&x) + t2(&r));
             assert_close(&format!("{label} twin y"), &floats(y), &norm(&h), 1e-5);

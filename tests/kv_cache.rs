@@ -62,7 +62,7 @@ fn cached_decoding_equals_full_forward_at_every_step() {
             let pos_t = ids_tensor(&pos, &dev.device);
             // An attended length past the longest row: extra columns must be masked.
             let attend = longest + step + 1 + 5;
-            let s = cache.step(&pos_t, attend, model.window);
+            let s = cache.step(&pos_t, attend);
             let logits =
                 model.decode_step(&weights, ids_tensor(&tokens, &dev.device), &s, &mut cache);
             let (dims, got) = to_vec(logits);

@@ -1,5 +1,5 @@
 //! Round trip into transformers and PEFT: checkpoints and LoRA adapters that wgspin trained
-//! (llama and qwen2 fixtures, an epoch of SFT at a high learning rate so the weights are its own)
+//! (llama, qwen2, qwen3 and gemma3 fixtures, an epoch of SFT at a high learning rate so the weights are its own)
 //! load with `AutoModelForCausalLM.from_pretrained` / `PeftModel.from_pretrained` and give the
 //! log-probs and greedy tokens wgspin computes (`tests/transformers_eval.py`, float32, eager
 //! attention). Both sides compute in f32 from the same stored weights; only the order of
@@ -38,7 +38,12 @@ fn transformers_and_peft_load_trained_checkpoints_and_adapters_with_wgspins_numb
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("pairs.jsonl");
     write_pairs(&data);
-    for model in ["tiny-llama-bf16", "tiny-qwen2-f32"] {
+    for model in [
+        "tiny-llama-bf16",
+        "tiny-qwen2-f32",
+        "tiny-qwen3-bf16",
+        "tiny-gemma3-bf16",
+    ] {
         let tok = wgspin::hf::tokenizer::ChatTokenizer::from_dir(&fixture(model), &[]).unwrap();
         let mut ids = tok.prompt_ids("Name a fruit that is yellow.").unwrap();
         let prompt_len = ids.len();

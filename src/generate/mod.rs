@@ -393,7 +393,7 @@ pub fn generate_observed(
         for _ in 0..budget {
             let longest = rows.iter().flatten().map(|r| r.next_pos).max().unwrap_or(0);
             let attend = (longest + 1).next_multiple_of(LEN_BUCKET);
-            let step = cache.step(pos, attend, model.window);
+            let step = cache.step(pos, attend);
             let logits = model.decode_step(&weights, tokens.clone(), &step, &mut cache);
             let (out, next) = smp.draw(logits)?; // [slots, 2], [slots]
             *tokens = next;

@@ -1,4 +1,5 @@
-//! GGUF models in and out (llama.cpp's single-file format, architectures `llama` and `qwen2`).
+//! GGUF models in and out (llama.cpp's single-file format; the architectures of the families in
+//! `hf/arch/` that name one: `llama`, `qwen2`, `qwen3`).
 //!
 //! Reading turns a GGUF file into exactly what a Hugging Face folder holds: a `config.json`
 //! document (resolved by the same [`HfConfig`] code as a folder), `generation_config.json`,
@@ -28,9 +29,6 @@ use crate::hf::source::TensorMap;
 use crate::hf::weights::{HostTensor, StoredDtype};
 use dequant::GgmlType;
 use reader::{GgufFile, MetaValue};
-
-/// `general.architecture` values wgspin reads.
-pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2"];
 
 /// Custom metadata keys under which `export-gguf` records Llama 3.1 RoPE parameters (llama.cpp
 /// itself only reads the `rope_freqs.weight` factors they produce, and ignores these keys).
@@ -163,12 +161,12 @@ fn rope_scaling(g: &GgufFile, arch: &str, theta: f64, head_dim: usize) -> Result
 /// The `config.json` and `generation_config.json` documents of a GGUF model.
 pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value, Value)> {
     let arch = g.require("general.architecture", |v| v.as_str().map(str::to_string))?;
-    if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
+    let Some(family) = crate::hf::arch::by_gguf_arch(&arch) else {
         return Err(g.gguf_error(format!(
             "architecture {arch:?} is not supported (supported: {})",
-            SUPPORTED_ARCHS.join(", ")
+            crate::hf::arch::supported_gguf_archs()
         )));
-    }
+    };
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = need_usize(g, &key("embedding_length"))?;
     let heads = need_usize(g, &key("attention.head_count"))?;
@@ -207,8 +205,8 @@ pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value
     let tied = g.tensor(names::OUTPUT).is_none();
     let bias = g.tensor("blk.0.attn_q.bias").is_some();
     let mut config = json!({
-        "architectures": [if arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-        "model_type": arch,
+        "architectures": [family.class],
+        "model_type": family.model_type,
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": need_usize(g, &key("feed_forward_length"))?,
@@ -227,12 +225,11 @@ pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value
         "pad_token_id": tok.pad_token_id,
         "torch_dtype": "float32",
     });
-    if arch == "llama" {
-        config["attention_bias"] = json!(bias);
-        config["mlp_bias"] = json!(false);
-    } else {
-        config["use_sliding_window"] = json!(false);
-    }
+    // Families that read them take biases from `attention_bias` (Qwen2's q/k/v biases are
+    // always there); llama.cpp records no sliding window for these architectures.
+    config["attention_bias"] = json!(bias);
+    config["mlp_bias"] = json!(false);
+    config["use_sliding_window"] = json!(false);
     let mut eos: Vec<u32> = tok.eos_token_id.into_iter().collect();
     // An end-of-turn token (Llama 3's <|eot_id|>) also ends generation.
     if let Some(eot) = g.optional("tokenizer.ggml.eot_token_id", MetaValue::as_u64)?
@@ -251,7 +248,7 @@ pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value
 
 /// Dequantizes every tensor to f32 under its Hugging Face name (q/k rows un-permuted for `llama`).
 pub fn hf_tensors(g: &GgufFile, cfg: &ModelConfig) -> Result<TensorMap> {
-    let permute = cfg.arch.model_type() == "llama";
+    let permute = cfg.family.gguf.is_some_and(|g| g.permute_qk);
     let mut tensors = BTreeMap::new();
     for info in &g.tensors {
         if info.name == names::ROPE_FREQS {
@@ -260,7 +257,7 @@ pub fn hf_tensors(g: &GgufFile, cfg: &ModelConfig) -> Result<TensorMap> {
         let resolved = names::from_gguf(&info.name).ok_or_else(|| Error::Tensor {
             path: g.path.clone(),
             name: info.name.clone(),
-            message: format!("unknown tensor for a {} GGUF model", cfg.arch.model_type()),
+            message: format!("unknown tensor for a {} GGUF model", cfg.family.model_type),
         })?;
         let shape = info.shape();
         let mut data = g.dequantize(info);

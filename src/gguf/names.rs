@@ -13,6 +13,8 @@ pub const ROPE_FREQS: &str = "rope_freqs.weight";
 const LAYER_TENSORS: &[(LayerTensor, &str)] = &[
     (LayerTensor::InputNorm, "attn_norm.weight"),
     (LayerTensor::PostAttentionNorm, "ffn_norm.weight"),
+    (LayerTensor::QNorm, "attn_q_norm.weight"),
+    (LayerTensor::KNorm, "attn_k_norm.weight"),
     (LayerTensor::Q, "attn_q.weight"),
     (LayerTensor::K, "attn_k.weight"),
     (LayerTensor::V, "attn_v.weight"),

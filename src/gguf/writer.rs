@@ -16,7 +16,7 @@ use super::tokenizer::{
     LLAMA3_REGEX, QWEN2_REGEX, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED,
 };
 use crate::error::{Error, Result};
-use crate::hf::config::{Arch, ModelConfig, RopeScaling};
+use crate::hf::config::{ModelConfig, RopeScaling};
 use crate::hf::names as hf_names;
 use crate::hf::source::TensorSource;
 use crate::hf::weights::WeightFiles;
@@ -380,11 +380,19 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
     let cfg = ModelConfig::from_dir(dir)?;
     let files = WeightFiles::open_dir(dir)?;
     loader::validate(&cfg, &files)?;
-    let arch = match cfg.arch {
-        // Mistral is Llama in llama.cpp (its sliding window is not recorded, as llama.cpp does).
-        Arch::Llama | Arch::Mistral => "llama",
-        Arch::Qwen2 => "qwen2",
+    // Mistral is Llama in llama.cpp (its sliding window is not recorded, as llama.cpp does).
+    let Some(gguf_arch) = cfg.family.gguf else {
+        return Err(Error::Config {
+            path: dir.join("config.json"),
+            message: format!(
+                "export-gguf does not write {} models yet (it writes {}); run the model with \
+                 `wgspin generate` or convert it with llama.cpp's convert_hf_to_gguf.py",
+                cfg.family.model_type,
+                crate::hf::arch::supported_gguf_archs()
+            ),
+        });
     };
+    let arch = gguf_arch.name;
     let mut w = GgufWriter::new();
     let key = |k: &str| format!("{arch}.{k}");
     let u32_of = |v: usize| MetaValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
@@ -463,7 +471,7 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
         })?;
         let t = files.read_tensor(&hf_name)?;
         let mut data = t.data;
-        if arch == "llama"
+        if gguf_arch.permute_qk
             && let Some(heads) = names::permuted_heads(r, cfg.num_heads, cfg.num_kv_heads)
         {
             data =

@@ -12,26 +12,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// Values of `model_type` that wgspin runs.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
-
-/// Architecture family; they share one decoder and differ in biases and defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Llama,
-    Mistral,
-    Qwen2,
-}
-
-impl Arch {
-    pub fn model_type(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Mistral => "mistral",
-            Arch::Qwen2 => "qwen2",
-        }
-    }
-}
+use super::arch::LayerType;
+pub use super::arch::{Activation, Family, NormKind};
 
 /// How RoPE frequencies are rescaled for long contexts.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,10 +47,18 @@ pub enum AttentionWindow {
     Sliding(usize),
 }
 
+/// One kind of attention layer: which keys a query sees and how positions rotate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionKind {
+    pub window: AttentionWindow,
+    pub rope: RopeConfig,
+}
+
 /// Resolved model configuration: every value the model needs, no defaults left to guess.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
-    pub arch: Arch,
+    /// The family file this config resolved through (`hf/arch/`).
+    pub family: &'static Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -79,14 +69,29 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f64,
+    /// RoPE of the full-attention layers (what GGUF records as the model's).
     pub rope: RopeConfig,
     pub tie_word_embeddings: bool,
-    /// Biases on the q, k and v projections (always on for Qwen2, `attention_bias` for Llama).
+    /// Biases on the q, k and v projections.
     pub qkv_bias: bool,
-    /// Bias on the output projection (`attention_bias` for Llama; never for Qwen2).
+    /// Bias on the output projection.
     pub o_bias: bool,
     pub mlp_bias: bool,
-    pub window: AttentionWindow,
+    pub norm: NormKind,
+    pub activation: Activation,
+    /// An RMSNorm over each head's q and k before RoPE.
+    pub qk_norm: bool,
+    /// Norms after attention and after the MLP too (`post_attention_layernorm` then normalises
+    /// the attention output, and `pre_`/`post_feedforward_layernorm` wrap the MLP).
+    pub sandwich_norms: bool,
+    /// Factor on the embeddings (Gemma: √hidden_size).
+    pub embed_scale: Option<f32>,
+    /// Factor on attention scores (`head_dim^-0.5` unless the family says otherwise).
+    pub attn_scale: f32,
+    /// The distinct kinds of attention layer (one for most models; full and sliding for Gemma 3).
+    pub attention: Vec<AttentionKind>,
+    /// Per layer: its index into `attention`.
+    pub layer_kinds: Vec<usize>,
     /// Token ids that end a response (config.json and generation_config.json together).
     pub eos_token_ids: Vec<u32>,
     /// `torch_dtype` / `dtype` as written in config.json (`"float32"` when absent).
@@ -110,14 +115,13 @@ pub struct HfConfig {
     pub rope_scaling: Option<Value>,
     pub rope_parameters: Option<Value>,
     pub tie_word_embeddings: Option<bool>,
-    pub attention_bias: Option<bool>,
-    pub mlp_bias: Option<bool>,
-    pub hidden_act: Option<String>,
-    pub sliding_window: Option<Value>,
-    pub use_sliding_window: Option<bool>,
+    pub layer_types: Option<Vec<String>>,
     pub eos_token_id: Option<Value>,
     pub torch_dtype: Option<String>,
     pub dtype: Option<String>,
+    /// Every other key: what the family files read (`attention_bias`, `sliding_window`, …).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 /// Reads token ids written as an int, a list of ints or null.
@@ -159,24 +163,25 @@ impl HfConfig {
             .model_type
             .clone()
             .ok_or_else(|| err("missing `model_type`".into()))?;
-        let arch = match model_type.as_str() {
-            "llama" => Arch::Llama,
-            "mistral" => Arch::Mistral,
-            "qwen2" => Arch::Qwen2,
-            _ => {
-                return Err(Error::UnsupportedModel {
-                    path: path.to_path_buf(),
-                    model_type,
-                });
-            }
+        let Some(family) = super::arch::by_model_type(&model_type) else {
+            return Err(Error::UnsupportedModel {
+                path: path.to_path_buf(),
+                model_type,
+                supported: super::arch::supported_model_types(),
+            });
         };
-        if let Some(act) = &self.hidden_act
-            && act != "silu"
-        {
-            return Err(err(format!(
-                "hidden_act {act:?} is not supported (wgspin's SwiGLU MLP uses silu)"
-            )));
+        self.check_types(&err)?;
+        for (key, what) in family.refused {
+            match self.extra.get(*key) {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+                Some(v) => {
+                    return Err(err(format!(
+                        "`{key}` = {v}: {what} is not supported by wgspin; a {model_type} model needs it null"
+                    )));
+                }
+            }
         }
+        let activation = self.activation(family, &err)?;
         let hidden_size = need(self.hidden_size, "hidden_size")?;
         let num_heads = need(self.num_attention_heads, "num_attention_heads")?;
         let num_kv_heads = self.num_key_value_heads.unwrap_or(num_heads);
@@ -199,17 +204,8 @@ impl HfConfig {
         if head_dim % 2 != 0 {
             return Err(err(format!("head_dim ({head_dim}) must be even for RoPE")));
         }
-        let rope = self.rope(&err)?;
-        let window = match (arch, &self.sliding_window, self.use_sliding_window) {
-            // Qwen2 ships a sliding_window value but only uses it when use_sliding_window is true.
-            (Arch::Qwen2, _, Some(false) | None) => AttentionWindow::Full,
-            (_, Some(Value::Number(n)), _) => match n.as_u64() {
-                Some(w) if w > 0 => AttentionWindow::Sliding(w as usize),
-                _ => return Err(err(format!("invalid sliding_window {n}"))),
-            },
-            (_, None | Some(Value::Null), _) => AttentionWindow::Full,
-            (_, Some(v), _) => return Err(err(format!("invalid sliding_window {v}"))),
-        };
+        let num_layers = need(self.num_hidden_layers, "num_hidden_layers")?;
+        let (attention, layer_kinds) = self.attention(family, num_layers, &err)?;
         let mut eos_token_ids = match &self.eos_token_id {
             Some(v) => token_ids(v).ok_or_else(|| {
                 err(format!(
@@ -231,19 +227,30 @@ impl HfConfig {
         }
         // A zero, negative or NaN epsilon divides by zero in RMSNorm for some rows: every
         // log-prob NaN, every generation empty.
-        let rms_norm_eps = self.rms_norm_eps.unwrap_or(1e-6);
+        let rms_norm_eps = self.rms_norm_eps.unwrap_or(family.default_eps);
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
             return Err(err(format!(
                 "rms_norm_eps must be a positive number, got {rms_norm_eps}"
             )));
         }
-        let attention_bias = self.attention_bias.unwrap_or(false);
+        let attn_scale = match family.attn_scale_key {
+            Some(key) => match self.extra.get(key) {
+                None | Some(Value::Null) => 1.0 / (head_dim as f64).sqrt(),
+                Some(v) => match v.as_f64() {
+                    Some(x) if x.is_finite() && x > 0.0 => 1.0 / x.sqrt(),
+                    _ => return Err(err(format!("`{key}` must be a positive number, got {v}"))),
+                },
+            },
+            None => 1.0 / (head_dim as f64).sqrt(),
+        } as f32;
+        let biases = (family.biases)(self);
+        let rope = self.rope(LayerType::Full, family, &err)?;
         Ok(ModelConfig {
-            arch,
+            family,
             vocab_size,
             hidden_size,
             intermediate_size: need(self.intermediate_size, "intermediate_size")?,
-            num_layers: need(self.num_hidden_layers, "num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -251,10 +258,17 @@ impl HfConfig {
             rms_norm_eps,
             rope,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
-            qkv_bias: arch == Arch::Qwen2 || attention_bias,
-            o_bias: arch != Arch::Qwen2 && attention_bias,
-            mlp_bias: arch != Arch::Qwen2 && self.mlp_bias.unwrap_or(false),
-            window,
+            qkv_bias: biases.qkv,
+            o_bias: biases.o,
+            mlp_bias: biases.mlp,
+            norm: family.norm,
+            activation,
+            qk_norm: family.qk_norm,
+            sandwich_norms: family.sandwich_norms,
+            embed_scale: family.embed_scale.then(|| (hidden_size as f32).sqrt()),
+            attn_scale,
+            attention,
+            layer_kinds,
             eos_token_ids,
             torch_dtype: self
                 .dtype
@@ -264,57 +278,208 @@ impl HfConfig {
         })
     }
 
-    fn rope(&self, err: &dyn Fn(String) -> Error) -> Result<RopeConfig> {
-        // transformers 5 folds rope_theta into rope_parameters; older files keep it top-level.
-        let params = match (&self.rope_parameters, &self.rope_scaling) {
-            (Some(Value::Object(p)), _) => Some(p.clone()),
-            (_, Some(Value::Object(p))) => Some(p.clone()),
-            (None | Some(Value::Null), None | Some(Value::Null)) => None,
-            (Some(v), _) | (_, Some(v)) => {
-                return Err(err(format!(
+    /// The flags the family files read as `bool` are `bool` (or null) when written.
+    fn check_types(&self, err: &dyn Fn(String) -> Error) -> Result<()> {
+        for key in ["attention_bias", "mlp_bias", "use_sliding_window"] {
+            match self.extra.get(key) {
+                None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+                Some(v) => return Err(err(format!("`{key}` must be true or false, got {v}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn activation(&self, family: &Family, err: &dyn Fn(String) -> Error) -> Result<Activation> {
+        let Some((key, value)) = family
+            .activation_keys
+            .iter()
+            .find_map(|k| self.extra.get(*k).filter(|v| !v.is_null()).map(|v| (k, v)))
+        else {
+            return Ok(family.default_activation);
+        };
+        value.as_str().and_then(Activation::from_hf).ok_or_else(|| {
+            err(format!(
+                "{key} {value} is not supported (wgspin's gated MLP runs silu or gelu_pytorch_tanh)"
+            ))
+        })
+    }
+
+    /// The distinct attention kinds and each layer's index into them.
+    fn attention(
+        &self,
+        family: &Family,
+        layers: usize,
+        err: &dyn Fn(String) -> Error,
+    ) -> Result<(Vec<AttentionKind>, Vec<usize>)> {
+        let types = match &self.layer_types {
+            Some(names) => {
+                if names.len() != layers {
+                    return Err(err(format!(
+                        "layer_types has {} entries but num_hidden_layers is {layers}",
+                        names.len()
+                    )));
+                }
+                names
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "full_attention" => Ok(LayerType::Full),
+                        "sliding_attention" => Ok(LayerType::Sliding),
+                        other => Err(err(format!(
+                            "layer_types entry {other:?} is not supported (full_attention, sliding_attention)"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            None => (family.layer_types)(self, layers).unwrap_or(vec![LayerType::Full; layers]),
+        };
+        let window = match (family.sliding_window)(self) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(w) if w > 0 => Some(w as usize),
+                _ => return Err(err(format!("invalid sliding_window {n}"))),
+            },
+            Some(v) => return Err(err(format!("invalid sliding_window {v}"))),
+        };
+        let full = AttentionKind {
+            window: AttentionWindow::Full,
+            rope: self.rope(LayerType::Full, family, err)?,
+        };
+        let sliding = match window {
+            Some(w) => AttentionKind {
+                window: AttentionWindow::Sliding(w),
+                rope: self.rope(LayerType::Sliding, family, err)?,
+            },
+            // A sliding layer without a window sees everything (transformers does the same).
+            None => full.clone(),
+        };
+        let mut kinds: Vec<AttentionKind> = vec![];
+        let mut index = vec![];
+        for t in types {
+            let kind = if t == LayerType::Full {
+                &full
+            } else {
+                &sliding
+            };
+            let i = match kinds.iter().position(|k| k == kind) {
+                Some(i) => i,
+                None => {
+                    kinds.push(kind.clone());
+                    kinds.len() - 1
+                }
+            };
+            index.push(i);
+        }
+        Ok((kinds, index))
+    }
+
+    /// The RoPE of one layer kind. transformers 5 writes `rope_parameters` flat or, for families
+    /// whose layer kinds differ, keyed by layer type; older files keep `rope_theta` top-level and
+    /// the scaling in `rope_scaling` (which then applies to full layers only where the family has
+    /// a local base, as Gemma 3's `rope_local_base_freq`).
+    fn rope(
+        &self,
+        kind: LayerType,
+        family: &Family,
+        err: &dyn Fn(String) -> Error,
+    ) -> Result<RopeConfig> {
+        let kind_key = match kind {
+            LayerType::Full => "full_attention",
+            LayerType::Sliding => "sliding_attention",
+        };
+        let object = |v: &Value| -> Result<Option<serde_json::Map<String, Value>>> {
+            match v {
+                Value::Object(p) => Ok(Some(p.clone())),
+                Value::Null => Ok(None),
+                v => Err(err(format!(
                     "rope_parameters / rope_scaling must be an object, got {v}"
-                )));
+                ))),
             }
         };
+        let mut params = match &self.rope_parameters {
+            Some(v) => object(v)?,
+            None => None,
+        };
+        if let Some(p) = &params
+            && p.values().all(Value::is_object)
+            && !p.is_empty()
+        {
+            params = match p.get(kind_key) {
+                Some(v) => object(v)?,
+                None => {
+                    return Err(err(format!(
+                        "rope_parameters has no entry for {kind_key} (it has {:?})",
+                        p.keys().collect::<Vec<_>>()
+                    )));
+                }
+            };
+        } else if params.is_none() {
+            let local = kind == LayerType::Sliding && family.local_rope_base_key.is_some();
+            if let Some(key) = family.local_rope_base_key.filter(|_| local) {
+                let theta = match self.extra.get(key) {
+                    None | Some(Value::Null) => 10000.0,
+                    Some(v) => v
+                        .as_f64()
+                        .ok_or_else(|| err(format!("`{key}` must be a number, got {v}")))?,
+                };
+                return checked_rope(theta, serde_json::Map::new(), err);
+            }
+            params = match &self.rope_scaling {
+                Some(v) => object(v)?,
+                None => None,
+            };
+        }
         let params = params.unwrap_or_default();
-        let get = |key: &str| params.get(key).and_then(Value::as_f64);
-        let theta = get("rope_theta").or(self.rope_theta).unwrap_or(10000.0);
-        if !(theta.is_finite() && theta > 0.0) {
+        let theta = params
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .or(self.rope_theta)
+            .unwrap_or(10000.0);
+        checked_rope(theta, params, err)
+    }
+}
+
+/// The RoPE of `params` (the scaling keys) with base `theta`, checked.
+fn checked_rope(
+    theta: f64,
+    params: serde_json::Map<String, Value>,
+    err: &dyn Fn(String) -> Error,
+) -> Result<RopeConfig> {
+    let get = |key: &str| params.get(key).and_then(Value::as_f64);
+    if !(theta.is_finite() && theta > 0.0) {
+        return Err(err(format!(
+            "rope_theta must be a positive number, got {theta}"
+        )));
+    }
+    if let Some(f) = get("partial_rotary_factor")
+        && f != 1.0
+    {
+        return Err(err(format!("partial_rotary_factor {f} is not supported")));
+    }
+    let kind = params
+        .get("rope_type")
+        .or_else(|| params.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let factor =
+        |name: &str| get(name).ok_or_else(|| err(format!("RoPE type {kind:?} needs `{name}`")));
+    let scaling = match kind {
+        "default" => RopeScaling::Default,
+        "linear" => RopeScaling::Linear {
+            factor: factor("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: factor("factor")?,
+            low_freq_factor: factor("low_freq_factor")?,
+            high_freq_factor: factor("high_freq_factor")?,
+            original_max_position_embeddings: factor("original_max_position_embeddings")?,
+        },
+        other => {
             return Err(err(format!(
-                "rope_theta must be a positive number, got {theta}"
+                "RoPE type {other:?} is not supported (supported: default, linear, llama3)"
             )));
         }
-        if let Some(f) = get("partial_rotary_factor")
-            && f != 1.0
-        {
-            return Err(err(format!("partial_rotary_factor {f} is not supported")));
-        }
-        let kind = params
-            .get("rope_type")
-            .or_else(|| params.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        let factor =
-            |name: &str| get(name).ok_or_else(|| err(format!("RoPE type {kind:?} needs `{name}`")));
-        let scaling = match kind {
-            "default" => RopeScaling::Default,
-            "linear" => RopeScaling::Linear {
-                factor: factor("factor")?,
-            },
-            "llama3" => RopeScaling::Llama3 {
-                factor: factor("factor")?,
-                low_freq_factor: factor("low_freq_factor")?,
-                high_freq_factor: factor("high_freq_factor")?,
-                original_max_position_embeddings: factor("original_max_position_embeddings")?,
-            },
-            other => {
-                return Err(err(format!(
-                    "RoPE type {other:?} is not supported (supported: default, linear, llama3)"
-                )));
-            }
-        };
-        Ok(RopeConfig { theta, scaling })
-    }
+    };
+    Ok(RopeConfig { theta, scaling })
 }
 
 impl ModelConfig {
@@ -343,6 +508,19 @@ impl ModelConfig {
     /// Number of query heads sharing one key/value head.
     pub fn group_size(&self) -> usize {
         self.num_heads / self.num_kv_heads
+    }
+
+    /// The sliding window of the sliding layers, if any layer slides.
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.attention.iter().find_map(|k| match k.window {
+            AttentionWindow::Sliding(w) => Some(w),
+            AttentionWindow::Full => None,
+        })
+    }
+
+    /// Layer `l`'s attention kind.
+    pub fn layer_attention(&self, l: usize) -> &AttentionKind {
+        &self.attention[self.layer_kinds[l]]
     }
 }
 
@@ -386,7 +564,7 @@ mod tests {
         assert!(matches!(c.rope.scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
         assert_eq!((c.num_kv_heads, c.head_dim, c.group_size()), (1, 6, 2));
         assert!(c.qkv_bias && !c.o_bias);
-        assert_eq!(c.window, AttentionWindow::Full);
+        assert_eq!(c.sliding_window(), None);
         assert_eq!(c.eos_token_ids, vec![7]);
     }
 
@@ -396,7 +574,7 @@ mod tests {
             r#"{{"model_type": "mistral", {BASE}, "sliding_window": 4096}}"#
         ))
         .unwrap();
-        assert_eq!(c.window, AttentionWindow::Sliding(4096));
+        assert_eq!(c.sliding_window(), Some(4096));
     }
 
     #[test]
@@ -415,9 +593,92 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("gpt2") && e.contains("llama, mistral, qwen2"),
+            e.contains("gpt2") && e.contains("llama, mistral, qwen2, qwen3, gemma3_text"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn gemma3_old_style_config_resolves_its_layer_kinds() {
+        // transformers 4.5x layout: a pattern instead of layer_types, the local base on its own key,
+        // and rope_scaling that applies to the full layers only.
+        let c = resolve(&format!(
+            r#"{{"model_type": "gemma3_text", {BASE}, "sliding_window": 4, "sliding_window_pattern": 3,
+                "rope_theta": 1e6, "rope_local_base_freq": 1e4, "query_pre_attn_scalar": 16,
+                "rope_scaling": {{"rope_type": "linear", "factor": 8.0}}}}"#
+        ))
+        .unwrap();
+        let kinds: Vec<_> = (0..c.num_layers)
+            .map(|l| c.layer_attention(l).clone())
+            .collect();
+        assert_eq!(kinds.len(), 1);
+        assert_eq!(kinds[0].window, AttentionWindow::Sliding(4));
+        assert_eq!(kinds[0].rope.theta, 1e4);
+        assert_eq!(kinds[0].rope.scaling, RopeScaling::Default);
+        assert_eq!(c.rope.theta, 1e6);
+        assert_eq!(c.rope.scaling, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(c.attn_scale, 0.25);
+        assert_eq!(c.embed_scale, Some(8f32.sqrt()));
+        assert_eq!(c.activation, Activation::GeluTanh);
+        assert!(c.qk_norm && c.sandwich_norms && c.norm == NormKind::OffsetScale);
+    }
+
+    #[test]
+    fn gemma3_pattern_makes_every_nth_layer_full() {
+        let c = resolve(
+            r#"{"model_type": "gemma3_text", "vocab_size": 10, "hidden_size": 8,
+                "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 7,
+                "sliding_window": 4, "sliding_window_pattern": 3}"#,
+        )
+        .unwrap();
+        let full: Vec<bool> = (0..7)
+            .map(|l| c.layer_attention(l).window == AttentionWindow::Full)
+            .collect();
+        assert_eq!(full, [false, false, true, false, false, true, false]);
+    }
+
+    #[test]
+    fn options_wgspin_lacks_are_refused_by_name() {
+        for (json, key) in [
+            (
+                r#""model_type": "gemma3_text", "final_logit_softcapping": 30.0"#,
+                "final_logit_softcapping",
+            ),
+            (
+                r#""model_type": "gemma3_text", "attn_logit_softcapping": 50.0"#,
+                "attn_logit_softcapping",
+            ),
+            (
+                r#""model_type": "llama", "hidden_act": "relu""#,
+                "hidden_act",
+            ),
+            (
+                r#""model_type": "qwen3", "layer_types": ["chunked_attention"]"#,
+                "chunked_attention",
+            ),
+        ] {
+            let e = resolve(&format!("{{{json}, {BASE}}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let e = resolve(&format!(r#"{{"model_type": "qwen3_moe", {BASE}}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("qwen3_moe") && e.contains("gemma3_text"), "{e}");
+    }
+
+    #[test]
+    fn qwen3_has_qk_norms_and_no_qkv_bias() {
+        let c = resolve(&format!(
+            r#"{{"model_type": "qwen3", {BASE}, "head_dim": 6, "sliding_window": 4096,
+                "use_sliding_window": false}}"#
+        ))
+        .unwrap();
+        assert!(c.qk_norm && !c.qkv_bias && !c.o_bias && !c.sandwich_norms);
+        assert_eq!((c.head_dim, c.sliding_window()), (6, None));
+        // As transformers: head_dim ** -0.5 in double, rounded once to f32.
+        assert_eq!(c.attn_scale, (1.0 / 6f64.sqrt()) as f32);
     }
 
     #[test]

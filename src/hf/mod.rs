@@ -3,6 +3,7 @@
 //! template, checkpoints that `transformers` loads, PEFT LoRA adapters, and the bundle of all of them on a device.
 
 pub mod adapter;
+pub mod arch;
 pub mod bundle;
 pub mod chat_template;
 pub mod checkpoint;

@@ -1,5 +1,6 @@
-//! The one place that knows Hugging Face tensor names for the Llama / Mistral / Qwen2 decoders,
-//! and the shape each tensor must have for a given config.
+//! The one place that knows Hugging Face tensor names of the decoder families (`hf/arch/`), and
+//! the shape each tensor must have for a given config. Every family names its tensors the same
+//! way; a config says which of them it has.
 
 use crate::hf::config::ModelConfig;
 
@@ -11,7 +12,14 @@ pub const LM_HEAD: &str = "lm_head.weight";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerTensor {
     InputNorm,
+    /// The norm before the MLP, or, with sandwich norms, the one on the attention output.
     PostAttentionNorm,
+    /// Sandwich norms only: before the MLP, and on its output.
+    PreFeedforwardNorm,
+    PostFeedforwardNorm,
+    /// Per-head norms of q and k (before RoPE).
+    QNorm,
+    KNorm,
     Q,
     K,
     V,
@@ -33,6 +41,10 @@ impl LayerTensor {
         match self {
             LayerTensor::InputNorm => "input_layernorm.weight",
             LayerTensor::PostAttentionNorm => "post_attention_layernorm.weight",
+            LayerTensor::PreFeedforwardNorm => "pre_feedforward_layernorm.weight",
+            LayerTensor::PostFeedforwardNorm => "post_feedforward_layernorm.weight",
+            LayerTensor::QNorm => "self_attn.q_norm.weight",
+            LayerTensor::KNorm => "self_attn.k_norm.weight",
             LayerTensor::Q => "self_attn.q_proj.weight",
             LayerTensor::K => "self_attn.k_proj.weight",
             LayerTensor::V => "self_attn.v_proj.weight",
@@ -62,7 +74,11 @@ pub fn layer_shape(cfg: &ModelConfig, tensor: LayerTensor) -> Vec<usize> {
     let q = cfg.num_heads * cfg.head_dim;
     let kv = cfg.num_kv_heads * cfg.head_dim;
     match tensor {
-        LayerTensor::InputNorm | LayerTensor::PostAttentionNorm => vec![h],
+        LayerTensor::InputNorm
+        | LayerTensor::PostAttentionNorm
+        | LayerTensor::PreFeedforwardNorm
+        | LayerTensor::PostFeedforwardNorm => vec![h],
+        LayerTensor::QNorm | LayerTensor::KNorm => vec![cfg.head_dim],
         LayerTensor::Q => vec![q, h],
         LayerTensor::K | LayerTensor::V => vec![kv, h],
         LayerTensor::O => vec![h, q],
@@ -76,10 +92,14 @@ pub fn layer_shape(cfg: &ModelConfig, tensor: LayerTensor) -> Vec<usize> {
 }
 
 /// The layer tensors a config has, in a stable order: the norms, then each projection's weight
-/// followed by its bias where the config has one (the order of the model's fields).
+/// followed by its bias where the config has one, the q/k norms after the attention projections
+/// (the order of [`crate::model::named::params_mut`]).
 pub fn layer_tensors(cfg: &ModelConfig) -> Vec<LayerTensor> {
     use LayerTensor::*;
     let mut t = vec![InputNorm, PostAttentionNorm];
+    if cfg.sandwich_norms {
+        t.extend([PreFeedforwardNorm, PostFeedforwardNorm]);
+    }
     let mut linear = |w, b, bias: bool| {
         t.push(w);
         if bias {
@@ -90,6 +110,9 @@ pub fn layer_tensors(cfg: &ModelConfig) -> Vec<LayerTensor> {
     linear(K, KBias, cfg.qkv_bias);
     linear(V, VBias, cfg.qkv_bias);
     linear(O, OBias, cfg.o_bias);
+    if cfg.qk_norm {
+        linear(QNorm, KNorm, true);
+    }
     linear(Gate, GateBias, cfg.mlp_bias);
     linear(Up, UpBias, cfg.mlp_bias);
     linear(Down, DownBias, cfg.mlp_bias);

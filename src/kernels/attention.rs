@@ -3,10 +3,10 @@
 //! backend, and a burn-ops twin as the reference of both (and the fallback for query groups too
 //! wide for the WGSL kernel).
 //!
-//! `decode_attention(q [B, H, D], k [B, HKV, C, D], v [B, HKV, C, D], pos [B], window)` →
+//! `decode_attention(q [B, H, D], k [B, HKV, C, D], v [B, HKV, C, D], pos [B], window, scale)` →
 //! `[B, H, D]`: query row b at position pos[b] attends to cache columns j ≤ pos[b] (and
 //! j > pos[b] − window with a sliding window; window 0 = none), query head h to kv head
-//! h / (H / HKV).
+//! h / (H / HKV), scores scaled by `scale` (the model's, usually `D^-0.5`).
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -31,13 +31,14 @@ pub const MAX_GROUP_DIM: usize = 1024;
 #[backend_extension(Cube, Flex, Fusion)]
 pub trait DecodeAttentionBackend: Backend {
     /// `q [B, H, D]`, `k`/`v [B, HKV, C, D]`, `pos [B]` → `[B, H, D]` in q's dtype.
-    #[fusion(meta = |q, _k, _v, _pos, _window| TensorSpec::new(q.shape.clone(), q.dtype))]
+    #[fusion(meta = |q, _k, _v, _pos, _window, _scale| TensorSpec::new(q.shape.clone(), q.dtype))]
     fn decode_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         pos: IntTensor<Self>,
         window: u32,
+        scale: f32,
     ) -> FloatTensor<Self>;
 }
 
@@ -48,6 +49,7 @@ pub fn decode_attention_twin(
     k: Tensor<4>,
     v: Tensor<4>,
     mask: Tensor<4>,
+    scale: f32,
 ) -> Tensor<3> {
     let [b, h, d] = q.dims();
     let [_, hkv, _, _] = k.dims();
@@ -56,9 +58,7 @@ pub fn decode_attention_twin(
     let values = v.slice([0..b, 0..hkv, 0..attend, 0..d]);
     // Query heads kv_head * g + i share kv_head.
     let q = q.reshape([b, hkv, h / hkv, d]);
-    let scores = q
-        .matmul(keys.swap_dims(2, 3))
-        .mul_scalar(1.0 / (d as f64).sqrt()); // [b, hkv, g, L]
+    let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(scale); // [b, hkv, g, L]
     // The mask and softmax in f32 whatever the cache's dtype, as the model's attention does.
     let dtype = scores.dtype();
     let probs = softmax(like(scores, DType::F32) + mask, 3);
@@ -101,6 +101,7 @@ pub fn decode_attention(
     v: Tensor<4>,
     pos: Tensor<1, Int>,
     window: u32,
+    scale: f32,
 ) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as DecodeAttentionBackend>::decode_attention(
         q.into_dispatch(),
@@ -108,19 +109,21 @@ pub fn decode_attention(
         v.into_dispatch(),
         pos.into_dispatch(),
         window,
+        scale,
     ))
 }
 
 struct AttentionSource {
     shape: [usize; 5],
     window: u32,
+    /// The score scale's bits (an f32 has no `Hash`, the kernel id needs one).
+    scale: u32,
     f16: bool,
 }
 
 impl KernelSource for AttentionSource {
     fn source(&self) -> SourceTemplate {
-        let d = self.shape[4];
-        let scale = 1.0f32 / (d as f32).sqrt();
+        let scale = f32::from_bits(self.scale);
         decode_template(
             include_str!("../../shaders/decode_attention.wgsl"),
             self.shape,
@@ -131,7 +134,7 @@ impl KernelSource for AttentionSource {
         .register("scale", format!("{scale:?}"))
     }
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.shape, self.window, self.f16))
+        KernelId::new::<Self>().info((self.shape, self.window, self.scale, self.f16))
     }
     fn lang(&self) -> &'static str {
         "wgsl"
@@ -145,6 +148,7 @@ impl DecodeAttentionBackend for CubeBackend {
         v: CubeTensor,
         pos: CubeTensor,
         window: u32,
+        scale: f32,
     ) -> CubeTensor {
         let f16 = q.dtype == DType::F16 && has_f16(q.client.properties());
         let elem = if f16 { DType::F16 } else { DType::F32 };
@@ -159,6 +163,7 @@ impl DecodeAttentionBackend for CubeBackend {
             let kernel = AttentionSource {
                 shape: [b, h, hkv, c, d],
                 window,
+                scale: scale.to_bits(),
                 f16,
             };
             launch_wgsl(kernel, 128, b * hkv, &[&q, &k, &v, &pos, &out]);
@@ -174,6 +179,7 @@ impl DecodeAttentionBackend for Flex {
         v: FloatTensor<Flex>,
         pos: IntTensor<Flex>,
         window: u32,
+        scale: f32,
     ) -> FloatTensor<Flex> {
         let dtype = q.dtype();
         let [b, h, d] = q.shape().dims::<3>();
@@ -196,7 +202,8 @@ impl DecodeAttentionBackend for Flex {
             let span = hi + 1 - lo;
             let keys = &ks[at..at + span * d];
             let values = &vs[at..at + span * d];
-            attend_group(&qs[group * g * d..(group + 1) * g * d], keys, values, d, o);
+            let q = &qs[group * g * d..(group + 1) * g * d];
+            attend_group(q, keys, values, (d, scale), o);
         };
         let work = b
             * h
@@ -217,10 +224,15 @@ impl DecodeAttentionBackend for Flex {
 
 /// Softmax attention of the query heads `q [G, D]` over `keys`/`values [L, D]` into `out
 /// [G, D]`: each key and value is read once for the whole group.
-fn attend_group(q: &[f32], keys: &[f32], values: &[f32], d: usize, out: &mut [f32]) {
+fn attend_group(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    (d, scale): (usize, f32),
+    out: &mut [f32],
+) {
     let g = q.len() / d;
     let span = keys.len() / d;
-    let scale = 1.0 / (d as f32).sqrt();
     let mut p = vec![0f32; g * span]; // [G, L] scores, then weights
     for (j, key) in keys.chunks_exact(d).enumerate() {
         for (gi, qv) in q.chunks_exact(d).enumerate() {

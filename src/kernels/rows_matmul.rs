@@ -53,7 +53,7 @@ pub enum RowsPath {
     Twin,
 }
 
-/// The path [`rows_matmul`] and [`rows_swiglu`] take for these operands on their device.
+/// The path [`rows_matmul`] and [`rows_gated`] take for these operands on their device.
 pub fn rows_path(x: &Tensor<2>, w: &Tensor<2>) -> RowsPath {
     let [m, k] = x.dims();
     let [n, _] = w.dims();
@@ -120,23 +120,49 @@ pub fn rows_matmul_f32(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     }
 }
 
-/// SwiGLU of a stacked gate/up projection: `x [m, k]` against `w [2n, k]` (gate rows, then
-/// up rows) → `silu(x · gateᵀ) · (x · upᵀ)` `[m, n]`, in one kernel where [`rows_path`] allows.
-pub fn rows_swiglu(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    dispatch_rows(
-        x,
-        w,
-        <Dispatch as RowsMatmul>::rows_swiglu,
-        rows_swiglu_twin,
-    )
+/// The gated MLP of a stacked gate/up projection: `x [m, k]` against `w [2n, k]` (gate rows,
+/// then up rows) → `act(x · gateᵀ) · (x · upᵀ)` `[m, n]`, `act` SiLU or, with `gelu`, GELU-tanh;
+/// in one kernel where [`rows_path`] allows.
+pub fn rows_gated(x: Tensor<2>, w: Tensor<2>, gelu: bool) -> Tensor<2> {
+    match rows_path(&x, &w) {
+        RowsPath::Twin => rows_gated_twin(x, w, gelu),
+        RowsPath::Wgsl | RowsPath::Cpu => Tensor::from_dispatch(
+            <Dispatch as RowsMatmul>::rows_gated(x.into_dispatch(), w.into_dispatch(), gelu),
+        ),
+    }
 }
 
-/// The burn-ops twin of [`rows_swiglu`].
-pub fn rows_swiglu_twin(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+/// The burn-ops twin of [`rows_gated`].
+pub fn rows_gated_twin(x: Tensor<2>, w: Tensor<2>, gelu: bool) -> Tensor<2> {
     let [m, _] = x.dims();
     let n = w.dims()[0] / 2;
     let gu = rows_matmul_twin(x, w);
-    burn::tensor::activation::silu(gu.clone().slice([0..m, 0..n])) * gu.slice([0..m, n..2 * n])
+    let g = gu.clone().slice([0..m, 0..n]);
+    let g = if gelu {
+        gelu_tanh(g)
+    } else {
+        burn::tensor::activation::silu(g)
+    };
+    g * gu.slice([0..m, n..2 * n])
+}
+
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, PyTorch's `gelu(approximate="tanh")`. The cube
+/// is a product (a `powf` of a negative base is undefined in WGSL) and the tanh argument is
+/// clamped to ±15, where tanh is ±1 in f32 (some drivers' tanh overflows to NaN far out).
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = ((x.clone() + cube * GELU_CUBIC) * SQRT_2_OVER_PI).clamp(-15.0, 15.0);
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
+/// √(2/π) and the cubic coefficient of the tanh GELU.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044715;
+
+/// [`gelu_tanh`] of one value, as the CPU kernels compute it.
+pub fn gelu_tanh_f32(x: f32) -> f32 {
+    let inner = (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).clamp(-15.0, 15.0);
+    0.5 * x * (1.0 + inner.tanh())
 }
 
 #[backend_extension(Cube, Flex, Fusion)]
@@ -149,15 +175,18 @@ pub trait RowsMatmul: Backend {
     #[fusion(meta = |x, w| TensorSpec::new(Shape::new([x.shape[0], w.shape[0]]), DType::F32))]
     fn rows_matmul_f32(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// `silu(x · gateᵀ) · (x · upᵀ)` for `w` = gate rows then up rows.
-    #[fusion(meta = |x, w| TensorSpec::new(Shape::new([x.shape[0], w.shape[0] / 2]), x.dtype))]
-    fn rows_swiglu(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `act(x · gateᵀ) · (x · upᵀ)` for `w` = gate rows then up rows; SiLU, or GELU-tanh with
+    /// `gelu`.
+    #[fusion(meta = |x, w, _gelu| TensorSpec::new(Shape::new([x.shape[0], w.shape[0] / 2]), x.dtype))]
+    fn rows_gated(x: FloatTensor<Self>, w: FloatTensor<Self>, gelu: bool) -> FloatTensor<Self>;
 }
 
 struct RowsSource {
     /// `[m, k, n]` (n outputs: half the weight's rows when gated).
     shape: [usize; 3],
     gated: bool,
+    /// The gate's activation is GELU-tanh rather than SiLU.
+    gelu: bool,
     f16: bool,
     /// f32 outputs from f16 operands.
     out_f32: bool,
@@ -174,6 +203,7 @@ impl KernelSource for RowsSource {
             .register("lanes", LANES.to_string())
             .register("wg", (COLS * LANES).to_string())
             .register("gated", self.gated.to_string())
+            .register("gelu", self.gelu.to_string())
             .register(
                 "out",
                 if self.f16 && !self.out_f32 {
@@ -188,7 +218,7 @@ impl KernelSource for RowsSource {
             )
     }
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.shape, self.gated, self.f16, self.out_f32))
+        KernelId::new::<Self>().info((self.shape, self.gated, self.gelu, self.f16, self.out_f32))
     }
     fn lang(&self) -> &'static str {
         "wgsl"
@@ -196,7 +226,8 @@ impl KernelSource for RowsSource {
 }
 
 /// Launches the kernel; the output is in x's dtype, or f32 with `out_f32`.
-fn launch_rows(x: CubeTensor, w: CubeTensor, gated: bool, out_f32: bool) -> CubeTensor {
+fn launch_rows(x: CubeTensor, w: CubeTensor, gated: Option<bool>, out_f32: bool) -> CubeTensor {
+    let (gelu, gated) = (gated == Some(true), gated.is_some());
     let dtype = if out_f32 { DType::F32 } else { x.dtype };
     let f16 = x.dtype == DType::F16 && w.dtype == DType::F16 && has_f16(x.client.properties());
     let elem = if f16 { DType::F16 } else { DType::F32 };
@@ -209,6 +240,7 @@ fn launch_rows(x: CubeTensor, w: CubeTensor, gated: bool, out_f32: bool) -> Cube
         let kernel = RowsSource {
             shape: [m, k, n],
             gated,
+            gelu,
             f16,
             out_f32,
         };
@@ -224,15 +256,15 @@ fn launch_rows(x: CubeTensor, w: CubeTensor, gated: bool, out_f32: bool) -> Cube
 
 impl RowsMatmul for CubeBackend {
     fn rows_matmul(x: CubeTensor, w: CubeTensor) -> CubeTensor {
-        launch_rows(x, w, false, false)
+        launch_rows(x, w, None, false)
     }
 
     fn rows_matmul_f32(x: CubeTensor, w: CubeTensor) -> CubeTensor {
-        launch_rows(x, w, false, true)
+        launch_rows(x, w, None, true)
     }
 
-    fn rows_swiglu(x: CubeTensor, w: CubeTensor) -> CubeTensor {
-        launch_rows(x, w, true, false)
+    fn rows_gated(x: CubeTensor, w: CubeTensor, gelu: bool) -> CubeTensor {
+        launch_rows(x, w, Some(gelu), false)
     }
 }
 
@@ -277,7 +309,7 @@ impl RowsMatmul for Flex {
         Self::rows_matmul(x, w)
     }
 
-    fn rows_swiglu(x: FloatTensor<Flex>, w: FloatTensor<Flex>) -> FloatTensor<Flex> {
+    fn rows_gated(x: FloatTensor<Flex>, w: FloatTensor<Flex>, gelu: bool) -> FloatTensor<Flex> {
         let m = x.shape().dims::<2>()[0];
         let n = w.shape().dims::<2>()[0] / 2;
         let gu = cpu_rows(x, w); // [m, 2n]
@@ -285,11 +317,14 @@ impl RowsMatmul for Flex {
         // (chunks_exact panics on 0: an MLP without outputs has nothing to write.)
         for row in gu.chunks_exact(2 * n.max(1)) {
             let (gate, up) = row.split_at(n);
-            out.extend(
-                gate.iter()
-                    .zip(up)
-                    .map(|(&g, &u)| cpu::silu_sigmoid(g).0 * u),
-            );
+            out.extend(gate.iter().zip(up).map(|(&g, &u)| {
+                let a = if gelu {
+                    gelu_tanh_f32(g)
+                } else {
+                    cpu::silu_sigmoid(g).0
+                };
+                a * u
+            }));
         }
         cpu::from_f32(out, [m, n])
     }

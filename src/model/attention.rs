@@ -7,7 +7,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::layers::Linear;
+use super::layers::{Linear, RmsNorm};
 use super::rope;
 use crate::hf::config::AttentionWindow;
 use crate::kernels::softmax::masked_softmax;
@@ -22,9 +22,14 @@ pub struct Attention {
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
+    /// Per-head norms of q and k before RoPE (Qwen3, Gemma 3), over `head_dim`.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// Factor on the scores (`head_dim^-0.5` unless the family says otherwise).
+    pub scale: f32,
 }
 
 /// Keys and values of one forward pass (the prefill of a batch of prompts), per layer, plus the
@@ -114,10 +119,17 @@ impl Attention {
         let [b, s, _] = x.dims();
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let g = h / hkv;
-        let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
-        let q = heads(self.q.forward(x.clone()), h); // [b, h, s, d]
-        let k = heads(self.k.forward(x.clone()), hkv); // [b, hkv, s, d]
-        let v = heads(self.v.forward(x), hkv); // [b, hkv, s, d]
+        let heads = |t: Tensor<3>, n: usize, norm: &Option<RmsNorm>| {
+            let t = t.reshape([b, s, n, d]);
+            let t = match norm {
+                Some(norm) => norm.forward(t),
+                None => t,
+            };
+            t.swap_dims(1, 2)
+        };
+        let q = heads(self.q.forward(x.clone()), h, &self.q_norm); // [b, h, s, d]
+        let k = heads(self.k.forward(x.clone()), hkv, &self.k_norm); // [b, hkv, s, d]
+        let v = heads(self.v.forward(x), hkv, &None); // [b, hkv, s, d]
         let q = rope::apply(q, cos, sin);
         let k = rope::apply(k, cos, sin);
         let (k, v) = match cache {
@@ -138,7 +150,7 @@ impl Attention {
         let scores = q.matmul(k.swap_dims(2, 3)); // [b, hkv, g*s, kv]
         // Scale, mask and softmax in f32 whatever the compute dtype, as transformers' eager
         // attention upcasts its softmax.
-        let scale = 1.0 / (d as f32).sqrt();
+        let scale = self.scale;
         let scores = scores.reshape([b, hkv, g, s, kv_len]);
         let probs = masked_softmax(scores, mask.clone(), scale).reshape([b, hkv, g * s, kv_len]);
         let out = probs.matmul(v); // [b, hkv, g*s, d]

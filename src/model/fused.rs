@@ -15,6 +15,7 @@ use burn::tensor::{DType, Tensor};
 use super::Transformer;
 use super::layers::{Linear, RmsNorm};
 use super::precision::like;
+use crate::hf::config::Activation;
 
 /// One layer's weights for decoding.
 #[derive(Debug, Clone)]
@@ -32,9 +33,19 @@ pub struct FusedLayer {
     /// `[hidden, intermediate]` and its bias.
     pub down: (Tensor<2>, Option<Tensor<1>>),
     pub intermediate: usize,
-    /// The weights of the norm before attention and of the one before the MLP `[hidden]`.
+    /// The factors of the norm before attention and of the one before the MLP `[hidden]`
+    /// (`1 + w` for Gemma's norms: the kernels scale by what they are given).
     pub input_norm: Tensor<1>,
     pub post_attn_norm: Tensor<1>,
+    /// Sandwich norms: the factors of the attention output's and the MLP output's norms.
+    pub attn_out_norm: Option<Tensor<1>>,
+    pub mlp_out_norm: Option<Tensor<1>>,
+    /// Per-head q and k norms `[head_dim]` each; with them the q/k/v bias is added before the
+    /// norms (`pre_norm_bias`) and `qkv_bias` is zeros.
+    pub qk_norm: Option<(Tensor<1>, Tensor<1>)>,
+    pub pre_norm_bias: Option<Tensor<1>>,
+    /// Whether the gated MLP's activation is GELU-tanh (else SiLU).
+    pub gelu: bool,
 }
 
 /// Every weight of one generation run's decode steps, in [`DecodeWeights::dtype`].
@@ -84,7 +95,7 @@ fn single(l: &Linear, dtype: DType) -> (Tensor<2>, Option<Tensor<1>>) {
 }
 
 fn norm_weight(n: &RmsNorm, dtype: DType) -> Tensor<1> {
-    like(n.weight.val(), dtype)
+    like(n.effective_weight(), dtype)
 }
 
 impl DecodeWeights {
@@ -98,8 +109,15 @@ impl DecodeWeights {
                 let a = &layer.attn;
                 let (qkv, qkv_bias) = stack(&[&a.q, &a.k, &a.v], dtype);
                 let rows = qkv.dims()[0];
-                let qkv_bias =
-                    qkv_bias.unwrap_or_else(|| Tensor::zeros([rows], (&qkv.device(), dtype)));
+                let zeros = || Tensor::zeros([rows], (&qkv.device(), dtype));
+                let qk_norm = match (&a.q_norm, &a.k_norm) {
+                    (Some(q), Some(k)) => Some((norm_weight(q, dtype), norm_weight(k, dtype))),
+                    _ => None,
+                };
+                let (qkv_bias, pre_norm_bias) = match qk_norm {
+                    Some(_) => (zeros(), qkv_bias),
+                    None => (qkv_bias.unwrap_or_else(zeros), None),
+                };
                 let m = &layer.mlp;
                 let (gate_up, gate_up_bias) = stack(&[&m.gate, &m.up], dtype);
                 FusedLayer {
@@ -112,6 +130,11 @@ impl DecodeWeights {
                     down: single(&m.down, dtype),
                     input_norm: norm_weight(&layer.input_norm, dtype),
                     post_attn_norm: norm_weight(&layer.post_attn_norm, dtype),
+                    attn_out_norm: layer.attn_out_norm.as_ref().map(|n| norm_weight(n, dtype)),
+                    mlp_out_norm: layer.mlp_out_norm.as_ref().map(|n| norm_weight(n, dtype)),
+                    qk_norm,
+                    pre_norm_bias,
+                    gelu: m.act == Activation::GeluTanh,
                 }
             })
             .collect();

@@ -1,29 +1,46 @@
-//! Building blocks of the decoder: RMSNorm, a linear layer in Hugging Face layout (`[out, in]`),
-//! and the SwiGLU MLP.
+//! Building blocks of the decoder: RMSNorm (`w·x̂` or Gemma's `(1+w)·x̂`), a linear layer in
+//! Hugging Face layout (`[out, in]`), and the gated MLP (SiLU or GELU-tanh).
 
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Tensor};
 
 use super::lora::Lora;
 use super::precision::like;
+use crate::hf::config::Activation;
 
 /// Root-mean-square normalisation with a learned scale (no bias, no mean subtraction).
 #[derive(Module, Debug)]
 pub struct RmsNorm {
-    /// `[hidden]`
+    /// `[hidden]` (or `[head_dim]` for a per-head q/k norm)
     pub weight: Param<Tensor<1>>,
     pub eps: f64,
+    /// Added to the weight before it scales: 0, or 1 for Gemma's norms (stored centred on 0).
+    pub offset: f32,
 }
 
 impl RmsNorm {
     /// `x`: `[..., hidden]`. In f32 whatever `x`'s dtype (an f16 square overflows past 256),
-    /// then back to it before the scale, as transformers' `LlamaRMSNorm` does.
+    /// then back to it before the scale, as transformers' `LlamaRMSNorm` does; with an offset the
+    /// scale too is applied in f32, as `Gemma3RMSNorm` does.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
         let x = like(x, DType::F32);
         let ms = x.clone().square().mean_dim(D - 1); // [..., 1]
         let inv = ms.add_scalar(self.eps).sqrt().recip();
+        if self.offset != 0.0 {
+            let w = like(self.weight.val(), DType::F32).add_scalar(self.offset);
+            return like(x * inv * w.unsqueeze::<D>(), dtype);
+        }
         like(x * inv, dtype) * like(self.weight.val(), dtype).unsqueeze::<D>()
+    }
+
+    /// The factor the normalised values are multiplied by, `offset + w` `[hidden]`.
+    pub fn effective_weight(&self) -> Tensor<1> {
+        if self.offset != 0.0 {
+            like(self.weight.val(), DType::F32).add_scalar(self.offset)
+        } else {
+            self.weight.val()
+        }
     }
 }
 
@@ -71,19 +88,25 @@ impl Linear {
     }
 }
 
-/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+/// Gated feed-forward: `down(act(gate(x)) * up(x))` (SwiGLU with SiLU, GeGLU with GELU-tanh).
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+    #[module(skip)]
+    pub act: Activation,
 }
 
 impl Mlp {
     /// `x`: `[batch, seq, hidden]` → `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let g = self.gate.forward(x.clone()); // [batch, seq, intermediate]
-        self.down
-            .forward(crate::kernels::swiglu::swiglu(g, self.up.forward(x)))
+        let u = self.up.forward(x);
+        let a = match self.act {
+            Activation::Silu => crate::kernels::swiglu::swiglu(g, u),
+            Activation::GeluTanh => crate::kernels::rows_matmul::gelu_tanh(g) * u,
+        };
+        self.down.forward(a)
     }
 }

@@ -83,7 +83,7 @@ pub fn validate(cfg: &ModelConfig, files: &dyn TensorSource) -> Result<StoredDty
                 name: name.into(),
                 message: format!(
                     "unexpected tensor for a {} model with this config.json",
-                    cfg.arch.model_type()
+                    cfg.family.model_type
                 ),
             });
         }
@@ -105,25 +105,33 @@ fn skeleton(cfg: &ModelConfig, device: &Device) -> Transformer {
     let norm = || RmsNorm {
         weight: one(),
         eps: cfg.rms_norm_eps,
+        offset: cfg.norm.offset(),
     };
     let layers = (0..cfg.num_layers)
-        .map(|_| DecoderLayer {
+        .map(|l| DecoderLayer {
             input_norm: norm(),
             attn: Attention {
                 q: linear(cfg.qkv_bias),
                 k: linear(cfg.qkv_bias),
                 v: linear(cfg.qkv_bias),
                 o: linear(cfg.o_bias),
+                q_norm: cfg.qk_norm.then(norm),
+                k_norm: cfg.qk_norm.then(norm),
                 num_heads: cfg.num_heads,
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: cfg.head_dim,
+                scale: cfg.attn_scale,
             },
+            attn_out_norm: cfg.sandwich_norms.then(norm),
             post_attn_norm: norm(),
             mlp: Mlp {
                 gate: linear(cfg.mlp_bias),
                 up: linear(cfg.mlp_bias),
                 down: linear(cfg.mlp_bias),
+                act: cfg.activation,
             },
+            mlp_out_norm: cfg.sandwich_norms.then(norm),
+            kind: cfg.layer_kinds[l],
         })
         .collect();
     Transformer {
@@ -131,8 +139,8 @@ fn skeleton(cfg: &ModelConfig, device: &Device) -> Transformer {
         layers,
         norm: norm(),
         lm_head: (!cfg.tie_word_embeddings).then(two),
-        rope: Transformer::config_rope(cfg),
-        window: cfg.window,
+        kinds: Transformer::config_kinds(cfg),
+        embed_scale: cfg.embed_scale,
         compute: burn::tensor::DType::F32,
     }
 }

@@ -1,6 +1,8 @@
-//! The decoder-only transformer shared by Llama, Mistral and Qwen2: token embeddings, `num_layers`
-//! pre-norm blocks (RMSNorm → attention → residual, RMSNorm → SwiGLU → residual), a final RMSNorm
-//! and the lm_head (tied to the embeddings or not).
+//! The decoder-only transformer every family of `hf/arch/` shares: token embeddings (scaled for
+//! Gemma), `num_layers` pre-norm blocks (RMSNorm → attention → residual, RMSNorm → gated MLP →
+//! residual; with sandwich norms the attention and MLP outputs are normed too), a final RMSNorm
+//! and the lm_head (tied to the embeddings or not). Layers differ only in their attention kind
+//! (full or sliding, each with its RoPE).
 
 pub mod attention;
 pub mod fused;
@@ -30,15 +32,42 @@ use crate::hf::config::{AttentionWindow, ModelConfig};
 pub struct DecoderLayer {
     pub input_norm: RmsNorm,
     pub attn: Attention,
+    /// Sandwich norms only: the norm of the attention output (HF `post_attention_layernorm`).
+    pub attn_out_norm: Option<RmsNorm>,
+    /// The norm before the MLP (HF `post_attention_layernorm`, or `pre_feedforward_layernorm`
+    /// with sandwich norms).
     pub post_attn_norm: RmsNorm,
     pub mlp: Mlp,
+    /// Sandwich norms only: the norm of the MLP output (HF `post_feedforward_layernorm`).
+    pub mlp_out_norm: Option<RmsNorm>,
+    /// Index of this layer's attention kind in [`Transformer::kinds`].
+    pub kind: usize,
+}
+
+/// `x` through `norm` when there is one.
+fn maybe_norm(norm: &Option<RmsNorm>, x: Tensor<3>) -> Tensor<3> {
+    match norm {
+        Some(n) => n.forward(x),
+        None => x,
+    }
 }
 
 impl DecoderLayer {
     pub fn forward(&self, x: Tensor<3>, ctx: &StepContext, cache: LayerCache) -> Tensor<3> {
-        let h = x.clone() + self.attn.forward(self.input_norm.forward(x), ctx, cache);
-        h.clone() + self.mlp.forward(self.post_attn_norm.forward(h))
+        let a = self
+            .attn
+            .forward(self.input_norm.forward(x.clone()), ctx, cache);
+        let h = x + maybe_norm(&self.attn_out_norm, a);
+        let m = self.mlp.forward(self.post_attn_norm.forward(h.clone()));
+        h + maybe_norm(&self.mlp_out_norm, m)
     }
+}
+
+/// One kind of attention layer as the model runs it: its RoPE frequencies and its window.
+#[derive(Debug, Clone)]
+pub struct LayerKind {
+    pub rope: Rope,
+    pub window: AttentionWindow,
 }
 
 #[derive(Module, Debug)]
@@ -49,29 +78,28 @@ pub struct Transformer {
     pub norm: RmsNorm,
     /// `[vocab, hidden]`; `None` when tied to `embed`.
     pub lm_head: Option<Param<Tensor<2>>>,
+    /// The attention kinds the layers index (`DecoderLayer::kind`).
     #[module(skip)]
-    pub rope: Rope,
+    pub kinds: Vec<LayerKind>,
+    /// Factor on the embeddings (Gemma: √hidden), applied in the compute dtype.
     #[module(skip)]
-    pub window: AttentionWindow,
+    pub embed_scale: Option<f32>,
     /// The activations' dtype (see [`precision`]); f32 unless training asks for f16.
     #[module(skip)]
     pub compute: DType,
 }
 
-/// The per-pass constants of a cache-free forward (training, scoring): RoPE angles and the mask.
+/// The per-pass constants of a cache-free forward (training, scoring): RoPE angles and the mask
+/// of each attention kind.
 pub struct PassContext {
-    cos: Tensor<4>,
-    sin: Tensor<4>,
-    mask: Tensor<5>,
+    kinds: Vec<(Tensor<4>, Tensor<4>, Tensor<5>)>,
 }
 
 impl PassContext {
-    pub fn step(&self) -> StepContext<'_> {
-        StepContext {
-            cos: &self.cos,
-            sin: &self.sin,
-            mask: &self.mask,
-        }
+    /// What a layer of attention kind `kind` reads.
+    pub fn step(&self, kind: usize) -> StepContext<'_> {
+        let (cos, sin, mask) = &self.kinds[kind];
+        StepContext { cos, sin, mask }
     }
 }
 
@@ -134,8 +162,15 @@ fn causal_mask(s: usize, window: AttentionWindow, device: &Device) -> Tensor<5> 
 }
 
 impl Transformer {
-    pub fn config_rope(cfg: &ModelConfig) -> Rope {
-        Rope::new(&cfg.rope, cfg.head_dim)
+    /// The attention kinds of `cfg` as the model runs them.
+    pub fn config_kinds(cfg: &ModelConfig) -> Vec<LayerKind> {
+        cfg.attention
+            .iter()
+            .map(|k| LayerKind {
+                rope: Rope::new(&k.rope, cfg.head_dim),
+                window: k.window,
+            })
+            .collect()
     }
 
     pub fn device(&self) -> Device {
@@ -150,31 +185,47 @@ impl Transformer {
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * s]), &self.device());
         let hidden = self.embed.val().dims()[1];
         let x = self.embed.val().select(0, ids).reshape([b, s, hidden]); // [b, s, hidden]
-        like(x, self.compute)
+        let x = like(x, self.compute);
+        match self.embed_scale {
+            Some(f) => x.mul_scalar(f),
+            None => x,
+        }
     }
 
-    /// cos and sin of `input`'s positions (padding at 0) in the compute dtype.
-    fn angles(&self, input: &StepInput) -> (Tensor<4>, Tensor<4>) {
+    /// cos and sin of `input`'s positions (padding at 0) in the compute dtype, per kind.
+    fn angles(&self, input: &StepInput) -> Vec<(Tensor<4>, Tensor<4>)> {
         let rope_pos: Vec<Vec<usize>> = input
             .positions
             .iter()
             .map(|r| r.iter().map(|p| p.unwrap_or(0)).collect())
             .collect();
-        let (cos, sin) = self.rope.angles(&rope_pos, &self.device());
-        (like(cos, self.compute), like(sin, self.compute))
+        self.kinds
+            .iter()
+            .map(|k| {
+                let (cos, sin) = k.rope.angles(&rope_pos, &self.device());
+                (like(cos, self.compute), like(sin, self.compute))
+            })
+            .collect()
     }
 
     /// What every layer of a cache-free forward over right-padded `input` shares.
     pub fn pass_context(&self, input: &StepInput) -> PassContext {
-        let (cos, sin) = self.angles(input);
         let s = input.tokens.first().map_or(0, Vec::len);
         let device = self.device();
-        let mask = if input.is_right_padded() {
-            causal_mask(s, self.window, &device)
-        } else {
-            build_mask(&input.positions, &input.positions, self.window, &device)
-        };
-        PassContext { cos, sin, mask }
+        let kinds = self
+            .angles(input)
+            .into_iter()
+            .zip(&self.kinds)
+            .map(|((cos, sin), k)| {
+                let mask = if input.is_right_padded() {
+                    causal_mask(s, k.window, &device)
+                } else {
+                    build_mask(&input.positions, &input.positions, k.window, &device)
+                };
+                (cos, sin, mask)
+            })
+            .collect();
+        PassContext { kinds }
     }
 
     /// Final hidden states (after the last norm) `[batch, seq, hidden]`. With a cache, the step's
@@ -183,7 +234,6 @@ impl Transformer {
         let device = self.device();
         let s = input.tokens.first().map_or(0, Vec::len);
         let mut x = self.embed_tokens(input);
-        let (cos, sin) = self.angles(input);
         let key_pos: Vec<Vec<Option<usize>>> = match &cache {
             Some(c) if !c.key_pos.is_empty() => c
                 .key_pos
@@ -193,20 +243,24 @@ impl Transformer {
                 .collect(),
             _ => input.positions.clone(),
         };
-        let mask = if cache.as_ref().is_none_or(|c| c.key_pos.is_empty()) && input.is_right_padded()
-        {
-            causal_mask(s, self.window, &device)
-        } else {
-            build_mask(&input.positions, &key_pos, self.window, &device)
-        };
-        let ctx = StepContext {
-            cos: &cos,
-            sin: &sin,
-            mask: &mask,
-        };
+        let fresh = cache.as_ref().is_none_or(|c| c.key_pos.is_empty()) && input.is_right_padded();
+        let kinds: Vec<_> = self
+            .angles(input)
+            .into_iter()
+            .zip(&self.kinds)
+            .map(|((cos, sin), k)| {
+                let mask = if fresh {
+                    causal_mask(s, k.window, &device)
+                } else {
+                    build_mask(&input.positions, &key_pos, k.window, &device)
+                };
+                (cos, sin, mask)
+            })
+            .collect();
+        let ctx = PassContext { kinds };
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &ctx, slot);
+            x = layer.forward(x, &ctx.step(layer.kind), slot);
         }
         if let Some(c) = cache {
             c.key_pos = key_pos;

@@ -129,15 +129,37 @@ pub fn params_mut(m: &mut Transformer) -> Vec<(String, ParamRef<'_>)> {
             hf_names::layer(l, InputNorm),
             ParamRef::One(&mut layer.input_norm.weight),
         ));
-        out.push((
-            hf_names::layer(l, PostAttentionNorm),
-            ParamRef::One(&mut layer.post_attn_norm.weight),
-        ));
+        // With sandwich norms HF's `post_attention_layernorm` is the attention output's norm and
+        // the norm before the MLP is `pre_feedforward_layernorm`.
+        match (layer.attn_out_norm.as_mut(), layer.mlp_out_norm.as_mut()) {
+            (Some(attn_out), Some(mlp_out)) => {
+                out.push((
+                    hf_names::layer(l, PostAttentionNorm),
+                    ParamRef::One(&mut attn_out.weight),
+                ));
+                out.push((
+                    hf_names::layer(l, PreFeedforwardNorm),
+                    ParamRef::One(&mut layer.post_attn_norm.weight),
+                ));
+                out.push((
+                    hf_names::layer(l, PostFeedforwardNorm),
+                    ParamRef::One(&mut mlp_out.weight),
+                ));
+            }
+            _ => out.push((
+                hf_names::layer(l, PostAttentionNorm),
+                ParamRef::One(&mut layer.post_attn_norm.weight),
+            )),
+        }
         let a = &mut layer.attn;
         linear(&mut out, l, &mut a.q, Q, QBias);
         linear(&mut out, l, &mut a.k, K, KBias);
         linear(&mut out, l, &mut a.v, V, VBias);
         linear(&mut out, l, &mut a.o, O, OBias);
+        if let (Some(qn), Some(kn)) = (a.q_norm.as_mut(), a.k_norm.as_mut()) {
+            out.push((hf_names::layer(l, QNorm), ParamRef::One(&mut qn.weight)));
+            out.push((hf_names::layer(l, KNorm), ParamRef::One(&mut kn.weight)));
+        }
         let f = &mut layer.mlp;
         linear(&mut out, l, &mut f.gate, Gate, GateBias);
         linear(&mut out, l, &mut f.up, Up, UpBias);

@@ -25,6 +25,8 @@ struct RandomWeights {
     shapes: Vec<(String, Vec<usize>)>,
     config: PathBuf,
     seed: u64,
+    /// What the family's norms add to their weight (see [`crate::hf::config::NormKind`]).
+    norm_offset: f32,
 }
 
 impl TensorSource for RandomWeights {
@@ -62,7 +64,8 @@ impl TensorSource for RandomWeights {
             .ok_or_else(|| Error::Invalid(format!("random init: no tensor {name}")))?;
         let n: usize = shape.iter().product();
         let data = if name.ends_with("norm.weight") {
-            vec![1.0; n]
+            // A norm that starts as the identity: w = 1, or w = 0 where it scales by 1 + w.
+            vec![1.0 - self.norm_offset; n]
         } else if name.ends_with(".bias") {
             vec![0.0; n]
         } else {
@@ -95,6 +98,7 @@ pub fn random_model(path: &Path, seed: u64, device: &Device) -> Result<(ModelCon
         shapes: hf_names::expected_tensors(&config),
         config: config_path,
         seed,
+        norm_offset: config.norm.offset(),
     };
     let (model, _) = loader::load(&config, &source, device)?;
     Ok((config, model))

@@ -22,7 +22,6 @@
 //! forward keeps in f32 (norm statistics, attention scores and softmax, RoPE tables, every
 //! accumulation), and the lm_head writes f32 logits for the sampler.
 
-use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::attention::{Attention, KvCache};
@@ -32,7 +31,7 @@ use crate::hf::config::AttentionWindow;
 use crate::kernels::attention;
 use crate::kernels::norm;
 use crate::kernels::rope_cache::{self, RopeInputs};
-use crate::kernels::rows_matmul::{rows_matmul, rows_swiglu};
+use crate::kernels::rows_matmul::{gelu_tanh, rows_gated, rows_matmul};
 
 /// The attended key length is the longest running row rounded up to this, so a step's shapes
 /// change once every `LEN_BUCKET` tokens instead of every token.
@@ -57,10 +56,10 @@ pub struct StaticKvCache {
     layers: Vec<(Tensor<4>, Tensor<4>)>,
     slots: usize,
     capacity: usize,
-    /// RoPE of every position `[capacity, head_dim]`, uploaded once: cos over both halves, and
-    /// sin with the first half negated, so that a rotation is `x·cos + swap_halves(x)·sin`.
-    cos: Tensor<2>,
-    sin: Tensor<2>,
+    /// Per attention kind: RoPE of every position `[capacity, head_dim]`, uploaded once (cos
+    /// over both halves, and sin with the first half negated, so that a rotation is
+    /// `x·cos + swap_halves(x)·sin`), and the kind's window.
+    kinds: Vec<(Tensor<2>, Tensor<2>, AttentionWindow)>,
     /// `[slots, attend]` key column indices of the current length bucket (made once per bucket:
     /// burn builds an arange on the host); the twin's mask only.
     columns: Option<Tensor<2, Int>>,
@@ -90,13 +89,23 @@ impl StaticKvCache {
             }
         };
         let layers = model.layers.iter().map(|_| (fresh(), fresh())).collect();
-        let (cos, sin) = model.rope.angles(&[(0..capacity).collect()], &device);
+        let kinds = model
+            .kinds
+            .iter()
+            .map(|k| {
+                let (cos, sin) = k.rope.angles(&[(0..capacity).collect()], &device);
+                (
+                    Tensor::cat(vec![cos.clone(), cos], 3).reshape([capacity, d]),
+                    Tensor::cat(vec![sin.clone().neg(), sin], 3).reshape([capacity, d]),
+                    k.window,
+                )
+            })
+            .collect();
         Self {
             layers,
             slots,
             capacity,
-            cos: Tensor::cat(vec![cos.clone(), cos], 3).reshape([capacity, d]),
-            sin: Tensor::cat(vec![sin.clone().neg(), sin], 3).reshape([capacity, d]),
+            kinds,
             columns: None,
             kernel,
         }
@@ -160,56 +169,91 @@ impl StaticKvCache {
 
     /// The device tensors one step shares across layers, for tokens at `pos [slots]` with
     /// `attend` key columns (≥ the longest row's position + 1; the twin's mask only).
-    pub fn step(
-        &mut self,
-        pos: &Tensor<1, Int>,
-        attend: usize,
-        window: AttentionWindow,
-    ) -> DecodeStep {
+    pub fn step(&mut self, pos: &Tensor<1, Int>, attend: usize) -> DecodeStep {
         let b = self.slots;
         let attend = attend.clamp(1, self.capacity);
-        let window = match window {
-            AttentionWindow::Full => 0,
-            AttentionWindow::Sliding(w) => w as u32,
-        };
         // The kernels mask from the positions themselves; the twin needs the mask as a tensor.
-        let mask = (!self.kernel).then(|| {
-            let columns = match &self.columns {
-                Some(c) if c.dims()[1] == attend => c.clone(),
-                _ => {
-                    let c = Tensor::<1, Int>::arange(0..attend as i64, &pos.device())
-                        .reshape([1, attend])
-                        .expand([b, attend]); // [b, L]
-                    self.columns = Some(c.clone());
-                    c
-                }
-            };
-            attention::decode_mask(pos, columns, window)
+        let columns = (!self.kernel).then(|| match &self.columns {
+            Some(c) if c.dims()[1] == attend => c.clone(),
+            _ => {
+                let c = Tensor::<1, Int>::arange(0..attend as i64, &pos.device())
+                    .reshape([1, attend])
+                    .expand([b, attend]); // [b, L]
+                self.columns = Some(c.clone());
+                c
+            }
         });
+        let kinds = self
+            .kinds
+            .iter()
+            .map(|(cos, sin, window)| {
+                let window = match window {
+                    AttentionWindow::Full => 0,
+                    AttentionWindow::Sliding(w) => *w as u32,
+                };
+                KindStep {
+                    cos: cos.clone(),
+                    sin: sin.clone(),
+                    window,
+                    mask: columns
+                        .clone()
+                        .map(|c| attention::decode_mask(pos, c, window)),
+                }
+            })
+            .collect();
         DecodeStep {
-            cos: self.cos.clone(),
-            sin: self.sin.clone(),
             pos: pos.clone(),
-            window,
-            mask,
+            kinds,
         }
     }
 }
 
-/// What one decode step shares across layers.
+/// What one decode step shares across the layers of one attention kind.
 #[derive(Debug, Clone)]
-pub struct DecodeStep {
+struct KindStep {
     /// `[capacity, head_dim]` RoPE tables (see [`StaticKvCache`]), indexed by position in the
     /// RoPE + cache-write kernel.
     cos: Tensor<2>,
     sin: Tensor<2>,
-    /// `[slots]` position of each row's token.
-    pos: Tensor<1, Int>,
     /// Sliding window (0 = none).
     window: u32,
     /// For the burn-ops twin: additive `[slots, 1, 1, attend]`, 0 where a key is visible,
     /// `MASKED` elsewhere. `None` where the kernel masks by position itself.
     mask: Option<Tensor<4>>,
+}
+
+/// What one decode step shares across layers.
+#[derive(Debug, Clone)]
+pub struct DecodeStep {
+    /// `[slots]` position of each row's token.
+    pos: Tensor<1, Int>,
+    /// Per attention kind of the model.
+    kinds: Vec<KindStep>,
+}
+
+/// Per-head norms of the q and k parts of a fused projection `qkv [b, (h + 2 hkv) d]` (its bias
+/// added first): one norm launch each over `[b · heads, d]` rows.
+fn norm_heads(
+    qkv: Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    (qn, kn): &(Tensor<1>, Tensor<1>),
+    (h, hkv, d): (usize, usize, usize),
+    eps: f64,
+) -> Tensor<2> {
+    let [b, _] = qkv.dims();
+    let qkv = match bias {
+        Some(bias) => qkv + bias.clone().unsqueeze::<2>(),
+        None => qkv,
+    };
+    let q = qkv.clone().slice([0..b, 0..h * d]).reshape([b * h, d]);
+    let k = qkv
+        .clone()
+        .slice([0..b, h * d..(h + hkv) * d])
+        .reshape([b * hkv, d]);
+    let v = qkv.slice([0..b, (h + hkv) * d..(h + 2 * hkv) * d]);
+    let q = norm::rms_norm(q, qn.clone(), eps).reshape([b, h * d]);
+    let k = norm::rms_norm(k, kn.clone(), eps).reshape([b, hkv * d]);
+    Tensor::cat(vec![q, k, v], 1)
 }
 
 impl Attention {
@@ -219,32 +263,31 @@ impl Attention {
         &self,
         fused: &FusedLayer,
         x: Tensor<2>,
-        step: &DecodeStep,
+        (step, kind): (&DecodeStep, usize),
         k_cache: Tensor<4>,
         v_cache: Tensor<4>,
     ) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
         let [b, _] = x.dims();
         let (h, d) = (self.num_heads, self.head_dim);
+        let kind = &step.kinds[kind];
+        let mut qkv = rows_matmul(x, fused.qkv.clone()); // [b, (h + 2 hkv) d]
+        if let (Some(norms), Some(qn)) = (&fused.qk_norm, &self.q_norm) {
+            let dims = (h, self.num_kv_heads, d);
+            qkv = norm_heads(qkv, fused.pre_norm_bias.as_ref(), norms, dims, qn.eps);
+        }
         let inputs = RopeInputs {
-            qkv: rows_matmul(x, fused.qkv.clone()), // [b, (h + 2 hkv) d]
+            qkv,
             bias: fused.qkv_bias.clone(),
             pos: step.pos.clone(),
-            cos: step.cos.clone(),
-            sin: step.sin.clone(),
+            cos: kind.cos.clone(),
+            sin: kind.sin.clone(),
             heads: h,
         };
         let (q, k_cache, v_cache) = rope_cache::rope_cache_write(inputs, k_cache, v_cache);
-        let out = match &step.mask {
-            None => attention::decode_attention(
-                q,
-                k_cache.clone(),
-                v_cache.clone(),
-                step.pos.clone(),
-                step.window,
-            ),
-            Some(mask) => {
-                attention::decode_attention_twin(q, k_cache.clone(), v_cache.clone(), mask.clone())
-            }
+        let (k, v) = (k_cache.clone(), v_cache.clone());
+        let out = match &kind.mask {
+            None => attention::decode_attention(q, k, v, step.pos.clone(), kind.window, self.scale),
+            Some(mask) => attention::decode_attention_twin(q, k, v, mask.clone(), self.scale),
         };
         let out = out.reshape([b, h * d]);
         (projection(out, &fused.o), k_cache, v_cache)
@@ -264,21 +307,38 @@ impl DecoderLayer {
         step: &DecodeStep,
         (k, v): (Tensor<4>, Tensor<4>),
     ) -> ((Tensor<2>, Tensor<2>), (Tensor<4>, Tensor<4>)) {
-        let (a, k, v) = self.attn.forward_cached(fused, normed, step, k, v);
+        let (a, k, v) = self
+            .attn
+            .forward_cached(fused, normed, (step, self.kind), k, v);
+        let eps = self.post_attn_norm.eps;
+        let a = match &fused.attn_out_norm {
+            Some(w) => norm::rms_norm(a, w.clone(), eps),
+            None => a,
+        };
         let post = fused.post_attn_norm.clone();
-        let (h, normed) = norm::add_rms_norm(h, a, post, self.post_attn_norm.eps);
-        // SwiGLU through the fused gate/up matmul.
+        let (h, normed) = norm::add_rms_norm(h, a, post, eps);
+        // The gated MLP through the fused gate/up matmul.
         let [b, _] = normed.dims();
         let i = fused.intermediate;
         let act = match &fused.gate_up_bias {
             // The activation inside the projection's kernel.
-            None => rows_swiglu(normed, fused.gate_up.clone()), // [b, i]
+            None => rows_gated(normed, fused.gate_up.clone(), fused.gelu), // [b, i]
             Some(bias) => {
                 let gu = rows_matmul(normed, fused.gate_up.clone()) + bias.clone().unsqueeze::<2>();
-                silu(gu.clone().slice([0..b, 0..i])) * gu.slice([0..b, i..2 * i])
+                let g = gu.clone().slice([0..b, 0..i]);
+                let g = if fused.gelu {
+                    gelu_tanh(g)
+                } else {
+                    burn::tensor::activation::silu(g)
+                };
+                g * gu.slice([0..b, i..2 * i])
             }
         };
         let m = projection(act, &fused.down);
+        let m = match &fused.mlp_out_norm {
+            Some(w) => norm::rms_norm(m, w.clone(), eps),
+            None => m,
+        };
         (norm::add_rms_norm(h, m, next.0.clone(), next.1), (k, v))
     }
 }
@@ -303,6 +363,10 @@ impl Transformer {
         cache: &mut StaticKvCache,
     ) -> Tensor<2> {
         let h = weights.embed.clone().select(0, tokens); // [slots, hidden]
+        let h = match self.embed_scale {
+            Some(f) => h.mul_scalar(f),
+            None => h,
+        };
         let first = self.layers.first().map_or(&self.norm, |l| &l.input_norm);
         let first_w = weights
             .layers

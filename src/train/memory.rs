@@ -82,20 +82,16 @@ impl MemoryEstimate {
 
 /// Parameters of `m`: (all, one layer's, embedding + head).
 pub fn parameter_count(m: &ModelConfig) -> (u64, u64) {
-    let (h, i) = (m.hidden_size as u64, m.intermediate_size as u64);
-    let (q, kv) = (
-        (m.num_heads * m.head_dim) as u64,
-        (m.num_kv_heads * m.head_dim) as u64,
-    );
-    let bias = |on: bool, n: u64| if on { n } else { 0 };
-    let layer = h * q
-        + 2 * h * kv
-        + q * h
-        + 3 * h * i
-        + 2 * h
-        + bias(m.qkv_bias, q + 2 * kv)
-        + bias(m.o_bias, h)
-        + bias(m.mlp_bias, 2 * i + h);
+    let h = m.hidden_size as u64;
+    // Every tensor a layer holds, from the one name table (norms, biases and q/k norms included).
+    let layer: u64 = crate::hf::names::layer_tensors(m)
+        .into_iter()
+        .map(|t| {
+            crate::hf::names::layer_shape(m, t)
+                .iter()
+                .product::<usize>() as u64
+        })
+        .sum();
     let embed = m.vocab_size as u64 * h;
     let head = if m.tie_word_embeddings { 0 } else { embed };
     let total = embed + head + h + m.num_layers as u64 * layer;
@@ -175,7 +171,10 @@ pub fn layer_bytes_per_token(m: &ModelConfig, seq: usize, e: u64) -> u64 {
         (m.num_heads * m.head_dim) as u64,
         (m.num_kv_heads * m.head_dim) as u64,
     );
-    let norms = 2 * (8 + e) * h;
+    // Two norms a layer (four with sandwich norms), plus the per-head q/k norms.
+    let norm_count = if m.sandwich_norms { 4 } else { 2 };
+    let head_norms = if m.qk_norm { q + kv } else { 0 };
+    let norms = (8 + e) * (norm_count * h + head_norms);
     let inputs = 2 * e * h;
     let qkv = 2 * e * (q + 2 * kv) + 2 * e * q;
     let attention = m.num_heads as u64 * seq as u64 * e;

@@ -49,7 +49,7 @@ pub fn forward(
     let mut x = model.embed_tokens(&input); // [b, s, hidden]
     for (l, layer) in model.layers.iter().enumerate() {
         seed_layer(model, dropout_seed, l);
-        x = layer.forward(x, &ctx.step(), None);
+        x = layer.forward(x, &ctx.step(layer.kind), None);
     }
     head_token_logprobs(model, model.norm.forward(x), pairs, max_logits)
 }
@@ -80,7 +80,7 @@ pub fn gradients(
     for (l, layer) in frozen.layers.iter().enumerate() {
         seed_layer(model, dropout_seed, l);
         let x = inputs[l].clone().autodiff();
-        inputs.push(layer.forward(x, &ctx.step(), None).inner());
+        inputs.push(layer.forward(x, &ctx.step(layer.kind), None).inner());
     }
 
     // The head and the loss, from the last layer's output.
@@ -97,7 +97,7 @@ pub fn gradients(
     for (l, layer) in model.layers.iter().enumerate().rev() {
         seed_layer(model, dropout_seed, l);
         let x = inputs.pop().ok_or_else(no_grad)?.autodiff().require_grad();
-        let out = layer.forward(x.clone(), &ctx.step(), None);
+        let out = layer.forward(x.clone(), &ctx.step(layer.kind), None);
         let grads = (out * upstream).sum().backward();
         accumulate(&params, &grads, &mut acc);
         upstream = x.grad(&grads).ok_or_else(no_grad)?;

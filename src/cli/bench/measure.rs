@@ -207,6 +207,7 @@ fn bench_decode_attention(device: &Device, b: usize, iters: usize) -> Result<Opt
                 v.clone(),
                 pos.clone(),
                 0,
+                1.0 / (d as f32).sqrt(),
             ));
             Ok(())
         },
@@ -216,6 +217,7 @@ fn bench_decode_attention(device: &Device, b: usize, iters: usize) -> Result<Opt
                 k.clone(),
                 v.clone(),
                 mask.clone(),
+                1.0 / (d as f32).sqrt(),
             ));
             Ok(())
         },
@@ -236,12 +238,12 @@ fn bench_decode_attention(device: &Device, b: usize, iters: usize) -> Result<Opt
 /// GB/s counts the weight's bytes.
 fn bench_rows_matmul(device: &Device, b: usize, iters: usize) -> Result<Vec<BenchRow>> {
     use wgspin::kernels::rows_matmul::{
-        RowsPath, rows_matmul, rows_matmul_twin, rows_path, rows_swiglu, rows_swiglu_twin,
+        RowsPath, rows_gated, rows_gated_twin, rows_matmul, rows_matmul_twin, rows_path,
     };
     let (hidden, inter) = (576, 1536);
     let mut rows = vec![];
     for (name, k, n, gated) in [
-        ("rows_swiglu (gate/up)", hidden, 2 * inter, true),
+        ("rows_gated (gate/up, SiLU)", hidden, 2 * inter, true),
         ("rows_matmul (down)", inter, hidden, false),
     ] {
         let x = Tensor::<2>::random([b, k], Distribution::Normal(0.0, 1.0), device);
@@ -251,7 +253,10 @@ fn bench_rows_matmul(device: &Device, b: usize, iters: usize) -> Result<Vec<Benc
         }
         type Rows = fn(Tensor<2>, Tensor<2>) -> Tensor<2>;
         let (kernel, reference): (Rows, Rows) = if gated {
-            (rows_swiglu, rows_swiglu_twin)
+            (
+                |x, w| rows_gated(x, w, false),
+                |x, w| rows_gated_twin(x, w, false),
+            )
         } else {
             (rows_matmul, rows_matmul_twin)
         };

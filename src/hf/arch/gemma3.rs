@@ -1,0 +1,70 @@
+//! Gemma 3, text only (`gemma3_text`, `Gemma3ForCausalLM`: 270M, 1B). Against Llama: norms scale
+//! by `1 + w`, four norms per layer (before and after attention and the MLP), per-head q/k norms,
+//! GELU (tanh) in the MLP, embeddings times √hidden, scores scaled by `query_pre_attn_scalar^-0.5`,
+//! and five sliding-window layers per full one, the sliding ones with their own RoPE base
+//! (`rope_local_base_freq`). The multimodal `gemma3` wrapper (vision tower) is not this family.
+
+use super::{Activation, Family, LayerType, NormKind};
+
+/// transformers' default when neither `layer_types` nor `sliding_window_pattern` is written.
+const DEFAULT_PATTERN: u64 = 6;
+
+pub const FAMILY: Family = Family {
+    model_type: "gemma3_text",
+    class: "Gemma3ForCausalLM",
+    norm: NormKind::OffsetScale,
+    activation_keys: &["hidden_activation", "hidden_act"],
+    default_activation: Activation::GeluTanh,
+    qk_norm: true,
+    sandwich_norms: true,
+    embed_scale: true,
+    default_eps: 1e-6,
+    biases: |cfg| {
+        let attention = super::flag(cfg, "attention_bias");
+        super::Biases {
+            qkv: attention,
+            o: attention,
+            mlp: false,
+        }
+    },
+    // Every `pattern`-th layer is full, the others slide.
+    layer_types: |cfg, layers| {
+        let pattern = cfg
+            .extra
+            .get("sliding_window_pattern")
+            .and_then(serde_json::Value::as_u64)
+            .filter(|&p| p > 0)
+            .unwrap_or(DEFAULT_PATTERN) as usize;
+        Some(
+            (0..layers)
+                .map(|i| {
+                    if (i + 1) % pattern == 0 {
+                        LayerType::Full
+                    } else {
+                        LayerType::Sliding
+                    }
+                })
+                .collect(),
+        )
+    },
+    sliding_window: super::plain_window,
+    local_rope_base_key: Some("rope_local_base_freq"),
+    attn_scale_key: Some("query_pre_attn_scalar"),
+    refused: &[
+        (
+            "final_logit_softcapping",
+            "logit soft-capping (Gemma 2's tanh cap on the logits)",
+        ),
+        (
+            "attn_logit_softcapping",
+            "attention soft-capping (Gemma 2's tanh cap on the scores)",
+        ),
+        (
+            "use_bidirectional_attention",
+            "bidirectional attention (EmbeddingGemma)",
+        ),
+    ],
+    // llama.cpp's `gemma3` stores norm weights as 1 + w and a SentencePiece vocabulary; the
+    // GGUF writer and reader do not do either yet.
+    gguf: None,
+};

@@ -17,10 +17,28 @@ use wgspin::model::precision::{Precision, dtype_name};
 /// `--model`: what every command that runs a model reads.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Hugging Face model folder (config.json, tokenizer.json, *.safetensors), a .gguf file, or
-    /// a PEFT LoRA adapter folder (on the base its adapter_config.json names).
-    #[arg(long)]
+    /// Hugging Face model folder (config.json, tokenizer.json, *.safetensors), a .gguf file, a
+    /// PEFT LoRA adapter folder (on the base its adapter_config.json names), or a Hub id
+    /// ORG/NAME[@REVISION] (from the Hugging Face cache, downloading what it lacks unless
+    /// HF_HUB_OFFLINE=1; a local path of that name wins).
+    #[arg(long, value_parser = model_path)]
     pub model: PathBuf,
+}
+
+/// A model flag's value: a path as given when it exists or is not a Hub id, else the Hub
+/// model's folder in the Hugging Face cache (see `wgspin::hf::hub`), with download progress on
+/// stderr.
+pub fn model_path(arg: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(arg);
+    let Some(id) = (!path.exists())
+        .then(|| wgspin::hf::hub::parse_id(arg))
+        .flatten()
+    else {
+        return Ok(path);
+    };
+    let settings = wgspin::hf::hub::HubSettings::from_env();
+    wgspin::hf::hub::resolve_model(&id, &settings, &mut super::hub::progress(&id))
+        .map_err(|e| e.to_string())
 }
 
 /// `--device`.

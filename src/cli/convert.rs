@@ -46,8 +46,8 @@ impl ConvertArgs {
 /// Export a Hugging Face folder to a GGUF file that llama.cpp loads.
 #[derive(Args, Debug)]
 pub struct ExportGgufArgs {
-    /// Hugging Face model folder.
-    #[arg(long)]
+    /// Hugging Face model folder, or a Hub id ORG/NAME[@REVISION] (see `--model` of `train`).
+    #[arg(long, value_parser = super::args::model_path)]
     model: PathBuf,
     /// Output .gguf file (written atomically).
     #[arg(long)]

@@ -21,8 +21,9 @@ pub struct MergeArgs {
     /// `train --lora-rank` checkpoint.
     #[arg(long)]
     adapter: PathBuf,
-    /// The base model folder or .gguf file [default: the adapter's base_model_name_or_path].
-    #[arg(long)]
+    /// The base model folder, .gguf file or Hub id ORG/NAME[@REVISION] [default: the adapter's
+    /// base_model_name_or_path].
+    #[arg(long, value_parser = super::args::model_path)]
     base: Option<PathBuf>,
     /// Output folder (new or empty; written beside and renamed into place).
     #[arg(long)]

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod devices;
 pub mod export_pairs;
 pub mod generate;
+pub mod hub;
 pub mod logprobs;
 pub mod merge;
 pub mod plan;

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
+pub mod hub;
 pub mod names;
 pub mod source;
 pub mod tokenizer;

@@ -43,8 +43,9 @@ impl BenchCommand {
 /// The model a throughput benchmark runs: a checkpoint, or random weights from its config.
 #[derive(Args, Debug)]
 pub struct BenchModelArgs {
-    /// Hugging Face model folder (with --random-init: a config.json or a folder with one).
-    #[arg(long)]
+    /// Hugging Face model folder or Hub id ORG/NAME[@REVISION] (with --random-init: a
+    /// config.json or a folder with one).
+    #[arg(long, value_parser = crate::cli::args::model_path)]
     model: PathBuf,
     /// Random weights from the config alone (speed only; nothing else is read).
     #[arg(long)]

@@ -11,7 +11,7 @@ use common::*;
 use wgspin::ModelBundle;
 use wgspin::train::score::{ScoreOptions, TokenizedPair, score_all};
 
-const FAMILIES: &[&str] = &["tiny-qwen3-bf16", "tiny-gemma3-bf16"];
+const FAMILIES: &[&str] = &["tiny-qwen3-bf16", "tiny-gemma3-bf16", "tiny-gemma3-6l-bf16"];
 
 /// Absolute tolerance on a sequence's summed log-prob against float64.
 const TOL: f64 = 2e-4;

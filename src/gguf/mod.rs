@@ -218,7 +218,6 @@ pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value
         "rms_norm_eps": eps,
         "rope_theta": theta,
         "rope_scaling": rope_scaling(g, &arch, theta, head_dim)?,
-        "hidden_act": "silu",
         "tie_word_embeddings": tied,
         "bos_token_id": tok.bos_token_id,
         "eos_token_id": tok.eos_token_id,
@@ -226,10 +225,34 @@ pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value
         "torch_dtype": "float32",
     });
     // Families that read them take biases from `attention_bias` (Qwen2's q/k/v biases are
-    // always there); llama.cpp records no sliding window for these architectures.
+    // always there); llama.cpp records no sliding window for the architectures without fixed
+    // layer kinds.
     config["attention_bias"] = json!(bias);
     config["mlp_bias"] = json!(false);
     config["use_sliding_window"] = json!(false);
+    config[family.activation_keys[0]] = json!(family.default_activation.hf_name());
+    if let Some(fixed) = family.gguf.and_then(|a| a.fixed) {
+        let window = meta_usize(g, &key("attention.sliding_window"))?;
+        let layers = need_usize(g, &key("block_count"))?;
+        let n = fixed.swa_pattern;
+        let types: Vec<&str> = (0..layers)
+            .map(|l| {
+                if window.is_some() && l % n < n - 1 {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        config["layer_types"] = json!(types);
+        config["sliding_window"] = json!(window);
+        if let Some(key) = family.local_rope_base_key {
+            config[key] = json!(fixed.swa_rope_base);
+        }
+        if let Some(key) = family.attn_scale_key {
+            config[key] = json!(head_dim);
+        }
+    }
     let mut eos: Vec<u32> = tok.eos_token_id.into_iter().collect();
     // An end-of-turn token (Llama 3's <|eot_id|>) also ends generation.
     if let Some(eot) = g.optional("tokenizer.ggml.eot_token_id", MetaValue::as_u64)?
@@ -249,18 +272,23 @@ pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value
 /// Dequantizes every tensor to f32 under its Hugging Face name (q/k rows un-permuted for `llama`).
 pub fn hf_tensors(g: &GgufFile, cfg: &ModelConfig) -> Result<TensorMap> {
     let permute = cfg.family.gguf.is_some_and(|g| g.permute_qk);
+    let shift = cfg.family.gguf.map_or(0.0, |g| g.norm_shift);
     let mut tensors = BTreeMap::new();
     for info in &g.tensors {
         if info.name == names::ROPE_FREQS {
             continue; // folded into the config's rope_scaling
         }
-        let resolved = names::from_gguf(&info.name).ok_or_else(|| Error::Tensor {
-            path: g.path.clone(),
-            name: info.name.clone(),
-            message: format!("unknown tensor for a {} GGUF model", cfg.family.model_type),
-        })?;
+        let resolved =
+            names::from_gguf(&info.name, cfg.sandwich_norms).ok_or_else(|| Error::Tensor {
+                path: g.path.clone(),
+                name: info.name.clone(),
+                message: format!("unknown tensor for a {} GGUF model", cfg.family.model_type),
+            })?;
         let shape = info.shape();
         let mut data = g.dequantize(info);
+        if shift != 0.0 && resolved.is_norm() {
+            data.iter_mut().for_each(|x| *x -= shift);
+        }
         if permute
             && let Some(heads) = names::permuted_heads(resolved, cfg.num_heads, cfg.num_kv_heads)
         {

@@ -1,6 +1,9 @@
 //! The one place that knows llama.cpp's GGUF tensor names (`token_embd.weight`,
 //! `blk.N.attn_q.weight`, ...) and maps them to and from the Hugging Face names of
-//! [`crate::hf::names`], plus the q/k row permutation llama.cpp applies for arch `llama`.
+//! [`crate::hf::names`], plus the q/k row permutation llama.cpp applies for arch `llama`. A model
+//! with sandwich norms (Gemma) names its norms differently: `ffn_norm` is then the norm before
+//! the MLP (HF `pre_feedforward_layernorm`), and the attention and MLP outputs' norms are
+//! `post_attention_norm` and `post_ffw_norm`.
 
 use crate::hf::names::{self as hf_names, LayerTensor};
 
@@ -31,6 +34,27 @@ const LAYER_TENSORS: &[(LayerTensor, &str)] = &[
     (LayerTensor::DownBias, "ffn_down.bias"),
 ];
 
+/// The norms of a layer with sandwich norms (they replace `ffn_norm`'s meaning above).
+const SANDWICH_NORMS: &[(LayerTensor, &str)] = &[
+    (LayerTensor::PostAttentionNorm, "post_attention_norm.weight"),
+    (LayerTensor::PreFeedforwardNorm, "ffn_norm.weight"),
+    (LayerTensor::PostFeedforwardNorm, "post_ffw_norm.weight"),
+];
+
+/// The layer table of a model with (`sandwich`) or without sandwich norms.
+fn table(sandwich: bool) -> Vec<(LayerTensor, &'static str)> {
+    if !sandwich {
+        return LAYER_TENSORS.to_vec();
+    }
+    let mut t: Vec<_> = LAYER_TENSORS
+        .iter()
+        .copied()
+        .filter(|(tensor, _)| *tensor != LayerTensor::PostAttentionNorm)
+        .collect();
+    t.extend_from_slice(SANDWICH_NORMS);
+    t
+}
+
 /// A GGUF tensor name resolved to what it is in the Hugging Face layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
@@ -50,27 +74,47 @@ impl Resolved {
         }
     }
 
-    pub fn gguf_name(self) -> String {
+    /// The GGUF name in a model with or without sandwich norms.
+    pub fn gguf_name(self, sandwich: bool) -> String {
         match self {
             Resolved::Embed => TOKEN_EMBD.into(),
             Resolved::FinalNorm => OUTPUT_NORM.into(),
             Resolved::LmHead => OUTPUT.into(),
-            Resolved::Layer(i, t) => layer(i, t),
+            Resolved::Layer(i, t) => layer(i, t, sandwich),
+        }
+    }
+
+    /// Whether the tensor is a norm's weight (what llama.cpp's gemma3 stores as `1 + w`).
+    pub fn is_norm(self) -> bool {
+        use LayerTensor::*;
+        match self {
+            Resolved::FinalNorm => true,
+            Resolved::Layer(_, t) => matches!(
+                t,
+                InputNorm
+                    | PostAttentionNorm
+                    | PreFeedforwardNorm
+                    | PostFeedforwardNorm
+                    | QNorm
+                    | KNorm
+            ),
+            _ => false,
         }
     }
 }
 
 /// `blk.{index}.{suffix}` for a layer tensor.
-pub fn layer(index: usize, tensor: LayerTensor) -> String {
-    let suffix = LAYER_TENSORS
-        .iter()
+pub fn layer(index: usize, tensor: LayerTensor, sandwich: bool) -> String {
+    let suffix = table(sandwich)
+        .into_iter()
         .find(|(t, _)| *t == tensor)
         .map_or("?", |(_, s)| s);
     format!("blk.{index}.{suffix}")
 }
 
-/// Resolves a GGUF tensor name; `None` for names wgspin does not know.
-pub fn from_gguf(name: &str) -> Option<Resolved> {
+/// Resolves a GGUF tensor name of a model with or without sandwich norms; `None` for names
+/// wgspin does not know.
+pub fn from_gguf(name: &str, sandwich: bool) -> Option<Resolved> {
     match name {
         TOKEN_EMBD => return Some(Resolved::Embed),
         OUTPUT_NORM => return Some(Resolved::FinalNorm),
@@ -80,10 +124,10 @@ pub fn from_gguf(name: &str) -> Option<Resolved> {
     let rest = name.strip_prefix("blk.")?;
     let (index, suffix) = rest.split_once('.')?;
     let index: usize = index.parse().ok()?;
-    LAYER_TENSORS
-        .iter()
+    table(sandwich)
+        .into_iter()
         .find(|(_, s)| *s == suffix)
-        .map(|(t, _)| Resolved::Layer(index, *t))
+        .map(|(t, _)| Resolved::Layer(index, t))
 }
 
 /// Resolves a Hugging Face tensor name (inverse of [`Resolved::hf_name`]).
@@ -97,9 +141,10 @@ pub fn from_hf(name: &str) -> Option<Resolved> {
     let rest = name.strip_prefix("model.layers.")?;
     let (index, _) = rest.split_once('.')?;
     let index: usize = index.parse().ok()?;
-    LAYER_TENSORS
-        .iter()
-        .map(|(t, _)| *t)
+    table(true)
+        .into_iter()
+        .chain(LAYER_TENSORS.iter().copied())
+        .map(|(t, _)| t)
         .find(|t| hf_names::layer(index, *t) == name)
         .map(|t| Resolved::Layer(index, t))
 }
@@ -159,16 +204,29 @@ mod tests {
             "blk.0.ffn_down.weight",
             "blk.3.attn_k.bias",
         ] {
-            let r = from_gguf(name).unwrap();
-            assert_eq!(r.gguf_name(), name);
+            let r = from_gguf(name, false).unwrap();
+            assert_eq!(r.gguf_name(false), name);
             assert_eq!(from_hf(&r.hf_name()), Some(r));
         }
         assert_eq!(
-            from_gguf("blk.2.attn_v.weight").unwrap().hf_name(),
+            from_gguf("blk.2.attn_v.weight", false).unwrap().hf_name(),
             "model.layers.2.self_attn.v_proj.weight"
         );
-        assert_eq!(from_gguf("blk.x.attn_v.weight"), None);
-        assert_eq!(from_gguf("rope_freqs.weight"), None);
+        assert_eq!(from_gguf("blk.x.attn_v.weight", false), None);
+        assert_eq!(from_gguf("rope_freqs.weight", false), None);
+        // Sandwich norms (Gemma): ffn_norm is the norm before the MLP.
+        let pre = |s| from_gguf("blk.1.ffn_norm.weight", s).unwrap().hf_name();
+        assert_eq!(pre(false), "model.layers.1.post_attention_layernorm.weight");
+        assert_eq!(pre(true), "model.layers.1.pre_feedforward_layernorm.weight");
+        for name in [
+            "blk.1.post_attention_norm.weight",
+            "blk.1.post_ffw_norm.weight",
+            "blk.1.attn_q_norm.weight",
+        ] {
+            let r = from_gguf(name, true).unwrap();
+            assert_eq!(r.gguf_name(true), name);
+            assert_eq!(from_hf(&r.hf_name()), Some(r));
+        }
     }
 
     #[test]

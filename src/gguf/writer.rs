@@ -375,6 +375,45 @@ fn add_sampling(w: &mut GgufWriter, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `cfg` has what llama.cpp assumes of its architecture instead of reading it (see
+/// [`crate::hf::arch::GgufArch::fixed`]); else what differs.
+fn check_fixed(
+    cfg: &ModelConfig,
+    fixed: crate::hf::arch::GgufFixed,
+) -> std::result::Result<(), String> {
+    use crate::hf::config::{AttentionWindow, RopeConfig};
+    let n = fixed.swa_pattern;
+    for l in 0..cfg.num_layers {
+        let kind = cfg.layer_attention(l);
+        let sliding = l % n < n - 1;
+        let slides = matches!(kind.window, AttentionWindow::Sliding(_));
+        if sliding != slides && cfg.sliding_window().is_some() {
+            return Err(format!(
+                "layer {l} is {} but llama.cpp makes every {n}th layer full and the others sliding",
+                if slides { "sliding" } else { "full" }
+            ));
+        }
+        let local = RopeConfig {
+            theta: fixed.swa_rope_base,
+            scaling: RopeScaling::Default,
+        };
+        if slides && kind.rope != local {
+            return Err(format!(
+                "the sliding layers' RoPE is {:?} but llama.cpp uses base {} without scaling",
+                kind.rope, fixed.swa_rope_base
+            ));
+        }
+    }
+    let head_scale = (1.0 / (cfg.head_dim as f64).sqrt()) as f32;
+    if cfg.attn_scale != head_scale {
+        return Err(format!(
+            "scores are scaled by {} (query_pre_attn_scalar) but llama.cpp scales by head_dim^-0.5 = {head_scale}",
+            cfg.attn_scale
+        ));
+    }
+    Ok(())
+}
+
 /// Converts a Hugging Face folder to a GGUF file at `out` (written atomically).
 pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()> {
     let cfg = ModelConfig::from_dir(dir)?;
@@ -393,6 +432,12 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
         });
     };
     let arch = gguf_arch.name;
+    if let Some(fixed) = gguf_arch.fixed {
+        check_fixed(&cfg, fixed).map_err(|message| Error::Config {
+            path: dir.join("config.json"),
+            message: format!("llama.cpp's {arch} cannot represent this model: {message}"),
+        })?;
+    }
     let mut w = GgufWriter::new();
     let key = |k: &str| format!("{arch}.{k}");
     let u32_of = |v: usize| MetaValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
@@ -430,6 +475,11 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
         MetaValue::F32(cfg.rms_norm_eps as f32),
     );
     w.add(&key("vocab_size"), u32_of(cfg.vocab_size));
+    if gguf_arch.fixed.is_some()
+        && let Some(window) = cfg.sliding_window()
+    {
+        w.add(&key("attention.sliding_window"), u32_of(window));
+    }
     let mut rope_freqs = None;
     match cfg.rope.scaling {
         RopeScaling::Default => {}
@@ -471,6 +521,9 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
         })?;
         let t = files.read_tensor(&hf_name)?;
         let mut data = t.data;
+        if gguf_arch.norm_shift != 0.0 && r.is_norm() {
+            data.iter_mut().for_each(|x| *x += gguf_arch.norm_shift);
+        }
         if gguf_arch.permute_qk
             && let Some(heads) = names::permuted_heads(r, cfg.num_heads, cfg.num_kv_heads)
         {
@@ -488,7 +541,7 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
         } else {
             dtype.ggml()
         };
-        w.add_tensor(&r.gguf_name(), &shape, ty, &data)?;
+        w.add_tensor(&r.gguf_name(cfg.sandwich_norms), &shape, ty, &data)?;
     }
     if let Some(f) = rope_freqs {
         w.add_tensor(names::ROPE_FREQS, &[f.len()], GgmlType::F32, &f)?;

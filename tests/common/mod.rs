@@ -16,7 +16,14 @@ use wgspin::train::score::TokenizedPair;
 
 pub mod spin_fixture;
 
-pub const TINY_MODELS: &[&str] = &["tiny-llama-bf16", "tiny-qwen2-f32", "tiny-mistral-f16"];
+pub const TINY_MODELS: &[&str] = &[
+    "tiny-llama-bf16",
+    "tiny-qwen2-f32",
+    "tiny-mistral-f16",
+    "tiny-qwen3-bf16",
+    "tiny-gemma3-bf16",
+    "tiny-gemma3-6l-bf16",
+];
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

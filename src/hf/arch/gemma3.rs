@@ -4,7 +4,7 @@
 //! and five sliding-window layers per full one, the sliding ones with their own RoPE base
 //! (`rope_local_base_freq`). The multimodal `gemma3` wrapper (vision tower) is not this family.
 
-use super::{Activation, Family, LayerType, NormKind};
+use super::{Activation, Family, GgufArch, GgufFixed, LayerType, NormKind};
 
 /// transformers' default when neither `layer_types` nor `sliding_window_pattern` is written.
 const DEFAULT_PATTERN: u64 = 6;
@@ -64,7 +64,15 @@ pub const FAMILY: Family = Family {
             "bidirectional attention (EmbeddingGemma)",
         ),
     ],
-    // llama.cpp's `gemma3` stores norm weights as 1 + w and a SentencePiece vocabulary; the
-    // GGUF writer and reader do not do either yet.
-    gguf: None,
+    // llama.cpp's `gemma3` stores the norms as 1 + w, and fixes the layer pattern (6), the
+    // sliding layers' RoPE base (10000) and the score scale (head_dim^-0.5, but for the 27B).
+    gguf: Some(GgufArch {
+        name: "gemma3",
+        permute_qk: false,
+        norm_shift: 1.0,
+        fixed: Some(GgufFixed {
+            swa_pattern: DEFAULT_PATTERN as usize,
+            swa_rope_base: 10000.0,
+        }),
+    }),
 };

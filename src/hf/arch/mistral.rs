@@ -26,5 +26,7 @@ pub const FAMILY: Family = Family {
     gguf: Some(GgufArch {
         name: "llama",
         permute_qk: true,
+        norm_shift: 0.0,
+        fixed: None,
     }),
 };

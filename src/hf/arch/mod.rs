@@ -79,12 +79,26 @@ pub enum LayerType {
 
 /// llama.cpp's view of a family: its architecture name and how its tensors differ from the
 /// Hugging Face ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GgufArch {
     /// `general.architecture`.
     pub name: &'static str,
     /// q/k rows interleaved per RoPE pair (llama.cpp's `llama` layout) rather than in halves.
     pub permute_qk: bool,
+    /// Added to every norm weight in the file (llama.cpp's gemma3 stores `1 + w`).
+    pub norm_shift: f32,
+    /// What llama.cpp fixes instead of reading it from the file, which a model must match to be
+    /// exported: every n-th layer full and the others sliding, the sliding layers' RoPE base,
+    /// and scores scaled by `head_dim^-0.5`. `sliding_window` says whether
+    /// `ARCH.attention.sliding_window` is written and read.
+    pub fixed: Option<GgufFixed>,
+}
+
+/// See [`GgufArch::fixed`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GgufFixed {
+    pub swa_pattern: usize,
+    pub swa_rope_base: f64,
 }
 
 /// One family: what its `config.json` means for the shared decoder.

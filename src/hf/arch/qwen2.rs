@@ -25,5 +25,7 @@ pub const FAMILY: Family = Family {
     gguf: Some(GgufArch {
         name: "qwen2",
         permute_qk: false,
+        norm_shift: 0.0,
+        fixed: None,
     }),
 };

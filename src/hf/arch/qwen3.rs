@@ -29,5 +29,7 @@ pub const FAMILY: Family = Family {
     gguf: Some(GgufArch {
         name: "qwen3",
         permute_qk: false,
+        norm_shift: 0.0,
+        fixed: None,
     }),
 };

@@ -24,7 +24,8 @@ struct Rope {
     d: usize,
 }
 
-/// (q, k cache, v cache) after the step, in f64, from the op's definition.
+/// (q, k cache, v cache) after the step, in f64, from the op's definition; `norms` are the
+/// per-head q/k norms' factors and eps.
 fn rope_reference(
     s: &Rope,
     x: &[f32],
@@ -32,6 +33,7 @@ fn rope_reference(
     pos: &[i64],
     tables: (&[f32], &[f32]),
     caches: (&[f32], &[f32]),
+    norms: Option<(&[f32], &[f32], f64)>,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let Rope { b, h, hkv, c, d } = *s;
     let row = (h + 2 * hkv) * d;
@@ -43,9 +45,18 @@ fn rope_reference(
         let p = pos[r] as usize;
         let t = p.min(c - 1) * d;
         let val = |i: usize| x[r * row + i] as f64 + bias[i] as f64;
+        // q and k heads normed over their d values first, when the op norms them.
+        let normed = |head: usize, i: usize| match norms {
+            Some((qn, kn, eps)) => {
+                let ms = (0..d).map(|j| val(head * d + j).powi(2)).sum::<f64>() / d as f64;
+                let w = if head < h { qn[i] } else { kn[i] } as f64;
+                val(head * d + i) / (ms + eps).sqrt() * w
+            }
+            None => val(head * d + i),
+        };
         let rotated = |head: usize, i: usize| {
             let partner = if i < d / 2 { i + d / 2 } else { i - d / 2 };
-            val(head * d + i) * cos[t + i] as f64 + val(head * d + partner) * sin[t + i] as f64
+            normed(head, i) * cos[t + i] as f64 + normed(head, partner) * sin[t + i] as f64
         };
         for head in 0..h {
             for i in 0..d {
@@ -92,10 +103,18 @@ fn rope_cache_write_matches_reference_and_twin() {
             c: 512,
             d: 128,
         },
+        // Gemma 3's head_dim: the norm's workgroup strides over four values per invocation.
+        Rope {
+            b: 2,
+            h: 4,
+            hkv: 1,
+            c: 256,
+            d: 256,
+        },
     ];
     for dev in devices() {
         let device = &dev.device;
-        for case in &cases {
+        for (case, normed) in cases.iter().flat_map(|c| [(c, false), (c, true)]) {
             let Rope { b, h, hkv, c, d } = *case;
             let row = (h + 2 * hkv) * d;
             let mut normal = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal()).collect() };
@@ -111,8 +130,14 @@ fn rope_cache_write_matches_reference_and_twin() {
                     _ => (rng.next() % c as u64) as i64,
                 })
                 .collect();
+            // Norm factors around 1 (as trained norms are), eps as Qwen3's.
+            let (qn, kn): (Vec<f32>, Vec<f32>) = (0..d)
+                .map(|_| (1.0 + 0.3 * rng.normal(), 1.0 + 0.3 * rng.normal()))
+                .unzip();
+            let eps = 1e-6;
+            let norms = normed.then_some((qn.as_slice(), kn.as_slice(), eps));
             let (q_want, k_want, v_want) =
-                rope_reference(case, &x, &bias, &pos, (&cos, &sin), (&k0, &v0));
+                rope_reference(case, &x, &bias, &pos, (&cos, &sin), (&k0, &v0), norms);
             let inputs = || RopeInputs {
                 qkv: Tensor::from_data(TensorData::new(x.clone(), [b, row]), device),
                 bias: Tensor::from_data(TensorData::new(bias.clone(), [row]), device),
@@ -120,11 +145,21 @@ fn rope_cache_write_matches_reference_and_twin() {
                 cos: Tensor::from_data(TensorData::new(cos.clone(), [c, d]), device),
                 sin: Tensor::from_data(TensorData::new(sin.clone(), [c, d]), device),
                 heads: h,
+                qk_norm: normed.then(|| {
+                    (
+                        Tensor::from_data(TensorData::new(qn.clone(), [d]), device),
+                        Tensor::from_data(TensorData::new(kn.clone(), [d]), device),
+                        eps,
+                    )
+                }),
             };
             let cache = |v: &[f32]| {
                 Tensor::<4>::from_data(TensorData::new(v.to_vec(), [b, hkv, c, d]), device)
             };
-            let label = format!("{} b={b} h={h} hkv={hkv} c={c} d={d}", dev.description);
+            let label = format!(
+                "{} b={b} h={h} hkv={hkv} c={c} d={d} qk_norm={normed}",
+                dev.description
+            );
 
             // The kernel on caches it owns.
             let (q, k, v) = rope_cache_write(inputs(), cache(&k0), cache(&v0));

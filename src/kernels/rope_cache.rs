@@ -9,6 +9,10 @@
 //! tensors are not shared; rows with `pos[b] ≥ C` write nothing). The tables are those of
 //! [`crate::model::static_cache::StaticKvCache`]: cos over both halves, sin with its first half
 //! negated, so a rotation is `x·cos + swap_halves(x)·sin`.
+//!
+//! `rope_cache_write_normed` adds per-head q/k norms before the rotation (Qwen3, Gemma 3):
+//! `x̂ = x / sqrt(mean(x²) + eps) · w` over each head's D values, `w` = `q_norm [D]` for q heads,
+//! `k_norm [D]` for k heads (the factors the model's norms multiply by, `1 + w` for Gemma's).
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -21,8 +25,10 @@ use super::cpu;
 use super::cube::{cast_to, contiguous_as, decode_template, launch_wgsl};
 use super::logprobs::{as_i32, has_f16, new_tensor};
 
-/// Invocations per workgroup of the WGSL kernel.
+/// Invocations per workgroup of the WGSL kernel: one per element, or (with q/k norms) `NORM_WG`
+/// per head (a power of two, for the shared-memory sum).
 const WG: u32 = 256;
+const NORM_WG: u32 = 64;
 
 #[backend_extension(Cube, Flex, Fusion)]
 pub trait RopeCacheBackend: Backend {
@@ -43,6 +49,27 @@ pub trait RopeCacheBackend: Backend {
         v: FloatTensor<Self>,
         heads: u32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The op with per-head q/k norms (see the module docs).
+    #[fusion(meta = |qkv, _bias, _pos, cos, _sin, k, v, _qn, _kn, heads, _eps| (
+        TensorSpec::new(Shape::new([qkv.shape[0], *heads as usize, cos.shape[1]]), qkv.dtype),
+        TensorSpec::new(k.shape.clone(), k.dtype),
+        TensorSpec::new(v.shape.clone(), v.dtype),
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn rope_cache_write_normed(
+        qkv: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        pos: IntTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_norm: FloatTensor<Self>,
+        k_norm: FloatTensor<Self>,
+        heads: u32,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// The tensors of one step's RoPE + cache write (see the module docs for shapes).
@@ -53,6 +80,8 @@ pub struct RopeInputs {
     pub cos: Tensor<2>,
     pub sin: Tensor<2>,
     pub heads: usize,
+    /// Per-head norms of q and k before the rotation: their factors `[D]` each and eps.
+    pub qk_norm: Option<(Tensor<1>, Tensor<1>, f64)>,
 }
 
 /// Runs the op: `(q [B, H, D], k cache, v cache)`.
@@ -61,6 +90,26 @@ pub fn rope_cache_write(
     k: Tensor<4>,
     v: Tensor<4>,
 ) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
+    if let Some((qn, kn, eps)) = x.qk_norm {
+        let (q, k, v) = <Dispatch as RopeCacheBackend>::rope_cache_write_normed(
+            x.qkv.into_dispatch(),
+            x.bias.into_dispatch(),
+            x.pos.into_dispatch(),
+            x.cos.into_dispatch(),
+            x.sin.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            qn.into_dispatch(),
+            kn.into_dispatch(),
+            x.heads as u32,
+            eps as f32,
+        );
+        return (
+            Tensor::from_dispatch(q),
+            Tensor::from_dispatch(k),
+            Tensor::from_dispatch(v),
+        );
+    }
     let (q, k, v) = <Dispatch as RopeCacheBackend>::rope_cache_write(
         x.qkv.into_dispatch(),
         x.bias.into_dispatch(),
@@ -95,6 +144,24 @@ pub fn rope_cache_write_twin(
             .slice([0..b, from * d..(from + n) * d])
             .reshape([b, n, d])
     };
+    // Per-head norms: the mean square over each head's D values.
+    let norm = |t: Tensor<3>, w: Option<&Tensor<1>>, eps: f64| match w {
+        Some(w) => {
+            let inv = t
+                .clone()
+                .square()
+                .mean_dim(2)
+                .add_scalar(eps)
+                .sqrt()
+                .recip();
+            t * inv * w.clone().reshape([1, 1, d])
+        }
+        None => t,
+    };
+    let (qn, kn, eps) = match &x.qk_norm {
+        Some((qn, kn, eps)) => (Some(qn), Some(kn), *eps),
+        None => (None, None, 0.0),
+    };
     let pos = x.pos.clamp_max(c as i64 - 1);
     let cos = x.cos.select(0, pos.clone()).reshape([b, 1, d]);
     let sin = x.sin.select(0, pos.clone()).reshape([b, 1, d]);
@@ -106,8 +173,8 @@ pub fn rope_cache_write_twin(
             .reshape([b, n, d]);
         t * cos.clone() + swapped * sin.clone()
     };
-    let q = rope(heads(0, h), h);
-    let new_k = rope(heads(h, hkv), hkv);
+    let q = rope(norm(heads(0, h), qn, eps), h);
+    let new_k = rope(norm(heads(h, hkv), kn, eps), hkv);
     let new_v = heads(h + hkv, hkv);
     let device = pos.device();
     let slot = Tensor::<1, Int>::arange(0..b as i64, &device)
@@ -128,19 +195,39 @@ pub fn rope_cache_write_twin(
 struct RopeSource {
     shape: [usize; 5],
     f16: bool,
+    /// The q/k norms' eps bits, when the kernel norms q and k.
+    qk_norm: Option<u32>,
 }
 
 impl KernelSource for RopeSource {
     fn source(&self) -> SourceTemplate {
+        let elem = if self.f16 { "f16" } else { "f32" };
+        let (wg, bindings, weight) = match self.qk_norm {
+            Some(_) => (
+                NORM_WG,
+                format!(
+                    "@group(0) @binding(8) var<storage, read_write> qn: array<{elem}>;\n\
+                     @group(0) @binding(9) var<storage, read_write> kn: array<{elem}>;"
+                ),
+                "    if (is_q) { return f32(qn[i]); }\n    return f32(kn[i]);",
+            ),
+            None => (WG, String::new(), "    return 1.0;"),
+        };
+        let eps = f32::from_bits(self.qk_norm.unwrap_or(0));
         decode_template(
             include_str!("../../shaders/rope_cache_write.wgsl"),
             self.shape,
             self.f16,
         )
-        .register("wg", WG.to_string())
+        .register("wg", wg.to_string())
+        .register("qk_norm", self.qk_norm.is_some().to_string())
+        // Debug formatting prints the shortest string that reads back to the same f32.
+        .register("eps", format!("{eps:?}"))
+        .register("norm_bindings", bindings)
+        .register("norm_weight", weight)
     }
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.shape, self.f16))
+        KernelId::new::<Self>().info((self.shape, self.f16, self.qk_norm))
     }
     fn lang(&self) -> &'static str {
         "wgsl"
@@ -157,6 +244,52 @@ fn writable(t: CubeTensor, elem: DType) -> CubeTensor {
     }
 }
 
+/// Launches the kernel, with the q/k norms' factors and eps when given.
+#[allow(clippy::too_many_arguments)]
+fn launch_cube(
+    qkv: CubeTensor,
+    bias: CubeTensor,
+    pos: CubeTensor,
+    (cos, sin): (CubeTensor, CubeTensor),
+    k: CubeTensor,
+    v: CubeTensor,
+    norms: Option<(CubeTensor, CubeTensor, f32)>,
+    heads: u32,
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let f16 = qkv.dtype == DType::F16 && has_f16(qkv.client.properties());
+    let elem = if f16 { DType::F16 } else { DType::F32 };
+    let dtype = qkv.dtype;
+    let (qkv, bias) = (contiguous_as(qkv, elem), contiguous_as(bias, elem));
+    let (cos, sin) = (
+        contiguous_as(cos, DType::F32),
+        contiguous_as(sin, DType::F32),
+    );
+    let pos = into_contiguous(as_i32(pos));
+    let (k, v) = (writable(k, elem), writable(v, elem));
+    let [b, row] = qkv.shape().dims::<2>();
+    let [_, hkv, c, d] = k.shape().dims::<4>();
+    let h = heads as usize;
+    debug_assert_eq!(row, (h + 2 * hkv) * d);
+    let q = new_tensor(&qkv, Shape::new([b, h, d]), elem);
+    if b * row > 0 {
+        let kernel = RopeSource {
+            shape: [b, h, hkv, c, d],
+            f16,
+            qk_norm: norms.as_ref().map(|n| n.2.to_bits()),
+        };
+        let mut bound = vec![&qkv, &bias, &pos, &cos, &sin, &k, &v, &q];
+        let weights = norms.map(|(qn, kn, _)| (contiguous_as(qn, elem), contiguous_as(kn, elem)));
+        match &weights {
+            Some((qn, kn)) => {
+                bound.extend([qn, kn]);
+                launch_wgsl(kernel, NORM_WG, b * (h + 2 * hkv), &bound);
+            }
+            None => launch_wgsl(kernel, WG, (b * row).div_ceil(WG as usize), &bound),
+        }
+    }
+    (cast_to(q, dtype), cast_to(k, dtype), cast_to(v, dtype))
+}
+
 impl RopeCacheBackend for CubeBackend {
     fn rope_cache_write(
         qkv: CubeTensor,
@@ -168,36 +301,106 @@ impl RopeCacheBackend for CubeBackend {
         v: CubeTensor,
         heads: u32,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        let f16 = qkv.dtype == DType::F16 && has_f16(qkv.client.properties());
-        let elem = if f16 { DType::F16 } else { DType::F32 };
-        let dtype = qkv.dtype;
-        let (qkv, bias) = (contiguous_as(qkv, elem), contiguous_as(bias, elem));
-        let (cos, sin) = (
-            contiguous_as(cos, DType::F32),
-            contiguous_as(sin, DType::F32),
-        );
-        let pos = into_contiguous(as_i32(pos));
-        let (k, v) = (writable(k, elem), writable(v, elem));
-        let [b, row] = qkv.shape().dims::<2>();
-        let [_, hkv, c, d] = k.shape().dims::<4>();
-        let h = heads as usize;
-        debug_assert_eq!(row, (h + 2 * hkv) * d);
-        let q = new_tensor(&qkv, Shape::new([b, h, d]), elem);
-        if b * row > 0 {
-            let kernel = RopeSource {
-                shape: [b, h, hkv, c, d],
-                f16,
-            };
-            let groups = (b * row).div_ceil(WG as usize);
-            launch_wgsl(
-                kernel,
-                WG,
-                groups,
-                &[&qkv, &bias, &pos, &cos, &sin, &k, &v, &q],
-            );
-        }
-        (cast_to(q, dtype), cast_to(k, dtype), cast_to(v, dtype))
+        launch_cube(qkv, bias, pos, (cos, sin), k, v, None, heads)
     }
+
+    fn rope_cache_write_normed(
+        qkv: CubeTensor,
+        bias: CubeTensor,
+        pos: CubeTensor,
+        cos: CubeTensor,
+        sin: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        q_norm: CubeTensor,
+        k_norm: CubeTensor,
+        heads: u32,
+        eps: f32,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let norms = Some((q_norm, k_norm, eps));
+        launch_cube(qkv, bias, pos, (cos, sin), k, v, norms, heads)
+    }
+}
+
+/// The CPU loop, with the q/k norms' factors and eps when given.
+#[allow(clippy::too_many_arguments)]
+fn run_flex(
+    qkv: FloatTensor<Flex>,
+    bias: FloatTensor<Flex>,
+    pos: IntTensor<Flex>,
+    (cos, sin): (FloatTensor<Flex>, FloatTensor<Flex>),
+    k: FloatTensor<Flex>,
+    v: FloatTensor<Flex>,
+    norms: Option<(FloatTensor<Flex>, FloatTensor<Flex>, f32)>,
+    heads: u32,
+) -> (FloatTensor<Flex>, FloatTensor<Flex>, FloatTensor<Flex>) {
+    let dtype = qkv.dtype();
+    let [b, row] = qkv.shape().dims::<2>();
+    let [_, hkv, c, d] = k.shape().dims::<4>();
+    let h = heads as usize;
+    let half = d / 2;
+    let (qkv, bias) = (cpu::f32_dense(qkv), cpu::f32_dense(bias));
+    let (cos, sin) = (cpu::f32_dense(cos), cpu::f32_dense(sin));
+    let (mut k, mut v) = (cpu::f32_dense(k), cpu::f32_dense(v));
+    let norms = norms.map(|(qn, kn, eps)| (cpu::f32_dense(qn), cpu::f32_dense(kn), eps));
+    let pos = cpu::positions(pos);
+    let mut q = vec![0f32; b * h * d];
+    {
+        let (x, bias) = (cpu::read(&qkv), cpu::read(&bias));
+        let (cos, sin) = (cpu::read(&cos), cpu::read(&sin));
+        let norms = norms
+            .as_ref()
+            .map(|(qn, kn, eps)| (cpu::read(qn), cpu::read(kn), *eps));
+        let kc = cpu::write(&mut k);
+        let vc = cpu::write(&mut v);
+        let mut head_x = vec![0f32; d];
+        for (r, &p) in pos.iter().enumerate() {
+            let in_cache = p >= 0 && (p as usize) < c;
+            let t = p.clamp(0, c as i64 - 1) as usize * d;
+            let (cos, sin) = (&cos[t..t + d], &sin[t..t + d]);
+            let x = &x[r * row..(r + 1) * row];
+            let mut rotate = |head: usize, out: &mut [f32]| {
+                let base = head * d;
+                for (i, hx) in head_x.iter_mut().enumerate() {
+                    *hx = x[base + i] + bias[base + i];
+                }
+                if let Some((qn, kn, eps)) = &norms {
+                    let w = if head < h { qn } else { kn };
+                    let ms = head_x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                    let inv = 1.0 / (ms + eps).sqrt();
+                    head_x
+                        .iter_mut()
+                        .zip(w.iter())
+                        .for_each(|(v, w)| *v = *v * inv * w);
+                }
+                for i in 0..d {
+                    let j = if i < half { i + half } else { i - half };
+                    out[i] = head_x[i] * cos[i] + head_x[j] * sin[i];
+                }
+            };
+            for head in 0..h {
+                let at = (r * h + head) * d;
+                rotate(head, &mut q[at..at + d]);
+            }
+            if !in_cache {
+                continue;
+            }
+            for g in 0..hkv {
+                let at = ((r * hkv + g) * c + p as usize) * d;
+                rotate(h + g, &mut kc[at..at + d]);
+                let base = (h + hkv + g) * d;
+                for i in 0..d {
+                    vc[at + i] = x[base + i] + bias[base + i];
+                }
+            }
+        }
+    }
+    let q = cpu::from_f32(q, [b, h, d]);
+    (
+        cpu::cast_back(q, dtype),
+        cpu::cast_back(k, dtype),
+        cpu::cast_back(v, dtype),
+    )
 }
 
 impl RopeCacheBackend for Flex {
@@ -211,57 +414,23 @@ impl RopeCacheBackend for Flex {
         v: FloatTensor<Flex>,
         heads: u32,
     ) -> (FloatTensor<Flex>, FloatTensor<Flex>, FloatTensor<Flex>) {
-        let dtype = qkv.dtype();
-        let [b, row] = qkv.shape().dims::<2>();
-        let [_, hkv, c, d] = k.shape().dims::<4>();
-        let h = heads as usize;
-        let half = d / 2;
-        let (qkv, bias) = (cpu::f32_dense(qkv), cpu::f32_dense(bias));
-        let (cos, sin) = (cpu::f32_dense(cos), cpu::f32_dense(sin));
-        let (mut k, mut v) = (cpu::f32_dense(k), cpu::f32_dense(v));
-        let pos = cpu::positions(pos);
-        let mut q = vec![0f32; b * h * d];
-        {
-            let (x, bias) = (cpu::read(&qkv), cpu::read(&bias));
-            let (cos, sin) = (cpu::read(&cos), cpu::read(&sin));
-            let kc = cpu::write(&mut k);
-            let vc = cpu::write(&mut v);
-            for (r, &p) in pos.iter().enumerate() {
-                let in_cache = p >= 0 && (p as usize) < c;
-                let t = p.clamp(0, c as i64 - 1) as usize * d;
-                let (cos, sin) = (&cos[t..t + d], &sin[t..t + d]);
-                let x = &x[r * row..(r + 1) * row];
-                let rotate = |head: usize, out: &mut [f32]| {
-                    let base = head * d;
-                    for i in 0..d {
-                        let j = if i < half { i + half } else { i - half };
-                        let xi = x[base + i] + bias[base + i];
-                        let xj = x[base + j] + bias[base + j];
-                        out[i] = xi * cos[i] + xj * sin[i];
-                    }
-                };
-                for head in 0..h {
-                    let at = (r * h + head) * d;
-                    rotate(head, &mut q[at..at + d]);
-                }
-                if !in_cache {
-                    continue;
-                }
-                for g in 0..hkv {
-                    let at = ((r * hkv + g) * c + p as usize) * d;
-                    rotate(h + g, &mut kc[at..at + d]);
-                    let base = (h + hkv + g) * d;
-                    for i in 0..d {
-                        vc[at + i] = x[base + i] + bias[base + i];
-                    }
-                }
-            }
-        }
-        let q = cpu::from_f32(q, [b, h, d]);
-        (
-            cpu::cast_back(q, dtype),
-            cpu::cast_back(k, dtype),
-            cpu::cast_back(v, dtype),
-        )
+        run_flex(qkv, bias, pos, (cos, sin), k, v, None, heads)
+    }
+
+    fn rope_cache_write_normed(
+        qkv: FloatTensor<Flex>,
+        bias: FloatTensor<Flex>,
+        pos: IntTensor<Flex>,
+        cos: FloatTensor<Flex>,
+        sin: FloatTensor<Flex>,
+        k: FloatTensor<Flex>,
+        v: FloatTensor<Flex>,
+        q_norm: FloatTensor<Flex>,
+        k_norm: FloatTensor<Flex>,
+        heads: u32,
+        eps: f32,
+    ) -> (FloatTensor<Flex>, FloatTensor<Flex>, FloatTensor<Flex>) {
+        let norms = Some((q_norm, k_norm, eps));
+        run_flex(qkv, bias, pos, (cos, sin), k, v, norms, heads)
     }
 }

@@ -40,10 +40,9 @@ pub struct FusedLayer {
     /// Sandwich norms: the factors of the attention output's and the MLP output's norms.
     pub attn_out_norm: Option<Tensor<1>>,
     pub mlp_out_norm: Option<Tensor<1>>,
-    /// Per-head q and k norms `[head_dim]` each; with them the q/k/v bias is added before the
-    /// norms (`pre_norm_bias`) and `qkv_bias` is zeros.
+    /// Per-head q and k norms' factors `[head_dim]` each (applied after the bias, before RoPE,
+    /// in the RoPE kernel).
     pub qk_norm: Option<(Tensor<1>, Tensor<1>)>,
-    pub pre_norm_bias: Option<Tensor<1>>,
     /// Whether the gated MLP's activation is GELU-tanh (else SiLU).
     pub gelu: bool,
 }
@@ -114,10 +113,7 @@ impl DecodeWeights {
                     (Some(q), Some(k)) => Some((norm_weight(q, dtype), norm_weight(k, dtype))),
                     _ => None,
                 };
-                let (qkv_bias, pre_norm_bias) = match qk_norm {
-                    Some(_) => (zeros(), qkv_bias),
-                    None => (qkv_bias.unwrap_or_else(zeros), None),
-                };
+                let qkv_bias = qkv_bias.unwrap_or_else(zeros);
                 let m = &layer.mlp;
                 let (gate_up, gate_up_bias) = stack(&[&m.gate, &m.up], dtype);
                 FusedLayer {
@@ -133,7 +129,6 @@ impl DecodeWeights {
                     attn_out_norm: layer.attn_out_norm.as_ref().map(|n| norm_weight(n, dtype)),
                     mlp_out_norm: layer.mlp_out_norm.as_ref().map(|n| norm_weight(n, dtype)),
                     qk_norm,
-                    pre_norm_bias,
                     gelu: m.act == Activation::GeluTanh,
                 }
             })

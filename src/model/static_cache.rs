@@ -231,31 +231,6 @@ pub struct DecodeStep {
     kinds: Vec<KindStep>,
 }
 
-/// Per-head norms of the q and k parts of a fused projection `qkv [b, (h + 2 hkv) d]` (its bias
-/// added first): one norm launch each over `[b · heads, d]` rows.
-fn norm_heads(
-    qkv: Tensor<2>,
-    bias: Option<&Tensor<1>>,
-    (qn, kn): &(Tensor<1>, Tensor<1>),
-    (h, hkv, d): (usize, usize, usize),
-    eps: f64,
-) -> Tensor<2> {
-    let [b, _] = qkv.dims();
-    let qkv = match bias {
-        Some(bias) => qkv + bias.clone().unsqueeze::<2>(),
-        None => qkv,
-    };
-    let q = qkv.clone().slice([0..b, 0..h * d]).reshape([b * h, d]);
-    let k = qkv
-        .clone()
-        .slice([0..b, h * d..(h + hkv) * d])
-        .reshape([b * hkv, d]);
-    let v = qkv.slice([0..b, (h + hkv) * d..(h + 2 * hkv) * d]);
-    let q = norm::rms_norm(q, qn.clone(), eps).reshape([b, h * d]);
-    let k = norm::rms_norm(k, kn.clone(), eps).reshape([b, hkv * d]);
-    Tensor::cat(vec![q, k, v], 1)
-}
-
 impl Attention {
     /// One cached step of attention for the normed rows `x [slots, hidden]`: writes this step's
     /// keys/values into the cache tensors and attends over the visible columns.
@@ -270,18 +245,18 @@ impl Attention {
         let [b, _] = x.dims();
         let (h, d) = (self.num_heads, self.head_dim);
         let kind = &step.kinds[kind];
-        let mut qkv = rows_matmul(x, fused.qkv.clone()); // [b, (h + 2 hkv) d]
-        if let (Some(norms), Some(qn)) = (&fused.qk_norm, &self.q_norm) {
-            let dims = (h, self.num_kv_heads, d);
-            qkv = norm_heads(qkv, fused.pre_norm_bias.as_ref(), norms, dims, qn.eps);
-        }
         let inputs = RopeInputs {
-            qkv,
+            qkv: rows_matmul(x, fused.qkv.clone()), // [b, (h + 2 hkv) d]
             bias: fused.qkv_bias.clone(),
             pos: step.pos.clone(),
             cos: kind.cos.clone(),
             sin: kind.sin.clone(),
             heads: h,
+            // The per-head q/k norms inside the same kernel.
+            qk_norm: match (&fused.qk_norm, &self.q_norm) {
+                (Some((qn, kn)), Some(n)) => Some((qn.clone(), kn.clone(), n.eps)),
+                _ => None,
+            },
         };
         let (q, k_cache, v_cache) = rope_cache::rope_cache_write(inputs, k_cache, v_cache);
         let (k, v) = (k_cache.clone(), v_cache.clone());

@@ -326,7 +326,7 @@ fn rows_matmul_matches_host_reference_and_twin() {
 #[test]
 fn add_rms_norm_matches_host_reference_and_twin() {
     use burn::module::Param;
-    use wgspin::kernels::norm::{add_rms_norm, rms_norm};
+    use wgspin::kernels::norm::{add_rms_norm, norm_add_rms_norm, rms_norm};
     use wgspin::model::layers::RmsNorm;
     set_poison_outputs(true);
     let mut rng = Rng(47);
@@ -356,6 +356,29 @@ fn add_rms_norm_matches_host_reference_and_twin() {
             let got = rms_norm(t2(&x), wt.clone(), eps);
             assert_close(&format!("{label} plain y"), &floats(got), &norm(&xs), 1e-5);
 
+            // Sandwich norms: r normed with its own weight before the add.
+            let rw: Vec<f32> = (0..n).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+            let rws = Tensor::<1>::from_data(TensorData::new(rw.clone(), [n]), device);
+            let rs: Vec<f64> = r.iter().map(|&a| a as f64).collect();
+            let pre_h: Vec<f64> = rms_norm_f64(&rs, &rw, eps)
+                .iter()
+                .zip(&xs)
+                .map(|(a, b)| a + b)
+                .collect();
+            let (got_h, got_y) = norm_add_rms_norm(t2(&x), t2(&r), rws.clone(), wt.clone(), eps);
+            assert_close(
+                &format!("{label} pre-normed h"),
+                &floats(got_h),
+                &pre_h,
+                1e-5,
+            );
+            assert_close(
+                &format!("{label} pre-normed y"),
+                &floats(got_y),
+                &norm(&pre_h),
+                1e-5,
+            );
+
             let twin = RmsNorm {
                 weight: Param::from_tensor(wt),
                 eps,
@@ -363,6 +386,18 @@ fn add_rms_norm_matches_host_reference_and_twin() {
             };
             let y = twin.forward(t2(&x) + t2(&r));
             assert_close(&format!("{label} twin y"), &floats(y), &norm(&h), 1e-5);
+            let pre_twin = RmsNorm {
+                weight: Param::from_tensor(rws),
+                eps,
+                offset: 0.0,
+            };
+            let y = twin.forward(t2(&x) + pre_twin.forward(t2(&r)));
+            assert_close(
+                &format!("{label} pre-normed twin y"),
+                &floats(y),
+                &norm(&pre_h),
+                1e-5,
+            );
         }
     }
     set_poison_outputs(false);
@@ -373,7 +408,7 @@ fn add_rms_norm_matches_host_reference_and_twin() {
 #[test]
 fn add_rms_norm_in_f16_rounds_once_per_output() {
     use burn::tensor::DType;
-    use wgspin::kernels::norm::{add_rms_norm, rms_norm};
+    use wgspin::kernels::norm::{add_rms_norm, norm_add_rms_norm, rms_norm};
     set_poison_outputs(true);
     let mut rng = Rng(53);
     let f16 = |v: f64| half::f16::from_f64(v).to_f64();
@@ -418,6 +453,23 @@ fn add_rms_norm_in_f16_rounds_once_per_output() {
             let y = floats(got_y.cast(DType::F32));
             assert_close(&format!("{label} y"), &y, &norm(&h), 1e-3);
             let xs: Vec<f64> = x.iter().map(|&a| a as f64).collect();
+            // Sandwich norms: r's norm rounded to f16 (the model's norm output), then the sum.
+            let rw: Vec<f32> = draw(n, 0.3).iter().map(|g| 1.0 + g).collect();
+            let rs: Vec<f64> = r.iter().map(|&a| a as f64).collect();
+            let pre_h: Vec<f64> = rms_norm_f64(&rs, &rw, eps)
+                .iter()
+                .zip(&xs)
+                .map(|(a, b)| f16(f16(*a) + b))
+                .collect();
+            let rwt =
+                Tensor::<1>::from_data(TensorData::new(rw.clone(), [n]), device).cast(DType::F16);
+            let (got_h, got_y) = norm_add_rms_norm(t2(&x), t2(&r), rwt, wt.clone(), eps);
+            // The f16 rounding of r's norm may fall either side of the f64 value: one f16 step.
+            let got_h = floats(got_h.cast(DType::F32));
+            assert_close(&format!("{label} pre-normed h"), &got_h, &pre_h, 2e-3);
+            let got_h: Vec<f64> = got_h.iter().map(|&a| a as f64).collect();
+            let y = floats(got_y.cast(DType::F32));
+            assert_close(&format!("{label} pre-normed y"), &y, &norm(&got_h), 1e-3);
             let got = rms_norm(t2(&x), wt, eps);
             assert_eq!(got.dtype(), DType::F16, "{label}");
             assert_close(

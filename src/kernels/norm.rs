@@ -3,8 +3,10 @@
 //! norm ([`crate::model::layers::RmsNorm::forward`]) as the twin.
 //!
 //! `add_rms_norm(x [B, N], r [B, N], w [N], eps)` → `(h = x + r, h / sqrt(mean(h²) + eps) · w)`;
-//! `rms_norm(x, w, eps)` → the second alone. burn's ops make 5 to 7 kernels of a norm (a reduce,
-//! element-wise passes, the residual add before it); this is one launch.
+//! `rms_norm(x, w, eps)` → the second alone; `norm_add_rms_norm(x, r, rw, w, eps)` norms `r` with
+//! its own weight `rw` before the add (sandwich norms: Gemma 3's attention and MLP outputs).
+//! burn's ops make 5 to 7 kernels of a norm (a reduce, element-wise passes, the residual add
+//! before it); this is one launch.
 //!
 //! In f16 (where the device's WGSL has it) the kernel reads and writes f16 and computes the
 //! statistics in f32, as the model's norm does: no cast launches around it. The residual stream
@@ -40,6 +42,37 @@ pub trait RmsNormBackend: Backend {
     /// `rms_norm(x) · w`.
     #[fusion(meta = |x, _w, _eps| TensorSpec::new(x.shape.clone(), x.dtype))]
     fn rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
+
+    /// `(h, rms_norm(h) · w)` for `h = x + rms_norm(r) · rw`.
+    #[fusion(meta = |x, _r, _rw, _w, _eps| (
+        TensorSpec::new(x.shape.clone(), x.dtype),
+        TensorSpec::new(x.shape.clone(), x.dtype),
+    ))]
+    fn norm_add_rms_norm(
+        x: FloatTensor<Self>,
+        r: FloatTensor<Self>,
+        rw: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// `x [B, N] + rms_norm(r [B, N]) · rw [N]` and its norm with weight `w [N]`: `(h, y)`.
+pub fn norm_add_rms_norm(
+    x: Tensor<2>,
+    r: Tensor<2>,
+    rw: Tensor<1>,
+    w: Tensor<1>,
+    eps: f64,
+) -> (Tensor<2>, Tensor<2>) {
+    let (h, y) = <Dispatch as RmsNormBackend>::norm_add_rms_norm(
+        x.into_dispatch(),
+        r.into_dispatch(),
+        rw.into_dispatch(),
+        w.into_dispatch(),
+        eps as f32,
+    );
+    (Tensor::from_dispatch(h), Tensor::from_dispatch(y))
 }
 
 /// `x [B, N] + r [B, N]` and its norm with weight `w [N]`: `(h, y)`.
@@ -67,6 +100,8 @@ struct NormSource {
     n: usize,
     eps: f32,
     residual: bool,
+    /// The residual is normed first (with its own weight, binding 5).
+    pre_norm: bool,
     f16: bool,
 }
 
@@ -78,19 +113,48 @@ impl KernelSource for NormSource {
             // Debug formatting prints the shortest string that reads back to the same f32.
             .register("eps", format!("{:?}", self.eps))
             .register("residual", self.residual.to_string())
+            .register("pre_norm", self.pre_norm.to_string())
+            .register(
+                "pre_binding",
+                match (self.pre_norm, self.f16) {
+                    (false, _) => "",
+                    (true, false) => {
+                        "@group(0) @binding(5) var<storage, read_write> rw: array<f32>;"
+                    }
+                    (true, true) => {
+                        "@group(0) @binding(5) var<storage, read_write> rw: array<f16>;"
+                    }
+                },
+            )
+            .register(
+                "residual_at",
+                match (self.pre_norm, self.f16) {
+                    (false, _) => "    return f32(r[base + i]);",
+                    (true, false) => "    return f32(f32(r[base + i]) * r_inv * f32(rw[i]));",
+                    (true, true) => "    return f32(f16(f32(r[base + i]) * r_inv * f32(rw[i])));",
+                },
+            )
     }
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.b, self.n, self.eps.to_bits(), self.residual, self.f16))
+        KernelId::new::<Self>().info((
+            self.b,
+            self.n,
+            self.eps.to_bits(),
+            self.residual,
+            self.pre_norm,
+            self.f16,
+        ))
     }
     fn lang(&self) -> &'static str {
         "wgsl"
     }
 }
 
-/// Launches the kernel; `r` is `None` for the plain norm. Returns `(h, y)` (`h` only with `r`).
+/// Launches the kernel; `r` is `None` for the plain norm, and carries its own norm's weight for
+/// PRE_NORM. Returns `(h, y)` (`h` only with `r`).
 fn launch(
     x: CubeTensor,
-    r: Option<CubeTensor>,
+    r: Option<(CubeTensor, Option<CubeTensor>)>,
     w: CubeTensor,
     eps: f32,
 ) -> (Option<CubeTensor>, CubeTensor) {
@@ -101,9 +165,13 @@ fn launch(
     let [b, n] = x.shape().dims::<2>();
     let y = new_tensor(&x, Shape::new([b, n]), elem);
     let residual = r.is_some();
+    let rw = r
+        .as_ref()
+        .and_then(|(_, rw)| rw.clone())
+        .map(|rw| contiguous_as(rw, elem));
     // Without a residual, r and h are bound to a one-element placeholder the kernel never reads.
     let (r, h) = match r {
-        Some(r) => (
+        Some((r, _)) => (
             contiguous_as(r, elem),
             new_tensor(&x, Shape::new([b, n]), elem),
         ),
@@ -118,9 +186,12 @@ fn launch(
             n,
             eps,
             residual,
+            pre_norm: rw.is_some(),
             f16,
         };
-        launch_wgsl(kernel, 256, b, &[&x, &r, &w, &h, &y]);
+        let mut bound = vec![&x, &r, &w, &h, &y];
+        bound.extend(rw.as_ref());
+        launch_wgsl(kernel, 256, b, &bound);
     }
     (residual.then(|| cast_to(h, dtype)), cast_to(y, dtype))
 }
@@ -132,12 +203,23 @@ impl RmsNormBackend for CubeBackend {
         w: CubeTensor,
         eps: f32,
     ) -> (CubeTensor, CubeTensor) {
-        let (h, y) = launch(x, Some(r), w, eps);
+        let (h, y) = launch(x, Some((r, None)), w, eps);
         (h.expect("launched with a residual"), y)
     }
 
     fn rms_norm(x: CubeTensor, w: CubeTensor, eps: f32) -> CubeTensor {
         launch(x, None, w, eps).1
+    }
+
+    fn norm_add_rms_norm(
+        x: CubeTensor,
+        r: CubeTensor,
+        rw: CubeTensor,
+        w: CubeTensor,
+        eps: f32,
+    ) -> (CubeTensor, CubeTensor) {
+        let (h, y) = launch(x, Some((r, Some(rw))), w, eps);
+        (h.expect("launched with a residual"), y)
     }
 }
 
@@ -151,6 +233,47 @@ fn norm_rows(h: &[f32], w: &[f32], n: usize, eps: f32, y: &mut [f32]) {
     }
 }
 
+/// `(x + r, its norm)` on the CPU, `r` normed with `rw` first when given; every sum rounded to
+/// the stream's dtype before it is normed, as the WGSL kernel does.
+fn add_norm_flex(
+    x: FloatTensor<Flex>,
+    r: FloatTensor<Flex>,
+    rw: Option<FloatTensor<Flex>>,
+    w: FloatTensor<Flex>,
+    eps: f32,
+) -> (FloatTensor<Flex>, FloatTensor<Flex>) {
+    let dtype = x.dtype();
+    let [b, n] = x.shape().dims::<2>();
+    let (x, r, w) = (cpu::f32_dense(x), cpu::f32_dense(r), cpu::f32_dense(w));
+    let round = |v: f32| match dtype {
+        DType::F16 => half::f16::from_f32(v).to_f32(),
+        DType::BF16 => half::bf16::from_f32(v).to_f32(),
+        _ => v,
+    };
+    let r: Vec<f32> = match rw {
+        Some(rw) if n > 0 => {
+            let rw = cpu::f32_dense(rw);
+            let mut normed = vec![0f32; b * n];
+            norm_rows(cpu::read(&r), cpu::read(&rw), n, eps, &mut normed);
+            normed.into_iter().map(round).collect()
+        }
+        _ => cpu::read(&r).to_vec(),
+    };
+    let h: Vec<f32> = cpu::read(&x)
+        .iter()
+        .zip(&r)
+        .map(|(a, b)| round(a + b))
+        .collect();
+    let mut y = vec![0f32; b * n];
+    if n > 0 {
+        norm_rows(&h, cpu::read(&w), n, eps, &mut y);
+    }
+    (
+        cpu::cast_back(cpu::from_f32(h, [b, n]), dtype),
+        cpu::cast_back(cpu::from_f32(y, [b, n]), dtype),
+    )
+}
+
 impl RmsNormBackend for Flex {
     fn add_rms_norm(
         x: FloatTensor<Flex>,
@@ -158,28 +281,17 @@ impl RmsNormBackend for Flex {
         w: FloatTensor<Flex>,
         eps: f32,
     ) -> (FloatTensor<Flex>, FloatTensor<Flex>) {
-        let dtype = x.dtype();
-        let [b, n] = x.shape().dims::<2>();
-        let (x, r, w) = (cpu::f32_dense(x), cpu::f32_dense(r), cpu::f32_dense(w));
-        // Rounded to the stream's dtype before it is normed, as the WGSL kernel does.
-        let round = |v: f32| match dtype {
-            DType::F16 => half::f16::from_f32(v).to_f32(),
-            DType::BF16 => half::bf16::from_f32(v).to_f32(),
-            _ => v,
-        };
-        let h: Vec<f32> = cpu::read(&x)
-            .iter()
-            .zip(cpu::read(&r))
-            .map(|(a, b)| round(a + b))
-            .collect();
-        let mut y = vec![0f32; b * n];
-        if n > 0 {
-            norm_rows(&h, cpu::read(&w), n, eps, &mut y);
-        }
-        (
-            cpu::cast_back(cpu::from_f32(h, [b, n]), dtype),
-            cpu::cast_back(cpu::from_f32(y, [b, n]), dtype),
-        )
+        add_norm_flex(x, r, None, w, eps)
+    }
+
+    fn norm_add_rms_norm(
+        x: FloatTensor<Flex>,
+        r: FloatTensor<Flex>,
+        rw: FloatTensor<Flex>,
+        w: FloatTensor<Flex>,
+        eps: f32,
+    ) -> (FloatTensor<Flex>, FloatTensor<Flex>) {
+        add_norm_flex(x, r, Some(rw), w, eps)
     }
 
     fn rms_norm(x: FloatTensor<Flex>, w: FloatTensor<Flex>, eps: f32) -> FloatTensor<Flex> {

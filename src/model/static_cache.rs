@@ -12,7 +12,10 @@
 //! step is: the fused q/k/v projection, RoPE + cache write (one kernel), attention (one
 //! kernel), the output projection, residual + norm (one kernel), the fused gate/up projection
 //! with SwiGLU inside it, the down projection, and the residual add fused with the next layer's
-//! norm: 8 launches, the projections through the few-rows kernel (`kernels/rows_matmul.rs`). The burn-ops twin of
+//! norm: 8 launches, the projections through the few-rows kernel (`kernels/rows_matmul.rs`). A
+//! family's extras add none: per-head q/k norms run inside the RoPE kernel, sandwich norms (the
+//! attention and MLP outputs normed before they join the stream) inside the residual-norm one,
+//! each layer reads the RoPE tables and window of its attention kind. The burn-ops twin of
 //! attention (with a mask tensor, its length moving in buckets of [`LEN_BUCKET`]) runs only where
 //! the kernel cannot (a query group wider than the WGSL kernel's shared memory).
 //!
@@ -286,12 +289,12 @@ impl DecoderLayer {
             .attn
             .forward_cached(fused, normed, (step, self.kind), k, v);
         let eps = self.post_attn_norm.eps;
-        let a = match &fused.attn_out_norm {
-            Some(w) => norm::rms_norm(a, w.clone(), eps),
-            None => a,
-        };
         let post = fused.post_attn_norm.clone();
-        let (h, normed) = norm::add_rms_norm(h, a, post, eps);
+        // Sandwich norms: the attention output's own norm inside the same kernel.
+        let (h, normed) = match &fused.attn_out_norm {
+            Some(w) => norm::norm_add_rms_norm(h, a, w.clone(), post, eps),
+            None => norm::add_rms_norm(h, a, post, eps),
+        };
         // The gated MLP through the fused gate/up matmul.
         let [b, _] = normed.dims();
         let i = fused.intermediate;
@@ -310,11 +313,11 @@ impl DecoderLayer {
             }
         };
         let m = projection(act, &fused.down);
-        let m = match &fused.mlp_out_norm {
-            Some(w) => norm::rms_norm(m, w.clone(), eps),
-            None => m,
+        let out = match &fused.mlp_out_norm {
+            Some(w) => norm::norm_add_rms_norm(h, m, w.clone(), next.0.clone(), next.1),
+            None => norm::add_rms_norm(h, m, next.0.clone(), next.1),
         };
-        (norm::add_rms_norm(h, m, next.0.clone(), next.1), (k, v))
+        (out, (k, v))
     }
 }
 

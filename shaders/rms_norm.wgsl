@@ -60,16 +60,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             let v = f32(r[base + i]);
             rs += v * v;
         }
-        partial[lid] = rs;
-        workgroupBarrier();
-        for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-            if (lid < stride) {
-                partial[lid] += partial[lid + stride];
-            }
-            workgroupBarrier();
-        }
-        r_inv = 1.0 / sqrt(partial[0] / f32(N) + EPS);
-        workgroupBarrier(); // every invocation has read partial[0] before it is reused
+        r_inv = 1.0 / sqrt(workgroup_sum(lid, rs) / f32(N) + EPS);
     }
     var sq = 0.0;
     for (var i = lid; i < N; i += WG) {
@@ -83,15 +74,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         sq += v * v;
     }
-    partial[lid] = sq;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / sqrt(partial[0] / f32(N) + EPS);
+    let inv = 1.0 / sqrt(workgroup_sum(lid, sq) / f32(N) + EPS);
     for (var i = lid; i < N; i += WG) {
         var v = f32(x[base + i]);
         if (RESIDUAL) {
@@ -99,6 +82,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         y[base + i] = {{ elem }}(v * inv * f32(w[i]));
     }
+}
+
+/// The sum of every invocation's `value`, returned to all of them: a tree reduction in shared
+/// memory. Called in uniform control flow; `partial` is free again when it returns.
+fn workgroup_sum(lid: u32, value: f32) -> f32 {
+    partial[lid] = value;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    workgroupBarrier(); // every invocation has read it before the next sum overwrites it
+    return total;
 }
 
 /// The residual's element i of the row at `base`: as it is, or normed (PRE_NORM) and rounded to

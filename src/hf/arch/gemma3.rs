@@ -19,14 +19,7 @@ pub const FAMILY: Family = Family {
     sandwich_norms: true,
     embed_scale: true,
     default_eps: 1e-6,
-    biases: |cfg| {
-        let attention = super::flag(cfg, "attention_bias");
-        super::Biases {
-            qkv: attention,
-            o: attention,
-            mlp: false,
-        }
-    },
+    biases: super::attention_biases,
     // Every `pattern`-th layer is full, the others slide.
     layer_types: |cfg, layers| {
         let pattern = cfg

@@ -6,6 +6,7 @@
 //! memory plan and GGUF in and out read the resolved [`super::config::ModelConfig`], never a
 //! `model_type`. Adding a family is one file and one line in [`FAMILIES`].
 
+// A family states what differs from the one it resembles (`..llama::FAMILY`).
 mod gemma3;
 mod llama;
 mod mistral;
@@ -198,6 +199,16 @@ fn llama_biases(cfg: &HfConfig) -> Biases {
         qkv: attention,
         o: attention,
         mlp: flag(cfg, "mlp_bias"),
+    }
+}
+
+/// `attention_bias` on q/k/v/o, never on the MLP (Qwen3's and Gemma 3's rule).
+fn attention_biases(cfg: &HfConfig) -> Biases {
+    let attention = flag(cfg, "attention_bias");
+    Biases {
+        qkv: attention,
+        o: attention,
+        mlp: false,
     }
 }
 

@@ -3,7 +3,9 @@
 //! layers with their own RoPE, query_pre_attn_scalar) against transformers in float64
 //! (`tests/fixtures/make_family_fixtures.py`, bf16 checkpoints, each family's shipped chat
 //! template). Tolerances: a sequence's summed log-prob within 2e-4 of float64 on every device
-//! (transformers' own f32 error class), greedy tokens identical.
+//! (transformers' own f32 error class), greedy tokens identical. The fixtures are in
+//! `TINY_MODELS` too, so `tests/parity.rs` checks their chat templates' ids against transformers
+//! and every model test runs them on the CPU backend.
 
 mod common;
 
@@ -15,17 +17,6 @@ const FAMILIES: &[&str] = &["tiny-qwen3-bf16", "tiny-gemma3-bf16", "tiny-gemma3-
 
 /// Absolute tolerance on a sequence's summed log-prob against float64.
 const TOL: f64 = 2e-4;
-
-#[test]
-fn chat_templates_and_tokens_match_transformers() {
-    for name in FAMILIES {
-        let dir = fixture(name);
-        let r = reference(&dir);
-        let cfg = wgspin::hf::config::ModelConfig::from_dir(&dir).unwrap();
-        let tok = wgspin::hf::tokenizer::ChatTokenizer::from_dir(&dir, &cfg.eos_token_ids).unwrap();
-        assert_reference_ids(&tok, &r.cases, name);
-    }
-}
 
 #[test]
 fn logprobs_match_float64_on_every_device() {

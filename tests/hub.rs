@@ -173,6 +173,39 @@ fn a_cache_written_by_huggingface_hub_loads_offline_without_the_network() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(got, want);
+    // A PEFT adapter whose base_model_name_or_path is the Hub id (as PEFT writes it) finds its
+    // base in the cache; loading an adapter never downloads.
+    let pairs_for_sft = dir.join("sft.jsonl");
+    common::write_pairs(&pairs_for_sft);
+    let lora = dir.join("lora");
+    common::run_ok(common::job_args(
+        "sft",
+        "tiny-qwen3-bf16",
+        &pairs_for_sft,
+        &lora,
+        "--lr 1e-2 --epochs 1 --batch-size 2 --lora-rank 4",
+    ));
+    let adapter = lora.join("checkpoint");
+    common::edit_json(&adapter.join("adapter_config.json"), |v| {
+        v["base_model_name_or_path"] = REPO.into()
+    });
+    let with_home = [
+        ("HF_HUB_OFFLINE", "1".to_string()),
+        ("HF_HOME", home.display().to_string()),
+    ];
+    let (o, _) = logprobs(dir, adapter.to_str().unwrap(), &with_home, "adapter");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, _) = logprobs(
+        dir,
+        adapter.to_str().unwrap(),
+        &[("HF_HUB_CACHE", dir.join("none").display().to_string())],
+        "adapter-uncached",
+    );
+    assert!(!o.status.success());
+    common::assert_mentions(
+        &stderr(&o),
+        &[REPO, "not in the Hugging Face cache", "merge --base"],
+    );
     // Offline without the files: a refusal that says what to do, and still no request.
     let (o, _) = logprobs(
         dir,

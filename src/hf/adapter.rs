@@ -200,20 +200,31 @@ impl Adapter {
         }
         let given = PathBuf::from(&self.base_name);
         let parent = self.dir.parent().unwrap_or(Path::new("."));
-        [given.clone(), self.dir.join(&given), parent.join(&given)]
+        let local = [given.clone(), self.dir.join(&given), parent.join(&given)]
             .into_iter()
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                config_err(
-                    &self.dir,
-                    format!(
-                        "base_model_name_or_path {:?} is not a local model folder or .gguf file \
-                         (wgspin does not download models); download the base model and set \
-                         base_model_name_or_path to its path",
-                        self.base_name
-                    ),
-                )
-            })
+            .find(|p| p.exists());
+        // A Hub id (what PEFT records for a Hub base): its copy in the Hugging Face cache. Loading
+        // an adapter never downloads; a model flag does.
+        let hub = super::hub::parse_id(&self.base_name);
+        let cached = || {
+            let settings = super::hub::HubSettings::from_env();
+            hub.as_ref()
+                .and_then(|id| super::hub::cached_model(id, &settings))
+        };
+        local.or_else(cached).ok_or_else(|| {
+            let how = if hub.is_some() {
+                "is a Hub id not in the Hugging Face cache: fetch it once (e.g. `wgspin merge --base ID`, \
+                 or any command with `--model ID`, or `huggingface-cli download ID`), or pass the base \
+                 with `merge --base`"
+            } else {
+                "is not a local model folder or .gguf file: download the base model and set \
+                 base_model_name_or_path to its path (or pass it with `merge --base`)"
+            };
+            config_err(
+                &self.dir,
+                format!("base_model_name_or_path {:?} {how}", self.base_name),
+            )
+        })
     }
 
     /// Puts this adapter on `model` (unmerged, without dropout): on the modules the config

@@ -248,6 +248,11 @@ fn complete(snapshot: &Path, id: &HubId) -> std::result::Result<(), String> {
     }
 }
 
+/// The cached snapshot of Hub model `id` when it holds every file a model needs (no network).
+pub fn cached_model(id: &HubId, settings: &HubSettings) -> Option<PathBuf> {
+    cached_snapshot(&settings.cache, id).filter(|s| complete(s, id).is_ok())
+}
+
 /// The local folder of Hub model `id`: its cached snapshot, completed by downloads unless offline.
 pub fn resolve_model(
     id: &HubId,

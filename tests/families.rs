@@ -38,6 +38,16 @@ fn logprobs_match_float64_on_every_device() {
                     max_logits: 1000,
                 };
                 let got = score_all(&bundle.model, &pairs, 0, opts, |_| {}).unwrap();
+                let worst = r
+                    .cases
+                    .iter()
+                    .zip(&got)
+                    .map(|(c, lp)| (lp.iter().map(|&x| x as f64).sum::<f64>() - c.logprob).abs())
+                    .fold(0.0, f64::max);
+                eprintln!(
+                    "{name} on {} (batch {batch_size}): max |Δ summed log-prob| {worst:.2e} vs float64",
+                    dev.description
+                );
                 for (c, lp) in r.cases.iter().zip(&got) {
                     let sum: f64 = lp.iter().map(|&x| x as f64).sum();
                     assert!(

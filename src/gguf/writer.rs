@@ -20,7 +20,6 @@ use crate::hf::config::{ModelConfig, RopeScaling};
 use crate::hf::names as hf_names;
 use crate::hf::source::TensorSource;
 use crate::hf::weights::WeightFiles;
-use crate::model::loader;
 
 /// llama.cpp's `LLAMA_TOKEN_TYPE_UNUSED`, for padding the vocabulary up to the embedding rows.
 const TOKEN_UNUSED: i32 = 5;
@@ -418,7 +417,7 @@ fn check_fixed(
 pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()> {
     let cfg = ModelConfig::from_dir(dir)?;
     let files = WeightFiles::open_dir(dir)?;
-    loader::validate(&cfg, &files)?;
+    crate::hf::validate::validate(&cfg, &files)?;
     // Mistral is Llama in llama.cpp (its sliding window is not recorded, as llama.cpp does).
     let Some(gguf_arch) = cfg.family.gguf else {
         return Err(Error::Config {

@@ -12,5 +12,6 @@ pub mod hub;
 pub mod names;
 pub mod source;
 pub mod tokenizer;
+pub mod validate;
 pub mod weights;
 pub mod weights_write;

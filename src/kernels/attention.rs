@@ -21,8 +21,7 @@ use super::cube::{cast_to, contiguous_as, decode_template, launch_wgsl};
 use super::logprobs::{as_i32, has_f16, new_tensor};
 use super::rows_matmul::{PARALLEL_WORK, dot_f32};
 use super::sample::{is_cpu, is_wgpu};
-use crate::model::attention::MASKED;
-use crate::model::precision::like;
+use super::{MASKED, like};
 use rayon::prelude::*;
 
 /// The kernel keeps a group's queries and accumulators in 1024 slots: G · D must fit.

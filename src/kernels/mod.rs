@@ -14,3 +14,18 @@ pub mod rows_matmul;
 pub mod sample;
 pub mod softmax;
 pub mod swiglu;
+
+use burn::tensor::{DType, FloatDType, Tensor};
+
+/// Added to the scores of masked keys, by the model's masks and the kernels' alike. Finite, so a
+/// fully masked (padding) query row gives a uniform distribution instead of NaN.
+pub const MASKED: f32 = -1.0e9;
+
+/// `t` in `dtype` (a no-op when it already is).
+pub fn like<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(FloatDType::from(dtype))
+    }
+}

@@ -12,9 +12,7 @@ use super::rope;
 use crate::hf::config::AttentionWindow;
 use crate::kernels::softmax::masked_softmax;
 
-/// Added to the scores of masked keys. Finite, so a fully masked (padding) query row gives a
-/// uniform distribution instead of NaN.
-pub(crate) const MASKED: f32 = -1.0e9;
+pub(crate) use crate::kernels::MASKED;
 
 #[derive(Module, Debug)]
 pub struct Attention {

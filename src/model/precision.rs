@@ -4,7 +4,7 @@
 //! run in f32 and cast back, and log-probs and losses come out in f32. Gradients reach f32
 //! parameters through the casts, in f32.
 
-use burn::tensor::{DType, Device, FloatDType, Tensor};
+use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use super::Transformer;
@@ -63,14 +63,8 @@ pub fn dtype_name(dtype: DType) -> String {
     }
 }
 
-/// `t` in `dtype` (a no-op when it already is).
-pub fn like<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
-    if t.dtype() == dtype {
-        t
-    } else {
-        t.cast(FloatDType::from(dtype))
-    }
-}
+/// `t` in `dtype` (a no-op when it already is); the kernels' own, which the model shares.
+pub use crate::kernels::like;
 
 /// Runs `m`'s activations in `dtype`, and stores the parameters that get no gradient (a LoRA
 /// base, every weight of a model that only scores) in it, halving their memory: their values are

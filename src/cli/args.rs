@@ -38,7 +38,7 @@ pub fn model_path(arg: &str) -> Result<PathBuf, String> {
     };
     let settings = wgspin::hf::hub::HubSettings::from_env();
     wgspin::hf::hub::resolve_model(&id, &settings, &mut super::hub::progress(&id))
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("no local file or folder {arg:?}; as a Hugging Face Hub id: {e}"))
 }
 
 /// `--device`.

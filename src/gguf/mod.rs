@@ -232,12 +232,12 @@ pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value
     config["use_sliding_window"] = json!(false);
     config[family.activation_keys[0]] = json!(family.default_activation.hf_name());
     if let Some(fixed) = family.gguf.and_then(|a| a.fixed) {
-        let window = meta_usize(g, &key("attention.sliding_window"))?;
+        // A window of 0 is llama.cpp's "no sliding window".
+        let window = meta_usize(g, &key("attention.sliding_window"))?.filter(|&w| w > 0);
         let layers = need_usize(g, &key("block_count"))?;
-        let n = fixed.swa_pattern;
         let types: Vec<&str> = (0..layers)
             .map(|l| {
-                if window.is_some() && l % n < n - 1 {
+                if window.is_some() && fixed.slides(l) {
                     "sliding_attention"
                 } else {
                     "full_attention"
@@ -250,7 +250,18 @@ pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value
             config[key] = json!(fixed.swa_rope_base);
         }
         if let Some(key) = family.attn_scale_key {
-            config[key] = json!(head_dim);
+            let scalar = match fixed.hidden_scale_layers {
+                Some(n) if n == layers => hidden / heads,
+                _ => head_dim,
+            };
+            config[key] = json!(scalar);
+        }
+        // Options of the architecture the family refuses (soft-capping) come through as
+        // config keys, so the config resolution refuses them by name.
+        for (k, _) in family.refused {
+            if let Some(v) = g.optional(&key(k), MetaValue::as_f64)? {
+                config[*k] = json!(v);
+            }
         }
     }
     let mut eos: Vec<u32> = tok.eos_token_id.into_iter().collect();

@@ -384,9 +384,8 @@ fn check_fixed(
     let n = fixed.swa_pattern;
     for l in 0..cfg.num_layers {
         let kind = cfg.layer_attention(l);
-        let sliding = l % n < n - 1;
         let slides = matches!(kind.window, AttentionWindow::Sliding(_));
-        if sliding != slides && cfg.sliding_window().is_some() {
+        if fixed.slides(l) != slides && cfg.sliding_window().is_some() {
             return Err(format!(
                 "layer {l} is {} but llama.cpp makes every {n}th layer full and the others sliding",
                 if slides { "sliding" } else { "full" }
@@ -403,11 +402,16 @@ fn check_fixed(
             ));
         }
     }
-    let head_scale = (1.0 / (cfg.head_dim as f64).sqrt()) as f32;
-    if cfg.attn_scale != head_scale {
+    let scalar = match fixed.hidden_scale_layers {
+        Some(layers) if layers == cfg.num_layers => cfg.hidden_size / cfg.num_heads,
+        _ => cfg.head_dim,
+    };
+    let want = (1.0 / (scalar as f64).sqrt()) as f32;
+    if cfg.attn_scale != want {
         return Err(format!(
-            "scores are scaled by {} (query_pre_attn_scalar) but llama.cpp scales by head_dim^-0.5 = {head_scale}",
-            cfg.attn_scale
+            "scores are scaled by {} (query_pre_attn_scalar) but llama.cpp scales a {}-layer model by {want} \
+             ({scalar}^-0.5)",
+            cfg.attn_scale, cfg.num_layers
         ));
     }
     Ok(())

@@ -257,7 +257,7 @@ impl HfConfig {
             max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
             rms_norm_eps,
             rope,
-            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(family.default_tied),
             qkv_bias: biases.qkv,
             o_bias: biases.o,
             mlp_bias: biases.mlp,
@@ -344,13 +344,10 @@ impl HfConfig {
             window: AttentionWindow::Full,
             rope: self.rope(LayerType::Full, family, err)?,
         };
-        let sliding = match window {
-            Some(w) => AttentionKind {
-                window: AttentionWindow::Sliding(w),
-                rope: self.rope(LayerType::Sliding, family, err)?,
-            },
-            // A sliding layer without a window sees everything (transformers does the same).
-            None => full.clone(),
+        // A sliding layer without a window sees everything (as in transformers), with its own RoPE.
+        let sliding = AttentionKind {
+            window: window.map_or(AttentionWindow::Full, AttentionWindow::Sliding),
+            rope: self.rope(LayerType::Sliding, family, err)?,
         };
         let mut kinds: Vec<AttentionKind> = vec![];
         let mut index = vec![];
@@ -635,6 +632,43 @@ mod tests {
             .map(|l| c.layer_attention(l).window == AttentionWindow::Full)
             .collect();
         assert_eq!(full, [false, false, true, false, false, true, false]);
+    }
+
+    #[test]
+    fn defaults_are_transformers_class_defaults_when_keys_are_absent() {
+        // Gemma 3 configs on the Hub leave out tie_word_embeddings (its class default, true) and
+        // may spell the pattern with an underscore; an absent window is transformers' 4096.
+        let c = resolve(
+            r#"{"model_type": "gemma3_text", "vocab_size": 10, "hidden_size": 8,
+                "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 4,
+                "_sliding_window_pattern": 2}"#,
+        )
+        .unwrap();
+        assert!(c.tie_word_embeddings);
+        assert_eq!(c.sliding_window(), Some(4096));
+        let full: Vec<bool> = (0..4)
+            .map(|l| c.layer_attention(l).window == AttentionWindow::Full)
+            .collect();
+        assert_eq!(full, [false, true, false, true]);
+        // A null window: the sliding layers see everything but keep their own RoPE base.
+        let c = resolve(
+            r#"{"model_type": "gemma3_text", "vocab_size": 10, "hidden_size": 8,
+                "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 2,
+                "sliding_window": null, "rope_theta": 1e6, "rope_local_base_freq": 1e4}"#,
+        )
+        .unwrap();
+        assert_eq!(c.layer_attention(0).window, AttentionWindow::Full);
+        assert_eq!(c.layer_attention(0).rope.theta, 1e4);
+        // Qwen's max_window_layers defaults to 28: layers below it stay full.
+        let c = resolve(
+            r#"{"model_type": "qwen3", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+                "num_attention_heads": 2, "num_hidden_layers": 30, "use_sliding_window": true,
+                "sliding_window": 16}"#,
+        )
+        .unwrap();
+        assert_eq!(c.layer_attention(27).window, AttentionWindow::Full);
+        assert_eq!(c.layer_attention(28).window, AttentionWindow::Sliding(16));
+        assert!(!c.tie_word_embeddings);
     }
 
     #[test]

@@ -62,11 +62,8 @@ pub fn parse_id(arg: &str) -> Option<HubId> {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     let (org, name) = repo.split_once('/')?;
-    let revision_ok = !revision.is_empty()
-        && !revision.contains("..")
-        && revision
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    // A branch, tag or commit, possibly with `/` (`refs/pr/3`), but never a path out of `refs/`.
+    let revision_ok = revision.split('/').all(part);
     (part(org) && part(name) && revision_ok).then(|| HubId {
         repo: repo.to_string(),
         revision: revision.to_string(),
@@ -95,9 +92,26 @@ impl HubSettings {
         let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
             matches!(v.to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true")
         });
+        // huggingface_hub's order: HF_TOKEN, then the file `huggingface-cli login` writes.
+        let token_file = var("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| {
+            match var("HF_HOME") {
+                Some(home) => PathBuf::from(home),
+                None => Cache::default()
+                    .path()
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+            }
+            .join("token")
+        });
         let token = var("HF_TOKEN")
             .or_else(|| var("HUGGING_FACE_HUB_TOKEN"))
-            .or_else(|| Cache::new(cache.clone()).token());
+            .or_else(|| {
+                crate::fsutil::read_text(&token_file)
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+            });
         Self {
             cache,
             endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()),
@@ -167,10 +181,10 @@ fn cached_snapshot(cache: &Path, id: &HubId) -> Option<PathBuf> {
     let commit = if is_commit {
         id.revision.clone()
     } else {
-        crate::fsutil::read_text(&dir.join("refs").join(&id.revision))
-            .ok()?
-            .trim()
-            .to_string()
+        let text = crate::fsutil::read_text(&dir.join("refs").join(&id.revision)).ok()?;
+        // A ref names a commit; anything else is not a snapshot folder's name.
+        Some(text.trim().to_string())
+            .filter(|c| c.len() == 40 && c.chars().all(|c| c.is_ascii_hexdigit()))?
     };
     let snapshot = dir.join("snapshots").join(commit);
     snapshot.is_dir().then_some(snapshot)
@@ -227,10 +241,17 @@ fn weight_files(
     }))
 }
 
-/// A shard name that stays inside the snapshot folder.
+/// A shard name that stays inside the snapshot folder on every platform: relative segments of
+/// letters, digits, `-`, `_` and `.` (no drive, no `:` stream, no `..`).
 fn parse_shard(s: &str) -> Option<&str> {
-    (s.ends_with(".safetensors") && !s.contains("..") && !s.starts_with('/') && !s.contains('\\'))
-        .then_some(s)
+    let segment = |p: &str| {
+        !p.is_empty()
+            && p != "."
+            && p != ".."
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    (s.ends_with(".safetensors") && s.split('/').all(segment)).then_some(s)
 }
 
 /// The files of `id` a model folder needs, all present in `snapshot`; else the first missing.
@@ -340,6 +361,14 @@ pub fn resolve_model(
     for f in &weights {
         fetch(f, report)?;
     }
+    // Each download lands under the commit its own request saw: a branch that moved meanwhile
+    // leaves this snapshot short.
+    complete(&snapshot, id).map_err(|missing| {
+        Error::Invalid(format!(
+            "{id}: the revision moved while downloading ({missing} is not in snapshot {}); run again",
+            info.sha
+        ))
+    })?;
     Ok(snapshot)
 }
 
@@ -400,6 +429,18 @@ mod tests {
         );
         let id = parse_id("google/gemma-3-1b-it@refs/pr/3").unwrap();
         assert_eq!(id.revision, "refs/pr/3");
+        assert_eq!(parse_id("a/b@/etc/x"), None);
+        assert_eq!(parse_id("a/b@refs//x"), None);
+        for shard in [
+            "C:/x/e.safetensors",
+            "C:e.safetensors",
+            "a/../b.safetensors",
+            "x:y.safetensors",
+            "/a.safetensors",
+        ] {
+            assert_eq!(parse_shard(shard), None, "{shard}");
+        }
+        assert!(parse_shard("model-00001-of-00002.safetensors").is_some());
         for path in [
             "models/x/y",
             "./a/b",

@@ -6,8 +6,10 @@
 
 use super::{Activation, Family, GgufArch, GgufFixed, LayerType, NormKind};
 
-/// transformers' default when neither `layer_types` nor `sliding_window_pattern` is written.
+/// transformers' defaults when neither `layer_types` nor `sliding_window_pattern` is written, and
+/// when `sliding_window` is absent.
 const DEFAULT_PATTERN: u64 = 6;
+const DEFAULT_WINDOW: u64 = 4096;
 
 pub const FAMILY: Family = Family {
     model_type: "gemma3_text",
@@ -19,28 +21,37 @@ pub const FAMILY: Family = Family {
     sandwich_norms: true,
     embed_scale: true,
     default_eps: 1e-6,
+    default_tied: true,
     biases: super::attention_biases,
-    // Every `pattern`-th layer is full, the others slide.
+    // Every `pattern`-th layer is full, the others slide (transformers ≥ 4.53 writes the key
+    // with a leading underscore).
     layer_types: |cfg, layers| {
-        let pattern = cfg
-            .extra
-            .get("sliding_window_pattern")
-            .and_then(serde_json::Value::as_u64)
+        let pattern = ["sliding_window_pattern", "_sliding_window_pattern"]
+            .iter()
+            .find_map(|k| cfg.extra.get(*k).and_then(serde_json::Value::as_u64))
             .filter(|&p| p > 0)
             .unwrap_or(DEFAULT_PATTERN) as usize;
         Some(
             (0..layers)
                 .map(|i| {
-                    if (i + 1) % pattern == 0 {
-                        LayerType::Full
-                    } else {
+                    if super::pattern_slides(i, pattern) {
                         LayerType::Sliding
+                    } else {
+                        LayerType::Full
                     }
                 })
                 .collect(),
         )
     },
-    sliding_window: super::plain_window,
+    // Gemma3TextConfig's default when the key is absent (null means no window).
+    sliding_window: |cfg| {
+        Some(
+            cfg.extra
+                .get("sliding_window")
+                .cloned()
+                .unwrap_or(serde_json::json!(DEFAULT_WINDOW)),
+        )
+    },
     local_rope_base_key: Some("rope_local_base_freq"),
     attn_scale_key: Some("query_pre_attn_scalar"),
     refused: &[
@@ -66,6 +77,7 @@ pub const FAMILY: Family = Family {
         fixed: Some(GgufFixed {
             swa_pattern: DEFAULT_PATTERN as usize,
             swa_rope_base: 10000.0,
+            hidden_scale_layers: Some(62),
         }),
     }),
 };

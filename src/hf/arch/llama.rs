@@ -12,6 +12,7 @@ pub const FAMILY: Family = Family {
     sandwich_norms: false,
     embed_scale: false,
     default_eps: 1e-6,
+    default_tied: false,
     biases: super::llama_biases,
     layer_types: super::all_full,
     sliding_window: super::plain_window,

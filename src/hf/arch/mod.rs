@@ -90,8 +90,8 @@ pub struct GgufArch {
     pub norm_shift: f32,
     /// What llama.cpp fixes instead of reading it from the file, which a model must match to be
     /// exported: every n-th layer full and the others sliding, the sliding layers' RoPE base,
-    /// and scores scaled by `head_dim^-0.5`. `sliding_window` says whether
-    /// `ARCH.attention.sliding_window` is written and read.
+    /// and scores scaled by `head_dim^-0.5`; such an architecture also writes and reads
+    /// `ARCH.attention.sliding_window`.
     pub fixed: Option<GgufFixed>,
 }
 
@@ -100,6 +100,21 @@ pub struct GgufArch {
 pub struct GgufFixed {
     pub swa_pattern: usize,
     pub swa_rope_base: f64,
+    /// A model of this many layers has scores scaled by `(hidden / heads)^-0.5` instead (llama.cpp
+    /// tells Gemma 3 27B by its 62 layers).
+    pub hidden_scale_layers: Option<usize>,
+}
+
+impl GgufFixed {
+    /// Whether layer `l` slides in this fixed pattern.
+    pub fn slides(&self, l: usize) -> bool {
+        pattern_slides(l, self.swa_pattern)
+    }
+}
+
+/// Every `n`-th layer full, the others sliding (Gemma's `sliding_window_pattern`).
+pub fn pattern_slides(l: usize, n: usize) -> bool {
+    !(l + 1).is_multiple_of(n)
 }
 
 /// One family: what its `config.json` means for the shared decoder.
@@ -121,6 +136,9 @@ pub struct Family {
     pub embed_scale: bool,
     /// The `rms_norm_eps` when config.json has none.
     pub default_eps: f64,
+    /// `tie_word_embeddings` when config.json has none (transformers leaves the key out when it
+    /// equals the class default: Gemma 3's configs on the Hub do not write it, and tie).
+    pub default_tied: bool,
     pub biases: fn(&HfConfig) -> Biases,
     /// The layer kinds when config.json has no `layer_types` (`None`: every layer full).
     pub layer_types: fn(&HfConfig, usize) -> Option<Vec<LayerType>>,
@@ -231,6 +249,9 @@ fn qwen_window(cfg: &HfConfig) -> Option<Value> {
     }
 }
 
+/// transformers' `max_window_layers` when config.json has none (Qwen2Config, Qwen3Config).
+const DEFAULT_MAX_WINDOW_LAYERS: u64 = 28;
+
 /// Qwen's layers without `layer_types`: sliding from `max_window_layers` on when the window is on.
 fn qwen_layer_types(cfg: &HfConfig, layers: usize) -> Option<Vec<LayerType>> {
     if !flag(cfg, "use_sliding_window") {
@@ -240,7 +261,7 @@ fn qwen_layer_types(cfg: &HfConfig, layers: usize) -> Option<Vec<LayerType>> {
         .extra
         .get("max_window_layers")
         .and_then(Value::as_u64)
-        .unwrap_or(0) as usize;
+        .unwrap_or(DEFAULT_MAX_WINDOW_LAYERS) as usize;
     Some(
         (0..layers)
             .map(|i| {

@@ -44,7 +44,9 @@ pub struct SpinConfig {
     /// Self-play iterations (the paper runs 3).
     #[arg(long, default_value_t = Self::default().iterations)]
     pub iterations: usize,
-    /// Use only the first N training prompts (after the held-out slice is taken from the end).
+    /// Use only the first N training prompts. Reading the data stops after N + 64 rows (N +
+    /// --eval-size), so a large dataset is never read whole; the held-out slice is the end of
+    /// what was read (of the whole data without --limit).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Train iteration t on the pairs of t and t−1 together (as the paper).
@@ -54,7 +56,8 @@ pub struct SpinConfig {
     /// can no longer tell real from generated (0 = never stop early).
     #[arg(long, default_value_t = Self::default().stop_accuracy)]
     pub stop_accuracy: f64,
-    /// Held-out examples for evaluation, from the end of the data (default: 10%, at most 64).
+    /// Held-out examples for evaluation, from the end of the data read (default: 10%, at most
+    /// 64).
     #[arg(long)]
     pub eval_size: Option<usize>,
 }
@@ -160,12 +163,24 @@ impl SpinConfig {
     }
 }
 
+/// The most held-out examples by default.
+const MAX_EVAL: usize = 64;
+
+impl SpinConfig {
+    /// How many examples of the data the loop can use: with `--limit`, the training prompts and
+    /// the largest held-out slice after them; the data is read no further.
+    pub fn read_limit(&self) -> Option<usize> {
+        self.limit
+            .map(|n| n.saturating_add(self.eval_size.unwrap_or(MAX_EVAL)))
+    }
+}
+
 /// Splits examples into (train, held-out): the held-out slice is the end of the data.
 pub fn split(examples: &[SftExample], cfg: &SpinConfig) -> (Vec<SftExample>, Vec<SftExample>) {
     let n = examples.len();
     let eval = cfg
         .eval_size
-        .unwrap_or_else(|| (n / 10).clamp(1, 64))
+        .unwrap_or_else(|| (n / 10).clamp(1, MAX_EVAL))
         .min(n.saturating_sub(1));
     let (train, held) = examples.split_at(n - eval);
     let mut train = train.to_vec();

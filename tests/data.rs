@@ -321,6 +321,7 @@ fn skipped_rows_do_not_claim_ids() {
     assert_eq!(
         data.skipped,
         [Skipped {
+            file: 0,
             line: 1,
             reason: "not a prompt-response row: empty \"response\"".into()
         }]

@@ -7,69 +7,25 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
+use common::hub::{Hub, without_hub_settings};
 use common::{fixture, python_has, wgspin};
 
 const REPO: &str = "wgspin-test/tiny-qwen3";
 const SHARDED: &str = "wgspin-test/tiny-qwen2";
 
-/// The loopback Hub, killed when dropped.
-struct Hub {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Hub {
-    fn start(dir: &Path, extra: &[&str]) -> Self {
-        let log = dir.join(format!("hub-{}.log", extra.len()));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hub_server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args([
-                "--repo",
-                &format!("{REPO}={}", fixture("tiny-qwen3-bf16").display()),
-            ])
-            .args([
-                "--repo",
-                &format!("{SHARDED}={}", fixture("tiny-qwen2-f32").display()),
-            ])
-            .arg("--log")
-            .arg(&log)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs tests/hub_server.py");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().expect("the server prints its port");
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    /// The requests it served, one JSON object each.
-    fn requests(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The loopback Hub serving the two fixture models, with `extra` options.
+fn start(dir: &Path, extra: &[&str]) -> Hub {
+    let mut args = vec![
+        "--repo".to_string(),
+        format!("{REPO}={}", fixture("tiny-qwen3-bf16").display()),
+        "--repo".to_string(),
+        format!("{SHARDED}={}", fixture("tiny-qwen2-f32").display()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Hub::start(dir, &args)
 }
 
 fn pairs(dir: &Path) -> PathBuf {
@@ -86,17 +42,7 @@ fn pairs(dir: &Path) -> PathBuf {
 /// `wgspin logprobs --model MODEL` with `env` (and no inherited HF_* settings); its output file.
 fn logprobs(dir: &Path, model: &str, env: &[(&str, String)], tag: &str) -> (Output, String) {
     let out = dir.join(format!("{tag}.jsonl"));
-    let mut cmd = wgspin();
-    for key in [
-        "HF_HOME",
-        "HF_HUB_CACHE",
-        "HF_TOKEN",
-        "HF_ENDPOINT",
-        "HF_HUB_OFFLINE",
-    ] {
-        cmd.env_remove(key);
-    }
-    cmd.env("HOME", dir.join("home"));
+    let mut cmd = without_hub_settings(wgspin(), dir);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let output = cmd
         .args(["logprobs", "--device", "cpu", "--model", model, "--data"])
@@ -133,7 +79,7 @@ fn a_cache_written_by_huggingface_hub_loads_offline_without_the_network() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let cache = dir.join("py-cache");
-    let hub = Hub::start(dir, &[]);
+    let hub = start(dir, &[]);
     let status = Command::new("python3")
         .args([
             "-c",
@@ -239,7 +185,7 @@ fn downloads_resume_after_a_broken_connection_and_a_gated_repo_needs_its_token()
     let dir = tmp.path();
     let cache = dir.join("cache");
     // Gated, and the first download of the weights breaks after 20000 bytes.
-    let hub = Hub::start(
+    let hub = start(
         dir,
         &["--token", "hf_secret", "--cut", "model.safetensors:20000"],
     );

@@ -2,15 +2,17 @@
 //! what they resolve to (the device, the data, the decode batch).
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
-use wgspin::data::{DataFormat, SftExample, read_dataset};
+use wgspin::data::{DataFormat, ReadOptions, SftExample, Turns, read_files};
 use wgspin::device::{self, ComputeDevice, DeviceSpec};
 use wgspin::generate::GenOptions;
 use wgspin::generate::server::{API_KEY_ENV, ServerApi, ServerOptions};
 use wgspin::hf::config::ModelConfig;
+use wgspin::hf::hub_data::{DataId, HubData};
 use wgspin::kernels::sample::SamplingParams;
 use wgspin::model::precision::{Precision, dtype_name};
 
@@ -126,9 +128,8 @@ impl JobArgs {
     /// reads: the model (an adapter's base too), the data or the --config file.
     pub fn check_outputs(&self, outputs: &[(&str, &std::path::Path)]) -> Result<()> {
         let mut inputs = wgspin::outputs::Inputs::new();
-        inputs
-            .add_model("--model", &self.model.model)
-            .add("--data", &self.data.data);
+        inputs.add_model("--model", &self.model.model);
+        self.data.source.add_inputs(&mut inputs);
         if let Some(c) = &self.config {
             inputs.add("--config", c);
         }
@@ -166,14 +167,14 @@ impl TrainOutArgs {
     }
 }
 
-/// What a checkpoint's model card records of this run beyond its settings: the data file as
-/// named and the command line.
+/// What a checkpoint's model card records of this run beyond its settings: the data as named
+/// (a Hub dataset with its commit and split) and the command line.
 pub fn run_notes(
-    data: &std::path::Path,
+    data: String,
     report_to: wgspin::report::ReportTo,
 ) -> wgspin::train::card::RunNotes {
     wgspin::train::card::RunNotes {
-        data: Some(data.display().to_string()),
+        data: Some(data),
         command: Some(command_line()),
         iteration: None,
         report_to,
@@ -214,66 +215,193 @@ pub struct ReportArgs {
     pub report_to: wgspin::report::ReportTo,
 }
 
-/// `--data` and `--format`: the training or prompt data.
+/// `--data` and where it comes from: a local file, or a split of a Hub dataset.
 #[derive(Args, Debug, Clone)]
-pub struct DataArgs {
-    /// JSONL or Parquet rows: prompt/response, chat `messages`, SPIN `real`/`generated` or
-    /// ShareGPT `conversations`.
+pub struct DataSourceArgs {
+    /// JSONL or Parquet file, or a Hugging Face Hub dataset ORG/NAME[@REVISION][:SPLIT]: the
+    /// split's Parquet / JSON lines files as `datasets.load_dataset` finds them (the dataset
+    /// card's `configs`, else the file names), from the Hugging Face cache, downloading what it
+    /// lacks unless HF_HUB_OFFLINE=1. A local path of that name wins.
     #[arg(long)]
     pub data: PathBuf,
+    /// Split of a Hub --data (e.g. train_sft); default: the one after `:` in --data, else
+    /// `train`, else its only split.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Subset of a Hub --data (a `config_name` of its dataset card); default: the card's default.
+    #[arg(long)]
+    pub subset: Option<String>,
+    /// --data resolved once (a Hub dataset's files are found, and downloaded, on first use).
+    #[arg(skip)]
+    resolved: OnceLock<Source>,
+}
+
+/// Where the rows of --data are.
+#[derive(Debug, Clone)]
+enum Source {
+    Local(PathBuf),
+    Hub(HubData),
+}
+
+impl DataSourceArgs {
+    /// The Hub dataset --data names: not an existing path, but an ORG/NAME[@REV][:SPLIT].
+    fn hub_id(&self) -> Option<DataId> {
+        if self.data.exists() {
+            return None;
+        }
+        self.data
+            .to_str()
+            .and_then(wgspin::hf::hub_data::parse_data_id)
+    }
+
+    /// Adds what --data reads to the inputs no output may touch: the file, or the dataset's
+    /// folder in the Hub cache (known without asking the Hub).
+    pub fn add_inputs(&self, inputs: &mut wgspin::outputs::Inputs) {
+        match self.hub_id() {
+            Some(d) => {
+                let settings = wgspin::hf::hub::HubSettings::from_env();
+                inputs.add("--data", &wgspin::hf::hub_data::cache_dir(&d.id, &settings));
+            }
+            None => {
+                inputs.add("--data", &self.data);
+            }
+        }
+    }
+
+    fn resolve(&self) -> Result<&Source> {
+        if let Some(s) = self.resolved.get() {
+            return Ok(s);
+        }
+        let source = match self.hub_id() {
+            Some(d) => {
+                let settings = wgspin::hf::hub::HubSettings::from_env();
+                let data = wgspin::hf::hub_data::resolve_dataset(
+                    &d,
+                    self.split.as_deref(),
+                    self.subset.as_deref(),
+                    &settings,
+                    &mut super::hub::progress(&d.id),
+                )
+                .with_context(|| {
+                    format!(
+                        "--data {}: no local file of that name; as a Hugging Face Hub dataset",
+                        self.data.display()
+                    )
+                })?;
+                Source::Hub(data)
+            }
+            None => {
+                for (flag, given) in [("--split", &self.split), ("--subset", &self.subset)] {
+                    if let Some(v) = given {
+                        anyhow::bail!(
+                            "{flag} {v} applies to a Hugging Face Hub dataset, but --data {} is a local file",
+                            self.data.display()
+                        );
+                    }
+                }
+                wgspin::manifest::refuse_if_being_written(&self.data)?;
+                Source::Local(self.data.clone())
+            }
+        };
+        Ok(self.resolved.get_or_init(|| source))
+    }
+
+    /// The files to read, in order (a Hub dataset's found and downloaded on the first call).
+    pub fn files(&self) -> Result<Vec<PathBuf>> {
+        Ok(match self.resolve()? {
+            Source::Local(p) => vec![p.clone()],
+            Source::Hub(h) => {
+                eprintln!(
+                    "--data {h}: {} file(s) in {}",
+                    h.files.len(),
+                    h.snapshot.display()
+                );
+                h.files.clone()
+            }
+        })
+    }
+
+    /// --data as run records and messages name it: a Hub dataset with its commit and split.
+    pub fn name(&self) -> String {
+        match self.resolved.get() {
+            Some(Source::Hub(h)) => h.to_string(),
+            _ => self.data.display().to_string(),
+        }
+    }
+}
+
+/// `--data` with its row shape and turn: the training or prompt data.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    #[command(flatten)]
+    pub source: DataSourceArgs,
     /// Row shape of --data: auto, prompt-response, messages, spin or sharegpt.
     #[arg(long, default_value = "auto")]
     pub format: DataFormat,
+    /// Which exchange of a multi-turn conversation is the example: last (the prompt is every
+    /// turn before the last assistant turn) or first (the first user turn and its answer, as
+    /// uclaml/SPIN trains on UltraChat).
+    #[arg(long, default_value = "last")]
+    pub turns: Turns,
 }
 
 impl DataArgs {
-    /// Reads the data, reports skipped rows on stderr, and keeps the first `limit` examples.
+    /// Reads the data, reports skipped rows on stderr, and keeps the first `limit` examples
+    /// (reading stops there: the rest of a large dataset is never decoded).
     pub fn load(&self, limit: Option<usize>) -> Result<Vec<SftExample>> {
-        let path = &self.data;
-        wgspin::manifest::refuse_if_being_written(path)?;
-        let ds = read_dataset(path, self.format)
-            .with_context(|| format!("reading data {}", path.display()))?;
+        let files = self.source.files()?;
+        let name = self.source.name();
+        let opts = ReadOptions {
+            format: self.format,
+            turns: self.turns,
+            limit,
+        };
+        let ds = read_files(&files, opts).with_context(|| format!("reading data {name}"))?;
         if !ds.skipped.is_empty() {
             eprintln!(
-                "{}: skipped {} row(s) without a usable prompt/response:",
-                path.display(),
+                "{name}: skipped {} row(s) without a usable prompt/response:",
                 ds.skipped.len()
             );
             for s in ds.skipped.iter().take(5) {
-                eprintln!("  line {}: {}", s.line, s.reason);
+                match ds.files.len() {
+                    1 => eprintln!("  line {}: {}", s.line, s.reason),
+                    _ => eprintln!(
+                        "  {} row {}: {}",
+                        ds.files[s.file].display(),
+                        s.line,
+                        s.reason
+                    ),
+                }
             }
             if ds.skipped.len() > 5 {
                 eprintln!("  ... and {} more", ds.skipped.len() - 5);
             }
         }
         eprintln!(
-            "{}: {} examples ({} format)",
-            path.display(),
+            "{name}: {} examples ({} format{})",
             ds.examples.len(),
-            ds.format
+            ds.format,
+            match self.turns {
+                Turns::Last => String::new(),
+                t => format!(", --turns {t}"),
+            }
         );
         // Ties are legitimate pairs, but they add nothing to the gradient; a file of nothing else
         // (the opponent copied the data, or a reader bug) would train for nothing without a word.
         if ds.ties == ds.examples.len() {
             eprintln!(
-                "warning: {}: every one of the {} pairs is a tie (generated response = real \
+                "warning: {name}: every one of the {} pairs is a tie (generated response = real \
                  response); training on it does nothing: gradient norm 0",
-                path.display(),
                 ds.ties
             );
         } else if ds.ties > 0 {
             eprintln!(
-                "{}: {} of {} pairs are ties (generated response = real response)",
-                path.display(),
+                "{name}: {} of {} pairs are ties (generated response = real response)",
                 ds.ties,
                 ds.examples.len()
             );
         }
-        let mut examples = ds.examples;
-        if let Some(n) = limit {
-            examples.truncate(n);
-        }
-        Ok(examples)
+        Ok(ds.examples)
     }
 }
 

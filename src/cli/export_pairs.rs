@@ -10,7 +10,7 @@ use wgspin::data::export::{PairFormat, export_pairs};
 
 use wgspin::outputs::{Inputs, check_file};
 
-use super::args::DataArgs;
+use super::args::{DataArgs, DataSourceArgs};
 
 /// Write SPIN pairs in the layout a Python stack reads: TRL's DPOTrainer, uclaml/SPIN or
 /// LLaMA-Factory.
@@ -20,9 +20,10 @@ use super::args::DataArgs;
 /// writes them), anything else JSON lines.
 #[derive(Args, Debug)]
 pub struct ExportPairsArgs {
-    /// SPIN pairs (JSONL or Parquet rows with "real" and "generated" conversations).
-    #[arg(long)]
-    data: PathBuf,
+    /// SPIN pairs: JSONL or Parquet rows with "real" and "generated" conversations (a file, or a
+    /// Hub dataset ORG/NAME[@REVISION][:SPLIT]).
+    #[command(flatten)]
+    data: DataSourceArgs,
     /// Row layout: trl (prompt / chosen / rejected message lists), spin (real / generated
     /// conversations) or sharegpt (conversations + chosen / rejected turns).
     #[arg(long, value_enum)]
@@ -37,13 +38,14 @@ pub struct ExportPairsArgs {
 
 impl ExportPairsArgs {
     pub fn run(self) -> Result<()> {
-        Inputs::new()
-            .add("--data", &self.data)
-            .check("--out", &self.out)?;
+        let mut inputs = Inputs::new();
+        self.data.add_inputs(&mut inputs);
+        inputs.check("--out", &self.out)?;
         check_file("--out", &self.out, self.overwrite)?;
         let data = DataArgs {
-            data: self.data.clone(),
+            source: self.data.clone(),
             format: DataFormat::Spin,
+            turns: Default::default(),
         };
         let examples = data.load(None)?;
         let n = export_pairs(&examples, self.format, &self.out)

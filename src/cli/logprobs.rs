@@ -9,7 +9,7 @@ use clap::Args;
 use wgspin::train::score::{ScoreOptions, TokenizedPair, score_all};
 use wgspin::{ModelBundle, data, fsutil};
 
-use super::args::{DeviceArgs, ModelArgs};
+use super::args::{DataArgs, DeviceArgs, ModelArgs};
 
 /// Log-probabilities of responses given prompts, as the SPIN trainer computes them.
 ///
@@ -21,10 +21,10 @@ use super::args::{DeviceArgs, ModelArgs};
 pub struct LogprobsArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// JSONL or Parquet rows: {"prompt", "response"}, or conversations (chat `messages`,
-    /// ShareGPT) whose last assistant turn is scored.
-    #[arg(long)]
-    data: PathBuf,
+    /// Rows {"prompt", "response"}, or conversations (chat `messages`, ShareGPT) whose last
+    /// assistant turn is scored (or first, with --turns first).
+    #[command(flatten)]
+    data: DataArgs,
     /// Output JSONL file (stdout when omitted; rows are written there as they are scored, and a
     /// reader that closes the pipe, like `head`, ends the run).
     #[arg(long)]
@@ -46,15 +46,19 @@ impl LogprobsArgs {
     pub fn run(self) -> Result<()> {
         anyhow::ensure!(self.batch_size > 0, "--batch-size 0: must be at least 1");
         if let Some(out) = &self.out {
-            wgspin::outputs::Inputs::new()
-                .add_model("--model", &self.model.model)
-                .add("--data", &self.data)
-                .check("--out", out)?;
+            let mut inputs = wgspin::outputs::Inputs::new();
+            inputs.add_model("--model", &self.model.model);
+            self.data.source.add_inputs(&mut inputs);
+            inputs.check("--out", out)?;
             wgspin::outputs::check_file("--out", out, self.overwrite)?;
         }
-        wgspin::manifest::refuse_if_being_written(&self.data)?;
         let dev = self.device.select()?;
-        let rows = data::read_prompt_responses(&self.data)?;
+        let name = self.data.source.name();
+        let rows = data::read_prompt_responses_from(
+            &self.data.source.files()?,
+            self.data.format,
+            self.data.turns,
+        )?;
         let model_dir = &self.model.model;
         let bundle = ModelBundle::load(model_dir, &dev.device)
             .with_context(|| format!("loading model {}", model_dir.display()))?;
@@ -64,13 +68,13 @@ impl LogprobsArgs {
             .enumerate()
             .map(|(i, r)| {
                 let p = TokenizedPair::chat(tok, &r.history, &r.prompt, &r.response)
-                    .with_context(|| format!("{}:{}: tokenizing", self.data.display(), i + 1))?;
+                    .with_context(|| format!("{}:{}: tokenizing", name, i + 1))?;
                 let len = p.prompt.len() + p.response.len();
                 if let Some(ctx) = tok.context().filter(|&c| len > c) {
                     anyhow::bail!(
                         "{}:{}: prompt + response are {len} tokens, more than the model's context \
                          ({ctx}, max_position_embeddings); shorten this row",
-                        self.data.display(),
+                        name,
                         i + 1
                     );
                 }

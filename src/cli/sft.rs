@@ -40,7 +40,7 @@ impl SftArgs {
             &self.out.out,
             &cfg,
             self.out.existing(),
-            &super::args::run_notes(&self.job.data.data, self.report.report_to),
+            &super::args::run_notes(self.job.data.source.name(), self.report.report_to),
             &dev.device,
         )
         .with_context(|| format!("SFT into {}", self.out.out.display()))

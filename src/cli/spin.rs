@@ -55,7 +55,7 @@ impl SpinArgs {
     pub fn run(self) -> Result<()> {
         self.job.check_outputs(&[("--out", &self.out)])?;
         let dev = self.job.device.select()?;
-        let examples = self.job.data.load(None)?;
+        let examples = self.job.data.load(self.spin.read_limit())?;
         let model = self.job.model.model.clone();
         let config = wgspin::hf::bundle::read_config(&model)
             .with_context(|| format!("reading the config of {}", model.display()))?;
@@ -80,7 +80,7 @@ impl SpinArgs {
         sampling["gen_batch_size"] = json!(gen_opts.batch_size);
         let mut resolved = json!({
             "model": model.to_string_lossy(),
-            "data": self.job.data.data.to_string_lossy(),
+            "data": self.job.data.source.data.to_string_lossy(),
             "data_sha256": wgspin::manifest::content_hash(&examples),
             "model_identity": wgspin::manifest::model_identity(&model)?,
             "spin": self.spin,
@@ -120,7 +120,7 @@ impl SpinArgs {
         )?;
 
         wgspin::spin::LAYOUT.claim(&self.out, wgspin::report::html::PAGE_FILE)?;
-        let notes = super::args::run_notes(&self.job.data.data, self.report.report_to);
+        let notes = super::args::run_notes(self.job.data.source.name(), self.report.report_to);
         let (dir, command) = (self.out.clone(), notes.command.clone());
         let page = LivePage::new(&self.out, move |status| {
             wgspin::report::game::run_page(&dir, status, command.as_deref())

@@ -39,7 +39,7 @@ impl TrainArgs {
         if let Some(e) = examples.iter().find(|e| e.generated.is_none()) {
             anyhow::bail!(
                 "{}: example {:?} has no generated response. Train on SPIN pairs (the output of `wgspin generate`, or rows with \"real\" and \"generated\")",
-                self.job.data.data.display(),
+                self.job.data.source.name(),
                 e.id
             );
         }
@@ -53,7 +53,7 @@ impl TrainArgs {
             &self.out.out,
             &cfg,
             self.out.existing(),
-            &super::args::run_notes(&self.job.data.data, self.report.report_to),
+            &super::args::run_notes(self.job.data.source.name(), self.report.report_to),
             &dev.device,
         )
         .with_context(|| format!("training into {}", self.out.out.display()))

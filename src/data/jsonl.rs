@@ -2,6 +2,7 @@
 //! large file is never held in memory as JSON values.
 
 use std::io::{BufRead, Read};
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use serde_json::Value;
@@ -12,12 +13,12 @@ use crate::error::{Error, Result};
 pub const MAX_LINE_BYTES: usize = 64 << 20;
 
 /// Calls `sink(line, row)` for every non-blank line (1-based line numbers) of `reader`, the
-/// contents of `path`. A line that is not valid JSON stops the read with an error naming the file
-/// and line.
+/// contents of `path`, until `sink` says `Break`. A line that is not valid JSON stops the read with
+/// an error naming the file and line.
 pub(super) fn read_rows(
     path: &Path,
     mut reader: impl BufRead,
-    sink: &mut dyn FnMut(usize, Value) -> Result<()>,
+    sink: &mut dyn FnMut(usize, Value) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     let mut seen_row = false;
     let mut buf = Vec::new();
@@ -77,7 +78,9 @@ pub(super) fn read_rows(
             },
         })?;
         seen_row = true;
-        sink(line_no, row)?;
+        if sink(line_no, row)?.is_break() {
+            break;
+        }
     }
     Ok(())
 }

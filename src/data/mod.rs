@@ -13,6 +13,7 @@ mod parquet;
 mod shapes;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -97,6 +98,59 @@ impl std::fmt::Display for DataFormat {
     }
 }
 
+/// Which exchange of a multi-turn conversation (chat `messages`, ShareGPT) becomes the example.
+///
+/// `Last` (the default) keeps the whole conversation: the prompt is every turn before the last
+/// assistant turn, the response that turn. `First` is what uclaml/SPIN trains on: the prompt is
+/// the first user turn (with the system turns before it) and the response the assistant turn that
+/// answers it; later turns are dropped. SPIN pairs are always read at their last turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Turns {
+    #[default]
+    Last,
+    First,
+}
+
+impl Turns {
+    pub const ALL: [Turns; 2] = [Turns::Last, Turns::First];
+
+    /// The command-line name (`--turns`), as `FromStr` reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Turns::Last => "last",
+            Turns::First => "first",
+        }
+    }
+}
+
+impl std::str::FromStr for Turns {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        Turns::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| Error::Invalid(format!("unknown --turns {s:?}; expected last or first")))
+    }
+}
+
+impl std::fmt::Display for Turns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How data files are read: the row shape, which turn of a conversation, and how many examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadOptions {
+    pub format: DataFormat,
+    pub turns: Turns,
+    /// Stop reading once this many usable examples are read (the rest of the files is never
+    /// opened or decoded); `None` reads everything.
+    pub limit: Option<usize>,
+}
+
 /// One usable example: a conversation up to its last assistant turn. `prompt` is the last user
 /// turn and `history` every turn before it (system turns, earlier exchanges), so the model is
 /// asked `history + [user: prompt]`; `response` is the assistant turn that answers it.
@@ -139,16 +193,21 @@ pub fn prompt_messages(history: &[Message], prompt: &str) -> Vec<Message> {
     turns
 }
 
-/// A row that was skipped, and why. `line` is the 1-based JSONL line, or the 1-based Parquet row.
+/// A row that was skipped, and why. `line` is the 1-based JSONL line, or the 1-based Parquet row,
+/// of `Dataset::files[file]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
+    pub file: usize,
     pub line: usize,
     pub reason: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct Dataset {
+    /// The first file read (the only one, but for a dataset of several shards).
     pub path: PathBuf,
+    /// Every file read, in reading order (a `--limit` may have stopped before the last ones).
+    pub files: Vec<PathBuf>,
     /// The resolved format, never `Auto`.
     pub format: DataFormat,
     pub examples: Vec<SftExample>,
@@ -167,14 +226,37 @@ const REASONS_SHOWN: usize = 3;
 /// file still reads. Errors: a missing file, malformed JSON or an unreadable Parquet row (naming
 /// file and line/row), duplicate ids (naming both lines), or no usable row at all.
 pub fn read_dataset(path: &Path, format: DataFormat) -> Result<Dataset> {
-    let is_parquet = parquet::is_parquet(path)?;
-    let mut builder = Builder::new(path, format, if is_parquet { "row" } else { "line" });
-    if is_parquet {
-        let file = open(path)?;
-        parquet::read_rows(path, file, &mut |line, row| builder.add(line, &row))?;
-    } else {
-        let file = std::io::BufReader::new(open(path)?);
-        jsonl::read_rows(path, file, &mut |line, row| builder.add(line, &row))?;
+    read_files(
+        &[path.to_path_buf()],
+        ReadOptions {
+            format,
+            ..Default::default()
+        },
+    )
+}
+
+/// Reads several data files as one dataset (the shards of a split, in order), each as
+/// [`read_dataset`] reads one: ids unique across all of them, the format decided by the first
+/// usable row. Files are read a row at a time (Parquet a row group at a time), so memory holds the
+/// examples kept, not the files; with `opts.limit` reading stops at that many examples.
+pub fn read_files(paths: &[PathBuf], opts: ReadOptions) -> Result<Dataset> {
+    let Some(first) = paths.first() else {
+        return Err(Error::Invalid("no data files to read".into()));
+    };
+    let mut builder = Builder::new(first, opts, paths.len() > 1);
+    for (i, path) in paths.iter().enumerate() {
+        if builder.is_full() {
+            break;
+        }
+        let is_parquet = parquet::is_parquet(path)?;
+        builder.start_file(i, path, if is_parquet { "row" } else { "line" });
+        let mut sink = |line, row: Value| builder.add(line, &row);
+        if is_parquet {
+            parquet::read_rows(path, open(path)?, &mut sink)?;
+        } else {
+            let file = std::io::BufReader::new(open(path)?);
+            jsonl::read_rows(path, file, &mut sink)?;
+        }
     }
     builder.finish()
 }
@@ -183,12 +265,18 @@ pub fn read_dataset(path: &Path, format: DataFormat) -> Result<Dataset> {
 /// [`Dataset::path`]): the same container detection, row shapes, limits and errors.
 pub fn parse_dataset(name: &Path, bytes: &[u8], format: DataFormat) -> Result<Dataset> {
     let is_parquet = bytes.starts_with(parquet::MAGIC);
-    let mut builder = Builder::new(name, format, if is_parquet { "row" } else { "line" });
+    let opts = ReadOptions {
+        format,
+        ..Default::default()
+    };
+    let mut builder = Builder::new(name, opts, false);
+    builder.start_file(0, name, if is_parquet { "row" } else { "line" });
+    let mut sink = |line, row: Value| builder.add(line, &row);
     if is_parquet {
         let owned = ::bytes::Bytes::copy_from_slice(bytes);
-        parquet::read_rows(name, owned, &mut |line, row| builder.add(line, &row))?;
+        parquet::read_rows(name, owned, &mut sink)?;
     } else {
-        jsonl::read_rows(name, bytes, &mut |line, row| builder.add(line, &row))?;
+        jsonl::read_rows(name, bytes, &mut sink)?;
     }
     builder.finish()
 }
@@ -221,10 +309,25 @@ pub struct PromptResponse {
 /// Stricter than [`read_dataset`]: scoring writes one output per input row, so a row that would be
 /// skipped is an error naming its line instead of a silent gap.
 pub fn read_prompt_responses(path: &Path) -> Result<Vec<PromptResponse>> {
-    let data = read_dataset(path, DataFormat::Auto)?;
+    read_prompt_responses_from(&[path.to_path_buf()], DataFormat::Auto, Turns::Last)
+}
+
+/// [`read_prompt_responses`] of several files (a Hub dataset's shards), in order, with the row
+/// shape and the turn of a conversation to score.
+pub fn read_prompt_responses_from(
+    paths: &[PathBuf],
+    format: DataFormat,
+    turns: Turns,
+) -> Result<Vec<PromptResponse>> {
+    let opts = ReadOptions {
+        format,
+        turns,
+        limit: None,
+    };
+    let data = read_files(paths, opts)?;
     if let Some(s) = data.skipped.first() {
         return Err(Error::Data {
-            path: path.to_path_buf(),
+            path: data.files[s.file].clone(),
             line: s.line,
             message: s.reason.clone(),
         });
@@ -241,27 +344,35 @@ pub fn read_prompt_responses(path: &Path) -> Result<Vec<PromptResponse>> {
 }
 
 /// Accumulates rows in file order: resolves the format, parses, records skips, checks ids.
-struct Builder<'a> {
-    path: &'a Path,
+struct Builder {
     requested: DataFormat,
-    /// What `Skipped::line` counts in this file ("line" or "row"), for messages.
+    turns: Turns,
+    limit: Option<usize>,
+    /// Every file started so far, and the one being read (the last).
+    files: Vec<PathBuf>,
+    /// Whether rows come from several files (messages then name the file).
+    many: bool,
+    /// What `Skipped::line` counts in the current file ("line" or "row"), for messages.
     unit: &'static str,
-    /// The resolved format and the line that decided it (`None` until a row has a known shape).
-    resolved: Option<(DataFormat, usize)>,
+    /// The resolved format and where it was decided (`None` until a row has a known shape).
+    resolved: Option<(DataFormat, String)>,
     examples: Vec<SftExample>,
     skipped: Vec<Skipped>,
-    /// id → line of the example that has it.
-    ids: HashMap<String, usize>,
+    /// id → where the example that has it was read.
+    ids: HashMap<String, String>,
     rows: usize,
 }
 
-impl<'a> Builder<'a> {
-    fn new(path: &'a Path, requested: DataFormat, unit: &'static str) -> Self {
+impl Builder {
+    fn new(first: &Path, opts: ReadOptions, many: bool) -> Self {
         Builder {
-            path,
-            requested,
-            unit,
-            resolved: (requested != DataFormat::Auto).then_some((requested, 0)),
+            requested: opts.format,
+            turns: opts.turns,
+            limit: opts.limit,
+            files: vec![first.to_path_buf()],
+            many,
+            unit: "line",
+            resolved: (opts.format != DataFormat::Auto).then(|| (opts.format, String::new())),
             examples: vec![],
             skipped: vec![],
             ids: HashMap::new(),
@@ -269,33 +380,87 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn skip(&mut self, line: usize, reason: String) {
-        self.skipped.push(Skipped { line, reason });
+    /// Starts file `index` of the list (`path`), whose rows `unit` counts.
+    fn start_file(&mut self, index: usize, path: &Path, unit: &'static str) {
+        self.files.truncate(index);
+        self.files.push(path.to_path_buf());
+        self.unit = unit;
     }
 
-    fn add(&mut self, line: usize, row: &Value) -> Result<()> {
+    fn path(&self) -> &Path {
+        self.files
+            .last()
+            .map(PathBuf::as_path)
+            .unwrap_or(Path::new(""))
+    }
+
+    /// `line` of the current file as messages name it: the unit alone for a single file, with
+    /// the file's name when rows come from several.
+    fn place(&self, line: usize) -> String {
+        if !self.many {
+            format!("{} {line}", self.unit)
+        } else {
+            format!("{} {line} of {}", self.unit, self.path().display())
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.limit.is_some_and(|n| self.examples.len() >= n)
+    }
+
+    fn skip(&mut self, line: usize, reason: String) {
+        self.skipped.push(Skipped {
+            file: self.files.len() - 1,
+            line,
+            reason,
+        });
+    }
+
+    /// Adds one row; `Break` once the limit is reached (the reader stops there).
+    fn add(&mut self, line: usize, row: &Value) -> Result<ControlFlow<()>> {
+        self.add_row(line, row)?;
+        Ok(if self.is_full() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    }
+
+    fn add_row(&mut self, line: usize, row: &Value) -> Result<()> {
         self.rows += 1;
-        let (format, decided_at) = match self.resolved {
-            Some(r) => r,
+        let (format, decided_at) = match &self.resolved {
+            Some((f, at)) => (*f, at.clone()),
             None => match shapes::detect(row) {
-                Some(f) => *self.resolved.insert((f, line)),
+                Some(f) => {
+                    let at = self.place(line);
+                    self.resolved = Some((f, at.clone()));
+                    (f, at)
+                }
                 None => {
                     self.skip(line, format!("not a known row shape ({})", known_keys(row)));
                     return Ok(());
                 }
             },
         };
-        let parsed = match shapes::parse(format, row) {
+        if format == DataFormat::Spin && self.turns != Turns::Last {
+            return Err(Error::Data {
+                path: self.path().to_path_buf(),
+                line,
+                message: format!(
+                    "--turns {} applies to SFT conversations; SPIN pairs (\"real\"/\"generated\") are \
+                     always compared at their last turn: leave --turns at last",
+                    self.turns
+                ),
+            });
+        }
+        let parsed = match shapes::parse(format, self.turns, row) {
             Ok(p) => p,
             Err(reason) => {
                 // Say when the row is simply of another shape than the file's: that is the likely
                 // cause, and more useful than the missing key it leads to.
                 let reason = match shapes::detect(row) {
                     Some(other) if other != format && self.requested == DataFormat::Auto => {
-                        format!(
-                            "a {other} row in a {format} file (detected from {} {decided_at})",
-                            self.unit
-                        )
+                        format!("a {other} row in a {format} file (detected from {decided_at})")
                     }
                     Some(other) if other != format => {
                         format!("a {other} row, but the format is {format}")
@@ -306,16 +471,20 @@ impl<'a> Builder<'a> {
                 return Ok(());
             }
         };
-        let id = shapes::row_id(row).unwrap_or_else(|| format!("row-{line}"));
+        let id = shapes::row_id(row).unwrap_or_else(|| match self.files.len() {
+            // Shards number their rows from 1 each; the file's position keeps the ids apart.
+            n if self.many => format!("file-{n}-row-{line}"),
+            _ => format!("row-{line}"),
+        });
         // Generation resumes by id, so two rows with one id would make one of them never run (or
         // run twice); renaming them silently would break resuming against an earlier run.
-        if let Some(first) = self.ids.insert(id.clone(), line) {
+        let here = self.place(line);
+        if let Some(first) = self.ids.insert(id.clone(), here) {
             return Err(Error::Data {
-                path: self.path.to_path_buf(),
+                path: self.path().to_path_buf(),
                 line,
                 message: format!(
-                    "duplicate id {id:?} (also on {} {first}); ids must be unique because generation resumes by id",
-                    self.unit
+                    "duplicate id {id:?} (also on {first}); ids must be unique because generation resumes by id"
                 ),
             });
         }
@@ -330,16 +499,17 @@ impl<'a> Builder<'a> {
     }
 
     fn finish(self) -> Result<Dataset> {
-        match self.resolved {
+        match &self.resolved {
             Some((format, _)) if !self.examples.is_empty() => Ok(Dataset {
-                path: self.path.to_path_buf(),
-                format,
+                path: self.files[0].clone(),
+                format: *format,
                 ties: self.examples.iter().filter(|e| e.is_tie()).count(),
+                files: self.files,
                 examples: self.examples,
                 skipped: self.skipped,
             }),
             _ => Err(Error::Dataset {
-                path: self.path.to_path_buf(),
+                path: self.files[0].clone(),
                 message: self.no_rows_message(),
             }),
         }

@@ -4,11 +4,12 @@
 //! JSON arrays and objects.
 
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use ::parquet::basic::Type as PhysicalType;
 use ::parquet::column::page::Page;
-use ::parquet::file::reader::{ChunkReader, FileReader};
+use ::parquet::file::reader::{ChunkReader, FileReader, RowGroupReader};
 use ::parquet::file::serialized_reader::SerializedFileReader;
 use ::parquet::record::{Field, Row};
 use serde_json::{Map, Number, Value};
@@ -35,7 +36,9 @@ pub(super) fn is_parquet(path: &Path) -> Result<bool> {
     Ok(&head == MAGIC)
 }
 
-/// Calls `sink(row, value)` for every row (1-based row numbers across all row groups).
+/// Calls `sink(row, value)` for every row (1-based row numbers across all row groups) until it
+/// says `Break`. Row groups are decoded one at a time, so memory holds one row group's pages, and
+/// the row groups after a `Break` are never read.
 ///
 /// The parquet crate's row reader panics on some corrupt files (asserts in its metadata and level
 /// decoding, found by flipping single bytes of the fixtures), so the read runs under
@@ -44,7 +47,7 @@ pub(super) fn is_parquet(path: &Path) -> Result<bool> {
 pub(super) fn read_rows<R: ChunkReader + 'static>(
     path: &Path,
     reader: R,
-    sink: &mut dyn FnMut(usize, Value) -> Result<()>,
+    sink: &mut dyn FnMut(usize, Value) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         read_rows_unguarded(path, reader, sink)
@@ -65,28 +68,34 @@ pub(super) fn read_rows<R: ChunkReader + 'static>(
 fn read_rows_unguarded<R: ChunkReader + 'static>(
     path: &Path,
     reader: R,
-    sink: &mut dyn FnMut(usize, Value) -> Result<()>,
+    sink: &mut dyn FnMut(usize, Value) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
-    let reader = SerializedFileReader::new(reader).map_err(|e| Error::Dataset {
-        path: path.to_path_buf(),
-        message: format!("not a readable Parquet file: {e}"),
-    })?;
-    check_dictionaries(&reader).map_err(|message| Error::Dataset {
+    let dataset_error = |message: String| Error::Dataset {
         path: path.to_path_buf(),
         message,
-    })?;
-    let rows = reader.get_row_iter(None).map_err(|e| Error::Dataset {
-        path: path.to_path_buf(),
-        message: format!("cannot read Parquet rows: {e}"),
-    })?;
-    for (i, row) in rows.enumerate() {
-        let row_no = i + 1;
-        let row = row.map_err(|e| Error::Data {
-            path: path.to_path_buf(),
-            line: row_no,
-            message: format!("Parquet row {row_no}: {e}"),
-        })?;
-        sink(row_no, row_to_json(&row))?;
+    };
+    let reader = SerializedFileReader::new(reader)
+        .map_err(|e| dataset_error(format!("not a readable Parquet file: {e}")))?;
+    let mut row_no = 0;
+    for g in 0..reader.num_row_groups() {
+        let group = reader
+            .get_row_group(g)
+            .map_err(|e| dataset_error(format!("cannot read row group {g}: {e}")))?;
+        check_dictionaries(g, group.as_ref()).map_err(dataset_error)?;
+        let rows = group
+            .get_row_iter(None)
+            .map_err(|e| dataset_error(format!("cannot read Parquet rows: {e}")))?;
+        for row in rows {
+            row_no += 1;
+            let row = row.map_err(|e| Error::Data {
+                path: path.to_path_buf(),
+                line: row_no,
+                message: format!("Parquet row {row_no}: {e}"),
+            })?;
+            if sink(row_no, row_to_json(&row))?.is_break() {
+                return Ok(());
+            }
+        }
     }
     Ok(())
 }
@@ -97,43 +106,36 @@ fn read_rows_unguarded<R: ChunkReader + 'static>(
 /// it, so a few-kilobyte file that declares two billion values asks for tens of gigabytes and
 /// aborts the process (found by fuzzing, parquet 60.1). Each plain-encoded value takes at least a
 /// known number of bits, which bounds the honest count by the page's decompressed length. Only a
-/// column's first page can be a dictionary, so data pages are not read here.
-fn check_dictionaries<R: ChunkReader + 'static>(
-    reader: &SerializedFileReader<R>,
-) -> std::result::Result<(), String> {
-    for g in 0..reader.num_row_groups() {
-        let group = reader
-            .get_row_group(g)
-            .map_err(|e| format!("cannot read row group {g}: {e}"))?;
-        for (c, column) in group.metadata().columns().iter().enumerate() {
-            let mut pages = group
-                .get_column_page_reader(c)
-                .map_err(|e| format!("cannot read column {}: {e}", column.column_path()))?;
-            let first_is_dict = pages
-                .peek_next_page()
-                .map_err(|e| format!("cannot read column {}: {e}", column.column_path()))?
-                .is_some_and(|meta| meta.is_dict);
-            if !first_is_dict {
-                continue;
-            }
-            let page = pages
-                .get_next_page()
-                .map_err(|e| format!("cannot read column {}: {e}", column.column_path()))?;
-            if let Some(Page::DictionaryPage {
-                buf, num_values, ..
-            }) = page
-            {
-                let bits =
-                    min_plain_bits(column.column_type(), column.column_descr().type_length());
-                let fits = (buf.len() as u64).saturating_mul(8) / bits;
-                if u64::from(num_values) > fits {
-                    return Err(format!(
-                        "column {} of row group {g}: its dictionary page declares {num_values} \
-                         values but holds {} bytes (at most {fits} values); the file is corrupt",
-                        column.column_path(),
-                        buf.len()
-                    ));
-                }
+/// column's first page can be a dictionary, so data pages are not read here. Checked per row
+/// group, just before its rows are decoded.
+fn check_dictionaries(g: usize, group: &dyn RowGroupReader) -> std::result::Result<(), String> {
+    for (c, column) in group.metadata().columns().iter().enumerate() {
+        let mut pages = group
+            .get_column_page_reader(c)
+            .map_err(|e| format!("cannot read column {}: {e}", column.column_path()))?;
+        let first_is_dict = pages
+            .peek_next_page()
+            .map_err(|e| format!("cannot read column {}: {e}", column.column_path()))?
+            .is_some_and(|meta| meta.is_dict);
+        if !first_is_dict {
+            continue;
+        }
+        let page = pages
+            .get_next_page()
+            .map_err(|e| format!("cannot read column {}: {e}", column.column_path()))?;
+        if let Some(Page::DictionaryPage {
+            buf, num_values, ..
+        }) = page
+        {
+            let bits = min_plain_bits(column.column_type(), column.column_descr().type_length());
+            let fits = (buf.len() as u64).saturating_mul(8) / bits;
+            if u64::from(num_values) > fits {
+                return Err(format!(
+                    "column {} of row group {g}: its dictionary page declares {num_values} \
+                     values but holds {} bytes (at most {fits} values); the file is corrupt",
+                    column.column_path(),
+                    buf.len()
+                ));
             }
         }
     }

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::DataFormat;
+use super::{DataFormat, Turns};
 use crate::hf::chat_template::Message;
 
 /// What one usable row yields, before the caller attaches its id: the conversation up to its last
@@ -46,8 +46,9 @@ pub(crate) fn detect(row: &Value) -> Option<DataFormat> {
     }
 }
 
-/// Parses a row as `format` (never `Auto`).
-pub(crate) fn parse(format: DataFormat, row: &Value) -> Result<Parsed, String> {
+/// Parses a row as `format` (never `Auto`); a conversation at the exchange `turns` picks (SPIN
+/// pairs always at their last: the caller refuses `First` for them).
+pub(crate) fn parse(format: DataFormat, which: Turns, row: &Value) -> Result<Parsed, String> {
     let obj = row
         .as_object()
         .ok_or_else(|| format!("expected a JSON object, found {}", kind(row)))?;
@@ -56,11 +57,11 @@ pub(crate) fn parse(format: DataFormat, row: &Value) -> Result<Parsed, String> {
         DataFormat::PromptResponse => prompt_response(obj),
         DataFormat::Messages => {
             let turns = turns(obj, "messages", "role", "content")?;
-            Ok(parsed(last_answer(&turns, "messages")?, None))
+            Ok(parsed(answer(which, &turns, "messages")?, None))
         }
         DataFormat::ShareGpt => {
             let turns = turns(obj, "conversations", "from", "value")?;
-            Ok(parsed(last_answer(&turns, "conversations")?, None))
+            Ok(parsed(answer(which, &turns, "conversations")?, None))
         }
         DataFormat::Spin => {
             let real = turns(obj, "real", "role", "content")?;
@@ -287,6 +288,37 @@ fn last_answer<'t>(turns: &'t [Turn], list_key: &str) -> Result<Split<'t>, Strin
     })
 }
 
+/// The exchange `which` picks.
+fn answer<'t>(which: Turns, turns: &'t [Turn], list_key: &str) -> Result<Split<'t>, String> {
+    match which {
+        Turns::Last => last_answer(turns, list_key),
+        Turns::First => first_answer(turns, list_key),
+    }
+}
+
+/// The first assistant turn that answers a user turn (the response), that user turn (the prompt)
+/// and every turn before it (system turns, or an assistant's opening line), as uclaml/SPIN reads
+/// UltraChat: `messages[0]` the prompt, `messages[1]` the answer.
+fn first_answer<'t>(turns: &'t [Turn], list_key: &str) -> Result<Split<'t>, String> {
+    let at = (1..turns.len())
+        .find(|&i| turns[i].role == Role::Assistant && turns[i - 1].role == Role::User)
+        .ok_or_else(|| format!("\"{list_key}\" has no assistant turn answering a user turn"))?;
+    let (user, answer) = (&turns[at - 1], &turns[at]);
+    if user.content.trim().is_empty() {
+        return Err(format!("\"{list_key}\": the first user turn is empty"));
+    }
+    if answer.content.trim().is_empty() {
+        return Err(format!(
+            "\"{list_key}\": the first assistant answer is empty"
+        ));
+    }
+    Ok(Split {
+        history: &turns[..at - 1],
+        user,
+        answer,
+    })
+}
+
 /// The index of the first turn where the prompts of two splits differ (in role or content, or one
 /// has more turns), or `None` when they are the same.
 fn first_difference(a: &Split, b: &Split) -> Option<usize> {
@@ -316,12 +348,14 @@ mod tests {
     #[test]
     fn alpaca_input_follows_instruction() {
         let row = json!({"instruction": "Translate.", "input": "Hallo", "output": "Hello"});
-        let p = parse(DataFormat::PromptResponse, &row).unwrap();
+        let p = parse(DataFormat::PromptResponse, Turns::Last, &row).unwrap();
         assert_eq!(p.prompt, "Translate.\n\nHallo");
         assert_eq!(p.response, "Hello");
         let row = json!({"instruction": "Say hi.", "input": "", "output": "Hi"});
         assert_eq!(
-            parse(DataFormat::PromptResponse, &row).unwrap().prompt,
+            parse(DataFormat::PromptResponse, Turns::Last, &row)
+                .unwrap()
+                .prompt,
             "Say hi."
         );
     }
@@ -351,7 +385,7 @@ mod tests {
             t
         };
         let row = json!({"real": side("a2"), "generated": side("g2")});
-        let p = parse(DataFormat::Spin, &row).unwrap();
+        let p = parse(DataFormat::Spin, Turns::Last, &row).unwrap();
         assert_eq!(
             p,
             Parsed {
@@ -378,14 +412,14 @@ mod tests {
         let mut generated = real.to_vec();
         generated[1] = turn("assistant", "other a1");
         let row = json!({"real": real, "generated": generated});
-        let e = parse(DataFormat::Spin, &row).unwrap_err();
+        let e = parse(DataFormat::Spin, Turns::Last, &row).unwrap_err();
         assert!(e.contains("differ") && e.contains("turn 1"), "{e}");
         // A missing system turn is a difference too.
         let mut with_system = vec![turn("system", "s")];
         with_system.extend(real.iter().cloned());
         let row = json!({"real": with_system, "generated": real});
         assert!(
-            parse(DataFormat::Spin, &row)
+            parse(DataFormat::Spin, Turns::Last, &row)
                 .unwrap_err()
                 .contains("differ")
         );
@@ -399,7 +433,7 @@ mod tests {
             turn("assistant", "Hello"),
             turn("user", "More"),
         ]});
-        let p = parse(DataFormat::Messages, &row).unwrap();
+        let p = parse(DataFormat::Messages, Turns::Last, &row).unwrap();
         assert_eq!(p.history, [msg("system", "Be brief.")]);
         assert_eq!((p.prompt.as_str(), p.response.as_str()), ("Hi", "Hello"));
         // ShareGPT dialects' roles become the template's.
@@ -407,9 +441,39 @@ mod tests {
             {"from": "human", "value": "q1"}, {"from": "gpt", "value": "r1"},
             {"from": "human", "value": "q2"}, {"from": "gpt", "value": "r2"},
         ]});
-        let p = parse(DataFormat::ShareGpt, &row).unwrap();
+        let p = parse(DataFormat::ShareGpt, Turns::Last, &row).unwrap();
         assert_eq!(p.history, [msg("user", "q1"), msg("assistant", "r1")]);
         assert_eq!((p.prompt.as_str(), p.response.as_str()), ("q2", "r2"));
+    }
+
+    #[test]
+    fn turns_first_reads_the_opening_exchange() {
+        let row = json!({"messages": [
+            turn("system", "Be brief."),
+            turn("user", "q1"),
+            turn("assistant", "r1"),
+            turn("user", "q2"),
+            turn("assistant", "r2"),
+        ]});
+        let p = parse(DataFormat::Messages, Turns::First, &row).unwrap();
+        assert_eq!(p.history, [msg("system", "Be brief.")]);
+        assert_eq!((p.prompt.as_str(), p.response.as_str()), ("q1", "r1"));
+        let p = parse(DataFormat::Messages, Turns::Last, &row).unwrap();
+        assert_eq!((p.prompt.as_str(), p.response.as_str()), ("q2", "r2"));
+        // An assistant's opening line answers nothing; the first answer to a user turn counts.
+        let row = json!({"conversations": [
+            {"from": "gpt", "value": "Hi, ask away."}, {"from": "human", "value": "q1"},
+            {"from": "gpt", "value": "r1"},
+        ]});
+        let p = parse(DataFormat::ShareGpt, Turns::First, &row).unwrap();
+        assert_eq!(p.history, [msg("assistant", "Hi, ask away.")]);
+        assert_eq!((p.prompt.as_str(), p.response.as_str()), ("q1", "r1"));
+        let row = json!({"messages": [turn("user", "q1"), turn("user", "q2")]});
+        assert!(
+            parse(DataFormat::Messages, Turns::First, &row)
+                .unwrap_err()
+                .contains("no assistant turn")
+        );
     }
 
     #[test]
@@ -419,13 +483,13 @@ mod tests {
             turn("system", "Really brief."),
             turn("assistant", "Hello"),
         ]});
-        let e = parse(DataFormat::Messages, &row).unwrap_err();
+        let e = parse(DataFormat::Messages, Turns::Last, &row).unwrap_err();
         assert!(e.contains("[1]") && e.contains("system turn"), "{e}");
         let row = json!({"messages": [turn("system", "s"), turn("assistant", "a")]});
-        assert!(parse(DataFormat::Messages, &row).is_err());
+        assert!(parse(DataFormat::Messages, Turns::Last, &row).is_err());
         let row = json!({"messages": [turn("assistant", "a")]});
         assert!(
-            parse(DataFormat::Messages, &row)
+            parse(DataFormat::Messages, Turns::Last, &row)
                 .unwrap_err()
                 .contains("no user turn")
         );
@@ -434,7 +498,7 @@ mod tests {
     #[test]
     fn single_turn_rows_have_no_history() {
         let row = json!({"messages": [turn("user", "Hi"), turn("assistant", "Hello")]});
-        let p = parse(DataFormat::Messages, &row).unwrap();
+        let p = parse(DataFormat::Messages, Turns::Last, &row).unwrap();
         assert!(p.history.is_empty());
         assert_eq!((p.prompt.as_str(), p.response.as_str()), ("Hi", "Hello"));
     }
@@ -445,7 +509,12 @@ mod tests {
             {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]},
             {"role": "assistant", "content": "c"},
         ]});
-        assert_eq!(parse(DataFormat::Messages, &row).unwrap().prompt, "ab");
+        assert_eq!(
+            parse(DataFormat::Messages, Turns::Last, &row)
+                .unwrap()
+                .prompt,
+            "ab"
+        );
     }
 
     #[test]

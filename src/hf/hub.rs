@@ -1,6 +1,7 @@
 //! Hugging Face Hub model ids: `--model ORG/NAME[@REVISION]` resolved to a folder of the Hub's
 //! cache, the layout Python's `huggingface_hub` writes (`models--ORG--NAME/{blobs,refs,snapshots}`),
-//! so a model downloaded by either is found by both.
+//! so a model downloaded by either is found by both. Datasets (`--data`) share the cache, the
+//! settings, the downloads and the errors: see `hub_data.rs`.
 //!
 //! Offline (`HF_HUB_OFFLINE=1`) the snapshot of the revision must already hold every file a model
 //! needs and nothing touches the network. Online the repo's file list is asked for once; files the
@@ -17,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use hf_hub::api::Progress;
-use hf_hub::api::sync::{ApiBuilder, ApiError};
+use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{Error, Result};
@@ -33,6 +34,30 @@ const OPTIONAL: &[&str] = &[
 ];
 const SINGLE: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
+
+/// What a repo holds, as the Hub's URLs and the cache's folder names tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoKind {
+    Model,
+    Dataset,
+}
+
+impl RepoKind {
+    fn repo_type(self) -> RepoType {
+        match self {
+            RepoKind::Model => RepoType::Model,
+            RepoKind::Dataset => RepoType::Dataset,
+        }
+    }
+
+    /// The word for it in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            RepoKind::Model => "model",
+            RepoKind::Dataset => "dataset",
+        }
+    }
+}
 
 /// A model repo on the Hub and the revision asked for (`main` when none).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +158,7 @@ pub enum HubEvent {
 }
 
 /// Turns hf-hub's progress calls into [`HubEvent`]s.
-struct Reporter<'a> {
+pub(crate) struct Reporter<'a> {
     report: &'a mut dyn FnMut(HubEvent),
     total: u64,
     done: u64,
@@ -169,14 +194,26 @@ impl Progress for Reporter<'_> {
     fn finish(&mut self) {}
 }
 
-/// `models--ORG--NAME` in `cache`.
-fn repo_dir(cache: &Path, id: &HubId) -> PathBuf {
-    cache.join(format!("models--{}", id.repo.replace('/', "--")))
+impl<'a> Reporter<'a> {
+    pub(crate) fn new(report: &'a mut dyn FnMut(HubEvent)) -> Self {
+        Self {
+            report,
+            total: 0,
+            done: 0,
+            last: 0,
+            started: false,
+        }
+    }
+}
+
+/// `models--ORG--NAME` (or `datasets--ORG--NAME`) in `cache`.
+pub(crate) fn repo_dir(cache: &Path, id: &HubId, kind: RepoKind) -> PathBuf {
+    cache.join(Repo::new(id.repo.clone(), kind.repo_type()).folder_name())
 }
 
 /// The cached snapshot folder of `id`'s revision, if its ref (or the commit itself) is there.
-fn cached_snapshot(cache: &Path, id: &HubId) -> Option<PathBuf> {
-    let dir = repo_dir(cache, id);
+pub(crate) fn cached_snapshot(cache: &Path, id: &HubId, kind: RepoKind) -> Option<PathBuf> {
+    let dir = repo_dir(cache, id, kind);
     let is_commit = id.revision.len() == 40 && id.revision.chars().all(|c| c.is_ascii_hexdigit());
     let commit = if is_commit {
         id.revision.clone()
@@ -271,7 +308,7 @@ fn complete(snapshot: &Path, id: &HubId) -> std::result::Result<(), String> {
 
 /// The cached snapshot of Hub model `id` when it holds every file a model needs (no network).
 pub fn cached_model(id: &HubId, settings: &HubSettings) -> Option<PathBuf> {
-    cached_snapshot(&settings.cache, id).filter(|s| complete(s, id).is_ok())
+    cached_snapshot(&settings.cache, id, RepoKind::Model).filter(|s| complete(s, id).is_ok())
 }
 
 /// The local folder of Hub model `id`: its cached snapshot, completed by downloads unless offline.
@@ -280,7 +317,7 @@ pub fn resolve_model(
     settings: &HubSettings,
     report: &mut dyn FnMut(HubEvent),
 ) -> Result<PathBuf> {
-    let cached = cached_snapshot(&settings.cache, id);
+    let cached = cached_snapshot(&settings.cache, id, RepoKind::Model);
     if settings.offline {
         let Some(snapshot) = cached else {
             return Err(Error::Invalid(format!(
@@ -300,18 +337,8 @@ pub fn resolve_model(
         })?;
         return Ok(snapshot);
     }
-    let api = ApiBuilder::from_cache(Cache::new(settings.cache.clone()))
-        .with_endpoint(settings.endpoint.clone())
-        .with_token(settings.token.clone())
-        .with_progress(false)
-        .with_retries(3)
-        .build()
-        .map_err(|e| hub_error(id, settings, e))?;
-    let repo = api.repo(Repo::with_revision(
-        id.repo.clone(),
-        RepoType::Model,
-        id.revision.clone(),
-    ));
+    let kind = RepoKind::Model;
+    let repo = api_repo(id, settings, kind)?;
     let info = match repo.info() {
         Ok(info) => info,
         Err(e) if is_unreachable(&e) => {
@@ -322,13 +349,13 @@ pub fn resolve_model(
                 });
                 return Ok(snapshot);
             }
-            return Err(hub_error(id, settings, e));
+            return Err(hub_error(id, settings, kind, e));
         }
-        Err(e) => return Err(hub_error(id, settings, e)),
+        Err(e) => return Err(hub_error(id, settings, kind, e)),
     };
     let listed: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let has = |f: &str| listed.iter().any(|l| l == f);
-    let snapshot = repo_dir(&settings.cache, id)
+    let snapshot = repo_dir(&settings.cache, id, kind)
         .join("snapshots")
         .join(&info.sha);
     if let Some(missing) = REQUIRED.iter().find(|f| !has(f)) {
@@ -337,20 +364,8 @@ pub fn resolve_model(
              tokenizer_config.json, safetensors)"
         )));
     }
-    let fetch = |file: &str, report: &mut dyn FnMut(HubEvent)| -> Result<PathBuf> {
-        let local = snapshot.join(file);
-        if local.is_file() {
-            return Ok(local);
-        }
-        let reporter = Reporter {
-            report,
-            total: 0,
-            done: 0,
-            last: 0,
-            started: false,
-        };
-        repo.download_with_progress(file, reporter)
-            .map_err(|e| hub_error(id, settings, e))
+    let fetch = |file: &str, report: &mut dyn FnMut(HubEvent)| {
+        fetch(&repo, &snapshot, file, report).map_err(|e| hub_error(id, settings, kind, e))
     };
     let mut files: Vec<String> = REQUIRED.iter().map(|f| f.to_string()).collect();
     files.extend(OPTIONAL.iter().filter(|f| has(f)).map(|f| f.to_string()));
@@ -372,8 +387,39 @@ pub fn resolve_model(
     Ok(snapshot)
 }
 
+/// The Hub's API for repo `id` of `kind`, with the settings' endpoint, token and cache.
+pub(crate) fn api_repo(id: &HubId, settings: &HubSettings, kind: RepoKind) -> Result<ApiRepo> {
+    let api = ApiBuilder::from_cache(Cache::new(settings.cache.clone()))
+        .with_endpoint(settings.endpoint.clone())
+        .with_token(settings.token.clone())
+        .with_progress(false)
+        .with_retries(3)
+        .build()
+        .map_err(|e| hub_error(id, settings, kind, e))?;
+    Ok(api.repo(Repo::with_revision(
+        id.repo.clone(),
+        kind.repo_type(),
+        id.revision.clone(),
+    )))
+}
+
+/// `file` of the repo: the copy in `snapshot` when there is one, else downloaded into the cache
+/// (resumed from a `.part` file a broken download left), reporting its progress.
+pub(crate) fn fetch(
+    repo: &ApiRepo,
+    snapshot: &Path,
+    file: &str,
+    report: &mut dyn FnMut(HubEvent),
+) -> std::result::Result<PathBuf, ApiError> {
+    let local = snapshot.join(file);
+    if local.is_file() {
+        return Ok(local);
+    }
+    repo.download_with_progress(file, Reporter::new(report))
+}
+
 /// Whether `e` says the Hub could not be reached at all (not that it refused).
-fn is_unreachable(e: &ApiError) -> bool {
+pub(crate) fn is_unreachable(e: &ApiError) -> bool {
     match e {
         ApiError::RequestError(inner) => matches!(**inner, ureq2::Error::Transport(_)),
         ApiError::TooManyRetries(inner) => is_unreachable(inner),
@@ -382,7 +428,8 @@ fn is_unreachable(e: &ApiError) -> bool {
 }
 
 /// A Hub failure as an error that says what to do.
-fn hub_error(id: &HubId, settings: &HubSettings, e: ApiError) -> Error {
+pub(crate) fn hub_error(id: &HubId, settings: &HubSettings, kind: RepoKind, e: ApiError) -> Error {
+    let noun = kind.noun();
     let status = match &e {
         ApiError::RequestError(inner) => match &**inner {
             ureq2::Error::Status(code, _) => Some(*code),
@@ -395,19 +442,22 @@ fn hub_error(id: &HubId, settings: &HubSettings, e: ApiError) -> Error {
             "{id} at {} needs authorisation (a gated or private repo): {}",
             settings.endpoint,
             if settings.token.is_some() {
-                "the token in HF_TOKEN (or the cached login) has no access to it; accept the model's terms on its page \
-                 or use a token that has"
+                format!(
+                    "the token in HF_TOKEN (or the cached login) has no access to it; accept the {noun}'s terms on \
+                     its page or use a token that has"
+                )
             } else {
                 "set HF_TOKEN to a token with access (https://huggingface.co/settings/tokens) or run `huggingface-cli login`"
+                    .to_string()
             }
         ),
         Some(404) => format!(
-            "{id}: no such model or revision at {} (check the repo id and the @revision)",
+            "{id}: no such {noun} or revision at {} (check the repo id and the @revision)",
             settings.endpoint
         ),
         _ if is_unreachable(&e) => format!(
             "{id}: the Hub at {} cannot be reached ({e}) and the cache at {} has no complete copy; connect, or set \
-             HF_HUB_CACHE / HF_HOME to a cache that holds the model",
+             HF_HUB_CACHE / HF_HOME to a cache that holds the {noun}",
             settings.endpoint,
             settings.cache.display()
         ),

@@ -14,6 +14,7 @@ use wgspin::device::{self, ComputeDevice, DeviceSpec};
 use wgspin::hf::tokenizer::ChatTokenizer;
 use wgspin::train::score::TokenizedPair;
 
+pub mod hub;
 pub mod spin_fixture;
 
 pub const TINY_MODELS: &[&str] = &[

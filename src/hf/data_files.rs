@@ -1,0 +1,502 @@
+//! Which files of a Hugging Face dataset repo hold a split, decided from the file list and the
+//! dataset card as the `datasets` library decides it, so `--data ORG/NAME:SPLIT` reads what
+//! `load_dataset("ORG/NAME", split=SPLIT)` reads.
+//!
+//! 1. The card's YAML front matter (`README.md`), when it has `configs:`: the subset (`config_name`)
+//!    asked for, else the one marked `default: true`, else the one named `default`, else the only
+//!    one; its `data_files` as a list of `{split, path}` (a path or a list of them, glob patterns),
+//!    or a pattern or list of patterns for a single `train` split; `data_dir` as the patterns' base.
+//! 2. Otherwise the file names: `data/SPLIT-00000-of-00003*.*` and `data/SPLIT/**` (any split
+//!    name, as `push_to_hub` writes them), else the keyword rule for train / validation / test
+//!    (`train.jsonl`, `data/test-0.parquet`, `valid/…`: the word between `-._ ` digits or `/`),
+//!    else every data file as `train`.
+//!
+//! Files of a split are sorted by path within each pattern, as `datasets` sorts them.
+
+use glob::{MatchOptions, Pattern};
+use regex::Regex;
+use yaml_rust2::Yaml;
+
+/// The file types wgspin reads.
+const READ: &[&str] = &[".parquet", ".jsonl", ".json"];
+/// Data files of other types: a split of them is refused by name rather than read as nothing.
+const OTHER: &[&str] = &[
+    ".csv",
+    ".tsv",
+    ".txt",
+    ".arrow",
+    ".jsonl.gz",
+    ".json.gz",
+    ".jsonl.zst",
+    ".csv.gz",
+    ".zip",
+    ".tar",
+    ".tar.gz",
+    ".xml",
+    ".webdataset",
+];
+/// Longest front matter read from a dataset card (they list every feature and split; a few
+/// hundred kilobytes for the largest).
+const MAX_CARD_BYTES: usize = 4 << 20;
+/// The keywords of the splits the file-name rule finds, in `datasets`' order.
+const KEYWORDS: &[(&str, &[&str])] = &[
+    ("train", &["train", "training"]),
+    ("validation", &["validation", "valid", "dev", "val"]),
+    ("test", &["test", "testing", "eval", "evaluation"]),
+];
+
+/// A split and its files (repo-relative, `/`-separated), in reading order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitFiles {
+    pub name: String,
+    pub files: Vec<String>,
+}
+
+/// The splits of one subset of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The card's `config_name` used; `None` when the card has no `configs`.
+    pub subset: Option<String>,
+    pub splits: Vec<SplitFiles>,
+}
+
+impl Layout {
+    /// The names of the splits, for messages.
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = self.splits.iter().map(|s| s.name.as_str()).collect();
+        names.join(", ")
+    }
+
+    /// Split `wanted`, or the default one (`train`, else the only split); errors list the splits.
+    pub fn split(&self, wanted: Option<&str>) -> Result<&SplitFiles, String> {
+        let found = match wanted {
+            Some(name) => self.splits.iter().find(|s| s.name == name),
+            None => self
+                .splits
+                .iter()
+                .find(|s| s.name == "train")
+                .or_else(|| (self.splits.len() == 1).then(|| &self.splits[0])),
+        };
+        let split = match (found, wanted) {
+            (Some(s), _) => s,
+            (None, Some(name)) => {
+                return Err(format!(
+                    "has no split {name:?}; its splits are: {}",
+                    self.names()
+                ));
+            }
+            (None, None) => {
+                return Err(format!(
+                    "has no train split; name one of its splits ({}) as ORG/NAME:SPLIT or with --split",
+                    self.names()
+                ));
+            }
+        };
+        if split.files.is_empty() {
+            return Err(format!(
+                "split {:?} matches no file of the repo",
+                split.name
+            ));
+        }
+        if let Some(f) = split
+            .files
+            .iter()
+            .find(|f| !READ.iter().any(|e| f.ends_with(e)))
+        {
+            return Err(format!(
+                "split {:?} is stored as files like {f}, which wgspin does not read; it reads Parquet \
+                 (.parquet) and JSON lines (.jsonl, .json)",
+                split.name
+            ));
+        }
+        Ok(split)
+    }
+}
+
+/// The layout of a repo holding `files`, with dataset card `card` (the text of `README.md`) and
+/// the subset asked for.
+pub fn layout(
+    files: &[String],
+    card: Option<&str>,
+    subset: Option<&str>,
+) -> Result<Layout, String> {
+    let configs = match card {
+        Some(text) => configs(text)?,
+        None => vec![],
+    };
+    if configs.is_empty() {
+        if let Some(s) = subset {
+            return Err(format!(
+                "has no subsets (its README.md lists no `configs`), so --subset {s:?} names nothing"
+            ));
+        }
+        return Ok(Layout {
+            subset: None,
+            splits: inferred(files),
+        });
+    }
+    let names = || {
+        let n: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+        n.join(", ")
+    };
+    let config = match subset {
+        Some(s) => configs
+            .iter()
+            .find(|c| c.name == s)
+            .ok_or_else(|| format!("has no subset {s:?}; its subsets are: {}", names()))?,
+        None => configs
+            .iter()
+            .find(|c| c.default)
+            .or_else(|| configs.iter().find(|c| c.name == "default"))
+            .or_else(|| (configs.len() == 1).then(|| &configs[0]))
+            .ok_or_else(|| {
+                format!(
+                    "has {} subsets and none is the default: pass --subset with one of {}",
+                    configs.len(),
+                    names()
+                )
+            })?,
+    };
+    let base = config
+        .data_dir
+        .as_deref()
+        .map(|d| format!("{}/", d.trim_matches('/')))
+        .unwrap_or_default();
+    let splits = if config.data_files.is_empty() {
+        let inside: Vec<String> = files
+            .iter()
+            .filter_map(|f| f.strip_prefix(&base).map(str::to_string))
+            .collect();
+        let mut splits = inferred(&inside);
+        for s in &mut splits {
+            s.files = s.files.iter().map(|f| format!("{base}{f}")).collect();
+        }
+        splits
+    } else {
+        config
+            .data_files
+            .iter()
+            .map(|(name, patterns)| {
+                let mut out: Vec<String> = vec![];
+                for p in patterns {
+                    let pattern = format!("{base}{}", p.trim_start_matches("./"));
+                    let mut hits = matching(files, &pattern)?;
+                    hits.sort();
+                    for f in hits {
+                        if !out.contains(&f) {
+                            out.push(f);
+                        }
+                    }
+                }
+                Ok(SplitFiles {
+                    name: name.clone(),
+                    files: out,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?
+    };
+    Ok(Layout {
+        subset: Some(config.name.clone()),
+        splits,
+    })
+}
+
+/// The files that glob `pattern` matches (`*` within a path segment, `**` across them).
+fn matching(files: &[String], pattern: &str) -> Result<Vec<String>, String> {
+    let glob = Pattern::new(pattern).map_err(|e| {
+        format!("the README.md's data_files pattern {pattern:?} is not a glob: {e}")
+    })?;
+    let opts = MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    Ok(files
+        .iter()
+        .filter(|f| glob.matches_with(f, opts))
+        .cloned()
+        .collect())
+}
+
+/// Splits from file names alone (no `configs` in the card).
+fn inferred(files: &[String]) -> Vec<SplitFiles> {
+    let mut data: Vec<&String> = files
+        .iter()
+        .filter(|f| !f.split('/').any(|s| s.starts_with('.')))
+        .filter(|f| READ.iter().chain(OTHER).any(|e| f.ends_with(e)))
+        .collect();
+    data.sort();
+    let mut splits: Vec<SplitFiles> = vec![];
+    fn add(splits: &mut Vec<SplitFiles>, name: &str, file: &str) {
+        match splits.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.files.push(file.to_string()),
+            None => splits.push(SplitFiles {
+                name: name.to_string(),
+                files: vec![file.to_string()],
+            }),
+        }
+    }
+    // What `push_to_hub` writes: data/SPLIT-00000-of-00001-HASH.parquet, or data/SPLIT/*.
+    let sharded = Regex::new(r"^data/([^/]+?)-\d{5}-of-\d{5}[^/]*$").expect("a valid regex");
+    let in_dir = Regex::new(r"^data/([^/]+)/.+$").expect("a valid regex");
+    for f in &data {
+        if let Some(c) = sharded.captures(f).or_else(|| in_dir.captures(f)) {
+            add(&mut splits, &c[1], f);
+        }
+    }
+    if !splits.is_empty() {
+        return splits;
+    }
+    for (split, words) in KEYWORDS {
+        // The first keyword that names any file decides the split's files.
+        for word in *words {
+            let rule =
+                Regex::new(&format!(r"(^|[-._ 0-9/]){word}([-._ 0-9/])")).expect("a valid regex");
+            let hits: Vec<&&String> = data.iter().filter(|f| rule.is_match(f)).collect();
+            if !hits.is_empty() {
+                for f in hits {
+                    add(&mut splits, split, f);
+                }
+                break;
+            }
+        }
+    }
+    if splits.is_empty() {
+        for f in &data {
+            add(&mut splits, "train", f);
+        }
+    }
+    splits
+}
+
+/// One entry of the card's `configs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Config {
+    name: String,
+    default: bool,
+    data_dir: Option<String>,
+    /// (split, patterns), in the card's order.
+    data_files: Vec<(String, Vec<String>)>,
+}
+
+/// The `configs` of a dataset card (none when it has no front matter or no such key).
+fn configs(card: &str) -> Result<Vec<Config>, String> {
+    let Some(front) = front_matter(card) else {
+        return Ok(vec![]);
+    };
+    if front.len() > MAX_CARD_BYTES {
+        return Err(format!(
+            "its README.md's YAML header is over {} MiB; wgspin reads at most that much",
+            MAX_CARD_BYTES >> 20
+        ));
+    }
+    // yaml-rust2 expands an alias by copying what it names, so a few lines of nested aliases
+    // grow without bound; dataset cards have no reason to use them.
+    let mut parser = yaml_rust2::parser::Parser::new_from_str(front);
+    loop {
+        match parser.next_token() {
+            Ok((yaml_rust2::Event::StreamEnd, _)) => break,
+            Ok((yaml_rust2::Event::Alias(_), mark)) => {
+                return Err(format!(
+                    "its README.md's YAML header uses an alias (line {}), which wgspin does not expand",
+                    mark.line() + 1
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("its README.md's YAML header does not parse: {e}")),
+        }
+    }
+    let docs = yaml_rust2::YamlLoader::load_from_str(front)
+        .map_err(|e| format!("its README.md's YAML header does not parse: {e}"))?;
+    let Some(list) = docs.first().map(|d| &d["configs"]) else {
+        return Ok(vec![]);
+    };
+    let Yaml::Array(list) = list else {
+        return match list {
+            Yaml::BadValue | Yaml::Null => Ok(vec![]),
+            _ => Err("its README.md's `configs` is not a list".into()),
+        };
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let at = |what: &str| format!("its README.md's configs[{i}]: {what}");
+            let name = scalar(&c["config_name"]).unwrap_or_else(|| "default".into());
+            let default = matches!(c["default"], Yaml::Boolean(true));
+            let data_dir = scalar(&c["data_dir"]);
+            let data_files = match &c["data_files"] {
+                Yaml::BadValue | Yaml::Null => vec![],
+                Yaml::String(_) => vec![("train".to_string(), patterns(&c["data_files"]))],
+                Yaml::Array(items) if items.iter().all(|x| scalar(x).is_some()) => {
+                    vec![("train".to_string(), patterns(&c["data_files"]))]
+                }
+                Yaml::Array(items) => items
+                    .iter()
+                    .map(|item| {
+                        let split = scalar(&item["split"])
+                            .ok_or_else(|| at("a data_files entry has no `split`"))?;
+                        let paths = patterns(&item["path"]);
+                        if paths.is_empty() {
+                            return Err(at(&format!("split {split:?} has no `path`")));
+                        }
+                        Ok((split, paths))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+                Yaml::Hash(map) => map
+                    .iter()
+                    .map(|(k, v)| {
+                        let split =
+                            scalar(k).ok_or_else(|| at("a data_files key is not a name"))?;
+                        Ok((split, patterns(v)))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+                _ => return Err(at("`data_files` is neither a path, a list nor a mapping")),
+            };
+            Ok(Config {
+                name,
+                default,
+                data_dir,
+                data_files,
+            })
+        })
+        .collect()
+}
+
+/// The YAML between a card's opening `---` line and the next one.
+fn front_matter(card: &str) -> Option<&str> {
+    let card = card.strip_prefix('\u{feff}').unwrap_or(card);
+    let rest = card
+        .strip_prefix("---\n")
+        .or_else(|| card.strip_prefix("---\r\n"))?;
+    let mut at = 0;
+    for line in rest.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            return Some(&rest[..at]);
+        }
+        at += line.len();
+    }
+    None
+}
+
+/// A YAML scalar as text (names and split names may be written as numbers or booleans).
+fn scalar(y: &Yaml) -> Option<String> {
+    match y {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Integer(n) => Some(n.to_string()),
+        Yaml::Real(r) => Some(r.clone()),
+        Yaml::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A pattern or a list of patterns.
+fn patterns(y: &Yaml) -> Vec<String> {
+    match y {
+        Yaml::Array(items) => items.iter().filter_map(scalar).collect(),
+        other => scalar(other).into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    const ULTRACHAT: &str = "---\nlicense: mit\nconfigs:\n- config_name: default\n  data_files:\n  \
+        - split: train_sft\n    path: data/train_sft-*\n  - split: test_sft\n    path: data/test_sft-*\n\
+        dataset_info:\n  features:\n  - name: prompt\n    dtype: string\n---\n# UltraChat\n";
+
+    #[test]
+    fn the_cards_configs_decide_the_splits() {
+        let repo = files(&[
+            ".gitattributes",
+            "README.md",
+            "data/test_sft-00000-of-00001-aa.parquet",
+            "data/train_sft-00001-of-00002-bb.parquet",
+            "data/train_sft-00000-of-00002-cc.parquet",
+        ]);
+        let l = layout(&repo, Some(ULTRACHAT), None).unwrap();
+        assert_eq!(l.subset.as_deref(), Some("default"));
+        assert_eq!(l.names(), "train_sft, test_sft");
+        let s = l.split(Some("train_sft")).unwrap();
+        assert_eq!(
+            s.files,
+            [
+                "data/train_sft-00000-of-00002-cc.parquet",
+                "data/train_sft-00001-of-00002-bb.parquet"
+            ]
+        );
+        let e = l.split(Some("train")).unwrap_err();
+        assert!(e.contains("train_sft, test_sft"), "{e}");
+        let e = l.split(None).unwrap_err();
+        assert!(e.contains("--split"), "{e}");
+        assert!(layout(&repo, Some(ULTRACHAT), Some("x")).is_err());
+    }
+
+    #[test]
+    fn subsets_the_default_flag_and_list_paths() {
+        let card = "---\nconfigs:\n- config_name: qa\n  data_files: qa/*.jsonl\n- config_name: chat\n  \
+            default: true\n  data_files:\n  - split: train\n    path: [chat/b.jsonl, chat/a.jsonl]\n  \
+            - split: validation\n    path: chat/valid.jsonl\n---\n";
+        let repo = files(&[
+            "chat/a.jsonl",
+            "chat/b.jsonl",
+            "chat/valid.jsonl",
+            "qa/1.jsonl",
+            "qa/0.jsonl",
+        ]);
+        let l = layout(&repo, Some(card), None).unwrap();
+        assert_eq!(l.subset.as_deref(), Some("chat"));
+        // A list of paths keeps its order.
+        assert_eq!(
+            l.split(None).unwrap().files,
+            ["chat/b.jsonl", "chat/a.jsonl"]
+        );
+        let l = layout(&repo, Some(card), Some("qa")).unwrap();
+        assert_eq!(l.split(None).unwrap().files, ["qa/0.jsonl", "qa/1.jsonl"]);
+        let e = layout(&repo, Some(card), Some("nope")).unwrap_err();
+        assert!(e.contains("qa, chat"), "{e}");
+    }
+
+    #[test]
+    fn without_configs_the_file_names_decide() {
+        let l = layout(
+            &files(&[
+                "data/train-00000-of-00002.parquet",
+                "data/train-00001-of-00002.parquet",
+                "data/test-00000-of-00001.parquet",
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(l.names(), "test, train");
+        assert_eq!(l.split(None).unwrap().files.len(), 2);
+        let l = layout(
+            &files(&[
+                "train.jsonl",
+                "dev.jsonl",
+                "notes.md",
+                "my_training_set.jsonl",
+            ]),
+            Some("# no yaml"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(l.split(Some("train")).unwrap().files, ["train.jsonl"]);
+        assert_eq!(l.split(Some("validation")).unwrap().files, ["dev.jsonl"]);
+        let l = layout(&files(&["rows.jsonl"]), None, None).unwrap();
+        assert_eq!(l.split(None).unwrap().files, ["rows.jsonl"]);
+        let l = layout(&files(&["train.csv"]), None, None).unwrap();
+        assert!(l.split(None).unwrap_err().contains(".csv"));
+    }
+
+    #[test]
+    fn aliases_are_refused() {
+        let card = "---\na: &x [1, 2]\nb: [*x, *x]\nconfigs: []\n---\n";
+        assert!(configs(card).unwrap_err().contains("alias"));
+    }
+}

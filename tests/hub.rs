@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::hub::{Hub, without_hub_settings};
+use common::hub::{Hub, found_by_huggingface_hub, without_hub_settings};
 use common::{fixture, python_has, wgspin};
 
 const REPO: &str = "wgspin-test/tiny-qwen3";
@@ -232,17 +232,7 @@ fn downloads_resume_after_a_broken_connection_and_a_gated_repo_needs_its_token()
     assert_eq!(stderr(&o).matches("downloading model-0000").count(), 4);
 
     // What wgspin wrote is a cache huggingface_hub reads.
-    let found = Command::new("python3")
-        .args([
-            "-c",
-            "import sys; from huggingface_hub import try_to_load_from_cache as t; \
-                print(t(sys.argv[1], 'model.safetensors', cache_dir=sys.argv[2]))",
-        ])
-        .arg(REPO)
-        .arg(&cache)
-        .output()
-        .unwrap();
-    let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+    let path = found_by_huggingface_hub(REPO, "model.safetensors", &cache, "model");
     assert!(
         Path::new(&path).is_file(),
         "huggingface_hub did not find it: {path:?}"

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::hub::{Hub, without_hub_settings};
+use common::hub::{Hub, found_by_huggingface_hub, without_hub_settings};
 use common::{assert_mentions, fixture, python_has, wgspin};
 use serde_json::{Value, json};
 
@@ -307,7 +307,24 @@ fn online_only_the_split_downloads_a_broken_download_resumes_and_a_gated_repo_ne
     let dir = tmp.path();
     let cache = dir.join("cache");
     let cut = format!("{CUT_SHARD}:3000");
-    let hub = start(dir, &["--token", "hf_secret", "--cut", &cut]);
+    // The Hub's Parquet conversion of a dataset: SUBSET/SPLIT/0000.parquet.
+    let converted = dir.join("converted");
+    for (split, file) in [
+        ("train", "train-00000-of-00002"),
+        ("test", "test-00000-of-00001"),
+    ] {
+        let to = converted.join("default").join(split);
+        std::fs::create_dir_all(&to).unwrap();
+        let from = hub_fixture("plain")
+            .join("data")
+            .join(format!("{file}.parquet"));
+        std::fs::copy(from, to.join("0000.parquet")).unwrap();
+    }
+    let served = format!("wgspin-test/converted={}", converted.display());
+    let hub = start(
+        dir,
+        &["--token", "hf_secret", "--cut", &cut, "--dataset", &served],
+    );
     let online = |token: Option<&str>| {
         let mut env = vec![
             ("HF_ENDPOINT", hub.url.clone()),
@@ -351,6 +368,22 @@ fn online_only_the_split_downloads_a_broken_download_resumes_and_a_gated_repo_ne
         "no range request resumed the broken download: {requests:?}"
     );
 
+    // The revision the Hub converts every dataset to Parquet at has its own layout.
+    let (o, conv) = generate(
+        dir,
+        "wgspin-test/converted@refs/convert/parquet:test",
+        "",
+        &online(Some("hf_secret")),
+        "converted",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_rows(
+        &conv,
+        &rows(&e, "plain", "default", "test"),
+        "turns_last",
+        "converted",
+    );
+
     // The second run finds every file cached: no download, the same rows.
     let (o, again) = generate(
         dir,
@@ -365,18 +398,7 @@ fn online_only_the_split_downloads_a_broken_download_resumes_and_a_gated_repo_ne
 
     // What wgspin wrote is a cache huggingface_hub reads.
     if python_has(&["huggingface_hub"]) {
-        let found = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import sys; from huggingface_hub import try_to_load_from_cache as t; \
-                 print(t(sys.argv[1], sys.argv[2], cache_dir=sys.argv[3], repo_type='dataset'))",
-            ])
-            .arg(ULTRACHAT)
-            .arg(CUT_SHARD)
-            .arg(&cache)
-            .output()
-            .unwrap();
-        let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        let path = found_by_huggingface_hub(ULTRACHAT, CUT_SHARD, &cache, "dataset");
         assert!(
             Path::new(&path).is_file(),
             "huggingface_hub did not find it: {path:?}"

@@ -341,7 +341,7 @@ pub struct DataArgs {
     /// Which exchange of a multi-turn conversation is the example: last (the prompt is every
     /// turn before the last assistant turn) or first (the first user turn and its answer, as
     /// uclaml/SPIN trains on UltraChat).
-    #[arg(long, default_value = "last")]
+    #[arg(long, value_enum, default_value_t = Turns::Last)]
     pub turns: Turns,
 }
 
@@ -383,7 +383,7 @@ impl DataArgs {
             ds.format,
             match self.turns {
                 Turns::Last => String::new(),
-                t => format!(", --turns {t}"),
+                t => format!(", --turns {}", t.name()),
             }
         );
         // Ties are legitimate pairs, but they add nothing to the gradient; a file of nothing else

@@ -104,7 +104,7 @@ impl std::fmt::Display for DataFormat {
 /// assistant turn, the response that turn. `First` is what uclaml/SPIN trains on: the prompt is
 /// the first user turn (with the system turns before it) and the response the assistant turn that
 /// answers it; later turns are dropped. SPIN pairs are always read at their last turn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Turns {
     #[default]
     Last,
@@ -112,32 +112,12 @@ pub enum Turns {
 }
 
 impl Turns {
-    pub const ALL: [Turns; 2] = [Turns::Last, Turns::First];
-
-    /// The command-line name (`--turns`), as `FromStr` reads it.
+    /// The command-line name (`--turns`).
     pub fn name(self) -> &'static str {
         match self {
             Turns::Last => "last",
             Turns::First => "first",
         }
-    }
-}
-
-impl std::str::FromStr for Turns {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let s = s.trim().to_ascii_lowercase();
-        Turns::ALL
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| Error::Invalid(format!("unknown --turns {s:?}; expected last or first")))
-    }
-}
-
-impl std::fmt::Display for Turns {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -449,7 +429,7 @@ impl Builder {
                 message: format!(
                     "--turns {} applies to SFT conversations; SPIN pairs (\"real\"/\"generated\") are \
                      always compared at their last turn: leave --turns at last",
-                    self.turns
+                    self.turns.name()
                 ),
             });
         }

@@ -105,8 +105,9 @@ impl Layout {
         {
             return Err(format!(
                 "split {:?} is stored as files like {f}, which wgspin does not read; it reads Parquet \
-                 (.parquet) and JSON lines (.jsonl, .json)",
-                split.name
+                 (.parquet) and JSON lines (.jsonl, .json). The Hub's Parquet conversion of the dataset \
+                 reads: ORG/NAME@{CONVERTED}:{}",
+                split.name, split.name
             ));
         }
         Ok(split)
@@ -201,6 +202,57 @@ pub fn layout(
     })
 }
 
+/// The revision where the Hub keeps every dataset converted to Parquet, whatever its own files.
+pub const CONVERTED: &str = "refs/convert/parquet";
+
+/// The layout of the [`CONVERTED`] revision: `SUBSET/SPLIT/0000.parquet`, no card.
+pub fn converted_layout(files: &[String], subset: Option<&str>) -> Result<Layout, String> {
+    let shard = Regex::new(r"^([^/]+)/([^/]+)/[^/]+\.parquet$").expect("a valid regex");
+    let mut subsets: Vec<(String, Vec<SplitFiles>)> = vec![];
+    let mut sorted: Vec<&String> = files.iter().collect();
+    sorted.sort();
+    for f in sorted {
+        let Some(c) = shard.captures(f) else { continue };
+        let at = match subsets.iter().position(|(n, _)| n == &c[1]) {
+            Some(i) => i,
+            None => {
+                subsets.push((c[1].to_string(), vec![]));
+                subsets.len() - 1
+            }
+        };
+        add(&mut subsets[at].1, &c[2], f);
+    }
+    let names = || {
+        let n: Vec<&str> = subsets.iter().map(|(n, _)| n.as_str()).collect();
+        n.join(", ")
+    };
+    let at = match subset {
+        Some(s) => subsets.iter().position(|(n, _)| n == s),
+        None => subsets
+            .iter()
+            .position(|(n, _)| n == "default")
+            .or_else(|| (subsets.len() == 1).then_some(0)),
+    };
+    let Some(at) = at else {
+        return Err(match (subset, subsets.is_empty()) {
+            (_, true) => format!("has no SUBSET/SPLIT/*.parquet files at {CONVERTED}"),
+            (Some(s), false) => format!(
+                "has no subset {s:?} at {CONVERTED}; its subsets are: {}",
+                names()
+            ),
+            (None, false) => format!(
+                "has several subsets at {CONVERTED}: pass --subset with one of {}",
+                names()
+            ),
+        });
+    };
+    let (name, splits) = subsets.swap_remove(at);
+    Ok(Layout {
+        subset: Some(name),
+        splits,
+    })
+}
+
 /// The files that glob `pattern` matches (`*` within a path segment, `**` across them).
 fn matching(files: &[String], pattern: &str) -> Result<Vec<String>, String> {
     let glob = Pattern::new(pattern).map_err(|e| {
@@ -227,15 +279,6 @@ fn inferred(files: &[String]) -> Vec<SplitFiles> {
         .collect();
     data.sort();
     let mut splits: Vec<SplitFiles> = vec![];
-    fn add(splits: &mut Vec<SplitFiles>, name: &str, file: &str) {
-        match splits.iter_mut().find(|s| s.name == name) {
-            Some(s) => s.files.push(file.to_string()),
-            None => splits.push(SplitFiles {
-                name: name.to_string(),
-                files: vec![file.to_string()],
-            }),
-        }
-    }
     // What `push_to_hub` writes: data/SPLIT-00000-of-00001-HASH.parquet, or data/SPLIT/*.
     let sharded = Regex::new(r"^data/([^/]+?)-\d{5}-of-\d{5}[^/]*$").expect("a valid regex");
     let in_dir = Regex::new(r"^data/([^/]+)/.+$").expect("a valid regex");
@@ -267,6 +310,17 @@ fn inferred(files: &[String]) -> Vec<SplitFiles> {
         }
     }
     splits
+}
+
+/// Adds `file` to split `name` of `splits`, starting the split when it is new.
+fn add(splits: &mut Vec<SplitFiles>, name: &str, file: &str) {
+    match splits.iter_mut().find(|s| s.name == name) {
+        Some(s) => s.files.push(file.to_string()),
+        None => splits.push(SplitFiles {
+            name: name.to_string(),
+            files: vec![file.to_string()],
+        }),
+    }
 }
 
 /// One entry of the card's `configs`.
@@ -491,7 +545,38 @@ mod tests {
         let l = layout(&files(&["rows.jsonl"]), None, None).unwrap();
         assert_eq!(l.split(None).unwrap().files, ["rows.jsonl"]);
         let l = layout(&files(&["train.csv"]), None, None).unwrap();
-        assert!(l.split(None).unwrap_err().contains(".csv"));
+        let e = l.split(None).unwrap_err();
+        assert!(
+            e.contains(".csv") && e.contains("@refs/convert/parquet:train"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_hubs_parquet_conversion_has_subset_and_split_folders() {
+        let repo = files(&[
+            "default/train_sft/0001.parquet",
+            "default/train_sft/0000.parquet",
+            "default/test_sft/0000.parquet",
+            "other/train/0000.parquet",
+            ".gitattributes",
+        ]);
+        let l = converted_layout(&repo, None).unwrap();
+        assert_eq!(l.subset.as_deref(), Some("default"));
+        assert_eq!(
+            l.split(Some("train_sft")).unwrap().files,
+            [
+                "default/train_sft/0000.parquet",
+                "default/train_sft/0001.parquet"
+            ]
+        );
+        let l = converted_layout(&repo, Some("other")).unwrap();
+        assert_eq!(l.split(None).unwrap().files, ["other/train/0000.parquet"]);
+        assert!(
+            converted_layout(&repo, Some("x"))
+                .unwrap_err()
+                .contains("default, other")
+        );
     }
 
     #[test]

@@ -7,11 +7,12 @@
 //! downloaded when missing (resumed after an interruption), and a Hub that cannot be reached
 //! leaves the cached snapshot usable. Offline (`HF_HUB_OFFLINE=1`) the cached snapshot's own files
 //! are the list; a split whose shards are numbered (`-00001-of-00003`) must have all of them.
-//! Only the asked split is fetched.
+//! Only the asked split is fetched. `@refs/convert/parquet` reads the Parquet the Hub converts every
+//! dataset to (for a dataset stored as CSV, say).
 
 use std::path::{Path, PathBuf};
 
-use super::data_files::{Layout, layout};
+use super::data_files::{CONVERTED, Layout, converted_layout};
 use super::hub::{
     HubEvent, HubId, HubSettings, RepoKind, api_repo, cached_snapshot, fetch, hub_error,
     is_unreachable, parse_id,
@@ -103,7 +104,7 @@ pub fn resolve_dataset(
     let from_cache = |snapshot: PathBuf| -> Result<HubData> {
         let files = list_files(&snapshot)?;
         let card = read_card(&snapshot.join(CARD))?;
-        let layout = layout(&files, card.as_deref(), subset).map_err(invalid)?;
+        let layout = layout(id, &files, card.as_deref(), subset).map_err(invalid)?;
         let chosen = layout.split(split).map_err(invalid)?;
         if let Some(missing) = missing_shard(&chosen.files) {
             return Err(invalid(format!(
@@ -157,7 +158,7 @@ pub fn resolve_dataset(
         true => read_card(&get(CARD, report)?)?,
         false => None,
     };
-    let layout = layout(&listed, card.as_deref(), subset).map_err(invalid)?;
+    let layout = layout(id, &listed, card.as_deref(), subset).map_err(invalid)?;
     let chosen = layout.split(split).map_err(invalid)?;
     for f in &chosen.files {
         get(f, report)?;
@@ -171,6 +172,20 @@ pub fn resolve_dataset(
         )));
     }
     finish(id, &layout, &chosen.name, snapshot)
+}
+
+/// The splits of `id`'s revision: the Hub's Parquet conversion has its own layout.
+fn layout(
+    id: &HubId,
+    files: &[String],
+    card: Option<&str>,
+    subset: Option<&str>,
+) -> std::result::Result<Layout, String> {
+    if id.revision == CONVERTED {
+        converted_layout(files, subset)
+    } else {
+        super::data_files::layout(files, card, subset)
+    }
 }
 
 /// The resolved split, its files as local paths.

@@ -75,3 +75,20 @@ pub fn without_hub_settings(mut cmd: Command, dir: &Path) -> Command {
     cmd.env("HOME", dir.join("home"));
     cmd
 }
+
+/// Where Python's `huggingface_hub` finds `file` of `repo` (a `repo_type`: model or dataset) in
+/// `cache`: its own reading of a cache wgspin wrote.
+pub fn found_by_huggingface_hub(repo: &str, file: &str, cache: &Path, repo_type: &str) -> String {
+    let found = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from huggingface_hub import try_to_load_from_cache as t; \
+             print(t(sys.argv[1], sys.argv[2], cache_dir=sys.argv[3], repo_type=sys.argv[4]))",
+        ])
+        .args([repo, file])
+        .arg(cache)
+        .arg(repo_type)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&found.stdout).trim().to_string()
+}

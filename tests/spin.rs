@@ -3,7 +3,7 @@
 //! above 0 on their pairs, write every output file, and produce checkpoints that load; a run
 //! killed with SIGKILL during the second iteration and rerun skips the finished iteration and ends
 //! with the same results as an uninterrupted one. Its generate stage computes in the training
-//! `--dtype`.
+//! `--dtype`. `--limit N` reads N + --eval-size rows: the first N train, the rest are held out.
 
 mod common;
 
@@ -209,4 +209,30 @@ fn spin_generates_in_the_training_dtype() {
         let record = json(&wgspin::generate::job::run_record_path(&dir.join(rows)));
         assert_eq!(record["dtype"], "f16", "{rows}");
     }
+}
+
+#[test]
+fn spin_limit_reads_the_training_prompts_and_the_held_out_slice_after_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sft.jsonl");
+    write_data(&data);
+    let out = tmp.path().join("run");
+    let flags = "--iterations 1 --epochs 1 --max-new-tokens 2 --limit 3 --eval-size 2";
+    let o = run_ok(job_args("spin", "tiny-llama-bf16", &data, &out, flags));
+    // Of the 10 rows only 3 + 2 are read: the first 3 train, the next 2 are held out.
+    common::assert_mentions(&String::from_utf8_lossy(&o.stderr), &["5 examples"]);
+    let ids = |file: &str| -> Vec<String> {
+        std::fs::read_to_string(out.join("iter-0").join(file))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(ids("generated.jsonl"), ["row-1", "row-2", "row-3"]);
+    assert_eq!(ids("eval_generated.jsonl"), ["row-4", "row-5"]);
 }

@@ -175,11 +175,15 @@ impl SpinConfig {
     }
 }
 
-/// Splits examples into (train, held-out): the held-out slice is the end of the data.
+/// Splits examples into (train, held-out): the held-out slice is the end of the data. When
+/// `--limit` stopped the reading (the data had more), it is the rows read after the training
+/// prompts: --eval-size of them, else 64, as the whole data would have given.
 pub fn split(examples: &[SftExample], cfg: &SpinConfig) -> (Vec<SftExample>, Vec<SftExample>) {
     let n = examples.len();
+    let stopped = cfg.read_limit().is_some_and(|read| n >= read);
     let eval = cfg
         .eval_size
+        .or(stopped.then_some(MAX_EVAL))
         .unwrap_or_else(|| (n / 10).clamp(1, MAX_EVAL))
         .min(n.saturating_sub(1));
     let (train, held) = examples.split_at(n - eval);

@@ -306,6 +306,25 @@ fn duplicate_ids_name_both_lines() {
 }
 
 #[test]
+fn a_repeated_prompt_id_is_numbered_but_a_repeated_id_is_an_error() {
+    // prompt_id is a hash of the prompt (UltraChat's): two rows asking the same question share it.
+    let row = |pid: &str, answer: &str| {
+        format!(
+            "{{\"prompt_id\": \"{pid}\", \"messages\": [{{\"role\": \"user\", \"content\": \"q\"}}, \
+             {{\"role\": \"assistant\", \"content\": \"{answer}\"}}]}}\n"
+        )
+    };
+    let text = row("h1", "a") + &row("h2", "b") + &row("h1", "c") + &row("h1", "d");
+    let data = read_text("pid.jsonl", &text);
+    let ids: Vec<&str> = data.examples.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["h1", "h2", "h1#2", "h1#3"]);
+    assert_eq!(data.repeated_prompts, 2);
+    // An explicit id that repeats is still refused (see duplicate_ids_name_both_lines).
+    let e = err_text("id.jsonl", &text.replace("prompt_id", "id"));
+    assert_mentions(&e, &["duplicate id \"h1\"", "line 1"]);
+}
+
+#[test]
 fn skipped_rows_do_not_claim_ids() {
     // The first "a" is unusable, so the second is the only example with that id.
     let data = read_text(

@@ -295,7 +295,7 @@ fn a_cache_written_by_huggingface_hub_reads_offline_as_the_card_splits_it() {
         &[
             ULTRACHAT,
             "HF_HUB_OFFLINE",
-            "huggingface-cli download --repo-type dataset",
+            "hf download wgspin-test/ultrachat --repo-type dataset --revision main",
         ],
     );
     assert_eq!(hub.requests().len(), served);

@@ -349,6 +349,7 @@ impl DataArgs {
     /// Reads the data, reports skipped rows on stderr, and keeps the first `limit` examples
     /// (reading stops there: the rest of a large dataset is never decoded).
     pub fn load(&self, limit: Option<usize>) -> Result<Vec<SftExample>> {
+        anyhow::ensure!(limit != Some(0), "--limit 0: must be at least 1");
         let files = self.source.files()?;
         let name = self.source.name();
         let opts = ReadOptions {
@@ -363,7 +364,7 @@ impl DataArgs {
                 ds.skipped.len()
             );
             for s in ds.skipped.iter().take(5) {
-                match ds.files.len() {
+                match files.len() {
                     1 => eprintln!("  line {}: {}", s.line, s.reason),
                     _ => eprintln!(
                         "  {} row {}: {}",
@@ -386,6 +387,13 @@ impl DataArgs {
                 t => format!(", --turns {}", t.name()),
             }
         );
+        if ds.repeated_prompts > 0 {
+            eprintln!(
+                "{name}: {} rows repeat an earlier row's prompt_id (the same prompt); their ids are \
+                 numbered PROMPT_ID#2, #3, …",
+                ds.repeated_prompts
+            );
+        }
         // Ties are legitimate pairs, but they add nothing to the gradient; a file of nothing else
         // (the opponent copied the data, or a reader bug) would train for nothing without a word.
         if ds.ties == ds.examples.len() {

@@ -53,12 +53,9 @@ impl LogprobsArgs {
             wgspin::outputs::check_file("--out", out, self.overwrite)?;
         }
         let dev = self.device.select()?;
+        let files = self.data.source.files()?;
         let name = self.data.source.name();
-        let rows = data::read_prompt_responses_from(
-            &self.data.source.files()?,
-            self.data.format,
-            self.data.turns,
-        )?;
+        let rows = data::read_prompt_responses_from(&files, self.data.format, self.data.turns)?;
         let model_dir = &self.model.model;
         let bundle = ModelBundle::load(model_dir, &dev.device)
             .with_context(|| format!("loading model {}", model_dir.display()))?;

@@ -78,6 +78,7 @@ impl SpinArgs {
         let mut sampling = serde_json::to_value(gen_opts.sampling)?;
         sampling["max_new_tokens"] = json!(gen_opts.max_new_tokens);
         sampling["gen_batch_size"] = json!(gen_opts.batch_size);
+        let data_name = self.job.data.source.name();
         let mut resolved = json!({
             "model": model.to_string_lossy(),
             "data": self.job.data.source.data.to_string_lossy(),
@@ -87,6 +88,10 @@ impl SpinArgs {
             "sampling": sampling,
             "train": train_cfg,
         });
+        // A Hub dataset's commit and split (a moved branch is named, not only a changed hash).
+        if data_name != self.job.data.source.data.display().to_string() {
+            resolved["data_resolved"] = json!(data_name);
+        }
         // Who generates is a setting of the run too (absent for local generation, as in runs
         // made before servers were supported).
         if let Some(s) = self.server.spin_server() {
@@ -258,11 +263,21 @@ fn refuse_other_settings(
         }
     }
     let diffs = wgspin::manifest::differences(&saved, &now);
+    // Runs made before `spin --limit` stopped reading early hashed the whole data.
+    let limit_changed = diffs.iter().any(|d| d.starts_with("data_sha256"))
+        && now["spin"]["limit"].is_u64()
+        && saved.get("data_resolved").is_none();
     anyhow::ensure!(
         diffs.is_empty(),
-        "{} holds a SPIN run with other settings ({}); rerun with the same flags to continue it, or start over with --overwrite or another --out",
+        "{} holds a SPIN run with other settings ({}); rerun with the same flags to continue it, or start over with --overwrite or another --out{}",
         path.parent().unwrap_or(path).display(),
-        diffs.join("; ")
+        diffs.join("; "),
+        if limit_changed {
+            ". (If the data did not change: since wgspin reads only --limit + 64 rows of the data, a run \
+             started by an earlier version with --limit on larger data cannot be continued)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -195,6 +195,8 @@ pub struct Dataset {
     /// SPIN pairs whose generated response equals the real one (see [`SftExample::is_tie`]): a
     /// legitimate outcome, but when every pair is one, training on the file does nothing.
     pub ties: usize,
+    /// Rows whose `prompt_id` (a hash of the prompt) an earlier row has: their ids get `#2`, `#3`, ….
+    pub repeated_prompts: usize,
 }
 
 /// How many skip reasons the "no usable rows" error quotes.
@@ -341,6 +343,7 @@ struct Builder {
     /// id → where the example that has it was read.
     ids: HashMap<String, String>,
     rows: usize,
+    repeated_prompts: usize,
 }
 
 impl Builder {
@@ -357,6 +360,7 @@ impl Builder {
             skipped: vec![],
             ids: HashMap::new(),
             rows: 0,
+            repeated_prompts: 0,
         }
     }
 
@@ -451,11 +455,25 @@ impl Builder {
                 return Ok(());
             }
         };
-        let id = shapes::row_id(row).unwrap_or_else(|| match self.files.len() {
-            // Shards number their rows from 1 each; the file's position keeps the ids apart.
-            n if self.many => format!("file-{n}-row-{line}"),
-            _ => format!("row-{line}"),
+        let (mut id, is_prompt_hash) = shapes::row_id(row).unwrap_or_else(|| {
+            let id = match self.files.len() {
+                // Shards number their rows from 1 each; the file's position keeps them apart.
+                n if self.many => format!("file-{n}-row-{line}"),
+                _ => format!("row-{line}"),
+            };
+            (id, false)
         });
+        // A repeated prompt hash is a question asked twice: its rows are numbered in reading
+        // order (`ID#2`, …), which a rerun over the same files repeats.
+        if is_prompt_hash && self.ids.contains_key(&id) {
+            let base = id.clone();
+            let mut k = 2;
+            while self.ids.contains_key(&id) {
+                id = format!("{base}#{k}");
+                k += 1;
+            }
+            self.repeated_prompts += 1;
+        }
         // Generation resumes by id, so two rows with one id would make one of them never run (or
         // run twice); renaming them silently would break resuming against an earlier run.
         let here = self.place(line);
@@ -484,6 +502,7 @@ impl Builder {
                 path: self.files[0].clone(),
                 format: *format,
                 ties: self.examples.iter().filter(|e| e.is_tie()).count(),
+                repeated_prompts: self.repeated_prompts,
                 files: self.files,
                 examples: self.examples,
                 skipped: self.skipped,

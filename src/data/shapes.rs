@@ -82,13 +82,18 @@ pub(crate) fn parse(format: DataFormat, which: Turns, row: &Value) -> Result<Par
     }
 }
 
-/// The row's id: `"id"` or `"prompt_id"` (string or number), if present and non-empty.
-pub(crate) fn row_id(row: &Value) -> Option<String> {
+/// The row's id: `"id"` or `"prompt_id"` (string or number), if present and non-empty, and whether
+/// it is a `prompt_id`: a hash of the prompt (UltraChat's), which rows asking the same question
+/// share, unlike an `id`.
+pub(crate) fn row_id(row: &Value) -> Option<(String, bool)> {
     let obj = row.as_object()?;
-    ["id", "prompt_id"].iter().find_map(|k| match obj.get(*k) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
+    ["id", "prompt_id"].iter().find_map(|k| {
+        let id = match obj.get(*k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return None,
+        };
+        Some((id, *k == "prompt_id"))
     })
 }
 
@@ -519,11 +524,14 @@ mod tests {
 
     #[test]
     fn ids_from_strings_or_numbers() {
-        assert_eq!(row_id(&json!({"id": 7})), Some("7".into()));
-        assert_eq!(row_id(&json!({"prompt_id": "abc"})), Some("abc".into()));
+        assert_eq!(row_id(&json!({"id": 7})), Some(("7".into(), false)));
+        assert_eq!(
+            row_id(&json!({"prompt_id": "abc"})),
+            Some(("abc".into(), true))
+        );
         assert_eq!(
             row_id(&json!({"id": "", "prompt_id": "p"})),
-            Some("p".into())
+            Some(("p".into(), true))
         );
         assert_eq!(row_id(&json!({"id": null})), None);
     }

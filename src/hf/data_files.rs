@@ -6,19 +6,19 @@
 //!    asked for, else the one marked `default: true`, else the one named `default`, else the only
 //!    one; its `data_files` as a list of `{split, path}` (a path or a list of them, glob patterns),
 //!    or a pattern or list of patterns for a single `train` split; `data_dir` as the patterns' base.
-//! 2. Otherwise the file names: `data/SPLIT-00000-of-00003*.*` and `data/SPLIT/**` (any split
-//!    name, as `push_to_hub` writes them), else the keyword rule for train / validation / test
-//!    (`train.jsonl`, `data/test-0.parquet`, `valid/…`: the word between `-._ ` digits or `/`),
-//!    else every data file as `train`.
+//! 2. Otherwise the file names: `data/SPLIT-00000-of-00003*.*` (any split name, as `push_to_hub`
+//!    writes them), else the keyword rules for train / validation / test, a folder first
+//!    (`valid/…`, `data/test-set/…`), then a file (`train.jsonl`, `data/test-0.parquet`): the
+//!    word between `-._ `, digits, `/` or the name's ends; else every data file as `train`.
 //!
-//! Files of a split are sorted by path within each pattern, as `datasets` sorts them.
+//! Files of a split are sorted by path within each pattern (each keyword), as `datasets` sorts
+//! them. Files `datasets` ignores (hidden, `__` folders, `README.md`, `dataset_info.json`, …) are
+//! never data, and a split keeps only the files of the reader most of the subset's files need.
 
 use glob::{MatchOptions, Pattern};
 use regex::Regex;
 use yaml_rust2::Yaml;
 
-/// The file types wgspin reads.
-const READ: &[&str] = &[".parquet", ".jsonl", ".json"];
 /// Data files of other types: a split of them is refused by name rather than read as nothing.
 const OTHER: &[&str] = &[
     ".csv",
@@ -38,6 +38,8 @@ const OTHER: &[&str] = &[
 /// Longest front matter read from a dataset card (they list every feature and split; a few
 /// hundred kilobytes for the largest).
 const MAX_CARD_BYTES: usize = 4 << 20;
+/// Deepest nesting read from a dataset card (real cards nest a feature's types a few levels).
+const MAX_CARD_DEPTH: usize = 64;
 /// The keywords of the splits the file-name rule finds, in `datasets`' order.
 const KEYWORDS: &[(&str, &[&str])] = &[
     ("train", &["train", "training"]),
@@ -68,7 +70,9 @@ impl Layout {
     }
 
     /// Split `wanted`, or the default one (`train`, else the only split); errors list the splits.
-    pub fn split(&self, wanted: Option<&str>) -> Result<&SplitFiles, String> {
+    /// Its files are those of the reader most of the subset's files need (as `datasets` picks
+    /// one builder and drops the files it does not read), which must be Parquet or JSON.
+    pub fn split(&self, wanted: Option<&str>) -> Result<SplitFiles, String> {
         let found = match wanted {
             Some(name) => self.splits.iter().find(|s| s.name == name),
             None => self
@@ -92,25 +96,52 @@ impl Layout {
                 ));
             }
         };
-        if split.files.is_empty() {
+        let mut counts: Vec<(&str, usize)> = vec![];
+        for f in self.splits.iter().flat_map(|s| &s.files) {
+            if let Some(fam) = family(f) {
+                match counts.iter_mut().find(|(k, _)| *k == fam) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((fam, 1)),
+                }
+            }
+        }
+        // The most common reader; a tie goes to the one met first.
+        let mut best: Option<(&str, usize)> = None;
+        for (k, n) in counts {
+            if best.is_none_or(|(_, m)| n > m) {
+                best = Some((k, n));
+            }
+        }
+        let Some((reader, _)) = best else {
             return Err(format!(
-                "split {:?} matches no file of the repo",
+                "split {:?} matches no data file of the repo",
                 split.name
             ));
-        }
-        if let Some(f) = split
-            .files
-            .iter()
-            .find(|f| !READ.iter().any(|e| f.ends_with(e)))
-        {
+        };
+        if reader != "parquet" && reader != "json" {
             return Err(format!(
-                "split {:?} is stored as files like {f}, which wgspin does not read; it reads Parquet \
+                "split {:?} is stored as {reader} files, which wgspin does not read; it reads Parquet \
                  (.parquet) and JSON lines (.jsonl, .json). The Hub's Parquet conversion of the dataset \
                  reads: ORG/NAME@{CONVERTED}:{}",
                 split.name, split.name
             ));
         }
-        Ok(split)
+        let files: Vec<String> = split
+            .files
+            .iter()
+            .filter(|f| family(f) == Some(reader))
+            .cloned()
+            .collect();
+        if files.is_empty() {
+            return Err(format!(
+                "split {:?} has no {reader} file of the repo",
+                split.name
+            ));
+        }
+        Ok(SplitFiles {
+            name: split.name.clone(),
+            files,
+        })
     }
 }
 
@@ -126,7 +157,8 @@ pub fn layout(
         None => vec![],
     };
     if configs.is_empty() {
-        if let Some(s) = subset {
+        // `datasets` names the one subset of a card without `configs` "default".
+        if let Some(s) = subset.filter(|s| *s != "default") {
             return Err(format!(
                 "has no subsets (its README.md lists no `configs`), so --subset {s:?} names nothing"
             ));
@@ -161,7 +193,9 @@ pub fn layout(
     let base = config
         .data_dir
         .as_deref()
-        .map(|d| format!("{}/", d.trim_matches('/')))
+        .map(|d| d.trim_start_matches("./").trim_matches('/'))
+        .filter(|d| !d.is_empty() && *d != ".")
+        .map(|d| format!("{d}/"))
         .unwrap_or_default();
     let splits = if config.data_files.is_empty() {
         let inside: Vec<String> = files
@@ -253,9 +287,18 @@ pub fn converted_layout(files: &[String], subset: Option<&str>) -> Result<Layout
     })
 }
 
-/// The files that glob `pattern` matches (`*` within a path segment, `**` across them).
+/// The files that glob `pattern` matches (`*` within a path segment, `**` across them; a `**`
+/// inside a segment, as fsspec reads it, is a `*`). A pattern without wildcards must name a file.
 fn matching(files: &[String], pattern: &str) -> Result<Vec<String>, String> {
-    let glob = Pattern::new(pattern).map_err(|e| {
+    let fixed: Vec<String> = pattern
+        .split('/')
+        .map(|seg| match seg {
+            "**" => seg.to_string(),
+            _ => seg.replace("**", "*"),
+        })
+        .collect();
+    let fixed = fixed.join("/");
+    let glob = Pattern::new(&fixed).map_err(|e| {
         format!("the README.md's data_files pattern {pattern:?} is not a glob: {e}")
     })?;
     let opts = MatchOptions {
@@ -263,53 +306,98 @@ fn matching(files: &[String], pattern: &str) -> Result<Vec<String>, String> {
         require_literal_separator: true,
         require_literal_leading_dot: true,
     };
-    Ok(files
+    let hits: Vec<String> = files
         .iter()
-        .filter(|f| glob.matches_with(f, opts))
+        .filter(|f| is_candidate(f) && glob.matches_with(f, opts))
         .cloned()
-        .collect())
+        .collect();
+    if hits.is_empty() && !pattern.contains(['*', '?', '[']) {
+        return Err(format!(
+            "its README.md's data_files names {pattern:?}, which the repo does not have"
+        ));
+    }
+    Ok(hits)
 }
 
 /// Splits from file names alone (no `configs` in the card).
 fn inferred(files: &[String]) -> Vec<SplitFiles> {
-    let mut data: Vec<&String> = files
+    let data: Vec<&String> = files
         .iter()
-        .filter(|f| !f.split('/').any(|s| s.starts_with('.')))
-        .filter(|f| READ.iter().chain(OTHER).any(|e| f.ends_with(e)))
+        .filter(|f| is_candidate(f))
+        .filter(|f| family(f).is_some())
         .collect();
-    data.sort();
+    fn sorted(mut v: Vec<&String>) -> Vec<&String> {
+        v.sort();
+        v
+    }
     let mut splits: Vec<SplitFiles> = vec![];
-    // What `push_to_hub` writes: data/SPLIT-00000-of-00001-HASH.parquet, or data/SPLIT/*.
-    let sharded = Regex::new(r"^data/([^/]+?)-\d{5}-of-\d{5}[^/]*$").expect("a valid regex");
-    let in_dir = Regex::new(r"^data/([^/]+)/.+$").expect("a valid regex");
-    for f in &data {
-        if let Some(c) = sharded.captures(f).or_else(|| in_dir.captures(f)) {
+    // What `push_to_hub` writes: data/SPLIT-00000-of-00001-HASH.parquet, any split name.
+    let sharded = Regex::new(r"^data/([^/]+?)-\d{5}-of-\d{5}[^/]*\.[^/]+$").expect("a valid regex");
+    for f in sorted(data.clone()) {
+        if let Some(c) = sharded.captures(f) {
             add(&mut splits, &c[1], f);
         }
     }
     if !splits.is_empty() {
         return splits;
     }
-    for (split, words) in KEYWORDS {
-        // The first keyword that names any file decides the split's files.
-        for word in *words {
-            let rule =
-                Regex::new(&format!(r"(^|[-._ 0-9/]){word}([-._ 0-9/])")).expect("a valid regex");
-            let hits: Vec<&&String> = data.iter().filter(|f| rule.is_match(f)).collect();
-            if !hits.is_empty() {
-                for f in hits {
-                    add(&mut splits, split, f);
+    // The keyword rules, a folder named for the split first, then a file: the word between
+    // `-._ `, digits, `/` or the name's ends. Each keyword's files sorted, the keywords in order.
+    let sep = "[-._ 0-9]";
+    let in_dir = |word: &str| {
+        Regex::new(&format!(r"(^|/)([^/]*{sep})?{word}({sep}[^/]*)?/")).expect("a valid regex")
+    };
+    let in_name =
+        |word: &str| Regex::new(&format!(r"(^|/|{sep}){word}{sep}[^/]*$")).expect("a valid regex");
+    for rule in [&in_dir as &dyn Fn(&str) -> Regex, &in_name] {
+        for (split, words) in KEYWORDS {
+            for word in *words {
+                let re = rule(word);
+                for f in sorted(data.iter().copied().filter(|f| re.is_match(f)).collect()) {
+                    if !splits.iter().any(|s| s.files.contains(f)) {
+                        add(&mut splits, split, f);
+                    }
                 }
-                break;
             }
         }
-    }
-    if splits.is_empty() {
-        for f in &data {
-            add(&mut splits, "train", f);
+        if !splits.is_empty() {
+            return splits;
         }
     }
+    for f in sorted(data) {
+        add(&mut splits, "train", f);
+    }
     splits
+}
+
+/// Whether `datasets` would consider a repo file as data at all: not hidden, not in a `__`
+/// folder, not one of the files it ignores by name.
+fn is_candidate(file: &str) -> bool {
+    const IGNORED: &[&str] = &[
+        "README.md",
+        "config.json",
+        "dataset_info.json",
+        "dataset_infos.json",
+        "dummy_data.zip",
+        "dataset_dict.json",
+    ];
+    let name = file.rsplit('/').next().unwrap_or(file);
+    !file
+        .split('/')
+        .any(|s| s.starts_with('.') || s.starts_with("__"))
+        && !IGNORED.contains(&name)
+}
+
+/// The reader a data file needs, as `datasets` groups extensions into builders: `parquet`,
+/// `json` (.json and .jsonl), or the other type's own extension; `None` for a file that is not data.
+fn family(file: &str) -> Option<&'static str> {
+    if file.ends_with(".parquet") {
+        Some("parquet")
+    } else if file.ends_with(".jsonl") || file.ends_with(".json") {
+        Some("json")
+    } else {
+        OTHER.iter().copied().find(|e| file.ends_with(e))
+    }
 }
 
 /// Adds `file` to split `name` of `splits`, starting the split when it is new.
@@ -347,9 +435,26 @@ fn configs(card: &str) -> Result<Vec<Config>, String> {
     // yaml-rust2 expands an alias by copying what it names, so a few lines of nested aliases
     // grow without bound; dataset cards have no reason to use them.
     let mut parser = yaml_rust2::parser::Parser::new_from_str(front);
+    let mut depth = 0usize;
     loop {
         match parser.next_token() {
             Ok((yaml_rust2::Event::StreamEnd, _)) => break,
+            Ok((
+                yaml_rust2::Event::SequenceStart(..) | yaml_rust2::Event::MappingStart(..),
+                mark,
+            )) => {
+                // Deep nesting would make the tree's recursive drop overflow the stack.
+                depth += 1;
+                if depth > MAX_CARD_DEPTH {
+                    return Err(format!(
+                        "its README.md's YAML header nests deeper than {MAX_CARD_DEPTH} levels (line {})",
+                        mark.line() + 1
+                    ));
+                }
+            }
+            Ok((yaml_rust2::Event::SequenceEnd | yaml_rust2::Event::MappingEnd, _)) => {
+                depth = depth.saturating_sub(1);
+            }
             Ok((yaml_rust2::Event::Alias(_), mark)) => {
                 return Err(format!(
                     "its README.md's YAML header uses an alias (line {}), which wgspin does not expand",
@@ -540,7 +645,11 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(l.split(Some("train")).unwrap().files, ["train.jsonl"]);
+        // `_` separates words too; each keyword's files in turn.
+        assert_eq!(
+            l.split(Some("train")).unwrap().files,
+            ["train.jsonl", "my_training_set.jsonl"]
+        );
         assert_eq!(l.split(Some("validation")).unwrap().files, ["dev.jsonl"]);
         let l = layout(&files(&["rows.jsonl"]), None, None).unwrap();
         assert_eq!(l.split(None).unwrap().files, ["rows.jsonl"]);
@@ -577,6 +686,74 @@ mod tests {
                 .unwrap_err()
                 .contains("default, other")
         );
+    }
+
+    #[test]
+    fn a_folder_named_for_the_split_wins_over_the_other_folders() {
+        let repo = files(&[
+            "data/en/train.jsonl",
+            "data/fr/train.jsonl",
+            "data/en/test.jsonl",
+            "valid/part-0.jsonl",
+            "valid/README.md",
+            "__pycache__/train.json",
+        ]);
+        let l = layout(&repo, None, None).unwrap();
+        // The folder rule finds `valid/` and is used alone.
+        assert_eq!(l.names(), "validation");
+        assert_eq!(l.split(None).unwrap().files, ["valid/part-0.jsonl"]);
+        let repo = files(&[
+            "data/en/train.jsonl",
+            "data/fr/train.jsonl",
+            "data/en/test.jsonl",
+        ]);
+        let l = layout(&repo, None, None).unwrap();
+        assert_eq!(l.names(), "train, test");
+        assert_eq!(
+            l.split(None).unwrap().files,
+            ["data/en/train.jsonl", "data/fr/train.jsonl"]
+        );
+    }
+
+    #[test]
+    fn a_split_keeps_the_files_its_reader_reads() {
+        let card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    \
+            path: data/train/*\n  - split: test\n    path: [data/test.parquet]\n---\n";
+        let repo = files(&[
+            "data/train/0.parquet",
+            "data/train/_SUCCESS",
+            "data/train/README.md",
+            "data/train/1.parquet",
+            "data/test.parquet",
+        ]);
+        let l = layout(&repo, Some(card), None).unwrap();
+        assert_eq!(
+            l.split(None).unwrap().files,
+            ["data/train/0.parquet", "data/train/1.parquet"]
+        );
+        // A path without wildcards must be there.
+        let e = layout(&repo[..2], Some(card), None).unwrap_err();
+        assert!(e.contains("data/test.parquet"), "{e}");
+        // fsspec reads `**` inside a segment as `*`.
+        let card = "---\nconfigs:\n- config_name: default\n  data_files: data/**.parquet\n---\n";
+        let l = layout(
+            &files(&["data/a.parquet", "data/b.parquet"]),
+            Some(card),
+            None,
+        )
+        .unwrap();
+        assert_eq!(l.split(None).unwrap().files.len(), 2);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut card = "---\nconfigs: []\nx:\n".to_string();
+        for i in 0..100 {
+            card += &format!("{}- \n", "  ".repeat(i + 1));
+        }
+        card += "---\n";
+        let e = configs(&card).unwrap_err();
+        assert!(e.contains("deeper than 64"), "{e}");
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct HubSettings {
     pub endpoint: String,
     pub token: Option<String>,
     pub offline: bool,
+    /// `HF_DATASETS_OFFLINE`: what the `datasets` library reads for datasets alone.
+    pub datasets_offline: bool,
 }
 
 impl HubSettings {
@@ -114,9 +116,12 @@ impl HubSettings {
             (None, Some(home)) => PathBuf::from(home).join("hub"),
             (None, None) => Cache::default().path().clone(),
         };
-        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
-            matches!(v.to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true")
-        });
+        let flag = |k: &str| {
+            var(k).is_some_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true")
+            })
+        };
+        let offline = flag("HF_HUB_OFFLINE");
         // huggingface_hub's order: HF_TOKEN, then the file `huggingface-cli login` writes.
         let token_file = var("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| {
             match var("HF_HOME") {
@@ -142,6 +147,7 @@ impl HubSettings {
             endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()),
             token,
             offline,
+            datasets_offline: flag("HF_DATASETS_OFFLINE"),
         }
     }
 }
@@ -214,17 +220,20 @@ pub(crate) fn repo_dir(cache: &Path, id: &HubId, kind: RepoKind) -> PathBuf {
 /// The cached snapshot folder of `id`'s revision, if its ref (or the commit itself) is there.
 pub(crate) fn cached_snapshot(cache: &Path, id: &HubId, kind: RepoKind) -> Option<PathBuf> {
     let dir = repo_dir(cache, id, kind);
-    let is_commit = id.revision.len() == 40 && id.revision.chars().all(|c| c.is_ascii_hexdigit());
-    let commit = if is_commit {
+    let commit = if is_commit(&id.revision) {
         id.revision.clone()
     } else {
         let text = crate::fsutil::read_text(&dir.join("refs").join(&id.revision)).ok()?;
         // A ref names a commit; anything else is not a snapshot folder's name.
-        Some(text.trim().to_string())
-            .filter(|c| c.len() == 40 && c.chars().all(|c| c.is_ascii_hexdigit()))?
+        Some(text.trim().to_string()).filter(|c| is_commit(c))?
     };
     let snapshot = dir.join("snapshots").join(commit);
     snapshot.is_dir().then_some(snapshot)
+}
+
+/// Whether `s` is a commit hash (a snapshot folder's name; never a way out of the cache).
+pub(crate) fn is_commit(s: &str) -> bool {
+    s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// The weight files of a repo whose files are `has`, reading the shard index with `index`
@@ -354,6 +363,12 @@ pub fn resolve_model(
         Err(e) => return Err(hub_error(id, settings, kind, e)),
     };
     let listed: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+    if !is_commit(&info.sha) {
+        return Err(Error::Invalid(format!(
+            "{id}: the Hub at {} answered with {:?} as the commit, which is not a commit hash",
+            settings.endpoint, info.sha
+        )));
+    }
     let has = |f: &str| listed.iter().any(|l| l == f);
     let snapshot = repo_dir(&settings.cache, id, kind)
         .join("snapshots")

@@ -12,9 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::data_files::{CONVERTED, Layout, converted_layout};
+use super::data_files::{CONVERTED, Layout, SplitFiles, converted_layout};
 use super::hub::{
-    HubEvent, HubId, HubSettings, RepoKind, api_repo, cached_snapshot, fetch, hub_error,
+    HubEvent, HubId, HubSettings, RepoKind, api_repo, cached_snapshot, fetch, hub_error, is_commit,
     is_unreachable, parse_id,
 };
 use crate::error::{Error, Result};
@@ -41,6 +41,14 @@ pub fn parse_data_id(arg: &str) -> Option<DataId> {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     if split.is_some_and(|s| !split_ok(s)) {
+        return None;
+    }
+    // A missing `dir/rows.jsonl` is a mistyped path, not a dataset to ask the Hub for.
+    if split.is_none()
+        && [".jsonl", ".json", ".parquet"]
+            .iter()
+            .any(|e| repo.ends_with(e))
+    {
         return None;
     }
     parse_id(repo).map(|id| DataId {
@@ -101,11 +109,19 @@ pub fn resolve_dataset(
     };
     let invalid = |m: String| Error::Invalid(format!("dataset {id}: {m}"));
     let cached = cached_snapshot(&settings.cache, id, KIND);
+    // Offline, or with the Hub out of reach: the snapshot's own files are the repo.
     let from_cache = |snapshot: PathBuf| -> Result<HubData> {
         let files = list_files(&snapshot)?;
         let card = read_card(&snapshot.join(CARD))?;
-        let layout = layout(id, &files, card.as_deref(), subset).map_err(invalid)?;
-        let chosen = layout.split(split).map_err(invalid)?;
+        let not_cached = |m: String| {
+            invalid(format!(
+                "{m} in the cached snapshot {} (only what was downloaded is there); run without \
+                 HF_HUB_OFFLINE to download the split",
+                snapshot.display()
+            ))
+        };
+        let layout = layout(id, &files, card.as_deref(), subset).map_err(not_cached)?;
+        let chosen = layout.split(split).map_err(not_cached)?;
         if let Some(missing) = missing_shard(&chosen.files) {
             return Err(invalid(format!(
                 "the cached snapshot {} has only some shards of split {:?} ({missing}); download it again \
@@ -114,16 +130,18 @@ pub fn resolve_dataset(
                 chosen.name
             )));
         }
-        finish(id, &layout, &chosen.name, snapshot)
+        Ok(finish(id, &layout, chosen, snapshot))
     };
-    if settings.offline {
+    if settings.offline || settings.datasets_offline {
         let Some(snapshot) = cached else {
             return Err(Error::Invalid(format!(
                 "dataset {id} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set: download it \
-                 first (`huggingface-cli download --repo-type dataset {}`, or run without HF_HUB_OFFLINE), or \
-                 set HF_HUB_CACHE / HF_HOME to the cache that holds it",
+                 first (`hf download {} --repo-type dataset --revision {}`; `huggingface-cli download` in older \
+                 huggingface_hub; or run without HF_HUB_OFFLINE), or set HF_HUB_CACHE / HF_HOME to the cache \
+                 that holds it",
                 settings.cache.display(),
-                id.repo
+                id.repo,
+                id.revision
             )));
         };
         return from_cache(snapshot);
@@ -138,11 +156,22 @@ pub fn resolve_dataset(
             report(HubEvent::CacheFallback {
                 reason: e.to_string(),
             });
-            return from_cache(snapshot);
+            return from_cache(snapshot).map_err(|cached| {
+                Error::Invalid(format!(
+                    "the Hub at {} cannot be reached ({e}), and the cache cannot serve it: {cached}",
+                    settings.endpoint
+                ))
+            });
         }
         Err(e) => return Err(hub_error(id, settings, KIND, e)),
     };
     let listed: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+    if !is_commit(&info.sha) {
+        return Err(invalid(format!(
+            "the Hub at {} answered with {:?} as the commit, which is not a commit hash",
+            settings.endpoint, info.sha
+        )));
+    }
     let snapshot = super::hub::repo_dir(&settings.cache, id, KIND)
         .join("snapshots")
         .join(&info.sha);
@@ -171,7 +200,7 @@ pub fn resolve_dataset(
             info.sha
         )));
     }
-    finish(id, &layout, &chosen.name, snapshot)
+    Ok(finish(id, &layout, chosen, snapshot))
 }
 
 /// The splits of `id`'s revision: the Hub's Parquet conversion has its own layout.
@@ -189,36 +218,36 @@ fn layout(
 }
 
 /// The resolved split, its files as local paths.
-fn finish(id: &HubId, layout: &Layout, split: &str, snapshot: PathBuf) -> Result<HubData> {
-    let chosen = layout
-        .split(Some(split))
-        .map_err(|m| Error::Invalid(format!("dataset {id}: {m}")))?;
+fn finish(id: &HubId, layout: &Layout, chosen: SplitFiles, snapshot: PathBuf) -> HubData {
     let commit = snapshot
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(HubData {
+    HubData {
         id: id.clone(),
         commit,
         subset: layout.subset.clone(),
-        split: chosen.name.clone(),
+        split: chosen.name,
         files: chosen
             .files
             .iter()
             .map(|f| f.split('/').fold(snapshot.clone(), |p, s| p.join(s)))
             .collect(),
         snapshot,
-    })
+    }
 }
 
 /// A repo file name that stays inside the snapshot folder on every platform: relative segments,
-/// none empty, `.` or `..`, and no `\`, `:` or control characters (a drive, a stream, a way out).
+/// none empty, `.` or `..`, and no `\`, `:` or control characters (a drive, a stream, a way out);
+/// nor `#`, `?` or `%`, which the download URL would not carry as written.
 fn safe_relative(name: &str) -> bool {
     name.split('/').all(|s| {
         !s.is_empty()
             && s != "."
             && s != ".."
-            && !s.chars().any(|c| c == '\\' || c == ':' || c.is_control())
+            && !s
+                .chars()
+                .any(|c| matches!(c, '\\' | ':' | '#' | '?' | '%') || c.is_control())
     })
 }
 
@@ -295,6 +324,8 @@ mod tests {
         );
         assert_eq!(parse_data_id("org/name").unwrap().split, None);
         for path in [
+            "data/train.jsonl",
+            "out/pairs.parquet",
             "C:\\data\\x.jsonl",
             "C:/data/train.jsonl",
             "data.jsonl",
@@ -309,7 +340,9 @@ mod tests {
     #[test]
     fn repo_names_stay_inside_the_snapshot() {
         assert!(safe_relative("data/train-00000-of-00001.parquet"));
-        for bad in ["../x", "a//b", "/abs", "C:x", "a\\b", "a/./b", "a/\n"] {
+        for bad in [
+            "../x", "a//b", "/abs", "C:x", "a\\b", "a/./b", "a/\n", "a#b", "a%20b", "a?b",
+        ] {
             assert!(!safe_relative(bad), "{bad}");
         }
     }

@@ -237,12 +237,31 @@ fn malformed_json_names_file_and_line() {
 }
 
 #[test]
-fn json_array_file_gets_a_hint() {
-    let e = err_text(
+fn a_json_array_file_reads_as_datasets_reads_it() {
+    // `datasets` reads a .json file of one array (yahma/alpaca-cleaned's layout) as rows.
+    let data = read_text(
         "array.json",
-        "[\n  {\"prompt\": \"a\", \"response\": \"b\"}\n]\n",
+        "\u{feff}\n  [\n  {\"prompt\": \"a\", \"response\": \"b\"},\n  {\"id\": \"x\", \"prompt\": \"c\", \"response\": \"d\"}\n]\n",
     );
-    assert_mentions(&e, &["array.json:1:", "JSON lines"]);
+    let got: Vec<(&str, &str)> = data
+        .examples
+        .iter()
+        .map(|e| (e.id.as_str(), e.prompt.as_str()))
+        .collect();
+    assert_eq!(got, [("row-1", "a"), ("x", "c")]);
+    let data = read_text(
+        "bom.json",
+        "\u{feff}[{\"prompt\": \"a\", \"response\": \"b\"}]",
+    );
+    assert_eq!(data.examples.len(), 1);
+    let e = err_text(
+        "broken.json",
+        "[\n {\"prompt\": \"a\", \"response\": \"b\"},\n {\"prompt\": }\n]",
+    );
+    assert_mentions(&e, &["broken.json:3:", "invalid JSON"]);
+    // A pretty-printed object gets a hint.
+    let e = err_text("object.json", "{\n  \"prompt\": \"a\"\n}\n");
+    assert_mentions(&e, &["object.json:1:", "JSON lines", "jq"]);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! JSON lines: one JSON value per line, blank lines ignored. Rows are handed on one at a time so a
-//! large file is never held in memory as JSON values.
+//! JSON lines: one JSON value per line, blank lines ignored; or, as `datasets` also reads `.json`
+//! files, one JSON array of rows. Rows are handed on one at a time (an array's elements as they
+//! are parsed) so a large file is never held in memory as JSON values.
 
 use std::io::{BufRead, Read};
 use std::ops::ControlFlow;
@@ -62,14 +63,29 @@ pub(super) fn read_rows(
         if text.trim().is_empty() {
             continue;
         }
-        let row: Value = serde_json::from_str(text).map_err(|e| Error::Data {
+        let parsed = serde_json::from_str::<Value>(text);
+        // As `datasets` does: a file whose first line opens an array (or is an array of objects)
+        // is one JSON array of rows (re-read from its start, blank lines kept for line numbers).
+        let opens_array = match &parsed {
+            Err(_) => text.trim_start().starts_with('['),
+            // `[{…}, {…}]` on one line: an array of rows, not a row (rows are objects).
+            Ok(Value::Array(items)) => !items.is_empty() && items.iter().all(Value::is_object),
+            Ok(_) => false,
+        };
+        if opens_array && !seen_row {
+            let mut head = "\n".repeat(i).into_bytes();
+            head.extend_from_slice(text.as_bytes());
+            head.push(b'\n');
+            return read_array(path, std::io::Cursor::new(head).chain(reader), sink);
+        }
+        let row: Value = parsed.map_err(|e| Error::Data {
             path: path.to_path_buf(),
             line: line_no,
-            message: if !seen_row && text.trim_start().starts_with('[') {
-                // A whole-file JSON array (pretty-printed) fails on its first line; say what to do.
+            message: if !seen_row && text.trim_start().starts_with('{') {
+                // A pretty-printed object spans lines; say what a row looks like.
                 format!(
-                    "invalid JSON: {e}. This looks like one JSON array; wgspin reads JSON lines \
-                     (one object per line), e.g. convert with `jq -c '.[]' in.json > out.jsonl`"
+                    "invalid JSON: {e}. wgspin reads JSON lines (one object per line) or one JSON array \
+                     of objects; convert a pretty-printed file with `jq -c '.[]' in.json > out.jsonl`"
                 )
             } else {
                 format!(
@@ -83,4 +99,60 @@ pub(super) fn read_rows(
         }
     }
     Ok(())
+}
+
+/// One JSON array of rows: `sink(index, row)` for each element (1-based) as it is parsed, until
+/// `sink` says `Break`. Malformed JSON is an error naming the file, line and column.
+fn read_array(
+    path: &Path,
+    reader: impl BufRead,
+    sink: &mut dyn FnMut(usize, Value) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    use serde::de::{Deserializer as _, SeqAccess, Visitor};
+
+    struct Rows<'a> {
+        sink: &'a mut dyn FnMut(usize, Value) -> Result<ControlFlow<()>>,
+        /// What stopped the read: the sink's own error, or its `Break`.
+        stopped: Option<Result<()>>,
+    }
+    impl<'de> Visitor<'de> for &mut Rows<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array of rows")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+            let mut index = 0;
+            while let Some(row) = seq.next_element::<Value>()? {
+                index += 1;
+                match (self.sink)(index, row) {
+                    Ok(ControlFlow::Continue(())) => {}
+                    Ok(ControlFlow::Break(())) => {
+                        self.stopped = Some(Ok(()));
+                        return Err(serde::de::Error::custom("stopped"));
+                    }
+                    Err(e) => {
+                        self.stopped = Some(Err(e));
+                        return Err(serde::de::Error::custom("stopped"));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    let mut rows = Rows {
+        sink,
+        stopped: None,
+    };
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let parsed = (&mut de).deserialize_seq(&mut rows).and_then(|()| de.end());
+    match (rows.stopped, parsed) {
+        (Some(stopped), _) => stopped,
+        (None, Ok(())) => Ok(()),
+        (None, Err(e)) => Err(Error::Data {
+            path: path.to_path_buf(),
+            line: e.line(),
+            message: format!("invalid JSON in the file's array of rows: {e}"),
+        }),
+    }
 }

@@ -1,6 +1,7 @@
-//! SFT and SPIN-pair data: reads JSON lines (`.jsonl`/`.json`) or Parquet files holding the row
-//! shapes Hugging Face datasets use (prompt/response, chat messages, SPIN real/generated pairs,
-//! ShareGPT conversations) into one list of examples with unique ids.
+//! SFT and SPIN-pair data: reads JSON lines (`.jsonl`/`.json`, or one JSON array of rows) or
+//! Parquet files holding the row shapes Hugging Face datasets use (prompt/response, chat
+//! messages, SPIN real/generated pairs, ShareGPT conversations) into one list of examples with
+//! unique ids.
 //!
 //! Two kinds of bad input are told apart: a corrupt file (malformed JSON, unreadable Parquet) is an
 //! error naming the file and line/row, because reading on would silently drop data; a well-formed

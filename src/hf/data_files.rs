@@ -121,7 +121,7 @@ impl Layout {
         if reader != "parquet" && reader != "json" {
             return Err(format!(
                 "split {:?} is stored as {reader} files, which wgspin does not read; it reads Parquet \
-                 (.parquet) and JSON lines (.jsonl, .json). The Hub's Parquet conversion of the dataset \
+                 (.parquet) and JSON (.jsonl, .json). The Hub's Parquet conversion of the dataset \
                  reads: ORG/NAME@{CONVERTED}:{}",
                 split.name, split.name
             ));

@@ -54,6 +54,14 @@ pub struct SpinArgs {
 impl SpinArgs {
     pub fn run(self) -> Result<()> {
         self.job.check_outputs(&[("--out", &self.out)])?;
+        let train_cfg = TrainConfig {
+            loss: self.loss,
+            ..self.train.clone()
+        };
+        // Checked before the data loads (a Hub dataset downloads), before OUT is created or
+        // spin_config.json records settings that never ran.
+        self.spin.validate()?;
+        train_cfg.validate()?;
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(self.spin.read_limit())?;
         let model = self.job.model.model.clone();
@@ -64,14 +72,7 @@ impl SpinArgs {
         let rows = self.sampling.gen_batch_size(&dev, &config, dtype)?;
         // Stop ids and padding are filled in by the loop from each iteration's model.
         let gen_opts = self.sampling.options(rows, vec![], 0);
-        let train_cfg = TrainConfig {
-            loss: self.loss,
-            ..self.train.clone()
-        };
 
-        // Checked before OUT is created or spin_config.json records settings that never ran.
-        self.spin.validate()?;
-        train_cfg.validate()?;
         wgspin::train::memory::check_budget(&model, &train_cfg, &dev.device)?;
         gen_opts.sampling.validate()?;
         let _lock = wgspin::manifest::lock_dir(&self.out)?;

@@ -3,15 +3,17 @@
 //! cache laid out by Python's `huggingface_hub` itself (its `snapshot_download` from that server).
 //! Every run's log-probs are compared byte for byte with the same command on the local fixture.
 //!
-//! Needs python3 with huggingface_hub (transformers brings it; `.ci/run` has it).
+//! Needs python3 with huggingface_hub (`.ci/run` installs it; a CI run without it fails).
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::hub::{Hub, found_by_huggingface_hub, without_hub_settings};
-use common::{fixture, python_has, wgspin};
+use common::hub::{
+    Hub, found_by_huggingface_hub, has_huggingface_hub, snapshot_download, without_hub_settings,
+};
+use common::{fixture, wgspin};
 
 const REPO: &str = "wgspin-test/tiny-qwen3";
 const SHARDED: &str = "wgspin-test/tiny-qwen2";
@@ -72,27 +74,14 @@ fn local(dir: &Path, name: &str) -> String {
 
 #[test]
 fn a_cache_written_by_huggingface_hub_loads_offline_without_the_network() {
-    if !python_has(&["huggingface_hub"]) {
-        eprintln!("skipped: needs python3 with huggingface_hub");
+    if !has_huggingface_hub() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let cache = dir.join("py-cache");
     let hub = start(dir, &[]);
-    let status = Command::new("python3")
-        .args([
-            "-c",
-            "import sys; from huggingface_hub import snapshot_download; \
-                snapshot_download(sys.argv[1], cache_dir=sys.argv[2], endpoint=sys.argv[3])",
-        ])
-        .arg(REPO)
-        .arg(&cache)
-        .arg(&hub.url)
-        .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    snapshot_download(REPO, "model", &cache, &hub.url);
     let served = hub.requests().len();
     let want = local(dir, "tiny-qwen3-bf16");
     let offline = [
@@ -177,8 +166,7 @@ fn a_cache_written_by_huggingface_hub_loads_offline_without_the_network() {
 
 #[test]
 fn downloads_resume_after_a_broken_connection_and_a_gated_repo_needs_its_token() {
-    if !python_has(&["huggingface_hub"]) {
-        eprintln!("skipped: needs python3 with huggingface_hub");
+    if !has_huggingface_hub() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -10,8 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::hub::{Hub, found_by_huggingface_hub, without_hub_settings};
-use common::{assert_mentions, fixture, python_has, wgspin};
+use common::hub::{
+    Hub, found_by_huggingface_hub, has_huggingface_hub, snapshot_download, without_hub_settings,
+};
+use common::{assert_mentions, fixture, wgspin};
 use serde_json::{Value, json};
 
 const ULTRACHAT: &str = "wgspin-test/ultrachat";
@@ -107,8 +109,7 @@ fn rows(e: &Value, dataset: &str, config: &str, split: &str) -> Vec<Value> {
 
 #[test]
 fn a_cache_written_by_huggingface_hub_reads_offline_as_the_card_splits_it() {
-    if !python_has(&["huggingface_hub"]) {
-        eprintln!("skipped: needs python3 with huggingface_hub");
+    if !has_huggingface_hub() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -116,19 +117,7 @@ fn a_cache_written_by_huggingface_hub_reads_offline_as_the_card_splits_it() {
     let cache = dir.join("py-cache");
     let hub = start(dir, &[]);
     for name in ["ultrachat", "plain", "jsonl"] {
-        let status = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import sys; from huggingface_hub import snapshot_download; \
-                 snapshot_download(sys.argv[1], repo_type='dataset', cache_dir=sys.argv[2], endpoint=sys.argv[3])",
-            ])
-            .arg(format!("wgspin-test/{name}"))
-            .arg(&cache)
-            .arg(&hub.url)
-            .env("HF_HUB_DISABLE_TELEMETRY", "1")
-            .status()
-            .unwrap();
-        assert!(status.success());
+        snapshot_download(&format!("wgspin-test/{name}"), "dataset", &cache, &hub.url);
     }
     let served = hub.requests().len();
     let offline = [
@@ -397,7 +386,7 @@ fn online_only_the_split_downloads_a_broken_download_resumes_and_a_gated_repo_ne
     assert_eq!(again, got);
 
     // What wgspin wrote is a cache huggingface_hub reads.
-    if python_has(&["huggingface_hub"]) {
+    if has_huggingface_hub() {
         let path = found_by_huggingface_hub(ULTRACHAT, CUT_SHARD, &cache, "dataset");
         assert!(
             Path::new(&path).is_file(),

@@ -92,3 +92,26 @@ pub fn found_by_huggingface_hub(repo: &str, file: &str, cache: &Path, repo_type:
         .unwrap();
     String::from_utf8_lossy(&found.stdout).trim().to_string()
 }
+
+/// Python `huggingface_hub`'s `snapshot_download` of `repo` (a `repo_type`) from the Hub at
+/// `endpoint` into `cache`: a cache laid out by the library itself. Asserts that it succeeded.
+pub fn snapshot_download(repo: &str, repo_type: &str, cache: &Path, endpoint: &str) {
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from huggingface_hub import snapshot_download; \
+             snapshot_download(sys.argv[1], repo_type=sys.argv[2], cache_dir=sys.argv[3], endpoint=sys.argv[4])",
+        ])
+        .args([repo, repo_type])
+        .arg(cache)
+        .arg(endpoint)
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .status()
+        .unwrap();
+    assert!(status.success(), "snapshot_download of {repo} failed");
+}
+
+/// Whether python3 has huggingface_hub, which `.ci/run` installs (a CI run without it fails).
+pub fn has_huggingface_hub() -> bool {
+    super::python_client(&["huggingface_hub"], "pip install huggingface_hub")
+}

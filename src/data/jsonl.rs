@@ -66,13 +66,7 @@ pub(super) fn read_rows(
         let parsed = serde_json::from_str::<Value>(text);
         // As `datasets` does: a file whose first line opens an array (or is an array of objects)
         // is one JSON array of rows (re-read from its start, blank lines kept for line numbers).
-        let opens_array = match &parsed {
-            Err(_) => text.trim_start().starts_with('['),
-            // `[{…}, {…}]` on one line: an array of rows, not a row (rows are objects).
-            Ok(Value::Array(items)) => !items.is_empty() && items.iter().all(Value::is_object),
-            Ok(_) => false,
-        };
-        if opens_array && !seen_row {
+        if !seen_row && opens_array(text, &parsed) {
             let mut head = "\n".repeat(i).into_bytes();
             head.extend_from_slice(text.as_bytes());
             head.push(b'\n');
@@ -81,17 +75,7 @@ pub(super) fn read_rows(
         let row: Value = parsed.map_err(|e| Error::Data {
             path: path.to_path_buf(),
             line: line_no,
-            message: if !seen_row && text.trim_start().starts_with('{') {
-                // A pretty-printed object spans lines; say what a row looks like.
-                format!(
-                    "invalid JSON: {e}. wgspin reads JSON lines (one object per line) or one JSON array \
-                     of objects; convert a pretty-printed file with `jq -c '.[]' in.json > out.jsonl`"
-                )
-            } else {
-                format!(
-                    "invalid JSON: {e} (expected one JSON object per line, e.g. {{\"prompt\": ..., \"response\": ...}})"
-                )
-            },
+            message: invalid_line(&e, text, seen_row),
         })?;
         seen_row = true;
         if sink(line_no, row)?.is_break() {
@@ -99,6 +83,31 @@ pub(super) fn read_rows(
         }
     }
     Ok(())
+}
+
+/// Whether a file's first row `text` (parsed as `parsed`) opens one JSON array of rows: it does
+/// not parse alone but starts with `[`, or it is `[{…}, {…}]` on one line (rows are objects).
+fn opens_array(text: &str, parsed: &serde_json::Result<Value>) -> bool {
+    match parsed {
+        Err(_) => text.trim_start().starts_with('['),
+        Ok(Value::Array(items)) => !items.is_empty() && items.iter().all(Value::is_object),
+        Ok(_) => false,
+    }
+}
+
+/// What a line that is not JSON gets told (a pretty-printed object spans lines: say what a row
+/// looks like).
+fn invalid_line(e: &serde_json::Error, text: &str, seen_row: bool) -> String {
+    if !seen_row && text.trim_start().starts_with('{') {
+        format!(
+            "invalid JSON: {e}. wgspin reads JSON lines (one object per line) or one JSON array of \
+             objects; convert a pretty-printed file with `jq -c '.[]' in.json > out.jsonl`"
+        )
+    } else {
+        format!(
+            "invalid JSON: {e} (expected one JSON object per line, e.g. {{\"prompt\": ..., \"response\": ...}})"
+        )
+    }
 }
 
 /// One JSON array of rows: `sink(index, row)` for each element (1-based) as it is parsed, until

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::hub::{
-    Hub, found_by_huggingface_hub, has_huggingface_hub, snapshot_download, without_hub_settings,
+    Hub, assert_found_by_huggingface_hub, has_huggingface_hub, snapshot_download,
+    without_hub_settings,
 };
 use common::{fixture, wgspin};
 
@@ -220,11 +221,7 @@ fn downloads_resume_after_a_broken_connection_and_a_gated_repo_needs_its_token()
     assert_eq!(stderr(&o).matches("downloading model-0000").count(), 4);
 
     // What wgspin wrote is a cache huggingface_hub reads.
-    let path = found_by_huggingface_hub(REPO, "model.safetensors", &cache, "model");
-    assert!(
-        Path::new(&path).is_file(),
-        "huggingface_hub did not find it: {path:?}"
-    );
+    assert_found_by_huggingface_hub(REPO, "model.safetensors", &cache, "model");
 
     // The Hub gone: the complete cached copy serves an online run too.
     drop(hub);

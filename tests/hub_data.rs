@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::hub::{
-    Hub, found_by_huggingface_hub, has_huggingface_hub, snapshot_download, without_hub_settings,
+    Hub, assert_found_by_huggingface_hub, has_huggingface_hub, snapshot_download,
+    without_hub_settings,
 };
 use common::{assert_mentions, fixture, wgspin};
 use serde_json::{Value, json};
@@ -387,11 +388,7 @@ fn online_only_the_split_downloads_a_broken_download_resumes_and_a_gated_repo_ne
 
     // What wgspin wrote is a cache huggingface_hub reads.
     if has_huggingface_hub() {
-        let path = found_by_huggingface_hub(ULTRACHAT, CUT_SHARD, &cache, "dataset");
-        assert!(
-            Path::new(&path).is_file(),
-            "huggingface_hub did not find it: {path:?}"
-        );
+        assert_found_by_huggingface_hub(ULTRACHAT, CUT_SHARD, &cache, "dataset");
     }
 
     // The Hub gone: the cached snapshot serves an online run too.

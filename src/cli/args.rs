@@ -321,11 +321,19 @@ impl DataSourceArgs {
         })
     }
 
+    /// The Hub dataset --data resolved to, once it has (`None` for a local file).
+    pub fn hub(&self) -> Option<&HubData> {
+        match self.resolved.get() {
+            Some(Source::Hub(h)) => Some(h),
+            _ => None,
+        }
+    }
+
     /// --data as run records and messages name it: a Hub dataset with its commit and split.
     pub fn name(&self) -> String {
-        match self.resolved.get() {
-            Some(Source::Hub(h)) => h.to_string(),
-            _ => self.data.display().to_string(),
+        match self.hub() {
+            Some(h) => h.to_string(),
+            None => self.data.display().to_string(),
         }
     }
 }

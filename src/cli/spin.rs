@@ -79,7 +79,6 @@ impl SpinArgs {
         let mut sampling = serde_json::to_value(gen_opts.sampling)?;
         sampling["max_new_tokens"] = json!(gen_opts.max_new_tokens);
         sampling["gen_batch_size"] = json!(gen_opts.batch_size);
-        let data_name = self.job.data.source.name();
         let mut resolved = json!({
             "model": model.to_string_lossy(),
             "data": self.job.data.source.data.to_string_lossy(),
@@ -90,8 +89,8 @@ impl SpinArgs {
             "train": train_cfg,
         });
         // A Hub dataset's commit and split (a moved branch is named, not only a changed hash).
-        if data_name != self.job.data.source.data.display().to_string() {
-            resolved["data_resolved"] = json!(data_name);
+        if let Some(hub) = self.job.data.source.hub() {
+            resolved["data_resolved"] = json!(hub.to_string());
         }
         // Who generates is a setting of the run too (absent for local generation, as in runs
         // made before servers were supported).

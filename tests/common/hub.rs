@@ -76,9 +76,9 @@ pub fn without_hub_settings(mut cmd: Command, dir: &Path) -> Command {
     cmd
 }
 
-/// Where Python's `huggingface_hub` finds `file` of `repo` (a `repo_type`: model or dataset) in
-/// `cache`: its own reading of a cache wgspin wrote.
-pub fn found_by_huggingface_hub(repo: &str, file: &str, cache: &Path, repo_type: &str) -> String {
+/// Asserts that Python's `huggingface_hub` finds `file` of `repo` (a `repo_type`: model or
+/// dataset) in `cache`: its own reading of a cache wgspin wrote.
+pub fn assert_found_by_huggingface_hub(repo: &str, file: &str, cache: &Path, repo_type: &str) {
     let found = Command::new("python3")
         .args([
             "-c",
@@ -90,7 +90,11 @@ pub fn found_by_huggingface_hub(repo: &str, file: &str, cache: &Path, repo_type:
         .arg(repo_type)
         .output()
         .unwrap();
-    String::from_utf8_lossy(&found.stdout).trim().to_string()
+    let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+    assert!(
+        Path::new(&path).is_file(),
+        "huggingface_hub did not find {file} of {repo}: {path:?}"
+    );
 }
 
 /// Python `huggingface_hub`'s `snapshot_download` of `repo` (a `repo_type`) from the Hub at

@@ -62,7 +62,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Fills a fresh folder beside `dest` with `fill` and flushes it to disk, then swaps it in for
 /// `dest`, so neither a crash nor a power loss leaves a half-written checkpoint under `dest` (see
-/// `hf::checkpoint::recover` for a crash inside the swap).
+/// `load::checkpoint::recover` for a crash inside the swap).
 pub fn replace_folder(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if dest.exists() && !dest.is_dir() {
         return Err(Error::Invalid(format!(

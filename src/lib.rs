@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod kernels;
+pub mod load;
 pub mod manifest;
 pub mod model;
 pub mod outputs;
@@ -22,4 +23,4 @@ pub mod spin;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use hf::bundle::ModelBundle;
+pub use load::bundle::ModelBundle;

@@ -198,11 +198,23 @@ fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
     }
 }
 
+/// What a model's identity hashes, as the loading layer decides it (`load::ModelSource::files`):
+/// the files loading reads, and for an adapter the files of its base.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// The folder or file `--model` named.
+    pub path: PathBuf,
+    /// The files of a folder that loading reads (ignored for a file, which is hashed whole).
+    pub read: Vec<PathBuf>,
+    /// An adapter's base: an adapter is a model only together with its base.
+    pub base: Option<Box<ModelFiles>>,
+}
+
 /// Identity of a model: a SHA-256 of the files loading it reads (config, tokenizer and weight
 /// files of a folder; the whole file of a GGUF; an adapter's two files and its base's identity).
 /// Anything else in the folder (a `generate --out` beside it, notes) leaves it unchanged.
-pub fn model_identity(path: &Path) -> Result<Value> {
-    identity(path, Hashed::Read)
+pub fn model_identity(model: &ModelFiles) -> Result<Value> {
+    identity(model, Hashed::Read)
 }
 
 /// Which files of a model folder an identity hashes.
@@ -215,13 +227,14 @@ enum Hashed {
     Legacy,
 }
 
-fn identity(path: &Path, hashed: Hashed) -> Result<Value> {
+fn identity(model: &ModelFiles, hashed: Hashed) -> Result<Value> {
+    let path = model.path.as_path();
     let mut hasher = Sha256::new();
     if path.is_file() {
         hash_file(&mut hasher, path)?;
     } else {
         let mut files = match hashed {
-            Hashed::Read => crate::hf::bundle::files_read(path)?,
+            Hashed::Read => model.read.clone(),
             Hashed::Legacy => std::fs::read_dir(path)
                 .map_err(|e| Error::io(path, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -251,21 +264,19 @@ fn identity(path: &Path, hashed: Hashed) -> Result<Value> {
     if hashed == Hashed::Read {
         id["files"] = "read".into();
     }
-    // An adapter is a model only together with its base.
-    if crate::hf::adapter::is_adapter_dir(path) {
-        let base = crate::hf::adapter::Adapter::open(path)?.base_path()?;
-        id["base"] = identity(&base, hashed)?;
+    if let Some(base) = &model.base {
+        id["base"] = identity(base, hashed)?;
     }
     Ok(id)
 }
 
-/// `now` (the [`model_identity`] of `path`), or the identity a run made before identities were
-/// marked recorded as `saved`, when that is what `path` still hashes to by the old rule: a resume
+/// `now` (the [`model_identity`] of `model`), or the identity a run made before identities were
+/// marked recorded as `saved`, when that is what `model` still hashes to by the old rule: a resume
 /// of such a run compares like with like instead of refusing an unchanged model.
-pub fn identity_for(path: &Path, now: Value, saved: Option<&Value>) -> Result<Value> {
+pub fn identity_for(model: &ModelFiles, now: Value, saved: Option<&Value>) -> Result<Value> {
     match saved {
         Some(s) if s != &now && s.get("files").is_none() => {
-            let legacy = identity(path, Hashed::Legacy)?;
+            let legacy = identity(model, Hashed::Legacy)?;
             Ok(if &legacy == s { legacy } else { now })
         }
         _ => Ok(now),
@@ -500,14 +511,27 @@ mod tests {
             let p = e.unwrap().path();
             std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
         }
-        let m = dir.path();
+        // What loading reads of a plain folder: here, its files but the README.
+        let read = |d: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap() != "README.md")
+                .collect()
+        };
+        let files = |d: &Path| ModelFiles {
+            path: d.to_path_buf(),
+            read: read(d),
+            base: None,
+        };
+        let m = &files(dir.path());
         let old = identity(m, Hashed::Legacy).unwrap();
         let now = model_identity(m).unwrap();
         assert_ne!(old, now);
         assert_eq!(identity_for(m, now.clone(), Some(&old)).unwrap(), old);
         assert_eq!(identity_for(m, now.clone(), Some(&now)).unwrap(), now);
         // Changed since: the old rule no longer matches either, and the refusal shows the new.
-        std::fs::write(m.join("config.json"), "{}").unwrap();
+        std::fs::write(m.path.join("config.json"), "{}").unwrap();
         let changed = model_identity(m).unwrap();
         assert_eq!(
             identity_for(m, changed.clone(), Some(&old)).unwrap(),

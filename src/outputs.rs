@@ -41,14 +41,12 @@ impl Inputs {
     }
 
     /// Adds a model given as `flag`: its folder or GGUF file, and for a PEFT adapter folder also
-    /// the base model it names (an adapter is a model only together with its base). A base that
-    /// cannot be found is left to the loader, which says why.
-    pub fn add_model(&mut self, flag: &str, path: &Path) -> &mut Self {
+    /// the `base` model it names (an adapter is a model only together with its base;
+    /// `load::source::adapter_base` finds it).
+    pub fn add_model(&mut self, flag: &str, path: &Path, base: Option<&Path>) -> &mut Self {
         self.add(flag, path);
-        if crate::hf::adapter::is_adapter_dir(path)
-            && let Ok(base) = crate::hf::adapter::Adapter::open(path).and_then(|a| a.base_path())
-        {
-            self.add(&format!("the base model of {flag}"), &base);
+        if let Some(base) = base {
+            self.add(&format!("the base model of {flag}"), base);
         }
         self
     }
@@ -130,7 +128,7 @@ pub fn check_model_folder(flag: &str, out: &Path, overwrite: bool) -> Result<()>
     }
     let foreign: Vec<String> = held
         .into_iter()
-        .filter(|n| !crate::hf::checkpoint::is_model_file(n))
+        .filter(|n| !crate::hf::files::is_model_file(n))
         .collect();
     if !foreign.is_empty() {
         return Err(Error::Invalid(format!(

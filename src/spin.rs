@@ -28,8 +28,8 @@ use crate::generate::job::{
 };
 use crate::generate::serve::{ServerProcess, SpinServer};
 use crate::generate::server::ServerClient;
-use crate::hf::bundle::ModelBundle;
-use crate::hf::bundle::{read_text_side, stop_ids};
+use crate::load::bundle::ModelBundle;
+use crate::load::bundle::{read_text_side, stop_ids};
 use crate::model::precision::set_compute;
 use crate::train::card::{EVAL_HEADING, RunNotes, eval_section};
 use crate::train::job::{CHECKPOINT, Existing, TrainEvent, TrainSummary, is_complete, run_train};
@@ -111,8 +111,10 @@ fn iter_dir(out: &Path, t: usize) -> PathBuf {
     out.join(format!("iter-{t}"))
 }
 
-/// The settings a run was started with (written by the CLI before the first stage).
-pub const CONFIG_FILE: &str = "spin_config.json";
+// The settings a run was started with (written by the CLI before the first stage), and per
+// held-out pair of an iteration its id and θ_{t+1}'s reward margin (`iter-T/`): named where the
+// page that reads them back lives, below the loop that writes them.
+pub use crate::report::game::{CONFIG_FILE, EVAL_MARGINS_FILE};
 /// The iterations done, their held-out results and final models.
 pub const SUMMARY_FILE: &str = "summary.json";
 
@@ -275,9 +277,6 @@ fn evaluate(
     };
     Ok((result, margins))
 }
-
-/// Per held-out pair of an iteration: its id and θ_{t+1}'s reward margin (`iter-T/`).
-pub const EVAL_MARGINS_FILE: &str = "eval_margins.jsonl";
 
 /// Outcome of the loop.
 #[derive(Debug, Clone)]
@@ -499,13 +498,13 @@ pub fn run_spin(
 /// Appends the held-out evaluation to the iteration's model card, once (a rerun after a crash
 /// between this and eval.json finds it there).
 fn add_eval_to_card(ckpt: &Path, t: usize, eval: &EvalResult) -> Result<()> {
-    let card = ckpt.join(crate::gguf::card::CARD_FILE);
+    let card = ckpt.join(crate::hf::card::CARD_FILE);
     let text = std::fs::read_to_string(&card).unwrap_or_default();
     if text.contains(EVAL_HEADING) {
         return Ok(());
     }
     let value = serde_json::to_value(eval).unwrap_or_default();
-    crate::hf::checkpoint::append_to_card(ckpt, &eval_section(t, &value))
+    crate::load::checkpoint::append_to_card(ckpt, &eval_section(t, &value))
 }
 
 fn write_summary(

@@ -489,7 +489,7 @@ fn unsupported_architecture_and_pre_tokenizer_are_named() {
 #[test]
 fn smollm2_gguf_text_side_matches_the_full_load() {
     let Some(path) = smollm2_gguf() else { return };
-    let (config, tok) = wgspin::hf::bundle::read_text_side(&path).unwrap();
+    let (config, tok) = wgspin::load::bundle::read_text_side(&path).unwrap();
     let full = wgspin::gguf::GgufModel::load(&path).unwrap();
     assert_eq!(format!("{config:?}"), format!("{:?}", full.config));
     let full_tok = full.chat_tokenizer().unwrap();

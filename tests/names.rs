@@ -60,7 +60,7 @@ fn every_name_round_trips_through_load_and_save() {
 
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("ckpt");
-        wgspin::hf::checkpoint::save(&bundle.model, &dir, &out, StoredDtype::F32, None, &[])
+        wgspin::load::checkpoint::save(&bundle.model, &dir, &out, StoredDtype::F32, None, &[])
             .unwrap();
         let written = tensors(&out);
         let written_names: Vec<&String> = written.keys().collect();

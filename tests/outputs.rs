@@ -236,14 +236,14 @@ fn data_being_written_is_refused_with_its_writer() {
 fn model_identity_covers_only_what_loading_reads() {
     let tmp = tempfile::tempdir().unwrap();
     let model = model_at("tiny-llama-bf16", &tmp.path().join("m"));
-    let id = wgspin::manifest::model_identity(&model).unwrap();
+    let id = wgspin::load::source::model_identity(&model).unwrap();
     std::fs::write(model.join("gen.jsonl.run.json"), "{}").unwrap();
     std::fs::write(model.join("notes.json"), "{}").unwrap();
-    assert_eq!(wgspin::manifest::model_identity(&model).unwrap(), id);
+    assert_eq!(wgspin::load::source::model_identity(&model).unwrap(), id);
     edit_json(&model.join("tokenizer_config.json"), |v| {
         v["model_max_length"] = serde_json::json!(77)
     });
-    assert_ne!(wgspin::manifest::model_identity(&model).unwrap(), id);
+    assert_ne!(wgspin::load::source::model_identity(&model).unwrap(), id);
 }
 
 /// `train --lora-rank 1000000000` aborted (exit 134, a 256 GB allocation) after writing

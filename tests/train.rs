@@ -225,7 +225,7 @@ fn checkpoints_keep_names_shapes_dtypes_and_logits() {
         let bundle = ModelBundle::load(&dir, &dev.device).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("ckpt");
-        wgspin::hf::checkpoint::save(&bundle.model, &dir, &out, bundle.stored_dtype, None, &[])
+        wgspin::load::checkpoint::save(&bundle.model, &dir, &out, bundle.stored_dtype, None, &[])
             .unwrap();
         let a = WeightFiles::open_dir(&dir).unwrap();
         let b = WeightFiles::open_dir(&out).unwrap();

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use wgspin::load::source::adapter_base;
 
 use wgspin::data::{DataFormat, ReadOptions, SftExample, Turns, read_files};
 use wgspin::device::{self, ComputeDevice, DeviceSpec};
@@ -128,7 +129,8 @@ impl JobArgs {
     /// reads: the model (an adapter's base too), the data or the --config file.
     pub fn check_outputs(&self, outputs: &[(&str, &std::path::Path)]) -> Result<()> {
         let mut inputs = wgspin::outputs::Inputs::new();
-        inputs.add_model("--model", &self.model.model);
+        let model = &self.model.model;
+        inputs.add_model("--model", model, adapter_base(model).as_deref());
         self.data.source.add_inputs(&mut inputs);
         if let Some(c) = &self.config {
             inputs.add("--config", c);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use wgspin::load::source::adapter_base;
 
 use wgspin::gguf::GgufModel;
 use wgspin::gguf::writer::{ExportDtype, export_hf_folder};
@@ -63,7 +64,7 @@ pub struct ExportGgufArgs {
 impl ExportGgufArgs {
     pub fn run(self) -> Result<()> {
         Inputs::new()
-            .add_model("--model", &self.model)
+            .add_model("--model", &self.model, adapter_base(&self.model).as_deref())
             .check("--out", &self.out)?;
         check_file("--out", &self.out, self.overwrite)?;
         export_hf_folder(&self.model, &self.out, self.dtype)

@@ -10,7 +10,7 @@ use wgspin::data::SftExample;
 use wgspin::generate::GenOptions;
 use wgspin::generate::job::{GenModel, GenSummary, Opponent, run_generate_with};
 use wgspin::generate::server::ServerClient;
-use wgspin::hf::bundle::{read_text_side, stop_ids};
+use wgspin::load::bundle::{read_text_side, stop_ids};
 use wgspin::model::precision::set_compute;
 use wgspin::report::progress::Progress;
 

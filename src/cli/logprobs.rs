@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use wgspin::load::source::adapter_base;
 
 use wgspin::train::score::{ScoreOptions, TokenizedPair, score_all};
 use wgspin::{ModelBundle, data, fsutil};
@@ -47,7 +48,8 @@ impl LogprobsArgs {
         anyhow::ensure!(self.batch_size > 0, "--batch-size 0: must be at least 1");
         if let Some(out) = &self.out {
             let mut inputs = wgspin::outputs::Inputs::new();
-            inputs.add_model("--model", &self.model.model);
+            let model = &self.model.model;
+            inputs.add_model("--model", model, adapter_base(model).as_deref());
             self.data.source.add_inputs(&mut inputs);
             inputs.check("--out", out)?;
             wgspin::outputs::check_file("--out", out, self.overwrite)?;

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use wgspin::load::source::adapter_base;
 
-use wgspin::hf::bundle::ModelBundle;
-use wgspin::hf::checkpoint;
 use wgspin::hf::weights::StoredDtype;
+use wgspin::load::bundle::ModelBundle;
+use wgspin::load::checkpoint;
 use wgspin::model::lora;
 use wgspin::outputs::{Inputs, check_model_folder};
 
@@ -42,9 +43,13 @@ pub struct MergeArgs {
 impl MergeArgs {
     pub fn run(self) -> Result<()> {
         let mut inputs = Inputs::new();
-        inputs.add_model("--adapter", &self.adapter);
+        inputs.add_model(
+            "--adapter",
+            &self.adapter,
+            adapter_base(&self.adapter).as_deref(),
+        );
         if let Some(base) = &self.base {
-            inputs.add_model("--base", base);
+            inputs.add_model("--base", base, adapter_base(base).as_deref());
         }
         inputs.check("--out", &self.out)?;
         check_model_folder("--out", &self.out, self.overwrite)?;

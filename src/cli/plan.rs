@@ -40,7 +40,7 @@ impl PlanArgs {
             ..self.train
         };
         cfg.validate()?;
-        let m = wgspin::hf::bundle::read_config(&self.model.model)?;
+        let m = wgspin::load::bundle::read_config(&self.model.model)?;
         check_shapes(&m, &cfg)?;
         let (est, compute) = plan(&m, &cfg, &dev.device)?;
         let (params, _) = parameter_count(&m);

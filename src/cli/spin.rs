@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
+use wgspin::load::ModelSource;
 
 use wgspin::fsutil;
 use wgspin::report::progress::Progress;
@@ -65,7 +66,7 @@ impl SpinArgs {
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(self.spin.read_limit())?;
         let model = self.job.model.model.clone();
-        let config = wgspin::hf::bundle::read_config(&model)
+        let config = wgspin::load::bundle::read_config(&model)
             .with_context(|| format!("reading the config of {}", model.display()))?;
         // Generation computes in the dtype training does (refused here if the device lacks it).
         let dtype = super::args::resolve_dtype(self.train.dtype, &dev)?;
@@ -83,7 +84,7 @@ impl SpinArgs {
             "model": model.to_string_lossy(),
             "data": self.job.data.source.data.to_string_lossy(),
             "data_sha256": wgspin::manifest::content_hash(&examples),
-            "model_identity": wgspin::manifest::model_identity(&model)?,
+            "model_identity": wgspin::load::source::model_identity(&model)?,
             "spin": self.spin,
             "sampling": sampling,
             "train": train_cfg,
@@ -113,8 +114,11 @@ impl SpinArgs {
             .as_ref()
             .and_then(|s| s.as_ref().ok())
             .and_then(|c| c.get("model_identity"));
-        resolved["model_identity"] =
-            wgspin::manifest::identity_for(&model, resolved["model_identity"].take(), saved_id)?;
+        resolved["model_identity"] = wgspin::manifest::identity_for(
+            &ModelSource::resolve(&model)?.files()?,
+            resolved["model_identity"].take(),
+            saved_id,
+        )?;
         if !wgspin::spin::LAYOUT.prepare(&self.out, self.overwrite)? {
             refuse_other_settings(&config_path, saved, &resolved)?;
         }

@@ -167,12 +167,7 @@ impl SftExample {
     }
 }
 
-/// `history` followed by the user turn `prompt`.
-pub fn prompt_messages(history: &[Message], prompt: &str) -> Vec<Message> {
-    let mut turns = history.to_vec();
-    turns.push(Message::user(prompt));
-    turns
-}
+pub use crate::hf::chat_template::prompt_messages;
 
 /// A row that was skipped, and why. `line` is the 1-based JSONL line, or the 1-based Parquet row,
 /// of `Dataset::files[file]`.

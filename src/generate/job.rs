@@ -23,9 +23,10 @@ use super::{FinishReason, Finished, GenOptions, GenRequest, generate};
 use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::hf::bundle::ModelBundle;
 use crate::hf::chat_template::Message;
 use crate::hf::tokenizer::ChatTokenizer;
+use crate::load::ModelSource;
+use crate::load::bundle::ModelBundle;
 use crate::model::Transformer;
 use crate::model::precision::dtype_name;
 
@@ -248,8 +249,9 @@ pub fn run_generate_with(
     }
     let _lock = crate::manifest::lock_file(out)?;
     // What made the rows: a resume must not mix two models' or two samplers' answers in one file.
+    let model_files = ModelSource::resolve(model.source)?.files()?;
     let mut record = serde_json::json!({
-        "model": crate::manifest::model_identity(model.source)?,
+        "model": crate::manifest::model_identity(&model_files)?,
         "sampling": opts.sampling,
         "max_new_tokens": opts.max_new_tokens,
     });
@@ -297,7 +299,7 @@ pub fn run_generate_with(
         };
         if let Some(s) = &saved {
             record["model"] = crate::manifest::identity_for(
-                model.source,
+                &model_files,
                 record["model"].take(),
                 s.get("model"),
             )?;

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::gguf::writer::{ExportDtype, export_hf_folder};
-use crate::hf::bundle::ModelBundle;
 use crate::hf::weights::StoredDtype;
+use crate::load::bundle::ModelBundle;
 
 /// How `spin` has a server generate for each iteration.
 #[derive(Debug, Clone)]
@@ -210,10 +210,10 @@ fn serve_files(
     }
     let mut folder = theta.to_path_buf();
     let mut written = vec![];
-    if crate::hf::adapter::is_adapter_dir(theta) && (gguf_needed || folder_needed) {
+    if crate::load::adapter::is_adapter_dir(theta) && (gguf_needed || folder_needed) {
         folder = dir.join("served-model");
         let b = ModelBundle::load(theta, &crate::device::cpu_device().device)?;
-        crate::hf::checkpoint::save(&b.model, &b.dir, &folder, StoredDtype::F32, None, &[])?;
+        crate::load::checkpoint::save(&b.model, &b.dir, &folder, StoredDtype::F32, None, &[])?;
         written.push(folder.clone());
     }
     let gguf = dir.join("served-model.gguf");

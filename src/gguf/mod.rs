@@ -47,7 +47,7 @@ pub struct GgufModel {
     /// `generation_config.json` document.
     pub generation_config: Value,
     /// Model card fields of its `general.*` metadata (README.md of a converted folder).
-    pub card: card::Card,
+    pub card: crate::hf::card::Card,
     pub config: ModelConfig,
     pub tokenizer: tokenizer::TokenizerParts,
     /// f32 tensors under Hugging Face names.
@@ -329,7 +329,7 @@ pub fn hf_tensors(g: &GgufFile, cfg: &ModelConfig) -> Result<TensorMap> {
 fn write_metadata(
     dir: &Path,
     source: &Path,
-    fields: &card::Card,
+    fields: &crate::hf::card::Card,
     config_json: &Value,
     generation_config: &Value,
     tok: &tokenizer::TokenizerParts,
@@ -339,8 +339,8 @@ fn write_metadata(
         let source = source.file_name().unwrap_or_default().to_string_lossy();
         let body = format!("Converted by wgspin from the GGUF file `{source}`.\n");
         crate::fsutil::write_atomic(
-            &dir.join(card::CARD_FILE),
-            card::card_text(fields, &body).as_bytes(),
+            &dir.join(crate::hf::card::CARD_FILE),
+            crate::hf::card::card_text(fields, &body).as_bytes(),
         )?;
     }
     let mut config = config_json.clone();

@@ -446,7 +446,7 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
     let u32_of = |v: usize| MetaValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
     w.add("general.architecture", MetaValue::Str(arch.into()));
     let config_json = read_json(&dir.join("config.json"))?;
-    let card = super::card::folder_card(dir, &config_json)?;
+    let card = crate::hf::card::folder_card(dir, &config_json)?;
     let mut params: u64 = hf_names::expected_tensors(&cfg)
         .iter()
         .map(|(_, shape)| shape.iter().product::<usize>() as u64)

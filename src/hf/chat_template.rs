@@ -191,6 +191,13 @@ impl ChatTemplate {
     }
 }
 
+/// `history` followed by the user turn `prompt`: what a prompt is rendered from.
+pub fn prompt_messages(history: &[Message], prompt: &str) -> Vec<Message> {
+    let mut turns = history.to_vec();
+    turns.push(Message::user(prompt));
+    turns
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

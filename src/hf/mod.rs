@@ -2,13 +2,13 @@
 //! `Option`s), the one table of tensor names, safetensors weights, the tokenizer and its chat
 //! template, checkpoints that `transformers` loads, PEFT LoRA adapters, and the bundle of all of them on a device.
 
-pub mod adapter;
 pub mod arch;
-pub mod bundle;
+pub mod card;
 pub mod chat_template;
-pub mod checkpoint;
 pub mod config;
+pub mod config_json;
 pub mod data_files;
+pub mod files;
 pub mod hub;
 pub mod hub_data;
 pub mod names;

@@ -261,7 +261,10 @@ impl ChatTokenizer {
         let ids = match &self.template {
             Some(t) => {
                 let text = t
-                    .render(&crate::data::prompt_messages(history, prompt), true)
+                    .render(
+                        &super::chat_template::prompt_messages(history, prompt),
+                        true,
+                    )
                     .map_err(|e| in_file(&self.template_origin, e))?;
                 self.encode(&text, false)?
             }

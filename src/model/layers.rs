@@ -1,12 +1,12 @@
 //! Building blocks of the decoder: RMSNorm (`w·x̂` or Gemma's `(1+w)·x̂`), a linear layer in
-//! Hugging Face layout (`[out, in]`), and the gated MLP (SiLU or GELU-tanh).
+//! Hugging Face layout (`[out, in]`) with its optional LoRA adapter's forward (the settings,
+//! initialisation and merging are `lora.rs`'s), and the gated MLP (SiLU or GELU-tanh).
 
 use burn::module::{Module, Param};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Distribution, Tensor};
 
-use super::lora::Lora;
-use super::precision::like;
 use crate::hf::config::Activation;
+use crate::kernels::like;
 
 /// Root-mean-square normalisation with a learned scale (no bias, no mean subtraction).
 #[derive(Module, Debug)]
@@ -108,5 +108,44 @@ impl Mlp {
             Activation::GeluTanh => crate::kernels::rows_matmul::gelu_tanh(g) * u,
         };
         self.down.forward(a)
+    }
+}
+
+/// One adapter: `A [r, in]`, `B [out, r]` and the scale α / r.
+#[derive(Module, Debug)]
+pub struct Lora {
+    /// `[rank, in]`
+    pub a: Param<Tensor<2>>,
+    /// `[out, rank]`
+    pub b: Param<Tensor<2>>,
+    pub scale: f64,
+    /// Dropout probability on the input; applied only on an autodiff device (training).
+    pub dropout: f64,
+}
+
+impl Lora {
+    /// The update for `x [rows, in]` → `[rows, out]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let dtype = x.dtype();
+        let x = if self.dropout > 0.0 && x.is_autodiff() {
+            let keep = 1.0 - self.dropout;
+            let mask = Tensor::<2>::random(x.dims(), Distribution::Bernoulli(keep), &x.device());
+            x * like(mask.div_scalar(keep), dtype)
+        } else {
+            x
+        };
+        // The f32 adapters cast to the activations' dtype, as PEFT under autocast.
+        x.matmul(like(self.a.val(), dtype).transpose())
+            .matmul(like(self.b.val(), dtype).transpose())
+            .mul_scalar(self.scale)
+    }
+
+    /// `scale · B A` `[out, in]`: the update folded into the weight.
+    pub fn delta(&self) -> Tensor<2> {
+        self.b
+            .val()
+            .inner()
+            .matmul(self.a.val().inner())
+            .mul_scalar(self.scale)
     }
 }

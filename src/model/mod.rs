@@ -15,6 +15,7 @@ pub mod precision;
 pub mod random_init;
 pub mod rope;
 pub mod static_cache;
+pub mod targets;
 
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};

@@ -8,9 +8,9 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::Transformer;
 use super::layers::Linear;
-use super::lora;
-use super::precision::like;
+use super::targets::{has_adapters, targets_mut};
 use crate::hf::names::{self as hf_names, LayerTensor};
+use crate::kernels::like;
 
 /// A mutable parameter of rank 1 (norms, biases) or 2 (matrices).
 pub enum ParamRef<'a> {
@@ -179,7 +179,7 @@ pub fn params_mut(m: &mut Transformer) -> Vec<(String, ParamRef<'_>)> {
 /// (`model.layers.0.self_attn.q_proj.lora_A.weight`), A before B, in layer and target order.
 pub fn adapter_params_mut(m: &mut Transformer) -> Vec<(String, ParamRef<'_>)> {
     let mut out = vec![];
-    for (l, target, lin) in lora::targets_mut(m) {
+    for (l, target, lin) in targets_mut(m) {
         if let Some(adapter) = lin.lora.as_mut() {
             let path = target.module_path(l);
             out.push((
@@ -198,7 +198,7 @@ pub fn adapter_params_mut(m: &mut Transformer) -> Vec<(String, ParamRef<'_>)> {
 /// What training updates: the adapters when the model has any (its base is frozen), else
 /// every parameter.
 pub fn trainable_mut(m: &mut Transformer) -> Vec<(String, ParamRef<'_>)> {
-    if lora::has_adapters(m) {
+    if has_adapters(m) {
         adapter_params_mut(m)
     } else {
         params_mut(m)

@@ -12,6 +12,11 @@ use serde_json::Value;
 use super::html::{GameIteration, Round};
 use crate::data::{DataFormat, read_dataset};
 
+/// The settings a `wgspin spin` run was started with (written by the CLI before the first stage).
+pub const CONFIG_FILE: &str = "spin_config.json";
+/// Per held-out pair of an iteration: its id and θ_{t+1}'s reward margin (`iter-T/`).
+pub const EVAL_MARGINS_FILE: &str = "eval_margins.jsonl";
+
 /// Prompts per iteration chosen by the seed.
 pub const SAMPLED: usize = 6;
 /// Prompts per iteration added because their margin moved most.
@@ -19,7 +24,7 @@ pub const MOVED: usize = 3;
 
 /// θ_{t+1}'s margin per held-out pair id, from `iter-T/eval_margins.jsonl`.
 fn margins(dir: &Path) -> HashMap<String, f64> {
-    super::plot::read_jsonl(&dir.join(crate::spin::EVAL_MARGINS_FILE))
+    super::plot::read_jsonl(&dir.join(EVAL_MARGINS_FILE))
         .into_iter()
         .filter_map(|v| {
             Some((
@@ -113,7 +118,7 @@ pub fn run_page(
     status: Option<super::html::Status>,
     command: Option<&str>,
 ) -> super::html::Page {
-    let config: Value = std::fs::read_to_string(dir.join(crate::spin::CONFIG_FILE))
+    let config: Value = std::fs::read_to_string(dir.join(CONFIG_FILE))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);

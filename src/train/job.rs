@@ -27,9 +27,10 @@ use super::{
 use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::hf::bundle::ModelBundle;
-use crate::hf::checkpoint;
 use crate::hf::weights::StoredDtype;
+use crate::load::ModelSource;
+use crate::load::bundle::ModelBundle;
+use crate::load::checkpoint;
 use crate::manifest;
 use crate::model::precision::set_compute;
 use crate::report::ReportTo;
@@ -247,10 +248,11 @@ pub fn run_train(
         ObjectiveKind::Sft => ("data_sha256", "data"),
     };
     let saved_identity = state.as_ref().and_then(|s| s.get("identity"));
+    let model_files = ModelSource::resolve(model_path)?.files()?;
     let identity = json!({
         "model": manifest::identity_for(
-            model_path,
-            manifest::model_identity(model_path)?,
+            &model_files,
+            manifest::model_identity(&model_files)?,
             saved_identity.and_then(|i| i.get("model")),
         )?,
         data_key: manifest::content_hash(&examples),
@@ -409,7 +411,7 @@ pub fn run_train(
             extra.push((OPTIMIZER_FILE, bytes));
         }
         if cfg.lora.enabled() {
-            return crate::hf::adapter::save(
+            return crate::load::adapter::save(
                 &trainer.state.model,
                 &cfg.lora,
                 &base_name,

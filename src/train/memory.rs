@@ -273,7 +273,7 @@ pub fn plan(
 /// Refuses `cfg` when the model's shapes make it meaningless ([`check_shapes`]) or its estimated
 /// peak exceeds `--max-memory`, naming the lever to pull.
 pub fn check_budget(model_path: &Path, cfg: &TrainConfig, device: &Device) -> Result<()> {
-    let m = crate::hf::bundle::read_config(model_path)?;
+    let m = crate::load::bundle::read_config(model_path)?;
     check_shapes(&m, cfg)?;
     if cfg.max_memory.is_none() {
         return Ok(());

@@ -8,8 +8,8 @@ use burn::tensor::Device;
 use wgspin::data::SftExample;
 use wgspin::error::Result;
 use wgspin::generate::{GenOptions, GenRequest, generate};
-use wgspin::hf::bundle::ModelBundle;
 use wgspin::kernels::sample::SamplingParams;
+use wgspin::load::bundle::ModelBundle;
 use wgspin::train::score::{ScoreOptions, TokenizedPair, score_all};
 
 /// A model's scores on one split.

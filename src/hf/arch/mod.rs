@@ -15,7 +15,7 @@ mod qwen3;
 
 use serde_json::Value;
 
-use super::config::HfConfig;
+use super::config_json::HfConfig;
 
 /// How a norm applies its learned weight `w` to the normalised `x̂`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use crate::error::{Error, Result};
-use crate::hf::adapter::{self, Adapter};
 use crate::hf::config::ModelConfig;
 use crate::hf::tokenizer::ChatTokenizer;
 use crate::hf::weights::{StoredDtype, WeightFiles};
+use crate::load::adapter::{self, Adapter};
 use crate::model::lora::{self, LoraConfig};
 use crate::model::{Transformer, loader};
 
@@ -79,17 +79,6 @@ pub fn read_text_side(path: &Path) -> Result<(ModelConfig, ChatTokenizer)> {
     Ok((config, tokenizer))
 }
 
-/// The metadata files of a model folder that loading reads (config, generation defaults,
-/// tokenizer, chat template, the shard index); the weights come from the loader's own list.
-const LOADED_METADATA: &[&str] = &[
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "model.safetensors.index.json",
-];
-
 /// The files of folder `dir` that loading it reads, and only those: an adapter folder's config
 /// and weights (its base is loaded from its own folder), or a model folder's metadata and the
 /// weight files the loader opens. What a model's identity hashes.
@@ -101,7 +90,11 @@ pub fn files_read(dir: &Path) -> Result<Vec<PathBuf>> {
             .collect()
     } else {
         let mut f = WeightFiles::paths_in(dir)?;
-        f.extend(LOADED_METADATA.iter().map(|n| dir.join(n)));
+        f.extend(
+            crate::hf::files::LOADED_METADATA
+                .iter()
+                .map(|n| dir.join(n)),
+        );
         f
     };
     files.retain(|p| p.is_file());

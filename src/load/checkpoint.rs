@@ -6,41 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::hf::files::{GENERATION_CONFIG, is_metadata};
 use crate::hf::weights::{HostTensor, StoredDtype, write_safetensors};
 use crate::model::Transformer;
 use crate::model::named::params_mut;
-
-/// Files of a model folder that a checkpoint carries over: configuration, tokenizer and chat
-/// template (the names transformers reads); weights and anything else stay behind.
-const METADATA_FILES: &[&str] = &[
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-];
-
-/// Generation defaults transformers reads (`GenerationConfig.from_pretrained`).
-pub const GENERATION_CONFIG: &str = "generation_config.json";
-
-fn is_metadata(name: &str) -> bool {
-    METADATA_FILES.contains(&name)
-}
-
-/// Whether a file named `name` belongs to a Hugging Face model folder as checkpoints and
-/// `convert` write them: metadata, the model card, the weights and their shard index.
-pub fn is_model_file(name: &str) -> bool {
-    is_metadata(name)
-        || name == crate::gguf::card::CARD_FILE
-        || name == "model.safetensors.index.json"
-        || name.ends_with(".safetensors")
-}
 
 /// Host copies of every parameter, by Hugging Face name.
 pub fn named_host_tensors(
@@ -94,7 +63,7 @@ pub fn save(
 
 /// Appends `section` (Markdown) to the model card `dir/README.md`, replacing the file atomically.
 pub fn append_to_card(dir: &Path, section: &str) -> Result<()> {
-    let path = dir.join(crate::gguf::card::CARD_FILE);
+    let path = dir.join(crate::hf::card::CARD_FILE);
     let mut text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -181,16 +150,13 @@ pub fn copy_metadata(source_dir: &Path, dest: &Path) -> Result<Vec<PathBuf>> {
         crate::fsutil::write_atomic(&generation, text.as_bytes())?;
         copied.push(generation);
     }
-    let fields = crate::gguf::card::folder_card(source_dir, &config_json)?;
+    let fields = crate::hf::card::folder_card(source_dir, &config_json)?;
     let body = format!(
         "Fine-tuned with wgspin from `{}`.\n",
         source_dir.file_name().unwrap_or_default().to_string_lossy()
     );
-    let card = dest.join(crate::gguf::card::CARD_FILE);
-    crate::fsutil::write_atomic(
-        &card,
-        crate::gguf::card::card_text(&fields, &body).as_bytes(),
-    )?;
+    let card = dest.join(crate::hf::card::CARD_FILE);
+    crate::fsutil::write_atomic(&card, crate::hf::card::card_text(&fields, &body).as_bytes())?;
     copied.push(card);
     Ok(copied)
 }

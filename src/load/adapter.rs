@@ -205,11 +205,11 @@ impl Adapter {
             .find(|p| p.exists());
         // A Hub id (what PEFT records for a Hub base): its copy in the Hugging Face cache. Loading
         // an adapter never downloads; a model flag does.
-        let hub = super::hub::parse_id(&self.base_name);
+        let hub = crate::hf::hub::parse_id(&self.base_name);
         let cached = || {
-            let settings = super::hub::HubSettings::from_env();
+            let settings = crate::hf::hub::HubSettings::from_env();
             hub.as_ref()
-                .and_then(|id| super::hub::cached_model(id, &settings))
+                .and_then(|id| crate::hf::hub::cached_model(id, &settings))
         };
         local.or_else(cached).ok_or_else(|| {
             let how = if hub.is_some() {
@@ -432,7 +432,11 @@ pub fn adapter_tensors(model: &Transformer) -> Result<Vec<(String, HostTensor)>>
         .into_iter()
         .map(|(name, p)| {
             let shape = p.shape();
-            let data = crate::train::state::read_f32(p.value_flat(), &name)?;
+            let data = p
+                .value_flat()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .map_err(|e| Error::Device(format!("reading {name} back failed: {e:?}")))?;
             Ok((
                 format!("{KEY_PREFIX}{name}"),
                 HostTensor {
@@ -461,7 +465,7 @@ pub fn save(
             "the model carries no LoRA adapter to save".into(),
         ));
     }
-    crate::hf::checkpoint::save_folder(dest, |tmp| {
+    crate::load::checkpoint::save_folder(dest, |tmp| {
         let config = serde_json::to_string_pretty(&config_json(cfg, base_name)).unwrap_or_default();
         crate::fsutil::write_atomic(&tmp.join(CONFIG_FILE), config.as_bytes())?;
         write_safetensors(
@@ -477,11 +481,11 @@ pub fn save(
             cfg.rank,
             cfg.alpha()
         );
-        crate::fsutil::write_atomic(&tmp.join(crate::gguf::card::CARD_FILE), text.as_bytes())?;
+        crate::fsutil::write_atomic(&tmp.join(crate::hf::card::CARD_FILE), text.as_bytes())?;
         if let Some(section) = card {
-            crate::hf::checkpoint::append_to_card(tmp, section)?;
+            crate::load::checkpoint::append_to_card(tmp, section)?;
         }
-        crate::hf::checkpoint::write_extra(tmp, extra)
+        crate::load::checkpoint::write_extra(tmp, extra)
     })
 }
 

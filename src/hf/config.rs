@@ -133,51 +133,11 @@ impl HfConfig {
             v.filter(|&v| v > 0)
                 .ok_or_else(|| err(format!("missing or zero `{name}`")))
         };
-        let model_type = self
-            .model_type
-            .clone()
-            .ok_or_else(|| err("missing `model_type`".into()))?;
-        let Some(family) = super::arch::by_model_type(&model_type) else {
-            return Err(Error::UnsupportedModel {
-                path: path.to_path_buf(),
-                model_type,
-                supported: super::arch::supported_model_types(),
-            });
-        };
-        self.check_types(&err)?;
-        for (key, what) in family.refused {
-            match self.extra.get(*key) {
-                None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-                Some(v) => {
-                    return Err(err(format!(
-                        "`{key}` = {v}: {what} is not supported by wgspin; a {model_type} model needs it null"
-                    )));
-                }
-            }
-        }
+        let family = self.family(path, &err)?;
         let activation = self.activation(family, &err)?;
         let hidden_size = need(self.hidden_size, "hidden_size")?;
         let num_heads = need(self.num_attention_heads, "num_attention_heads")?;
-        let num_kv_heads = self.num_key_value_heads.unwrap_or(num_heads);
-        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-            return Err(err(format!(
-                "num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_kv_heads})"
-            )));
-        }
-        let head_dim = match self.head_dim {
-            Some(d) if d > 0 => d,
-            _ => {
-                if hidden_size % num_heads != 0 {
-                    return Err(err(format!(
-                        "hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_heads}) and no head_dim is given"
-                    )));
-                }
-                hidden_size / num_heads
-            }
-        };
-        if head_dim % 2 != 0 {
-            return Err(err(format!("head_dim ({head_dim}) must be even for RoPE")));
-        }
+        let (num_kv_heads, head_dim) = self.head_shape(hidden_size, num_heads, &err)?;
         let num_layers = need(self.num_hidden_layers, "num_hidden_layers")?;
         let (attention, layer_kinds) = self.attention(family, num_layers, &err)?;
         let mut eos_token_ids = match &self.eos_token_id {
@@ -250,6 +210,65 @@ impl HfConfig {
                 .or_else(|| self.torch_dtype.clone())
                 .unwrap_or_else(|| "float32".into()),
         })
+    }
+
+    /// The model's family by `model_type`, after checking the flags it reads and refusing the
+    /// options it does not support.
+    fn family(&self, path: &Path, err: &dyn Fn(String) -> Error) -> Result<&'static Family> {
+        let model_type = self
+            .model_type
+            .clone()
+            .ok_or_else(|| err("missing `model_type`".into()))?;
+        let Some(family) = super::arch::by_model_type(&model_type) else {
+            return Err(Error::UnsupportedModel {
+                path: path.to_path_buf(),
+                model_type,
+                supported: super::arch::supported_model_types(),
+            });
+        };
+        self.check_types(err)?;
+        for (key, what) in family.refused {
+            match self.extra.get(*key) {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+                Some(v) => {
+                    return Err(err(format!(
+                        "`{key}` = {v}: {what} is not supported by wgspin; a {model_type} model needs it null"
+                    )));
+                }
+            }
+        }
+        Ok(family)
+    }
+
+    /// `(num_key_value_heads, head_dim)`: kv heads dividing the query heads, and an even head
+    /// size (given, or the hidden size split over the heads).
+    fn head_shape(
+        &self,
+        hidden_size: usize,
+        num_heads: usize,
+        err: &dyn Fn(String) -> Error,
+    ) -> Result<(usize, usize)> {
+        let num_kv_heads = self.num_key_value_heads.unwrap_or(num_heads);
+        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(err(format!(
+                "num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_kv_heads})"
+            )));
+        }
+        let head_dim = match self.head_dim {
+            Some(d) if d > 0 => d,
+            _ => {
+                if hidden_size % num_heads != 0 {
+                    return Err(err(format!(
+                        "hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_heads}) and no head_dim is given"
+                    )));
+                }
+                hidden_size / num_heads
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(err(format!("head_dim ({head_dim}) must be even for RoPE")));
+        }
+        Ok((num_kv_heads, head_dim))
     }
 
     /// The flags the family files read as `bool` are `bool` (or null) when written.

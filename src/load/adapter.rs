@@ -238,51 +238,7 @@ impl Adapter {
             .select(layers)
             .map_err(|m| config_err(&self.dir, m))?;
         let by_name: BTreeMap<String, &Chosen> = chosen.iter().map(|c| (c.name(), c)).collect();
-        let file = self.dir.join(WEIGHTS_FILE);
-        let tensor_err = |key: &str, message: String| Error::Tensor {
-            path: self.weights.path_of(key),
-            name: key.to_string(),
-            message,
-        };
-        let mut ignored_keys = vec![];
-        for key in self.weights.names() {
-            if let Some(module) = lora_module(key) {
-                if by_name.contains_key(module) {
-                    continue;
-                }
-                if let Some((l, _)) = parse_module(module).filter(|(l, _)| *l >= layers) {
-                    return Err(tensor_err(
-                        key,
-                        format!(
-                            "is for layer {l}, but the base has {layers} layers: the adapter was \
-                             made for another model; pass its base (--base)"
-                        ),
-                    ));
-                }
-                ignored_keys.push(key.to_string());
-            } else if let Some(c) = by_name
-                .keys()
-                .find(|m| key.starts_with(&format!("{KEY_PREFIX}{m}.")))
-            {
-                return Err(tensor_err(
-                    key,
-                    format!(
-                        "is a parameter of the targeted module {c} that plain LoRA does not have \
-                          (a DoRA magnitude, a LoRA bias, a key with the adapter's name?); \
-                         wgspin reads lora_A/lora_B.weight only"
-                    ),
-                ));
-            } else if !key.contains("lora_") {
-                return Err(tensor_err(
-                    key,
-                    "is a whole weight, not a LoRA matrix (modules_to_save and trainable tokens \
-                     write these); wgspin does not load them: merge with PEFT instead"
-                        .into(),
-                ));
-            } else {
-                ignored_keys.push(key.to_string());
-            }
-        }
+        let ignored_keys = self.ignored_keys(&by_name, layers)?;
         let mut targets: BTreeMap<(usize, Target), &mut crate::model::layers::Linear> =
             lora::targets_mut(model)
                 .into_iter()
@@ -292,43 +248,11 @@ impl Adapter {
             let Some(lin) = targets.get_mut(&(c.layer, c.target)) else {
                 continue;
             };
-            let path = c.name();
             let like = lin.weight.val();
             let [out, inp] = like.dims();
             let r = c.rank;
-            let read = |ab: &str, shape: [usize; 2]| -> Result<Param<Tensor<2>>> {
-                let key = format!("{KEY_PREFIX}{path}.lora_{ab}.weight");
-                if !self.weights.names().any(|k| k == key) {
-                    return Err(Error::Tensor {
-                        path: file.clone(),
-                        name: key,
-                        message: format!(
-                            "is missing: {CONFIG_FILE} targets {path} (target_modules, \
-                             exclude_modules, layers_to_transform), but the file holds no \
-                             lora_{ab} for it; fix target_modules or use the adapter's full file"
-                        ),
-                    });
-                }
-                let t = self.weights.read(&key)?;
-                if t.shape != shape {
-                    return Err(tensor_err(
-                        &key,
-                        format!(
-                            "has shape {:?} but rank {r} on a [{out}, {inp}] projection needs {shape:?}",
-                            t.shape
-                        ),
-                    ));
-                }
-                if let Some(bad) = t.data.iter().find(|x| !x.is_finite()) {
-                    return Err(tensor_err(
-                        &key,
-                        format!("holds {bad}: the adapter is corrupt"),
-                    ));
-                }
-                Ok(lora::upload(t.data, shape, &like))
-            };
-            let a = read("A", [r, inp])?;
-            let b = read("B", [out, r])?;
+            let a = self.matrix(c, "A", [r, inp], &like)?;
+            let b = self.matrix(c, "B", [out, r], &like)?;
             lin.lora = Some(Lora {
                 a,
                 b,
@@ -337,19 +261,7 @@ impl Adapter {
             });
         }
         let kinds: BTreeSet<Target> = chosen.iter().map(|c| c.target).collect();
-        let irregular = if chosen.len() != kinds.len() * layers {
-            Some(
-                "it is on some layers' modules only (layers_to_transform, exclude_modules or a \
-                  target_modules regex)",
-            )
-        } else if chosen
-            .iter()
-            .any(|c| c.rank != self.rank || c.alpha != self.alpha)
-        {
-            Some("its modules have ranks or alphas of their own (rank_pattern, alpha_pattern)")
-        } else {
-            None
-        };
+        let irregular = self.irregular(&chosen, kinds.len() * layers);
         Ok(Applied {
             lora: LoraConfig {
                 rank: self.rank,
@@ -362,6 +274,120 @@ impl Adapter {
             ignored_keys,
             irregular: irregular.map(str::to_string),
         })
+    }
+
+    fn tensor_err(&self, key: &str, message: String) -> Error {
+        Error::Tensor {
+            path: self.weights.path_of(key),
+            name: key.to_string(),
+            message,
+        }
+    }
+
+    /// The file's keys that no chosen module reads (listed, as PEFT ignores them), after refusing
+    /// the keys that would change what the adapter computes if they were ignored.
+    fn ignored_keys(
+        &self,
+        by_name: &BTreeMap<String, &Chosen>,
+        layers: usize,
+    ) -> Result<Vec<String>> {
+        let mut ignored_keys = vec![];
+        for key in self.weights.names() {
+            if let Some(module) = lora_module(key) {
+                if by_name.contains_key(module) {
+                    continue;
+                }
+                if let Some((l, _)) = parse_module(module).filter(|(l, _)| *l >= layers) {
+                    return Err(self.tensor_err(
+                        key,
+                        format!(
+                            "is for layer {l}, but the base has {layers} layers: the adapter was \
+                             made for another model; pass its base (--base)"
+                        ),
+                    ));
+                }
+                ignored_keys.push(key.to_string());
+            } else if let Some(c) = by_name
+                .keys()
+                .find(|m| key.starts_with(&format!("{KEY_PREFIX}{m}.")))
+            {
+                return Err(self.tensor_err(
+                    key,
+                    format!(
+                        "is a parameter of the targeted module {c} that plain LoRA does not have \
+                          (a DoRA magnitude, a LoRA bias, a key with the adapter's name?); \
+                         wgspin reads lora_A/lora_B.weight only"
+                    ),
+                ));
+            } else if !key.contains("lora_") {
+                return Err(self.tensor_err(
+                    key,
+                    "is a whole weight, not a LoRA matrix (modules_to_save and trainable tokens \
+                     write these); wgspin does not load them: merge with PEFT instead"
+                        .into(),
+                ));
+            } else {
+                ignored_keys.push(key.to_string());
+            }
+        }
+        Ok(ignored_keys)
+    }
+
+    /// Module `c`'s `lora_{ab}` matrix, checked to be there, `shape` and finite, beside `like`
+    /// (the projection's weight: its device and autodiff context).
+    fn matrix(
+        &self,
+        c: &Chosen,
+        ab: &str,
+        shape: [usize; 2],
+        like: &Tensor<2>,
+    ) -> Result<Param<Tensor<2>>> {
+        let path = c.name();
+        let key = format!("{KEY_PREFIX}{path}.lora_{ab}.weight");
+        if !self.weights.names().any(|k| k == key) {
+            return Err(Error::Tensor {
+                path: self.dir.join(WEIGHTS_FILE),
+                name: key,
+                message: format!(
+                    "is missing: {CONFIG_FILE} targets {path} (target_modules, \
+                     exclude_modules, layers_to_transform), but the file holds no \
+                     lora_{ab} for it; fix target_modules or use the adapter's full file"
+                ),
+            });
+        }
+        let t = self.weights.read(&key)?;
+        if t.shape != shape {
+            let ([out, inp], r) = (like.dims(), c.rank);
+            return Err(self.tensor_err(
+                &key,
+                format!(
+                    "has shape {:?} but rank {r} on a [{out}, {inp}] projection needs {shape:?}",
+                    t.shape
+                ),
+            ));
+        }
+        if let Some(bad) = t.data.iter().find(|x| !x.is_finite()) {
+            return Err(self.tensor_err(&key, format!("holds {bad}: the adapter is corrupt")));
+        }
+        Ok(lora::upload(t.data, shape, like))
+    }
+
+    /// Why the adapter cannot be described by plain LoRA settings (rank, alpha, targets on every
+    /// layer), if it cannot: `regular` is how many modules such settings would choose.
+    fn irregular(&self, chosen: &[Chosen], regular: usize) -> Option<&'static str> {
+        if chosen.len() != regular {
+            Some(
+                "it is on some layers' modules only (layers_to_transform, exclude_modules or a \
+                  target_modules regex)",
+            )
+        } else if chosen
+            .iter()
+            .any(|c| c.rank != self.rank || c.alpha != self.alpha)
+        {
+            Some("its modules have ranks or alphas of their own (rank_pattern, alpha_pattern)")
+        } else {
+            None
+        }
     }
 }
 

@@ -144,116 +144,21 @@ fn panel_svg(p: &Panel, ox: f64, oy: f64, height: f64, out: &mut String) {
         return;
     }
     let reference = p.reference_y.as_ref().filter(|(y, _)| y.is_finite());
-    let (mut x0, mut x1) = range(data.iter().map(|p| p.0));
-    let (mut y0, mut y1) = range(data.iter().map(|p| p.1).chain(reference.map(|r| r.0)));
-    let integer_x = x1 - x0 <= 20.0 && data.iter().all(|p| p.0.fract() == 0.0);
-    if x1 - x0 < 1e-12 {
-        x0 -= 1.0;
-        x1 += 1.0;
-    }
-    if y1 - y0 < 1e-12 {
-        y0 -= 0.5;
-        y1 += 0.5;
-    }
-    // Padding keeps end markers off the axes and the extreme points off the frame.
-    let (px, py) = ((x1 - x0) * 0.03, (y1 - y0) * 0.05);
-    let (x0, x1, y0, y1) = (x0 - px, x1 + px, y0 - py, y1 + py);
-    let sx = |x: f64| L + (x - x0) / (x1 - x0) * (W - L - R);
-    let sy = |y: f64| T + (1.0 - (y - y0) / (y1 - y0)) * (H - T - B);
-    let xt: Ticks = if integer_x {
-        integer_ticks(x0, x1)
-    } else {
-        ticks(x0, x1, 5)
-    };
-    let yt = ticks(y0, y1, 5);
-    for &v in &yt.values {
-        let _ = write!(
-            out,
-            r##"<line x1="{L}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end" font-size="10">{}</text>"##,
-            W - R,
-            L - 4.0,
-            sy(v) + 3.0,
-            tick_label(v, yt.step, p.y_percent),
-            y = sy(v)
-        );
-    }
-    for &v in &xt.values {
-        let _ = write!(
-            out,
-            r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#333"/><text x="{x:.1}" y="{}" text-anchor="middle" font-size="10">{}</text>"##,
-            H - B,
-            H - B + 4.0,
-            H - B + 14.0,
-            tick_label(v, xt.step, false),
-            x = sx(v)
-        );
-    }
-    let _ = write!(
-        out,
-        r##"<line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="#333"/><line x1="{L}" y1="{T}" x2="{L}" y2="{}" stroke="#333"/><text x="{}" y="{}" text-anchor="middle" font-size="11">{}</text>"##,
-        H - B,
-        W - R,
-        H - B,
-        H - B,
-        (L + W - R) / 2.0,
-        H - 6.0,
-        esc(&p.x_label)
-    );
+    let frame = Frame::fit(&data, reference.map(|r| r.0));
+    frame.axes_svg(p, out);
     if let Some((y, _)) = reference {
         // Under the data; its label comes after the lines, where it covers the fewest of them.
         let _ = write!(
             out,
             r##"<line class="reference" x1="{L}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#888" stroke-dasharray="5 4"/>"##,
             W - R,
-            y = sy(*y)
+            y = frame.sy(*y)
         );
     }
-    let to_screen = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        pts.iter()
-            .filter(|p| finite(p))
-            .map(|&(x, y)| (sx(x), sy(y)))
-            .collect()
-    };
-    let fmt = |pts: &[(f64, f64)]| -> String {
-        pts.iter()
-            .map(|(x, y)| format!("{x:.1},{y:.1}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    // Every band goes under every line, so no shading hides another series' line.
-    for (k, band) in bands.iter().enumerate() {
-        if !band.is_empty() {
-            let _ = write!(
-                out,
-                r##"<polygon fill="{}" fill-opacity="0.18" stroke="none" points="{}"/>"##,
-                COLORS[k % COLORS.len()],
-                fmt(&to_screen(band))
-            );
-        }
-    }
-    let mut drawn = vec![];
-    for (k, s) in p.series.iter().enumerate() {
-        let color = COLORS[k % COLORS.len()];
-        let pts = to_screen(&s.points);
-        let _ = write!(
-            out,
-            r##"<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{}"/>"##,
-            fmt(&pts)
-        );
-        if pts.len() <= MAX_MARKED {
-            for (x, y) in &pts {
-                let _ = write!(
-                    out,
-                    r##"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}" stroke="white" stroke-width="0.8"/>"##
-                );
-            }
-        }
-        drawn.extend(along(&pts));
-        drawn.extend(bands[k].iter().map(|&(x, y)| (sx(x), sy(y))));
-    }
+    let drawn = frame.series_svg(p, &bands, out);
     let legend_box = legend(p, &drawn, out);
     if let Some((y, label)) = reference {
-        let (w, h, y) = (text_width(label, 10.0), 11.0, sy(*y));
+        let (w, h, y) = (text_width(label, 10.0), 11.0, frame.sy(*y));
         let (left, right) = (L + 4.0, W - R - 4.0 - w);
         let candidates = [
             (right, y - 14.0),
@@ -271,6 +176,149 @@ fn panel_svg(p: &Panel, ox: f64, oy: f64, height: f64, out: &mut String) {
         );
     }
     out.push_str("</g>");
+}
+
+/// A panel's data range, padded, and its map to the plot area's pixels.
+struct Frame {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+    /// Integer x ticks (iterations, epochs) where the x range is short and whole.
+    integer_x: bool,
+}
+
+impl Frame {
+    /// The range of `data` (and the reference line's `y`), widened where it is flat.
+    fn fit(data: &[(f64, f64)], reference: Option<f64>) -> Self {
+        let (mut x0, mut x1) = range(data.iter().map(|p| p.0));
+        let (mut y0, mut y1) = range(data.iter().map(|p| p.1).chain(reference));
+        let integer_x = x1 - x0 <= 20.0 && data.iter().all(|p| p.0.fract() == 0.0);
+        if x1 - x0 < 1e-12 {
+            x0 -= 1.0;
+            x1 += 1.0;
+        }
+        if y1 - y0 < 1e-12 {
+            y0 -= 0.5;
+            y1 += 0.5;
+        }
+        // Padding keeps end markers off the axes and the extreme points off the frame.
+        let (px, py) = ((x1 - x0) * 0.03, (y1 - y0) * 0.05);
+        Self {
+            x0: x0 - px,
+            x1: x1 + px,
+            y0: y0 - py,
+            y1: y1 + py,
+            integer_x,
+        }
+    }
+
+    fn sx(&self, x: f64) -> f64 {
+        L + (x - self.x0) / (self.x1 - self.x0) * (W - L - R)
+    }
+
+    fn sy(&self, y: f64) -> f64 {
+        T + (1.0 - (y - self.y0) / (self.y1 - self.y0)) * (H - T - B)
+    }
+
+    /// Grid lines and tick labels, the two axes and the x label.
+    fn axes_svg(&self, p: &Panel, out: &mut String) {
+        let xt: Ticks = if self.integer_x {
+            integer_ticks(self.x0, self.x1)
+        } else {
+            ticks(self.x0, self.x1, 5)
+        };
+        let yt = ticks(self.y0, self.y1, 5);
+        for &v in &yt.values {
+            let _ = write!(
+                out,
+                r##"<line x1="{L}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end" font-size="10">{}</text>"##,
+                W - R,
+                L - 4.0,
+                self.sy(v) + 3.0,
+                tick_label(v, yt.step, p.y_percent),
+                y = self.sy(v)
+            );
+        }
+        for &v in &xt.values {
+            let _ = write!(
+                out,
+                r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#333"/><text x="{x:.1}" y="{}" text-anchor="middle" font-size="10">{}</text>"##,
+                H - B,
+                H - B + 4.0,
+                H - B + 14.0,
+                tick_label(v, xt.step, false),
+                x = self.sx(v)
+            );
+        }
+        let _ = write!(
+            out,
+            r##"<line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="#333"/><line x1="{L}" y1="{T}" x2="{L}" y2="{}" stroke="#333"/><text x="{}" y="{}" text-anchor="middle" font-size="11">{}</text>"##,
+            H - B,
+            W - R,
+            H - B,
+            H - B,
+            (L + W - R) / 2.0,
+            H - 6.0,
+            esc(&p.x_label)
+        );
+    }
+
+    /// The finite points of `pts` in pixels.
+    fn to_screen(&self, pts: &[(f64, f64)]) -> Vec<(f64, f64)> {
+        pts.iter()
+            .filter(|p| finite(p))
+            .map(|&(x, y)| (self.sx(x), self.sy(y)))
+            .collect()
+    }
+
+    /// The bands, then the lines and their markers; returns the pixels drawn over, which the
+    /// legend and the reference label avoid.
+    fn series_svg(
+        &self,
+        p: &Panel,
+        bands: &[Vec<(f64, f64)>],
+        out: &mut String,
+    ) -> Vec<(f64, f64)> {
+        let fmt = |pts: &[(f64, f64)]| -> String {
+            pts.iter()
+                .map(|(x, y)| format!("{x:.1},{y:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        // Every band goes under every line, so no shading hides another series' line.
+        for (k, band) in bands.iter().enumerate() {
+            if !band.is_empty() {
+                let _ = write!(
+                    out,
+                    r##"<polygon fill="{}" fill-opacity="0.18" stroke="none" points="{}"/>"##,
+                    COLORS[k % COLORS.len()],
+                    fmt(&self.to_screen(band))
+                );
+            }
+        }
+        let mut drawn = vec![];
+        for (k, s) in p.series.iter().enumerate() {
+            let color = COLORS[k % COLORS.len()];
+            let pts = self.to_screen(&s.points);
+            let _ = write!(
+                out,
+                r##"<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{}"/>"##,
+                fmt(&pts)
+            );
+            if pts.len() <= MAX_MARKED {
+                for (x, y) in &pts {
+                    let _ = write!(
+                        out,
+                        r##"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}" stroke="white" stroke-width="0.8"/>"##
+                    );
+                }
+            }
+            drawn.extend(along(&pts));
+            drawn.extend(bands[k].iter().map(|&(x, y)| (self.sx(x), self.sy(y))));
+        }
+        drawn
+    }
 }
 
 /// An SVG document of `panels`, two per row; each row is as tall as its tallest panel.

@@ -210,7 +210,7 @@ impl Trainer {
         if s.cfg.gradient_checkpointing {
             return super::recompute::gradients(&s.model, seqs, s.pad_id, chunk, seed, loss_of);
         }
-        let lp = super::recompute::forward(&s.model, seqs, s.pad_id, chunk, seed);
+        let lp = super::score::forward(&s.model, seqs, s.pad_id, chunk, seed);
         let (loss, measured) = loss_of(lp);
         Ok((param_grads(&s.model, &loss.backward())?, measured))
     }

@@ -3,8 +3,10 @@
 //! its metrics and its model-card line. The trainer ([`super::trainer`]) does the rest (batching,
 //! accumulation, clipping, the NaN stop, the update) the same for all of them.
 //!
-//! Adding an objective: a file implementing [`TrainObjective`], plus its line in each list below
-//! ([`ObjectiveKind`] and [`Objective`] with their one `match` each, and [`Measured`]).
+//! Adding an objective: a file implementing [`TrainObjective`], plus its line in each list below:
+//! a variant of [`ObjectiveKind`] (the config's name), [`Objective`] (its examples) and
+//! [`Measured`], and an arm in each of their matches. The job ([`super::job`]) prepares its
+//! examples.
 
 pub mod sft;
 pub mod spin;

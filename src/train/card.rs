@@ -6,8 +6,8 @@
 
 use serde_json::Value;
 
+use super::TrainConfig;
 use super::trainer::StepMetrics;
-use super::{ObjectiveKind, TrainConfig};
 
 /// Heading of the section `spin` appends after evaluating an iteration.
 pub const EVAL_HEADING: &str = "## Held-out evaluation";
@@ -79,21 +79,7 @@ pub fn training_section(f: &CardFacts) -> String {
         "data",
         format!("`{data_name}`{}", hash("content sha256", data_hash)),
     ));
-    let method = match cfg.objective {
-        ObjectiveKind::Spin => {
-            let iteration = f
-                .notes
-                .iteration
-                .map(|t| format!(", iteration {t} (θ{t} → θ{})", t + 1))
-                .unwrap_or_default();
-            format!(
-                "SPIN (Self-Play fIne-tuNing, Chen et al. 2024){iteration}: {} loss, β = {}",
-                json["loss"]["kind"].as_str().unwrap_or("?"),
-                cfg.loss.beta
-            )
-        }
-        ObjectiveKind::Sft => "SFT (next-token loss on response tokens)".to_string(),
-    };
+    let method = cfg.objective.card_method(cfg, f.notes.iteration);
     rows.push(("method", method));
     rows.push((
         "optimizer",
@@ -138,26 +124,7 @@ pub fn training_section(f: &CardFacts) -> String {
     rows.push(("precision", format!("{}{lora}{checkpointing}", f.compute)));
     rows.push(("steps", format!("{} of {}", f.step, f.total_steps)));
     if let Some(m) = f.last {
-        let row = m.to_json();
-        let keys = [
-            "loss",
-            "rewards/accuracies",
-            "rewards/margins",
-            "rewards/real",
-            "rewards/generated",
-        ];
-        let metrics: Vec<String> = keys
-            .iter()
-            .filter_map(|k| {
-                row.get(*k)
-                    .and_then(Value::as_f64)
-                    .map(|v| format!("{k} {v:.4}"))
-            })
-            .collect();
-        rows.push((
-            "last step",
-            format!("step {}: {}", m.step, metrics.join(", ")),
-        ));
+        rows.push(("last step", last_step(m)));
     }
     let mut text = format!(
         "## Training\n\nTrained with wgspin {}.\n\n| | |\n|---|---|\n",
@@ -170,6 +137,27 @@ pub fn training_section(f: &CardFacts) -> String {
         text.push_str(&format!("\nCommand:\n\n```sh\n{cmd}\n```\n"));
     }
     text
+}
+
+/// The "last step" row: the loss and, where the objective logs them, TRL's reward statistics.
+fn last_step(m: &StepMetrics) -> String {
+    let row = m.to_json();
+    let keys = [
+        "loss",
+        "rewards/accuracies",
+        "rewards/margins",
+        "rewards/real",
+        "rewards/generated",
+    ];
+    let metrics: Vec<String> = keys
+        .iter()
+        .filter_map(|k| {
+            row.get(*k)
+                .and_then(Value::as_f64)
+                .map(|v| format!("{k} {v:.4}"))
+        })
+        .collect();
+    format!("step {}: {}", m.step, metrics.join(", "))
 }
 
 /// The held-out evaluation section `spin` appends: each metric of the iteration's eval.json.

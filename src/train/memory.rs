@@ -15,8 +15,8 @@ use std::path::Path;
 use burn::tensor::{DType, Device};
 use serde::Serialize;
 
+use super::TrainConfig;
 use super::optim::OptimizerKind;
-use super::{ObjectiveKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::hf::config::ModelConfig;
 use crate::model::lora::Target;
@@ -314,10 +314,7 @@ pub fn refuse_over_budget(
 
 /// Rows per forward pass: a SPIN pair puts its real and generated response through together.
 pub fn rows_per_pass(cfg: &TrainConfig) -> usize {
-    match cfg.objective {
-        ObjectiveKind::Spin => 2 * cfg.batch_size,
-        ObjectiveKind::Sft => cfg.batch_size,
-    }
+    cfg.objective.rows_per_example() * cfg.batch_size
 }
 
 /// Parses a memory size: `8GB`, `8GiB`, `512MB`, `1.5G` (binary units: 1G = 2³⁰ bytes, as

@@ -1,6 +1,7 @@
 //! Training: SPIN on (prompt, real, generated) pairs, where the main player θ_{t+1} learns to
 //! tell the human response from the opponent's with the opponent θ_t as the frozen reference, and
-//! SFT on (prompt, response), both through one [`Trainer`] (see [`trainer`]).
+//! SFT on (prompt, response), both through one [`Trainer`] (see [`trainer`]); what differs
+//! between them lives in [`objective`].
 //!
 //! The reference log-probs are computed once, before training, and cached in the output folder,
 //! so only one model is in memory while training. Each optimizer step feeds the real and the
@@ -13,6 +14,7 @@ pub mod card;
 pub mod job;
 pub mod loss;
 pub mod memory;
+pub mod objective;
 pub mod optim;
 pub mod recompute;
 pub mod score;
@@ -30,9 +32,10 @@ use crate::model::lora::LoraConfig;
 use crate::model::precision::Precision;
 use crate::train::score::{ScoreOptions, TokenizedPair, score_all};
 use loss::{LossKind, PairLoss, pair_loss_host};
+pub use objective::{Measured, Objective, ObjectiveKind, StepStats, TrainObjective};
 use optim::{OptimizerKind, Schedule};
 pub use state::{Plan, TrainState};
-pub use trainer::{Measured, Objective, ObjectiveKind, StepGrads, StepMetrics, StepStats, Trainer};
+pub use trainer::{StepGrads, StepMetrics, Trainer};
 
 /// Every training setting, with the defaults of SPIN's recipe (uclaml/SPIN `configs/config.yaml`:
 /// RMSprop, lr 5e-7, 3 epochs, batch 8, linear schedule with 10% warmup, lengths 1024 / 512).

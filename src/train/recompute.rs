@@ -10,7 +10,7 @@
 
 use burn::tensor::{Gradients, Tensor};
 
-use super::score::{TokenizedPair, head_token_logprobs, model_input};
+use super::score::{TokenizedPair, head_token_logprobs, model_input, seed_layer};
 use crate::error::{Error, Result};
 use crate::model::Transformer;
 use crate::model::named::{ParamRef, trainable_mut};
@@ -25,33 +25,6 @@ fn accumulate(params: &[(String, ParamRef)], grads: &Gradients, acc: &mut [Optio
             });
         }
     }
-}
-
-/// Seeds the device generator for layer `layer` of this forward pass (`seed`: the pass's).
-fn seed_layer(model: &Transformer, seed: Option<u64>, layer: usize) {
-    if let Some(s) = seed {
-        let mut rng = crate::rng::SplitMix64(s ^ (layer as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A));
-        model.device().seed(rng.next());
-    }
-}
-
-/// Token log-probs of `pairs`' responses `[Σ response lengths]`, differentiable, through the
-/// same layer-by-layer path (and dropout seeds) as [`gradients`], keeping every activation.
-pub fn forward(
-    model: &Transformer,
-    pairs: &[TokenizedPair],
-    pad_id: u32,
-    max_logits: usize,
-    dropout_seed: Option<u64>,
-) -> Tensor<1> {
-    let input = model_input(pairs, pad_id);
-    let ctx = model.pass_context(&input);
-    let mut x = model.embed_tokens(&input); // [b, s, hidden]
-    for (l, layer) in model.layers.iter().enumerate() {
-        seed_layer(model, dropout_seed, l);
-        x = layer.forward(x, &ctx.step(layer.kind), None);
-    }
-    head_token_logprobs(model, model.norm.forward(x), pairs, max_logits)
 }
 
 /// Gradients of `loss_of(token log-probs of pairs)` for `model`'s trainable parameters, aligned

@@ -83,15 +83,43 @@ fn response_positions(pairs: &[TokenizedPair], seq: usize) -> (Vec<i32>, Vec<i32
 
 /// Log-probs of every response token of `pairs`, in order `[Σ response lengths]`, from one
 /// forward pass. Differentiable when the model lives on an autodiff device. The training forward
-/// itself ([`super::recompute::forward`], without dropout), so a reference scored here and the
-/// policy it starts as compute the same numbers.
+/// itself ([`forward`], without dropout), so a reference scored here and the policy it starts
+/// as compute the same numbers.
 pub fn response_token_logprobs(
     model: &Transformer,
     pairs: &[TokenizedPair],
     pad_id: u32,
     max_logits: usize,
 ) -> Tensor<1> {
-    super::recompute::forward(model, pairs, pad_id, max_logits, None)
+    forward(model, pairs, pad_id, max_logits, None)
+}
+
+/// Seeds the device generator for layer `layer` of this forward pass (`seed`: the pass's).
+pub(super) fn seed_layer(model: &Transformer, seed: Option<u64>, layer: usize) {
+    if let Some(s) = seed {
+        let mut rng = crate::rng::SplitMix64(s ^ (layer as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A));
+        model.device().seed(rng.next());
+    }
+}
+
+/// Token log-probs of `pairs`' responses `[Σ response lengths]`, differentiable, through the
+/// same layer-by-layer path (and dropout seeds) as gradient checkpointing's backward (in
+/// `recompute.rs`), keeping every activation.
+pub fn forward(
+    model: &Transformer,
+    pairs: &[TokenizedPair],
+    pad_id: u32,
+    max_logits: usize,
+    dropout_seed: Option<u64>,
+) -> Tensor<1> {
+    let input = model_input(pairs, pad_id);
+    let ctx = model.pass_context(&input);
+    let mut x = model.embed_tokens(&input); // [b, s, hidden]
+    for (l, layer) in model.layers.iter().enumerate() {
+        seed_layer(model, dropout_seed, l);
+        x = layer.forward(x, &ctx.step(layer.kind), None);
+    }
+    head_token_logprobs(model, model.norm.forward(x), pairs, max_logits)
 }
 
 /// The right-padded model input of `pairs`: prompt + response without its last token.

@@ -458,11 +458,7 @@ pub fn adapter_tensors(model: &Transformer) -> Result<Vec<(String, HostTensor)>>
         .into_iter()
         .map(|(name, p)| {
             let shape = p.shape();
-            let data = p
-                .value_flat()
-                .into_data()
-                .try_into_vec_as::<f32>()
-                .map_err(|e| Error::Device(format!("reading {name} back failed: {e:?}")))?;
+            let data = p.host_f32(&name)?;
             Ok((
                 format!("{KEY_PREFIX}{name}"),
                 HostTensor {

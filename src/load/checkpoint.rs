@@ -20,11 +20,7 @@ pub fn named_host_tensors(
     let mut out = vec![];
     for (name, p) in params_mut(&mut m) {
         let shape = p.shape();
-        let data = p
-            .value_flat()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .map_err(|e| Error::Device(format!("reading {name} back failed: {e:?}")))?;
+        let data = p.host_f32(&name)?;
         out.push((name, HostTensor { shape, data, dtype }));
     }
     Ok(out)

@@ -37,6 +37,14 @@ impl ParamRef<'_> {
         }
     }
 
+    /// The value read back to the host, flattened, as f32; `name` names it in the error.
+    pub fn host_f32(&self, name: &str) -> crate::error::Result<Vec<f32>> {
+        self.value_flat()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| crate::error::Error::Device(format!("reading {name} back failed: {e:?}")))
+    }
+
     /// This parameter's gradient in `grads`, flattened `[numel]`.
     pub fn grad_flat(&self, grads: &Gradients) -> Option<Tensor<1>> {
         match self {

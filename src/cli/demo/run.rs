@@ -8,6 +8,7 @@
 //! against θ_t.
 
 use super::eval::{Scores, evaluate};
+use super::outcome::{DemoOutcome, SftCurve, SftEpoch, StageResult};
 use super::{model, task::Task};
 use wgspin::train::card::RunNotes;
 
@@ -59,7 +60,7 @@ impl DemoConfig {
         Self {
             // Five seeds: fewer cannot tell a few points apart from seed noise on this task.
             seeds: vec![1, 2, 3, 4, 5],
-            // Picked by the README's pre-registered rule (round 3, variant V7′).
+            // Picked by docs/demo.md's pre-registered rule (round 3, variant V7′).
             task: Task::Reverse,
             hidden: model::HIDDEN,
             train_examples: 512,
@@ -88,49 +89,6 @@ impl DemoConfig {
             ..Self::full()
         }
     }
-}
-
-/// One row of the demo's table.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageResult {
-    pub seed: u64,
-    pub stage: String,
-    /// 0 for the converged SFT model, t+1 after SPIN iteration t or the matching continued SFT.
-    pub round: usize,
-    /// "start", "spin" or "sft".
-    pub method: String,
-    /// On the test split.
-    pub exact_match: f64,
-    pub heldout_loglik_per_token: f64,
-    pub validation_exact_match: f64,
-    pub reward_accuracy: Option<f64>,
-    pub reward_margin: Option<f64>,
-    pub seconds: f64,
-}
-
-/// One epoch of the converging SFT.
-#[derive(Debug, Clone, Serialize)]
-pub struct SftEpoch {
-    pub epoch: usize,
-    /// The learning rate of this epoch (it drops at plateaus).
-    pub lr: f64,
-    pub validation_exact_match: f64,
-    pub validation_loglik_per_token: f64,
-}
-
-/// A seed's SFT run to convergence: every epoch and the one kept.
-#[derive(Debug, Clone, Serialize)]
-pub struct SftCurve {
-    pub seed: u64,
-    pub best_epoch: usize,
-    pub epochs: Vec<SftEpoch>,
-}
-
-/// Everything the demo measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct DemoOutcome {
-    pub results: Vec<StageResult>,
-    pub sft_curves: Vec<SftCurve>,
 }
 
 /// What the demo reports as it goes.
@@ -265,138 +223,7 @@ pub fn run_demo(
         sft_curves: vec![],
     };
     for &seed in &c.seeds {
-        let name = format!("seed-{seed}");
-        LAYOUT.claim(out, &name)?;
-        let dir = out.join(name);
-        let base = dir.join("base-model");
-        model::write_base_model(&base, seed, c.hidden)?;
-        let splits = Splits::new(c, seed);
-        write_examples(&dir.join("train.jsonl"), &splits.train)?;
-        write_examples(&dir.join("validation.jsonl"), &splits.validation)?;
-        write_examples(&dir.join("test.jsonl"), &splits.test)?;
-        let label = |stage: String, round: usize, method: &'static str, seconds: f64| RowLabel {
-            seed,
-            stage,
-            round,
-            method,
-            seconds,
-        };
-
-        report(DemoEvent::Stage(
-            "SFT to convergence (early stopping on validation)",
-        ));
-        let start = Instant::now();
-        let (converged, curve) = converge_sft(
-            &base,
-            &splits,
-            &dir.join("sft"),
-            c,
-            seed,
-            device,
-            &mut report,
-        )?;
-        report(DemoEvent::SftConverged(&curve));
-        outcome.sft_curves.push(curve);
-        let r = splits.row(
-            &converged,
-            device,
-            label(
-                "SFT (converged)".into(),
-                0,
-                "start",
-                start.elapsed().as_secs_f64(),
-            ),
-        )?;
-        report(DemoEvent::Result(&r));
-        outcome.results.push(r);
-
-        // SPIN from the converged model. The test prompts ride along as the loop's held-out
-        // slice, for reward accuracy; SPIN trains on the training prompts only.
-        report(DemoEvent::Stage("SPIN"));
-        let spin_dir = dir.join("spin");
-        let mut data = splits.train.clone();
-        data.extend(splits.test.iter().cloned());
-        let spin_cfg = SpinConfig {
-            iterations: c.spin_iterations,
-            limit: None,
-            mix_previous: true,
-            // Never stop early: every seed runs every iteration, so rounds pair up.
-            stop_accuracy: 0.0,
-            eval_size: Some(splits.test.len()),
-        };
-        // Stop ids and padding are taken from θ_t by the loop.
-        let gen_opts = GenOptions {
-            batch_size: 32,
-            max_new_tokens: c.task.max_answer_len() + 2,
-            sampling: SamplingParams {
-                temperature: 1.0,
-                seed,
-                ..Default::default()
-            },
-            stop_ids: vec![],
-            pad_id: 0,
-        };
-        let mut stage_start = Instant::now();
-        let mut spin_rows: Vec<Result<StageResult>> = vec![];
-        run_spin(
-            &converged,
-            &data,
-            &spin_dir,
-            &spin_cfg,
-            &gen_opts,
-            None,
-            &train_cfg(c, c.spin_lr, c.spin_epochs, seed),
-            &RunNotes::default(),
-            device,
-            |e| {
-                if let SpinEvent::Evaluated { iteration, eval } = &e {
-                    let ckpt = spin_dir
-                        .join(format!("iter-{iteration}"))
-                        .join("checkpoint");
-                    let stage = format!("SPIN iteration {}", iteration + 1);
-                    let seconds = stage_start.elapsed().as_secs_f64();
-                    let r = splits
-                        .row(&ckpt, device, label(stage, iteration + 1, "spin", seconds))
-                        .map(|r| StageResult {
-                            reward_accuracy: Some(eval.reward_accuracy),
-                            reward_margin: Some(eval.reward_margin),
-                            ..r
-                        });
-                    if let Ok(r) = &r {
-                        report(DemoEvent::Result(r));
-                    }
-                    spin_rows.push(r);
-                    stage_start = Instant::now();
-                } else {
-                    report(DemoEvent::Spin(e));
-                }
-            },
-        )?;
-        for r in spin_rows {
-            outcome.results.push(r?);
-        }
-        wgspin::report::plot::report_for_run(&spin_dir)?;
-
-        // Continued SFT with the same compute: SPIN iteration t pushes 2 sequences per pair
-        // through forward and backward, over N pairs (t = 0) or 2N (t ≥ 1, with the previous
-        // iteration's pairs), for spin_epochs epochs.
-        let mut from: PathBuf = converged.clone();
-        for t in 0..c.spin_iterations {
-            let start = Instant::now();
-            let epochs = c.spin_epochs * if t == 0 { 2 } else { 4 };
-            report(DemoEvent::Stage(
-                "continued SFT (same compute as the SPIN iteration)",
-            ));
-            let cfg = train_cfg(c, c.spin_lr, epochs, seed + 17 * (t as u64 + 1));
-            let out_dir = dir.join(format!("sft-continued-{}", t + 1));
-            let ckpt = sft_run(&from, &splits.train, &out_dir, &cfg, device, &mut report)?;
-            let stage = format!("continued SFT {}", t + 1);
-            let seconds = start.elapsed().as_secs_f64();
-            let r = splits.row(&ckpt, device, label(stage, t + 1, "sft", seconds))?;
-            report(DemoEvent::Result(&r));
-            outcome.results.push(r);
-            from = ckpt;
-        }
+        run_seed(out, c, seed, device, &mut report, &mut outcome)?;
     }
     let json = serde_json::json!({"config": c, "results": outcome.results, "sft_curves": outcome.sft_curves});
     wgspin::fsutil::write_atomic(
@@ -408,6 +235,177 @@ pub fn run_demo(
     super::report::write_report(out, &outcome)?;
     report(DemoEvent::Finished);
     Ok(outcome)
+}
+
+/// One seed into `out/seed-S`: its base model and splits, SFT to convergence, then SPIN and
+/// continued SFT from the converged model; its rows and SFT curve go into `outcome`.
+fn run_seed(
+    out: &Path,
+    c: &DemoConfig,
+    seed: u64,
+    device: &Device,
+    report: &mut dyn FnMut(DemoEvent),
+    outcome: &mut DemoOutcome,
+) -> Result<()> {
+    let name = format!("seed-{seed}");
+    LAYOUT.claim(out, &name)?;
+    let dir = out.join(name);
+    let base = dir.join("base-model");
+    model::write_base_model(&base, seed, c.hidden)?;
+    let splits = Splits::new(c, seed);
+    write_examples(&dir.join("train.jsonl"), &splits.train)?;
+    write_examples(&dir.join("validation.jsonl"), &splits.validation)?;
+    write_examples(&dir.join("test.jsonl"), &splits.test)?;
+
+    report(DemoEvent::Stage(
+        "SFT to convergence (early stopping on validation)",
+    ));
+    let start = Instant::now();
+    let (converged, curve) =
+        converge_sft(&base, &splits, &dir.join("sft"), c, seed, device, report)?;
+    report(DemoEvent::SftConverged(&curve));
+    outcome.sft_curves.push(curve);
+    let label = RowLabel {
+        seed,
+        stage: "SFT (converged)".into(),
+        round: 0,
+        method: "start",
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    let r = splits.row(&converged, device, label)?;
+    report(DemoEvent::Result(&r));
+    outcome.results.push(r);
+
+    let spin = spin_rows(
+        &converged,
+        &splits,
+        &dir.join("spin"),
+        c,
+        seed,
+        device,
+        report,
+    )?;
+    outcome.results.extend(spin);
+    let continued = continued_sft_rows(&converged, &splits, &dir, c, seed, device, report)?;
+    outcome.results.extend(continued);
+    Ok(())
+}
+
+/// SPIN from the converged model into `spin_dir`: a row per iteration, reported as each
+/// iteration's evaluation lands. The test prompts ride along as the loop's held-out slice, for
+/// reward accuracy; SPIN trains on the training prompts only.
+fn spin_rows(
+    converged: &Path,
+    splits: &Splits,
+    spin_dir: &Path,
+    c: &DemoConfig,
+    seed: u64,
+    device: &Device,
+    report: &mut dyn FnMut(DemoEvent),
+) -> Result<Vec<StageResult>> {
+    report(DemoEvent::Stage("SPIN"));
+    let mut data = splits.train.clone();
+    data.extend(splits.test.iter().cloned());
+    let spin_cfg = SpinConfig {
+        iterations: c.spin_iterations,
+        limit: None,
+        mix_previous: true,
+        // Never stop early: every seed runs every iteration, so rounds pair up.
+        stop_accuracy: 0.0,
+        eval_size: Some(splits.test.len()),
+    };
+    // Stop ids and padding are taken from θ_t by the loop.
+    let gen_opts = GenOptions {
+        batch_size: 32,
+        max_new_tokens: c.task.max_answer_len() + 2,
+        sampling: SamplingParams {
+            temperature: 1.0,
+            seed,
+            ..Default::default()
+        },
+        stop_ids: vec![],
+        pad_id: 0,
+    };
+    let mut stage_start = Instant::now();
+    let mut rows: Vec<Result<StageResult>> = vec![];
+    run_spin(
+        converged,
+        &data,
+        spin_dir,
+        &spin_cfg,
+        &gen_opts,
+        None,
+        &train_cfg(c, c.spin_lr, c.spin_epochs, seed),
+        &RunNotes::default(),
+        device,
+        |e| {
+            if let SpinEvent::Evaluated { iteration, eval } = &e {
+                let ckpt = spin_dir
+                    .join(format!("iter-{iteration}"))
+                    .join("checkpoint");
+                let label = RowLabel {
+                    seed,
+                    stage: format!("SPIN iteration {}", iteration + 1),
+                    round: iteration + 1,
+                    method: "spin",
+                    seconds: stage_start.elapsed().as_secs_f64(),
+                };
+                let r = splits.row(&ckpt, device, label).map(|r| StageResult {
+                    reward_accuracy: Some(eval.reward_accuracy),
+                    reward_margin: Some(eval.reward_margin),
+                    ..r
+                });
+                if let Ok(r) = &r {
+                    report(DemoEvent::Result(r));
+                }
+                rows.push(r);
+                stage_start = Instant::now();
+            } else {
+                report(DemoEvent::Spin(e));
+            }
+        },
+    )?;
+    let rows = rows.into_iter().collect::<Result<Vec<_>>>()?;
+    wgspin::report::plot::report_for_run(spin_dir)?;
+    Ok(rows)
+}
+
+/// Continued SFT from the converged model with the same compute as each SPIN iteration: a row
+/// per round. SPIN iteration t pushes 2 sequences per pair through forward and backward, over N
+/// pairs (t = 0) or 2N (t ≥ 1, with the previous iteration's pairs), for spin_epochs epochs.
+fn continued_sft_rows(
+    converged: &Path,
+    splits: &Splits,
+    dir: &Path,
+    c: &DemoConfig,
+    seed: u64,
+    device: &Device,
+    report: &mut dyn FnMut(DemoEvent),
+) -> Result<Vec<StageResult>> {
+    let mut rows = vec![];
+    let mut from: PathBuf = converged.to_path_buf();
+    for t in 0..c.spin_iterations {
+        let start = Instant::now();
+        let epochs = c.spin_epochs * if t == 0 { 2 } else { 4 };
+        report(DemoEvent::Stage(
+            "continued SFT (same compute as the SPIN iteration)",
+        ));
+        let cfg = train_cfg(c, c.spin_lr, epochs, seed + 17 * (t as u64 + 1));
+        let out_dir = dir.join(format!("sft-continued-{}", t + 1));
+        let ckpt = sft_run(&from, &splits.train, &out_dir, &cfg, device, report)?;
+        let label = RowLabel {
+            seed,
+            stage: format!("continued SFT {}", t + 1),
+            round: t + 1,
+            method: "sft",
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let r = splits.row(&ckpt, device, label)?;
+        report(DemoEvent::Result(&r));
+        rows.push(r);
+        from = ckpt;
+    }
+    Ok(rows)
 }
 
 /// SFT from `base` one epoch at a time until it has converged at the learning rate continued

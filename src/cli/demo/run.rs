@@ -265,147 +265,156 @@ fn run_seed(
         converge_sft(&base, &splits, &dir.join("sft"), c, seed, device, report)?;
     report(DemoEvent::SftConverged(&curve));
     outcome.sft_curves.push(curve);
-    let label = RowLabel {
-        seed,
-        stage: "SFT (converged)".into(),
-        round: 0,
-        method: "start",
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    let r = splits.row(&converged, device, label)?;
-    report(DemoEvent::Result(&r));
-    outcome.results.push(r);
-
-    let spin = spin_rows(
-        &converged,
-        &splits,
-        &dir.join("spin"),
+    let from = FromConverged {
         c,
         seed,
         device,
-        report,
-    )?;
+        splits: &splits,
+        converged: &converged,
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let r = from.row(&converged, "SFT (converged)".into(), 0, "start", seconds)?;
+    report(DemoEvent::Result(&r));
+    outcome.results.push(r);
+
+    let spin = from.spin_rows(&dir.join("spin"), report)?;
     outcome.results.extend(spin);
-    let continued = continued_sft_rows(&converged, &splits, &dir, c, seed, device, report)?;
+    let continued = from.continued_sft_rows(&dir, report)?;
     outcome.results.extend(continued);
     Ok(())
 }
 
-/// SPIN from the converged model into `spin_dir`: a row per iteration, reported as each
-/// iteration's evaluation lands. The test prompts ride along as the loop's held-out slice, for
-/// reward accuracy; SPIN trains on the training prompts only.
-fn spin_rows(
-    converged: &Path,
-    splits: &Splits,
-    spin_dir: &Path,
-    c: &DemoConfig,
+/// A seed's converged SFT model, and what SPIN and continued SFT from it need.
+struct FromConverged<'a> {
+    c: &'a DemoConfig,
     seed: u64,
-    device: &Device,
-    report: &mut dyn FnMut(DemoEvent),
-) -> Result<Vec<StageResult>> {
-    report(DemoEvent::Stage("SPIN"));
-    let mut data = splits.train.clone();
-    data.extend(splits.test.iter().cloned());
-    let spin_cfg = SpinConfig {
-        iterations: c.spin_iterations,
-        limit: None,
-        mix_previous: true,
-        // Never stop early: every seed runs every iteration, so rounds pair up.
-        stop_accuracy: 0.0,
-        eval_size: Some(splits.test.len()),
-    };
-    // Stop ids and padding are taken from θ_t by the loop.
-    let gen_opts = GenOptions {
-        batch_size: 32,
-        max_new_tokens: c.task.max_answer_len() + 2,
-        sampling: SamplingParams {
-            temperature: 1.0,
-            seed,
-            ..Default::default()
-        },
-        stop_ids: vec![],
-        pad_id: 0,
-    };
-    let mut stage_start = Instant::now();
-    let mut rows: Vec<Result<StageResult>> = vec![];
-    run_spin(
-        converged,
-        &data,
-        spin_dir,
-        &spin_cfg,
-        &gen_opts,
-        None,
-        &train_cfg(c, c.spin_lr, c.spin_epochs, seed),
-        &RunNotes::default(),
-        device,
-        |e| {
-            if let SpinEvent::Evaluated { iteration, eval } = &e {
-                let ckpt = spin_dir
-                    .join(format!("iter-{iteration}"))
-                    .join("checkpoint");
-                let label = RowLabel {
-                    seed,
-                    stage: format!("SPIN iteration {}", iteration + 1),
-                    round: iteration + 1,
-                    method: "spin",
-                    seconds: stage_start.elapsed().as_secs_f64(),
-                };
-                let r = splits.row(&ckpt, device, label).map(|r| StageResult {
-                    reward_accuracy: Some(eval.reward_accuracy),
-                    reward_margin: Some(eval.reward_margin),
-                    ..r
-                });
-                if let Ok(r) = &r {
-                    report(DemoEvent::Result(r));
-                }
-                rows.push(r);
-                stage_start = Instant::now();
-            } else {
-                report(DemoEvent::Spin(e));
-            }
-        },
-    )?;
-    let rows = rows.into_iter().collect::<Result<Vec<_>>>()?;
-    wgspin::report::plot::report_for_run(spin_dir)?;
-    Ok(rows)
+    device: &'a Device,
+    splits: &'a Splits,
+    converged: &'a Path,
 }
 
-/// Continued SFT from the converged model with the same compute as each SPIN iteration: a row
-/// per round. SPIN iteration t pushes 2 sequences per pair through forward and backward, over N
-/// pairs (t = 0) or 2N (t ≥ 1, with the previous iteration's pairs), for spin_epochs epochs.
-fn continued_sft_rows(
-    converged: &Path,
-    splits: &Splits,
-    dir: &Path,
-    c: &DemoConfig,
-    seed: u64,
-    device: &Device,
-    report: &mut dyn FnMut(DemoEvent),
-) -> Result<Vec<StageResult>> {
-    let mut rows = vec![];
-    let mut from: PathBuf = converged.to_path_buf();
-    for t in 0..c.spin_iterations {
-        let start = Instant::now();
-        let epochs = c.spin_epochs * if t == 0 { 2 } else { 4 };
-        report(DemoEvent::Stage(
-            "continued SFT (same compute as the SPIN iteration)",
-        ));
-        let cfg = train_cfg(c, c.spin_lr, epochs, seed + 17 * (t as u64 + 1));
-        let out_dir = dir.join(format!("sft-continued-{}", t + 1));
-        let ckpt = sft_run(&from, &splits.train, &out_dir, &cfg, device, report)?;
+impl FromConverged<'_> {
+    /// The table row of checkpoint `ckpt`, scored on both splits.
+    fn row(
+        &self,
+        ckpt: &Path,
+        stage: String,
+        round: usize,
+        method: &'static str,
+        seconds: f64,
+    ) -> Result<StageResult> {
         let label = RowLabel {
-            seed,
-            stage: format!("continued SFT {}", t + 1),
-            round: t + 1,
-            method: "sft",
-            seconds: start.elapsed().as_secs_f64(),
+            seed: self.seed,
+            stage,
+            round,
+            method,
+            seconds,
         };
-        let r = splits.row(&ckpt, device, label)?;
-        report(DemoEvent::Result(&r));
-        rows.push(r);
-        from = ckpt;
+        self.splits.row(ckpt, self.device, label)
     }
-    Ok(rows)
+
+    /// SPIN from the converged model into `spin_dir`: a row per iteration, reported as each
+    /// iteration's evaluation lands. The test prompts ride along as the loop's held-out slice, for
+    /// reward accuracy; SPIN trains on the training prompts only.
+    fn spin_rows(
+        &self,
+        spin_dir: &Path,
+        report: &mut dyn FnMut(DemoEvent),
+    ) -> Result<Vec<StageResult>> {
+        let (c, seed, splits) = (self.c, self.seed, self.splits);
+        report(DemoEvent::Stage("SPIN"));
+        let mut data = splits.train.clone();
+        data.extend(splits.test.iter().cloned());
+        let spin_cfg = SpinConfig {
+            iterations: c.spin_iterations,
+            limit: None,
+            mix_previous: true,
+            // Never stop early: every seed runs every iteration, so rounds pair up.
+            stop_accuracy: 0.0,
+            eval_size: Some(splits.test.len()),
+        };
+        // Stop ids and padding are taken from θ_t by the loop.
+        let gen_opts = GenOptions {
+            batch_size: 32,
+            max_new_tokens: c.task.max_answer_len() + 2,
+            sampling: SamplingParams {
+                temperature: 1.0,
+                seed,
+                ..Default::default()
+            },
+            stop_ids: vec![],
+            pad_id: 0,
+        };
+        let mut stage_start = Instant::now();
+        let mut rows: Vec<Result<StageResult>> = vec![];
+        run_spin(
+            self.converged,
+            &data,
+            spin_dir,
+            &spin_cfg,
+            &gen_opts,
+            None,
+            &train_cfg(c, c.spin_lr, c.spin_epochs, seed),
+            &RunNotes::default(),
+            self.device,
+            |e| {
+                if let SpinEvent::Evaluated { iteration, eval } = &e {
+                    let ckpt = spin_dir
+                        .join(format!("iter-{iteration}"))
+                        .join("checkpoint");
+                    let stage = format!("SPIN iteration {}", iteration + 1);
+                    let seconds = stage_start.elapsed().as_secs_f64();
+                    let r = self.row(&ckpt, stage, iteration + 1, "spin", seconds);
+                    let r = r.map(|r| StageResult {
+                        reward_accuracy: Some(eval.reward_accuracy),
+                        reward_margin: Some(eval.reward_margin),
+                        ..r
+                    });
+                    if let Ok(r) = &r {
+                        report(DemoEvent::Result(r));
+                    }
+                    rows.push(r);
+                    stage_start = Instant::now();
+                } else {
+                    report(DemoEvent::Spin(e));
+                }
+            },
+        )?;
+        let rows = rows.into_iter().collect::<Result<Vec<_>>>()?;
+        wgspin::report::plot::report_for_run(spin_dir)?;
+        Ok(rows)
+    }
+
+    /// Continued SFT from the converged model with the same compute as each SPIN iteration: a row
+    /// per round. SPIN iteration t pushes 2 sequences per pair through forward and backward, over N
+    /// pairs (t = 0) or 2N (t ≥ 1, with the previous iteration's pairs), for spin_epochs epochs.
+    fn continued_sft_rows(
+        &self,
+        dir: &Path,
+        report: &mut dyn FnMut(DemoEvent),
+    ) -> Result<Vec<StageResult>> {
+        let (c, seed) = (self.c, self.seed);
+        let mut rows = vec![];
+        let mut from: PathBuf = self.converged.to_path_buf();
+        for t in 0..c.spin_iterations {
+            let start = Instant::now();
+            let epochs = c.spin_epochs * if t == 0 { 2 } else { 4 };
+            report(DemoEvent::Stage(
+                "continued SFT (same compute as the SPIN iteration)",
+            ));
+            let cfg = train_cfg(c, c.spin_lr, epochs, seed + 17 * (t as u64 + 1));
+            let out_dir = dir.join(format!("sft-continued-{}", t + 1));
+            let train = &self.splits.train;
+            let ckpt = sft_run(&from, train, &out_dir, &cfg, self.device, report)?;
+            let stage = format!("continued SFT {}", t + 1);
+            let seconds = start.elapsed().as_secs_f64();
+            let r = self.row(&ckpt, stage, t + 1, "sft", seconds)?;
+            report(DemoEvent::Result(&r));
+            rows.push(r);
+            from = ckpt;
+        }
+        Ok(rows)
+    }
 }
 
 /// SFT from `base` one epoch at a time until it has converged at the learning rate continued

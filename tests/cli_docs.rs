@@ -1,5 +1,6 @@
-//! The README and `--help` agree: every flag the README shows beside a `wgspin` command exists
-//! in that command's `--help`, and every flag it names in prose exists in some command.
+//! The docs and `--help` agree: every flag README.md or a page under docs/ shows beside a `wgspin`
+//! command exists in that command's `--help`, and every flag they name in prose exists in some
+//! command. A failure names the file.
 
 mod common;
 
@@ -7,8 +8,25 @@ use std::collections::BTreeSet;
 
 use common::wgspin;
 
-fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+/// README.md and every docs/*.md, as (path from the repository root, text), in path order.
+fn doc_files() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = vec![root.join("README.md")];
+    let mut pages: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.sort();
+    paths.extend(pages);
+    paths
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let name = p.strip_prefix(root).unwrap().display().to_string();
+            (name, text)
+        })
+        .collect()
 }
 
 /// `--flag` tokens of `text`, in order.
@@ -69,10 +87,9 @@ fn commands() -> Vec<Vec<String>> {
     all
 }
 
-/// README code lines that run `wgspin <cmd>` (directly or through `cargo run --release --`),
+/// Code lines of `text` that run `wgspin <cmd>` (directly or through `cargo run --release --`),
 /// with their continuation lines joined, as (command path, the text after it).
-fn readme_invocations(cmds: &[Vec<String>]) -> Vec<(Vec<String>, String)> {
-    let text = readme();
+fn invocations(text: &str, cmds: &[Vec<String>]) -> Vec<(Vec<String>, String)> {
     let mut joined: Vec<String> = vec![];
     let mut in_code = false;
     for line in text.lines() {
@@ -117,11 +134,25 @@ fn readme_invocations(cmds: &[Vec<String>]) -> Vec<(Vec<String>, String)> {
 }
 
 #[test]
-fn readme_flags_exist_in_their_commands_help() {
+fn doc_flags_exist_in_their_commands_help() {
     let cmds = commands();
     assert!(cmds.len() >= 10, "commands from --help: {cmds:?}");
-    let calls = readme_invocations(&cmds);
-    let seen: BTreeSet<&Vec<String>> = calls.iter().map(|(c, _)| c).collect();
+    let docs = doc_files();
+    assert!(
+        docs.len() >= 10,
+        "README.md and docs/*.md: {} files",
+        docs.len()
+    );
+    // (file, command path, the text after it) for every invocation in every file.
+    let calls: Vec<(&str, Vec<String>, String)> = docs
+        .iter()
+        .flat_map(|(name, text)| {
+            invocations(text, &cmds)
+                .into_iter()
+                .map(move |(c, rest)| (name.as_str(), c, rest))
+        })
+        .collect();
+    let seen: BTreeSet<&Vec<String>> = calls.iter().map(|(_, c, _)| c).collect();
     for c in [
         "generate",
         "train",
@@ -133,33 +164,36 @@ fn readme_flags_exist_in_their_commands_help() {
     ] {
         assert!(
             seen.contains(&vec![c.to_string()]),
-            "README shows no `wgspin {c}` line"
+            "neither README.md nor docs/*.md shows a `wgspin {c}` line"
         );
     }
+    let mut help = std::collections::BTreeMap::new();
     let mut missing = vec![];
-    for (cmd, rest) in &calls {
-        let path: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        let known = help_flags(&path);
+    for (file, cmd, rest) in &calls {
+        let known = help.entry(cmd.clone()).or_insert_with(|| {
+            let path: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            help_flags(&path)
+        });
         for f in flags(rest) {
             if !known.contains(&f) {
-                missing.push(format!("wgspin {} {f}", cmd.join(" ")));
+                missing.push(format!("{file}: wgspin {} {f}", cmd.join(" ")));
             }
         }
     }
     assert!(
         missing.is_empty(),
-        "README flags unknown to --help: {missing:?}"
+        "flags shown beside a command its --help does not have: {missing:?}"
     );
 }
 
 #[test]
-fn readme_prose_flags_exist_in_some_command() {
+fn doc_prose_flags_exist_in_some_command() {
     let mut known = BTreeSet::new();
     for c in commands() {
         let path: Vec<&str> = c.iter().map(String::as_str).collect();
         known.extend(help_flags(&path));
     }
-    // Flags of other programs the README shows: cargo (and cargo fuzz's `--dev`),
+    // Flags of other programs the docs show: cargo (and cargo fuzz's `--dev`),
     // huggingface-cli, the PyTorch baselines' `--threads` and `--autocast`
     // (scripts/bench_*.py), the real-model run's `--wgspin` (scripts/smollm2_spin.py), the
     // servers' `--port` (vllm, llama-server) and tensorboard's `--logdir`.
@@ -174,14 +208,14 @@ fn readme_prose_flags_exist_in_some_command() {
         "--port",
         "--logdir",
     ];
-    let text = readme();
-    let mut missing: Vec<String> = flags(&text)
-        .into_iter()
-        .filter(|f| !known.contains(f) && !foreign.contains(&f.as_str()))
-        .collect();
-    missing.dedup();
-    assert!(
-        missing.is_empty(),
-        "README flags no command has: {missing:?}"
-    );
+    let mut missing = vec![];
+    for (file, text) in doc_files() {
+        let mut unknown: Vec<String> = flags(&text)
+            .into_iter()
+            .filter(|f| !known.contains(f) && !foreign.contains(&f.as_str()))
+            .collect();
+        unknown.dedup();
+        missing.extend(unknown.into_iter().map(|f| format!("{file}: {f}")));
+    }
+    assert!(missing.is_empty(), "flags no command has: {missing:?}");
 }

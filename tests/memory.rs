@@ -1,6 +1,7 @@
 //! The training-memory estimate (`wgspin plan`, `--max-memory`): parameter counts against the
-//! published ones, the estimate against the peaks measured for the README's memory table (from
-//! 20% under to 50% over), and the refusal of settings that do not fit.
+//! published ones, the estimate against the peaks measured for the memory table of
+//! docs/training-that-fits.md (from 20% under to 50% over), and the refusal of settings that do
+//! not fit.
 
 mod common;
 
@@ -26,9 +27,9 @@ fn parameter_counts_are_the_published_ones() {
     assert_eq!(parameter_count(&qwen05()).0, 494_032_768);
 }
 
-/// Peak process RSS of `wgspin bench train --device cpu --random-init --steps 1` (the README's
-/// table), minus the process's own floor: the CPU runtime with no model, 135 MiB (the 650 MiB
-/// floor of SmolLM2 less its 515 MiB of f32 weights).
+/// Peak process RSS of `wgspin bench train --device cpu --random-init --steps 1` (the table of
+/// docs/training-that-fits.md), minus the process's own floor: the CPU runtime with no model,
+/// 135 MiB (the 650 MiB floor of SmolLM2 less its 515 MiB of f32 weights).
 #[test]
 fn estimates_follow_the_measured_peaks() {
     const FLOOR: f64 = 135.0;

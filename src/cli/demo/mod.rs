@@ -7,13 +7,15 @@ use clap::Args;
 
 mod eval;
 mod model;
+mod outcome;
 mod page;
 mod report;
 mod run;
 mod task;
 
+use outcome::{DemoOutcome, SftCurve, StageResult};
 use report::paired_by_round;
-use run::{DemoConfig, DemoEvent, SftCurve, StageResult, run_demo};
+use run::{DemoConfig, DemoEvent, run_demo};
 use task::Task;
 use wgspin::report::progress::Progress;
 use wgspin::report::stats::verdict;
@@ -215,8 +217,8 @@ pub struct DemoArgs {
 }
 
 impl DemoArgs {
-    pub fn run(self) -> Result<()> {
-        let dev = self.device.select()?;
+    /// The demo's settings: `--quick` or the full run, with the flags given applied on top.
+    fn config(&self) -> Result<DemoConfig> {
         let mut cfg = if self.quick {
             DemoConfig::quick()
         } else {
@@ -251,30 +253,21 @@ impl DemoArgs {
         if let Some(n) = self.iterations {
             cfg.spin_iterations = n;
         }
+        Ok(cfg)
+    }
+
+    pub fn run(self) -> Result<()> {
+        let dev = self.device.select()?;
+        let cfg = self.config()?;
         let out = self.out;
         if self.explain {
             eprintln!("{}", explanation());
         }
-        eprintln!(
-            "wgspin demo: a tiny Llama (hidden {}) learns to {} ({} training / {} validation / {} test examples, {} seed(s)).\n\
-             SFT runs to convergence on the validation split; then {} SPIN iterations, against continued SFT with the same compute.",
-            cfg.hidden,
-            cfg.task.describe(),
-            cfg.train_examples,
-            cfg.validation_examples,
-            cfg.test_examples,
-            cfg.seeds.len(),
-            cfg.spin_iterations
-        );
+        print_intro(&cfg);
         let start = std::time::Instant::now();
-        let mut bar: Option<Progress> = None;
-        let mut converging = false;
-        let mut best_em = 0.0f64;
-        let mut header = false;
-        let mut train_rep = TrainReporter::new(1_000_000);
-        let max_epochs = cfg.sft_max_epochs;
+        let mut terminal = Terminal::new(cfg.sft_max_epochs);
         // What the page shows grows with the run: the rows and SFT curves reported so far.
-        let so_far = std::rc::Rc::new(std::cell::RefCell::new(run::DemoOutcome {
+        let so_far = std::rc::Rc::new(std::cell::RefCell::new(DemoOutcome {
             results: vec![],
             sft_curves: vec![],
         }));
@@ -286,44 +279,127 @@ impl DemoArgs {
             })
         };
         eprintln!("report: {} (updated after every stage)", page.url());
-        let result = run_demo(&out, &cfg, &dev.device, |e| match e {
+        let result = run_demo(&out, &cfg, &dev.device, |e| {
+            match &e {
+                DemoEvent::Stage(s) => page.stage(s, ""),
+                DemoEvent::SftConverged(c) => so_far.borrow_mut().sft_curves.push((*c).clone()),
+                DemoEvent::Result(r) => so_far.borrow_mut().results.push((*r).clone()),
+                _ => {}
+            }
+            let (row, finished) = (
+                matches!(e, DemoEvent::Result(_)),
+                matches!(e, DemoEvent::Finished),
+            );
+            terminal.show(e);
+            if row {
+                page.progress("");
+            }
+            if finished {
+                page.end(None);
+            }
+        })
+        .with_context(|| format!("demo into {}", out.display()));
+        page.end(result.as_ref().err());
+        let outcome = result?;
+        print_end(&outcome, start, &out);
+        Ok(())
+    }
+}
+
+/// What the run is about to do, in one sentence per part.
+fn print_intro(cfg: &DemoConfig) {
+    eprintln!(
+        "wgspin demo: a tiny Llama (hidden {}) learns to {} ({} training / {} validation / {} test examples, {} seed(s)).\n\
+         SFT runs to convergence on the validation split; then {} SPIN iterations, against continued SFT with the same compute.",
+        cfg.hidden,
+        cfg.task.describe(),
+        cfg.train_examples,
+        cfg.validation_examples,
+        cfg.test_examples,
+        cfg.seeds.len(),
+        cfg.spin_iterations
+    );
+}
+
+/// The end of a run: the table, each seed's SFT plateau, the comparison and where it all went.
+fn print_end(outcome: &DemoOutcome, start: std::time::Instant, out: &std::path::Path) {
+    print_table(&outcome.results);
+    plateau(&outcome.sft_curves);
+    summary(&outcome.results);
+    eprintln!(
+        "done in {:.1}s. Report: {} and {}  (data, models and metrics under {})",
+        start.elapsed().as_secs_f64(),
+        out.join(wgspin::report::html::PAGE_FILE).display(),
+        out.join("report.svg").display(),
+        out.display()
+    );
+}
+
+/// The terminal while the demo runs: stage lines, progress bars and table rows as they come.
+struct Terminal {
+    bar: Option<Progress>,
+    /// In SFT to convergence, whose bar counts epochs, not steps.
+    converging: bool,
+    best_em: f64,
+    header: bool,
+    train_rep: TrainReporter,
+    max_epochs: usize,
+}
+
+impl Terminal {
+    fn new(max_epochs: usize) -> Self {
+        Terminal {
+            bar: None,
+            converging: false,
+            best_em: 0.0,
+            header: false,
+            train_rep: TrainReporter::new(1_000_000),
+            max_epochs,
+        }
+    }
+
+    fn finish_bar(&mut self) {
+        if let Some(mut b) = self.bar.take() {
+            b.finish();
+        }
+    }
+
+    fn show(&mut self, e: DemoEvent) {
+        match e {
             DemoEvent::Stage(s) => {
-                if let Some(mut b) = bar.take() {
-                    b.finish();
-                }
-                page.stage(s, "");
-                converging = s.starts_with("SFT to convergence");
-                best_em = 0.0;
+                self.finish_bar();
+                self.converging = s.starts_with("SFT to convergence");
+                self.best_em = 0.0;
                 eprintln!("== {s}");
             }
-            DemoEvent::SftStep { .. } if converging => {}
+            DemoEvent::SftStep { .. } if self.converging => {}
             DemoEvent::SftStep { step, total, loss } => {
-                let b = bar.get_or_insert_with(|| Progress::new("sft", total));
+                let b = self.bar.get_or_insert_with(|| Progress::new("sft", total));
                 b.update(step, &format!("steps, loss {loss:.4}"));
                 if step == total {
                     b.finish();
-                    bar = None;
+                    self.bar = None;
                 }
             }
             DemoEvent::SftEpoch(p) => {
-                best_em = best_em.max(p.validation_exact_match);
-                let b = bar.get_or_insert_with(|| Progress::new("sft", max_epochs));
+                self.best_em = self.best_em.max(p.validation_exact_match);
+                let max_epochs = self.max_epochs;
+                let b = self
+                    .bar
+                    .get_or_insert_with(|| Progress::new("sft", max_epochs));
                 b.update(
                     p.epoch,
                     &format!(
                         "epochs, lr {:.0e}, validation exact match {} (best {})",
                         p.lr,
                         pct(p.validation_exact_match),
-                        pct(best_em)
+                        pct(self.best_em)
                     ),
                 );
             }
             DemoEvent::SftConverged(c) => {
-                if let Some(mut b) = bar.take() {
-                    b.finish();
-                }
-                so_far.borrow_mut().sft_curves.push(c.clone());
-                converging = false;
+                self.finish_bar();
+                self.converging = false;
                 eprintln!(
                     "SFT stopped after {} epochs ({}); kept epoch {} (validation exact match {})",
                     c.epochs.len(),
@@ -336,42 +412,27 @@ impl DemoArgs {
                 );
             }
             DemoEvent::Result(r) => {
-                if !header {
+                if !self.header {
                     print_header();
-                    header = true;
+                    self.header = true;
                 }
                 print_row(r);
-                so_far.borrow_mut().results.push(r.clone());
-                page.progress("");
             }
             DemoEvent::Spin(SpinEvent::Generate(p)) => {
-                let b = bar.get_or_insert_with(|| Progress::new("generate", p.total));
+                let b = self
+                    .bar
+                    .get_or_insert_with(|| Progress::new("generate", p.total));
                 b.update(p.done, "prompts");
                 if p.done == p.total {
                     b.finish();
-                    bar = None;
+                    self.bar = None;
                 }
             }
-            DemoEvent::Spin(SpinEvent::Train(t)) => train_rep.event(t),
+            DemoEvent::Spin(SpinEvent::Train(t)) => self.train_rep.event(t),
             DemoEvent::Spin(SpinEvent::Stage { iteration, stage }) => {
                 eprintln!("== SPIN iteration {}: {stage}", iteration + 1)
             }
-            DemoEvent::Spin(_) => {}
-            DemoEvent::Finished => page.end(None),
-        })
-        .with_context(|| format!("demo into {}", out.display()));
-        page.end(result.as_ref().err());
-        let outcome = result?;
-        print_table(&outcome.results);
-        plateau(&outcome.sft_curves);
-        summary(&outcome.results);
-        eprintln!(
-            "done in {:.1}s. Report: {} and {}  (data, models and metrics under {})",
-            start.elapsed().as_secs_f64(),
-            out.join(wgspin::report::html::PAGE_FILE).display(),
-            out.join("report.svg").display(),
-            out.display()
-        );
-        Ok(())
+            DemoEvent::Spin(_) | DemoEvent::Finished => {}
+        }
     }
 }

@@ -6,10 +6,11 @@
 use std::path::Path;
 
 use wgspin::report::html::{Page, Status, Table};
-use wgspin::report::stats::{mean_sd, verdict};
+use wgspin::report::stats::{Interval, mean_sd, verdict};
 
+use super::outcome::{DemoOutcome, StageResult};
 use super::report::{TITLE, paired_by_round, panels, shown_seed};
-use super::run::{DemoConfig, DemoOutcome, StageResult};
+use super::run::DemoConfig;
 
 /// `--explain`, stage 1.
 pub const SFT_STAGE: &str = "SFT (converged): supervised fine-tuning on (prompt, human answer) \
@@ -76,8 +77,41 @@ pub fn page(
             verdict("SPIN", "continued SFT", i)
         )
     });
+    let glance = glance(out, cfg, command);
+    let tables = tables(cfg, rows, &paired);
+    // The game of the seed whose curves the charts show (once its SPIN has begun).
+    let seed = shown_seed(rows).or(cfg.seeds.first().copied());
+    let game = seed
+        .map(|s| wgspin::report::game::spin_game(&out.join(format!("seed-{s}")).join("spin"), s))
+        .unwrap_or_default();
+    let game_explain = format!(
+        "{SPIN_STAGE}\n\nSeed {}: {}",
+        seed.unwrap_or_default(),
+        wgspin::report::game::EXPLAIN
+    );
+    let charts = (!rows.is_empty()).then(|| {
+        (
+            wgspin::report::plot::svg(TITLE, &panels(out, outcome)),
+            format!("{CONTINUED_STAGE} Each panel says what it shows."),
+        )
+    });
+    Page {
+        title: "wgspin demo: SPIN against continued SFT".into(),
+        status,
+        glance,
+        glance_explain: SFT_STAGE.into(),
+        verdict: verdict_text,
+        tables,
+        charts,
+        game,
+        game_explain,
+    }
+}
+
+/// The page's "run at a glance": task, model, examples, seeds, SPIN settings, folder, command.
+fn glance(out: &Path, cfg: &DemoConfig, command: &str) -> Vec<(String, String)> {
     let seeds: Vec<String> = cfg.seeds.iter().map(u64::to_string).collect();
-    let glance = vec![
+    vec![
         ("task".to_string(), cfg.task.describe().to_string()),
         (
             "model".into(),
@@ -100,7 +134,12 @@ pub fn page(
         ),
         ("output folder".into(), out.display().to_string()),
         ("command".into(), command.to_string()),
-    ];
+    ]
+}
+
+/// Every stage of every seed, then (with more than one seed) the mean per stage and SPIN −
+/// continued SFT paired by seed.
+fn tables(cfg: &DemoConfig, rows: &[StageResult], paired: &[(usize, Interval)]) -> Vec<Table> {
     let mut tables = vec![Table {
         caption: "Every stage, every seed".into(),
         explain: READING.into(),
@@ -165,31 +204,5 @@ pub fn page(
                 .collect(),
         });
     }
-    // The game of the seed whose curves the charts show (once its SPIN has begun).
-    let seed = shown_seed(rows).or(cfg.seeds.first().copied());
-    let game = seed
-        .map(|s| wgspin::report::game::spin_game(&out.join(format!("seed-{s}")).join("spin"), s))
-        .unwrap_or_default();
-    let game_explain = format!(
-        "{SPIN_STAGE}\n\nSeed {}: {}",
-        seed.unwrap_or_default(),
-        wgspin::report::game::EXPLAIN
-    );
-    let charts = (!rows.is_empty()).then(|| {
-        (
-            wgspin::report::plot::svg(TITLE, &panels(out, outcome)),
-            format!("{CONTINUED_STAGE} Each panel says what it shows."),
-        )
-    });
-    Page {
-        title: "wgspin demo: SPIN against continued SFT".into(),
-        status,
-        glance,
-        glance_explain: SFT_STAGE.into(),
-        verdict: verdict_text,
-        tables,
-        charts,
-        game,
-        game_explain,
-    }
+    tables
 }

@@ -7,7 +7,7 @@ use wgspin::error::Result;
 use wgspin::report::plot::{Panel, Series, run_panels, svg};
 use wgspin::report::stats::{Interval, mean_sd, paired_interval};
 
-use super::run::{DemoOutcome, StageResult};
+use super::outcome::{DemoOutcome, StageResult};
 
 /// Mean and ±1 std band per x of the values given for each x; `share` clips the band to
 /// [0, 1], where a share lives.

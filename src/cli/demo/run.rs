@@ -8,6 +8,7 @@
 //! against θ_t.
 
 use super::eval::{Scores, evaluate};
+use super::outcome::{DemoOutcome, SftCurve, SftEpoch, StageResult};
 use super::{model, task::Task};
 use wgspin::train::card::RunNotes;
 
@@ -59,7 +60,7 @@ impl DemoConfig {
         Self {
             // Five seeds: fewer cannot tell a few points apart from seed noise on this task.
             seeds: vec![1, 2, 3, 4, 5],
-            // Picked by the README's pre-registered rule (round 3, variant V7′).
+            // Picked by docs/demo.md's pre-registered rule (round 3, variant V7′).
             task: Task::Reverse,
             hidden: model::HIDDEN,
             train_examples: 512,
@@ -88,49 +89,6 @@ impl DemoConfig {
             ..Self::full()
         }
     }
-}
-
-/// One row of the demo's table.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageResult {
-    pub seed: u64,
-    pub stage: String,
-    /// 0 for the converged SFT model, t+1 after SPIN iteration t or the matching continued SFT.
-    pub round: usize,
-    /// "start", "spin" or "sft".
-    pub method: String,
-    /// On the test split.
-    pub exact_match: f64,
-    pub heldout_loglik_per_token: f64,
-    pub validation_exact_match: f64,
-    pub reward_accuracy: Option<f64>,
-    pub reward_margin: Option<f64>,
-    pub seconds: f64,
-}
-
-/// One epoch of the converging SFT.
-#[derive(Debug, Clone, Serialize)]
-pub struct SftEpoch {
-    pub epoch: usize,
-    /// The learning rate of this epoch (it drops at plateaus).
-    pub lr: f64,
-    pub validation_exact_match: f64,
-    pub validation_loglik_per_token: f64,
-}
-
-/// A seed's SFT run to convergence: every epoch and the one kept.
-#[derive(Debug, Clone, Serialize)]
-pub struct SftCurve {
-    pub seed: u64,
-    pub best_epoch: usize,
-    pub epochs: Vec<SftEpoch>,
-}
-
-/// Everything the demo measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct DemoOutcome {
-    pub results: Vec<StageResult>,
-    pub sft_curves: Vec<SftCurve>,
 }
 
 /// What the demo reports as it goes.
@@ -265,55 +223,106 @@ pub fn run_demo(
         sft_curves: vec![],
     };
     for &seed in &c.seeds {
-        let name = format!("seed-{seed}");
-        LAYOUT.claim(out, &name)?;
-        let dir = out.join(name);
-        let base = dir.join("base-model");
-        model::write_base_model(&base, seed, c.hidden)?;
-        let splits = Splits::new(c, seed);
-        write_examples(&dir.join("train.jsonl"), &splits.train)?;
-        write_examples(&dir.join("validation.jsonl"), &splits.validation)?;
-        write_examples(&dir.join("test.jsonl"), &splits.test)?;
-        let label = |stage: String, round: usize, method: &'static str, seconds: f64| RowLabel {
-            seed,
+        run_seed(out, c, seed, device, &mut report, &mut outcome)?;
+    }
+    let json = serde_json::json!({"config": c, "results": outcome.results, "sft_curves": outcome.sft_curves});
+    wgspin::fsutil::write_atomic(
+        &out.join(DEMO_FILE),
+        serde_json::to_string_pretty(&json)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    super::report::write_report(out, &outcome)?;
+    report(DemoEvent::Finished);
+    Ok(outcome)
+}
+
+/// One seed into `out/seed-S`: its base model and splits, SFT to convergence, then SPIN and
+/// continued SFT from the converged model; its rows and SFT curve go into `outcome`.
+fn run_seed(
+    out: &Path,
+    c: &DemoConfig,
+    seed: u64,
+    device: &Device,
+    report: &mut dyn FnMut(DemoEvent),
+    outcome: &mut DemoOutcome,
+) -> Result<()> {
+    let name = format!("seed-{seed}");
+    LAYOUT.claim(out, &name)?;
+    let dir = out.join(name);
+    let base = dir.join("base-model");
+    model::write_base_model(&base, seed, c.hidden)?;
+    let splits = Splits::new(c, seed);
+    write_examples(&dir.join("train.jsonl"), &splits.train)?;
+    write_examples(&dir.join("validation.jsonl"), &splits.validation)?;
+    write_examples(&dir.join("test.jsonl"), &splits.test)?;
+
+    report(DemoEvent::Stage(
+        "SFT to convergence (early stopping on validation)",
+    ));
+    let start = Instant::now();
+    let (converged, curve) =
+        converge_sft(&base, &splits, &dir.join("sft"), c, seed, device, report)?;
+    report(DemoEvent::SftConverged(&curve));
+    outcome.sft_curves.push(curve);
+    let from = FromConverged {
+        c,
+        seed,
+        device,
+        splits: &splits,
+        converged: &converged,
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let r = from.row(&converged, "SFT (converged)".into(), 0, "start", seconds)?;
+    report(DemoEvent::Result(&r));
+    outcome.results.push(r);
+
+    let spin = from.spin_rows(&dir.join("spin"), report)?;
+    outcome.results.extend(spin);
+    let continued = from.continued_sft_rows(&dir, report)?;
+    outcome.results.extend(continued);
+    Ok(())
+}
+
+/// A seed's converged SFT model, and what SPIN and continued SFT from it need.
+struct FromConverged<'a> {
+    c: &'a DemoConfig,
+    seed: u64,
+    device: &'a Device,
+    splits: &'a Splits,
+    converged: &'a Path,
+}
+
+impl FromConverged<'_> {
+    /// The table row of checkpoint `ckpt`, scored on both splits.
+    fn row(
+        &self,
+        ckpt: &Path,
+        stage: String,
+        round: usize,
+        method: &'static str,
+        seconds: f64,
+    ) -> Result<StageResult> {
+        let label = RowLabel {
+            seed: self.seed,
             stage,
             round,
             method,
             seconds,
         };
+        self.splits.row(ckpt, self.device, label)
+    }
 
-        report(DemoEvent::Stage(
-            "SFT to convergence (early stopping on validation)",
-        ));
-        let start = Instant::now();
-        let (converged, curve) = converge_sft(
-            &base,
-            &splits,
-            &dir.join("sft"),
-            c,
-            seed,
-            device,
-            &mut report,
-        )?;
-        report(DemoEvent::SftConverged(&curve));
-        outcome.sft_curves.push(curve);
-        let r = splits.row(
-            &converged,
-            device,
-            label(
-                "SFT (converged)".into(),
-                0,
-                "start",
-                start.elapsed().as_secs_f64(),
-            ),
-        )?;
-        report(DemoEvent::Result(&r));
-        outcome.results.push(r);
-
-        // SPIN from the converged model. The test prompts ride along as the loop's held-out
-        // slice, for reward accuracy; SPIN trains on the training prompts only.
+    /// SPIN from the converged model into `spin_dir`: a row per iteration, reported as each
+    /// iteration's evaluation lands. The test prompts ride along as the loop's held-out slice, for
+    /// reward accuracy; SPIN trains on the training prompts only.
+    fn spin_rows(
+        &self,
+        spin_dir: &Path,
+        report: &mut dyn FnMut(DemoEvent),
+    ) -> Result<Vec<StageResult>> {
+        let (c, seed, splits) = (self.c, self.seed, self.splits);
         report(DemoEvent::Stage("SPIN"));
-        let spin_dir = dir.join("spin");
         let mut data = splits.train.clone();
         data.extend(splits.test.iter().cloned());
         let spin_cfg = SpinConfig {
@@ -337,17 +346,17 @@ pub fn run_demo(
             pad_id: 0,
         };
         let mut stage_start = Instant::now();
-        let mut spin_rows: Vec<Result<StageResult>> = vec![];
+        let mut rows: Vec<Result<StageResult>> = vec![];
         run_spin(
-            &converged,
+            self.converged,
             &data,
-            &spin_dir,
+            spin_dir,
             &spin_cfg,
             &gen_opts,
             None,
             &train_cfg(c, c.spin_lr, c.spin_epochs, seed),
             &RunNotes::default(),
-            device,
+            self.device,
             |e| {
                 if let SpinEvent::Evaluated { iteration, eval } = &e {
                     let ckpt = spin_dir
@@ -355,32 +364,38 @@ pub fn run_demo(
                         .join("checkpoint");
                     let stage = format!("SPIN iteration {}", iteration + 1);
                     let seconds = stage_start.elapsed().as_secs_f64();
-                    let r = splits
-                        .row(&ckpt, device, label(stage, iteration + 1, "spin", seconds))
-                        .map(|r| StageResult {
-                            reward_accuracy: Some(eval.reward_accuracy),
-                            reward_margin: Some(eval.reward_margin),
-                            ..r
-                        });
+                    let r = self.row(&ckpt, stage, iteration + 1, "spin", seconds);
+                    let r = r.map(|r| StageResult {
+                        reward_accuracy: Some(eval.reward_accuracy),
+                        reward_margin: Some(eval.reward_margin),
+                        ..r
+                    });
                     if let Ok(r) = &r {
                         report(DemoEvent::Result(r));
                     }
-                    spin_rows.push(r);
+                    rows.push(r);
                     stage_start = Instant::now();
                 } else {
                     report(DemoEvent::Spin(e));
                 }
             },
         )?;
-        for r in spin_rows {
-            outcome.results.push(r?);
-        }
-        wgspin::report::plot::report_for_run(&spin_dir)?;
+        let rows = rows.into_iter().collect::<Result<Vec<_>>>()?;
+        wgspin::report::plot::report_for_run(spin_dir)?;
+        Ok(rows)
+    }
 
-        // Continued SFT with the same compute: SPIN iteration t pushes 2 sequences per pair
-        // through forward and backward, over N pairs (t = 0) or 2N (t ≥ 1, with the previous
-        // iteration's pairs), for spin_epochs epochs.
-        let mut from: PathBuf = converged.clone();
+    /// Continued SFT from the converged model with the same compute as each SPIN iteration: a row
+    /// per round. SPIN iteration t pushes 2 sequences per pair through forward and backward, over N
+    /// pairs (t = 0) or 2N (t ≥ 1, with the previous iteration's pairs), for spin_epochs epochs.
+    fn continued_sft_rows(
+        &self,
+        dir: &Path,
+        report: &mut dyn FnMut(DemoEvent),
+    ) -> Result<Vec<StageResult>> {
+        let (c, seed) = (self.c, self.seed);
+        let mut rows = vec![];
+        let mut from: PathBuf = self.converged.to_path_buf();
         for t in 0..c.spin_iterations {
             let start = Instant::now();
             let epochs = c.spin_epochs * if t == 0 { 2 } else { 4 };
@@ -389,25 +404,17 @@ pub fn run_demo(
             ));
             let cfg = train_cfg(c, c.spin_lr, epochs, seed + 17 * (t as u64 + 1));
             let out_dir = dir.join(format!("sft-continued-{}", t + 1));
-            let ckpt = sft_run(&from, &splits.train, &out_dir, &cfg, device, &mut report)?;
+            let train = &self.splits.train;
+            let ckpt = sft_run(&from, train, &out_dir, &cfg, self.device, report)?;
             let stage = format!("continued SFT {}", t + 1);
             let seconds = start.elapsed().as_secs_f64();
-            let r = splits.row(&ckpt, device, label(stage, t + 1, "sft", seconds))?;
+            let r = self.row(&ckpt, stage, t + 1, "sft", seconds)?;
             report(DemoEvent::Result(&r));
-            outcome.results.push(r);
+            rows.push(r);
             from = ckpt;
         }
+        Ok(rows)
     }
-    let json = serde_json::json!({"config": c, "results": outcome.results, "sft_curves": outcome.sft_curves});
-    wgspin::fsutil::write_atomic(
-        &out.join(DEMO_FILE),
-        serde_json::to_string_pretty(&json)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
-    super::report::write_report(out, &outcome)?;
-    report(DemoEvent::Finished);
-    Ok(outcome)
 }
 
 /// SFT from `base` one epoch at a time until it has converged at the learning rate continued

@@ -8,7 +8,7 @@
 //! that is more (a LoRA base is stored in f16 only after loading). Activations per token and layer
 //! follow what the forward keeps (see [`layer_bytes_per_token`]); with per-layer checkpointing,
 //! every layer's input plus one layer's activations. Checked against the measured peaks of the
-//! README's memory table.
+//! memory table in docs/training-that-fits.md.
 
 use std::path::Path;
 

@@ -15,7 +15,8 @@
 // Shapes and settings are compile-time constants (a run decodes with fixed shapes, so one kernel
 // is compiled per run and a launch uploads nothing): B {{ b }}, H {{ h }}, HKV {{ hkv }},
 // C {{ c }}, D {{ d }}, window {{ window }} (0 = none), scale {{ scale }}. G · D ≤ 1024.
-// Element type: {{ elem }} (f32 or f16; scores and accumulation are always f32).
+// Element type: {{ elem }} (f32 or f16, the `enable f16;` directive then put first by
+// src/kernels/common.rs; scores and accumulation are always f32).
 //
 // Bindings (group 0):
 //   0 q    {{ elem }} [B * H * D]        read
@@ -24,7 +25,7 @@
 //   3 pos  i32        [B]                read
 //   4 out  {{ elem }} [B * H * D]        write
 // Dispatch: workgroups (x, y, 1) with x * y ≥ B * HKV (group = x + y * num_workgroups.x).
-{{ enable }}
+
 // All bindings are read_write: cubecl sub-allocates tensors from shared buffers, and wgpu forbids
 // binding one buffer both read-only and read-write in a dispatch.
 @group(0) @binding(0) var<storage, read_write> q: array<{{ elem }}>;

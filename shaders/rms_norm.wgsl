@@ -9,12 +9,14 @@
 // residual is normed first with its own weight rw [N]:
 //   h = x + r / sqrt(mean(r²) + eps) · rw       (the normed r rounded to the element type first)
 // Algorithm: one workgroup of WG invocations per row. Each invocation sums the squares of
-// elements lid, lid + WG, … (writing h as it goes), a tree reduction in shared memory gives the
-// row's sum, and each invocation then scales its own elements. Math in f32 whatever the element
-// type (an f16 square overflows past 256); each output is rounded to it once.
+// elements lid, lid + WG, … (writing h as it goes), a tree reduction in shared memory (the
+// prelude's `reduce_sum`: this shader uses prelude.wgsl) gives the row's sum, and each
+// invocation then scales its own elements. Math in f32 whatever the element type (an f16 square
+// overflows past 256); each output is rounded to it once.
 // Compile-time constants: B {{ b }}, N {{ n }}, eps {{ eps }}, RESIDUAL {{ residual }},
 // PRE_NORM {{ pre_norm }} (only with RESIDUAL).
-// Element type {{ elem }} (f32 or f16) for every binding.
+// Element type {{ elem }} (f32 or f16, the `enable f16;` directive then put first by
+// src/kernels/common.rs) for every binding.
 //
 // Bindings (group 0), all read_write (cubecl sub-allocates tensors from shared buffers, and
 // wgpu forbids binding one buffer both read-only and read-write in a dispatch):
@@ -25,7 +27,7 @@
 //   4 y  {{ elem }} [B * N]   write
 //   5 rw {{ elem }} [N]       read (PRE_NORM only)
 // Dispatch: workgroups (x, y, 1) with x * y ≥ B (row = x + y * num_workgroups.x).
-{{ enable }}
+
 @group(0) @binding(0) var<storage, read_write> x: array<{{ elem }}>;
 @group(0) @binding(1) var<storage, read_write> r: array<{{ elem }}>;
 @group(0) @binding(2) var<storage, read_write> w: array<{{ elem }}>;
@@ -39,8 +41,6 @@ const EPS: f32 = {{ eps }};
 const RESIDUAL: bool = {{ residual }};
 const PRE_NORM: bool = {{ pre_norm }};
 const WG: u32 = 256u;
-
-var<workgroup> partial: array<f32, 256>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -60,7 +60,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             let v = f32(r[base + i]);
             rs += v * v;
         }
-        r_inv = 1.0 / sqrt(workgroup_sum(lid, rs) / f32(N) + EPS);
+        r_inv = 1.0 / sqrt(reduce_sum(rs, lid) / f32(N) + EPS);
     }
     var sq = 0.0;
     for (var i = lid; i < N; i += WG) {
@@ -74,7 +74,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         sq += v * v;
     }
-    let inv = 1.0 / sqrt(workgroup_sum(lid, sq) / f32(N) + EPS);
+    let inv = 1.0 / sqrt(reduce_sum(sq, lid) / f32(N) + EPS);
     for (var i = lid; i < N; i += WG) {
         var v = f32(x[base + i]);
         if (RESIDUAL) {
@@ -82,22 +82,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         y[base + i] = {{ elem }}(v * inv * f32(w[i]));
     }
-}
-
-/// The sum of every invocation's `value`, returned to all of them: a tree reduction in shared
-/// memory. Called in uniform control flow; `partial` is free again when it returns.
-fn workgroup_sum(lid: u32, value: f32) -> f32 {
-    partial[lid] = value;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier(); // every invocation has read it before the next sum overwrites it
-    return total;
 }
 
 /// The residual's element i of the row at `base`: as it is, or normed (PRE_NORM) and rounded to

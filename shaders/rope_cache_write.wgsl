@@ -14,7 +14,8 @@
 // norm multiplies by), and x̂ is rotated: the norm costs no launch of its own.
 // This one launch replaces the bias add, two RoPE expressions (a flip each) and two scatters.
 // Shapes are compile-time constants (fixed for a run): B {{ b }}, H {{ h }}, HKV {{ hkv }},
-// C {{ c }}, D {{ d }} (even). Element type {{ elem }} (tables always f32; math in f32).
+// C {{ c }}, D {{ d }} (even). Element type {{ elem }} (f32 or f16, the `enable f16;` directive then
+// put first by src/kernels/common.rs; tables always f32; math in f32).
 //
 // Bindings (group 0), all read_write (cubecl sub-allocates tensors from shared buffers, and
 // wgpu forbids binding one buffer both read-only and read-write in a dispatch):
@@ -32,8 +33,9 @@
 // with x · y · {{ wg }} ≥ B · (H + 2 HKV) · D (index = global x + global y · x-extent). With
 // QK_NORM: one workgroup of {{ wg }} per head of a row (B · (H + 2 HKV) workgroups, index = x + y ·
 // x-extent), its invocations striding over the head's D values and meeting in shared memory for
-// the sum of squares. QK_NORM {{ qk_norm }}, EPS {{ eps }}.
-{{ enable }}
+// the sum of squares (the prelude's `reduce_sum`: this shader uses prelude.wgsl). QK_NORM
+// {{ qk_norm }}, EPS {{ eps }}.
+
 @group(0) @binding(0) var<storage, read_write> qkv: array<{{ elem }}>;
 @group(0) @binding(1) var<storage, read_write> bias: array<{{ elem }}>;
 @group(0) @binding(2) var<storage, read_write> pos: array<i32>;
@@ -54,8 +56,6 @@ const ROW: u32 = (H + 2u * HKV) * D;
 const WG: u32 = {{ wg }}u;
 const QK_NORM: bool = {{ qk_norm }};
 const EPS: f32 = {{ eps }};
-
-var<workgroup> squares: array<f32, {{ wg }}>;
 
 @compute @workgroup_size({{ wg }})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>,
@@ -125,15 +125,7 @@ fn normed_head(unit: u32, t: u32) {
         let x = f32(qkv[base + i]) + f32(bias[head * D + i]);
         sum += x * x;
     }
-    squares[t] = sum;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (t < stride) {
-            squares[t] += squares[t + stride];
-        }
-        workgroupBarrier();
-    }
-    let inv = inverseSqrt(squares[0] / f32(D) + EPS);
+    let inv = inverseSqrt(reduce_sum(sum, t) / f32(D) + EPS);
     let is_q = head < H;
     let cell = u32(clamp(p, 0, i32(C) - 1)) * D;
     for (var i = t; i < D; i += WG) {

@@ -19,8 +19,9 @@
 // workgroup are contiguous per row. Accumulation in f32.
 // Shapes are compile-time constants (a run decodes with fixed shapes, so a launch uploads
 // nothing): M {{ m }}, K {{ k }} (a multiple of 4; K4 = K / 4), N {{ n }}; COLS {{ cols }},
-// LANES {{ lanes }} (workgroup {{ wg }}), GATED {{ gated }}, GELU {{ gelu }}. Element type {{ elem }} (f32 or f16)
-// for x and w; y is {{ out }} ({{ elem }}, or f32 for logits: the sums are f32 already).
+// LANES {{ lanes }} (workgroup {{ wg }}), GATED {{ gated }}, GELU {{ gelu }}. Element type {{ elem }}
+// (f32 or f16, the `enable f16;` directive then put first by src/kernels/common.rs) for x and w;
+// y is {{ out }} ({{ elem }}, or f32 for logits: the sums are f32 already).
 //
 // Bindings (group 0), all read_write (cubecl sub-allocates tensors from shared buffers, and
 // wgpu forbids binding one buffer both read-only and read-write in a dispatch):
@@ -28,7 +29,7 @@
 //   1 w  vec4<{{ elem }}> [N * K4]   read ([2N * K4] with GATED)
 //   2 y  {{ out }}       [M * N]    write
 // Dispatch: workgroups (x, y, 1) with x * y ≥ ceil(N / COLS) (group = x + y * num_workgroups.x).
-{{ enable }}
+
 @group(0) @binding(0) var<storage, read_write> x: array<vec4<{{ elem }}>>;
 @group(0) @binding(1) var<storage, read_write> w: array<vec4<{{ elem }}>>;
 @group(0) @binding(2) var<storage, read_write> y: array<{{ out }}>;

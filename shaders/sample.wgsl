@@ -26,6 +26,8 @@
 // B {{ b }} and V {{ v }} are compile-time constants (a decode run samples with fixed shapes, so
 // one kernel is compiled per run and a launch uploads nothing).
 // Dispatch: workgroups (x, y, 1) with x * y ≥ B (row = x + y * num_workgroups.x).
+// Uses prelude.wgsl (online_add, reduce_sum, reduce_min, reduce_max_sum, LOWEST, and its scratch
+// red_a, red_b, res_f for the prefix scan).
 
 // All bindings are read_write: cubecl sub-allocates tensors from shared buffers, and wgpu forbids
 // binding one buffer both read-only and read-write in a dispatch.
@@ -38,15 +40,10 @@ const B: u32 = {{ b }}u;
 const V: u32 = {{ v }}u;
 
 const WG: u32 = 256u;
-const LOWEST: f32 = -3.4028235e38;
 const NONE: u32 = 0xffffffffu;
 const BISECT_STEPS: u32 = 40u;
 
-var<workgroup> red_a: array<f32, 256>;
-var<workgroup> red_b: array<f32, 256>;
 var<workgroup> red_i: array<u32, 256>;
-var<workgroup> res_f: f32;
-var<workgroup> res_g: f32;
 var<workgroup> res_u: u32;
 var<workgroup> sh_b: u32;
 var<workgroup> sh_v: u32;
@@ -62,50 +59,8 @@ fn pcg4d(seed: vec4<u32>) -> vec4<u32> {
     return v;
 }
 
-// The reductions below must be called from uniform control flow; their results are uniform.
-fn reduce_sum(x: f32, lid: u32) -> f32 {
-    red_a[lid] = x;
-    workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
-        if (lid < k) { red_a[lid] += red_a[lid + k]; }
-        workgroupBarrier();
-    }
-    if (lid == 0u) { res_f = red_a[0]; }
-    return workgroupUniformLoad(&res_f);
-}
-
-fn reduce_min(x: f32, lid: u32) -> f32 {
-    red_a[lid] = x;
-    workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
-        if (lid < k) { red_a[lid] = min(red_a[lid], red_a[lid + k]); }
-        workgroupBarrier();
-    }
-    if (lid == 0u) { res_f = red_a[0]; }
-    return workgroupUniformLoad(&res_f);
-}
-
-// Online (max, Σ exp(x − max)) pairs merged across the workgroup → vec2(max, sum).
-fn reduce_max_sum(m: f32, s: f32, lid: u32) -> vec2<f32> {
-    red_a[lid] = m;
-    red_b[lid] = s;
-    workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
-        if (lid < k) {
-            let m1 = red_a[lid];
-            let m2 = red_a[lid + k];
-            let mm = max(m1, m2);
-            red_b[lid] = red_b[lid] * exp(m1 - mm) + red_b[lid + k] * exp(m2 - mm);
-            red_a[lid] = mm;
-        }
-        workgroupBarrier();
-    }
-    if (lid == 0u) { res_f = red_a[0]; res_g = red_b[0]; }
-    let mx = workgroupUniformLoad(&res_f);
-    return vec2<f32>(mx, workgroupUniformLoad(&res_g));
-}
-
-// Index of the largest value, lowest index on ties.
+// Index of the largest value, lowest index on ties; called from uniform control flow, as the
+// prelude's reductions, and its result is uniform.
 fn reduce_argmax(x: f32, idx: u32, lid: u32) -> u32 {
     red_a[lid] = x;
     red_i[lid] = idx;
@@ -175,7 +130,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     var s = 0.0;
     for (var i = lid; i < v; i += WG) {
         let x = logits[base + i];
-        if (x > m) { s = s * exp(m - x) + 1.0; m = x; } else { s += exp(x - m); }
+        online_add(&m, &s, x);
     }
     let ms = reduce_max_sum(m, s, lid);
     let lse = ms.x + log(ms.y);

@@ -3,7 +3,8 @@
 // Computes dlogits[n, v] = g[n] · (1[v = targets[n]] − exp(logits[n, v] − lse[n])), i.e. the
 // upstream gradient g = dL/dlogp times the derivative of log_softmax at the target, using the lse
 // saved by the forward pass (no second reduction). Every element of dlogits is written.
-// Element type: {{ elem }} (f32 or f16 logits and dlogits; arithmetic in f32).
+// Element type: {{ elem }} (f32 or f16 logits and dlogits, the `enable f16;` directive then put
+// first by src/kernels/common.rs; arithmetic in f32).
 //
 // Bindings (group 0):
 //   0 logits  {{ elem }} [N * V]  read
@@ -13,7 +14,7 @@
 //   4 dlogits {{ elem }} [N * V]  write
 //   5 info    u32        [2]      read: N, V
 // Dispatch: workgroups (x, y, 1) with x * y ≥ N, one row per workgroup; 256 invocations.
-{{ enable }}
+
 // All bindings are read_write: cubecl sub-allocates tensors from shared buffers, and wgpu forbids
 // binding one buffer both read-only and read-write in a dispatch.
 @group(0) @binding(0) var<storage, read_write> logits: array<{{ elem }}>;

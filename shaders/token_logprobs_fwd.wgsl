@@ -4,11 +4,13 @@
 //   lse[n]  = log Σ_v exp(logits[n, v])
 //   logp[n] = logits[n, targets[n]] − lse[n]
 // Algorithm: one workgroup per row, one pass over V. Each invocation keeps an online (max, sum)
-// pair over a strided slice of the row (sum rescaled whenever the max grows), reading four
-// elements 256 apart per iteration so their loads overlap, then the workgroup
-// merges the pairs by a tree reduction in shared memory. Logits are read exactly once.
+// pair over a strided slice of the row (`online_add`: sum rescaled whenever the max grows),
+// reading four elements 256 apart per iteration so their loads overlap, then the workgroup
+// merges the pairs by a tree reduction in shared memory (`reduce_max_sum`). Logits are read
+// exactly once. Uses prelude.wgsl (online_add, reduce_max_sum, LOWEST).
 // −inf entries (masked vocabulary) contribute 0; a target outside [0, V) gives logp = 0.
-// Element type: {{ elem }} (f32 or f16; accumulation is always f32).
+// Element type: {{ elem }} (f32 or f16, the `enable f16;` directive then put first by
+// src/kernels/common.rs; accumulation is always f32).
 //
 // Bindings (group 0):
 //   0 logits  {{ elem }} [N * V]  read
@@ -17,7 +19,7 @@
 //   3 lse     f32        [N]      write
 //   4 info    u32        [2]      read: N, V
 // Dispatch: workgroups (x, y, 1) with x * y ≥ N (row = x + y * num_workgroups.x); 256 invocations.
-{{ enable }}
+
 // All bindings are read_write: cubecl sub-allocates tensors from shared buffers, and wgpu forbids
 // binding one buffer both read-only and read-write in a dispatch.
 @group(0) @binding(0) var<storage, read_write> logits: array<{{ elem }}>;
@@ -27,24 +29,9 @@
 @group(0) @binding(4) var<storage, read_write> info: array<u32>;
 
 const WG: u32 = 256u;
-// Stand-in for −inf that keeps exp() arguments finite.
-const LOWEST: f32 = -3.4028235e38;
 
-var<workgroup> part_max: array<f32, 256>;
-var<workgroup> part_sum: array<f32, 256>;
 var<workgroup> shape_n: u32;
 var<workgroup> shape_v: u32;
-
-// Adds x to a running (max m, Σ exp(· − m)) pair; the sum is rescaled only when the max grows,
-// which on random data happens O(log n) times, so it costs one exp per element.
-fn online_add(m: ptr<function, f32>, s: ptr<function, f32>, x: f32) {
-    if (x > *m) {
-        *s = *s * exp(*m - x) + 1.0;
-        *m = x;
-    } else {
-        *s += exp(x - *m);
-    }
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -81,23 +68,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     for (; i < v; i += WG) {
         online_add(&m, &s, f32(logits[base + i]));
     }
-    part_max[lid] = m;
-    part_sum[lid] = s;
-    workgroupBarrier();
-
-    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
-        if (lid < k) {
-            let m1 = part_max[lid];
-            let m2 = part_max[lid + k];
-            let mm = max(m1, m2);
-            part_sum[lid] = part_sum[lid] * exp(m1 - mm) + part_sum[lid + k] * exp(m2 - mm);
-            part_max[lid] = mm;
-        }
-        workgroupBarrier();
-    }
+    let ms = reduce_max_sum(m, s, lid);
 
     if (lid == 0u) {
-        let l = part_max[0] + log(part_sum[0]);
+        let l = ms.x + log(ms.y);
         lse[row] = l;
         let t = targets[row];
         if (t >= 0 && u32(t) < v) {

@@ -27,7 +27,7 @@ use burn::tensor::DType;
 use common::*;
 use wgspin::ModelBundle;
 use wgspin::device::{ComputeDevice, cpu_device};
-use wgspin::kernels::logprobs::f16_kernel_available;
+use wgspin::kernels::common::f16_kernel_available;
 use wgspin::model::fused::DecodeWeights;
 use wgspin::model::precision::set_compute;
 use wgspin::model::static_cache::{LEN_BUCKET, StaticKvCache, capacity_for, ids_tensor};

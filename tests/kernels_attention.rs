@@ -9,7 +9,7 @@ use common::*;
 use wgspin::kernels::attention::{
     decode_attention, decode_attention_twin, decode_mask, kernel_available,
 };
-use wgspin::kernels::logprobs::set_poison_outputs;
+use wgspin::kernels::common::{f16_kernel_available, set_poison_outputs};
 
 struct Case {
     b: usize,
@@ -176,7 +176,7 @@ fn kernel_twin_and_host_reference_agree() {
             assert_eq!(got.dtype(), DType::F32);
             let got = floats(got);
             assert_close(&format!("{label} kernel"), &got, &want, 1e-5);
-            if wgspin::kernels::logprobs::f16_kernel_available(device) {
+            if f16_kernel_available(device) {
                 let half = |t: Tensor<4>| t.cast(DType::F16);
                 let got =
                     decode_attention(qt.cast(DType::F16), half(kt), half(vt), pt, window, scale);

@@ -12,7 +12,7 @@ mod common;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
-use wgspin::kernels::logprobs::set_poison_outputs;
+use wgspin::kernels::common::set_poison_outputs;
 use wgspin::kernels::rope_cache::{RopeInputs, rope_cache_write, rope_cache_write_twin};
 use wgspin::kernels::rows_matmul::{MAX_ROWS, MIN_WEIGHT, rows_matmul};
 
@@ -208,7 +208,7 @@ fn matmul_reference(x: &[f32], w: &[f32], [m, k, n]: [usize; 3]) -> Vec<f64> {
 #[test]
 fn rows_matmul_matches_host_reference_and_twin() {
     use burn::tensor::DType;
-    use wgspin::kernels::logprobs::f16_kernel_available;
+    use wgspin::kernels::common::f16_kernel_available;
     use wgspin::kernels::rows_matmul::{
         COLS, RowsPath, rows_gated, rows_gated_twin, rows_matmul_f32, rows_matmul_twin, rows_path,
     };

@@ -13,10 +13,8 @@ mod common;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{Rng, devices, floats};
-use wgspin::kernels::logprobs::{
-    f16_kernel_available, head_logprobs, set_poison_outputs, token_logprobs,
-};
-use wgspin::kernels::sample::is_wgpu;
+use wgspin::kernels::common::{f16_kernel_available, is_wgpu, set_poison_outputs};
+use wgspin::kernels::logprobs::{head_logprobs, token_logprobs};
 
 /// Random logits `[n, v]` with scale `scale` and a fraction of −inf entries (never the target).
 fn case(rng: &mut Rng, n: usize, v: usize, scale: f32, masked: f32) -> (Vec<f32>, Vec<i32>) {

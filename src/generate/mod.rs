@@ -23,8 +23,9 @@ pub mod server;
 use burn::tensor::{Int, Tensor};
 
 use crate::error::{Error, Result};
+use crate::kernels::common::is_wgpu;
 use crate::kernels::sample::{
-    BatchSampler, DrawId, SamplingParams, is_wgpu, read_samples, read_samples_many,
+    BatchSampler, DrawId, SamplingParams, read_samples, read_samples_many,
 };
 use crate::model::fused::DecodeWeights;
 use crate::model::static_cache::{

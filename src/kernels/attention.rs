@@ -16,11 +16,11 @@ use burn::cubecl::prelude::KernelId;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor};
 
-use super::cpu;
-use super::cube::{cast_to, contiguous_as, decode_template, launch_wgsl};
-use super::logprobs::{as_i32, has_f16, new_tensor};
-use super::rows_matmul::{PARALLEL_WORK, dot_f32};
-use super::sample::{is_cpu, is_wgpu};
+use super::common::{
+    Shader, Variant, as_i32, cast_to, contiguous_as, elem_dtype, is_cpu, is_wgpu, launch_wgsl,
+    new_tensor, reads_f16, shader,
+};
+use super::cpu::{self, PARALLEL_WORK, dot_f32};
 use super::{MASKED, like};
 use rayon::prelude::*;
 
@@ -112,6 +112,8 @@ pub fn decode_attention(
     ))
 }
 
+pub(crate) const SHADER: Shader = shader!("decode_attention.wgsl");
+
 struct AttentionSource {
     shape: [usize; 5],
     window: u32,
@@ -123,14 +125,11 @@ struct AttentionSource {
 impl KernelSource for AttentionSource {
     fn source(&self) -> SourceTemplate {
         let scale = f32::from_bits(self.scale);
-        decode_template(
-            include_str!("../../shaders/decode_attention.wgsl"),
-            self.shape,
-            self.f16,
-        )
-        .register("window", (self.window as i32).to_string())
-        // Debug formatting prints the shortest string that reads back to the same f32.
-        .register("scale", format!("{scale:?}"))
+        SHADER
+            .decode_template(self.shape, self.f16)
+            .register("window", (self.window as i32).to_string())
+            // Debug formatting prints the shortest string that reads back to the same f32.
+            .register("scale", format!("{scale:?}"))
     }
     fn id(&self) -> KernelId {
         KernelId::new::<Self>().info((self.shape, self.window, self.scale, self.f16))
@@ -138,6 +137,22 @@ impl KernelSource for AttentionSource {
     fn lang(&self) -> &'static str {
         "wgsl"
     }
+}
+
+/// The shader completed, f32 and f16, with and without a sliding window (for the registry's
+/// validation test).
+pub(crate) fn variants() -> Vec<Variant> {
+    let mut out = vec![];
+    for (window, f16) in [(0, false), (16, false), (0, true), (16, true)] {
+        let kernel = AttentionSource {
+            shape: [2, 9, 3, 64, 64],
+            window,
+            scale: 0.125f32.to_bits(),
+            f16,
+        };
+        out.push(Variant::of(&kernel, &SHADER, f16));
+    }
+    out
 }
 
 impl DecodeAttentionBackend for CubeBackend {
@@ -149,8 +164,8 @@ impl DecodeAttentionBackend for CubeBackend {
         window: u32,
         scale: f32,
     ) -> CubeTensor {
-        let f16 = q.dtype == DType::F16 && has_f16(q.client.properties());
-        let elem = if f16 { DType::F16 } else { DType::F32 };
+        let f16 = reads_f16(&q);
+        let elem = elem_dtype(f16);
         let cast = |t: CubeTensor| contiguous_as(t, elem);
         let dtype = q.dtype;
         let (q, k, v) = (cast(q), cast(k), cast(v));

@@ -1,7 +1,8 @@
-//! Storage access for the decode kernels written in Rust for the CPU backend (burn-flex): its
-//! tensors are reference-counted byte buffers with a strided layout, and these kernels want
-//! dense f32 slices. A decode step's tensors are already dense f32, so nothing here copies on the
-//! hot path; a shared or strided tensor is copied once, as burn's own in-place ops do.
+//! What the kernels written in Rust for the CPU backend (burn-flex) share, the CPU half of
+//! [`super::common`]: storage access (its tensors are reference-counted byte buffers with a
+//! strided layout, and these kernels want dense f32 slices; a decode step's tensors are already
+//! dense f32, so nothing here copies on the hot path, and a shared or strided tensor is copied
+//! once, as burn's own in-place ops do), the dot product and the threading threshold.
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
@@ -59,4 +60,34 @@ pub fn cast_back(t: FlexTensor, dtype: DType) -> FlexTensor {
     } else {
         Flex::float_cast(t, dtype.into())
     }
+}
+
+/// Below this many multiply-adds one thread is faster than handing out tasks (tiny models).
+pub(crate) const PARALLEL_WORK: usize = 1 << 18;
+
+/// Dot product in 8 independent lanes (a strict left-to-right sum would not vectorise); `FMA`
+/// fuses the multiply-adds (for a copy compiled with FMA, as `rows_matmul`'s AVX2 one).
+#[inline(always)]
+pub(crate) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 8;
+    let mut acc = [0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..L {
+            acc[l] = if FMA {
+                x[l].mul_add(y[l], acc[l])
+            } else {
+                acc[l] + x[l] * y[l]
+            };
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// [`dot`] without FMA: attention scores, norms.
+#[inline(always)]
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    dot::<false>(a, b)
 }

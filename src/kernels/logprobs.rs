@@ -8,27 +8,24 @@
 //!   projection fused with the log-prob, `chunk` rows at a time. Its backward recomputes each chunk's
 //!   logits instead of keeping them, so training memory is O(chunk · V), not O(N · V).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::fusion::custom::TensorSpec;
-use burn::backend::ops::{FloatTensorOps, IntTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::wgpu::{
-    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
-};
+use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate, into_contiguous};
 use burn::backend::{
-    Autodiff, AutodiffBackend, Backend, DType, Dispatch, FloatDType, IntDType, RuntimeId, Shape,
+    Autodiff, AutodiffBackend, Backend, DType, Dispatch, FloatDType, RuntimeId, Shape,
     TensorMetadata, backend_extension,
 };
-use burn::cubecl::ir::{DeviceProperties, ElemType, FloatKind};
 use burn::cubecl::prelude::KernelId;
-use burn::cubecl::server::KernelArguments;
-use burn::cubecl::{CubeCount, CubeDim};
 use burn::tensor::{Int, Slice, Tensor};
+
+use super::common::{
+    Shader, Variant, as_i32, cast_to, contiguous_as, elem_dtype, launch_wgsl, new_f32, new_tensor,
+    reads_f16, shader,
+};
 
 fn row_spec(logits: &TensorSpec) -> TensorSpec {
     TensorSpec::new(Shape::new([logits.shape[0]]), DType::F32)
@@ -145,155 +142,65 @@ pub fn reference_backward<B: Backend>(
 
 // ---------------------------------------------------------------- WGSL launch (wgpu runtime only)
 
-/// Whether f16 logits on `device` are read by the f16 instance of the shaders (a wgpu device whose
-/// WGSL has `f16`) rather than cast to f32 first.
-pub fn f16_kernel_available(device: &burn::tensor::Device) -> bool {
-    matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(d)
-        if d.runtime() == RuntimeId::Wgpu && has_f16(d.client().properties()))
-}
+pub(crate) const FWD_SHADER: Shader = shader!("token_logprobs_fwd.wgsl", prelude);
+pub(crate) const BWD_SHADER: Shader = shader!("token_logprobs_bwd.wgsl");
 
-/// cubecl registers f16 for a wgpu device exactly when its WGSL has `enable f16`.
-pub(crate) fn has_f16(properties: &DeviceProperties) -> bool {
-    properties.supports_type(ElemType::Float(FloatKind::F16))
-}
-
-const FWD_WGSL: &str = include_str!("../../shaders/token_logprobs_fwd.wgsl");
-const BWD_WGSL: &str = include_str!("../../shaders/token_logprobs_bwd.wgsl");
-
-/// Element type a log-prob shader is instantiated for: the logits' own f16 where the device has
+/// One of the two log-prob shaders, instantiated for the logits' own f16 where the device has
 /// WGSL `f16` (half the bytes read, the bandwidth being the kernel's cost), f32 otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Elem {
-    F32,
-    F16,
-}
-
 struct WgslSource {
-    source: &'static str,
-    name: &'static str,
-    elem: Elem,
+    shader: &'static Shader,
+    f16: bool,
 }
 
 impl KernelSource for WgslSource {
     fn source(&self) -> SourceTemplate {
-        let (elem, enable) = match self.elem {
-            Elem::F32 => ("f32", ""),
-            Elem::F16 => ("f16", "enable f16;"),
-        };
-        SourceTemplate::new(self.source)
-            .register("elem", elem)
-            .register("enable", enable)
+        self.shader.template(self.f16)
     }
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.name, self.elem))
+        KernelId::new::<Self>().info((self.shader.file, self.f16))
     }
     fn lang(&self) -> &'static str {
         "wgsl"
     }
 }
 
-pub(crate) fn as_f32(t: CubeTensor) -> CubeTensor {
-    if t.dtype == DType::F32 {
-        t
-    } else {
-        CubeBackend::float_cast(t, FloatDType::F32)
+/// Both shaders, f32 and f16, completed (for the registry's validation test).
+pub(crate) fn variants() -> Vec<Variant> {
+    let mut out = vec![];
+    for shader in [&FWD_SHADER, &BWD_SHADER] {
+        for f16 in [false, true] {
+            out.push(Variant::of(&WgslSource { shader, f16 }, shader, f16));
+        }
     }
+    out
 }
 
-/// The logits as the kernel will read them: f16 kept where the device's WGSL has `f16`, every
-/// other dtype (bf16, f64, f16 without device support) cast to f32.
-fn kernel_input(logits: CubeTensor) -> (CubeTensor, Elem) {
-    if logits.dtype == DType::F16 && has_f16(logits.client.properties()) {
-        (logits, Elem::F16)
-    } else {
-        (as_f32(logits), Elem::F32)
-    }
+/// The logits as the kernel will read them, contiguous: f16 kept where the device's WGSL has
+/// `f16`, every other dtype cast to f32. Returns whether the kernel reads f16.
+fn kernel_input(logits: CubeTensor) -> (CubeTensor, bool) {
+    let f16 = reads_f16(&logits);
+    (contiguous_as(logits, elem_dtype(f16)), f16)
 }
 
-pub(crate) fn as_i32(t: CubeTensor) -> CubeTensor {
-    if t.dtype == DType::I32 {
-        t
-    } else {
-        CubeBackend::int_cast(t, IntDType::I32)
-    }
-}
-
-/// One workgroup per row; rows folded into (x, y) because a dimension holds at most 65535 groups.
-pub(crate) fn rows_grid(n: usize) -> CubeCount {
-    let n = n as u32;
-    let x = n.clamp(1, 65535);
-    CubeCount::Static(x, n.div_ceil(x).max(1), 1)
-}
-
-static POISON_OUTPUTS: AtomicBool = AtomicBool::new(false);
-
-/// Test hook: when on, kernel outputs start as NaN instead of uninitialised memory, so an element
-/// a kernel fails to write shows up in the comparison.
-pub fn set_poison_outputs(on: bool) {
-    POISON_OUTPUTS.store(on, Ordering::Relaxed);
-}
-
-pub(crate) fn new_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
-    new_output(like, shape, Elem::F32)
-}
-
-fn new_output(like: &CubeTensor, shape: Shape, elem: Elem) -> CubeTensor {
-    let dtype = match elem {
-        Elem::F32 => DType::F32,
-        Elem::F16 => DType::F16,
-    };
-    new_tensor(like, shape, dtype)
-}
-
-/// A kernel output on `like`'s device: uninitialised, or NaN under [`set_poison_outputs`]
-/// (f32 and f16).
-pub(crate) fn new_tensor(like: &CubeTensor, shape: Shape, dtype: DType) -> CubeTensor {
-    let len = shape.num_elements().max(1);
-    let handle = if POISON_OUTPUTS.load(Ordering::Relaxed) {
-        let nan = match dtype {
-            DType::F16 => half::f16::NAN.to_le_bytes().to_vec(),
-            _ => f32::NAN.to_le_bytes().to_vec(),
-        };
-        let bytes: Vec<u8> = std::iter::repeat_n(nan, len).flatten().collect();
-        like.client.create_from_slice(&bytes)
-    } else {
-        like.client.empty(len * dtype.size())
-    };
-    CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        shape,
-        handle,
-        dtype,
-    )
-}
-
-fn info_buffer(like: &CubeTensor, n: usize, v: usize) -> burn::cubecl::server::Handle {
+/// Launches a log-prob shader with one 256-invocation workgroup per row over `n` rows of width
+/// `v`: binds `tensors` in order, then the `[n, v]` info buffer, as both shader headers list
+/// their bindings.
+fn launch_rows(shader: &'static Shader, f16: bool, [n, v]: [usize; 2], tensors: &[&CubeTensor]) {
+    let like = tensors[0];
     let words: Vec<u8> = [n as u32, v as u32]
         .iter()
         .flat_map(|x| x.to_le_bytes())
         .collect();
-    like.client.create_from_slice(&words)
-}
-
-/// Launches a WGSL kernel with one 256-thread workgroup per row over `n` rows of width `v`:
-/// binds `tensors` in order, then the `[n, v]` info buffer, as every shader header here lists
-/// its bindings.
-pub(crate) fn launch_rows<K: KernelSource + 'static>(
-    kernel: K,
-    n: usize,
-    v: usize,
-    tensors: &[&CubeTensor],
-) {
-    let like = tensors[0];
-    let info = info_buffer(like, n, v);
-    let mut bindings: Vec<_> = tensors.iter().map(|t| t.handle.clone().binding()).collect();
-    bindings.push(info.binding());
-    like.client.launch(
-        Box::new(SourceKernel::new(kernel, CubeDim::new_1d(256))),
-        rows_grid(n),
-        KernelArguments::new().with_buffers(bindings),
+    let info = CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::new([2]),
+        like.client.create_from_slice(&words),
+        DType::U32,
     );
+    let mut bound = tensors.to_vec();
+    bound.push(&info);
+    launch_wgsl(WgslSource { shader, f16 }, 256, n, &bound);
 }
 
 impl LogprobBackend for CubeBackend {
@@ -301,21 +208,14 @@ impl LogprobBackend for CubeBackend {
         if logits.device.runtime() != RuntimeId::Wgpu {
             return reference_forward::<Self>(logits, targets);
         }
-        let (logits, elem) = kernel_input(logits);
-        let logits = into_contiguous(logits);
+        let (logits, f16) = kernel_input(logits);
         let targets = into_contiguous(as_i32(targets));
         let [n, v] = logits.shape().dims::<2>();
         let logp = new_f32(&logits, Shape::new([n]));
         let lse = new_f32(&logits, Shape::new([n]));
-        if n == 0 {
-            return (logp, lse);
+        if n > 0 {
+            launch_rows(&FWD_SHADER, f16, [n, v], &[&logits, &targets, &logp, &lse]);
         }
-        let kernel = WgslSource {
-            source: FWD_WGSL,
-            name: "token_logprobs_fwd",
-            elem,
-        };
-        launch_rows(kernel, n, v, &[&logits, &targets, &logp, &lse]);
         (logp, lse)
     }
 
@@ -329,26 +229,17 @@ impl LogprobBackend for CubeBackend {
             return reference_backward::<Self>(logits, targets, lse, grad);
         }
         let dtype = logits.dtype;
-        let (logits, elem) = kernel_input(logits);
-        let logits = into_contiguous(logits);
+        let (logits, f16) = kernel_input(logits);
         let targets = into_contiguous(as_i32(targets));
-        let lse = into_contiguous(as_f32(lse));
-        let grad = into_contiguous(as_f32(grad));
+        let lse = contiguous_as(lse, DType::F32);
+        let grad = contiguous_as(grad, DType::F32);
         let [n, v] = logits.shape().dims::<2>();
-        let out = new_output(&logits, Shape::new([n, v]), elem);
+        let out = new_tensor(&logits, Shape::new([n, v]), elem_dtype(f16));
         if n > 0 {
-            let kernel = WgslSource {
-                source: BWD_WGSL,
-                name: "token_logprobs_bwd",
-                elem,
-            };
-            launch_rows(kernel, n, v, &[&logits, &targets, &lse, &grad, &out]);
+            let bound = [&logits, &targets, &lse, &grad, &out];
+            launch_rows(&BWD_SHADER, f16, [n, v], &bound);
         }
-        if out.dtype == dtype {
-            out
-        } else {
-            CubeBackend::float_cast(out, dtype.into())
-        }
+        cast_to(out, dtype)
     }
 }
 

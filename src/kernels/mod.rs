@@ -1,14 +1,21 @@
 //! Hand-written kernels on the hot paths (WGSL for wgpu; Rust loops for the CPU backend's decode
 //! step and training step), each next to its burn-ops twin.
+//!
+//! A kernel is its shader in `shaders/`, its launch/twin file here and its line in
+//! [`registry::KERNELS`] (which `wgspin bench kernels` and the shader tests go through). What the
+//! launches share is in [`common`] (WGSL side: devices, dtypes, outputs, sources with the WGSL
+//! prelude `shaders/prelude.wgsl`, launch) and `cpu` (the CPU kernels' storage access).
 
 pub mod attention;
+pub mod bench;
+pub mod common;
 mod cpu;
 mod cpu_train;
-mod cube;
 pub mod logprobs;
 pub mod lse;
 pub mod norm;
 pub mod optim_step;
+pub mod registry;
 pub mod rope_cache;
 pub mod rows_matmul;
 pub mod sample;

@@ -20,18 +20,21 @@ use burn::backend::{Backend, DType, Dispatch, Flex, Shape, TensorMetadata, backe
 use burn::cubecl::prelude::KernelId;
 use burn::tensor::Tensor;
 
-use super::cpu;
-use super::cube::{cast_to, contiguous_as, elem_template, launch_wgsl};
-use super::logprobs::{has_f16, new_tensor};
-use super::rows_matmul::dot_f32;
+use super::common::{
+    Shader, Variant, cast_to, contiguous_as, elem_dtype, launch_wgsl, new_tensor, reads_f16, shader,
+};
+use super::cpu::{self, dot_f32};
+
+/// `(h, y)`, both like `x`.
+fn h_and_y(x: &TensorSpec) -> (TensorSpec, TensorSpec) {
+    let like_x = || TensorSpec::new(x.shape.clone(), x.dtype);
+    (like_x(), like_x())
+}
 
 #[backend_extension(Cube, Flex, Fusion)]
 pub trait RmsNormBackend: Backend {
     /// `(x + r, rms_norm(x + r) · w)`.
-    #[fusion(meta = |x, _r, _w, _eps| (
-        TensorSpec::new(x.shape.clone(), x.dtype),
-        TensorSpec::new(x.shape.clone(), x.dtype),
-    ))]
+    #[fusion(meta = |x, _r, _w, _eps| h_and_y(x))]
     fn add_rms_norm(
         x: FloatTensor<Self>,
         r: FloatTensor<Self>,
@@ -44,10 +47,7 @@ pub trait RmsNormBackend: Backend {
     fn rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
 
     /// `(h, rms_norm(h) · w)` for `h = x + rms_norm(r) · rw`.
-    #[fusion(meta = |x, _r, _rw, _w, _eps| (
-        TensorSpec::new(x.shape.clone(), x.dtype),
-        TensorSpec::new(x.shape.clone(), x.dtype),
-    ))]
+    #[fusion(meta = |x, _r, _rw, _w, _eps| h_and_y(x))]
     fn norm_add_rms_norm(
         x: FloatTensor<Self>,
         r: FloatTensor<Self>,
@@ -95,6 +95,8 @@ pub fn rms_norm(x: Tensor<2>, w: Tensor<1>, eps: f64) -> Tensor<2> {
     ))
 }
 
+pub(crate) const SHADER: Shader = shader!("rms_norm.wgsl", prelude);
+
 struct NormSource {
     b: usize,
     n: usize,
@@ -107,7 +109,8 @@ struct NormSource {
 
 impl KernelSource for NormSource {
     fn source(&self) -> SourceTemplate {
-        elem_template(include_str!("../../shaders/rms_norm.wgsl"), self.f16)
+        SHADER
+            .template(self.f16)
             .register("b", self.b.to_string())
             .register("n", self.n.to_string())
             // Debug formatting prints the shortest string that reads back to the same f32.
@@ -150,6 +153,26 @@ impl KernelSource for NormSource {
     }
 }
 
+/// The shader completed for every template branch (plain norm, residual add, pre-normed
+/// residual; f32 and f16), for the registry's validation test.
+pub(crate) fn variants() -> Vec<Variant> {
+    let mut out = vec![];
+    for (residual, pre_norm) in [(false, false), (true, false), (true, true)] {
+        for f16 in [false, true] {
+            let kernel = NormSource {
+                b: 3,
+                n: 96,
+                eps: 1e-6,
+                residual,
+                pre_norm,
+                f16,
+            };
+            out.push(Variant::of(&kernel, &SHADER, f16));
+        }
+    }
+    out
+}
+
 /// Launches the kernel; `r` is `None` for the plain norm, and carries its own norm's weight for
 /// PRE_NORM. Returns `(h, y)` (`h` only with `r`).
 fn launch(
@@ -159,8 +182,8 @@ fn launch(
     eps: f32,
 ) -> (Option<CubeTensor>, CubeTensor) {
     let dtype = x.dtype;
-    let f16 = dtype == DType::F16 && has_f16(x.client.properties());
-    let elem = if f16 { DType::F16 } else { DType::F32 };
+    let f16 = reads_f16(&x);
+    let elem = elem_dtype(f16);
     let (x, w) = (contiguous_as(x, elem), contiguous_as(w, elem));
     let [b, n] = x.shape().dims::<2>();
     let y = new_tensor(&x, Shape::new([b, n]), elem);

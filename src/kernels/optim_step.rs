@@ -130,6 +130,34 @@ pub fn reference_adamw<B: Backend>(
 
 impl OptimStepBackend for CubeBackend {}
 
+/// The primitive of a flattened parameter (or its gradient or moment) on the dispatch backend.
+type Flat = FloatTensor<Dispatch>;
+
+/// [`OptimStepBackend::rmsprop_step`] or [`reference_rmsprop`].
+type RmspropOp = fn(Flat, Flat, Flat, RmspropCoefs) -> (Flat, Flat);
+
+/// [`OptimStepBackend::adamw_step`] or [`reference_adamw`].
+type AdamwOp = fn(Flat, Flat, Flat, Flat, AdamwCoefs) -> (Flat, Flat, Flat);
+
+/// `op`, the kernel or its twin, on `[w, g, v]` → `(w', v')`.
+fn rmsprop_with(op: RmspropOp, wgv: [Tensor<1>; 3], c: RmspropCoefs) -> (Tensor<1>, Tensor<1>) {
+    let [w, g, v] = wgv.map(Tensor::into_dispatch);
+    let (w, v) = op(w, g, v, c);
+    (Tensor::from_dispatch(w), Tensor::from_dispatch(v))
+}
+
+/// `op`, the kernel or its twin, on `[w, g, m, v]` → `(w', m', v')`.
+fn adamw_with(
+    op: AdamwOp,
+    wgmv: [Tensor<1>; 4],
+    c: AdamwCoefs,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    let [w, g, m, v] = wgmv.map(Tensor::into_dispatch);
+    let (w, m, v) = op(w, g, m, v, c);
+    let [w, m, v] = [w, m, v].map(Tensor::from_dispatch);
+    (w, m, v)
+}
+
 /// RMSprop update of `w [numel]` → `(w', v')`.
 pub fn rmsprop_step(
     w: Tensor<1>,
@@ -137,13 +165,7 @@ pub fn rmsprop_step(
     v: Tensor<1>,
     c: RmspropCoefs,
 ) -> (Tensor<1>, Tensor<1>) {
-    let (w, v) = <Dispatch as OptimStepBackend>::rmsprop_step(
-        w.into_dispatch(),
-        g.into_dispatch(),
-        v.into_dispatch(),
-        c,
-    );
-    (Tensor::from_dispatch(w), Tensor::from_dispatch(v))
+    rmsprop_with(<Dispatch as OptimStepBackend>::rmsprop_step, [w, g, v], c)
 }
 
 /// The burn-ops twin of [`rmsprop_step`] (what other backends run), for tests.
@@ -153,9 +175,7 @@ pub fn rmsprop_step_twin(
     v: Tensor<1>,
     c: RmspropCoefs,
 ) -> (Tensor<1>, Tensor<1>) {
-    let (w, v) =
-        reference_rmsprop::<Dispatch>(w.into_dispatch(), g.into_dispatch(), v.into_dispatch(), c);
-    (Tensor::from_dispatch(w), Tensor::from_dispatch(v))
+    rmsprop_with(reference_rmsprop::<Dispatch>, [w, g, v], c)
 }
 
 /// AdamW update of `w [numel]` → `(w', m', v')`.
@@ -166,18 +186,7 @@ pub fn adamw_step(
     v: Tensor<1>,
     c: AdamwCoefs,
 ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
-    let (w, m, v) = <Dispatch as OptimStepBackend>::adamw_step(
-        w.into_dispatch(),
-        g.into_dispatch(),
-        m.into_dispatch(),
-        v.into_dispatch(),
-        c,
-    );
-    (
-        Tensor::from_dispatch(w),
-        Tensor::from_dispatch(m),
-        Tensor::from_dispatch(v),
-    )
+    adamw_with(<Dispatch as OptimStepBackend>::adamw_step, [w, g, m, v], c)
 }
 
 /// The burn-ops twin of [`adamw_step`].
@@ -188,18 +197,7 @@ pub fn adamw_step_twin(
     v: Tensor<1>,
     c: AdamwCoefs,
 ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
-    let (w, m, v) = reference_adamw::<Dispatch>(
-        w.into_dispatch(),
-        g.into_dispatch(),
-        m.into_dispatch(),
-        v.into_dispatch(),
-        c,
-    );
-    (
-        Tensor::from_dispatch(w),
-        Tensor::from_dispatch(m),
-        Tensor::from_dispatch(v),
-    )
+    adamw_with(reference_adamw::<Dispatch>, [w, g, m, v], c)
 }
 
 /// `Σ (g · scale)²` → `[1]`.

@@ -21,23 +21,38 @@ use burn::backend::{Backend, DType, Dispatch, Flex, Shape, TensorMetadata, backe
 use burn::cubecl::prelude::KernelId;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
+use super::common::{
+    Shader, Variant, as_i32, cast_to, contiguous_as, elem_dtype, launch_wgsl, new_tensor,
+    reads_f16, shader,
+};
 use super::cpu;
-use super::cube::{cast_to, contiguous_as, decode_template, launch_wgsl};
-use super::logprobs::{as_i32, has_f16, new_tensor};
 
 /// Invocations per workgroup of the WGSL kernel: one per element, or (with q/k norms) `NORM_WG`
 /// per head (a power of two, for the shared-memory sum).
 const WG: u32 = 256;
 const NORM_WG: u32 = 64;
 
+/// The op's outputs: `q [B, H, D]` in qkv's dtype, and the caches as they came in.
+fn specs(
+    qkv: &TensorSpec,
+    cos: &TensorSpec,
+    (k, v): (&TensorSpec, &TensorSpec),
+    heads: u32,
+) -> (TensorSpec, TensorSpec, TensorSpec) {
+    (
+        TensorSpec::new(
+            Shape::new([qkv.shape[0], heads as usize, cos.shape[1]]),
+            qkv.dtype,
+        ),
+        TensorSpec::new(k.shape.clone(), k.dtype),
+        TensorSpec::new(v.shape.clone(), v.dtype),
+    )
+}
+
 #[backend_extension(Cube, Flex, Fusion)]
 pub trait RopeCacheBackend: Backend {
     /// See the module docs; returns `(q, k, v)`, q in qkv's dtype.
-    #[fusion(meta = |qkv, _bias, _pos, cos, _sin, k, v, heads| (
-        TensorSpec::new(Shape::new([qkv.shape[0], *heads as usize, cos.shape[1]]), qkv.dtype),
-        TensorSpec::new(k.shape.clone(), k.dtype),
-        TensorSpec::new(v.shape.clone(), v.dtype),
-    ))]
+    #[fusion(meta = |qkv, _bias, _pos, cos, _sin, k, v, heads| specs(qkv, cos, (k, v), *heads))]
     #[allow(clippy::too_many_arguments)]
     fn rope_cache_write(
         qkv: FloatTensor<Self>,
@@ -51,11 +66,8 @@ pub trait RopeCacheBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// The op with per-head q/k norms (see the module docs).
-    #[fusion(meta = |qkv, _bias, _pos, cos, _sin, k, v, _qn, _kn, heads, _eps| (
-        TensorSpec::new(Shape::new([qkv.shape[0], *heads as usize, cos.shape[1]]), qkv.dtype),
-        TensorSpec::new(k.shape.clone(), k.dtype),
-        TensorSpec::new(v.shape.clone(), v.dtype),
-    ))]
+    #[fusion(meta = |qkv, _bias, _pos, cos, _sin, k, v, _qn, _kn, heads, _eps|
+        specs(qkv, cos, (k, v), *heads))]
     #[allow(clippy::too_many_arguments)]
     fn rope_cache_write_normed(
         qkv: FloatTensor<Self>,
@@ -90,36 +102,24 @@ pub fn rope_cache_write(
     k: Tensor<4>,
     v: Tensor<4>,
 ) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
-    if let Some((qn, kn, eps)) = x.qk_norm {
-        let (q, k, v) = <Dispatch as RopeCacheBackend>::rope_cache_write_normed(
-            x.qkv.into_dispatch(),
-            x.bias.into_dispatch(),
-            x.pos.into_dispatch(),
-            x.cos.into_dispatch(),
-            x.sin.into_dispatch(),
-            k.into_dispatch(),
-            v.into_dispatch(),
-            qn.into_dispatch(),
-            kn.into_dispatch(),
-            x.heads as u32,
-            eps as f32,
-        );
-        return (
-            Tensor::from_dispatch(q),
-            Tensor::from_dispatch(k),
-            Tensor::from_dispatch(v),
-        );
-    }
-    let (q, k, v) = <Dispatch as RopeCacheBackend>::rope_cache_write(
-        x.qkv.into_dispatch(),
+    let [qkv, cos, sin] = [x.qkv, x.cos, x.sin].map(Tensor::into_dispatch);
+    let [k, v] = [k, v].map(Tensor::into_dispatch);
+    let (bias, pos, heads) = (
         x.bias.into_dispatch(),
         x.pos.into_dispatch(),
-        x.cos.into_dispatch(),
-        x.sin.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
         x.heads as u32,
     );
+    let (q, k, v) = match x.qk_norm {
+        Some((qn, kn, eps)) => {
+            let (qn, kn) = (qn.into_dispatch(), kn.into_dispatch());
+            <Dispatch as RopeCacheBackend>::rope_cache_write_normed(
+                qkv, bias, pos, cos, sin, k, v, qn, kn, heads, eps as f32,
+            )
+        }
+        None => {
+            <Dispatch as RopeCacheBackend>::rope_cache_write(qkv, bias, pos, cos, sin, k, v, heads)
+        }
+    };
     (
         Tensor::from_dispatch(q),
         Tensor::from_dispatch(k),
@@ -192,6 +192,8 @@ pub fn rope_cache_write_twin(
     (q, k, v)
 }
 
+pub(crate) const SHADER: Shader = shader!("rope_cache_write.wgsl", prelude);
+
 struct RopeSource {
     shape: [usize; 5],
     f16: bool,
@@ -214,17 +216,14 @@ impl KernelSource for RopeSource {
             None => (WG, String::new(), "    return 1.0;"),
         };
         let eps = f32::from_bits(self.qk_norm.unwrap_or(0));
-        decode_template(
-            include_str!("../../shaders/rope_cache_write.wgsl"),
-            self.shape,
-            self.f16,
-        )
-        .register("wg", wg.to_string())
-        .register("qk_norm", self.qk_norm.is_some().to_string())
-        // Debug formatting prints the shortest string that reads back to the same f32.
-        .register("eps", format!("{eps:?}"))
-        .register("norm_bindings", bindings)
-        .register("norm_weight", weight)
+        SHADER
+            .decode_template(self.shape, self.f16)
+            .register("wg", wg.to_string())
+            .register("qk_norm", self.qk_norm.is_some().to_string())
+            // Debug formatting prints the shortest string that reads back to the same f32.
+            .register("eps", format!("{eps:?}"))
+            .register("norm_bindings", bindings)
+            .register("norm_weight", weight)
     }
     fn id(&self) -> KernelId {
         KernelId::new::<Self>().info((self.shape, self.f16, self.qk_norm))
@@ -232,6 +231,23 @@ impl KernelSource for RopeSource {
     fn lang(&self) -> &'static str {
         "wgsl"
     }
+}
+
+/// The shader completed with and without q/k norms, f32 and f16 (for the registry's validation
+/// test).
+pub(crate) fn variants() -> Vec<Variant> {
+    let mut out = vec![];
+    for qk_norm in [None, Some(1e-6f32.to_bits())] {
+        for f16 in [false, true] {
+            let kernel = RopeSource {
+                shape: [2, 4, 2, 32, 16],
+                f16,
+                qk_norm,
+            };
+            out.push(Variant::of(&kernel, &SHADER, f16));
+        }
+    }
+    out
 }
 
 /// A cache tensor the kernel may write: its own contiguous buffer in `elem`.
@@ -256,8 +272,8 @@ fn launch_cube(
     norms: Option<(CubeTensor, CubeTensor, f32)>,
     heads: u32,
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
-    let f16 = qkv.dtype == DType::F16 && has_f16(qkv.client.properties());
-    let elem = if f16 { DType::F16 } else { DType::F32 };
+    let f16 = reads_f16(&qkv);
+    let elem = elem_dtype(f16);
     let dtype = qkv.dtype;
     let (qkv, bias) = (contiguous_as(qkv, elem), contiguous_as(bias, elem));
     let (cos, sin) = (

@@ -21,10 +21,11 @@ use burn::cubecl::prelude::KernelId;
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::cpu;
-use super::cube::{cast_to, contiguous_as, elem_template, launch_wgsl};
-use super::logprobs::{f16_kernel_available, has_f16, new_tensor};
-use super::sample::{is_cpu, is_wgpu};
+use super::common::{
+    Shader, Variant, cast_to, contiguous_as, elem_dtype, f16_kernel_available, is_cpu, is_wgpu,
+    launch_wgsl, new_tensor, reads_f16, shader,
+};
+use super::cpu::{self, PARALLEL_WORK, dot};
 
 /// Above this many rows a tiled GEMM wins (weights are reused across rows).
 pub const MAX_ROWS: usize = 16;
@@ -35,9 +36,6 @@ pub const MIN_WEIGHT: usize = 1 << 17;
 
 /// Outputs per parallel task: enough work per task to amortise scheduling.
 const CHUNK: usize = 64;
-
-/// Below this many multiply-adds one thread is faster than handing out tasks (tiny models).
-pub(crate) const PARALLEL_WORK: usize = 1 << 18;
 
 /// The WGSL kernel's workgroup: `COLS` outputs, each streamed by a team of `LANES` invocations
 /// (a team reads `LANES` · 16 contiguous bytes of its weight row per iteration).
@@ -181,6 +179,8 @@ pub trait RowsMatmul: Backend {
     fn rows_gated(x: FloatTensor<Self>, w: FloatTensor<Self>, gelu: bool) -> FloatTensor<Self>;
 }
 
+pub(crate) const SHADER: Shader = shader!("rows_matmul.wgsl");
+
 struct RowsSource {
     /// `[m, k, n]` (n outputs: half the weight's rows when gated).
     shape: [usize; 3],
@@ -195,7 +195,8 @@ struct RowsSource {
 impl KernelSource for RowsSource {
     fn source(&self) -> SourceTemplate {
         let [m, k, n] = self.shape;
-        elem_template(include_str!("../../shaders/rows_matmul.wgsl"), self.f16)
+        SHADER
+            .template(self.f16)
             .register("m", m.to_string())
             .register("k", k.to_string())
             .register("n", n.to_string())
@@ -225,12 +226,31 @@ impl KernelSource for RowsSource {
     }
 }
 
+/// The shader completed for every template branch (plain, SiLU- and GELU-gated; f32, f16 and f16
+/// with f32 outputs), for the registry's validation test.
+pub(crate) fn variants() -> Vec<Variant> {
+    let mut out = vec![];
+    for (gated, gelu) in [(false, false), (true, false), (true, true)] {
+        for (f16, out_f32) in [(false, false), (true, false), (true, true)] {
+            let kernel = RowsSource {
+                shape: [3, 64, 40],
+                gated,
+                gelu,
+                f16,
+                out_f32,
+            };
+            out.push(Variant::of(&kernel, &SHADER, f16));
+        }
+    }
+    out
+}
+
 /// Launches the kernel; the output is in x's dtype, or f32 with `out_f32`.
 fn launch_rows(x: CubeTensor, w: CubeTensor, gated: Option<bool>, out_f32: bool) -> CubeTensor {
     let (gelu, gated) = (gated == Some(true), gated.is_some());
     let dtype = if out_f32 { DType::F32 } else { x.dtype };
-    let f16 = x.dtype == DType::F16 && w.dtype == DType::F16 && has_f16(x.client.properties());
-    let elem = if f16 { DType::F16 } else { DType::F32 };
+    let f16 = reads_f16(&x) && w.dtype == DType::F16;
+    let elem = elem_dtype(f16);
     let out = if out_f32 { DType::F32 } else { elem };
     let (x, w) = (contiguous_as(x, elem), contiguous_as(w, elem));
     let [m, k] = x.shape().dims::<2>();
@@ -354,30 +374,4 @@ fn columns_generic<const FMA: bool>(x: &[f32], w: &[f32], m: usize, k: usize, ou
             *o = dot::<FMA>(&x[r * k..(r + 1) * k], wj);
         }
     }
-}
-
-/// Dot product in 8 independent lanes (a strict left-to-right sum would not vectorise).
-#[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 8;
-    let mut acc = [0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..L {
-            acc[l] = if FMA {
-                x[l].mul_add(y[l], acc[l])
-            } else {
-                acc[l] + x[l] * y[l]
-            };
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// [`dot`] for the other CPU kernels of this module's family (attention scores, norms).
-#[inline(always)]
-pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    dot::<false>(a, b)
 }

@@ -7,16 +7,15 @@
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate, into_contiguous};
-use burn::backend::{
-    Backend, DType, Dispatch, DispatchDevice, Flex, RuntimeId, Shape, TensorMetadata,
-    backend_extension,
-};
+use burn::backend::{Backend, DType, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
 use burn::cubecl::prelude::KernelId;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::cube::launch_wgsl;
-use super::logprobs::{as_f32, as_i32, new_f32, new_tensor};
+use super::common::{
+    Shader, Variant, as_i32, contiguous_as, is_cpu, is_wgpu, launch_wgsl, new_f32, new_tensor,
+    shader,
+};
 use crate::error::{Error, Result};
 
 /// How one row is sampled; also the sampling flags of `wgspin generate` and `spin` (the doc
@@ -382,14 +381,22 @@ pub trait SampleBackend: Backend {
     ) -> (FloatTensor<Self>, IntTensor<Self>);
 }
 
+pub(crate) const SHADER: Shader = shader!("sample.wgsl", prelude);
+
 struct SampleSource {
     b: usize,
     v: usize,
 }
 
+/// The shader completed (f32 only), for the registry's validation test.
+pub(crate) fn variants() -> Vec<Variant> {
+    vec![Variant::of(&SampleSource { b: 3, v: 1000 }, &SHADER, false)]
+}
+
 impl KernelSource for SampleSource {
     fn source(&self) -> SourceTemplate {
-        SourceTemplate::new(include_str!("../../shaders/sample.wgsl"))
+        SHADER
+            .template(false)
             .register("b", self.b.to_string())
             .register("v", self.v.to_string())
     }
@@ -403,7 +410,7 @@ impl KernelSource for SampleSource {
 
 impl SampleBackend for CubeBackend {
     fn sample_rows(logits: CubeTensor, params: CubeTensor) -> (CubeTensor, CubeTensor) {
-        let logits = into_contiguous(as_f32(logits));
+        let logits = contiguous_as(logits, DType::F32);
         let params = into_contiguous(as_i32(params));
         let [b, v] = logits.shape().dims::<2>();
         let out = new_f32(&logits, Shape::new([b, 2]));
@@ -459,16 +466,6 @@ impl SampleBackend for Flex {
         let tokens = burn::backend::flex::FlexTensor::from_data(TensorData::new(tokens, [b]));
         (super::cpu::from_f32(out, [b, 2]), tokens)
     }
-}
-
-/// Whether tensors on `device` live on the CPU backend (where the Rust kernels run).
-pub fn is_cpu(device: &Device) -> bool {
-    matches!(device.as_dispatch(), DispatchDevice::Flex(_))
-}
-
-/// Whether tensors on `device` run on the wgpu runtime (where WGSL kernels launch).
-pub fn is_wgpu(device: &Device) -> bool {
-    matches!(device.as_dispatch(), DispatchDevice::Cube(d) if d.runtime() == RuntimeId::Wgpu)
 }
 
 fn params_words(p: &SamplingParams, id: DrawId) -> [i32; 8] {

@@ -11,11 +11,11 @@ use clap::{Args, Subcommand};
 use wgspin::ModelBundle;
 use wgspin::generate::profile::{GenProfile, WARMUP_STEPS};
 use wgspin::hf::config::ModelConfig;
+use wgspin::kernels::bench::{BenchSizes, bench_kernels};
 use wgspin::model::Transformer;
 use wgspin::model::random_init::random_model;
 
 use super::args::{DeviceArgs, DtypeArgs};
-use measure::BenchSizes;
 
 /// Benchmarks: WGSL kernels against their twins; generation, training and memory.
 ///
@@ -86,7 +86,7 @@ impl KernelsArgs {
             "{:<38} {:<36} {:>10} {:>10} {:>7} {:>9}",
             "kernel", "shape", "ours ms", "twin ms", "ratio", "GB/s"
         );
-        for r in measure::bench_kernels(&dev.device, sizes)? {
+        for r in bench_kernels(&dev.device, sizes)? {
             println!(
                 "{:<38} {:<36} {:>10.3} {:>10.3} {:>6.2}x {:>9.2}",
                 r.name,

@@ -8,7 +8,8 @@
 //! `wgspin convert` share one path, and `convert` only has to write these out.
 //!
 //! - [`reader`]: the file format (bounds-checked parsing); [`dequant`]: tensor types;
-//!   [`names`]: GGUF tensor names; [`tokenizer`]: metadata → tokenizer; [`writer`]: `export-gguf`.
+//!   [`names`]: GGUF tensor names; [`tokenizer`]: metadata → tokenizer; [`writer`]: `export-gguf`
+//!   (its `tokenizer.*` metadata in `writer_tokenizer.rs`).
 
 pub mod add_tokens;
 pub mod card;
@@ -17,6 +18,7 @@ pub mod names;
 pub mod reader;
 pub mod tokenizer;
 pub mod writer;
+mod writer_tokenizer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

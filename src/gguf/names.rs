@@ -206,6 +206,11 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
+        let round_trip = |name: &str, sandwich: bool| {
+            let r = from_gguf(name, sandwich).unwrap();
+            assert_eq!(r.gguf_name(sandwich), name);
+            assert_eq!(from_hf(&r.hf_name()), Some(r));
+        };
         for name in [
             "token_embd.weight",
             "output.weight",
@@ -213,9 +218,7 @@ mod tests {
             "blk.0.ffn_down.weight",
             "blk.3.attn_k.bias",
         ] {
-            let r = from_gguf(name, false).unwrap();
-            assert_eq!(r.gguf_name(false), name);
-            assert_eq!(from_hf(&r.hf_name()), Some(r));
+            round_trip(name, false);
         }
         assert_eq!(
             from_gguf("blk.2.attn_v.weight", false).unwrap().hf_name(),
@@ -232,9 +235,7 @@ mod tests {
             "blk.1.post_ffw_norm.weight",
             "blk.1.attn_q_norm.weight",
         ] {
-            let r = from_gguf(name, true).unwrap();
-            assert_eq!(r.gguf_name(true), name);
-            assert_eq!(from_hf(&r.hf_name()), Some(r));
+            round_trip(name, true);
         }
     }
 

@@ -169,6 +169,17 @@ fn half_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+/// The scale `d` and offset `m` of a Q4_x / Q5_x block, and the bytes after them: the `_1` types
+/// store `m` after `d`; the `_0` ones centre their unsigned values on `zero`, so `m = -zero·d`.
+fn scale_offset(b: &[u8], stores_min: bool, zero: f32) -> (f32, f32, &[u8]) {
+    let d = half_at(b, 0);
+    if stores_min {
+        (d, half_at(b, 2), &b[4..])
+    } else {
+        (d, -zero * d, &b[2..])
+    }
+}
+
 /// Dequantizes whole blocks of `ty` from `data` (whose length must be a multiple of the block
 /// size; the reader checks it) into `out`.
 pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut Vec<f32>) {
@@ -186,23 +197,13 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut Vec<f32>) {
             }
             GgmlType::Q4_0 | GgmlType::Q4_1 => {
                 // d (, m): f16, qs: 16 bytes; low nibbles are elements 0..16, high ones 16..32.
-                let d = half_at(b, 0);
-                let (m, qs) = if ty == GgmlType::Q4_1 {
-                    (half_at(b, 2), &b[4..20])
-                } else {
-                    (-8.0 * d, &b[2..18])
-                };
+                let (d, m, qs) = scale_offset(b, ty == GgmlType::Q4_1, 8.0);
                 out.extend(qs.iter().map(|&q| (q & 0xF) as f32 * d + m));
                 out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
             }
             GgmlType::Q5_0 | GgmlType::Q5_1 => {
                 // d (, m): f16, qh: u32 (5th bits), qs: 16 bytes of low nibbles.
-                let d = half_at(b, 0);
-                let (m, rest) = if ty == GgmlType::Q5_1 {
-                    (half_at(b, 2), &b[4..24])
-                } else {
-                    (-16.0 * d, &b[2..22])
-                };
+                let (d, m, rest) = scale_offset(b, ty == GgmlType::Q5_1, 16.0);
                 let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
                 let qs = &rest[4..20];
                 for (j, &q) in qs.iter().enumerate() {

@@ -8,7 +8,8 @@
 //! `wgspin convert` share one path, and `convert` only has to write these out.
 //!
 //! - [`reader`]: the file format (bounds-checked parsing); [`dequant`]: tensor types;
-//!   [`names`]: GGUF tensor names; [`tokenizer`]: metadata → tokenizer; [`writer`]: `export-gguf`.
+//!   [`names`]: GGUF tensor names; [`tokenizer`]: metadata → tokenizer; [`writer`]: `export-gguf`
+//!   (its `tokenizer.*` metadata in `writer_tokenizer.rs`).
 
 pub mod add_tokens;
 pub mod card;
@@ -17,6 +18,7 @@ pub mod names;
 pub mod reader;
 pub mod tokenizer;
 pub mod writer;
+mod writer_tokenizer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -264,6 +266,11 @@ pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value
             }
         }
     }
+    Ok((config, generation_config(g, tok, vocab)?))
+}
+
+/// The `generation_config.json` document: the special tokens, an end-of-turn token among the eos.
+fn generation_config(g: &GgufFile, tok: &tokenizer::TokenizerParts, vocab: usize) -> Result<Value> {
     let mut eos: Vec<u32> = tok.eos_token_id.into_iter().collect();
     // An end-of-turn token (Llama 3's <|eot_id|>) also ends generation.
     if let Some(eot) = g.optional("tokenizer.ggml.eot_token_id", MetaValue::as_u64)?
@@ -272,12 +279,11 @@ pub fn hf_config(g: &GgufFile, tok: &tokenizer::TokenizerParts) -> Result<(Value
     {
         eos.push(eot as u32);
     }
-    let generation = json!({
+    Ok(json!({
         "bos_token_id": tok.bos_token_id,
         "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
         "pad_token_id": tok.pad_token_id,
-    });
-    Ok((config, generation))
+    }))
 }
 
 /// Dequantizes every tensor to f32 under its Hugging Face name (q/k rows un-permuted for `llama`).

@@ -112,18 +112,31 @@ pub fn layer(index: usize, tensor: LayerTensor, sandwich: bool) -> String {
     format!("blk.{index}.{suffix}")
 }
 
+/// The model-wide tensor called `name`, given the names of the embedding, the final norm and the
+/// LM head in one naming scheme.
+fn model_tensor(name: &str, [embed, final_norm, lm_head]: [&str; 3]) -> Option<Resolved> {
+    [
+        (embed, Resolved::Embed),
+        (final_norm, Resolved::FinalNorm),
+        (lm_head, Resolved::LmHead),
+    ]
+    .into_iter()
+    .find_map(|(n, r)| (n == name).then_some(r))
+}
+
+/// The index and the rest of a layer tensor's name `{prefix}{index}.{rest}`.
+fn layer_index<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
+    let (index, rest) = name.strip_prefix(prefix)?.split_once('.')?;
+    Some((index.parse().ok()?, rest))
+}
+
 /// Resolves a GGUF tensor name of a model with or without sandwich norms; `None` for names
 /// wgspin does not know.
 pub fn from_gguf(name: &str, sandwich: bool) -> Option<Resolved> {
-    match name {
-        TOKEN_EMBD => return Some(Resolved::Embed),
-        OUTPUT_NORM => return Some(Resolved::FinalNorm),
-        OUTPUT => return Some(Resolved::LmHead),
-        _ => {}
+    if let Some(r) = model_tensor(name, [TOKEN_EMBD, OUTPUT_NORM, OUTPUT]) {
+        return Some(r);
     }
-    let rest = name.strip_prefix("blk.")?;
-    let (index, suffix) = rest.split_once('.')?;
-    let index: usize = index.parse().ok()?;
+    let (index, suffix) = layer_index(name, "blk.")?;
     table(sandwich)
         .into_iter()
         .find(|(_, s)| *s == suffix)
@@ -132,15 +145,11 @@ pub fn from_gguf(name: &str, sandwich: bool) -> Option<Resolved> {
 
 /// Resolves a Hugging Face tensor name (inverse of [`Resolved::hf_name`]).
 pub fn from_hf(name: &str) -> Option<Resolved> {
-    match name {
-        hf_names::EMBED => return Some(Resolved::Embed),
-        hf_names::FINAL_NORM => return Some(Resolved::FinalNorm),
-        hf_names::LM_HEAD => return Some(Resolved::LmHead),
-        _ => {}
+    let model_wide = [hf_names::EMBED, hf_names::FINAL_NORM, hf_names::LM_HEAD];
+    if let Some(r) = model_tensor(name, model_wide) {
+        return Some(r);
     }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (index, _) = rest.split_once('.')?;
-    let index: usize = index.parse().ok()?;
+    let (index, _) = layer_index(name, "model.layers.")?;
     table(true)
         .into_iter()
         .chain(LAYER_TENSORS.iter().copied())
@@ -197,6 +206,11 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
+        let round_trip = |name: &str, sandwich: bool| {
+            let r = from_gguf(name, sandwich).unwrap();
+            assert_eq!(r.gguf_name(sandwich), name);
+            assert_eq!(from_hf(&r.hf_name()), Some(r));
+        };
         for name in [
             "token_embd.weight",
             "output.weight",
@@ -204,9 +218,7 @@ mod tests {
             "blk.0.ffn_down.weight",
             "blk.3.attn_k.bias",
         ] {
-            let r = from_gguf(name, false).unwrap();
-            assert_eq!(r.gguf_name(false), name);
-            assert_eq!(from_hf(&r.hf_name()), Some(r));
+            round_trip(name, false);
         }
         assert_eq!(
             from_gguf("blk.2.attn_v.weight", false).unwrap().hf_name(),
@@ -223,9 +235,7 @@ mod tests {
             "blk.1.post_ffw_norm.weight",
             "blk.1.attn_q_norm.weight",
         ] {
-            let r = from_gguf(name, true).unwrap();
-            assert_eq!(r.gguf_name(true), name);
-            assert_eq!(from_hf(&r.hf_name()), Some(r));
+            round_trip(name, true);
         }
     }
 

@@ -249,6 +249,159 @@ impl<'a> Cursor<'a> {
             }
         })
     }
+
+    /// Magic and version, then (version, tensor count, metadata count).
+    fn header(&mut self) -> Result<(u32, u64, u64)> {
+        if self.take(4, "magic")? != MAGIC {
+            return Err(self.err("not a GGUF file (the first bytes are not \"GGUF\")".into()));
+        }
+        let version = self.u32("version")?;
+        if !(2..=3).contains(&version) {
+            return Err(self.err(format!(
+                "GGUF version {version} is not supported (supported: 2, 3); re-convert the model with a current llama.cpp"
+            )));
+        }
+        let tensor_count = self.u64("tensor count")?;
+        let kv_count = self.u64("metadata count")?;
+        Ok((version, tensor_count, kv_count))
+    }
+
+    fn metadata(&mut self, kv_count: u64) -> Result<BTreeMap<String, MetaValue>> {
+        let mut metadata = BTreeMap::new();
+        for i in 0..kv_count {
+            // A key/value takes at least 12 bytes; huge counts fail here on the first missing byte.
+            let key = self.string(&format!("metadata key #{i}"))?;
+            let ty = self.u32(&key)?;
+            let value = self.value(ty, &key, 0)?;
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(self.err(format!("metadata key {key:?} appears twice")));
+            }
+        }
+        Ok(metadata)
+    }
+
+    /// Tensor info #`i`, as stated.
+    fn tensor_info(&mut self, i: u64) -> Result<RawTensorInfo> {
+        let name = self.string(&format!("tensor info #{i}"))?;
+        let n_dims = self.u32(&name)?;
+        if n_dims > MAX_DIMS {
+            return Err(Error::Tensor {
+                path: self.path.to_path_buf(),
+                name,
+                message: format!("has {n_dims} dimensions (GGUF allows at most {MAX_DIMS})"),
+            });
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            dims.push(self.u64(&name)?);
+        }
+        let ty = self.u32(&name)?;
+        let offset = self.u64(&name)?;
+        Ok(RawTensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+        })
+    }
+}
+
+/// `general.alignment` (a power of two), or the default.
+fn alignment(path: &Path, metadata: &BTreeMap<String, MetaValue>) -> Result<u64> {
+    match metadata.get("general.alignment") {
+        None => Ok(DEFAULT_ALIGNMENT),
+        Some(v) => match v.as_u64() {
+            Some(a) if a > 0 && a.is_power_of_two() => Ok(a),
+            _ => Err(Error::Gguf {
+                path: path.to_path_buf(),
+                message: format!("general.alignment must be a power of two, got {v:?}"),
+            }),
+        },
+    }
+}
+
+/// A tensor info as the header states it, before its type, size and data range are checked.
+struct RawTensorInfo {
+    name: String,
+    dims: Vec<u64>,
+    ty: u32,
+    offset: u64,
+}
+
+impl RawTensorInfo {
+    /// Checks the type, the element count and the data range against the file.
+    fn locate(
+        self,
+        path: &Path,
+        data_start: u64,
+        alignment: u64,
+        file_len: u64,
+    ) -> Result<TensorInfo> {
+        let RawTensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+        } = self;
+        let terr = |message: String| Error::Tensor {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            message,
+        };
+        let ty = GgmlType::from_id(ty).map_err(&terr)?;
+        let numel = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| usize::try_from(n).is_ok())
+            .ok_or_else(|| terr(format!("dims {dims:?} overflow")))?;
+        let (block, _) = ty.block();
+        if dims.first().is_some_and(|&d| d % block as u64 != 0) {
+            return Err(terr(format!(
+                "row length {} is not a multiple of the {} block size {block}",
+                dims[0],
+                ty.name()
+            )));
+        }
+        let size = ty
+            .byte_size(numel)
+            .ok_or_else(|| terr(format!("dims {dims:?} overflow")))?;
+        if offset % alignment != 0 {
+            return Err(terr(format!(
+                "data offset {offset} is not a multiple of the alignment {alignment}"
+            )));
+        }
+        let start = data_start.checked_add(offset);
+        let end = start.and_then(|s| s.checked_add(size));
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(terr(format!("data offset {offset} overflows")));
+        };
+        if end > file_len {
+            return Err(terr(format!(
+                "data (bytes {start}..{end}) runs past the end of the file ({file_len} bytes): the file is truncated or corrupt"
+            )));
+        }
+        Ok(TensorInfo {
+            name,
+            dims,
+            ty,
+            start: start as usize,
+            len: size as usize,
+        })
+    }
+}
+
+fn check_unique_names(path: &Path, tensors: &[TensorInfo]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for t in tensors {
+        if !seen.insert(t.name.as_str()) {
+            return Err(Error::Tensor {
+                path: path.to_path_buf(),
+                name: t.name.clone(),
+                message: "appears twice in the GGUF header".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl GgufFile {
@@ -271,116 +424,20 @@ impl GgufFile {
             pos: 0,
             path,
         };
-        if c.take(4, "magic")? != MAGIC {
-            return Err(c.err("not a GGUF file (the first bytes are not \"GGUF\")".into()));
-        }
-        let version = c.u32("version")?;
-        if !(2..=3).contains(&version) {
-            return Err(c.err(format!(
-                "GGUF version {version} is not supported (supported: 2, 3); re-convert the model with a current llama.cpp"
-            )));
-        }
-        let tensor_count = c.u64("tensor count")?;
-        let kv_count = c.u64("metadata count")?;
-        let mut metadata = BTreeMap::new();
-        for i in 0..kv_count {
-            // A key/value takes at least 12 bytes; huge counts fail here on the first missing byte.
-            let key = c.string(&format!("metadata key #{i}"))?;
-            let ty = c.u32(&key)?;
-            let value = c.value(ty, &key, 0)?;
-            if metadata.insert(key.clone(), value).is_some() {
-                return Err(c.err(format!("metadata key {key:?} appears twice")));
-            }
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_u64() {
-                Some(a) if a > 0 && a.is_power_of_two() => a,
-                _ => {
-                    return Err(c.err(format!(
-                        "general.alignment must be a power of two, got {v:?}"
-                    )));
-                }
-            },
-        };
+        let (version, tensor_count, kv_count) = c.header()?;
+        let metadata = c.metadata(kv_count)?;
+        let alignment = alignment(path, &metadata)?;
         let mut raw = vec![];
         for i in 0..tensor_count {
-            let name = c.string(&format!("tensor info #{i}"))?;
-            let n_dims = c.u32(&name)?;
-            if n_dims > MAX_DIMS {
-                return Err(Error::Tensor {
-                    path: path.to_path_buf(),
-                    name,
-                    message: format!("has {n_dims} dimensions (GGUF allows at most {MAX_DIMS})"),
-                });
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                dims.push(c.u64(&name)?);
-            }
-            let ty = c.u32(&name)?;
-            let offset = c.u64(&name)?;
-            raw.push((name, dims, ty, offset));
+            raw.push(c.tensor_info(i)?);
         }
         let data_start = (c.pos as u64).next_multiple_of(alignment);
         let file_len = bytes.len() as u64;
         let mut tensors = Vec::with_capacity(raw.len());
-        for (name, dims, ty, offset) in raw {
-            let terr = |message: String| Error::Tensor {
-                path: path.to_path_buf(),
-                name: name.clone(),
-                message,
-            };
-            let ty = GgmlType::from_id(ty).map_err(&terr)?;
-            let numel = dims
-                .iter()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                .filter(|&n| usize::try_from(n).is_ok())
-                .ok_or_else(|| terr(format!("dims {dims:?} overflow")))?;
-            let (block, _) = ty.block();
-            if dims.first().is_some_and(|&d| d % block as u64 != 0) {
-                return Err(terr(format!(
-                    "row length {} is not a multiple of the {} block size {block}",
-                    dims[0],
-                    ty.name()
-                )));
-            }
-            let size = ty
-                .byte_size(numel)
-                .ok_or_else(|| terr(format!("dims {dims:?} overflow")))?;
-            if offset % alignment != 0 {
-                return Err(terr(format!(
-                    "data offset {offset} is not a multiple of the alignment {alignment}"
-                )));
-            }
-            let start = data_start.checked_add(offset);
-            let end = start.and_then(|s| s.checked_add(size));
-            let (Some(start), Some(end)) = (start, end) else {
-                return Err(terr(format!("data offset {offset} overflows")));
-            };
-            if end > file_len {
-                return Err(terr(format!(
-                    "data (bytes {start}..{end}) runs past the end of the file ({file_len} bytes): the file is truncated or corrupt"
-                )));
-            }
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                start: start as usize,
-                len: size as usize,
-            });
+        for info in raw {
+            tensors.push(info.locate(path, data_start, alignment, file_len)?);
         }
-        let mut seen = std::collections::HashSet::new();
-        for t in &tensors {
-            if !seen.insert(t.name.as_str()) {
-                return Err(Error::Tensor {
-                    path: path.to_path_buf(),
-                    name: t.name.clone(),
-                    message: "appears twice in the GGUF header".into(),
-                });
-            }
-        }
+        check_unique_names(path, &tensors)?;
         Ok(Self {
             path: path.to_path_buf(),
             version,

@@ -140,17 +140,33 @@ fn spm_merges(
     merges.into_iter().map(|m| m.3).collect()
 }
 
-/// Builds the tokenizer of a GGUF file.
-pub fn from_gguf(g: &GgufFile) -> Result<TokenizerParts> {
-    let err = |message: String| Error::Tokenizer {
+/// The `tokenizer.ggml.*_token_id` special tokens, each checked to be inside the vocabulary.
+#[derive(Clone, Copy)]
+struct SpecialIds {
+    bos: Option<u32>,
+    eos: Option<u32>,
+    pad: Option<u32>,
+    unk: Option<u32>,
+}
+
+/// The tokenizer.json pieces that depend on `tokenizer.ggml.model`.
+struct ModelParts {
+    normalizer: Value,
+    pre_tokenizer: Value,
+    decoder: Value,
+    /// The `model` object: BPE vocabulary, merges and options.
+    bpe: Value,
+}
+
+fn tokenizer_error(g: &GgufFile, message: String) -> Error {
+    Error::Tokenizer {
         path: g.path.clone(),
         message,
-    };
-    let model = g.require("tokenizer.ggml.model", |v| v.as_str().map(str::to_string))?;
-    let tokens = g
-        .strings("tokenizer.ggml.tokens")?
-        .ok_or_else(|| err("missing tokenizer.ggml.tokens".into()))?;
-    let n = tokens.len();
+    }
+}
+
+/// `tokenizer.ggml.token_type`, one per token (all normal when absent).
+fn token_types(g: &GgufFile, n: usize) -> Result<Vec<i32>> {
     let types: Vec<i32> = g
         .optional("tokenizer.ggml.token_type", |v| {
             v.as_array()?
@@ -163,131 +179,145 @@ pub fn from_gguf(g: &GgufFile) -> Result<TokenizerParts> {
         })?
         .unwrap_or_else(|| vec![TOKEN_NORMAL; n]);
     if types.len() != n {
-        return Err(err(format!(
-            "tokenizer.ggml.token_type has {} entries for {n} tokens",
-            types.len()
-        )));
+        return Err(tokenizer_error(
+            g,
+            format!(
+                "tokenizer.ggml.token_type has {} entries for {n} tokens",
+                types.len()
+            ),
+        ));
     }
+    Ok(types)
+}
+
+fn special_ids(g: &GgufFile, n: usize) -> Result<SpecialIds> {
     let id = |key: &str| -> Result<Option<u32>> {
         let v = g.optional(key, MetaValue::as_u64)?;
         match v {
             Some(i) if (i as usize) < n => Ok(Some(i as u32)),
-            Some(i) => Err(err(format!(
-                "{key} = {i} is outside the {n}-token vocabulary"
-            ))),
+            Some(i) => Err(tokenizer_error(
+                g,
+                format!("{key} = {i} is outside the {n}-token vocabulary"),
+            )),
             None => Ok(None),
         }
     };
-    let bos = id("tokenizer.ggml.bos_token_id")?;
-    let eos = id("tokenizer.ggml.eos_token_id")?;
-    let pad = id("tokenizer.ggml.padding_token_id")?;
-    let unk = id("tokenizer.ggml.unknown_token_id")?;
-    let tok = |i: Option<u32>| i.map(|i| tokens[i as usize]);
-    let add_bos = g
-        .optional("tokenizer.ggml.add_bos_token", MetaValue::as_bool)?
-        .unwrap_or(model == "llama");
-    let add_eos = g
-        .optional("tokenizer.ggml.add_eos_token", MetaValue::as_bool)?
-        .unwrap_or(false);
+    Ok(SpecialIds {
+        bos: id("tokenizer.ggml.bos_token_id")?,
+        eos: id("tokenizer.ggml.eos_token_id")?,
+        pad: id("tokenizer.ggml.padding_token_id")?,
+        unk: id("tokenizer.ggml.unknown_token_id")?,
+    })
+}
 
+/// The vocabulary as a lookup and as tokenizer.json's `vocab` object.
+fn vocab_maps<'a>(tokens: &[&'a str]) -> (HashMap<&'a str, usize>, serde_json::Map<String, Value>) {
+    let n = tokens.len();
     let mut vocab_map: HashMap<&str, usize> = HashMap::with_capacity(n);
     let mut vocab = serde_json::Map::with_capacity(n);
     for (i, t) in tokens.iter().enumerate() {
         // Duplicated pieces exist in a few vocabularies; the first id wins, as in llama.cpp.
         if !vocab_map.contains_key(t) {
-            vocab_map.insert(t, i);
+            vocab_map.insert(*t, i);
             vocab.insert((*t).to_string(), json!(i));
         }
     }
-    let added: Vec<Value> = types
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| matches!(**t, TOKEN_CONTROL | TOKEN_USER_DEFINED | TOKEN_UNKNOWN))
-        .map(|(i, _)| added_token(i, tokens[i]))
-        .collect();
-    let (normalizer, pre_tokenizer, decoder, bpe) = match model.as_str() {
-        "gpt2" => {
-            let pre = g
-                .optional("tokenizer.ggml.pre", |v| v.as_str().map(str::to_string))?
-                .unwrap_or_else(|| "default".into());
-            let (normalizer, pre_tokenizer, ignore_merges) =
-                bpe_pre_tokenizer(&pre).ok_or_else(|| {
-                    err(format!(
-                        "tokenizer.ggml.pre {pre:?} is not supported (supported: {})",
-                        SUPPORTED_PRE.join(", ")
-                    ))
-                })?;
-            let merges = g
-                .strings("tokenizer.ggml.merges")?
-                .ok_or_else(|| err("a gpt2 tokenizer needs tokenizer.ggml.merges".into()))?;
-            let bpe = json!({"type": "BPE", "dropout": null, "unk_token": null,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-                "byte_fallback": false, "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges});
-            let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
-            (normalizer, pre_tokenizer, decoder, bpe)
-        }
-        "llama" => {
-            let scores: Vec<f32> = g
-                .optional("tokenizer.ggml.scores", |v| {
-                    v.as_array()?
-                        .iter()
-                        .map(|s| s.as_f64().map(|s| s as f32))
-                        .collect::<Option<Vec<_>>>()
-                })?
-                .unwrap_or_default();
-            if scores.len() != n {
-                return Err(err(format!(
-                    "a llama (SentencePiece) tokenizer needs one score per token: {} scores for {n} tokens",
-                    scores.len()
-                )));
-            }
-            let merges = spm_merges(&tokens, &scores, &types, &vocab_map);
-            let add_space = g
-                .optional("tokenizer.ggml.add_space_prefix", MetaValue::as_bool)?
-                .unwrap_or(true);
-            let mut norm = vec![];
-            if add_space {
-                norm.push(json!({"type": "Prepend", "prepend": "▁"}));
-            }
-            norm.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
-            let mut dec = vec![
-                json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
-                json!({"type": "ByteFallback"}),
-                json!({"type": "Fuse"}),
-            ];
-            if add_space {
-                dec.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
-            }
-            let bpe = json!({"type": "BPE", "dropout": null, "unk_token": tok(unk),
-                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
-                "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges});
-            (
-                json!({"type": "Sequence", "normalizers": norm}),
-                Value::Null,
-                json!({"type": "Sequence", "decoders": dec}),
-                bpe,
-            )
-        }
-        other => {
-            return Err(err(format!(
-                "tokenizer.ggml.model {other:?} is not supported (supported: gpt2, llama)"
-            )));
-        }
-    };
-    let post = post_processor(
-        tok(bos).filter(|_| add_bos),
-        tok(eos).filter(|_| add_eos),
-        bos.unwrap_or(0),
-        eos.unwrap_or(0),
-    );
-    let tokenizer_json = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": post,
-        "decoder": decoder, "model": bpe,
-    });
-    let chat_template = g.optional("tokenizer.chat_template", |v| {
-        v.as_str().map(str::to_string)
+    (vocab_map, vocab)
+}
+
+/// A byte-level BPE (`gpt2`): pre-tokenizer by `tokenizer.ggml.pre`, merges as stored.
+fn gpt2_model(g: &GgufFile, vocab: serde_json::Map<String, Value>) -> Result<ModelParts> {
+    let pre = g
+        .optional("tokenizer.ggml.pre", |v| v.as_str().map(str::to_string))?
+        .unwrap_or_else(|| "default".into());
+    let (normalizer, pre_tokenizer, ignore_merges) = bpe_pre_tokenizer(&pre).ok_or_else(|| {
+        tokenizer_error(
+            g,
+            format!(
+                "tokenizer.ggml.pre {pre:?} is not supported (supported: {})",
+                SUPPORTED_PRE.join(", ")
+            ),
+        )
     })?;
+    let merges = g
+        .strings("tokenizer.ggml.merges")?
+        .ok_or_else(|| tokenizer_error(g, "a gpt2 tokenizer needs tokenizer.ggml.merges".into()))?;
+    let bpe = json!({"type": "BPE", "dropout": null, "unk_token": null,
+        "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+        "byte_fallback": false, "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges});
+    let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+    Ok(ModelParts {
+        normalizer,
+        pre_tokenizer,
+        decoder,
+        bpe,
+    })
+}
+
+/// A SentencePiece BPE (`llama`): merges recovered from the scores, byte fallback, and the `▁`
+/// space handling of `tokenizer.ggml.add_space_prefix`.
+fn llama_model(
+    g: &GgufFile,
+    tokens: &[&str],
+    types: &[i32],
+    unk_token: Option<&str>,
+) -> Result<ModelParts> {
+    let n = tokens.len();
+    let scores: Vec<f32> = g
+        .optional("tokenizer.ggml.scores", |v| {
+            v.as_array()?
+                .iter()
+                .map(|s| s.as_f64().map(|s| s as f32))
+                .collect::<Option<Vec<_>>>()
+        })?
+        .unwrap_or_default();
+    if scores.len() != n {
+        return Err(tokenizer_error(
+            g,
+            format!(
+                "a llama (SentencePiece) tokenizer needs one score per token: {} scores for {n} tokens",
+                scores.len()
+            ),
+        ));
+    }
+    let (vocab_map, vocab) = vocab_maps(tokens);
+    let merges = spm_merges(tokens, &scores, types, &vocab_map);
+    let add_space = g
+        .optional("tokenizer.ggml.add_space_prefix", MetaValue::as_bool)?
+        .unwrap_or(true);
+    let mut norm = vec![];
+    if add_space {
+        norm.push(json!({"type": "Prepend", "prepend": "▁"}));
+    }
+    norm.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+    let mut dec = vec![
+        json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if add_space {
+        dec.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    let bpe = json!({"type": "BPE", "dropout": null, "unk_token": unk_token,
+        "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+        "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges});
+    Ok(ModelParts {
+        normalizer: json!({"type": "Sequence", "normalizers": norm}),
+        pre_tokenizer: Value::Null,
+        decoder: json!({"type": "Sequence", "decoders": dec}),
+        bpe,
+    })
+}
+
+/// The `tokenizer_config.json` document: special tokens, BOS/EOS flags, context length and chat
+/// template.
+fn tokenizer_config(
+    g: &GgufFile,
+    special: [(&str, Option<&str>); 4],
+    add_bos: bool,
+    add_eos: bool,
+    chat_template: Option<&str>,
+) -> Value {
     let context = g
         .get("general.architecture")
         .and_then(MetaValue::as_str)
@@ -295,12 +325,7 @@ pub fn from_gguf(g: &GgufFile) -> Result<TokenizerParts> {
         .and_then(MetaValue::as_u64);
     let mut cfg = serde_json::Map::new();
     cfg.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
-    for (key, value) in [
-        ("bos_token", tok(bos)),
-        ("eos_token", tok(eos)),
-        ("pad_token", tok(pad)),
-        ("unk_token", tok(unk)),
-    ] {
+    for (key, value) in special {
         if let Some(v) = value {
             cfg.insert(key.into(), json!(v));
         }
@@ -310,16 +335,71 @@ pub fn from_gguf(g: &GgufFile) -> Result<TokenizerParts> {
     if let Some(c) = context {
         cfg.insert("model_max_length".into(), json!(c));
     }
-    if let Some(t) = &chat_template {
+    if let Some(t) = chat_template {
         cfg.insert("chat_template".into(), json!(t));
     }
+    Value::Object(cfg)
+}
+
+/// Builds the tokenizer of a GGUF file.
+pub fn from_gguf(g: &GgufFile) -> Result<TokenizerParts> {
+    let model = g.require("tokenizer.ggml.model", |v| v.as_str().map(str::to_string))?;
+    let tokens = g
+        .strings("tokenizer.ggml.tokens")?
+        .ok_or_else(|| tokenizer_error(g, "missing tokenizer.ggml.tokens".into()))?;
+    let types = token_types(g, tokens.len())?;
+    let ids = special_ids(g, tokens.len())?;
+    let tok = |i: Option<u32>| i.map(|i| tokens[i as usize]);
+    let add_bos = g
+        .optional("tokenizer.ggml.add_bos_token", MetaValue::as_bool)?
+        .unwrap_or(model == "llama");
+    let add_eos = g
+        .optional("tokenizer.ggml.add_eos_token", MetaValue::as_bool)?
+        .unwrap_or(false);
+    let added: Vec<Value> = types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| matches!(**t, TOKEN_CONTROL | TOKEN_USER_DEFINED | TOKEN_UNKNOWN))
+        .map(|(i, _)| added_token(i, tokens[i]))
+        .collect();
+    let parts = match model.as_str() {
+        "gpt2" => gpt2_model(g, vocab_maps(&tokens).1)?,
+        "llama" => llama_model(g, &tokens, &types, tok(ids.unk))?,
+        other => {
+            return Err(tokenizer_error(
+                g,
+                format!("tokenizer.ggml.model {other:?} is not supported (supported: gpt2, llama)"),
+            ));
+        }
+    };
+    let post = post_processor(
+        tok(ids.bos).filter(|_| add_bos),
+        tok(ids.eos).filter(|_| add_eos),
+        ids.bos.unwrap_or(0),
+        ids.eos.unwrap_or(0),
+    );
+    let tokenizer_json = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": parts.normalizer, "pre_tokenizer": parts.pre_tokenizer, "post_processor": post,
+        "decoder": parts.decoder, "model": parts.bpe,
+    });
+    let chat_template = g.optional("tokenizer.chat_template", |v| {
+        v.as_str().map(str::to_string)
+    })?;
+    let special = [
+        ("bos_token", tok(ids.bos)),
+        ("eos_token", tok(ids.eos)),
+        ("pad_token", tok(ids.pad)),
+        ("unk_token", tok(ids.unk)),
+    ];
+    let tokenizer_config = tokenizer_config(g, special, add_bos, add_eos, chat_template.as_deref());
     Ok(TokenizerParts {
         tokenizer_json,
-        tokenizer_config: Value::Object(cfg),
+        tokenizer_config,
         chat_template,
-        bos_token_id: bos,
-        eos_token_id: eos,
-        pad_token_id: pad,
+        bos_token_id: ids.bos,
+        eos_token_id: ids.eos,
+        pad_token_id: ids.pad,
     })
 }
 

@@ -1,7 +1,8 @@
 //! GGUF writing for `wgspin export-gguf`: a Hugging Face folder (Llama / Mistral as arch `llama`
 //! with q/k rows permuted the way llama.cpp expects, Qwen2 as arch `qwen2`) → one GGUF v3 file with
 //! llama.cpp tensor names, model metadata, the byte-level BPE tokenizer of `tokenizer.json`
-//! (`tokenizer.ggml.model = gpt2`, tokens, token types, merges, `pre`) and the chat template.
+//! (`tokenizer.ggml.model = gpt2`, tokens, token types, merges, `pre`; see `writer_tokenizer.rs`)
+//! and the chat template.
 //! Norms and biases stay F32 (as llama.cpp writes them); matrices use the requested type
 //! (F32, F16 or Q8_0; Q8_0 falls back to F16 for rows that are not whole 32-value blocks).
 
@@ -12,17 +13,12 @@ use serde_json::Value;
 use super::dequant::{self, GgmlType};
 use super::names;
 use super::reader::{DEFAULT_ALIGNMENT, MAGIC, MetaValue};
-use super::tokenizer::{
-    LLAMA3_REGEX, QWEN2_REGEX, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED,
-};
 use crate::error::{Error, Result};
+use crate::hf::arch::GgufArch;
 use crate::hf::config::{ModelConfig, RopeScaling};
 use crate::hf::names as hf_names;
 use crate::hf::source::TensorSource;
 use crate::hf::weights::WeightFiles;
-
-/// llama.cpp's `LLAMA_TOKEN_TYPE_UNUSED`, for padding the vocabulary up to the embedding rows.
-const TOKEN_UNUSED: i32 = 5;
 
 /// A GGUF file being assembled in memory.
 #[derive(Default)]
@@ -61,7 +57,7 @@ fn put_value(out: &mut Vec<u8>, v: &MetaValue) {
     }
 }
 
-fn strings(items: impl IntoIterator<Item = String>) -> MetaValue {
+pub(super) fn strings(items: impl IntoIterator<Item = String>) -> MetaValue {
     MetaValue::Array(8, items.into_iter().map(MetaValue::Str).collect())
 }
 
@@ -157,196 +153,12 @@ impl ExportDtype {
     }
 }
 
-/// `tokenizer.ggml.pre` matching a tokenizer.json pre-tokenizer, `None` when llama.cpp has none.
-fn detect_pre(pre: &Value) -> Option<&'static str> {
-    let items: Vec<&Value> = match pre.get("type").and_then(Value::as_str) {
-        Some("Sequence") => pre.get("pretokenizers")?.as_array()?.iter().collect(),
-        Some(_) => vec![pre],
-        None => return None,
-    };
-    let kinds: Vec<&str> = items
-        .iter()
-        .filter_map(|p| p.get("type").and_then(Value::as_str))
-        .collect();
-    let regex = items
-        .iter()
-        .find_map(|p| p.get("pattern")?.get("Regex")?.as_str());
-    match (kinds.as_slice(), regex) {
-        (["Digits", "ByteLevel"], None)
-            if items[0].get("individual_digits") == Some(&Value::Bool(true)) =>
-        {
-            Some("smollm")
-        }
-        (["Split", "ByteLevel"], Some(r)) if r == LLAMA3_REGEX => Some("llama-bpe"),
-        (["Split", "ByteLevel"], Some(r)) if r == QWEN2_REGEX => Some("qwen2"),
-        (["ByteLevel"], None) => Some("gpt2"),
-        _ => None,
-    }
-}
-
-fn merge_string(m: &Value) -> Option<String> {
-    match m {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(pair) => match pair.as_slice() {
-            [Value::String(a), Value::String(b)] => Some(format!("{a} {b}")),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-fn read_json(path: &Path) -> Result<Value> {
+pub(super) fn read_json(path: &Path) -> Result<Value> {
     let text = crate::fsutil::read_text(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|source| Error::Json {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// Adds the `tokenizer.*` metadata of a folder's byte-level BPE `tokenizer.json`.
-fn add_tokenizer(w: &mut GgufWriter, dir: &Path, cfg: &ModelConfig) -> Result<()> {
-    let tok_path = dir.join("tokenizer.json");
-    let tj = read_json(&tok_path)?;
-    let err = |message: String| Error::Tokenizer {
-        path: tok_path.clone(),
-        message,
-    };
-    let model = tj.get("model").ok_or_else(|| err("no `model`".into()))?;
-    if model.get("type").and_then(Value::as_str) != Some("BPE") {
-        return Err(err(
-            "export-gguf supports byte-level BPE tokenizers only".into()
-        ));
-    }
-    let pre = detect_pre(tj.get("pre_tokenizer").unwrap_or(&Value::Null)).ok_or_else(|| {
-        err("its pre-tokenizer matches none of llama.cpp's (smollm, llama-bpe, qwen2, gpt2)".into())
-    })?;
-    let vocab = model
-        .get("vocab")
-        .and_then(Value::as_object)
-        .ok_or_else(|| err("no BPE vocab".into()))?;
-    let mut tokens: Vec<Option<(String, i32)>> = vec![];
-    let mut set = |id: u64, s: &str, ty: i32| -> Result<()> {
-        let id = usize::try_from(id)
-            .ok()
-            .filter(|&i| i < cfg.vocab_size)
-            .ok_or_else(|| {
-                err(format!(
-                    "token id {id} is outside the model's vocab_size {}",
-                    cfg.vocab_size
-                ))
-            })?;
-        if tokens.len() <= id {
-            tokens.resize(id + 1, None);
-        }
-        tokens[id] = Some((s.to_string(), ty));
-        Ok(())
-    };
-    for (s, id) in vocab {
-        let id = id
-            .as_u64()
-            .ok_or_else(|| err(format!("vocab id of {s:?} is not an integer")))?;
-        set(id, s, TOKEN_NORMAL)?;
-    }
-    for a in tj
-        .get("added_tokens")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let (Some(id), Some(s)) = (
-            a.get("id").and_then(Value::as_u64),
-            a.get("content").and_then(Value::as_str),
-        ) else {
-            return Err(err(format!("malformed added token {a}")));
-        };
-        let special = a.get("special").and_then(Value::as_bool).unwrap_or(false);
-        set(
-            id,
-            s,
-            if special {
-                TOKEN_CONTROL
-            } else {
-                TOKEN_USER_DEFINED
-            },
-        )?;
-    }
-    // Embedding rows beyond the tokenizer become unused padding tokens, as convert_hf_to_gguf.py does.
-    tokens.resize(cfg.vocab_size, None);
-    let (names, types): (Vec<String>, Vec<i32>) = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| t.unwrap_or_else(|| (format!("[PAD{i}]"), TOKEN_UNUSED)))
-        .unzip();
-    let merges = model
-        .get("merges")
-        .and_then(Value::as_array)
-        .ok_or_else(|| err("no BPE merges".into()))?
-        .iter()
-        .map(|m| merge_string(m).ok_or_else(|| err(format!("malformed merge {m}"))))
-        .collect::<Result<Vec<_>>>()?;
-    let chat = crate::hf::tokenizer::ChatTokenizer::from_dir(dir, &cfg.eos_token_ids)?;
-    let cfg_path = dir.join("tokenizer_config.json");
-    let tcfg = if cfg_path.exists() {
-        read_json(&cfg_path)?
-    } else {
-        Value::Null
-    };
-    let id_of = |key: &str| {
-        let s = crate::hf::tokenizer::token_string(tcfg.get(key)?)?;
-        names.iter().position(|n| *n == s).map(|i| i as u32)
-    };
-    let unk = id_of("unk_token");
-    let flags = super::add_tokens::add_tokens(&tj, &tcfg);
-    let template = if dir.join("chat_template.jinja").exists() {
-        Some(
-            std::fs::read_to_string(dir.join("chat_template.jinja"))
-                .map_err(|e| Error::io(dir.join("chat_template.jinja"), e))?,
-        )
-    } else {
-        match tcfg.get("chat_template") {
-            Some(v) => crate::hf::chat_template::select_template(v)?,
-            None => None,
-        }
-    };
-    w.add("tokenizer.ggml.model", MetaValue::Str("gpt2".into()));
-    w.add("tokenizer.ggml.pre", MetaValue::Str(pre.into()));
-    w.add("tokenizer.ggml.tokens", strings(names));
-    w.add(
-        "tokenizer.ggml.token_type",
-        MetaValue::Array(5, types.into_iter().map(MetaValue::I32).collect()),
-    );
-    w.add("tokenizer.ggml.merges", strings(merges));
-    w.add(
-        "tokenizer.ggml.eos_token_id",
-        MetaValue::U32(chat.eos_token_id),
-    );
-    if let Some(b) = chat.bos_token_id {
-        w.add("tokenizer.ggml.bos_token_id", MetaValue::U32(b));
-    }
-    if let Some(p) = chat.pad_token_id {
-        w.add("tokenizer.ggml.padding_token_id", MetaValue::U32(p));
-    }
-    if let Some(u) = unk {
-        w.add("tokenizer.ggml.unknown_token_id", MetaValue::U32(u));
-    }
-    // A BOS flag without a BOS token would make llama.cpp prepend token 0.
-    let flags = [
-        ("bos", flags.bos.map(|b| b && chat.bos_token_id.is_some())),
-        ("eos", flags.eos),
-        ("sep", flags.sep),
-    ];
-    for (kind, flag) in flags {
-        if let Some(b) = flag {
-            w.add(
-                &format!("tokenizer.ggml.add_{kind}_token"),
-                MetaValue::Bool(b),
-            );
-        }
-    }
-    if let Some(t) = template {
-        w.add("tokenizer.chat_template", MetaValue::Str(t));
-    }
-    Ok(())
 }
 
 /// `general.sampling.*` from generation_config.json's defaults, as llama.cpp's converter records
@@ -417,11 +229,9 @@ fn check_fixed(
     Ok(())
 }
 
-/// Converts a Hugging Face folder to a GGUF file at `out` (written atomically).
-pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()> {
-    let cfg = ModelConfig::from_dir(dir)?;
-    let files = WeightFiles::open_dir(dir)?;
-    crate::hf::validate::validate(&cfg, &files)?;
+/// The llama.cpp architecture of `cfg`'s family, refused when llama.cpp has none or cannot
+/// represent this model.
+fn export_arch(dir: &Path, cfg: &ModelConfig) -> Result<GgufArch> {
     // Mistral is Llama in llama.cpp (its sliding window is not recorded, as llama.cpp does).
     let Some(gguf_arch) = cfg.family.gguf else {
         return Err(Error::Config {
@@ -434,32 +244,38 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
             ),
         });
     };
-    let arch = gguf_arch.name;
     if let Some(fixed) = gguf_arch.fixed {
-        check_fixed(&cfg, fixed).map_err(|message| Error::Config {
+        check_fixed(cfg, fixed).map_err(|message| Error::Config {
             path: dir.join("config.json"),
-            message: format!("llama.cpp's {arch} cannot represent this model: {message}"),
+            message: format!(
+                "llama.cpp's {} cannot represent this model: {message}",
+                gguf_arch.name
+            ),
         })?;
     }
-    let mut w = GgufWriter::new();
-    let key = |k: &str| format!("{arch}.{k}");
-    let u32_of = |v: usize| MetaValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
-    w.add("general.architecture", MetaValue::Str(arch.into()));
-    let config_json = read_json(&dir.join("config.json"))?;
-    let card = crate::hf::card::folder_card(dir, &config_json)?;
-    let mut params: u64 = hf_names::expected_tensors(&cfg)
+    Ok(gguf_arch)
+}
+
+/// The parameter count llama.cpp records: every exported tensor, `rope_freqs.weight` included.
+fn parameter_count(cfg: &ModelConfig) -> u64 {
+    let mut params: u64 = hf_names::expected_tensors(cfg)
         .iter()
         .map(|(_, shape)| shape.iter().product::<usize>() as u64)
         .sum();
     if matches!(cfg.rope.scaling, RopeScaling::Llama3 { .. }) {
         params += (cfg.head_dim / 2) as u64; // rope_freqs.weight, which llama.cpp counts too
     }
-    for (key, value) in super::card::gguf_metadata(&card, params) {
-        w.add(&key, value);
-    }
-    add_sampling(&mut w, dir)?;
-    w.add("general.file_type", MetaValue::U32(dtype.file_type()));
-    w.add("general.quantization_version", MetaValue::U32(2));
+    params
+}
+
+fn u32_of(v: usize) -> MetaValue {
+    MetaValue::U32(u32::try_from(v).unwrap_or(u32::MAX))
+}
+
+/// The `{arch}.*` hyperparameters llama.cpp reads (RoPE scaling apart).
+fn add_hyperparameters(w: &mut GgufWriter, cfg: &ModelConfig, gguf_arch: GgufArch) {
+    let arch = gguf_arch.name;
+    let key = |k: &str| format!("{arch}.{k}");
     w.add(&key("context_length"), u32_of(cfg.max_position_embeddings));
     w.add(&key("embedding_length"), u32_of(cfg.hidden_size));
     w.add(&key("block_count"), u32_of(cfg.num_layers));
@@ -483,12 +299,23 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
     {
         w.add(&key("attention.sliding_window"), u32_of(window));
     }
-    let mut rope_freqs = None;
+}
+
+/// The RoPE scaling keys; for Llama 3 scaling, also the per-frequency factors that become
+/// `rope_freqs.weight`.
+fn add_rope_scaling(w: &mut GgufWriter, cfg: &ModelConfig, arch: &str) -> Option<Vec<f32>> {
     match cfg.rope.scaling {
-        RopeScaling::Default => {}
+        RopeScaling::Default => None,
         RopeScaling::Linear { factor } => {
-            w.add(&key("rope.scaling.type"), MetaValue::Str("linear".into()));
-            w.add(&key("rope.scaling.factor"), MetaValue::F32(factor as f32));
+            w.add(
+                &format!("{arch}.rope.scaling.type"),
+                MetaValue::Str("linear".into()),
+            );
+            w.add(
+                &format!("{arch}.rope.scaling.factor"),
+                MetaValue::F32(factor as f32),
+            );
+            None
         }
         RopeScaling::Llama3 {
             factor,
@@ -505,18 +332,28 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
             for (k, v) in super::LLAMA3_ROPE_KEYS.iter().zip(params) {
                 w.add(k, MetaValue::F64(v));
             }
-            rope_freqs = Some(super::llama3_rope_factors(
+            Some(super::llama3_rope_factors(
                 cfg.rope.theta,
                 cfg.head_dim,
                 factor,
                 low_freq_factor,
                 high_freq_factor,
                 original_max_position_embeddings,
-            ));
+            ))
         }
     }
-    add_tokenizer(&mut w, dir, &cfg)?;
-    for (hf_name, shape) in hf_names::expected_tensors(&cfg) {
+}
+
+/// Every weight under its llama.cpp name: norms shifted and q/k rows permuted as the architecture
+/// stores them; vectors F32, matrices `dtype` (F16 for Q8_0 rows that are not whole blocks).
+fn add_weights(
+    w: &mut GgufWriter,
+    cfg: &ModelConfig,
+    files: &WeightFiles,
+    gguf_arch: GgufArch,
+    dtype: ExportDtype,
+) -> Result<()> {
+    for (hf_name, shape) in hf_names::expected_tensors(cfg) {
         let r = names::from_hf(&hf_name).ok_or_else(|| Error::Tensor {
             path: files.source_path(&hf_name),
             name: hf_name.clone(),
@@ -546,6 +383,32 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
         };
         w.add_tensor(&r.gguf_name(cfg.sandwich_norms), &shape, ty, &data)?;
     }
+    Ok(())
+}
+
+/// Converts a Hugging Face folder to a GGUF file at `out` (written atomically).
+pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()> {
+    let cfg = ModelConfig::from_dir(dir)?;
+    let files = WeightFiles::open_dir(dir)?;
+    crate::hf::validate::validate(&cfg, &files)?;
+    let gguf_arch = export_arch(dir, &cfg)?;
+    let mut w = GgufWriter::new();
+    w.add(
+        "general.architecture",
+        MetaValue::Str(gguf_arch.name.into()),
+    );
+    let config_json = read_json(&dir.join("config.json"))?;
+    let card = crate::hf::card::folder_card(dir, &config_json)?;
+    for (key, value) in super::card::gguf_metadata(&card, parameter_count(&cfg)) {
+        w.add(&key, value);
+    }
+    add_sampling(&mut w, dir)?;
+    w.add("general.file_type", MetaValue::U32(dtype.file_type()));
+    w.add("general.quantization_version", MetaValue::U32(2));
+    add_hyperparameters(&mut w, &cfg, gguf_arch);
+    let rope_freqs = add_rope_scaling(&mut w, &cfg, gguf_arch.name);
+    super::writer_tokenizer::add_tokenizer(&mut w, dir, &cfg)?;
+    add_weights(&mut w, &cfg, &files, gguf_arch, dtype)?;
     if let Some(f) = rope_freqs {
         w.add_tensor(names::ROPE_FREQS, &[f.len()], GgmlType::F32, &f)?;
     }

@@ -185,3 +185,12 @@ pub fn read_text(path: &Path) -> std::io::Result<String> {
     }
     Ok(text)
 }
+
+/// The JSON document in `path`; errors name the file.
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = read_text(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -57,10 +57,6 @@ fn put_value(out: &mut Vec<u8>, v: &MetaValue) {
     }
 }
 
-pub(super) fn strings(items: impl IntoIterator<Item = String>) -> MetaValue {
-    MetaValue::Array(8, items.into_iter().map(MetaValue::Str).collect())
-}
-
 impl GgufWriter {
     pub fn new() -> Self {
         Self::default()
@@ -153,14 +149,6 @@ impl ExportDtype {
     }
 }
 
-pub(super) fn read_json(path: &Path) -> Result<Value> {
-    let text = crate::fsutil::read_text(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 /// `general.sampling.*` from generation_config.json's defaults, as llama.cpp's converter records
 /// them (llama.cpp's samplers start from these).
 fn add_sampling(w: &mut GgufWriter, dir: &Path) -> Result<()> {
@@ -168,7 +156,7 @@ fn add_sampling(w: &mut GgufWriter, dir: &Path) -> Result<()> {
     if !path.is_file() {
         return Ok(());
     }
-    let g = read_json(&path)?;
+    let g = crate::fsutil::read_json(&path)?;
     if let Some(k) = g.get("top_k").and_then(Value::as_i64) {
         let k = i32::try_from(k).unwrap_or(i32::MAX);
         w.add("general.sampling.top_k", MetaValue::I32(k));
@@ -397,7 +385,7 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
         "general.architecture",
         MetaValue::Str(gguf_arch.name.into()),
     );
-    let config_json = read_json(&dir.join("config.json"))?;
+    let config_json = crate::fsutil::read_json(&dir.join("config.json"))?;
     let card = crate::hf::card::folder_card(dir, &config_json)?;
     for (key, value) in super::card::gguf_metadata(&card, parameter_count(&cfg)) {
         w.add(&key, value);
@@ -407,7 +395,9 @@ pub fn export_hf_folder(dir: &Path, out: &Path, dtype: ExportDtype) -> Result<()
     w.add("general.quantization_version", MetaValue::U32(2));
     add_hyperparameters(&mut w, &cfg, gguf_arch);
     let rope_freqs = add_rope_scaling(&mut w, &cfg, gguf_arch.name);
-    super::writer_tokenizer::add_tokenizer(&mut w, dir, &cfg)?;
+    for (key, value) in super::writer_tokenizer::tokenizer_metadata(dir, &cfg)? {
+        w.add(&key, value);
+    }
     add_weights(&mut w, &cfg, &files, gguf_arch, dtype)?;
     if let Some(f) = rope_freqs {
         w.add_tensor(names::ROPE_FREQS, &[f.len()], GgmlType::F32, &f)?;

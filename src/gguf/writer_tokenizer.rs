@@ -12,7 +12,6 @@ use super::reader::MetaValue;
 use super::tokenizer::{
     LLAMA3_REGEX, QWEN2_REGEX, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED,
 };
-use super::writer::{GgufWriter, read_json, strings};
 use crate::error::{Error, Result};
 use crate::hf::config::ModelConfig;
 use crate::hf::tokenizer::ChatTokenizer;
@@ -137,12 +136,7 @@ fn chat_template(dir: &Path, tcfg: &Value) -> Result<Option<String>> {
 }
 
 /// The special token ids and the `add_{bos,eos,sep}_token` flags.
-fn add_special_tokens(
-    w: &mut GgufWriter,
-    chat: &ChatTokenizer,
-    unk: Option<u32>,
-    flags: AddTokens,
-) {
+fn add_special_tokens(w: &mut Entries, chat: &ChatTokenizer, unk: Option<u32>, flags: AddTokens) {
     w.add(
         "tokenizer.ggml.eos_token_id",
         MetaValue::U32(chat.eos_token_id),
@@ -172,10 +166,15 @@ fn add_special_tokens(
     }
 }
 
-/// Adds the `tokenizer.*` metadata of a folder's byte-level BPE `tokenizer.json`.
-pub(super) fn add_tokenizer(w: &mut GgufWriter, dir: &Path, cfg: &ModelConfig) -> Result<()> {
+/// The `tokenizer.*` metadata of a folder's byte-level BPE `tokenizer.json`, in writing order.
+pub(super) fn tokenizer_metadata(
+    dir: &Path,
+    cfg: &ModelConfig,
+) -> Result<Vec<(String, MetaValue)>> {
+    let mut entries = Entries::default();
+    let w = &mut entries;
     let tok_path = dir.join("tokenizer.json");
-    let tj = read_json(&tok_path)?;
+    let tj = crate::fsutil::read_json(&tok_path)?;
     let err = |message: String| Error::Tokenizer {
         path: tok_path.clone(),
         message,
@@ -204,7 +203,7 @@ pub(super) fn add_tokenizer(w: &mut GgufWriter, dir: &Path, cfg: &ModelConfig) -
     let chat = ChatTokenizer::from_dir(dir, &cfg.eos_token_ids)?;
     let cfg_path = dir.join("tokenizer_config.json");
     let tcfg = if cfg_path.exists() {
-        read_json(&cfg_path)?
+        crate::fsutil::read_json(&cfg_path)?
     } else {
         Value::Null
     };
@@ -227,5 +226,19 @@ pub(super) fn add_tokenizer(w: &mut GgufWriter, dir: &Path, cfg: &ModelConfig) -
     if let Some(t) = template {
         w.add("tokenizer.chat_template", MetaValue::Str(t));
     }
-    Ok(())
+    Ok(entries.0)
+}
+
+/// Metadata entries in writing order (what the GGUF writer appends).
+#[derive(Default)]
+struct Entries(Vec<(String, MetaValue)>);
+
+impl Entries {
+    fn add(&mut self, key: &str, value: MetaValue) {
+        self.0.push((key.to_string(), value));
+    }
+}
+
+fn strings(items: impl IntoIterator<Item = String>) -> MetaValue {
+    MetaValue::Array(8, items.into_iter().map(MetaValue::Str).collect())
 }

@@ -1,6 +1,6 @@
 //! Kernel benchmarks (`wgspin bench kernels`): each kernel against its twin, measured side by side
-//! in one process on one device. [`bench_kernels`] runs the bench function of every
-//! [`super::registry::KERNELS`] entry that has one, in the registry's order. Absolute times only
+//! in one process on one device. `registry::bench_kernels` runs the bench function of every
+//! `registry::KERNELS` entry that has one, in the registry's order. Absolute times only
 //! mean something on a real GPU; the ratios are the point.
 
 use std::time::Instant;
@@ -51,16 +51,6 @@ pub struct BenchSizes {
 
 /// A kernel's benchmark: its rows of the report on `device` (none where it does not run there).
 pub type BenchFn = fn(&Device, &BenchSizes) -> Result<Vec<BenchRow>>;
-
-/// Every registered kernel that has a benchmark against its twin on `device`, in the registry's
-/// order.
-pub fn bench_kernels(device: &Device, sizes: BenchSizes) -> Result<Vec<BenchRow>> {
-    let mut rows = vec![];
-    for bench in super::registry::KERNELS.iter().filter_map(|k| k.bench) {
-        rows.extend(bench(device, &sizes)?);
-    }
-    Ok(rows)
-}
 
 /// Waits for `device`'s queued work.
 pub fn sync(device: &Device) -> Result<()> {

@@ -5,9 +5,22 @@
 //! `shader!` constant beside its launch), its launch/twin file here in `src/kernels`, its test
 //! against the twin in `tests/kernels_*.rs`, and one line below.
 
-use super::bench::{self, BenchFn};
+use burn::tensor::Device;
+
+use super::bench::{self, BenchFn, BenchRow, BenchSizes};
 use super::common::{Shader, Variant};
 use super::{attention, logprobs, norm, rope_cache, rows_matmul, sample};
+use crate::error::Result;
+
+/// Every registered kernel that has a benchmark against its twin on `device`, in the registry's
+/// order: `wgspin bench kernels`.
+pub fn bench_kernels(device: &Device, sizes: BenchSizes) -> Result<Vec<BenchRow>> {
+    let mut rows = vec![];
+    for bench in KERNELS.iter().filter_map(|k| k.bench) {
+        rows.extend(bench(device, &sizes)?);
+    }
+    Ok(rows)
+}
 
 /// One kernel: an op with a hand-written implementation (WGSL, Rust loops for the CPU backend, or
 /// both) next to its burn-ops twin.

@@ -11,7 +11,8 @@ use clap::{Args, Subcommand};
 use wgspin::ModelBundle;
 use wgspin::generate::profile::{GenProfile, WARMUP_STEPS};
 use wgspin::hf::config::ModelConfig;
-use wgspin::kernels::bench::{BenchSizes, bench_kernels};
+use wgspin::kernels::bench::BenchSizes;
+use wgspin::kernels::registry::bench_kernels;
 use wgspin::model::Transformer;
 use wgspin::model::random_init::random_model;
 

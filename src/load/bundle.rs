@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::hf::config::ModelConfig;
 use crate::hf::tokenizer::ChatTokenizer;
 use crate::hf::weights::{StoredDtype, WeightFiles};
+use crate::load::ModelSource;
 use crate::load::adapter::{self, Adapter};
 use crate::model::lora::{self, LoraConfig};
 use crate::model::{Transformer, loader};
@@ -50,6 +51,19 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
     if adapter::is_adapter_dir(path) {
         return read_config(&Adapter::open(path)?.base_path()?);
     }
+    config_of_model(path)
+}
+
+/// [`read_config`] of a model already resolved (an adapter's comes from its base).
+pub fn read_source_config(source: &ModelSource) -> Result<ModelConfig> {
+    match source {
+        ModelSource::Adapter { base, .. } => read_source_config(base),
+        ModelSource::Folder(p) | ModelSource::Gguf(p) => config_of_model(p),
+    }
+}
+
+/// The config of a model folder, a GGUF file, or a config.json itself (not an adapter).
+fn config_of_model(path: &Path) -> Result<ModelConfig> {
     if path.is_file() && path.extension().is_some_and(|e| e == "json") {
         return crate::hf::config::HfConfig::from_file(path)?.resolve(path, &[]);
     }
@@ -138,6 +152,24 @@ impl ModelBundle {
         Ok(b)
     }
 
+    /// [`Self::load`] of a model already resolved.
+    pub fn load_source(source: &ModelSource, device: &Device) -> Result<Self> {
+        let mut b = Self::load_unmerged_source(source, device)?;
+        lora::merge(&mut b.model);
+        Ok(b)
+    }
+
+    /// [`Self::load_unmerged`] of a model already resolved: an adapter on the base it resolved
+    /// to.
+    fn load_unmerged_source(source: &ModelSource, device: &Device) -> Result<Self> {
+        match source {
+            ModelSource::Adapter { dir, base } => {
+                Self::load_adapter(dir, Some(base.path()), device)
+            }
+            ModelSource::Folder(p) | ModelSource::Gguf(p) => Self::load_base(p, device),
+        }
+    }
+
     /// [`Self::load`], keeping an adapter apart from its frozen base (to train it further).
     pub fn load_unmerged(path: &Path, device: &Device) -> Result<Self> {
         if !adapter::is_adapter_dir(path) {
@@ -191,7 +223,26 @@ impl ModelBundle {
         if !cfg.enabled() {
             return Self::load(path, device);
         }
-        let mut b = Self::load_unmerged(path, device)?;
+        Self::load_unmerged(path, device)?.into_training(cfg, seed)
+    }
+
+    /// [`Self::load_for_training`] of a model already resolved.
+    pub fn load_source_for_training(
+        source: &ModelSource,
+        device: &Device,
+        cfg: &LoraConfig,
+        seed: u64,
+    ) -> Result<Self> {
+        if !cfg.enabled() {
+            return Self::load_source(source, device);
+        }
+        Self::load_unmerged_source(source, device)?.into_training(cfg, seed)
+    }
+
+    /// This unmerged model with LoRA `cfg` to train: its adapter continued (when the flags
+    /// describe it) or new ones drawn from `seed`, on a frozen base.
+    fn into_training(mut self, cfg: &LoraConfig, seed: u64) -> Result<Self> {
+        let b = &mut self;
         let sorted = |t: &[lora::Target]| {
             let mut t = t.to_vec();
             t.sort();
@@ -233,7 +284,7 @@ impl ModelBundle {
         }
         lora::freeze_base(&mut b.model);
         lora::set_dropout(&mut b.model, cfg.dropout);
-        Ok(b)
+        Ok(self)
     }
 
     /// Loads a Hugging Face model folder or a `.gguf` file onto `device`.

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::load::ModelSource;
-use crate::manifest::{self, OutputLock, RunLayout};
+use crate::manifest::{self, ModelFiles, OutputLock, RunLayout};
 
 /// An output folder held for one run: locked for as long as this lives, so two processes never
 /// write it, and owned by the command whose [`RunLayout`] it follows.
@@ -53,11 +53,26 @@ impl<'a> RunFolder<'a> {
     }
 }
 
-/// The identity of the model `source` names, in the form `saved` (a record a run already there
-/// wrote) compares with: a run made before identities were marked keeps its own rule.
-pub fn model_identity(source: &ModelSource, saved: Option<&Value>) -> Result<Value> {
-    let files = source.files()?;
-    manifest::identity_for(&files, manifest::model_identity(&files)?, saved)
+/// The identity of the model a run starts from (see [`manifest::model_identity`]), hashed once.
+pub struct ModelIdentity {
+    files: ModelFiles,
+    /// The identity by today's rule.
+    pub now: Value,
+}
+
+impl ModelIdentity {
+    /// Hashes the files loading `source` reads.
+    pub fn of(source: &ModelSource) -> Result<Self> {
+        let files = source.files()?;
+        let now = manifest::model_identity(&files)?;
+        Ok(Self { files, now })
+    }
+
+    /// The identity in the form `saved` (what a run already there recorded) compares with: a run
+    /// made before identities were marked keeps its own rule.
+    pub fn against(&self, saved: Option<&Value>) -> Result<Value> {
+        manifest::identity_for(&self.files, self.now.clone(), saved)
+    }
 }
 
 /// What differs between a saved record and this run's, as "key: X there, Y now; …"; `None` when

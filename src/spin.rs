@@ -300,8 +300,72 @@ pub fn run_spin(
     train_cfg: &TrainConfig,
     notes: &RunNotes,
     device: &Device,
-    mut report: impl FnMut(SpinEvent),
+    report: impl FnMut(SpinEvent),
 ) -> Result<SpinSummary> {
+    check_settings(examples, cfg, gen_opts, server, train_cfg)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let (train, held) = split(examples, cfg);
+    let mut run = SpinRun {
+        out,
+        model,
+        gen_opts,
+        server,
+        train_cfg,
+        notes,
+        device,
+        train,
+        held,
+        report,
+    };
+    let mut evals = vec![];
+    let mut converged_at = None;
+    let mut done = 0;
+    for t in 0..cfg.iterations {
+        let dir = iter_dir(out, t);
+        LAYOUT.claim(out, &format!("iter-{t}"))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        if is_complete(&dir)? {
+            (run.report)(SpinEvent::Skipped {
+                iteration: t,
+                stage: "generate+train",
+            });
+        } else {
+            run.generate(t)?;
+            run.train(t, cfg.mix_previous)?;
+        }
+        let eval = run.evaluate(
+            t,
+            evals.last().map(|e: &EvalResult| e.human_logprob_per_token),
+        )?;
+        (run.report)(SpinEvent::Evaluated {
+            iteration: t,
+            eval: &eval,
+        });
+        evals.push(eval.clone());
+        done = t + 1;
+        write_summary(out, model, &evals, None)?;
+        if cfg.converged(eval.reward_accuracy) {
+            converged_at = Some(t);
+            break;
+        }
+    }
+    write_summary(out, model, &evals, converged_at)?;
+    Ok(SpinSummary {
+        iterations_done: done,
+        converged_at,
+        final_model: iter_dir(out, done - 1).join(CHECKPOINT),
+        evals,
+    })
+}
+
+/// Every setting of the loop checked before anything runs (a bad one must not cost a stage).
+fn check_settings(
+    examples: &[SftExample],
+    cfg: &SpinConfig,
+    gen_opts: &GenOptions,
+    server: Option<&SpinServer>,
+    train_cfg: &TrainConfig,
+) -> Result<()> {
     cfg.validate()?;
     if let Some(s) = server {
         s.options.base_url()?;
@@ -324,176 +388,171 @@ pub fn run_spin(
         ));
     }
     train_cfg.validate()?;
-    gen_opts.sampling.validate()?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let (train, held) = split(examples, cfg);
-    let mut evals = vec![];
-    let mut converged_at = None;
-    let mut done = 0;
-    for t in 0..cfg.iterations {
-        let dir = iter_dir(out, t);
-        LAYOUT.claim(out, &format!("iter-{t}"))?;
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let theta = model_of(out, model, t);
-        let gen_path = dir.join("generated.jsonl");
-        let eval_gen_path = dir.join("eval_generated.jsonl");
+    gen_opts.sampling.validate()
+}
 
-        if is_complete(&dir)? {
-            report(SpinEvent::Skipped {
-                iteration: t,
-                stage: "generate+train",
-            });
-        } else {
-            report(SpinEvent::Stage {
-                iteration: t,
-                stage: "generate",
-            });
-            // The held-out prompts get θ_t's responses too: evaluation compares against them.
-            let jobs = [(&train, &gen_path), (&held, &eval_gen_path)];
-            match server {
-                None => {
-                    let mut bundle = ModelBundle::load(&theta, device)?;
-                    // θ_t generates in the dtype the player trains in (`--dtype`), its weights
-                    // stored in it once here.
-                    set_compute(&mut bundle.model, train_cfg.dtype.resolve(device)?);
-                    let gen_opts = &GenOptions {
-                        stop_ids: bundle.stop_ids(),
-                        pad_id: bundle.tokenizer.pad_id(),
-                        ..gen_opts.clone()
-                    };
-                    for (examples, path) in jobs {
-                        let g = run_generate(&bundle, examples, path, gen_opts, false, |p| {
-                            report(SpinEvent::Generate(p))
-                        })?;
-                        report(SpinEvent::Generated(&g));
-                    }
-                }
-                // A resume with only training left needs no server; the rows are put in input
-                // order, as a finished generation leaves them (a crash may have come before).
-                Some(_)
-                    if has_every_row(&gen_path, &train)?
-                        && has_every_row(&eval_gen_path, &held)? =>
-                {
-                    reorder_rows(&gen_path, &train)?;
-                    reorder_rows(&eval_gen_path, &held)?;
-                }
-                Some(s) => {
-                    let (config, tokenizer) = read_text_side(&theta)?;
-                    let gen_opts = &GenOptions {
-                        stop_ids: stop_ids(&config, &tokenizer),
-                        pad_id: tokenizer.pad_id(),
-                        ..gen_opts.clone()
-                    };
-                    // Stopped (dropped) when the stage ends, before training needs the memory.
-                    let _process = match &s.command {
-                        Some(cmd) => Some(ServerProcess::start(
-                            cmd,
-                            &theta,
-                            &dir,
-                            s.gguf_dtype,
-                            &s.options,
-                        )?),
-                        None => None,
-                    };
-                    let client = ServerClient::connect(s.options.clone())?;
-                    let model = GenModel {
-                        tokenizer: &tokenizer,
-                        source: &theta,
-                        opponent: Opponent::Server(&client),
-                    };
-                    for (examples, path) in jobs {
-                        let g = run_generate_with(&model, examples, path, gen_opts, false, |p| {
-                            report(SpinEvent::Generate(p))
-                        })?;
-                        report(SpinEvent::Generated(&g));
-                    }
+/// What every stage of every iteration works with.
+struct SpinRun<'a, R: FnMut(SpinEvent)> {
+    out: &'a Path,
+    /// The input model θ_0.
+    model: &'a Path,
+    gen_opts: &'a GenOptions,
+    server: Option<&'a SpinServer>,
+    train_cfg: &'a TrainConfig,
+    notes: &'a RunNotes,
+    device: &'a Device,
+    /// The training prompts and the held-out ones.
+    train: Vec<SftExample>,
+    held: Vec<SftExample>,
+    report: R,
+}
+
+impl<R: FnMut(SpinEvent)> SpinRun<'_, R> {
+    fn stage(&mut self, iteration: usize, stage: &'static str) {
+        (self.report)(SpinEvent::Stage { iteration, stage });
+    }
+
+    /// θ_t answers the training prompts and the held-out ones (evaluation compares against
+    /// them), on this device or on the server.
+    fn generate(&mut self, t: usize) -> Result<()> {
+        self.stage(t, "generate");
+        let dir = iter_dir(self.out, t);
+        let theta = model_of(self.out, self.model, t);
+        let (gen_path, eval_gen_path) = (dir.join(GENERATED), dir.join(EVAL_GENERATED));
+        let jobs = [(&self.train, &gen_path), (&self.held, &eval_gen_path)];
+        let report = &mut self.report;
+        match self.server {
+            None => {
+                let mut bundle = ModelBundle::load(&theta, self.device)?;
+                // θ_t generates in the dtype the player trains in (`--dtype`), its weights
+                // stored in it once here.
+                set_compute(
+                    &mut bundle.model,
+                    self.train_cfg.dtype.resolve(self.device)?,
+                );
+                let gen_opts = &GenOptions {
+                    stop_ids: bundle.stop_ids(),
+                    pad_id: bundle.tokenizer.pad_id(),
+                    ..self.gen_opts.clone()
+                };
+                for (examples, path) in jobs {
+                    let g = run_generate(&bundle, examples, path, gen_opts, false, |p| {
+                        report(SpinEvent::Generate(p))
+                    })?;
+                    report(SpinEvent::Generated(&g));
                 }
             }
-
-            report(SpinEvent::Stage {
-                iteration: t,
-                stage: "train",
-            });
-            let mut pairs = read_pairs(&gen_path)?;
-            if cfg.mix_previous && t > 0 {
-                let prev = read_pairs(&iter_dir(out, t - 1).join("generated.jsonl"))?;
-                pairs.extend(prev.into_iter().map(|mut e| {
-                    e.id = format!("iter-{}/{}", t - 1, e.id);
-                    e
-                }));
+            // A resume with only training left needs no server; the rows are put in input
+            // order, as a finished generation leaves them (a crash may have come before).
+            Some(_)
+                if has_every_row(&gen_path, &self.train)?
+                    && has_every_row(&eval_gen_path, &self.held)? =>
+            {
+                reorder_rows(&gen_path, &self.train)?;
+                reorder_rows(&eval_gen_path, &self.held)?;
             }
-            let s = run_train(
-                &theta,
-                &pairs,
-                &dir,
-                train_cfg,
-                Existing::Within,
-                &RunNotes {
-                    iteration: Some(t),
-                    ..notes.clone()
-                },
-                device,
-                |e| report(SpinEvent::Train(e)),
-            )?;
-            report(SpinEvent::Trained(&s));
+            Some(s) => {
+                let (config, tokenizer) = read_text_side(&theta)?;
+                let gen_opts = &GenOptions {
+                    stop_ids: stop_ids(&config, &tokenizer),
+                    pad_id: tokenizer.pad_id(),
+                    ..self.gen_opts.clone()
+                };
+                // Stopped (dropped) when the stage ends, before training needs the memory.
+                let _process = match &s.command {
+                    Some(cmd) => Some(ServerProcess::start(
+                        cmd,
+                        &theta,
+                        &dir,
+                        s.gguf_dtype,
+                        &s.options,
+                    )?),
+                    None => None,
+                };
+                let client = ServerClient::connect(s.options.clone())?;
+                let model = GenModel {
+                    tokenizer: &tokenizer,
+                    source: &theta,
+                    opponent: Opponent::Server(&client),
+                };
+                for (examples, path) in jobs {
+                    let g = run_generate_with(&model, examples, path, gen_opts, false, |p| {
+                        report(SpinEvent::Generate(p))
+                    })?;
+                    report(SpinEvent::Generated(&g));
+                }
+            }
         }
+        Ok(())
+    }
 
+    /// The main player learns, from θ_t, to tell the human answers from θ_t's (and θ_{t−1}'s,
+    /// with `mix_previous`).
+    fn train(&mut self, t: usize, mix_previous: bool) -> Result<()> {
+        self.stage(t, "train");
+        let dir = iter_dir(self.out, t);
+        let mut pairs = read_pairs(&dir.join(GENERATED))?;
+        if mix_previous && t > 0 {
+            let prev = read_pairs(&iter_dir(self.out, t - 1).join(GENERATED))?;
+            pairs.extend(prev.into_iter().map(|mut e| {
+                e.id = format!("iter-{}/{}", t - 1, e.id);
+                e
+            }));
+        }
+        let report = &mut self.report;
+        let s = run_train(
+            &model_of(self.out, self.model, t),
+            &pairs,
+            &dir,
+            self.train_cfg,
+            Existing::Within,
+            &RunNotes {
+                iteration: Some(t),
+                ..self.notes.clone()
+            },
+            self.device,
+            |e| report(SpinEvent::Train(e)),
+        )?;
+        report(SpinEvent::Trained(&s));
+        Ok(())
+    }
+
+    /// The held-out evaluation of iteration `t`: read back when done, else measured and written
+    /// (per-pair margins, the model card's section, eval.json).
+    fn evaluate(&mut self, t: usize, ll_before: Option<f64>) -> Result<EvalResult> {
+        let dir = iter_dir(self.out, t);
         let eval_path = dir.join("eval.json");
-        let eval: EvalResult = match std::fs::read_to_string(&eval_path)
+        if let Some(e) = std::fs::read_to_string(&eval_path)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
         {
-            Some(e) => e,
-            None => {
-                report(SpinEvent::Stage {
-                    iteration: t,
-                    stage: "evaluate",
-                });
-                let eval_pairs = read_pairs(&eval_gen_path)?;
-                let (e, margins) = evaluate(
-                    &theta,
-                    &dir.join(CHECKPOINT),
-                    &eval_pairs,
-                    train_cfg,
-                    device,
-                    evals.last().map(|e: &EvalResult| e.human_logprob_per_token),
-                )?;
-                let rows: String = eval_pairs
-                    .iter()
-                    .zip(&margins)
-                    .map(|(p, m)| json!({"id": p.id, "margin": m}).to_string() + "\n")
-                    .collect();
-                fsutil::write_atomic(&dir.join(EVAL_MARGINS_FILE), rows.as_bytes())?;
-                add_eval_to_card(&dir.join(CHECKPOINT), t, &e)?;
-                fsutil::write_atomic(
-                    &eval_path,
-                    serde_json::to_string_pretty(&e)
-                        .unwrap_or_default()
-                        .as_bytes(),
-                )?;
-                e
-            }
-        };
-        report(SpinEvent::Evaluated {
-            iteration: t,
-            eval: &eval,
-        });
-        evals.push(eval.clone());
-        done = t + 1;
-        write_summary(out, model, &evals, None)?;
-        if cfg.converged(eval.reward_accuracy) {
-            converged_at = Some(t);
-            break;
+            return Ok(e);
         }
+        self.stage(t, "evaluate");
+        let eval_pairs = read_pairs(&dir.join(EVAL_GENERATED))?;
+        let (e, margins) = evaluate(
+            &model_of(self.out, self.model, t),
+            &dir.join(CHECKPOINT),
+            &eval_pairs,
+            self.train_cfg,
+            self.device,
+            ll_before,
+        )?;
+        let rows: String = eval_pairs
+            .iter()
+            .zip(&margins)
+            .map(|(p, m)| json!({"id": p.id, "margin": m}).to_string() + "\n")
+            .collect();
+        fsutil::write_atomic(&dir.join(EVAL_MARGINS_FILE), rows.as_bytes())?;
+        add_eval_to_card(&dir.join(CHECKPOINT), t, &e)?;
+        crate::job::write_json(&eval_path, &e)?;
+        Ok(e)
     }
-    write_summary(out, model, &evals, converged_at)?;
-    Ok(SpinSummary {
-        iterations_done: done,
-        converged_at,
-        final_model: iter_dir(out, done - 1).join(CHECKPOINT),
-        evals,
-    })
 }
+
+/// An iteration's generated training pairs, and its held-out ones.
+const GENERATED: &str = "generated.jsonl";
+const EVAL_GENERATED: &str = "eval_generated.jsonl";
 
 /// Appends the held-out evaluation to the iteration's model card, once (a rerun after a crash
 /// between this and eval.json finds it there).
@@ -530,12 +589,7 @@ fn write_summary(
         "converged_at": converged,
     });
     LAYOUT.claim(out, SUMMARY_FILE)?;
-    fsutil::write_atomic(
-        &out.join(SUMMARY_FILE),
-        serde_json::to_string_pretty(&s)
-            .unwrap_or_default()
-            .as_bytes(),
-    )
+    crate::job::write_json(&out.join(SUMMARY_FILE), &s)
 }
 
 #[cfg(test)]

@@ -83,12 +83,12 @@ impl SpinArgs {
         let mut sampling = serde_json::to_value(gen_opts.sampling)?;
         sampling["max_new_tokens"] = json!(gen_opts.max_new_tokens);
         sampling["gen_batch_size"] = json!(gen_opts.batch_size);
+        let model_id = wgspin::job::ModelIdentity::of(&source)?;
         let mut resolved = json!({
             "model": model.to_string_lossy(),
             "data": self.job.data.source.data.to_string_lossy(),
             "data_sha256": wgspin::manifest::content_hash(&examples),
-            // Filled in below, compared the way the saved run's identity was made.
-            "model_identity": null,
+            "model_identity": model_id.now,
             "spin": self.spin,
             "sampling": sampling,
             "train": train_cfg,
@@ -118,7 +118,7 @@ impl SpinArgs {
             .as_ref()
             .and_then(|s| s.as_ref().ok())
             .and_then(|c| c.get("model_identity"));
-        resolved["model_identity"] = wgspin::job::model_identity(&source, saved_id)?;
+        resolved["model_identity"] = model_id.against(saved_id)?;
         if !folder.prepare(self.overwrite)? {
             refuse_other_settings(&config_path, saved, &resolved)?;
         }

@@ -28,6 +28,7 @@ use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::hf::weights::StoredDtype;
+use crate::job::ModelIdentity;
 use crate::load::ModelSource;
 use crate::load::bundle::ModelBundle;
 use crate::load::checkpoint;
@@ -415,7 +416,7 @@ fn check_identity(
     };
     let saved = state.and_then(|s| s.get("identity"));
     let identity = json!({
-        "model": crate::job::model_identity(source, saved.and_then(|i| i.get("model")))?,
+        "model": ModelIdentity::of(source)?.against(saved.and_then(|i| i.get("model")))?,
         data_key: manifest::content_hash(&examples),
     });
     if let Some(saved) = saved

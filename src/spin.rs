@@ -23,8 +23,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::generate::GenOptions;
 use crate::generate::job::{
-    GenModel, GenProgress, GenSummary, Opponent, has_every_row, reorder_rows, run_generate,
-    run_generate_with,
+    GenModel, GenProgress, GenSummary, Opponent, has_every_row, reorder_rows, run_generate_with,
 };
 use crate::generate::serve::{ServerProcess, SpinServer};
 use crate::generate::server::ServerClient;
@@ -360,7 +359,8 @@ impl<R: FnMut(SpinEvent)> SpinRun<'_, R> {
                     ..self.gen_opts.clone()
                 };
                 for (examples, path) in jobs {
-                    let g = run_generate(&bundle, examples, path, gen_opts, false, |p| {
+                    let model = GenModel::local(&bundle);
+                    let g = run_generate_with(&model, examples, path, gen_opts, false, |p| {
                         report(SpinEvent::Generate(p))
                     })?;
                     report(SpinEvent::Generated(&g));

@@ -209,28 +209,9 @@ impl<'a> GenModel<'a> {
     }
 }
 
-/// Generates a response for every example whose id is not yet in `out`, then rewrites `out` in
-/// input order. With `overwrite`, an existing `out` (and its run record) is removed first instead
-/// of continued or refused.
-pub fn run_generate(
-    bundle: &ModelBundle,
-    examples: &[SftExample],
-    out: &Path,
-    opts: &GenOptions,
-    overwrite: bool,
-    progress: impl FnMut(&GenProgress),
-) -> Result<GenSummary> {
-    run_generate_with(
-        &GenModel::local(bundle),
-        examples,
-        out,
-        opts,
-        overwrite,
-        progress,
-    )
-}
-
-/// [`run_generate`] with the responses from `model.opponent`.
+/// Generates a response (from `model.opponent`) for every example whose id is not yet in `out`,
+/// then rewrites `out` in input order. With `overwrite`, an existing `out` (and its run record) is
+/// removed first instead of continued or refused.
 pub fn run_generate_with(
     model: &GenModel,
     examples: &[SftExample],

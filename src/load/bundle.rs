@@ -220,9 +220,6 @@ impl ModelBundle {
         cfg: &LoraConfig,
         seed: u64,
     ) -> Result<Self> {
-        if !cfg.enabled() {
-            return Self::load(path, device);
-        }
         Self::load_unmerged(path, device)?.into_training(cfg, seed)
     }
 
@@ -233,16 +230,18 @@ impl ModelBundle {
         cfg: &LoraConfig,
         seed: u64,
     ) -> Result<Self> {
-        if !cfg.enabled() {
-            return Self::load_source(source, device);
-        }
         Self::load_unmerged_source(source, device)?.into_training(cfg, seed)
     }
 
-    /// This unmerged model with LoRA `cfg` to train: its adapter continued (when the flags
-    /// describe it) or new ones drawn from `seed`, on a frozen base.
+    /// This unmerged model to train: without LoRA, merged (every weight trains); with LoRA `cfg`,
+    /// its adapter continued (when the flags describe it) or new ones drawn from `seed`, on a
+    /// frozen base.
     fn into_training(mut self, cfg: &LoraConfig, seed: u64) -> Result<Self> {
         let b = &mut self;
+        if !cfg.enabled() {
+            lora::merge(&mut b.model);
+            return Ok(self);
+        }
         let sorted = |t: &[lora::Target]| {
             let mut t = t.to_vec();
             t.sort();

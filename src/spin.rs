@@ -27,8 +27,9 @@ use crate::generate::job::{
 };
 use crate::generate::serve::{ServerProcess, SpinServer};
 use crate::generate::server::ServerClient;
+use crate::load::ModelSource;
 use crate::load::bundle::ModelBundle;
-use crate::load::bundle::{read_text_side, stop_ids};
+use crate::load::bundle::{read_source_text_side, stop_ids};
 use crate::model::precision::set_compute;
 use crate::train::TrainConfig;
 use crate::train::card::RunNotes;
@@ -376,7 +377,8 @@ impl<R: FnMut(SpinEvent)> SpinRun<'_, R> {
                 reorder_rows(&eval_gen_path, &self.held)?;
             }
             Some(s) => {
-                let (config, tokenizer) = read_text_side(&theta)?;
+                let source = ModelSource::resolve(&theta)?;
+                let (config, tokenizer) = read_source_text_side(&source)?;
                 let gen_opts = &GenOptions {
                     stop_ids: stop_ids(&config, &tokenizer),
                     pad_id: tokenizer.pad_id(),
@@ -396,7 +398,7 @@ impl<R: FnMut(SpinEvent)> SpinRun<'_, R> {
                 let client = ServerClient::connect(s.options.clone())?;
                 let model = GenModel {
                     tokenizer: &tokenizer,
-                    source: &theta,
+                    source,
                     opponent: Opponent::Server(&client),
                 };
                 for (examples, path) in jobs {

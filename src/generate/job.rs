@@ -194,7 +194,7 @@ pub enum Opponent<'a> {
 /// what `--model` named (its identity goes into the run record), and who generates.
 pub struct GenModel<'a> {
     pub tokenizer: &'a ChatTokenizer,
-    pub source: &'a Path,
+    pub source: ModelSource,
     pub opponent: Opponent<'a>,
 }
 
@@ -203,7 +203,7 @@ impl<'a> GenModel<'a> {
     pub fn local(bundle: &'a ModelBundle) -> Self {
         Self {
             tokenizer: &bundle.tokenizer,
-            source: bundle.source_path(),
+            source: bundle.source(),
             opponent: Opponent::Local(&bundle.model),
         }
     }
@@ -317,7 +317,7 @@ fn continue_output(
     opts: &GenOptions,
     overwrite: bool,
 ) -> Result<Recovered> {
-    let identity = ModelIdentity::of(&ModelSource::resolve(model.source)?)?;
+    let identity = ModelIdentity::of(&model.source)?;
     let mut record = run_record(&identity, &model.opponent, opts);
     let record_path = run_record_path(out);
     if overwrite {

@@ -77,17 +77,23 @@ fn config_of_model(path: &Path) -> Result<ModelConfig> {
 /// What `--model` names without its weights: the resolved config and the chat tokenizer (an
 /// adapter's come from its base). For generation on a server, which holds the weights itself.
 pub fn read_text_side(path: &Path) -> Result<(ModelConfig, ChatTokenizer)> {
-    if adapter::is_adapter_dir(path) {
-        return read_text_side(&Adapter::open(path)?.base_path()?);
-    }
-    let (config, mut tokenizer) = if path.is_file() && crate::gguf::reader::is_gguf(path) {
-        let g = crate::gguf::GgufModel::load_metadata(path)?;
-        let tokenizer = g.chat_tokenizer()?;
-        (g.config, tokenizer)
-    } else {
-        let config = read_config(path)?;
-        let tokenizer = ChatTokenizer::from_dir(path, &config.eos_token_ids)?;
-        (config, tokenizer)
+    read_source_text_side(&ModelSource::resolve(path)?)
+}
+
+/// [`read_text_side`] of a model already resolved.
+pub fn read_source_text_side(source: &ModelSource) -> Result<(ModelConfig, ChatTokenizer)> {
+    let (config, mut tokenizer) = match source {
+        ModelSource::Adapter { base, .. } => return read_source_text_side(base),
+        ModelSource::Gguf(path) => {
+            let g = crate::gguf::GgufModel::load_metadata(path)?;
+            let tokenizer = g.chat_tokenizer()?;
+            (g.config, tokenizer)
+        }
+        ModelSource::Folder(path) => {
+            let config = config_of_model(path)?;
+            let tokenizer = ChatTokenizer::from_dir(path, &config.eos_token_ids)?;
+            (config, tokenizer)
+        }
     };
     tokenizer.limit_to(&config)?;
     Ok((config, tokenizer))
@@ -142,6 +148,22 @@ impl ModelBundle {
     /// What `--model` named: the adapter folder, or the model itself.
     pub fn source_path(&self) -> &Path {
         self.adapter.as_ref().map_or(&self.dir, |a| &a.dir)
+    }
+
+    /// What `--model` named, as loading found it (nothing is probed again).
+    pub fn source(&self) -> ModelSource {
+        let model = if self.dir.is_file() {
+            ModelSource::Gguf(self.dir.clone())
+        } else {
+            ModelSource::Folder(self.dir.clone())
+        };
+        match &self.adapter {
+            Some(a) => ModelSource::Adapter {
+                dir: a.dir.clone(),
+                base: Box::new(model),
+            },
+            None => model,
+        }
     }
 
     /// Loads a Hugging Face model folder, a `.gguf` file or an adapter folder onto `device`; an

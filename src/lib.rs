@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
+pub mod job;
 pub mod kernels;
 pub mod load;
 pub mod manifest;

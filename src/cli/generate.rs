@@ -10,7 +10,8 @@ use wgspin::data::SftExample;
 use wgspin::generate::GenOptions;
 use wgspin::generate::job::{GenModel, GenSummary, Opponent, run_generate_with};
 use wgspin::generate::server::ServerClient;
-use wgspin::load::bundle::{read_text_side, stop_ids};
+use wgspin::load::ModelSource;
+use wgspin::load::bundle::{read_source_text_side, stop_ids};
 use wgspin::model::precision::set_compute;
 use wgspin::report::progress::Progress;
 
@@ -76,7 +77,9 @@ impl GenerateArgs {
     fn run_on_server(&self, opts: wgspin::generate::server::ServerOptions) -> Result<()> {
         let examples = self.job.data.load(self.limit)?;
         let path = &self.job.model.model;
-        let (config, tokenizer) = read_text_side(path)
+        // What --model names, probed once: its text side here, its identity in the run record.
+        let (source, config, tokenizer) = ModelSource::resolve(path)
+            .and_then(|s| read_source_text_side(&s).map(|(c, t)| (s, c, t)))
             .with_context(|| format!("reading the tokenizer of {}", path.display()))?;
         let url = opts.url.clone();
         let client = ServerClient::connect(opts).with_context(|| format!("connecting to {url}"))?;
@@ -89,7 +92,7 @@ impl GenerateArgs {
             .options(1, stop_ids(&config, &tokenizer), tokenizer.pad_id());
         let model = GenModel {
             tokenizer: &tokenizer,
-            source: path,
+            source,
             opponent: Opponent::Server(&client),
         };
         generate_into(&model, &examples, &self.out, &gen_opts, self.overwrite)?;

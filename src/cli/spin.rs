@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 use wgspin::load::ModelSource;
 
-use wgspin::fsutil;
+use wgspin::job::RunFolder;
 use wgspin::report::progress::Progress;
 use wgspin::spin::{SpinConfig, SpinEvent, run_spin};
 use wgspin::train::TrainConfig;
@@ -66,25 +66,29 @@ impl SpinArgs {
         let dev = self.job.device.select()?;
         let examples = self.job.data.load(self.spin.read_limit())?;
         let model = self.job.model.model.clone();
-        let config = wgspin::load::bundle::read_config(&model)
-            .with_context(|| format!("reading the config of {}", model.display()))?;
+        // What --model names, probed once for every check below.
+        let source = ModelSource::resolve(&model)
+            .and_then(|s| Ok((wgspin::load::bundle::read_source_config(&s)?, s)));
+        let (config, source) =
+            source.with_context(|| format!("reading the config of {}", model.display()))?;
         // Generation computes in the dtype training does (refused here if the device lacks it).
         let dtype = super::args::resolve_dtype(self.train.dtype, &dev)?;
         let rows = self.sampling.gen_batch_size(&dev, &config, dtype)?;
         // Stop ids and padding are filled in by the loop from each iteration's model.
         let gen_opts = self.sampling.options(rows, vec![], 0);
 
-        wgspin::train::memory::check_budget(&model, &train_cfg, &dev.device)?;
+        wgspin::train::memory::check_budget(&source, &train_cfg, &dev.device)?;
         gen_opts.sampling.validate()?;
-        let _lock = wgspin::manifest::lock_dir(&self.out)?;
+        let folder = RunFolder::lock(&self.out, &wgspin::spin::LAYOUT)?;
         let mut sampling = serde_json::to_value(gen_opts.sampling)?;
         sampling["max_new_tokens"] = json!(gen_opts.max_new_tokens);
         sampling["gen_batch_size"] = json!(gen_opts.batch_size);
+        let model_id = wgspin::job::ModelIdentity::of(&source)?;
         let mut resolved = json!({
             "model": model.to_string_lossy(),
             "data": self.job.data.source.data.to_string_lossy(),
             "data_sha256": wgspin::manifest::content_hash(&examples),
-            "model_identity": wgspin::load::source::model_identity(&model)?,
+            "model_identity": model_id.now,
             "spin": self.spin,
             "sampling": sampling,
             "train": train_cfg,
@@ -114,21 +118,13 @@ impl SpinArgs {
             .as_ref()
             .and_then(|s| s.as_ref().ok())
             .and_then(|c| c.get("model_identity"));
-        resolved["model_identity"] = wgspin::manifest::identity_for(
-            &ModelSource::resolve(&model)?.files()?,
-            resolved["model_identity"].take(),
-            saved_id,
-        )?;
-        if !wgspin::spin::LAYOUT.prepare(&self.out, self.overwrite)? {
+        resolved["model_identity"] = model_id.against(saved_id)?;
+        if !folder.prepare(self.overwrite)? {
             refuse_other_settings(&config_path, saved, &resolved)?;
         }
-        wgspin::spin::LAYOUT.claim(&self.out, wgspin::spin::CONFIG_FILE)?;
-        fsutil::write_atomic(
-            &config_path,
-            serde_json::to_string_pretty(&resolved)?.as_bytes(),
-        )?;
+        folder.write_json(wgspin::spin::CONFIG_FILE, &resolved)?;
 
-        wgspin::spin::LAYOUT.claim(&self.out, wgspin::report::html::PAGE_FILE)?;
+        folder.claim(&[wgspin::report::html::PAGE_FILE])?;
         let notes = super::args::run_notes(self.job.data.source.name(), self.report.report_to);
         let (dir, command) = (self.out.clone(), notes.command.clone());
         let page = LivePage::new(&self.out, move |status| {

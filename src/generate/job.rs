@@ -18,17 +18,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::server::{Reply, ServerApi, ServerClient, ServerPrompt};
+use super::server::{Reply, ServerClient};
 use super::{FinishReason, Finished, GenOptions, GenRequest, generate};
 use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::hf::chat_template::Message;
 use crate::hf::tokenizer::ChatTokenizer;
+use crate::job::ModelIdentity;
 use crate::load::ModelSource;
 use crate::load::bundle::ModelBundle;
 use crate::model::Transformer;
 use crate::model::precision::dtype_name;
+
+mod server_prompts;
+
+use server_prompts::server_prompts;
 
 /// Where a generation job stands, reported after every finished request.
 #[derive(Debug, Clone)]
@@ -189,7 +194,7 @@ pub enum Opponent<'a> {
 /// what `--model` named (its identity goes into the run record), and who generates.
 pub struct GenModel<'a> {
     pub tokenizer: &'a ChatTokenizer,
-    pub source: &'a Path,
+    pub source: ModelSource,
     pub opponent: Opponent<'a>,
 }
 
@@ -198,44 +203,64 @@ impl<'a> GenModel<'a> {
     pub fn local(bundle: &'a ModelBundle) -> Self {
         Self {
             tokenizer: &bundle.tokenizer,
-            source: bundle.source_path(),
+            source: bundle.source(),
             opponent: Opponent::Local(&bundle.model),
         }
     }
 }
 
-/// Generates a response for every example whose id is not yet in `out`, then rewrites `out` in
-/// input order. With `overwrite`, an existing `out` (and its run record) is removed first instead
-/// of continued or refused.
-pub fn run_generate(
-    bundle: &ModelBundle,
-    examples: &[SftExample],
-    out: &Path,
-    opts: &GenOptions,
-    overwrite: bool,
-    progress: impl FnMut(&GenProgress),
-) -> Result<GenSummary> {
-    run_generate_with(
-        &GenModel::local(bundle),
-        examples,
-        out,
-        opts,
-        overwrite,
-        progress,
-    )
-}
-
-/// [`run_generate`] with the responses from `model.opponent`.
+/// Generates a response (from `model.opponent`) for every example whose id is not yet in `out`,
+/// then rewrites `out` in input order. With `overwrite`, an existing `out` (and its run record) is
+/// removed first instead of continued or refused.
 pub fn run_generate_with(
     model: &GenModel,
     examples: &[SftExample],
     out: &Path,
     opts: &GenOptions,
     overwrite: bool,
-    mut progress: impl FnMut(&GenProgress),
+    progress: impl FnMut(&GenProgress),
 ) -> Result<GenSummary> {
     let start = Instant::now();
     // Before the lock and the run record: a refused run leaves no file behind.
+    check_job(examples, opts)?;
+    let _lock = crate::manifest::lock_file(out)?;
+    let kept = continue_output(model, examples, out, opts, overwrite)?;
+    let tok = model.tokenizer;
+    let mut summary = GenSummary {
+        total: examples.len(),
+        resumed: kept.rows.len(),
+        regenerated: kept.stale,
+        ..Default::default()
+    };
+    let (requests, truncated) = requests_for(tok, examples, &kept.rows, opts)?;
+    summary.truncated_prompts = truncated.len();
+    let mut rows = RowWriter::open(out, examples, kept.rows, summary, start, progress)?;
+    match model.opponent {
+        Opponent::Local(transformer) => {
+            generate(transformer, &requests, opts, |f: Finished| {
+                let text_ids: &[u32] = match f.tokens.last() {
+                    Some(t) if opts.stop_ids.contains(t) => &f.tokens[..f.tokens.len() - 1],
+                    _ => &f.tokens,
+                };
+                let text = tok.decode(text_ids, true)?;
+                rows.write(f.index, &text, f.finish_reason, f.tokens.len())
+            })?;
+        }
+        Opponent::Server(client) => {
+            let prompts = server_prompts(tok, examples, &requests, &truncated, client.api())?;
+            client.generate(&prompts, opts, |r: Reply| {
+                // Counted as local generation counts: the response's tokens, plus the stop token.
+                let n =
+                    tok.encode(&r.text, false)?.len() + usize::from(r.finish == FinishReason::Eos);
+                rows.write(r.index, &r.text, r.finish, n)
+            })?;
+        }
+    }
+    rows.finish()
+}
+
+/// Refuses a job whose rows could not be resumed by id, or whose options are invalid.
+fn check_job(examples: &[SftExample], opts: &GenOptions) -> Result<()> {
     opts.validate()?;
     if u32::try_from(examples.len()).is_err() {
         return Err(Error::Invalid("more than 2³² prompts in one job".into()));
@@ -247,19 +272,53 @@ pub fn run_generate_with(
             dup.id
         )));
     }
-    let _lock = crate::manifest::lock_file(out)?;
-    // What made the rows: a resume must not mix two models' or two samplers' answers in one file.
-    let model_files = ModelSource::resolve(model.source)?.files()?;
-    let mut record = serde_json::json!({
-        "model": crate::manifest::model_identity(&model_files)?,
+    Ok(())
+}
+
+/// What made `out`'s rows: the model identity, sampling settings and who generates. A resume
+/// must not mix two models' or two samplers' answers in one file.
+fn run_record(model: &ModelIdentity, opponent: &Opponent, opts: &GenOptions) -> Value {
+    let mut record = json!({
+        "model": model.now,
         "sampling": opts.sampling,
         "max_new_tokens": opts.max_new_tokens,
     });
-    match model.opponent {
+    match opponent {
         Opponent::Server(client) => record["server"] = client.identity(),
         // The dtype decides near-ties, so rows of an f16 run and an f32 run differ.
         Opponent::Local(m) => record["dtype"] = dtype_name(m.compute).into(),
     }
+    record
+}
+
+/// The run record `out` was made with, in today's shape; `None` when there is none.
+fn saved_record(record_path: &Path) -> Option<Value> {
+    std::fs::read_to_string(record_path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .map(|mut saved| {
+            // Records written before generation had a dtype come from f32 runs.
+            if let Some(fields) = saved.as_object_mut()
+                && !fields.contains_key("server")
+            {
+                fields.entry("dtype").or_insert_with(|| "f32".into());
+            }
+            saved
+        })
+}
+
+/// Makes `out` (locked by the caller) ready to continue: removed first with `overwrite`; else its
+/// rows are kept when this run's record matches the one that made them (refused otherwise), stale
+/// rows and a torn last line dropped. Writes this run's record. Returns the rows kept.
+fn continue_output(
+    model: &GenModel,
+    examples: &[SftExample],
+    out: &Path,
+    opts: &GenOptions,
+    overwrite: bool,
+) -> Result<Recovered> {
+    let identity = ModelIdentity::of(&model.source)?;
+    let mut record = run_record(&identity, &model.opponent, opts);
     let record_path = run_record_path(out);
     if overwrite {
         for path in [out, record_path.as_path()] {
@@ -271,53 +330,33 @@ pub fn run_generate_with(
             }
         }
     }
-    let Recovered {
-        rows: existing,
-        stale,
-        torn,
-    } = recover(out, examples)?;
-    if !existing.is_empty() || stale > 0 || torn.is_some() {
-        let saved = std::fs::read_to_string(&record_path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .map(|mut saved| {
-                // Records written before generation had a dtype come from f32 runs.
-                if let Some(fields) = saved.as_object_mut()
-                    && !fields.contains_key("server")
-                {
-                    fields.entry("dtype").or_insert_with(|| "f32".into());
-                }
-                saved
-            });
+    let kept = recover(out, examples)?;
+    if !kept.rows.is_empty() || kept.stale > 0 || kept.torn.is_some() {
+        let saved = saved_record(&record_path);
         let refuse = |why: String| {
             Err(Error::Invalid(format!(
                 "{} holds {} rows {why}; rerun with the same --model, sampling, --dtype and \
                  --server flags to continue it, or start over with --overwrite or another --out",
                 out.display(),
-                existing.len()
+                kept.rows.len()
             )))
         };
         if let Some(s) = &saved {
-            record["model"] = crate::manifest::identity_for(
-                &model_files,
-                record["model"].take(),
-                s.get("model"),
-            )?;
+            record["model"] = identity.against(s.get("model"))?;
         }
-        match saved {
+        match saved.map(|saved| crate::job::differences(&saved, &record)) {
             None => return refuse(format!("without a run record ({})", record_path.display())),
-            Some(saved) if saved != record => {
-                let diffs = crate::manifest::differences(&saved, &record).join("; ");
+            Some(Some(diffs)) => {
                 return refuse(format!("made by another model or sampler ({diffs})"));
             }
-            Some(_) => {}
+            Some(None) => {}
         }
     }
-    if stale > 0 {
+    if kept.stale > 0 {
         // Stale rows leave the file now, so a run killed before the final rewrite cannot leave
         // them behind (the torn line, if any, goes with them).
-        fsutil::write_atomic(out, in_input_order(examples, &existing).as_bytes())?;
-    } else if let Some(len) = torn {
+        fsutil::write_atomic(out, in_input_order(examples, &kept.rows).as_bytes())?;
+    } else if let Some(len) = kept.torn {
         // A line cut short by a crash: drop it, it will be generated again.
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -325,19 +364,18 @@ pub fn run_generate_with(
             .map_err(|e| Error::io(out, e))?;
         f.set_len(len).map_err(|e| Error::io(out, e))?;
     }
-    crate::fsutil::write_atomic(
-        &record_path,
-        serde_json::to_string_pretty(&record)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
-    let mut summary = GenSummary {
-        total: examples.len(),
-        resumed: existing.len(),
-        regenerated: stale,
-        ..Default::default()
-    };
-    let tok = model.tokenizer;
+    crate::job::write_json(&record_path, &record)?;
+    Ok(kept)
+}
+
+/// The requests for the examples without a row in `kept`, longest first, and the indices of
+/// those whose prompt lost its beginning to fit the context.
+fn requests_for(
+    tok: &ChatTokenizer,
+    examples: &[SftExample],
+    kept: &HashMap<String, String>,
+    opts: &GenOptions,
+) -> Result<(Vec<GenRequest>, HashSet<u32>)> {
     // Room for the prompt in the model's context once the response has its --max-new-tokens.
     let prompt_room = match tok.context() {
         Some(ctx) if opts.max_new_tokens >= ctx => {
@@ -353,7 +391,7 @@ pub fn run_generate_with(
     let mut requests = vec![];
     let mut truncated = HashSet::new();
     for (i, ex) in examples.iter().enumerate() {
-        if existing.contains_key(&ex.id) {
+        if kept.contains_key(&ex.id) {
             continue;
         }
         let mut prompt = tok
@@ -365,7 +403,6 @@ pub fn run_generate_with(
             let keep_bos = usize::from(tok.bos_token_id.is_some_and(|b| prompt[0] == b));
             let cut = prompt.len() - prompt_room;
             prompt.drain(keep_bos..keep_bos + cut);
-            summary.truncated_prompts += 1;
             truncated.insert(i as u32);
         }
         requests.push(GenRequest {
@@ -376,72 +413,97 @@ pub fn run_generate_with(
     // Longest first: prompts prefilled together have similar lengths, and a prompt too long for
     // the device fails at the start rather than hours in.
     requests.sort_by_key(|r| std::cmp::Reverse(r.prompt.len()));
+    Ok((requests, truncated))
+}
 
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// The output file as rows finish: each appended and flushed at once, counted, and reported.
+struct RowWriter<'a, P: FnMut(&GenProgress)> {
+    out: &'a Path,
+    file: std::fs::File,
+    examples: &'a [SftExample],
+    /// Every row by id, kept and new, for the final rewrite in input order.
+    lines: HashMap<String, String>,
+    summary: GenSummary,
+    done: usize,
+    start: Instant,
+    progress: P,
+}
+
+impl<'a, P: FnMut(&GenProgress)> RowWriter<'a, P> {
+    fn open(
+        out: &'a Path,
+        examples: &'a [SftExample],
+        lines: HashMap<String, String>,
+        summary: GenSummary,
+        start: Instant,
+        mut progress: P,
+    ) -> Result<Self> {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .map_err(|e| Error::io(out, e))?;
+        let done = summary.resumed;
+        progress(&GenProgress {
+            done,
+            total: summary.total,
+            tokens: 0,
+            elapsed: start.elapsed(),
+        });
+        Ok(Self {
+            out,
+            file,
+            examples,
+            lines,
+            summary,
+            done,
+            start,
+            progress,
+        })
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out)
-        .map_err(|e| Error::io(out, e))?;
-    let mut lines = existing;
-    let mut done = summary.resumed;
-    progress(&GenProgress {
-        done,
-        total: summary.total,
-        tokens: 0,
-        elapsed: start.elapsed(),
-    });
-    let mut write_row = |index: u32, text: &str, finish: FinishReason, n: usize| -> Result<()> {
-        let ex = &examples[index as usize];
+
+    fn write(&mut self, index: u32, text: &str, finish: FinishReason, n: usize) -> Result<()> {
+        let ex = &self.examples[index as usize];
         let prompt = ex.prompt_messages();
         let row = chat_row(&ex.id, &prompt, &ex.response, text, finish.as_str(), n);
         let line = row.to_string();
-        file.write_all(format!("{line}\n").as_bytes())
-            .and_then(|_| file.flush())
-            .map_err(|e| Error::io(out, e))?;
-        lines.insert(ex.id.clone(), line);
+        self.file
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::io(self.out, e))?;
+        self.lines.insert(ex.id.clone(), line);
+        let summary = &mut self.summary;
         summary.generated += 1;
         summary.tokens += n;
         match finish {
             FinishReason::Eos => summary.finished_eos += 1,
             FinishReason::Length => summary.finished_length += 1,
         }
-        done += 1;
-        progress(&GenProgress {
-            done,
+        self.done += 1;
+        (self.progress)(&GenProgress {
+            done: self.done,
             total: summary.total,
             tokens: summary.tokens,
-            elapsed: start.elapsed(),
+            elapsed: self.start.elapsed(),
         });
         Ok(())
-    };
-    match model.opponent {
-        Opponent::Local(transformer) => {
-            generate(transformer, &requests, opts, |f: Finished| {
-                let text_ids: &[u32] = match f.tokens.last() {
-                    Some(t) if opts.stop_ids.contains(t) => &f.tokens[..f.tokens.len() - 1],
-                    _ => &f.tokens,
-                };
-                let text = tok.decode(text_ids, true)?;
-                write_row(f.index, &text, f.finish_reason, f.tokens.len())
-            })?;
-        }
-        Opponent::Server(client) => {
-            let prompts = server_prompts(tok, examples, &requests, &truncated, client.api())?;
-            client.generate(&prompts, opts, |r: Reply| {
-                // Counted as local generation counts: the response's tokens, plus the stop token.
-                let n =
-                    tok.encode(&r.text, false)?.len() + usize::from(r.finish == FinishReason::Eos);
-                write_row(r.index, &r.text, r.finish, n)
-            })?;
-        }
     }
-    drop(file);
-    fsutil::write_atomic(out, in_input_order(examples, &lines).as_bytes())?;
-    summary.seconds = start.elapsed().as_secs_f64();
-    Ok(summary)
+
+    /// Rewrites the file atomically in input order, as a finished job leaves it.
+    fn finish(self) -> Result<GenSummary> {
+        drop(self.file);
+        fsutil::write_atomic(
+            self.out,
+            in_input_order(self.examples, &self.lines).as_bytes(),
+        )?;
+        Ok(GenSummary {
+            seconds: self.start.elapsed().as_secs_f64(),
+            ..self.summary
+        })
+    }
 }
 
 /// The rows of `examples` found in `rows` (by id), one per line, in the order of `examples`.
@@ -467,73 +529,4 @@ pub fn has_every_row(out: &Path, examples: &[SftExample]) -> Result<bool> {
 pub fn reorder_rows(out: &Path, examples: &[SftExample]) -> Result<()> {
     let rows = recover(out, examples)?.rows;
     fsutil::write_atomic(out, in_input_order(examples, &rows).as_bytes())
-}
-
-/// What a server is sent for each request: the prompt text local generation would feed the model
-/// (re-rendered, or decoded from the kept ids when the prompt was cut to fit the context) and the
-/// bare user turn for the chat API. When the model's tokenizer adds a BOS by itself (as servers
-/// tokenizing a completion prompt do: vLLM with the same tokenizer, llama.cpp from the GGUF's
-/// add_bos flag), the BOS the chat template rendered is left out of the text, or the server would
-/// see two. SmolLM2's BOS is `<|im_start|>`, which its template renders and its tokenizer does not
-/// add: there the text is kept whole.
-fn server_prompts(
-    tok: &ChatTokenizer,
-    examples: &[SftExample],
-    requests: &[GenRequest],
-    truncated: &HashSet<u32>,
-    api: ServerApi,
-) -> Result<Vec<ServerPrompt>> {
-    let adds_bos = |special| -> Result<bool> {
-        let ids = tok.encode("a", special)?;
-        Ok(ids.first().is_some_and(|id| Some(*id) == tok.bos_token_id))
-    };
-    let bos_text = match tok.bos_token_id {
-        Some(b) if adds_bos(true)? && !adds_bos(false)? => {
-            Some(tok.decode(&[b], false)?).filter(|t| !t.is_empty())
-        }
-        _ => None,
-    };
-    requests
-        .iter()
-        .map(|r| {
-            let ex = &examples[r.index as usize];
-            if api == ServerApi::Chat && !ex.history.is_empty() {
-                // The chat request carries the user turn alone (the server renders it), so the
-                // earlier turns would be lost.
-                return Err(Error::Invalid(format!(
-                    "example {:?}: a multi-turn prompt cannot be sent to the chat API yet (it \
-                     sends the last user turn only); use --server-api completions, which sends \
-                     the conversation rendered with the model's chat template",
-                    ex.id
-                )));
-            }
-            if api == ServerApi::Chat && truncated.contains(&r.index) {
-                return Err(Error::Invalid(format!(
-                    "example {:?}: its prompt is longer than the model's context leaves once \
-                     --max-new-tokens is reserved, and the chat API cannot cut it (the server \
-                     renders the turn): use --server-api completions, which keeps the prompt's \
-                     end as local generation does, or a lower --max-new-tokens",
-                    ex.id
-                )));
-            }
-            let mut text = if truncated.contains(&r.index) {
-                tok.decode(&r.prompt, false)?
-            } else if tok.has_chat_template() {
-                tok.render_chat(&ex.prompt_messages(), true)?
-            } else {
-                ex.prompt.clone()
-            };
-            if let Some(bos) = &bos_text
-                && r.prompt.first() == tok.bos_token_id.as_ref()
-                && let Some(rest) = text.strip_prefix(bos.as_str())
-            {
-                text = rest.to_string();
-            }
-            Ok(ServerPrompt {
-                index: r.index,
-                text,
-                user: ex.prompt.clone(),
-            })
-        })
-        .collect()
 }

@@ -20,7 +20,7 @@ pub mod profile;
 pub mod serve;
 pub mod server;
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 
 use crate::error::{Error, Result};
 use crate::kernels::common::is_wgpu;
@@ -127,6 +127,19 @@ struct Row {
 }
 
 impl Row {
+    /// A row for request `r`, with the first token its prefill drew.
+    fn start(r: &GenRequest, token: u32, logprob: f32, opts: &GenOptions) -> Self {
+        let mut row = Row {
+            index: r.index,
+            next_pos: r.prompt.len(),
+            tokens: vec![],
+            logprob: 0.0,
+            finished: None,
+        };
+        row.push(token, logprob, opts);
+        row
+    }
+
     fn push(&mut self, token: u32, logprob: f32, opts: &GenOptions) {
         if self.finished.is_some() {
             // Decoded inside the read-back window after the row had stopped: discarded.
@@ -308,30 +321,8 @@ pub fn generate_observed(
     let mut pending: Vec<Tensor<2>> = vec![];
     let mut refilled = false;
     loop {
-        // Read back what the device decoded since the last read-back, in step order.
-        if !pending.is_empty() {
-            let steps = read_samples_many(std::mem::take(&mut pending))?;
-            stats.reads += 1;
-            for (tokens, lps) in steps {
-                for (row, (t, lp)) in rows.iter_mut().zip(tokens.into_iter().zip(lps)) {
-                    if let Some(row) = row {
-                        row.push(t, lp, opts);
-                    }
-                }
-            }
-        }
-        // Retire finished rows.
-        for row in rows.iter_mut() {
-            if row.as_ref().is_some_and(|r| r.finished.is_some()) {
-                let r = row.take().expect("checked above");
-                on_finished(Finished {
-                    index: r.index,
-                    tokens: r.tokens,
-                    finish_reason: r.finished.expect("checked above"),
-                    logprob: r.logprob,
-                })?;
-            }
-        }
+        read_back(&mut pending, &mut rows, opts, &mut stats)?;
+        retire_finished(&mut rows, &mut on_finished)?;
         let free: Vec<usize> = (0..slots).filter(|&s| rows[s].is_none()).collect();
         let running = slots - free.len();
         if next < requests.len() && (running == 0 || free.len() >= refill_at) {
@@ -341,15 +332,7 @@ pub fn generate_observed(
             let (first, lps) = prefill(model, &weights, &mut cache, new, &free[..take], opts)?;
             stats.reads += 1;
             for ((r, &slot), (t, lp)) in new.iter().zip(&free).zip(first.into_iter().zip(lps)) {
-                let mut row = Row {
-                    index: r.index,
-                    next_pos: r.prompt.len(),
-                    tokens: vec![],
-                    logprob: 0.0,
-                    finished: None,
-                };
-                row.push(t, lp, opts);
-                rows[slot] = Some(row);
+                rows[slot] = Some(Row::start(r, t, lp, opts));
             }
             stats.steps += 1;
             refilled = true;
@@ -362,21 +345,9 @@ pub fn generate_observed(
             continue;
         }
         if refilled {
-            // The running batch as the host knows it now (it has read everything back).
-            let last: Vec<u32> = rows
-                .iter()
-                .map(|r| r.as_ref().and_then(|r| r.tokens.last().copied()))
-                .map(|t| t.unwrap_or(opts.pad_id))
-                .collect();
-            let pos: Vec<u32> = rows
-                .iter()
-                .map(|r| r.as_ref().map_or(0, |r| r.next_pos as u32))
-                .collect();
-            tokens_dev = Some(ids_tensor(&last, &device));
-            pos_dev = Some(ids_tensor(&pos, &device));
-            let smp = BatchSampler::new(vec![opts.sampling; slots], draw_ids(&rows), &device)?;
+            let (t, p, smp) = upload_batch(&rows, opts, &device)?;
             stats.uploads += 2 + smp.uploads();
-            sampler = Some(smp);
+            (tokens_dev, pos_dev, sampler) = (Some(t), Some(p), Some(smp));
             refilled = false;
         }
         let (Some(tokens), Some(pos), Some(smp)) = (&mut tokens_dev, &mut pos_dev, &mut sampler)
@@ -413,6 +384,66 @@ pub fn generate_observed(
             on_step(&stats);
         }
     }
+}
+
+/// Feeds the rows what the device decoded since the last read-back, in step order.
+fn read_back(
+    pending: &mut Vec<Tensor<2>>,
+    rows: &mut [Option<Row>],
+    opts: &GenOptions,
+    stats: &mut GenStats,
+) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let steps = read_samples_many(std::mem::take(pending))?;
+    stats.reads += 1;
+    for (tokens, lps) in steps {
+        for (row, (t, lp)) in rows.iter_mut().zip(tokens.into_iter().zip(lps)) {
+            if let Some(row) = row {
+                row.push(t, lp, opts);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Hands the finished rows over and frees their slots.
+fn retire_finished(
+    rows: &mut [Option<Row>],
+    on_finished: &mut impl FnMut(Finished) -> Result<()>,
+) -> Result<()> {
+    for row in rows.iter_mut() {
+        if let Some(r) = row.take_if(|r| r.finished.is_some()) {
+            on_finished(Finished {
+                index: r.index,
+                tokens: r.tokens,
+                finish_reason: r.finished.expect("taken for being finished"),
+                logprob: r.logprob,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The running batch as the host knows it now (it has read everything back), on the device:
+/// each slot's last token and position, and its sampler.
+fn upload_batch(
+    rows: &[Option<Row>],
+    opts: &GenOptions,
+    device: &Device,
+) -> Result<(Tensor<1, Int>, Tensor<1, Int>, BatchSampler)> {
+    let last: Vec<u32> = rows
+        .iter()
+        .map(|r| r.as_ref().and_then(|r| r.tokens.last().copied()))
+        .map(|t| t.unwrap_or(opts.pad_id))
+        .collect();
+    let pos: Vec<u32> = rows
+        .iter()
+        .map(|r| r.as_ref().map_or(0, |r| r.next_pos as u32))
+        .collect();
+    let smp = BatchSampler::new(vec![opts.sampling; rows.len()], draw_ids(rows), device)?;
+    Ok((ids_tensor(&last, device), ids_tensor(&pos, device), smp))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::hf::config::ModelConfig;
 use crate::hf::tokenizer::ChatTokenizer;
 use crate::hf::weights::{StoredDtype, WeightFiles};
+use crate::load::ModelSource;
 use crate::load::adapter::{self, Adapter};
 use crate::model::lora::{self, LoraConfig};
 use crate::model::{Transformer, loader};
@@ -50,6 +51,19 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
     if adapter::is_adapter_dir(path) {
         return read_config(&Adapter::open(path)?.base_path()?);
     }
+    config_of_model(path)
+}
+
+/// [`read_config`] of a model already resolved (an adapter's comes from its base).
+pub fn read_source_config(source: &ModelSource) -> Result<ModelConfig> {
+    match source {
+        ModelSource::Adapter { base, .. } => read_source_config(base),
+        ModelSource::Folder(p) | ModelSource::Gguf(p) => config_of_model(p),
+    }
+}
+
+/// The config of a model folder, a GGUF file, or a config.json itself (not an adapter).
+fn config_of_model(path: &Path) -> Result<ModelConfig> {
     if path.is_file() && path.extension().is_some_and(|e| e == "json") {
         return crate::hf::config::HfConfig::from_file(path)?.resolve(path, &[]);
     }
@@ -63,17 +77,23 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
 /// What `--model` names without its weights: the resolved config and the chat tokenizer (an
 /// adapter's come from its base). For generation on a server, which holds the weights itself.
 pub fn read_text_side(path: &Path) -> Result<(ModelConfig, ChatTokenizer)> {
-    if adapter::is_adapter_dir(path) {
-        return read_text_side(&Adapter::open(path)?.base_path()?);
-    }
-    let (config, mut tokenizer) = if path.is_file() && crate::gguf::reader::is_gguf(path) {
-        let g = crate::gguf::GgufModel::load_metadata(path)?;
-        let tokenizer = g.chat_tokenizer()?;
-        (g.config, tokenizer)
-    } else {
-        let config = read_config(path)?;
-        let tokenizer = ChatTokenizer::from_dir(path, &config.eos_token_ids)?;
-        (config, tokenizer)
+    read_source_text_side(&ModelSource::resolve(path)?)
+}
+
+/// [`read_text_side`] of a model already resolved.
+pub fn read_source_text_side(source: &ModelSource) -> Result<(ModelConfig, ChatTokenizer)> {
+    let (config, mut tokenizer) = match source {
+        ModelSource::Adapter { base, .. } => return read_source_text_side(base),
+        ModelSource::Gguf(path) => {
+            let g = crate::gguf::GgufModel::load_metadata(path)?;
+            let tokenizer = g.chat_tokenizer()?;
+            (g.config, tokenizer)
+        }
+        ModelSource::Folder(path) => {
+            let config = config_of_model(path)?;
+            let tokenizer = ChatTokenizer::from_dir(path, &config.eos_token_ids)?;
+            (config, tokenizer)
+        }
     };
     tokenizer.limit_to(&config)?;
     Ok((config, tokenizer))
@@ -130,12 +150,46 @@ impl ModelBundle {
         self.adapter.as_ref().map_or(&self.dir, |a| &a.dir)
     }
 
+    /// What `--model` named, as loading found it (nothing is probed again).
+    pub fn source(&self) -> ModelSource {
+        let model = if self.dir.is_file() {
+            ModelSource::Gguf(self.dir.clone())
+        } else {
+            ModelSource::Folder(self.dir.clone())
+        };
+        match &self.adapter {
+            Some(a) => ModelSource::Adapter {
+                dir: a.dir.clone(),
+                base: Box::new(model),
+            },
+            None => model,
+        }
+    }
+
     /// Loads a Hugging Face model folder, a `.gguf` file or an adapter folder onto `device`; an
     /// adapter is merged into its base, so the model runs as one set of weights.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let mut b = Self::load_unmerged(path, device)?;
         lora::merge(&mut b.model);
         Ok(b)
+    }
+
+    /// [`Self::load`] of a model already resolved.
+    pub fn load_source(source: &ModelSource, device: &Device) -> Result<Self> {
+        let mut b = Self::load_unmerged_source(source, device)?;
+        lora::merge(&mut b.model);
+        Ok(b)
+    }
+
+    /// [`Self::load_unmerged`] of a model already resolved: an adapter on the base it resolved
+    /// to.
+    fn load_unmerged_source(source: &ModelSource, device: &Device) -> Result<Self> {
+        match source {
+            ModelSource::Adapter { dir, base } => {
+                Self::load_adapter(dir, Some(base.path()), device)
+            }
+            ModelSource::Folder(p) | ModelSource::Gguf(p) => Self::load_base(p, device),
+        }
     }
 
     /// [`Self::load`], keeping an adapter apart from its frozen base (to train it further).
@@ -188,10 +242,28 @@ impl ModelBundle {
         cfg: &LoraConfig,
         seed: u64,
     ) -> Result<Self> {
+        Self::load_unmerged(path, device)?.into_training(cfg, seed)
+    }
+
+    /// [`Self::load_for_training`] of a model already resolved.
+    pub fn load_source_for_training(
+        source: &ModelSource,
+        device: &Device,
+        cfg: &LoraConfig,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::load_unmerged_source(source, device)?.into_training(cfg, seed)
+    }
+
+    /// This unmerged model to train: without LoRA, merged (every weight trains); with LoRA `cfg`,
+    /// its adapter continued (when the flags describe it) or new ones drawn from `seed`, on a
+    /// frozen base.
+    fn into_training(mut self, cfg: &LoraConfig, seed: u64) -> Result<Self> {
+        let b = &mut self;
         if !cfg.enabled() {
-            return Self::load(path, device);
+            lora::merge(&mut b.model);
+            return Ok(self);
         }
-        let mut b = Self::load_unmerged(path, device)?;
         let sorted = |t: &[lora::Target]| {
             let mut t = t.to_vec();
             t.sort();
@@ -233,7 +305,7 @@ impl ModelBundle {
         }
         lora::freeze_base(&mut b.model);
         lora::set_dropout(&mut b.model, cfg.dropout);
-        Ok(b)
+        Ok(self)
     }
 
     /// Loads a Hugging Face model folder or a `.gguf` file onto `device`.

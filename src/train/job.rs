@@ -11,13 +11,12 @@
 //!   finished checkpoint stores the weights in the input's dtype. With LoRA it is a PEFT adapter
 //!   folder instead (`adapter_config.json`, `adapter_model.safetensors`, f32) on the input's base.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use serde_json::{Value, json};
 
-use super::card::{CardFacts, RunNotes, training_section};
+use super::card::RunNotes;
 use super::optim::{OptimConfig, Optimizer};
 use super::state::LossScaler;
 use super::{
@@ -27,14 +26,18 @@ use super::{
 use crate::data::SftExample;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::hf::weights::StoredDtype;
+use crate::job::ModelIdentity;
 use crate::load::ModelSource;
 use crate::load::bundle::ModelBundle;
 use crate::load::checkpoint;
 use crate::manifest;
 use crate::model::precision::set_compute;
 use crate::report::ReportTo;
-use crate::report::tensorboard::{EventWriter, RUNS_DIR};
+use crate::report::tensorboard::RUNS_DIR;
+
+mod save;
+
+use save::{MetricsLog, Saver};
 
 pub const CHECKPOINT: &str = "checkpoint";
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -76,14 +79,7 @@ pub struct TrainSummary {
 }
 
 fn state_of(dir: &Path) -> Result<Option<Value>> {
-    let path = dir.join(CHECKPOINT).join(STATE_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|source| Error::Json { path, source }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
-    }
+    crate::job::read_json(&dir.join(CHECKPOINT).join(STATE_FILE))
 }
 
 /// True when `out` holds a finished training run.
@@ -209,27 +205,188 @@ pub fn run_train(
 ) -> Result<TrainSummary> {
     let start = std::time::Instant::now();
     cfg.validate()?;
-    super::memory::check_budget(model_path, cfg, device)?;
-    let _lock = manifest::lock_dir(out)?;
-    // Refuse a foreign folder before touching anything; clear an earlier run only after a crashed
-    // save's copy was put back, so that copy goes too.
-    if existing != Existing::Within {
-        LAYOUT.prepare(out, false)?;
+    let source = ModelSource::resolve(model_path)?;
+    super::memory::check_budget(&source, cfg, device)?;
+    let run = TrainRun::open(&source, examples, out, cfg, existing, notes)?;
+    let compute = cfg.dtype.resolve(device)?;
+    let (mut trainer, saver) = run.trainer(examples, compute, notes, device, &mut report)?;
+    let mut metrics = MetricsLog::open(out, trainer.state.step, notes, &trainer)?;
+    let mut last = None;
+    while !trainer.is_done() {
+        let m = trainer.train_step()?;
+        if m.step % cfg.logging_steps == 0 || m.step == trainer.state.plan.total_steps {
+            metrics.write(&m)?;
+        }
+        report(TrainEvent::Step {
+            metrics: &m,
+            total_steps: trainer.state.plan.total_steps,
+        });
+        if cfg.save_every > 0 && m.step % cfg.save_every == 0 && !trainer.is_done() {
+            saver.save(&trainer, false, Some(&m))?;
+            report(TrainEvent::Saved {
+                step: m.step,
+                path: &saver.ckpt,
+            });
+        }
+        last = Some(m);
     }
-    checkpoint::recover(out, CHECKPOINT)?;
-    if existing == Existing::Overwrite {
-        LAYOUT.prepare(out, true)?;
+    if !is_complete(out)? {
+        saver.save(&trainer, true, last.as_ref())?;
+        report(TrainEvent::Saved {
+            step: trainer.state.step,
+            path: &saver.ckpt,
+        });
     }
-    let state = state_of(out)?;
-    if state.is_some() && existing == Existing::Refuse {
-        return Err(Error::Invalid(format!(
-            "{} already holds a training run; pass --resume to continue it, --overwrite to \
-             replace it, or choose another --out",
-            out.display()
-        )));
+    Ok(TrainSummary {
+        checkpoint: saver.ckpt,
+        steps: trainer.state.step,
+        last,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// A training run's output folder, checked and claimed: the saved state of the run being resumed
+/// (if any) and the identity of what this run is made of.
+struct TrainRun<'a> {
+    folder: crate::job::RunFolder<'a>,
+    source: &'a ModelSource,
+    cfg: &'a TrainConfig,
+    state: Option<Value>,
+    identity: Value,
+}
+
+impl<'a> TrainRun<'a> {
+    /// Locks `out`, deals with a run already there as `existing` says, refuses to resume one made
+    /// of another model, data or settings, and records what this run writes.
+    fn open(
+        source: &'a ModelSource,
+        examples: &[SftExample],
+        out: &'a Path,
+        cfg: &'a TrainConfig,
+        existing: Existing,
+        notes: &RunNotes,
+    ) -> Result<Self> {
+        let folder = crate::job::RunFolder::lock(out, &LAYOUT)?;
+        // Refuse a foreign folder before touching anything; clear an earlier run only after a
+        // crashed save's copy was put back, so that copy goes too.
+        if existing != Existing::Within {
+            folder.prepare(false)?;
+        }
+        checkpoint::recover(out, CHECKPOINT)?;
+        if existing == Existing::Overwrite {
+            folder.prepare(true)?;
+        }
+        let state = state_of(out)?;
+        if state.is_some() && existing == Existing::Refuse {
+            return Err(Error::Invalid(format!(
+                "{} already holds a training run; pass --resume to continue it, --overwrite to \
+                 replace it, or choose another --out",
+                out.display()
+            )));
+        }
+        let config_json = check_settings(out, state.as_ref(), cfg)?;
+        // Hashing reads every weight, so after the cheap checks.
+        let identity = check_identity(out, state.as_ref(), source, examples, cfg)?;
+        // What this run writes, recorded before it is written: `--overwrite` removes only these.
+        let mut written = vec![CONFIG_FILE, CHECKPOINT, METRICS_FILE];
+        if cfg.objective == ObjectiveKind::Spin {
+            written.push(REF_FILE);
+        }
+        if notes.report_to == ReportTo::Tensorboard {
+            written.push(RUNS_DIR);
+        }
+        folder.claim(&written)?;
+        crate::job::write_json(&out.join(CONFIG_FILE), &config_json)?;
+        Ok(Self {
+            folder,
+            source,
+            cfg,
+            state,
+            identity,
+        })
     }
+
+    /// The trainer (resumed from the checkpoint when there is one) and what saves it. Loads the
+    /// input θ_t: tokenizer, stored dtype, and for SPIN the frozen reference's log-probs of every
+    /// pair (then dropped, so one model is in memory while training). A fresh SFT run trains the
+    /// input itself, loaded once.
+    fn trainer(
+        self,
+        examples: &[SftExample],
+        compute: burn::tensor::DType,
+        notes: &'a RunNotes,
+        device: &Device,
+        report: &mut impl FnMut(TrainEvent),
+    ) -> Result<(Trainer, Saver<'a>)> {
+        let (cfg, out) = (self.cfg, self.folder.dir);
+        let ckpt = out.join(CHECKPOINT);
+        let train_device = cfg.train_device(device);
+        let fresh_sft = cfg.objective == ObjectiveKind::Sft && self.state.is_none();
+        let mut input = if fresh_sft {
+            ModelBundle::load_source_for_training(
+                self.source,
+                &train_device,
+                &cfg.lora,
+                cfg.data_seed,
+            )?
+        } else {
+            ModelBundle::load_source(self.source, device)?
+        };
+        let pad = input.tokenizer.pad_id();
+        let (dtype, source_dir) = (input.stored_dtype, input.dir.clone());
+        let objective = match cfg.objective {
+            ObjectiveKind::Spin => {
+                // The reference scores in the dtype the player trains in, so both start equal.
+                set_compute(&mut input.model, compute);
+                let pairs = tokenize_pairs(&input.tokenizer, examples, cfg)?;
+                let reference = reference_logps(&input.model, &pairs, pad, out, cfg, report)?;
+                Objective::Spin { pairs, reference }
+            }
+            ObjectiveKind::Sft => Objective::Sft {
+                seqs: tokenize_sft(&input.tokenizer, examples, cfg)?,
+            },
+        };
+        // The main player, from θ_t or from the checkpoint being resumed.
+        let mut player = if fresh_sft {
+            input
+        } else {
+            drop(input);
+            let from = match self.state {
+                Some(_) => &ModelSource::resolve(&ckpt)?,
+                None => self.source,
+            };
+            ModelBundle::load_source_for_training(from, &train_device, &cfg.lora, cfg.data_seed)?
+        };
+        set_compute(&mut player.model, compute);
+        let model_path = self.source.path();
+        let saver = Saver {
+            base_name: player.adapter_base_name(model_path),
+            model_path,
+            ckpt,
+            out,
+            identity: self.identity,
+            compute,
+            notes,
+            cfg,
+            dtype,
+            source_dir,
+            _folder: self.folder,
+        };
+        let mut trainer = Trainer::new(player.model, cfg.clone(), objective, pad)?;
+        if let Some(s) = &self.state {
+            resume(&mut trainer, s, &saver.ckpt, cfg, device)?;
+            report(TrainEvent::Resumed {
+                step: trainer.state.step,
+            });
+        }
+        Ok((trainer, saver))
+    }
+}
+
+/// The settings of this run, refused when they differ from those of the run being resumed.
+fn check_settings(out: &Path, state: Option<&Value>, cfg: &TrainConfig) -> Result<Value> {
     let config_json = serde_json::to_value(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
-    if let Some(s) = &state
+    if let Some(s) = state
         && saved_config(s).as_ref() != Some(&config_json)
     {
         let saved = saved_config(s)
@@ -241,243 +398,75 @@ pub fn run_train(
             settings_differ(&saved, &config_json)
         )));
     }
-    // What this run is made of (hashing reads every weight, so after the cheap checks): a resume
-    // must continue the same model on the same data.
+    Ok(config_json)
+}
+
+/// What this run is made of (its model and its data): a resume must continue the same model on
+/// the same data.
+fn check_identity(
+    out: &Path,
+    state: Option<&Value>,
+    source: &ModelSource,
+    examples: &[SftExample],
+    cfg: &TrainConfig,
+) -> Result<Value> {
     let (data_key, data_noun) = match cfg.objective {
         ObjectiveKind::Spin => ("pairs_sha256", "pairs"),
         ObjectiveKind::Sft => ("data_sha256", "data"),
     };
-    let saved_identity = state.as_ref().and_then(|s| s.get("identity"));
-    let model_files = ModelSource::resolve(model_path)?.files()?;
+    let saved = state.and_then(|s| s.get("identity"));
     let identity = json!({
-        "model": manifest::identity_for(
-            &model_files,
-            manifest::model_identity(&model_files)?,
-            saved_identity.and_then(|i| i.get("model")),
-        )?,
+        "model": ModelIdentity::of(source)?.against(saved.and_then(|i| i.get("model")))?,
         data_key: manifest::content_hash(&examples),
     });
-    if let Some(saved) = saved_identity
-        && saved != &identity
+    if let Some(saved) = saved
+        && let Some(diffs) = crate::job::differences(saved, &identity)
     {
         return Err(Error::Invalid(format!(
-            "{} was trained from another model or on other {data_noun} ({}); resume with the \
-             same --model and --data, or start over with --overwrite or another --out",
+            "{} was trained from another model or on other {data_noun} ({diffs}); resume with \
+             the same --model and --data, or start over with --overwrite or another --out",
             out.display(),
-            manifest::differences(saved, &identity).join("; ")
         )));
     }
-    // What this run writes, recorded before it is written: `--overwrite` removes only these.
-    let mut written = vec![CONFIG_FILE, CHECKPOINT, METRICS_FILE];
-    if cfg.objective == ObjectiveKind::Spin {
-        written.push(REF_FILE);
-    }
-    if notes.report_to == ReportTo::Tensorboard {
-        written.push(RUNS_DIR);
-    }
-    for name in written {
-        LAYOUT.claim(out, name)?;
-    }
-    fsutil::write_atomic(
-        &out.join(CONFIG_FILE),
-        serde_json::to_string_pretty(&config_json)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
+    Ok(identity)
+}
 
-    // The input θ_t: tokenizer, stored dtype, and for SPIN the frozen reference's log-probs of
-    // every pair (then dropped, so one model is in memory while training). A fresh SFT run
-    // trains the input itself, loaded once.
-    let ckpt = out.join(CHECKPOINT);
-    let resume_step = state
-        .as_ref()
-        .and_then(|s| s.get("step").and_then(Value::as_u64))
-        .unwrap_or(0) as usize;
-    let train_device = cfg.train_device(device);
-    let load_player =
-        |from: &Path| ModelBundle::load_for_training(from, &train_device, &cfg.lora, cfg.data_seed);
-    let fresh_sft = cfg.objective == ObjectiveKind::Sft && state.is_none();
-    let compute = cfg.dtype.resolve(device)?;
-    let mut input = if fresh_sft {
-        load_player(model_path)?
-    } else {
-        ModelBundle::load(model_path, device)?
-    };
-    let pad = input.tokenizer.pad_id();
-    let (dtype, source_dir) = (input.stored_dtype, input.dir.clone());
-    let objective = match cfg.objective {
-        ObjectiveKind::Spin => {
-            // The reference scores in the dtype the player trains in, so both start equal.
-            set_compute(&mut input.model, compute);
-            let pairs = tokenize_pairs(&input.tokenizer, examples, cfg)?;
-            let reference = reference_logps(&input.model, &pairs, pad, out, cfg, &mut report)?;
-            Objective::Spin { pairs, reference }
-        }
-        ObjectiveKind::Sft => Objective::Sft {
-            seqs: tokenize_sft(&input.tokenizer, examples, cfg)?,
-        },
-    };
-
-    // The main player, from θ_t or from the checkpoint being resumed.
-    let mut player = if fresh_sft {
-        input
-    } else {
-        drop(input);
-        load_player(if state.is_some() { &ckpt } else { model_path })?
-    };
-    set_compute(&mut player.model, compute);
-    let base_name = player.adapter_base_name(model_path);
-    let mut trainer = Trainer::new(player.model, cfg.clone(), objective, pad)?;
-    if let Some(s) = &state {
-        trainer.state.step = resume_step;
-        let scaler = s
-            .get("loss_scaler")
-            .and_then(|v| serde_json::from_value::<LossScaler>(v.clone()).ok());
-        if trainer.state.scaler.is_some() {
-            trainer.state.scaler = scaler.or(trainer.state.scaler);
-        }
-        // Steps the scaler skipped did not reach the optimizer.
-        let skipped = scaler.map_or(0, |s| s.skipped);
-        let opt_path = ckpt.join(OPTIMIZER_FILE);
-        if opt_path.exists() {
-            trainer.state.optimizer = Optimizer::load(
-                OptimConfig::from(cfg),
-                &opt_path,
-                resume_step.saturating_sub(skipped) as u64,
-                &trainer.state.model,
-                device,
-            )?;
-        }
-        report(TrainEvent::Resumed { step: resume_step });
+/// Puts the saved run's step, loss scaler and optimizer state into `trainer`.
+fn resume(
+    trainer: &mut Trainer,
+    state: &Value,
+    ckpt: &Path,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<()> {
+    let step = resume_step(Some(state));
+    trainer.state.step = step;
+    let scaler = state
+        .get("loss_scaler")
+        .and_then(|v| serde_json::from_value::<LossScaler>(v.clone()).ok());
+    if trainer.state.scaler.is_some() {
+        trainer.state.scaler = scaler.or(trainer.state.scaler);
     }
-
-    // Metrics rows past the resumed step came from work that was lost: drop them.
-    let metrics_path = out.join(METRICS_FILE);
-    let kept: String = std::fs::read_to_string(&metrics_path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(Value::as_u64))
-                .is_some_and(|s| (s as usize) <= resume_step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    fsutil::write_atomic(&metrics_path, kept.as_bytes())?;
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
-
-    let base = model_path.to_string_lossy();
-    let save = |trainer: &Trainer, complete: bool, last: Option<&StepMetrics>| -> Result<()> {
-        let card = training_section(&CardFacts {
-            base: &base,
-            identity: &identity,
-            cfg: &trainer.state.cfg,
-            compute: serde_json::to_value(compute)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_else(|| format!("{compute:?}")),
-            notes,
-            step: trainer.state.step,
-            total_steps: trainer.state.plan.total_steps,
-            last,
-        });
-        let state = json!({
-            "step": trainer.state.step,
-            "total_steps": trainer.state.plan.total_steps,
-            "complete": complete,
-            "source_model": model_path.to_string_lossy(),
-            "identity": identity,
-            "config": serde_json::to_value(&trainer.state.cfg).unwrap_or(Value::Null),
-            "loss_scaler": trainer.state.scaler,
-        });
-        let mut extra = vec![(
-            STATE_FILE,
-            serde_json::to_string_pretty(&state)
-                .unwrap_or_default()
-                .into_bytes(),
-        )];
-        let tmp_opt = out.join(format!(".optimizer.tmp-{}", std::process::id()));
-        if !complete {
-            trainer
-                .state
-                .optimizer
-                .save(&tmp_opt, &trainer.state.model)?;
-            let bytes = std::fs::read(&tmp_opt).map_err(|e| Error::io(&tmp_opt, e))?;
-            let _ = std::fs::remove_file(&tmp_opt);
-            extra.push((OPTIMIZER_FILE, bytes));
-        }
-        if cfg.lora.enabled() {
-            return crate::load::adapter::save(
-                &trainer.state.model,
-                &cfg.lora,
-                &base_name,
-                &ckpt,
-                Some(&card),
-                &extra,
-            );
-        }
-        // A resumable checkpoint keeps the f32 master weights (a bf16 round trip would change
-        // the continued run); the finished one is stored like the input.
-        let save_dtype = if complete { dtype } else { StoredDtype::F32 };
-        checkpoint::save(
+    // Steps the scaler skipped did not reach the optimizer.
+    let skipped = scaler.map_or(0, |s| s.skipped);
+    let opt_path = ckpt.join(OPTIMIZER_FILE);
+    if opt_path.exists() {
+        trainer.state.optimizer = Optimizer::load(
+            OptimConfig::from(cfg),
+            &opt_path,
+            step.saturating_sub(skipped) as u64,
             &trainer.state.model,
-            &source_dir,
-            &ckpt,
-            save_dtype,
-            Some(&card),
-            &extra,
-        )
-    };
+            device,
+        )?;
+    }
+    Ok(())
+}
 
-    let mut events = match notes.report_to {
-        ReportTo::Tensorboard if !trainer.is_done() => Some(EventWriter::create(
-            &out.join(RUNS_DIR),
-            trainer.state.step as u64 + 1,
-        )?),
-        _ => None,
-    };
-    let mut last = None;
-    while !trainer.is_done() {
-        let m = trainer.train_step()?;
-        if m.step % cfg.logging_steps == 0 || m.step == trainer.state.plan.total_steps {
-            let row = m.to_json();
-            writeln!(metrics_file, "{row}")
-                .and_then(|_| metrics_file.flush())
-                .map_err(|e| Error::io(&metrics_path, e))?;
-            if let Some(w) = events.as_mut() {
-                w.metrics_row(&row)?;
-            }
-        }
-        report(TrainEvent::Step {
-            metrics: &m,
-            total_steps: trainer.state.plan.total_steps,
-        });
-        if cfg.save_every > 0 && m.step % cfg.save_every == 0 && !trainer.is_done() {
-            save(&trainer, false, Some(&m))?;
-            report(TrainEvent::Saved {
-                step: m.step,
-                path: &ckpt,
-            });
-        }
-        last = Some(m);
-    }
-    if !is_complete(out)? {
-        save(&trainer, true, last.as_ref())?;
-        report(TrainEvent::Saved {
-            step: trainer.state.step,
-            path: &ckpt,
-        });
-    }
-    Ok(TrainSummary {
-        checkpoint: ckpt,
-        steps: trainer.state.step,
-        last,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+/// The step a saved run reached (0 for a new run).
+fn resume_step(state: Option<&Value>) -> usize {
+    state
+        .and_then(|s| s.get("step").and_then(Value::as_u64))
+        .unwrap_or(0) as usize
 }
 
 #[cfg(test)]

@@ -272,14 +272,18 @@ pub fn plan(
 
 /// Refuses `cfg` when the model's shapes make it meaningless ([`check_shapes`]) or its estimated
 /// peak exceeds `--max-memory`, naming the lever to pull.
-pub fn check_budget(model_path: &Path, cfg: &TrainConfig, device: &Device) -> Result<()> {
-    let m = crate::load::bundle::read_config(model_path)?;
+pub fn check_budget(
+    model: &crate::load::ModelSource,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<()> {
+    let m = crate::load::bundle::read_source_config(model)?;
     check_shapes(&m, cfg)?;
     if cfg.max_memory.is_none() {
         return Ok(());
     }
     let (est, compute) = plan(&m, cfg, device)?;
-    refuse_over_budget(model_path, cfg, &est, compute)
+    refuse_over_budget(model.path(), cfg, &est, compute)
 }
 
 /// The refusal of [`check_budget`] for an estimate already made.

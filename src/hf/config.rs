@@ -249,7 +249,7 @@ impl HfConfig {
         err: &dyn Fn(String) -> Error,
     ) -> Result<(usize, usize)> {
         let num_kv_heads = self.num_key_value_heads.unwrap_or(num_heads);
-        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(err(format!(
                 "num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_kv_heads})"
             )));
@@ -257,7 +257,7 @@ impl HfConfig {
         let head_dim = match self.head_dim {
             Some(d) if d > 0 => d,
             _ => {
-                if hidden_size % num_heads != 0 {
+                if !hidden_size.is_multiple_of(num_heads) {
                     return Err(err(format!(
                         "hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_heads}) and no head_dim is given"
                     )));

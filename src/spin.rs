@@ -113,7 +113,7 @@ fn iter_dir(out: &Path, t: usize) -> PathBuf {
 // The settings a run was started with (written by the CLI before the first stage), and per
 // held-out pair of an iteration its id and θ_{t+1}'s reward margin (`iter-T/`): named where the
 // page that reads them back lives, below the loop that writes them.
-pub use crate::report::game::{CONFIG_FILE, EVAL_MARGINS_FILE};
+pub use crate::report::game::{CONFIG_FILE, EVAL_FILE, EVAL_GENERATED_FILE, EVAL_MARGINS_FILE};
 
 mod eval;
 use eval::{add_eval_to_card, evaluate};
@@ -342,7 +342,7 @@ impl<R: FnMut(SpinEvent)> SpinRun<'_, R> {
         self.stage(t, "generate");
         let dir = iter_dir(self.out, t);
         let theta = model_of(self.out, self.model, t);
-        let (gen_path, eval_gen_path) = (dir.join(GENERATED), dir.join(EVAL_GENERATED));
+        let (gen_path, eval_gen_path) = (dir.join(GENERATED), dir.join(EVAL_GENERATED_FILE));
         let jobs = [(&self.train, &gen_path), (&self.held, &eval_gen_path)];
         let report = &mut self.report;
         match self.server {
@@ -447,7 +447,7 @@ impl<R: FnMut(SpinEvent)> SpinRun<'_, R> {
     /// (per-pair margins, the model card's section, eval.json).
     fn evaluate(&mut self, t: usize, ll_before: Option<f64>) -> Result<EvalResult> {
         let dir = iter_dir(self.out, t);
-        let eval_path = dir.join("eval.json");
+        let eval_path = dir.join(EVAL_FILE);
         if let Some(e) = std::fs::read_to_string(&eval_path)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
@@ -455,7 +455,7 @@ impl<R: FnMut(SpinEvent)> SpinRun<'_, R> {
             return Ok(e);
         }
         self.stage(t, "evaluate");
-        let eval_pairs = read_pairs(&dir.join(EVAL_GENERATED))?;
+        let eval_pairs = read_pairs(&dir.join(EVAL_GENERATED_FILE))?;
         let (e, margins) = evaluate(
             &model_of(self.out, self.model, t),
             &dir.join(CHECKPOINT),
@@ -476,9 +476,8 @@ impl<R: FnMut(SpinEvent)> SpinRun<'_, R> {
     }
 }
 
-/// An iteration's generated training pairs, and its held-out ones.
+/// An iteration's generated training pairs (its held-out ones: [`EVAL_GENERATED_FILE`]).
 const GENERATED: &str = "generated.jsonl";
-const EVAL_GENERATED: &str = "eval_generated.jsonl";
 
 fn write_summary(
     out: &Path,

@@ -145,11 +145,6 @@ impl ModelBundle {
         }
     }
 
-    /// What `--model` named: the adapter folder, or the model itself.
-    pub fn source_path(&self) -> &Path {
-        self.adapter.as_ref().map_or(&self.dir, |a| &a.dir)
-    }
-
     /// What `--model` named, as loading found it (nothing is probed again).
     pub fn source(&self) -> ModelSource {
         let model = if self.dir.is_file() {

@@ -83,7 +83,8 @@ pub fn model_identity(path: &Path) -> Result<serde_json::Value> {
 
 /// The base model an adapter folder at `path` names, when it is one and the base is found; what an
 /// output must never replace beside the adapter itself. A base that cannot be found is left to the
-/// loader, which says why.
+/// loader, which says why: the lenient twin of [`ModelSource::resolve`]'s lookup, which must find
+/// the same base.
 pub fn adapter_base(path: &Path) -> Option<PathBuf> {
     if !adapter::is_adapter_dir(path) {
         return None;

@@ -16,6 +16,10 @@ use crate::data::{DataFormat, read_dataset};
 pub const CONFIG_FILE: &str = "spin_config.json";
 /// Per held-out pair of an iteration: its id and θ_{t+1}'s reward margin (`iter-T/`).
 pub const EVAL_MARGINS_FILE: &str = "eval_margins.jsonl";
+/// An iteration's held-out pairs: the human answer and θ_t's (`iter-T/`).
+pub const EVAL_GENERATED_FILE: &str = "eval_generated.jsonl";
+/// An iteration's held-out results (`iter-T/`): reward accuracy and margin, loss, log-likelihoods.
+pub const EVAL_FILE: &str = "eval.json";
 
 /// Prompts per iteration chosen by the seed.
 pub const SAMPLED: usize = 6;
@@ -56,7 +60,7 @@ pub fn spin_game(dir: &Path, seed: u64) -> Vec<GameIteration> {
             break;
         }
         // Still being generated, or not yet: nothing of this iteration to show.
-        let Ok(ds) = read_dataset(&it.join("eval_generated.jsonl"), DataFormat::Spin) else {
+        let Ok(ds) = read_dataset(&it.join(EVAL_GENERATED_FILE), DataFormat::Spin) else {
             break;
         };
         if chosen.is_empty() {
@@ -86,7 +90,7 @@ pub fn spin_game(dir: &Path, seed: u64) -> Vec<GameIteration> {
                 moved: moved.contains(e.id.as_str()),
             })
             .collect();
-        let reward_accuracy = std::fs::read_to_string(it.join("eval.json"))
+        let reward_accuracy = std::fs::read_to_string(it.join(EVAL_FILE))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             .and_then(|v| v.get("reward_accuracy")?.as_f64());

@@ -102,7 +102,10 @@ pub fn run_panels(dir: &Path) -> Result<Vec<Panel>> {
     let evals: Vec<Value> = iters
         .iter()
         .filter_map(|d| {
-            serde_json::from_str(&std::fs::read_to_string(d.join("eval.json")).ok()?).ok()
+            serde_json::from_str(
+                &std::fs::read_to_string(d.join(super::super::game::EVAL_FILE)).ok()?,
+            )
+            .ok()
         })
         .collect();
     if !evals.is_empty() {

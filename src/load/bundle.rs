@@ -48,10 +48,7 @@ pub struct ModelBundle {
 /// The resolved config of what `--model` names (a folder, a GGUF file, an adapter's base, or a
 /// config.json itself), without loading weights.
 pub fn read_config(path: &Path) -> Result<ModelConfig> {
-    if adapter::is_adapter_dir(path) {
-        return read_config(&Adapter::open(path)?.base_path()?);
-    }
-    config_of_model(path)
+    read_source_config(&ModelSource::resolve(path)?)
 }
 
 /// [`read_config`] of a model already resolved (an adapter's comes from its base).

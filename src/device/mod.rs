@@ -3,6 +3,7 @@
 //! adapter exists, and `auto` prefers it to a software adapter.
 
 pub mod cache;
+pub mod traffic;
 
 use std::fmt;
 use std::str::FromStr;

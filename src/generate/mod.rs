@@ -29,7 +29,7 @@ use crate::kernels::sample::{
 };
 use crate::model::fused::DecodeWeights;
 use crate::model::static_cache::{
-    CAPACITY_BUCKET, LEN_BUCKET, StaticKvCache, capacity_for, ids_tensor,
+    LEN_BUCKET, StaticKvCache, bucketed_len, capacity_for, ids_tensor,
 };
 use crate::model::{KvCache, StepInput, Transformer};
 
@@ -219,20 +219,12 @@ fn prefill(
     Ok((tokens, logprobs))
 }
 
-/// Prompt lengths up to this are bucketed to powers of two, longer ones to its multiples; the
-/// cache capacity's bucket, so a bucketed length never exceeds the capacity.
-pub const PREFILL_LEN_BUCKET: usize = CAPACITY_BUCKET;
-
-/// The shortest prefill bucket.
-const MIN_PREFILL_LEN: usize = 16;
-
 /// The `(rows, length)` a prefill of `n` prompts of at most `longest` tokens runs at. Where
 /// kernels are compiled (and matmuls autotuned) per shape, `bucketed`, the rows go up to a power
-/// of two (at most `slots`) and the length to a power of two from 16 up to
-/// [`PREFILL_LEN_BUCKET`], then to its multiples (at most `capacity`, a multiple of it), so a
-/// run's refills reuse a few shapes instead of compiling one per prompt mix; the extra rows and
-/// columns are right padding (at most twice the work, above 16 tokens). The CPU backend compiles nothing and
-/// keeps the exact shape.
+/// of two (at most `slots`) and the length to its [`bucketed_len`] (at most `capacity`, a
+/// multiple of [`crate::model::static_cache::CAPACITY_BUCKET`]), so a run's refills reuse a few shapes instead of compiling
+/// one per prompt mix; the extra rows and columns are right padding. The CPU backend compiles
+/// nothing and keeps the exact shape.
 pub fn prefill_shape(
     n: usize,
     longest: usize,
@@ -244,12 +236,7 @@ pub fn prefill_shape(
         return (n, longest);
     }
     let rows = n.next_power_of_two().min(slots).max(n);
-    let len = if longest <= PREFILL_LEN_BUCKET {
-        longest.max(MIN_PREFILL_LEN).next_power_of_two()
-    } else {
-        longest.next_multiple_of(PREFILL_LEN_BUCKET)
-    };
-    (rows, len.min(capacity).max(longest))
+    (rows, bucketed_len(longest).min(capacity).max(longest))
 }
 
 /// Generates a continuation for every request, calling `on_finished` as each one completes (in
@@ -449,6 +436,7 @@ fn upload_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::static_cache::MIN_BUCKET_LEN;
 
     #[test]
     fn prefill_shapes_cover_their_prompts_in_few_buckets() {
@@ -464,7 +452,7 @@ mod tests {
                     "len {len} for {longest}"
                 );
                 // At most twice the work in each dimension (beyond the shortest bucket).
-                assert!(rows < 2 * n && len < 2 * longest.max(MIN_PREFILL_LEN));
+                assert!(rows < 2 * n && len < 2 * longest.max(MIN_BUCKET_LEN));
                 shapes.insert((rows, len));
             }
         }

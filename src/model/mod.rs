@@ -183,6 +183,7 @@ impl Transformer {
         let b = input.tokens.len();
         let s = input.tokens.first().map_or(0, Vec::len);
         let ids: Vec<i32> = input.tokens.iter().flatten().map(|&t| t as i32).collect();
+        crate::device::traffic::uploaded(1);
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * s]), &self.device());
         let hidden = self.embed.val().dims()[1];
         let x = self.embed.val().select(0, ids).reshape([b, s, hidden]); // [b, s, hidden]

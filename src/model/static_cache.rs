@@ -43,6 +43,21 @@ pub const LEN_BUCKET: usize = 64;
 /// Capacities are multiples of this, so runs with similar lengths share compiled shapes.
 pub const CAPACITY_BUCKET: usize = 256;
 
+/// The shortest bucketed sequence length.
+pub const MIN_BUCKET_LEN: usize = 16;
+
+/// The length a sequence of `longest` tokens is right-padded to where kernels are compiled (and
+/// matmuls autotuned) per shape: a power of two from [`MIN_BUCKET_LEN`] up to [`CAPACITY_BUCKET`],
+/// then a multiple of it. A run's prefills, training and scoring steps then reuse a few shapes
+/// instead of compiling one per length, for at most twice the work above 16 tokens.
+pub fn bucketed_len(longest: usize) -> usize {
+    if longest <= CAPACITY_BUCKET {
+        longest.max(MIN_BUCKET_LEN).next_power_of_two()
+    } else {
+        longest.next_multiple_of(CAPACITY_BUCKET)
+    }
+}
+
 /// The capacity a run needs: the longest prompt plus the token limit, rounded up to
 /// [`CAPACITY_BUCKET`].
 pub fn capacity_for(max_prompt: usize, max_new_tokens: usize) -> usize {

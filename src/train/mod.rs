@@ -16,6 +16,7 @@ pub mod loss;
 pub mod memory;
 pub mod objective;
 pub mod optim;
+pub mod profile;
 pub mod recompute;
 pub mod score;
 pub mod state;

@@ -139,6 +139,7 @@ pub fn grad_norm(grads: &[Tensor<1>], scale: f64) -> Result<f64> {
         .map(|g| sum_squares(g.clone(), scale as f32))
         .collect();
     let total = Tensor::cat(sq, 0).sum();
+    crate::device::traffic::read();
     let v = total
         .into_data()
         .try_into_vec_as::<f32>()

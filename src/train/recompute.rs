@@ -39,7 +39,7 @@ pub fn gradients(
     dropout_seed: Option<u64>,
     loss_of: impl FnOnce(Tensor<1>) -> (Tensor<1>, Tensor<1>),
 ) -> Result<(Vec<Tensor<1>>, Tensor<1>)> {
-    let input = model_input(pairs, pad_id);
+    let input = model_input(model, pairs, pad_id);
     let ctx = model.pass_context(&input);
     let mut listed = model.clone();
     let params = trainable_mut(&mut listed);

@@ -8,7 +8,9 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::error::{Error, Result};
 use crate::hf::chat_template::Message;
 use crate::hf::tokenizer::ChatTokenizer;
+use crate::kernels::common::is_cpu;
 use crate::kernels::logprobs::head_logprobs;
+use crate::model::static_cache::bucketed_len;
 use crate::model::{StepInput, Transformer};
 
 /// A tokenized (prompt, response) pair; `response` ends with eos.
@@ -112,7 +114,7 @@ pub fn forward(
     max_logits: usize,
     dropout_seed: Option<u64>,
 ) -> Tensor<1> {
-    let input = model_input(pairs, pad_id);
+    let input = model_input(model, pairs, pad_id);
     let ctx = model.pass_context(&input);
     let mut x = model.embed_tokens(&input); // [b, s, hidden]
     for (l, layer) in model.layers.iter().enumerate() {
@@ -122,10 +124,19 @@ pub fn forward(
     head_token_logprobs(model, model.norm.forward(x), pairs, max_logits)
 }
 
-/// The right-padded model input of `pairs`: prompt + response without its last token.
-pub fn model_input(pairs: &[TokenizedPair], pad_id: u32) -> StepInput {
+/// The right-padded model input of `pairs` for `model`: prompt + response without its last
+/// token, padded to the longest row, or on a device that compiles per shape to that row's
+/// [`bucketed_len`] (so training and scoring stop compiling and autotuning after their first
+/// steps; the extra columns are padding no real query sees).
+pub fn model_input(model: &Transformer, pairs: &[TokenizedPair], pad_id: u32) -> StepInput {
     let rows: Vec<Vec<u32>> = pairs.iter().map(TokenizedPair::input).collect();
-    StepInput::right_padded(&rows, pad_id)
+    let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width = if is_cpu(&model.device().without_autodiff()) {
+        longest
+    } else {
+        bucketed_len(longest)
+    };
+    StepInput::right_padded_to(&rows, pad_id, width)
 }
 
 /// The lm_head part of [`response_token_logprobs`]: log-probs of every response token from the
@@ -147,6 +158,7 @@ pub fn head_token_logprobs(
         n => n,
     };
     let chunk = (budget / vocab).max(1);
+    crate::device::traffic::uploaded(2);
     let idx = Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &device);
     let tgt = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &device);
     // Only response positions reach the lm_head, `chunk` at a time (fused WGSL log-prob on wgpu).
@@ -167,6 +179,7 @@ pub fn sequence_sums(lp: Tensor<1>, pairs: &[TokenizedPair]) -> Tensor<1> {
             at += 1;
         }
     }
+    crate::device::traffic::uploaded(1);
     let seg = Tensor::<2>::from_data(TensorData::new(seg, [pairs.len(), n]), &lp.device());
     seg.matmul(lp.reshape([n, 1])).reshape([pairs.len()])
 }

@@ -95,6 +95,7 @@ pub fn param_grads(model: &Transformer, grads: &burn::tensor::Gradients) -> Resu
 }
 
 pub(crate) fn read_f32(t: Tensor<1>, what: &str) -> Result<Vec<f32>> {
+    crate::device::traffic::read();
     t.into_data()
         .try_into_vec_as::<f32>()
         .map_err(|e| Error::Device(format!("reading {what} back failed: {e:?}")))

@@ -2,12 +2,10 @@
 //! run from the kernel registry): the device memory of the chunked scoring + loss path, and
 //! generation and training throughput.
 
-use std::time::Instant;
-
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 use wgspin::error::Result;
-use wgspin::kernels::bench::{median, sync};
+use wgspin::kernels::bench::sync;
 use wgspin::kernels::logprobs::head_logprobs;
 use wgspin::rng::SplitMix64;
 
@@ -88,7 +86,8 @@ pub struct TrainShape {
 /// SPIN training throughput: `pairs` pairs of random sequences of `seq_len` tokens (prompt
 /// `prompt_len`), one optimizer step (RMSprop) per batch, as `scripts/bench_train.py` measures
 /// PyTorch; with `lora` enabled, new adapters on the frozen model. `model` must live on an
-/// autodiff device. Returns (tokens/s, median step seconds).
+/// autodiff device. One warm-up step, then `steps` measured ones (see
+/// [`wgspin::train::profile`]).
 pub fn bench_train(
     mut model: wgspin::model::Transformer,
     vocab: usize,
@@ -96,7 +95,7 @@ pub fn bench_train(
     lora: &wgspin::model::lora::LoraConfig,
     compute: burn::tensor::DType,
     gradient_checkpointing: bool,
-) -> Result<(f64, f64, usize)> {
+) -> Result<wgspin::train::profile::TrainProfile> {
     use wgspin::train::{Objective, PairLogps, TrainConfig, TrainPair, Trainer};
     let TrainShape {
         pairs,
@@ -147,17 +146,8 @@ pub fn bench_train(
         },
         0,
     )?;
-    let (mut times, mut skipped) = (vec![], 0);
-    for s in 0..=steps {
-        let t = Instant::now();
-        let m = trainer.train_step()?;
-        if s > 0 {
-            times.push(t.elapsed().as_secs_f64());
-        }
-        skipped += usize::from(m.loss_scale.is_some_and(|(_, skip)| skip));
-    }
-    let median = median(times);
-    Ok(((2 * pairs * seq_len) as f64 / median, median, skipped))
+    let profile = wgspin::train::profile::profile_train(&mut trainer, 1, steps)?;
+    Ok(profile)
 }
 
 /// Peak resident memory of this process in bytes, where the OS tells it cheaply (Linux).

@@ -15,6 +15,7 @@ use wgspin::kernels::bench::BenchSizes;
 use wgspin::kernels::registry::bench_kernels;
 use wgspin::model::Transformer;
 use wgspin::model::random_init::random_model;
+use wgspin::train::profile::TrainProfile;
 
 use super::args::{DeviceArgs, DtypeArgs};
 
@@ -208,7 +209,7 @@ impl TrainArgs {
             prompt_len,
             steps,
         };
-        let (tps, secs, skipped) = measure::bench_train(
+        let profile = measure::bench_train(
             model,
             config.vocab_size,
             shape,
@@ -216,6 +217,9 @@ impl TrainArgs {
             compute,
             self.gradient_checkpointing,
         )?;
+        let secs = wgspin::kernels::bench::median(profile.step_secs.clone());
+        let tps = (2 * pairs * seq_len) as f64 / secs;
+        let skipped = profile.skipped;
         let mem = match dev.device.memory_pool_usage() {
             Some(u) => format!(
                 "{:.1} MiB device memory reserved",
@@ -242,8 +246,7 @@ impl TrainArgs {
         // optimizer state): its time and memory are not a trained step's.
         let skipped = if skipped > 0 {
             format!(
-                "; {skipped} of {} steps skipped by the f16 loss scaler (gradients overflowed)",
-                steps + 1
+                "; {skipped} of {steps} measured steps skipped by the f16 loss scaler (gradients overflowed)"
             )
         } else {
             String::new()
@@ -251,6 +254,7 @@ impl TrainArgs {
         println!(
             "SPIN train step ({what}): {pairs} pairs x {seq_len} tokens (prompt {prompt_len}): {secs:.4} s/step (median of {steps}), {tps:.1} tokens/s; {mem}{skipped}"
         );
+        println!("       {}", train_profile_line(&profile, config.num_layers));
         Ok(())
     }
 }
@@ -309,6 +313,27 @@ impl BenchModelArgs {
         let b = ModelBundle::load(&self.model, device)?;
         Ok((b.config, b.model))
     }
+}
+
+/// The cost of a training step to the host, as [`profile_line`] says it for decoding.
+fn train_profile_line(p: &TrainProfile, layers: usize) -> String {
+    let launches = match p.launches_per_step {
+        Some(l) => format!(
+            "{l:.1} kernel launches/step ({:.1}/layer)",
+            l / layers.max(1) as f64
+        ),
+        None => "no kernel launches (CPU backend)".into(),
+    };
+    let compiled = match p.new_kernels_after_warmup {
+        Some(n) => format!(", {n} kernels first launched after the warm-up step"),
+        None => String::new(),
+    };
+    format!(
+        "profile over {} steps after warm-up: {launches}, {:.2} host uploads/step, {:.2} blocking reads/step{compiled}",
+        p.step_secs.len(),
+        p.uploads_per_step,
+        p.reads_per_step,
+    )
 }
 
 fn profile_line(p: &GenProfile, layers: usize) -> String {

@@ -1,0 +1,358 @@
+//! Flash attention's WGSL kernels (`kernels/flash_wgsl.rs`: forward, backward dq and dk/dv) on
+//! lavapipe against a float64 host reference written here: the mask from the positions, the
+//! softmax and both matmuls, and the gradients (dq, dk, dv summed over a kv head's query heads)
+//! from the textbook formulas — themselves held to central differences of the host forward.
+//! Cases: causal, right and left padding, GQA 1 / 2 / 3, a sliding window, fewer queries than keys
+//! (cached keys before them), a query with no visible key, S not a multiple of the tile; f16
+//! where the adapter has it; outputs poisoned with NaN so an unwritten element fails. An ignored
+//! test times forward + backward against the naive burn-ops attention under autodiff.
+
+mod common;
+
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use common::*;
+use wgspin::device::{self, DeviceSpec};
+use wgspin::kernels::common::{f16_kernel_available, set_poison_outputs};
+use wgspin::kernels::flash_wgsl::{flash_backward_gpu, flash_forward_gpu, flash_wgsl_supported};
+
+/// One problem: shapes, window, positions (negative = padding) and the random inputs.
+struct Case {
+    b: usize,
+    h: usize,
+    hkv: usize,
+    s: usize,
+    nk: usize,
+    d: usize,
+    window: u32,
+    /// `[B, S]`
+    qpos: Vec<i64>,
+    /// `[B, K]`
+    kpos: Vec<i64>,
+    /// `[B, H, S, D]`
+    q: Vec<f32>,
+    /// `[B, HKV, K, D]`
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// `[B, H, S, D]` upstream gradient
+    dout: Vec<f32>,
+}
+
+impl Case {
+    fn new(
+        [b, h, hkv, s, nk, d]: [usize; 6],
+        window: u32,
+        pos: impl Fn(usize) -> (Vec<i64>, Vec<i64>),
+        rng: &mut Rng,
+    ) -> Self {
+        let (mut qpos, mut kpos) = (vec![], vec![]);
+        for r in 0..b {
+            let (qp, kp) = pos(r);
+            assert_eq!((qp.len(), kp.len()), (s, nk));
+            qpos.extend(qp);
+            kpos.extend(kp);
+        }
+        let mut rand = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f32>>();
+        Self {
+            b,
+            h,
+            hkv,
+            s,
+            nk,
+            d,
+            window,
+            qpos,
+            kpos,
+            q: rand(b * h * s * d),
+            k: rand(b * hkv * nk * d),
+            v: rand(b * hkv * nk * d),
+            dout: rand(b * h * s * d),
+        }
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
+
+    fn visible(&self, r: usize, i: usize, j: usize) -> bool {
+        let (qp, kp) = (self.qpos[r * self.s + i], self.kpos[r * self.nk + j]);
+        qp >= 0 && kp >= 0 && kp <= qp && (self.window == 0 || qp - kp < self.window as i64)
+    }
+
+    fn label(&self) -> String {
+        let Self {
+            b,
+            h,
+            hkv,
+            s,
+            nk,
+            d,
+            window,
+            ..
+        } = self;
+        format!("b={b} h={h} hkv={hkv} s={s} k={nk} d={d} w={window}")
+    }
+}
+
+/// The reference's result: out, lse, and the gradients for upstream `dout`.
+struct Reference {
+    out: Vec<f64>,
+    lse: Vec<f64>,
+    dq: Vec<f64>,
+    dk: Vec<f64>,
+    dv: Vec<f64>,
+}
+
+/// Naive attention in f64 with inputs `(q, k, v, dout)` (each possibly rounded): per query, the
+/// probabilities over its visible keys, the output, lse, and dS = P ⊙ (dout·vᵀ − Σ dout·out).
+fn host(c: &Case, [q, k, v, dout]: [&[f32]; 4]) -> Reference {
+    let (g, d) = (c.h / c.hkv, c.d);
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut r = Reference {
+        out: vec![0.0; q.len()],
+        lse: vec![0.0; c.b * c.h * c.s],
+        dq: vec![0.0; q.len()],
+        dk: vec![0.0; k.len()],
+        dv: vec![0.0; k.len()],
+    };
+    let dot =
+        |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum() };
+    for b in 0..c.b {
+        for h in 0..c.h {
+            let kv = (b * c.hkv + h / g) * c.nk;
+            for i in 0..c.s {
+                let row = (b * c.h + h) * c.s + i;
+                let qi = &q[row * d..][..d];
+                let keys: Vec<usize> = (0..c.nk).filter(|&j| c.visible(b, i, j)).collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let s: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| scale * dot(qi, &k[(kv + j) * d..][..d]))
+                    .collect();
+                let m = s.iter().copied().fold(f64::MIN, f64::max);
+                let lse = m + s.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+                r.lse[row] = lse;
+                let p: Vec<f64> = s.iter().map(|x| (x - lse).exp()).collect();
+                for (&j, &pj) in keys.iter().zip(&p) {
+                    for e in 0..d {
+                        r.out[row * d + e] += pj * v[(kv + j) * d + e] as f64;
+                    }
+                }
+                let go = &dout[row * d..][..d];
+                let delta: f64 = (0..d).map(|e| go[e] as f64 * r.out[row * d + e]).sum();
+                for (&j, &pj) in keys.iter().zip(&p) {
+                    let ds = pj * (dot(go, &v[(kv + j) * d..][..d]) - delta);
+                    for e in 0..d {
+                        r.dq[row * d + e] += scale * ds * k[(kv + j) * d + e] as f64;
+                        r.dk[(kv + j) * d + e] += scale * ds * qi[e] as f64;
+                        r.dv[(kv + j) * d + e] += pj * go[e] as f64;
+                    }
+                }
+            }
+        }
+    }
+    r
+}
+
+fn ramp(n: usize, from: i64) -> Vec<i64> {
+    (0..n as i64).map(|i| i + from).collect()
+}
+
+/// Padding: the first `left` and the last `right` of `ramp` set to −1 (the rest renumbered from 0
+/// where left padded, as the model's positions are).
+fn padded(n: usize, left: usize, right: usize) -> Vec<i64> {
+    (0..n)
+        .map(|i| {
+            if i < left || i + right >= n {
+                -1
+            } else {
+                (i - left) as i64
+            }
+        })
+        .collect()
+}
+
+fn cases(rng: &mut Rng) -> Vec<Case> {
+    let same = |p: Vec<i64>| (p.clone(), p);
+    vec![
+        // Causal, GQA 1, S not a multiple of any tile.
+        Case::new([2, 2, 2, 67, 67, 16], 0, |_| same(ramp(67, 0)), rng),
+        // GQA 3 with right and left padding.
+        Case::new(
+            [3, 9, 3, 67, 67, 64],
+            0,
+            |r| same([padded(67, 0, 0), padded(67, 0, 20), padded(67, 31, 0)][r].clone()),
+            rng,
+        ),
+        // GQA 2, long rows (several key tiles and query workgroups), right padding on one row.
+        Case::new(
+            [2, 4, 2, 300, 300, 32],
+            0,
+            |r| same(padded(300, 0, 77 * r)),
+            rng,
+        ),
+        // Sliding window, GQA 3, left padding on one row.
+        Case::new(
+            [2, 3, 1, 100, 100, 32],
+            17,
+            |r| same(padded(100, 13 * r, 0)),
+            rng,
+        ),
+        // Fewer queries than keys: cached keys before them; row 1's keys are all padding, so its
+        // queries see nothing (out 0, lse 0); row 2's first queries are padding too.
+        Case::new(
+            [3, 4, 2, 20, 80, 32],
+            0,
+            |r| match r {
+                0 => (ramp(20, 60), ramp(80, 0)),
+                1 => (ramp(20, 60), vec![-1; 80]),
+                _ => (
+                    padded(20, 5, 0)
+                        .iter()
+                        .map(|&p| p.max(-1) + 60 * (p >= 0) as i64)
+                        .collect(),
+                    ramp(80, 0),
+                ),
+            },
+            rng,
+        ),
+        // Window with cached keys and a head dim of 128 (smaller tiles).
+        Case::new(
+            [1, 2, 1, 40, 90, 128],
+            9,
+            |_| (ramp(40, 50), ramp(90, 0)),
+            rng,
+        ),
+    ]
+}
+
+/// Runs the forward and backward kernels on `c` in `dtype` and compares them with `want`
+/// within `tol` (relative, absolute below 1).
+fn check(c: &Case, dev: &wgspin::device::ComputeDevice, dtype: DType, want: &Reference, tol: f64) {
+    let device = &dev.device;
+    let (b, h, hkv, s, nk, d) = (c.b, c.h, c.hkv, c.s, c.nk, c.d);
+    let t4 = |x: &[f32], shape: [usize; 4]| {
+        Tensor::<4>::from_data(TensorData::new(x.to_vec(), shape), device).cast(dtype)
+    };
+    let (q, k, v) = (
+        t4(&c.q, [b, h, s, d]),
+        t4(&c.k, [b, hkv, nk, d]),
+        t4(&c.v, [b, hkv, nk, d]),
+    );
+    let dout = t4(&c.dout, [b, h, s, d]);
+    let ints = |x: &[i64], n: usize| {
+        Tensor::<2, Int>::from_data(TensorData::new(x.to_vec(), [b, n]), device)
+    };
+    let (qpos, kpos) = (ints(&c.qpos, s), ints(&c.kpos, nk));
+    let label = format!("{} {:?} {}", dev.description, dtype, c.label());
+    let (out, lse) = flash_forward_gpu(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        qpos.clone(),
+        kpos.clone(),
+        c.window,
+        c.scale(),
+    );
+    assert_eq!(out.dtype(), dtype, "{label}: out in q's dtype");
+    assert_eq!(lse.dtype(), DType::F32, "{label}: lse in f32");
+    let f = |t: Tensor<4>| floats(t.cast(DType::F32));
+    assert_close(&format!("{label} out"), &f(out.clone()), &want.out, tol);
+    assert_close(
+        &format!("{label} lse"),
+        &floats(lse.clone()),
+        &want.lse,
+        tol,
+    );
+    let (dq, dk, dv) = flash_backward_gpu(q, k, v, out, lse, dout, qpos, kpos, c.window, c.scale());
+    assert_eq!((dq.dtype(), dk.dtype(), dv.dtype()), (dtype, dtype, dtype));
+    assert_close(&format!("{label} dq"), &f(dq), &want.dq, tol);
+    assert_close(&format!("{label} dk"), &f(dk), &want.dk, tol);
+    assert_close(&format!("{label} dv"), &f(dv), &want.dv, tol);
+}
+
+#[test]
+fn flash_forward_gpu_and_backward_match_the_f64_reference() {
+    let Some(dev) = gpu() else { return };
+    set_poison_outputs(true);
+    let mut rng = Rng(34);
+    for c in cases(&mut rng) {
+        assert!(flash_wgsl_supported(c.h, c.hkv, c.d), "{}", c.label());
+        let want = host(&c, [&c.q, &c.k, &c.v, &c.dout]);
+        // f32 kernels against f64: sums over ≤ 300 keys of f32 products.
+        check(&c, &dev, DType::F32, &want, 2e-4);
+        if f16_kernel_available(&dev.device) {
+            let round = |x: &[f32]| -> Vec<f32> {
+                x.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect()
+            };
+            let rounded = [&round(&c.q), &round(&c.k), &round(&c.v), &round(&c.dout)];
+            let want = host(&c, rounded.map(|x| x.as_slice()));
+            // The same f16-rounded inputs, f32 arithmetic; out is rounded to f16 once more
+            // (relative 4.9e-4) before the backward reads it, which moves Δ.
+            check(&c, &dev, DType::F16, &want, 4e-3);
+        }
+    }
+    set_poison_outputs(false);
+}
+
+/// The wgpu adapter (lavapipe here), or None with a note where there is none and the run does
+/// not require one.
+fn gpu() -> Option<wgspin::device::ComputeDevice> {
+    match device::select(DeviceSpec::Gpu) {
+        Ok(d) if d.is_gpu => Some(d),
+        other => {
+            let why = match other {
+                Ok(d) => format!("auto chose {}", d.description),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                std::env::var("WGSPIN_REQUIRE_GPU").map_or(true, |v| v != "1"),
+                "WGSPIN_REQUIRE_GPU=1 but no wgpu adapter: {why}"
+            );
+            eprintln!("note: no wgpu adapter, skipping ({why})");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_host_gradients_are_the_derivatives_of_the_host_forward() {
+    // L = Σ out · dout; central differences of L in every input element of a small case with
+    // GQA 2, padding and a window.
+    let mut rng = Rng(7);
+    let c = Case::new(
+        [1, 4, 2, 6, 9, 4],
+        5,
+        |_| {
+            (
+                padded(6, 1, 0)
+                    .iter()
+                    .map(|&p| p + 3 * (p >= 0) as i64)
+                    .collect(),
+                padded(9, 1, 0),
+            )
+        },
+        &mut rng,
+    );
+    let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
+        let r = host(&c, [q, k, v, &c.dout]);
+        r.out.iter().zip(&c.dout).map(|(o, &g)| o * g as f64).sum()
+    };
+    let r = host(&c, [&c.q, &c.k, &c.v, &c.dout]);
+    let eps = 1e-3f32;
+    let numeric = |which: usize, i: usize| {
+        let mut x = [c.q.clone(), c.k.clone(), c.v.clone()];
+        x[which][i] += eps;
+        let up = loss(&x[0], &x[1], &x[2]);
+        x[which][i] -= 2.0 * eps;
+        let down = loss(&x[0], &x[1], &x[2]);
+        (up - down) / (2.0 * eps as f64)
+    };
+    for (which, analytic) in [&r.dq, &r.dk, &r.dv].into_iter().enumerate() {
+        let fd: Vec<f64> = (0..analytic.len()).map(|i| numeric(which, i)).collect();
+        let got: Vec<f32> = analytic.iter().map(|&x| x as f32).collect();
+        assert_close(&format!("input {which}"), &got, &fd, 1e-3);
+    }
+    assert!(r.dk.iter().any(|&x| x.abs() > 1e-3), "a gradient to check");
+}

@@ -10,8 +10,12 @@
 // and both accumulators in registers), so every dk and dv element has one writer. For each of
 // the G heads the queries are walked in tiles of TQ = TK: q, dout, lse, Δ and the positions are
 // staged in workgroup memory (f32); a tile none of whose queries can see any key of the
-// workgroup is skipped by a workgroup-uniform test on the positions.
-// Compile-time: D {{ d }}, G {{ g }}, workgroup WG {{ wg }}, query tile TK {{ tk }} (TK ≤ WG;
+// workgroup is skipped by a workgroup-uniform test on the positions. Rows are D4 = D / 4 vec4s
+// and the per-query work is unrolled by src/kernels/flash_wgsl.rs into dot_qk (query i · k),
+// dot_dv (dout_i · v), add_pdo (dv += P · dout_i) and add_dsq (dk += dS · q_i): lavapipe's loop
+// limiter (65535 loop iterations per invocation in all, see flash_attention_fwd.wgsl) forbids a
+// loop per query.
+// Compile-time: D {{ d }} (a multiple of 4), G {{ g }}, workgroup WG {{ wg }}, query tile TK {{ tk }} (TK ≤ WG;
 // qs and dos take 2 · TK · D f32 of workgroup memory). Element type {{ elem }} (q, k, v, dout,
 // dk, dv; arithmetic in f32).
 //
@@ -47,9 +51,10 @@ const D: u32 = {{ d }}u;
 const G: u32 = {{ g }}u;
 const WG: u32 = {{ wg }}u;
 const TQ: u32 = {{ tk }}u;
+const D4: u32 = D / 4u;
 
-var<workgroup> qs: array<f32, TQ * D>;
-var<workgroup> dos: array<f32, TQ * D>;
+var<workgroup> qs: array<vec4<f32>, TQ * D4>;
+var<workgroup> dos: array<vec4<f32>, TQ * D4>;
 var<workgroup> qp: array<i32, TQ>;
 var<workgroup> ls: array<f32, TQ>;
 var<workgroup> dl: array<f32, TQ>;
@@ -93,19 +98,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let owned = j < nk;
     let krow = (b * hkv + kvh) * nk + j;
 
-    var kv: array<f32, D>;
-    var vv: array<f32, D>;
-    var dka: array<f32, D>;
-    var dva: array<f32, D>;
+    var kv: array<vec4<f32>, D4>;
+    var vv: array<vec4<f32>, D4>;
+    var dka: array<vec4<f32>, D4>;
+    var dva: array<vec4<f32>, D4>;
     var kp = -1;
     if (owned) {
         kp = kpos[b * nk + j];
-        for (var d = 0u; d < D; d++) {
+        for (var i = 0u; i < D4; i++) {
+            let at = krow * D + 4u * i;
             // k pre-scaled, so q · k is the score.
-            kv[d] = f32(k[krow * D + d]) * scale;
-            vv[d] = f32(v[krow * D + d]);
-            dka[d] = 0.0;
-            dva[d] = 0.0;
+            kv[i] = vec4<f32>(f32(k[at]), f32(k[at + 1u]), f32(k[at + 2u]), f32(k[at + 3u])) * scale;
+            vv[i] = vec4<f32>(f32(v[at]), f32(v[at + 1u]), f32(v[at + 2u]), f32(v[at + 3u]));
+            dka[i] = vec4<f32>(0.0);
+            dva[i] = vec4<f32>(0.0);
         }
     }
     if (kp >= 0) {
@@ -147,9 +153,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             if (workgroupUniformLoad(&live) == 0u) {
                 continue;
             }
-            for (var e = lid; e < n * D; e += WG) {
-                qs[e] = f32(q[(hrow + t0) * D + e]);
-                dos[e] = f32(dout[(hrow + t0) * D + e]);
+            for (var e = lid; e < n * D4; e += WG) {
+                let at = (hrow + t0) * D + 4u * e;
+                qs[e] = vec4<f32>(f32(q[at]), f32(q[at + 1u]), f32(q[at + 2u]), f32(q[at + 3u]));
+                dos[e] = vec4<f32>(f32(dout[at]), f32(dout[at + 1u]), f32(dout[at + 2u]), f32(dout[at + 3u]));
             }
             if (lid < n) {
                 ls[lid] = lse[hrow + t0 + lid];
@@ -159,18 +166,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             if (kp >= 0) {
                 for (var i = 0u; i < n; i++) {
                     if (visible(qp[i], kp, window)) {
-                        var sc = 0.0;
-                        var dp = 0.0;
-                        for (var d = 0u; d < D; d++) {
-                            sc += qs[i * D + d] * kv[d];
-                            dp += dos[i * D + d] * vv[d];
-                        }
+                        let ib = i * D4;
+                        let sc = {{ dot_qk }};
+                        let dp = {{ dot_dv }};
                         let p = exp(sc - ls[i]);
                         let ds = p * (dp - dl[i]);
-                        for (var d = 0u; d < D; d++) {
-                            dva[d] += p * dos[i * D + d];
-                            dka[d] += ds * qs[i * D + d];
-                        }
+                        {{ add_pdo }}
+                        {{ add_dsq }}
                     }
                 }
             }
@@ -179,9 +181,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
     }
     if (owned) {
-        for (var d = 0u; d < D; d++) {
-            dk[krow * D + d] = {{ elem }}(dka[d] * scale);
-            dv[krow * D + d] = {{ elem }}(dva[d]);
+        for (var i = 0u; i < D4; i++) {
+            let at = krow * D + 4u * i;
+            let a = dka[i] * scale;
+            let c = dva[i];
+            dk[at] = {{ elem }}(a.x);
+            dk[at + 1u] = {{ elem }}(a.y);
+            dk[at + 2u] = {{ elem }}(a.z);
+            dk[at + 3u] = {{ elem }}(a.w);
+            dv[at] = {{ elem }}(c.x);
+            dv[at + 1u] = {{ elem }}(c.y);
+            dv[at + 2u] = {{ elem }}(c.z);
+            dv[at + 3u] = {{ elem }}(c.w);
         }
     }
 }

@@ -10,7 +10,7 @@
 // positions), one query per invocation (q, dout and the dq accumulator in registers), key and
 // value tiles of TK staged in workgroup memory once for the G heads, tiles no query of the
 // workgroup can see skipped by a workgroup-uniform test on the positions.
-// Compile-time: D {{ d }}, G {{ g }}, workgroup WG {{ wg }} (G ≤ WG), key tile TK {{ tk }}
+// Compile-time: D {{ d }} (a multiple of 4), G {{ g }}, workgroup WG {{ wg }} (G ≤ WG), key tile TK {{ tk }}
 // (TK ≤ WG). Element type {{ elem }} (q, k, v, out, dout and dq; arithmetic in f32).
 //
 // Bindings (group 0):
@@ -45,11 +45,12 @@ const D: u32 = {{ d }}u;
 const G: u32 = {{ g }}u;
 const WG: u32 = {{ wg }}u;
 const TK: u32 = {{ tk }}u;
+const D4: u32 = D / 4u;
 // Query positions per workgroup (each for the G heads).
 const TQ: u32 = WG / G;
 
-var<workgroup> ks: array<f32, TK * D>;
-var<workgroup> vs: array<f32, TK * D>;
+var<workgroup> ks: array<vec4<f32>, TK * D4>;
+var<workgroup> vs: array<vec4<f32>, TK * D4>;
 var<workgroup> kp: array<i32, TK>;
 var<workgroup> dims: array<u32, 6>;
 var<workgroup> q_lo: atomic<i32>;
@@ -93,20 +94,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let row = (b * hkv * G + h) * s + qi;
 
     // q pre-scaled, so q · k is the score; the row's dout and Δ.
-    var qv: array<f32, D>;
-    var dov: array<f32, D>;
-    var acc: array<f32, D>;
+    var qv: array<vec4<f32>, D4>;
+    var dov: array<vec4<f32>, D4>;
+    var acc: array<vec4<f32>, D4>;
     var qp = -1;
     var dl = 0.0;
     var ls = 0.0;
     if (owned) {
         qp = qpos[b * s + qi];
         ls = lse[row];
-        for (var d = 0u; d < D; d++) {
-            qv[d] = f32(q[row * D + d]) * scale;
-            dov[d] = f32(dout[row * D + d]);
-            dl += dov[d] * f32(out[row * D + d]);
-            acc[d] = 0.0;
+        for (var i = 0u; i < D4; i++) {
+            let at = row * D + 4u * i;
+            qv[i] = vec4<f32>(f32(q[at]), f32(q[at + 1u]), f32(q[at + 2u]), f32(q[at + 3u])) * scale;
+            dov[i] = vec4<f32>(f32(dout[at]), f32(dout[at + 1u]), f32(dout[at + 2u]), f32(dout[at + 3u]));
+            let o = vec4<f32>(f32(out[at]), f32(out[at + 1u]), f32(out[at + 2u]), f32(out[at + 3u]));
+            dl += dot(dov[i], o);
+            acc[i] = vec4<f32>(0.0);
         }
         delta[row] = dl;
     }
@@ -146,24 +149,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         if (workgroupUniformLoad(&live) == 0u) {
             continue;
         }
-        for (var e = lid; e < n * D; e += WG) {
-            ks[e] = f32(k[(kbase + t0) * D + e]);
-            vs[e] = f32(v[(kbase + t0) * D + e]);
+        for (var e = lid; e < n * D4; e += WG) {
+            let at = (kbase + t0) * D + 4u * e;
+            ks[e] = vec4<f32>(f32(k[at]), f32(k[at + 1u]), f32(k[at + 2u]), f32(k[at + 3u]));
+            vs[e] = vec4<f32>(f32(v[at]), f32(v[at + 1u]), f32(v[at + 2u]), f32(v[at + 3u]));
         }
         workgroupBarrier();
         if (qp >= 0) {
             for (var j = 0u; j < n; j++) {
                 if (visible(qp, kp[j], window)) {
-                    var sc = 0.0;
-                    var dp = 0.0;
-                    for (var d = 0u; d < D; d++) {
-                        sc += qv[d] * ks[j * D + d];
-                        dp += dov[d] * vs[j * D + d];
-                    }
+                    let kb = j * D4;
+                    let sc = {{ dot_qk }};
+                    let dp = {{ dot_dv }};
                     let ds = exp(sc - ls) * (dp - dl);
-                    for (var d = 0u; d < D; d++) {
-                        acc[d] += ds * ks[j * D + d];
-                    }
+                    {{ add_dsk }}
                 }
             }
         }
@@ -171,8 +170,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         workgroupBarrier();
     }
     if (owned) {
-        for (var d = 0u; d < D; d++) {
-            dq[row * D + d] = {{ elem }}(acc[d] * scale);
+        for (var i = 0u; i < D4; i++) {
+            let o = acc[i] * scale;
+            let at = row * D + 4u * i;
+            dq[at] = {{ elem }}(o.x);
+            dq[at + 1u] = {{ elem }}(o.y);
+            dq[at + 2u] = {{ elem }}(o.z);
+            dq[at + 3u] = {{ elem }}(o.w);
         }
     }
 }

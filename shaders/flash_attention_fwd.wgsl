@@ -14,10 +14,14 @@
 // by a workgroup-uniform test on the positions, when no key of it can be visible to any query
 // of the workgroup (causal tiles past the last query, tiles left of the window, padding). The
 // softmax is online: per tile the running max moves once and the accumulator is rescaled once.
-// Compile-time: D {{ d }}, G {{ g }}, workgroup WG {{ wg }} (G ≤ WG), key tile TK {{ tk }}
-// (TK ≤ WG; ks and vs take 2 · TK · D f32 of workgroup memory). Element type {{ elem }} (f32 or
-// f16, the `enable f16;` directive then put first by src/kernels/common.rs); scores, softmax and
-// accumulation in f32.
+// Rows of D are held as D4 = D / 4 vec4s, and the per-key work over them is unrolled by
+// src/kernels/flash_wgsl.rs into the template values dot_qk (q · key j), rescale (acc *= c) and
+// add_pv (acc += p · value j): lavapipe stops every loop of an invocation once the invocation
+// has run 65535 loop iterations in all (gallivm's loop limiter), so no loop may run per key.
+// Compile-time: D {{ d }} (a multiple of 4), G {{ g }}, workgroup WG {{ wg }} (G ≤ WG), key tile
+// TK {{ tk }} (TK ≤ WG; ks and vs take 2 · TK · D f32 of workgroup memory). Element type {{ elem }}
+// (f32 or f16, the `enable f16;` directive then put first by src/kernels/common.rs); scores,
+// softmax and accumulation in f32.
 //
 // Bindings (group 0):
 //   0 q     {{ elem }} [B * H * S * D]    read
@@ -45,13 +49,14 @@ const D: u32 = {{ d }}u;
 const G: u32 = {{ g }}u;
 const WG: u32 = {{ wg }}u;
 const TK: u32 = {{ tk }}u;
+const D4: u32 = D / 4u;
 // Query positions per workgroup (each for the G heads).
 const TQ: u32 = WG / G;
 // Stand-in for −inf that keeps exp() arguments finite.
 const LOWEST: f32 = -3.4028235e38;
 
-var<workgroup> ks: array<f32, TK * D>;
-var<workgroup> vs: array<f32, TK * D>;
+var<workgroup> ks: array<vec4<f32>, TK * D4>;
+var<workgroup> vs: array<vec4<f32>, TK * D4>;
 var<workgroup> kp: array<i32, TK>;
 var<workgroup> dims: array<u32, 6>;
 var<workgroup> q_lo: atomic<i32>;
@@ -95,14 +100,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let owned = lid < G * TQ && qi < s;
     let row = (b * hkv * G + h) * s + qi;
 
-    var qv: array<f32, D>;
-    var acc: array<f32, D>;
+    var qv: array<vec4<f32>, D4>;
+    var acc: array<vec4<f32>, D4>;
     var qp = -1;
     if (owned) {
         qp = qpos[b * s + qi];
-        for (var d = 0u; d < D; d++) {
-            qv[d] = f32(q[row * D + d]) * scale;
-            acc[d] = 0.0;
+        for (var i = 0u; i < D4; i++) {
+            let at = row * D + 4u * i;
+            qv[i] = vec4<f32>(f32(q[at]), f32(q[at + 1u]), f32(q[at + 2u]), f32(q[at + 3u])) * scale;
+            acc[i] = vec4<f32>(0.0);
         }
     }
     if (qp >= 0) {
@@ -145,9 +151,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         if (workgroupUniformLoad(&live) == 0u) {
             continue;
         }
-        for (var e = lid; e < n * D; e += WG) {
-            ks[e] = f32(k[(kbase + t0) * D + e]);
-            vs[e] = f32(v[(kbase + t0) * D + e]);
+        for (var e = lid; e < n * D4; e += WG) {
+            let at = (kbase + t0) * D + 4u * e;
+            ks[e] = vec4<f32>(f32(k[at]), f32(k[at + 1u]), f32(k[at + 2u]), f32(k[at + 3u]));
+            vs[e] = vec4<f32>(f32(v[at]), f32(v[at + 1u]), f32(v[at + 2u]), f32(v[at + 3u]));
         }
         workgroupBarrier();
         if (qp >= 0) {
@@ -156,10 +163,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             var seen = false;
             for (var j = 0u; j < n; j++) {
                 if (visible(qp, kp[j], window)) {
-                    var dot = 0.0;
-                    for (var d = 0u; d < D; d++) {
-                        dot += qv[d] * ks[j * D + d];
-                    }
+                    let kb = j * D4;
+                    let dot = {{ dot_qk }};
                     sc[j] = dot;
                     mt = max(mt, dot);
                     seen = true;
@@ -169,16 +174,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 let m_new = max(m, mt);
                 let c = exp(m - m_new);
                 l *= c;
-                for (var d = 0u; d < D; d++) {
-                    acc[d] *= c;
-                }
+                {{ rescale }}
                 for (var j = 0u; j < n; j++) {
                     if (visible(qp, kp[j], window)) {
+                        let kb = j * D4;
                         let p = exp(sc[j] - m_new);
                         l += p;
-                        for (var d = 0u; d < D; d++) {
-                            acc[d] += p * vs[j * D + d];
-                        }
+                        {{ add_pv }}
                     }
                 }
                 m = m_new;
@@ -189,8 +191,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     if (owned) {
         let inv = select(0.0, 1.0 / l, l > 0.0);
-        for (var d = 0u; d < D; d++) {
-            out[row * D + d] = {{ elem }}(acc[d] * inv);
+        for (var i = 0u; i < D4; i++) {
+            let o = acc[i] * inv;
+            let at = row * D + 4u * i;
+            out[at] = {{ elem }}(o.x);
+            out[at + 1u] = {{ elem }}(o.y);
+            out[at + 2u] = {{ elem }}(o.z);
+            out[at + 3u] = {{ elem }}(o.w);
         }
         lse[row] = select(0.0, m + log(l), l > 0.0);
     }

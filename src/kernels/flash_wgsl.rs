@@ -34,9 +34,9 @@ pub(crate) const BWD_DKDV_SHADER: Shader = shader!("flash_attention_bwd_dkdv.wgs
 /// WG / G positions), keys per workgroup in the dk/dv kernel.
 pub const WORKGROUP: usize = 64;
 
-/// f32 elements of one staged tile (keys or queries): the kernels stage two, which with 2048
-/// stays within WebGPU's default 16 KiB of workgroup memory.
-const TILE_ELEMS: usize = 2048;
+/// f32 elements of one staged tile (keys or queries): the kernels stage two, which with 1920
+/// (and their few small arrays) stays within WebGPU's default 16 KiB of workgroup memory.
+const TILE_ELEMS: usize = 1920;
 
 /// Rows of a staged tile for head dim `d`: as many as fit [`TILE_ELEMS`], at most 32 (and at
 /// most the workgroup, whose invocations load one position each).
@@ -45,13 +45,24 @@ fn tile_rows(d: usize) -> usize {
 }
 
 /// Whether the kernels take these shapes: H a multiple of HKV, the G = H / HKV heads of a group
-/// within one workgroup, and a head dim whose tile fits workgroup memory. Callers check this
-/// (the op falls back to its twin otherwise).
+/// within one workgroup, and a head dim that is a multiple of 4 (rows are vec4s) whose tile fits
+/// workgroup memory. Callers check this (the op falls back to its twin otherwise).
 pub fn flash_wgsl_supported(heads: usize, kv_heads: usize, d: usize) -> bool {
     kv_heads > 0
         && heads.is_multiple_of(kv_heads)
         && heads / kv_heads <= WORKGROUP
-        && (1..=TILE_ELEMS).contains(&d)
+        && d.is_multiple_of(4)
+        && (4..=TILE_ELEMS).contains(&d)
+}
+
+/// `pattern` once per vec4 of a row (`#` its index, 0 .. d / 4), joined by `sep`: the shaders'
+/// per-key and per-query work written out, because lavapipe caps the loop iterations of an
+/// invocation (65535 in all) and a loop over the head dim per key would exhaust it.
+fn unrolled(d: usize, pattern: &str, sep: &str) -> String {
+    (0..d / 4)
+        .map(|i| pattern.replace('#', &i.to_string()))
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 /// One of the three shaders for a head dim, a group size and an element type.
@@ -64,12 +75,32 @@ struct FlashSource {
 
 impl KernelSource for FlashSource {
     fn source(&self) -> SourceTemplate {
-        self.shader
+        let d = self.d;
+        let sum = |pattern: &str| unrolled(d, pattern, " + ");
+        let stmts = |pattern: &str| unrolled(d, pattern, " ");
+        let template = self
+            .shader
             .template(self.f16)
-            .register("d", self.d.to_string())
+            .register("d", d.to_string())
             .register("g", self.g.to_string())
             .register("wg", WORKGROUP.to_string())
-            .register("tk", tile_rows(self.d).to_string())
+            .register("tk", tile_rows(d).to_string());
+        // Each shader's unrolled lines (the names its header lists).
+        match self.shader.file {
+            "flash_attention_fwd.wgsl" => template
+                .register("dot_qk", sum("dot(qv[#], ks[kb + #u])"))
+                .register("rescale", stmts("acc[#] *= c;"))
+                .register("add_pv", stmts("acc[#] += p * vs[kb + #u];")),
+            "flash_attention_bwd_dq.wgsl" => template
+                .register("dot_qk", sum("dot(qv[#], ks[kb + #u])"))
+                .register("dot_dv", sum("dot(dov[#], vs[kb + #u])"))
+                .register("add_dsk", stmts("acc[#] += ds * ks[kb + #u];")),
+            _ => template
+                .register("dot_qk", sum("dot(qs[ib + #u], kv[#])"))
+                .register("dot_dv", sum("dot(dos[ib + #u], vv[#])"))
+                .register("add_pdo", stmts("dva[#] += p * dos[ib + #u];"))
+                .register("add_dsq", stmts("dka[#] += ds * qs[ib + #u];")),
+        }
     }
     fn id(&self) -> KernelId {
         KernelId::new::<Self>().info((self.shader.file, self.d, self.g, WORKGROUP, self.f16))

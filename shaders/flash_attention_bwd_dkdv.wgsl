@@ -108,8 +108,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         for (var i = 0u; i < D4; i++) {
             let at = krow * D + 4u * i;
             // k pre-scaled, so q · k is the score.
-            kv[i] = vec4<f32>(f32(k[at]), f32(k[at + 1u]), f32(k[at + 2u]), f32(k[at + 3u])) * scale;
-            vv[i] = vec4<f32>(f32(v[at]), f32(v[at + 1u]), f32(v[at + 2u]), f32(v[at + 3u]));
+            // A padding key's own rows are zeroed (its gradients are 0 whatever it holds).
+            let real = kp >= 0;
+            let kr = vec4<f32>(f32(k[at]), f32(k[at + 1u]), f32(k[at + 2u]), f32(k[at + 3u])) * scale;
+            let vr = vec4<f32>(f32(v[at]), f32(v[at + 1u]), f32(v[at + 2u]), f32(v[at + 3u]));
+            kv[i] = select(vec4<f32>(0.0), kr, real);
+            vv[i] = select(vec4<f32>(0.0), vr, real);
             dka[i] = vec4<f32>(0.0);
             dva[i] = vec4<f32>(0.0);
         }
@@ -155,26 +159,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
             for (var e = lid; e < n * D4; e += WG) {
                 let at = (hrow + t0) * D + 4u * e;
-                qs[e] = vec4<f32>(f32(q[at]), f32(q[at + 1u]), f32(q[at + 2u]), f32(q[at + 3u]));
-                dos[e] = vec4<f32>(f32(dout[at]), f32(dout[at + 1u]), f32(dout[at + 2u]), f32(dout[at + 3u]));
+                // A padding query's rows are zeroed: whatever they hold must not reach the sums
+                // it is masked out of.
+                let real = qp[e / D4] >= 0;
+                let qr = vec4<f32>(f32(q[at]), f32(q[at + 1u]), f32(q[at + 2u]), f32(q[at + 3u]));
+                let dr = vec4<f32>(f32(dout[at]), f32(dout[at + 1u]), f32(dout[at + 2u]), f32(dout[at + 3u]));
+                qs[e] = select(vec4<f32>(0.0), qr, real);
+                dos[e] = select(vec4<f32>(0.0), dr, real);
             }
             if (lid < n) {
-                ls[lid] = lse[hrow + t0 + lid];
-                dl[lid] = delta[hrow + t0 + lid];
+                let real = qp[lid] >= 0;
+                ls[lid] = select(0.0, lse[hrow + t0 + lid], real);
+                dl[lid] = select(0.0, delta[hrow + t0 + lid], real);
             }
             workgroupBarrier();
-            if (kp >= 0) {
-                for (var i = 0u; i < n; i++) {
-                    if (visible(qp[i], kp, window)) {
-                        let ib = i * D4;
-                        let sc = {{ dot_qk }};
-                        let dp = {{ dot_dv }};
-                        let p = exp(sc - ls[i]);
-                        let ds = p * (dp - dl[i]);
-                        {{ add_pdo }}
-                        {{ add_dsq }}
-                    }
-                }
+            // Branch-free over the tile (masked queries weigh 0): every invocation reads the same
+            // query at the same time, which a SIMD device (lavapipe included) serves as one
+            // broadcast load.
+            for (var i = 0u; i < n; i++) {
+                let ib = i * D4;
+                let sc = {{ dot_qk }};
+                let dp = {{ dot_dv }};
+                let p = select(0.0, exp(sc - ls[i]), visible(qp[i], kp, window));
+                let ds = p * (dp - dl[i]);
+                {{ add_pdo }}
+                {{ add_dsq }}
             }
             // The next tile overwrites the staged queries.
             workgroupBarrier();

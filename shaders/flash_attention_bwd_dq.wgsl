@@ -151,20 +151,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         for (var e = lid; e < n * D4; e += WG) {
             let at = (kbase + t0) * D + 4u * e;
-            ks[e] = vec4<f32>(f32(k[at]), f32(k[at + 1u]), f32(k[at + 2u]), f32(k[at + 3u]));
-            vs[e] = vec4<f32>(f32(v[at]), f32(v[at + 1u]), f32(v[at + 2u]), f32(v[at + 3u]));
+            // A padding key's row is zeroed: whatever it holds (a cache slot never written)
+            // must not reach the sums it is masked out of.
+            let real = kp[e / D4] >= 0;
+            let kr = vec4<f32>(f32(k[at]), f32(k[at + 1u]), f32(k[at + 2u]), f32(k[at + 3u]));
+            let vr = vec4<f32>(f32(v[at]), f32(v[at + 1u]), f32(v[at + 2u]), f32(v[at + 3u]));
+            ks[e] = select(vec4<f32>(0.0), kr, real);
+            vs[e] = select(vec4<f32>(0.0), vr, real);
         }
         workgroupBarrier();
-        if (qp >= 0) {
-            for (var j = 0u; j < n; j++) {
-                if (visible(qp, kp[j], window)) {
-                    let kb = j * D4;
-                    let sc = {{ dot_qk }};
-                    let dp = {{ dot_dv }};
-                    let ds = exp(sc - ls) * (dp - dl);
-                    {{ add_dsk }}
-                }
-            }
+        // Branch-free over the tile (masked keys weigh 0): every invocation reads the same key
+        // at the same time, which a SIMD device (lavapipe included) serves as one broadcast load.
+        for (var j = 0u; j < n; j++) {
+            let kb = j * D4;
+            let sc = {{ dot_qk }};
+            let dp = {{ dot_dv }};
+            let ds = select(0.0, exp(sc - ls) * (dp - dl), visible(qp, kp[j], window));
+            {{ add_dsk }}
         }
         // The next tile overwrites kp, ks and vs.
         workgroupBarrier();

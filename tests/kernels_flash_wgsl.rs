@@ -444,13 +444,18 @@ fn time<T>(
 }
 
 /// `cargo test --test kernels_flash_wgsl -- --ignored --nocapture`: forward + backward of the
-/// kernels against the naive burn-ops attention under autodiff at B=2, H=9, HKV=3, S=512, D=64
-/// (causal): milliseconds and launches; the gradients of both agree.
+/// kernels against the naive burn-ops attention under autodiff at B=2, H=9, HKV=3, D=64, S=512
+/// (or `FLASH_BENCH_S`), causal: milliseconds and launches; the gradients of both agree.
 #[test]
 #[ignore]
 fn bench_flash_wgsl_against_naive_autodiff() {
     let Some(dev) = gpu() else { return };
-    let (b, h, hkv, s, d) = (2, 9, 3, 512, 64);
+    // FLASH_BENCH_S overrides the sequence length.
+    let s = std::env::var("FLASH_BENCH_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let (b, h, hkv, d) = (2, 9, 3, 64);
     let mut rng = Rng(5);
     let c = Case::new(
         [b, h, hkv, s, s, d],

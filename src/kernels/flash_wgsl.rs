@@ -12,6 +12,12 @@
 //! reads kv head h / G. Query i of row r sees key j iff qpos[r, i] ≥ 0, kpos[r, j] ≥ 0, kpos ≤ qpos
 //! and (window = 0 or qpos − kpos < window). A query that sees no key gets out = 0, lse = 0 (and
 //! no gradient). f16 inputs are read as f16 where the device's WGSL has it; all arithmetic is f32.
+//! Padding rows may hold anything (NaN included): the kernels zero them when staging.
+//!
+//! lavapipe (gallivm) ends every loop of an invocation once it has run 65535 loop iterations in
+//! all, silently. The kernels unroll the work over the head dim, which leaves about 3.3 loop
+//! iterations per key (forward; 2.3 in dq) and 2.3 per query and head (dk/dv): on lavapipe, K up
+//! to ~19k and G · S up to ~28k. Real GPUs have no such cap.
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::ops::FloatTensorOps;

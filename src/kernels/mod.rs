@@ -11,6 +11,7 @@ pub mod bench;
 pub mod common;
 mod cpu;
 mod cpu_train;
+pub mod flash_wgsl;
 pub mod logprobs;
 pub mod lse;
 pub mod norm;

@@ -9,7 +9,7 @@ use burn::tensor::Device;
 
 use super::bench::{self, BenchFn, BenchRow, BenchSizes};
 use super::common::{Shader, Variant};
-use super::{attention, logprobs, norm, rope_cache, rows_matmul, sample};
+use super::{attention, flash_wgsl, logprobs, norm, rope_cache, rows_matmul, sample};
 use crate::error::Result;
 
 /// Every registered kernel that has a benchmark against its twin on `device`, in the registry's
@@ -85,6 +85,9 @@ pub const KERNELS: &[KernelInfo] = &[
         &[&norm::SHADER], norm::variants, None),
     wgsl(("rope_cache_write", "rope_cache.rs", "kernels_decode.rs"),
         &[&rope_cache::SHADER], rope_cache::variants, None),
+    wgsl(("flash_forward_gpu", "flash_wgsl.rs", "kernels_flash_wgsl.rs"),
+        &[&flash_wgsl::FWD_SHADER, &flash_wgsl::BWD_DQ_SHADER, &flash_wgsl::BWD_DKDV_SHADER],
+        flash_wgsl::variants, None),
     cpu_only(("masked_softmax", "softmax.rs", "kernels_train.rs")),
     cpu_only(("swiglu", "swiglu.rs", "kernels_train.rs")),
     cpu_only(("adamw_step", "optim_step.rs", "kernels_train.rs")),

@@ -85,6 +85,7 @@ pub const KERNELS: &[KernelInfo] = &[
         &[&norm::SHADER], norm::variants, None),
     wgsl(("rope_cache_write", "rope_cache.rs", "kernels_decode.rs"),
         &[&rope_cache::SHADER], rope_cache::variants, None),
+    cpu_only(("flash_attention", "flash_attention.rs", "kernels_flash.rs")),
     cpu_only(("masked_softmax", "softmax.rs", "kernels_train.rs")),
     cpu_only(("swiglu", "swiglu.rs", "kernels_train.rs")),
     cpu_only(("adamw_step", "optim_step.rs", "kernels_train.rs")),

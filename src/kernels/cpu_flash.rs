@@ -239,9 +239,10 @@ fn block_scores(
     for i in 0..nq {
         let qp = geo.qpos[r * geo.s + q0 + i];
         let row = &mut out[i * nk..(i + 1) * nk];
-        for j in 0..nk {
-            if !geo.visible(qp, geo.kpos[r * geo.kl + k0 + j]) {
-                row[j] = f32::NEG_INFINITY;
+        let kpos = &geo.kpos[r * geo.kl + k0..r * geo.kl + k1];
+        for (x, &kp) in row.iter_mut().zip(kpos) {
+            if !geo.visible(qp, kp) {
+                *x = f32::NEG_INFINITY;
             }
         }
     }

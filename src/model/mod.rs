@@ -203,11 +203,16 @@ impl Transformer {
             .zip(&self.kinds)
             .map(|((cos, sin), k)| (cos, sin, window_width(k.window)))
             .collect();
-        PassContext {
-            kinds,
-            qpos: positions_tensor(&input.positions, &device),
-            kpos: positions_tensor(key_pos, &device),
-        }
+        let qpos = positions_tensor(&input.positions, &device);
+        // Without cached slots the keys are the queries: one upload serves both.
+        let kpos = if key_pos == input.positions.as_slice() {
+            qpos.clone()
+        } else {
+            crate::device::traffic::uploaded(1);
+            positions_tensor(key_pos, &device)
+        };
+        crate::device::traffic::uploaded(1);
+        PassContext { kinds, qpos, kpos }
     }
 
     /// What every layer of a cache-free forward over `input` shares.

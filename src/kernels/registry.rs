@@ -88,6 +88,7 @@ pub const KERNELS: &[KernelInfo] = &[
     wgsl(("flash_forward_gpu", "flash_wgsl.rs", "kernels_flash_wgsl.rs"),
         &[&flash_wgsl::FWD_SHADER, &flash_wgsl::BWD_DQ_SHADER, &flash_wgsl::BWD_DKDV_SHADER],
         flash_wgsl::variants, None),
+    cpu_only(("flash_attention", "flash_attention.rs", "kernels_flash.rs")),
     cpu_only(("masked_softmax", "softmax.rs", "kernels_train.rs")),
     cpu_only(("swiglu", "swiglu.rs", "kernels_train.rs")),
     cpu_only(("adamw_step", "optim_step.rs", "kernels_train.rs")),

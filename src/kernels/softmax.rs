@@ -9,6 +9,9 @@
 //! `d scores = scale · p ⊙ (dp − Σₖ dp ⊙ p)`.
 //!
 //! Shapes: `scores [B, H, G, S, K]`, `mask [1 or B, 1, 1, S, K]` (additive, f32, no gradient).
+//!
+//! The model's attention no longer runs it: [`super::flash_attention`] masks by positions and keeps
+//! no probabilities at all.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

@@ -2,17 +2,18 @@
 //!
 //! Masking is positional and per row: a query at position `q` sees key slot `j` when the slot is
 //! not padding, its position `k ≤ q`, and (with a sliding window `w`) `q − k < w`. That one rule
-//! covers right padding (scoring, training), left padding and cached incremental decoding.
+//! covers right padding (scoring, training), left padding and cached incremental decoding. The
+//! attention itself is [`flash_attention`]: it masks by the positions, keeps only each query's
+//! log-sum-exp for backward (memory linear in the sequence), and gives a padding query (one that
+//! sees no key) a zero output, which nothing reads.
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::layers::{Linear, RmsNorm};
 use super::rope;
 use crate::hf::config::AttentionWindow;
-use crate::kernels::softmax::masked_softmax;
-
-pub(crate) use crate::kernels::MASKED;
+use crate::kernels::flash_attention::flash_attention;
 
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -63,47 +64,39 @@ impl KvCache {
     }
 }
 
-/// Additive mask `[batch, 1, 1, queries, keys]` (0 or [`MASKED`]) for queries at `query_pos` over
-/// keys at `key_pos` (cached slots followed by the new ones).
-pub fn build_mask(
-    query_pos: &[Vec<Option<usize>>],
-    key_pos: &[Vec<Option<usize>>],
-    window: AttentionWindow,
-    device: &Device,
-) -> Tensor<5> {
-    let b = query_pos.len();
-    let s = query_pos.first().map_or(0, Vec::len);
-    let kv = key_pos.first().map_or(0, Vec::len);
-    let mut mask = vec![MASKED; b * s * kv];
-    for (row, (qs, ks)) in query_pos.iter().zip(key_pos).enumerate() {
-        for (i, q) in qs.iter().enumerate() {
-            let Some(q) = *q else { continue };
-            for (j, k) in ks.iter().enumerate() {
-                let visible = match *k {
-                    Some(k) if k <= q => match window {
-                        AttentionWindow::Full => true,
-                        AttentionWindow::Sliding(w) => q - k < w,
-                    },
-                    _ => false,
-                };
-                if visible {
-                    mask[(row * s + i) * kv + j] = 0.0;
-                }
-            }
-        }
-    }
-    Tensor::from_data(TensorData::new(mask, [b, 1, 1, s, kv]), device)
-}
-
 /// What every layer of one prefill or training forward shares: the RoPE angles of the step's
-/// positions and the additive attention mask.
+/// positions, and the positions of its queries and keys, which the attention op masks by.
 pub struct StepContext<'a> {
     /// `[batch, 1, seq, head_dim/2]`
     pub cos: &'a Tensor<4>,
     /// `[batch, 1, seq, head_dim/2]`
     pub sin: &'a Tensor<4>,
-    /// `[batch, 1, 1, seq, cached + seq]`
-    pub mask: &'a Tensor<5>,
+    /// `[batch, seq]`: each query's position, −1 for padding.
+    pub qpos: &'a Tensor<2, Int>,
+    /// `[batch, cached + seq]`: each key slot's position, −1 for padding.
+    pub kpos: &'a Tensor<2, Int>,
+    /// The layer kind's sliding window, 0 for none (the attention op's convention).
+    pub window: u32,
+}
+
+/// `[batch, len]` positions on `device`, −1 for padding (the attention op's convention).
+pub fn positions_tensor(pos: &[Vec<Option<usize>>], device: &Device) -> Tensor<2, Int> {
+    let b = pos.len();
+    let len = pos.first().map_or(0, Vec::len);
+    let flat: Vec<i32> = pos
+        .iter()
+        .flatten()
+        .map(|p| p.map_or(-1, |p| i32::try_from(p).unwrap_or(i32::MAX)))
+        .collect();
+    Tensor::from_data(TensorData::new(flat, [b, len]), device)
+}
+
+/// `window` as the attention op takes it: its width, 0 for none.
+pub fn window_width(window: AttentionWindow) -> u32 {
+    match window {
+        AttentionWindow::Full => 0,
+        AttentionWindow::Sliding(w) => u32::try_from(w).unwrap_or(u32::MAX),
+    }
 }
 
 /// A layer's key/value cache slot of the prefill path, `([b, hkv, kv, d], [b, hkv, kv, d])`.
@@ -113,10 +106,15 @@ impl Attention {
     /// `x`: `[batch, seq, hidden]` → `[batch, seq, hidden]`. Appends this step's keys/values to
     /// `cache`.
     pub fn forward(&self, x: Tensor<3>, ctx: &StepContext, cache: LayerCache) -> Tensor<3> {
-        let StepContext { cos, sin, mask } = *ctx;
+        let StepContext {
+            cos,
+            sin,
+            qpos,
+            kpos,
+            window,
+        } = *ctx;
         let [b, s, _] = x.dims();
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let g = h / hkv;
         let heads = |t: Tensor<3>, n: usize, norm: &Option<RmsNorm>| {
             let t = t.reshape([b, s, n, d]);
             let t = match norm {
@@ -141,21 +139,12 @@ impl Attention {
             }
             None => (k, v),
         };
-        let kv_len = k.dims()[2];
-        // Query heads h = kv_head * g + i share kv_head (transformers' repeat_kv), so group them
-        // instead of copying keys and values g times.
-        let q = q.reshape([b, hkv, g * s, d]);
-        let scores = q.matmul(k.swap_dims(2, 3)); // [b, hkv, g*s, kv]
-        // Scale, mask and softmax in f32 whatever the compute dtype, as transformers' eager
-        // attention upcasts its softmax.
-        let scale = self.scale;
-        let scores = scores.reshape([b, hkv, g, s, kv_len]);
-        let probs = masked_softmax(scores, mask.clone(), scale).reshape([b, hkv, g * s, kv_len]);
-        let out = probs.matmul(v); // [b, hkv, g*s, d]
-        let out = out
-            .reshape([b, h, s, d])
-            .swap_dims(1, 2)
-            .reshape([b, s, h * d]);
+        // Query heads h = kv_head * g + i share kv_head (transformers' repeat_kv): the op reads
+        // each kv head once for its g query heads. Scores, softmax and sums in f32 whatever the
+        // compute dtype, as transformers' eager attention upcasts its softmax; nothing [s, kv]
+        // is kept for backward.
+        let (out, _lse) = flash_attention(q, k, v, qpos.clone(), kpos.clone(), window, self.scale);
+        let out = out.swap_dims(1, 2).reshape([b, s, h * d]); // [b, s, h*d]
         self.o.forward(out)
     }
 }

@@ -22,7 +22,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 pub use attention::KvCache;
 pub use attention::StepContext;
-use attention::{Attention, LayerCache, build_mask};
+use attention::{Attention, LayerCache, positions_tensor, window_width};
 use layers::{Mlp, RmsNorm};
 use precision::like;
 use rope::Rope;
@@ -90,17 +90,28 @@ pub struct Transformer {
     pub compute: DType,
 }
 
-/// The per-pass constants of a cache-free forward (training, scoring): RoPE angles and the mask
-/// of each attention kind.
+/// The per-pass constants of a forward: RoPE angles per attention kind, the positions of the
+/// queries and keys, and each kind's window.
 pub struct PassContext {
-    kinds: Vec<(Tensor<4>, Tensor<4>, Tensor<5>)>,
+    /// Per kind: `(cos, sin)` `[batch, 1, seq, head_dim/2]` and its window (0: none).
+    kinds: Vec<(Tensor<4>, Tensor<4>, u32)>,
+    /// `[batch, seq]`, −1 for padding.
+    qpos: Tensor<2, Int>,
+    /// `[batch, cached + seq]`, −1 for padding.
+    kpos: Tensor<2, Int>,
 }
 
 impl PassContext {
     /// What a layer of attention kind `kind` reads.
     pub fn step(&self, kind: usize) -> StepContext<'_> {
-        let (cos, sin, mask) = &self.kinds[kind];
-        StepContext { cos, sin, mask }
+        let (cos, sin, window) = &self.kinds[kind];
+        StepContext {
+            cos,
+            sin,
+            qpos: &self.qpos,
+            kpos: &self.kpos,
+            window: *window,
+        }
     }
 }
 
@@ -115,15 +126,6 @@ pub struct StepInput {
 }
 
 impl StepInput {
-    /// Whether every row is positions 0, 1, … followed by padding only.
-    pub fn is_right_padded(&self) -> bool {
-        self.positions.iter().all(|row| {
-            let len = row.iter().take_while(|p| p.is_some()).count();
-            row[..len].iter().enumerate().all(|(i, p)| *p == Some(i))
-                && row[len..].iter().all(Option::is_none)
-        })
-    }
-
     /// Right-padded rows starting at position 0 (scoring and training).
     pub fn right_padded(rows: &[Vec<u32>], pad_id: u32) -> Self {
         Self::right_padded_to(rows, pad_id, 0)
@@ -142,24 +144,6 @@ impl StepInput {
         }
         Self { tokens, positions }
     }
-}
-
-/// The additive mask `[1, 1, 1, s, s]` of right-padded rows without a cache, made on the
-/// device: causal (and within the sliding window). A real query at position i sees keys 0..=i,
-/// all real in a right-padded row, so padding needs no mask of its own; padded queries attend
-/// to padding, and their outputs are never read.
-fn causal_mask(s: usize, window: AttentionWindow, device: &Device) -> Tensor<5> {
-    let q = Tensor::<1, Int>::arange(0..s as i64, device).reshape([s, 1]);
-    let k = Tensor::<1, Int>::arange(0..s as i64, device).reshape([1, s]);
-    let (q, k) = (q.expand([s, s]), k.expand([s, s]));
-    let mut hidden = k.clone().greater(q.clone());
-    if let AttentionWindow::Sliding(w) = window {
-        hidden = hidden.bool_or(q.sub(k).greater_equal_elem(w as i64));
-    }
-    hidden
-        .float()
-        .mul_scalar(attention::MASKED)
-        .reshape([1, 1, 1, s, s])
 }
 
 impl Transformer {
@@ -210,31 +194,35 @@ impl Transformer {
             .collect()
     }
 
-    /// What every layer of a cache-free forward over right-padded `input` shares.
-    pub fn pass_context(&self, input: &StepInput) -> PassContext {
-        let s = input.tokens.first().map_or(0, Vec::len);
+    /// The per-kind angles and windows of `input`, with its queries over `key_pos`.
+    fn context(&self, input: &StepInput, key_pos: &[Vec<Option<usize>>]) -> PassContext {
         let device = self.device();
         let kinds = self
             .angles(input)
             .into_iter()
             .zip(&self.kinds)
-            .map(|((cos, sin), k)| {
-                let mask = if input.is_right_padded() {
-                    causal_mask(s, k.window, &device)
-                } else {
-                    build_mask(&input.positions, &input.positions, k.window, &device)
-                };
-                (cos, sin, mask)
-            })
+            .map(|((cos, sin), k)| (cos, sin, window_width(k.window)))
             .collect();
-        PassContext { kinds }
+        let qpos = positions_tensor(&input.positions, &device);
+        // Without cached slots the keys are the queries: one upload serves both.
+        let kpos = if key_pos == input.positions.as_slice() {
+            qpos.clone()
+        } else {
+            crate::device::traffic::uploaded(1);
+            positions_tensor(key_pos, &device)
+        };
+        crate::device::traffic::uploaded(1);
+        PassContext { kinds, qpos, kpos }
+    }
+
+    /// What every layer of a cache-free forward over `input` shares.
+    pub fn pass_context(&self, input: &StepInput) -> PassContext {
+        self.context(input, &input.positions)
     }
 
     /// Final hidden states (after the last norm) `[batch, seq, hidden]`. With a cache, the step's
     /// tokens follow the cached slots and are appended to them.
     pub fn forward_hidden(&self, input: &StepInput, mut cache: Option<&mut KvCache>) -> Tensor<3> {
-        let device = self.device();
-        let s = input.tokens.first().map_or(0, Vec::len);
         let mut x = self.embed_tokens(input);
         let key_pos: Vec<Vec<Option<usize>>> = match &cache {
             Some(c) if !c.key_pos.is_empty() => c
@@ -245,21 +233,7 @@ impl Transformer {
                 .collect(),
             _ => input.positions.clone(),
         };
-        let fresh = cache.as_ref().is_none_or(|c| c.key_pos.is_empty()) && input.is_right_padded();
-        let kinds: Vec<_> = self
-            .angles(input)
-            .into_iter()
-            .zip(&self.kinds)
-            .map(|((cos, sin), k)| {
-                let mask = if fresh {
-                    causal_mask(s, k.window, &device)
-                } else {
-                    build_mask(&input.positions, &key_pos, k.window, &device)
-                };
-                (cos, sin, mask)
-            })
-            .collect();
-        let ctx = PassContext { kinds };
+        let ctx = self.context(input, &key_pos);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, &ctx.step(layer.kind), slot);

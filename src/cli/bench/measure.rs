@@ -88,7 +88,8 @@ pub struct TrainShape {
 /// SPIN training throughput: `pairs` pairs of random sequences of `seq_len` tokens (prompt
 /// `prompt_len`), one optimizer step (RMSprop) per batch, as `scripts/bench_train.py` measures
 /// PyTorch; with `lora` enabled, new adapters on the frozen model. `model` must live on an
-/// autodiff device. Returns (tokens/s, median step seconds).
+/// autodiff device. Returns (tokens/s, median step seconds, steps the loss scaler skipped,
+/// blocking device reads per timed step).
 pub fn bench_train(
     mut model: wgspin::model::Transformer,
     vocab: usize,
@@ -96,7 +97,7 @@ pub fn bench_train(
     lora: &wgspin::model::lora::LoraConfig,
     compute: burn::tensor::DType,
     gradient_checkpointing: bool,
-) -> Result<(f64, f64, usize)> {
+) -> Result<(f64, f64, usize, f64)> {
     use wgspin::train::{Objective, PairLogps, TrainConfig, TrainPair, Trainer};
     let TrainShape {
         pairs,
@@ -147,8 +148,11 @@ pub fn bench_train(
         },
         0,
     )?;
-    let (mut times, mut skipped) = (vec![], 0);
+    let (mut times, mut skipped, mut reads0) = (vec![], 0, 0);
     for s in 0..=steps {
+        if s == 1 {
+            reads0 = trainer.state.blocking_reads();
+        }
         let t = Instant::now();
         let m = trainer.train_step()?;
         if s > 0 {
@@ -156,8 +160,9 @@ pub fn bench_train(
         }
         skipped += usize::from(m.loss_scale.is_some_and(|(_, skip)| skip));
     }
+    let reads = (trainer.state.blocking_reads() - reads0) as f64 / steps.max(1) as f64;
     let median = median(times);
-    Ok(((2 * pairs * seq_len) as f64 / median, median, skipped))
+    Ok(((2 * pairs * seq_len) as f64 / median, median, skipped, reads))
 }
 
 /// Peak resident memory of this process in bytes, where the OS tells it cheaply (Linux).

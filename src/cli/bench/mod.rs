@@ -208,7 +208,7 @@ impl TrainArgs {
             prompt_len,
             steps,
         };
-        let (tps, secs, skipped) = measure::bench_train(
+        let (tps, secs, skipped, reads) = measure::bench_train(
             model,
             config.vocab_size,
             shape,
@@ -249,7 +249,7 @@ impl TrainArgs {
             String::new()
         };
         println!(
-            "SPIN train step ({what}): {pairs} pairs x {seq_len} tokens (prompt {prompt_len}): {secs:.4} s/step (median of {steps}), {tps:.1} tokens/s; {mem}{skipped}"
+            "SPIN train step ({what}): {pairs} pairs x {seq_len} tokens (prompt {prompt_len}): {secs:.4} s/step (median of {steps}), {tps:.1} tokens/s; {reads:.1} blocking reads per step; {mem}{skipped}"
         );
         Ok(())
     }

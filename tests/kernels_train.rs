@@ -6,7 +6,9 @@
 //! - attention's scaled, masked softmax and its gradient (masks shared by the batch and per
 //!   row, fully masked keys), and its autodiff against burn's autodiff of the ops it replaces;
 //! - RMSprop and AdamW updates over several steps (torch's formulas, weight decay, a gradient
-//!   scale), and the sum of squares of the gradient norm.
+//!   scale), and the sum of squares of the gradient norm; the device factors of an update (a
+//!   scale tensor times the host's, and a skip that keeps weights and state exactly even when
+//!   the gradient holds NaN and inf).
 //!
 //! Tolerances (f32 against f64): |Δ| ≤ 1e-5 · max(1, |ref|) for values; the optimizer's weights
 //! after 3 steps ≤ 1e-5 · max(1, |ref|) (the update divides by √v + ε: relative error of f32).
@@ -17,7 +19,8 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Tensor, TensorData};
 use common::{Rng, assert_close, devices, floats};
 use wgspin::kernels::optim_step::{
-    AdamwCoefs, RmspropCoefs, adamw_step, adamw_step_twin, rmsprop_step, rmsprop_step_twin,
+    AdamwCoefs, RmspropCoefs, StepControl, adamw_step, adamw_step_ctl, adamw_step_ctl_twin,
+    adamw_step_twin, rmsprop_step, rmsprop_step_ctl, rmsprop_step_ctl_twin, rmsprop_step_twin,
     sum_squares,
 };
 use wgspin::kernels::softmax::{masked_softmax, masked_softmax_grad};
@@ -224,6 +227,72 @@ fn optimizer_steps_match_torch_formulas() {
             "{} sum of squares {sq} vs {want}",
             dev.description
         );
+    }
+}
+
+#[test]
+fn device_factors_scale_or_skip_the_update() {
+    let mut rng = Rng(25);
+    let n = 40_003;
+    for dev in devices() {
+        let w0 = randn(&mut rng, n, 0.5);
+        let v0: Vec<f32> = randn(&mut rng, n, 1.0).iter().map(|x| x * x).collect();
+        let g = randn(&mut rng, n, 2.0);
+        let mut bad = g.clone();
+        (bad[3], bad[n - 1]) = (f32::NAN, f32::INFINITY);
+        let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &dev.device);
+        let ctl = |scale: f32, apply: f32| StepControl {
+            scale: t(&[scale]),
+            apply: t(&[apply]),
+        };
+        let rc = RmspropCoefs {
+            lr: 1e-3,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            grad_scale: 0.5,
+        };
+        // Host scale 0.5 times device scale 0.5: the update of a scale of 0.25.
+        let (want_w, want_v) = {
+            let (mut w, mut v): (Vec<f64>, Vec<f64>) = (
+                w0.iter().map(|&x| x as f64).collect(),
+                v0.iter().map(|&x| x as f64).collect(),
+            );
+            for i in 0..n {
+                let gi = g[i] as f64 * 0.25 + 0.01 * w[i];
+                v[i] = 0.99 * v[i] + 0.01 * gi * gi;
+                w[i] -= 1e-3 * gi / (v[i].sqrt() + 1e-8);
+            }
+            (w, v)
+        };
+        type Rms = fn([Tensor<1>; 3], &StepControl, RmspropCoefs) -> (Tensor<1>, Tensor<1>);
+        type Adam = fn([Tensor<1>; 4], &StepControl, AdamwCoefs) -> (Tensor<1>, Tensor<1>, Tensor<1>);
+        let ac = AdamwCoefs {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            bias1: 0.1,
+            bias2: 0.001,
+            grad_scale: 1.0,
+        };
+        for (which, rms, adam) in [
+            ("op", rmsprop_step_ctl as Rms, adamw_step_ctl as Adam),
+            ("twin", rmsprop_step_ctl_twin, adamw_step_ctl_twin),
+        ] {
+            let label = format!("{} {which}", dev.description);
+            let (w, v) = rms([t(&w0), t(&g), t(&v0)], &ctl(0.5, 1.0), rc);
+            assert_close(&format!("{label} scaled w"), &floats(w), &want_w, 1e-5);
+            assert_close(&format!("{label} scaled v"), &floats(v), &want_v, 1e-5);
+            let (w, v) = rms([t(&w0), t(&bad), t(&v0)], &ctl(0.5, 0.0), rc);
+            assert_eq!(floats(w), w0, "{label}: a skipped RMSprop step changed w");
+            assert_eq!(floats(v), v0, "{label}: a skipped RMSprop step changed v");
+            let (w, m, v) = adam([t(&w0), t(&bad), t(&g), t(&v0)], &ctl(f32::NAN, 0.0), ac);
+            assert_eq!(floats(w), w0, "{label}: a skipped AdamW step changed w");
+            assert_eq!(floats(m), g, "{label}: a skipped AdamW step changed m");
+            assert_eq!(floats(v), v0, "{label}: a skipped AdamW step changed v");
+        }
     }
 }
 

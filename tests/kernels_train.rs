@@ -240,7 +240,8 @@ fn device_factors_scale_or_skip_the_update() {
         let g = randn(&mut rng, n, 2.0);
         let mut bad = g.clone();
         (bad[3], bad[n - 1]) = (f32::NAN, f32::INFINITY);
-        let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &dev.device);
+        let t =
+            |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &dev.device);
         let ctl = |scale: f32, apply: f32| StepControl {
             scale: t(&[scale]),
             apply: t(&[apply]),
@@ -266,7 +267,8 @@ fn device_factors_scale_or_skip_the_update() {
             (w, v)
         };
         type Rms = fn([Tensor<1>; 3], &StepControl, RmspropCoefs) -> (Tensor<1>, Tensor<1>);
-        type Adam = fn([Tensor<1>; 4], &StepControl, AdamwCoefs) -> (Tensor<1>, Tensor<1>, Tensor<1>);
+        type Adam =
+            fn([Tensor<1>; 4], &StepControl, AdamwCoefs) -> (Tensor<1>, Tensor<1>, Tensor<1>);
         let ac = AdamwCoefs {
             lr: 1e-3,
             beta1: 0.9,

@@ -238,7 +238,10 @@ impl MaskedSoftmaxBackend for Flex {
 
 /// The value of a `[1]` control tensor (on the CPU backend: no device to wait for).
 fn scalar(t: FloatTensor<Flex>) -> f32 {
-    cpu::read(&cpu::f32_dense(t)).first().copied().unwrap_or(0.0)
+    cpu::read(&cpu::f32_dense(t))
+        .first()
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// Whether the control tensor `apply` (0 or 1) says to skip the update.

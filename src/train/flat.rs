@@ -171,7 +171,11 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(at(0), (0, 0));
-        assert_eq!(at(1), (0, 64), "the second starts at the next multiple of 64");
+        assert_eq!(
+            at(1),
+            (0, 64),
+            "the second starts at the next multiple of 64"
+        );
         assert_eq!(at(2), (1, 0), "another dtype, another group");
         assert_eq!(at(3), (2, 0), "would overflow group 0: a new group");
         assert_eq!(at(4), (3, 0), "larger than a group: its own");
@@ -184,7 +188,14 @@ mod tests {
                 assert!(m.offset + m.numel <= g.len);
             }
         }
-        let host = l.pack_host(&[Some(vec![1.0; 10]), None, Some(vec![2.0; 3]), None, None, None]);
+        let host = l.pack_host(&[
+            Some(vec![1.0; 10]),
+            None,
+            Some(vec![2.0; 3]),
+            None,
+            None,
+            None,
+        ]);
         assert_eq!(host[0][..10], [1.0; 10]);
         assert!(host[0][10..].iter().all(|&x| x == 0.0));
         assert_eq!(host[1], [vec![2.0; 3], vec![0.0; 61]].concat());
@@ -202,7 +213,9 @@ mod tests {
             .collect();
         let tensors: Vec<Tensor<1>> = values
             .iter()
-            .map(|v| Tensor::from_data(burn::tensor::TensorData::new(v.clone(), [v.len()]), &device))
+            .map(|v| {
+                Tensor::from_data(burn::tensor::TensorData::new(v.clone(), [v.len()]), &device)
+            })
             .collect();
         let flats = l.flatten(tensors);
         assert_eq!(flats.len(), 1);

@@ -103,7 +103,9 @@ pub(crate) fn split_at_sizes(values: &[f32], sizes: &[usize]) -> Vec<Vec<f32>> {
     sizes
         .iter()
         .map(|&n| {
-            let piece = values.get(at..at + n).map_or_else(Vec::new, <[f32]>::to_vec);
+            let piece = values
+                .get(at..at + n)
+                .map_or_else(Vec::new, <[f32]>::to_vec);
             at += n;
             piece
         })

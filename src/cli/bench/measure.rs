@@ -162,7 +162,12 @@ pub fn bench_train(
     }
     let reads = (trainer.state.blocking_reads() - reads0) as f64 / steps.max(1) as f64;
     let median = median(times);
-    Ok(((2 * pairs * seq_len) as f64 / median, median, skipped, reads))
+    Ok((
+        (2 * pairs * seq_len) as f64 / median,
+        median,
+        skipped,
+        reads,
+    ))
 }
 
 /// Peak resident memory of this process in bytes, where the OS tells it cheaply (Linux).

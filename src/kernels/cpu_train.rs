@@ -244,9 +244,19 @@ fn scalar(t: FloatTensor<Flex>) -> f32 {
         .unwrap_or(0.0)
 }
 
-/// Whether the control tensor `apply` (0 or 1) says to skip the update.
-fn skipped(apply: FloatTensor<Flex>) -> bool {
-    scalar(apply) < 0.5
+/// The gradient's factor of an update under `probe` (see [`super::optim_step`]'s header), or
+/// `None` when the probe is not finite and the update is skipped.
+fn factor(probe: FloatTensor<Flex>, grad_scale: f32, max_grad_norm: f32) -> Option<f32> {
+    let p = scalar(probe);
+    if !p.is_finite() {
+        return None;
+    }
+    let norm = p.sqrt();
+    Some(if max_grad_norm > 0.0 && norm > max_grad_norm {
+        grad_scale * (max_grad_norm / (norm + 1e-6))
+    } else {
+        grad_scale
+    })
 }
 
 impl OptimStepBackend for Flex {
@@ -254,15 +264,13 @@ impl OptimStepBackend for Flex {
         w: FloatTensor<Self>,
         g: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        scale: FloatTensor<Self>,
-        apply: FloatTensor<Self>,
+        probe: FloatTensor<Self>,
         c: RmspropCoefs,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         // A skipped update keeps both as they are.
-        if skipped(apply) {
+        let Some(s) = factor(probe, c.grad_scale, c.max_grad_norm) else {
             return (w, v);
-        }
-        let s = c.grad_scale * scalar(scale);
+        };
         // In place where the buffers are not shared (the optimizer owns its state; the weight's
         // buffer is still the parameter's, so it is copied once, as burn's own ops would).
         let (mut w, g, mut v) = (cpu::f32_dense(w), cpu::f32_dense(g), cpu::f32_dense(v));
@@ -285,14 +293,12 @@ impl OptimStepBackend for Flex {
         g: FloatTensor<Self>,
         m: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        scale: FloatTensor<Self>,
-        apply: FloatTensor<Self>,
+        probe: FloatTensor<Self>,
         c: AdamwCoefs,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        if skipped(apply) {
+        let Some(s) = factor(probe, c.grad_scale, c.max_grad_norm) else {
             return (w, m, v);
-        }
-        let s = c.grad_scale * scalar(scale);
+        };
         let (mut w, g) = (cpu::f32_dense(w), cpu::f32_dense(g));
         let (mut m, mut v) = (cpu::f32_dense(m), cpu::f32_dense(v));
         cpu::write(&mut w)

@@ -9,7 +9,7 @@ use burn::tensor::Device;
 
 use super::bench::{self, BenchFn, BenchRow, BenchSizes};
 use super::common::{Shader, Variant};
-use super::{attention, logprobs, norm, rope_cache, rows_matmul, sample};
+use super::{attention, logprobs, norm, optim_step, rope_cache, rows_matmul, sample};
 use crate::error::Result;
 
 /// Every registered kernel that has a benchmark against its twin on `device`, in the registry's
@@ -87,8 +87,10 @@ pub const KERNELS: &[KernelInfo] = &[
         &[&rope_cache::SHADER], rope_cache::variants, None),
     cpu_only(("masked_softmax", "softmax.rs", "kernels_train.rs")),
     cpu_only(("swiglu", "swiglu.rs", "kernels_train.rs")),
-    cpu_only(("adamw_step", "optim_step.rs", "kernels_train.rs")),
-    cpu_only(("rmsprop_step", "optim_step.rs", "kernels_train.rs")),
+    wgsl(("rmsprop_step", "optim_step.rs", "kernels_train.rs"),
+        &[&optim_step::SHADER], optim_step::variants, None),
+    wgsl(("adamw_step", "optim_step.rs", "kernels_train.rs"),
+        &[&optim_step::SHADER], optim_step::variants, None),
 ];
 
 #[cfg(test)]

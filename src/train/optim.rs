@@ -161,22 +161,16 @@ pub fn sum_squares_flat(grads: &[Tensor<1>], scale: f64) -> Option<Tensor<1>> {
         .reduce(|a, b| a + b)
 }
 
-/// The device's decision on one update from the squared gradient norm `norm2` (of the unscaled
-/// gradients) and `probe` (not finite when the norm or the step's loss is not): the clip factor of
-/// `max_grad_norm` (≤ 0: none) and whether to apply the update at all, as [`StepControl`]. The
-/// same rule the host applied before: `max / (norm + 1e-6)` when `norm > max`, else 1.
-pub fn control(norm2: Tensor<1>, probe: Tensor<1>, max_grad_norm: f64) -> StepControl {
-    // x − x is 0 for a finite x and NaN for ±inf and NaN.
-    let apply = (probe.clone() - probe).equal_elem(0.0).float(); // [1]
-    let ones = norm2.ones_like();
-    let scale = if max_grad_norm > 0.0 {
-        let norm = norm2.sqrt();
-        let clip = (norm.clone() + 1e-6).recip().mul_scalar(max_grad_norm);
-        ones.mask_where(norm.greater_elem(max_grad_norm), clip)
-    } else {
-        ones
-    };
-    StepControl { scale, apply }
+/// The device's value the update is decided on ([`StepControl`]): the squared norm `norm2` of
+/// the unscaled gradients, made NaN where one of `losses` (`[1]` each) is not finite: not finite
+/// when the norm or a loss is not, and equal to `norm2` otherwise.
+pub fn probe(norm2: Tensor<1>, losses: Vec<Tensor<1>>) -> StepControl {
+    // By masks, not `loss · 0`: GPU compilers may fold arithmetic on NaN away.
+    let probe = losses.into_iter().fold(norm2, |p, loss| {
+        let loss = loss.cast(DType::F32).sum(); // [1]
+        p.mask_fill(loss.is_finite().bool_not(), f32::NAN)
+    });
+    StepControl { probe }
 }
 
 impl Optimizer {
@@ -217,21 +211,21 @@ impl Optimizer {
     }
 
     /// Issues one update of every parameter of `model` with the flat gradient groups `grads`
-    /// (of [`Optimizer::layout`]) times `grad_scale` (the loss unscale) and the device's `ctl`
-    /// (clip factor, apply flag) at `lr`; nothing is read back. Counts the step as applied:
-    /// [`Optimizer::unstep`] takes it back when the device skipped it.
+    /// (of [`Optimizer::layout`]) times `grad_scale` (the loss unscale) at `lr`, clipped to
+    /// `max_grad_norm` and skipped as the device's `ctl` says; nothing is read back. Counts the
+    /// step as applied: [`Optimizer::unstep`] takes it back when the device skipped it.
     pub fn step(
         &mut self,
         model: &mut Transformer,
         grads: Vec<Tensor<1>>,
-        lr: f64,
-        grad_scale: f64,
+        (lr, grad_scale, max_grad_norm): (f64, f64, f64),
         ctl: &StepControl,
     ) {
         self.steps += 1;
         let t = self.steps as i32;
         let wd = self.cfg.weight_decay as f32;
         let (lr, grad_scale) = (lr as f32, grad_scale as f32);
+        let max_grad_norm = max_grad_norm as f32;
         let weights = self.flat_weights(model);
         let layout = self.layout(model).clone();
         if self.state.len() != layout.groups.len() {
@@ -250,6 +244,7 @@ impl Optimizer {
                         eps: EPS as f32,
                         weight_decay: wd,
                         grad_scale,
+                        max_grad_norm,
                     };
                     let (w, v) = rmsprop_step_ctl([w, g, v], ctl, c);
                     self.state[i] = Some((v, None));
@@ -269,6 +264,7 @@ impl Optimizer {
                         bias1: (1.0 - BETA1.powi(t)) as f32,
                         bias2: (1.0 - BETA2.powi(t)) as f32,
                         grad_scale,
+                        max_grad_norm,
                     };
                     let (w, m, v) = adamw_step_ctl([w, g, m, v], ctl, c);
                     self.state[i] = Some((m, Some(v)));

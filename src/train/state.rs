@@ -9,7 +9,7 @@ use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::TrainConfig;
-use super::optim::{OptimConfig, Optimizer, control, lr_at, sum_squares_flat};
+use super::optim::{OptimConfig, Optimizer, lr_at, probe, sum_squares_flat};
 use crate::error::{Error, Result};
 use crate::model::Transformer;
 use crate::model::named::trainable_mut;
@@ -114,8 +114,9 @@ pub(crate) fn split_at_sizes(values: &[f32], sizes: &[usize]) -> Vec<Vec<f32>> {
 
 /// An update issued to the device and what it left to read back, all in one tensor.
 pub struct Issued {
-    /// `[2 + Σ sizes]`: the squared norm of the unscaled gradients, 1 if the update applied (0
-    /// if the device skipped it), then each pass's measurement.
+    /// `[1 + Σ sizes]`: the probe (the squared norm of the unscaled gradients; not finite when
+    /// it or a loss is not, and then the device skipped the update), then each pass's
+    /// measurement.
     readback: Tensor<1>,
     sizes: Vec<usize>,
     lr: f64,
@@ -278,15 +279,11 @@ impl TrainState {
         let device = self.model.device();
         let flat = self.optimizer.layout(&mut self.model).flatten(grads);
         let norm2 = sum_squares_flat(&flat, unscale).unwrap_or_else(|| Tensor::zeros([1], &device));
-        // x · 0 is NaN for a loss that is ±inf or NaN, 0 otherwise.
-        let probe = losses.into_iter().fold(norm2.clone(), |p, loss| {
-            p + loss.cast(DType::F32).sum().mul_scalar(0.0)
-        });
-        let ctl = control(norm2.clone(), probe, self.cfg.max_grad_norm);
-        self.optimizer
-            .step(&mut self.model, flat, lr, unscale, &ctl);
+        let ctl = probe(norm2, losses);
+        let coefs = (lr, unscale, self.cfg.max_grad_norm);
+        self.optimizer.step(&mut self.model, flat, coefs, &ctl);
         let sizes = measured.iter().map(|t| t.dims()[0]).collect();
-        let parts = [norm2, ctl.apply].into_iter().chain(measured).collect();
+        let parts = [ctl.probe].into_iter().chain(measured).collect();
         Issued {
             readback: Tensor::cat(parts, 0),
             sizes,
@@ -297,14 +294,11 @@ impl TrainState {
     /// The one blocking read of a step issued by [`TrainState::issue_update`].
     pub fn read_issued(&self, issued: Issued) -> Result<ReadBack> {
         let v = self.read_back(issued.readback, "the step's gradient norm and log-probs")?;
-        let (norm2, apply) = (
-            v.first().copied().unwrap_or(f32::NAN),
-            v.get(1).copied().unwrap_or(0.0),
-        );
+        let probe = v.first().copied().unwrap_or(f32::NAN);
         Ok(ReadBack {
-            norm: (norm2 as f64).sqrt(),
-            applied: apply >= 0.5,
-            measured: split_at_sizes(v.get(2..).unwrap_or(&[]), &issued.sizes),
+            norm: (probe as f64).sqrt(),
+            applied: probe.is_finite(),
+            measured: split_at_sizes(v.get(1..).unwrap_or(&[]), &issued.sizes),
             lr: issued.lr,
         })
     }

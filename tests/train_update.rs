@@ -4,7 +4,8 @@
 //! above `max`, RMSprop's square average), and a training step reads the device exactly once,
 //! whatever its number of micro-batches.
 //!
-//! On the CPU backend, with the SPIN fixture of `tests/train.rs`. Tolerances: the norm 1e-6
+//! On the CPU backend, with the SPIN fixture of `tests/train.rs`; the probe the device decides on
+//! (the squared norm, NaN where a loss is not finite) on every device. Tolerances: the norm 1e-6
 //! relative (f32 sum of squares against f64), the square average 1e-5 of its largest element,
 //! the weights 1e-5 · max(1, |w|).
 
@@ -183,6 +184,30 @@ fn a_step_reads_the_device_once_whatever_its_micro_batches() {
                 step,
                 "{batch_size} x {grad_accum}: reads after step {step}"
             );
+        }
+    }
+}
+
+#[test]
+fn the_probe_is_the_norm_unless_a_loss_is_not_finite_on_every_device() {
+    use burn::tensor::{Tensor, TensorData};
+    use wgspin::train::optim::probe;
+    for dev in devices() {
+        let t = |v: f32| Tensor::<1>::from_data(TensorData::new(vec![v], [1]), &dev.device);
+        for (losses, norm2, want_finite) in [
+            (vec![1.5, -2.0], 9.0, true),
+            (vec![], 9.0, true),
+            (vec![1.5, f32::INFINITY], 9.0, false),
+            (vec![f32::NAN], 9.0, false),
+            (vec![0.5], f32::INFINITY, false),
+            (vec![0.5], f32::NAN, false),
+        ] {
+            let p = floats(probe(t(norm2), losses.iter().map(|&l| t(l)).collect()).probe)[0];
+            let label = format!("{}: losses {losses:?}, norm² {norm2}", dev.description);
+            assert_eq!(p.is_finite(), want_finite, "{label}: probe {p}");
+            if want_finite {
+                assert_eq!(p, norm2, "{label}");
+            }
         }
     }
 }

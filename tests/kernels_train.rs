@@ -6,7 +6,9 @@
 //! - attention's scaled, masked softmax and its gradient (masks shared by the batch and per
 //!   row, fully masked keys), and its autodiff against burn's autodiff of the ops it replaces;
 //! - RMSprop and AdamW updates over several steps (torch's formulas, weight decay, a gradient
-//!   scale), and the sum of squares of the gradient norm.
+//!   scale), and the sum of squares of the gradient norm; the device's probe of an update (the
+//!   clip of the norm it carries, and the skip of a probe that is not finite, which keeps
+//!   weights and state exactly even when the gradient holds NaN and inf).
 //!
 //! Tolerances (f32 against f64): |Δ| ≤ 1e-5 · max(1, |ref|) for values; the optimizer's weights
 //! after 3 steps ≤ 1e-5 · max(1, |ref|) (the update divides by √v + ε: relative error of f32).
@@ -17,7 +19,8 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Tensor, TensorData};
 use common::{Rng, assert_close, devices, floats};
 use wgspin::kernels::optim_step::{
-    AdamwCoefs, RmspropCoefs, adamw_step, adamw_step_twin, rmsprop_step, rmsprop_step_twin,
+    AdamwCoefs, RmspropCoefs, StepControl, adamw_step, adamw_step_ctl, adamw_step_ctl_twin,
+    adamw_step_twin, rmsprop_step, rmsprop_step_ctl, rmsprop_step_ctl_twin, rmsprop_step_twin,
     sum_squares,
 };
 use wgspin::kernels::softmax::{masked_softmax, masked_softmax_grad};
@@ -177,6 +180,7 @@ fn optimizer_steps_match_torch_formulas() {
             eps: 1e-8,
             weight_decay: 0.01,
             grad_scale: 0.25,
+            max_grad_norm: 0.0,
         };
         let (want_w, want_v) = rmsprop_host(&w0, &grads, rc);
         type Rms = fn(Tensor<1>, Tensor<1>, Tensor<1>, RmspropCoefs) -> (Tensor<1>, Tensor<1>);
@@ -199,6 +203,7 @@ fn optimizer_steps_match_torch_formulas() {
             bias1: 1.0 - 0.9f32.powi(t),
             bias2: 1.0 - 0.999f32.powi(t),
             grad_scale: 0.5,
+            max_grad_norm: 0.0,
         };
         let want = adamw_host(&w0, &grads, ac(1));
         type Adam = fn(
@@ -224,6 +229,79 @@ fn optimizer_steps_match_torch_formulas() {
             "{} sum of squares {sq} vs {want}",
             dev.description
         );
+    }
+}
+
+#[test]
+fn device_probe_clips_or_skips_the_update() {
+    let mut rng = Rng(25);
+    let n = 40_003;
+    for dev in devices() {
+        let w0 = randn(&mut rng, n, 0.5);
+        let v0: Vec<f32> = randn(&mut rng, n, 1.0).iter().map(|x| x * x).collect();
+        let g = randn(&mut rng, n, 2.0);
+        let mut bad = g.clone();
+        (bad[3], bad[n - 1]) = (f32::NAN, f32::INFINITY);
+        let t =
+            |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &dev.device);
+        let ctl = |p: f32| StepControl { probe: t(&[p]) };
+        let rc = |max_grad_norm: f32| RmspropCoefs {
+            lr: 1e-3,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            grad_scale: 0.5,
+            max_grad_norm,
+        };
+        // torch's RMSprop in f64 on `g · s`.
+        let want = |s: f64| {
+            let (mut w, mut v): (Vec<f64>, Vec<f64>) = (
+                w0.iter().map(|&x| x as f64).collect(),
+                v0.iter().map(|&x| x as f64).collect(),
+            );
+            for i in 0..n {
+                let gi = g[i] as f64 * s + 0.01 * w[i];
+                v[i] = 0.99 * v[i] + 0.01 * gi * gi;
+                w[i] -= 1e-3 * gi / (v[i].sqrt() + 1e-8);
+            }
+            (w, v)
+        };
+        type Rms = fn([Tensor<1>; 3], &StepControl, RmspropCoefs) -> (Tensor<1>, Tensor<1>);
+        type Adam =
+            fn([Tensor<1>; 4], &StepControl, AdamwCoefs) -> (Tensor<1>, Tensor<1>, Tensor<1>);
+        let ac = AdamwCoefs {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            bias1: 0.1,
+            bias2: 0.001,
+            grad_scale: 1.0,
+            max_grad_norm: 1.0,
+        };
+        for (which, rms, adam) in [
+            ("op", rmsprop_step_ctl as Rms, adamw_step_ctl as Adam),
+            ("twin", rmsprop_step_ctl_twin, adamw_step_ctl_twin),
+        ] {
+            let label = format!("{} {which}", dev.description);
+            // Probe 16: norm 4. Clipped to 1: the factor 0.5 · 1 / (4 + 1e-6); to 5 or none: 0.5.
+            for (max, s) in [(1.0, 0.5 / (4.0 + 1e-6)), (5.0, 0.5), (0.0, 0.5)] {
+                let (want_w, want_v) = want(s);
+                let (w, v) = rms([t(&w0), t(&g), t(&v0)], &ctl(16.0), rc(max));
+                assert_close(&format!("{label} max {max} w"), &floats(w), &want_w, 1e-5);
+                assert_close(&format!("{label} max {max} v"), &floats(v), &want_v, 1e-5);
+            }
+            for p in [f32::NAN, f32::INFINITY] {
+                let (w, v) = rms([t(&w0), t(&bad), t(&v0)], &ctl(p), rc(1.0));
+                assert_eq!(floats(w), w0, "{label}: a skipped RMSprop step changed w");
+                assert_eq!(floats(v), v0, "{label}: a skipped RMSprop step changed v");
+                let (w, m, v) = adam([t(&w0), t(&bad), t(&g), t(&v0)], &ctl(p), ac);
+                assert_eq!(floats(w), w0, "{label}: a skipped AdamW step changed w");
+                assert_eq!(floats(m), g, "{label}: a skipped AdamW step changed m");
+                assert_eq!(floats(v), v0, "{label}: a skipped AdamW step changed v");
+            }
+        }
     }
 }
 

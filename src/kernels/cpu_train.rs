@@ -236,13 +236,41 @@ impl MaskedSoftmaxBackend for Flex {
     }
 }
 
+/// The value of a `[1]` control tensor (on the CPU backend: no device to wait for).
+fn scalar(t: FloatTensor<Flex>) -> f32 {
+    cpu::read(&cpu::f32_dense(t))
+        .first()
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// The gradient's factor of an update under `probe` (see [`super::optim_step`]'s header), or
+/// `None` when the probe is not finite and the update is skipped.
+fn factor(probe: FloatTensor<Flex>, grad_scale: f32, max_grad_norm: f32) -> Option<f32> {
+    let p = scalar(probe);
+    if !p.is_finite() {
+        return None;
+    }
+    let norm = p.sqrt();
+    Some(if max_grad_norm > 0.0 && norm > max_grad_norm {
+        grad_scale * (max_grad_norm / (norm + 1e-6))
+    } else {
+        grad_scale
+    })
+}
+
 impl OptimStepBackend for Flex {
     fn rmsprop_step(
         w: FloatTensor<Self>,
         g: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        probe: FloatTensor<Self>,
         c: RmspropCoefs,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        // A skipped update keeps both as they are.
+        let Some(s) = factor(probe, c.grad_scale, c.max_grad_norm) else {
+            return (w, v);
+        };
         // In place where the buffers are not shared (the optimizer owns its state; the weight's
         // buffer is still the parameter's, so it is copied once, as burn's own ops would).
         let (mut w, g, mut v) = (cpu::f32_dense(w), cpu::f32_dense(g), cpu::f32_dense(v));
@@ -252,7 +280,7 @@ impl OptimStepBackend for Flex {
             .zip(cpu::read(&g).par_chunks(FLAT_CHUNK))
             .for_each(|((w, v), g)| {
                 for i in 0..w.len() {
-                    let g = g[i] * c.grad_scale + c.weight_decay * w[i];
+                    let g = g[i] * s + c.weight_decay * w[i];
                     v[i] = c.alpha * v[i] + (1.0 - c.alpha) * g * g;
                     w[i] -= c.lr * g / (v[i].sqrt() + c.eps);
                 }
@@ -265,8 +293,12 @@ impl OptimStepBackend for Flex {
         g: FloatTensor<Self>,
         m: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        probe: FloatTensor<Self>,
         c: AdamwCoefs,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let Some(s) = factor(probe, c.grad_scale, c.max_grad_norm) else {
+            return (w, m, v);
+        };
         let (mut w, g) = (cpu::f32_dense(w), cpu::f32_dense(g));
         let (mut m, mut v) = (cpu::f32_dense(m), cpu::f32_dense(v));
         cpu::write(&mut w)
@@ -276,7 +308,7 @@ impl OptimStepBackend for Flex {
             .zip(cpu::read(&g).par_chunks(FLAT_CHUNK))
             .for_each(|(((w, m), v), g)| {
                 for i in 0..w.len() {
-                    let g = g[i] * c.grad_scale;
+                    let g = g[i] * s;
                     m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * g;
                     v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * g * g;
                     let decayed = w[i] * (1.0 - c.lr * c.weight_decay);

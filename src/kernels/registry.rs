@@ -9,7 +9,9 @@ use burn::tensor::Device;
 
 use super::bench::{self, BenchFn, BenchRow, BenchSizes};
 use super::common::{Shader, Variant};
-use super::{attention, flash_wgsl, logprobs, norm, rope_cache, rows_matmul, sample};
+use super::{
+    attention, flash_wgsl, logprobs, norm, optim_step, rope_cache, rows_matmul, sample,
+};
 use crate::error::Result;
 
 /// Every registered kernel that has a benchmark against its twin on `device`, in the registry's
@@ -91,8 +93,10 @@ pub const KERNELS: &[KernelInfo] = &[
     cpu_only(("flash_attention", "flash_attention.rs", "kernels_flash.rs")),
     cpu_only(("masked_softmax", "softmax.rs", "kernels_train.rs")),
     cpu_only(("swiglu", "swiglu.rs", "kernels_train.rs")),
-    cpu_only(("adamw_step", "optim_step.rs", "kernels_train.rs")),
-    cpu_only(("rmsprop_step", "optim_step.rs", "kernels_train.rs")),
+    wgsl(("rmsprop_step", "optim_step.rs", "kernels_train.rs"),
+        &[&optim_step::SHADER], optim_step::variants, None),
+    wgsl(("adamw_step", "optim_step.rs", "kernels_train.rs"),
+        &[&optim_step::SHADER], optim_step::variants, None),
 ];
 
 #[cfg(test)]

@@ -26,6 +26,14 @@ impl ParamRef<'_> {
         }
     }
 
+    /// The parameter's id: a new one whenever its value is replaced ([`ParamRef::set_flat`]).
+    pub fn id(&self) -> burn::module::ParamId {
+        match self {
+            ParamRef::One(p) => p.id,
+            ParamRef::Two(p) => p.id,
+        }
+    }
+
     /// The value, flattened, without autodiff tracking `[numel]`.
     pub fn value_flat(&self) -> Tensor<1> {
         match self {

@@ -11,6 +11,7 @@
 //! functions of (seed, step), so a resumed run continues exactly where the saved one stopped.
 
 pub mod card;
+pub mod flat;
 pub mod job;
 pub mod loss;
 pub mod memory;

@@ -1,21 +1,27 @@
 //! Optimizers (RMSprop, SPIN's choice; AdamW), gradient-norm clipping and learning-rate
 //! schedules, written to match PyTorch / Hugging Face semantics so runs compare with the official
-//! recipes. Parameters are handled flattened (`[numel]`) and in the fixed order of
-//! [`crate::model::named::trainable_mut`]; state is saved by tensor name.
+//! recipes. Parameters are handled in flat groups ([`super::flat`]) in the fixed order of
+//! [`crate::model::named::trainable_mut`], and the update is issued with no read-back: clipping
+//! and the skip of a step whose gradients are not finite are decided on the device
+//! ([`control`]). State is saved by tensor name, one tensor per parameter.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::module::ParamId;
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hf::weights::{HostTensor, StoredDtype, WeightFiles, write_safetensors};
-use crate::kernels::optim_step::{AdamwCoefs, RmspropCoefs, adamw_step, rmsprop_step, sum_squares};
+use crate::kernels::optim_step::{
+    AdamwCoefs, RmspropCoefs, StepControl, adamw_step_ctl, rmsprop_step_ctl, sum_squares,
+};
 use crate::model::Transformer;
 use crate::model::named::trainable_mut;
+use crate::train::flat::Layout;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,14 +120,20 @@ impl From<&crate::train::TrainConfig> for OptimConfig {
     }
 }
 
-/// Optimizer state: per parameter, RMSprop's square average or AdamW's two moments.
+/// Optimizer state, flat per group of parameters ([`Layout`]): RMSprop's square average or
+/// AdamW's two moments. The parameters themselves are kept as slices of the flat weights the last
+/// update wrote, so the next update starts from those buffers without packing them again.
 pub struct Optimizer {
     cfg: OptimConfig,
-    /// Optimizer steps taken.
+    /// Optimizer steps applied (a step the loss scaler skipped does not count).
     pub steps: u64,
-    /// Per parameter (in `trainable_mut` order): first tensor = square average (RMSprop) or first
-    /// moment (AdamW); second = AdamW's second moment.
+    layout: Option<Layout>,
+    /// Per group: first tensor = square average (RMSprop) or first moment (AdamW); second =
+    /// AdamW's second moment; `[len]` each.
     state: Vec<Option<(Tensor<1>, Option<Tensor<1>>)>>,
+    /// The groups' flat weights `[len]` the parameters were last set from, and those parameters'
+    /// ids: while the model still holds exactly them, its weights are these buffers.
+    weights: Option<(Vec<Tensor<1>>, Vec<ParamId>)>,
 }
 
 const RMS_ALPHA: f64 = 0.99;
@@ -129,22 +141,42 @@ const EPS: f64 = 1e-8;
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 
-/// Global L2 norm of `grads` times `scale` (one readback).
-pub fn grad_norm(grads: &[Tensor<1>], scale: f64) -> Result<f64> {
-    if grads.is_empty() {
-        return Ok(0.0);
-    }
-    let sq: Vec<Tensor<1>> = grads
+/// `(numel, dtype)` of each trainable parameter of `model`, in trainable order.
+fn shapes(model: &mut Transformer) -> Vec<(usize, DType)> {
+    trainable_mut(model)
+        .iter()
+        .map(|(_, p)| {
+            let v = p.value_flat();
+            (v.dims()[0], v.dtype())
+        })
+        .collect()
+}
+
+/// `Σ (g · scale)²` over the flat gradient groups `grads`, on the device `[1]`: one reduction per
+/// group.
+pub fn sum_squares_flat(grads: &[Tensor<1>], scale: f64) -> Option<Tensor<1>> {
+    grads
         .iter()
         .map(|g| sum_squares(g.clone(), scale as f32))
-        .collect();
-    let total = Tensor::cat(sq, 0).sum();
-    crate::device::traffic::read();
-    let v = total
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .map_err(|e| Error::Device(format!("reading the gradient norm back failed: {e:?}")))?;
-    Ok((v[0] as f64).sqrt())
+        .reduce(|a, b| a + b)
+}
+
+/// The device's value the update is decided on ([`StepControl`]): the squared norm `norm2` of
+/// the unscaled gradients, made NaN where one of `losses` (`[1]` each) is not finite: not finite
+/// when the norm or a loss is not, and equal to `norm2` otherwise.
+pub fn probe(norm2: Tensor<1>, losses: Vec<Tensor<1>>) -> StepControl {
+    // One check for the step: a sum of losses is not finite when one of them is not (or when
+    // finite losses overflow f32 together, which a loss scaled by at most 2¹⁶ does not reach).
+    let total = losses
+        .into_iter()
+        .map(|loss| loss.cast(DType::F32).sum()) // [1]
+        .reduce(|a, b| a + b);
+    let probe = match total {
+        // By the backend's tests, not `loss · 0`: GPU compilers may fold arithmetic on NaN away.
+        Some(t) => norm2.mask_fill(t.clone().is_nan().bool_or(t.is_inf()), f32::NAN),
+        None => norm2,
+    };
+    StepControl { probe }
 }
 
 impl Optimizer {
@@ -152,32 +184,64 @@ impl Optimizer {
         Self {
             cfg,
             steps: 0,
+            layout: None,
             state: vec![],
+            weights: None,
         }
     }
 
-    /// One update of every parameter of `model` with `grads` (aligned with `trainable_mut`) times
-    /// `grad_scale` (the loss-scale and clipping factor), at `lr`.
+    /// The flat layout of `model`'s trainable parameters (computed once).
+    pub fn layout(&mut self, model: &mut Transformer) -> &Layout {
+        let count = trainable_mut(model).len();
+        if self.layout.as_ref().is_none_or(|l| l.count != count) {
+            self.layout = Some(Layout::new(&shapes(model)));
+            self.state = vec![];
+            self.weights = None;
+        }
+        self.layout.get_or_insert_with(|| Layout::new(&[]))
+    }
+
+    /// The groups' flat weights of `model`: the buffers of the last update while the model
+    /// holds the parameters it set, else packed afresh.
+    fn flat_weights(&mut self, model: &mut Transformer) -> Vec<Tensor<1>> {
+        let params = trainable_mut(model);
+        let ids: Vec<ParamId> = params.iter().map(|(_, p)| p.id()).collect();
+        if let Some((w, known)) = &self.weights
+            && *known == ids
+        {
+            return w.clone();
+        }
+        let values = params.iter().map(|(_, p)| p.value_flat()).collect();
+        drop(params);
+        self.layout(model).clone().flatten(values)
+    }
+
+    /// Issues one update of every parameter of `model` with the flat gradient groups `grads`
+    /// (of [`Optimizer::layout`]) times `grad_scale` (the loss unscale) at `lr`, clipped to
+    /// `max_grad_norm` and skipped as the device's `ctl` says; nothing is read back. Counts the
+    /// step as applied: [`Optimizer::unstep`] takes it back when the device skipped it.
     pub fn step(
         &mut self,
         model: &mut Transformer,
         grads: Vec<Tensor<1>>,
-        lr: f64,
-        grad_scale: f64,
+        (lr, grad_scale, max_grad_norm): (f64, f64, f64),
+        ctl: &StepControl,
     ) {
         self.steps += 1;
         let t = self.steps as i32;
         let wd = self.cfg.weight_decay as f32;
         let (lr, grad_scale) = (lr as f32, grad_scale as f32);
-        let mut params = trainable_mut(model);
-        if self.state.len() != params.len() {
-            self.state = vec![None; params.len()];
+        let max_grad_norm = max_grad_norm as f32;
+        let weights = self.flat_weights(model);
+        let layout = self.layout(model).clone();
+        if self.state.len() != layout.groups.len() {
+            self.state = vec![None; layout.groups.len()];
         }
-        for (i, ((_, p), g)) in params.iter_mut().zip(grads).enumerate() {
-            let w = p.value_flat();
+        let mut new = Vec::with_capacity(weights.len());
+        for (i, (w, g)) in weights.into_iter().zip(grads).enumerate() {
             // torch starts both from zeros; the first step's update is the same.
             let zeros = || w.zeros_like();
-            let new = match self.cfg.kind {
+            let w = match self.cfg.kind {
                 OptimizerKind::Rmsprop => {
                     let v = self.state[i].take().map_or_else(zeros, |(v, _)| v);
                     let c = RmspropCoefs {
@@ -186,8 +250,9 @@ impl Optimizer {
                         eps: EPS as f32,
                         weight_decay: wd,
                         grad_scale,
+                        max_grad_norm,
                     };
-                    let (w, v) = rmsprop_step(w, g, v, c);
+                    let (w, v) = rmsprop_step_ctl([w, g, v], ctl, c);
                     self.state[i] = Some((v, None));
                     w
                 }
@@ -205,41 +270,61 @@ impl Optimizer {
                         bias1: (1.0 - BETA1.powi(t)) as f32,
                         bias2: (1.0 - BETA2.powi(t)) as f32,
                         grad_scale,
+                        max_grad_norm,
                     };
-                    let (w, m, v) = adamw_step(w, g, m, v, c);
+                    let (w, m, v) = adamw_step_ctl([w, g, m, v], ctl, c);
                     self.state[i] = Some((m, Some(v)));
                     w
                 }
             };
-            p.set_flat(new);
+            new.push(w);
         }
+        let mut params = trainable_mut(model);
+        for ((_, p), w) in params.iter_mut().zip(layout.split(&new)) {
+            p.set_flat(w);
+        }
+        let ids = params.iter().map(|(_, p)| p.id()).collect();
+        self.weights = Some((new, ids));
+    }
+
+    /// Takes back the count of a step the device skipped (its weights and state kept).
+    pub fn unstep(&mut self) {
+        self.steps = self.steps.saturating_sub(1);
     }
 
     /// Saves the state (by parameter name) to a safetensors file.
     pub fn save(&self, path: &Path, model: &Transformer) -> Result<()> {
         let mut m = model.clone();
         let names: Vec<String> = trainable_mut(&mut m).into_iter().map(|(n, _)| n).collect();
-        let read = |t: &Tensor<1>| -> Result<HostTensor> {
-            let data = t
-                .clone()
+        let read = |t: &Tensor<1>| -> Result<Vec<f32>> {
+            t.clone()
                 .into_data()
                 .try_into_vec_as::<f32>()
-                .map_err(|e| Error::Device(format!("reading optimizer state failed: {e:?}")))?;
-            Ok(HostTensor {
-                shape: vec![data.len()],
-                data,
-                dtype: StoredDtype::F32,
-            })
+                .map_err(|e| Error::Device(format!("reading optimizer state failed: {e:?}")))
         };
-        let mut tensors = vec![];
-        for (name, st) in names.iter().zip(&self.state) {
-            if let Some((a, b)) = st {
-                tensors.push((format!("{name}.state0"), read(a)?));
-                if let Some(b) = b {
-                    tensors.push((format!("{name}.state1"), read(b)?));
+        let host = |data: &[f32]| HostTensor {
+            shape: vec![data.len()],
+            data: data.to_vec(),
+            dtype: StoredDtype::F32,
+        };
+        let mut per_param: Vec<Vec<(String, HostTensor)>> = vec![vec![]; names.len()];
+        // Before the first applied step there is no state (as torch's optimizer has none).
+        let groups = self.layout.as_ref().map_or(&[][..], |l| &l.groups[..]);
+        for (g, st) in groups.iter().zip(&self.state) {
+            let (Some((a, b)), true) = (st, self.steps > 0) else {
+                continue;
+            };
+            let (a, b) = (read(a)?, b.as_ref().map(read).transpose()?);
+            for mem in &g.members {
+                let (lo, hi) = (mem.offset, mem.offset + mem.numel);
+                let name = &names[mem.index];
+                per_param[mem.index].push((format!("{name}.state0"), host(&a[lo..hi])));
+                if let Some(b) = &b {
+                    per_param[mem.index].push((format!("{name}.state1"), host(&b[lo..hi])));
                 }
             }
         }
+        let tensors: Vec<(String, HostTensor)> = per_param.into_iter().flatten().collect();
         let meta = HashMap::from([
             ("steps".to_string(), self.steps.to_string()),
             ("optimizer".to_string(), self.cfg.kind.to_string()),
@@ -258,22 +343,18 @@ impl Optimizer {
     ) -> Result<Self> {
         let files = WeightFiles::open_files(&[path.to_path_buf()])?;
         let mut m = model.clone();
+        let layout = Layout::new(&shapes(&mut m));
         let names: Vec<String> = trainable_mut(&mut m).into_iter().map(|(n, _)| n).collect();
-        let mut state = vec![];
-        let up = |name: &str| -> Result<Option<Tensor<1>>> {
+        let read = |name: &str| -> Result<Option<Vec<f32>>> {
             if !files.contains(name) {
                 return Ok(None);
             }
-            let t = files.read(name)?;
-            let n = t.data.len();
-            Ok(Some(Tensor::from_data(
-                TensorData::new(t.data, [n]),
-                device,
-            )))
+            Ok(Some(files.read(name)?.data))
         };
+        let (mut first, mut second) = (vec![], vec![]);
         for name in &names {
-            let a = up(&format!("{name}.state0"))?;
-            let b = up(&format!("{name}.state1"))?;
+            let a = read(&format!("{name}.state0"))?;
+            let b = read(&format!("{name}.state1"))?;
             if cfg.kind == OptimizerKind::Adamw && a.is_some() != b.is_some() {
                 return Err(Error::Tensor {
                     path: path.to_path_buf(),
@@ -283,8 +364,32 @@ impl Optimizer {
                             .into(),
                 });
             }
-            state.push(a.map(|a| (a, b)));
+            first.push(a);
+            second.push(b);
         }
-        Ok(Self { cfg, steps, state })
+        // A parameter without state starts from zeros, as torch's would.
+        let up = |values: &[Option<Vec<f32>>]| -> Vec<Option<Tensor<1>>> {
+            layout
+                .pack_host(values)
+                .into_iter()
+                .zip(&layout.groups)
+                .map(|(flat, g)| {
+                    let any = g.members.iter().any(|m| values[m.index].is_some());
+                    any.then(|| Tensor::from_data(TensorData::new(flat, [g.len]), device))
+                })
+                .collect()
+        };
+        let state = up(&first)
+            .into_iter()
+            .zip(up(&second))
+            .map(|(a, b)| a.map(|a| (a, b)))
+            .collect();
+        Ok(Self {
+            cfg,
+            steps,
+            layout: Some(layout),
+            state,
+            weights: None,
+        })
     }
 }

@@ -1,12 +1,15 @@
 //! The state of a [`Trainer`](super::Trainer) whatever its objective: the data order, the step
 //! plan, gradients by parameter name, and the state carried from step to step with the clipped
-//! update that advances it.
+//! update that advances it: issued to the device with no read-back, then settled on the host
+//! from one blocking read per step.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::TrainConfig;
-use super::optim::{OptimConfig, Optimizer, grad_norm, lr_at};
+use super::optim::{OptimConfig, Optimizer, lr_at, probe, sum_squares_flat};
 use crate::error::{Error, Result};
 use crate::model::Transformer;
 use crate::model::named::trainable_mut;
@@ -94,11 +97,40 @@ pub fn param_grads(model: &Transformer, grads: &burn::tensor::Gradients) -> Resu
         .collect()
 }
 
-pub(crate) fn read_f32(t: Tensor<1>, what: &str) -> Result<Vec<f32>> {
-    crate::device::traffic::read();
-    t.into_data()
-        .try_into_vec_as::<f32>()
-        .map_err(|e| Error::Device(format!("reading {what} back failed: {e:?}")))
+/// `values` cut into consecutive pieces of `sizes`.
+pub(crate) fn split_at_sizes(values: &[f32], sizes: &[usize]) -> Vec<Vec<f32>> {
+    let mut at = 0;
+    sizes
+        .iter()
+        .map(|&n| {
+            let piece = values
+                .get(at..at + n)
+                .map_or_else(Vec::new, <[f32]>::to_vec);
+            at += n;
+            piece
+        })
+        .collect()
+}
+
+/// An update issued to the device and what it left to read back, all in one tensor.
+pub struct Issued {
+    /// `[1 + Σ sizes]`: the probe (the squared norm of the unscaled gradients; not finite when
+    /// it or a loss is not, and then the device skipped the update), then each pass's
+    /// measurement.
+    readback: Tensor<1>,
+    sizes: Vec<usize>,
+    lr: f64,
+}
+
+/// What the one read of a step returned.
+pub struct ReadBack {
+    /// Of the unscaled gradients (not finite when they are not).
+    pub norm: f64,
+    /// Whether the device applied the update (the gradients and the loss were finite).
+    pub applied: bool,
+    /// Each pass's measurement.
+    pub measured: Vec<Vec<f32>>,
+    pub lr: f64,
 }
 
 /// Dynamic loss scaling for f16 activations, as PyTorch's `GradScaler` with its defaults: the
@@ -160,6 +192,8 @@ pub struct TrainState {
     pub pad_id: u32,
     /// With f16 activations (the model's compute dtype); `None` in f32.
     pub scaler: Option<LossScaler>,
+    /// Blocking reads from the device so far (each waits for the queue to drain).
+    reads: AtomicU64,
 }
 
 impl TrainState {
@@ -185,7 +219,22 @@ impl TrainState {
             cfg,
             step: 0,
             pad_id,
+            reads: AtomicU64::new(0),
         })
+    }
+
+    /// Blocking reads from the device this state made so far: one per optimizer step.
+    pub fn blocking_reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// `t` read back to the host (`what` names it in the error): a blocking read, counted.
+    pub fn read_back(&self, t: Tensor<1>, what: &str) -> Result<Vec<f32>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        crate::device::traffic::read();
+        t.into_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::Device(format!("reading {what} back failed: {e:?}")))
     }
 
     pub fn is_done(&self) -> bool {
@@ -212,19 +261,61 @@ impl TrainState {
         self.scaler.map_or(1.0, |s| s.scale)
     }
 
-    /// Clips `grads` (of the scaled loss) to `max_grad_norm` after unscaling them and takes the
-    /// next optimizer step at the scheduled learning rate. A gradient norm that is not finite
-    /// skips the step under loss scaling, and otherwise fails, changing nothing. Returns (lr,
-    /// norm); the norm is not finite for a skipped step.
-    pub fn update(&mut self, grads: Vec<Tensor<1>>) -> Result<(f64, f64)> {
-        // Unscaling and clipping are factors folded into the optimizer's one pass.
+    /// Issues the next optimizer step at the scheduled learning rate with `grads` (of the
+    /// scaled loss, aligned with [`trainable_mut`]), unscaled and clipped to `max_grad_norm`;
+    /// `losses`: each pass's loss `[1]`, `measured`: each pass's measurement (f32). Nothing is
+    /// read back: the device computes the norm and the clip factor and skips the update (weights
+    /// and optimizer state kept) when the norm or a loss is not finite; [`TrainState::read_issued`]
+    /// then reads the outcome and the measurements in one go and [`TrainState::finish_update`]
+    /// settles the step on the host.
+    pub fn issue_update(
+        &mut self,
+        grads: Vec<Tensor<1>>,
+        losses: Vec<Tensor<1>>,
+        measured: Vec<Tensor<1>>,
+    ) -> Issued {
         let unscale = 1.0 / self.loss_scale();
-        let norm = grad_norm(&grads, unscale)?;
         let (total, warmup) = (self.plan.total_steps, self.plan.warmup_steps);
         let lr = lr_at(self.cfg.schedule, self.cfg.lr, self.step, total, warmup);
+        let device = self.model.device();
+        let flat = self.optimizer.layout(&mut self.model).flatten(grads);
+        let norm2 = sum_squares_flat(&flat, unscale).unwrap_or_else(|| Tensor::zeros([1], &device));
+        let ctl = probe(norm2, losses);
+        let coefs = (lr, unscale, self.cfg.max_grad_norm);
+        self.optimizer.step(&mut self.model, flat, coefs, &ctl);
+        let sizes = measured.iter().map(|t| t.dims()[0]).collect();
+        let parts = [ctl.probe].into_iter().chain(measured).collect();
+        Issued {
+            readback: Tensor::cat(parts, 0),
+            sizes,
+            lr,
+        }
+    }
+
+    /// The one blocking read of a step issued by [`TrainState::issue_update`].
+    pub fn read_issued(&self, issued: Issued) -> Result<ReadBack> {
+        let v = self.read_back(issued.readback, "the step's gradient norm and log-probs")?;
+        let probe = v.first().copied().unwrap_or(f32::NAN);
+        Ok(ReadBack {
+            norm: (probe as f64).sqrt(),
+            applied: probe.is_finite(),
+            measured: split_at_sizes(v.get(1..).unwrap_or(&[]), &issued.sizes),
+            lr: issued.lr,
+        })
+    }
+
+    /// Settles a step the device has run, from its read-back `r`: a step the device skipped
+    /// (gradients not finite) counts as skipped under loss scaling (and halves the scale) and
+    /// otherwise fails, the weights and optimizer state as they were. Returns (lr, norm); the
+    /// norm is not finite for a skipped step.
+    pub fn finish_update(&mut self, r: &ReadBack) -> Result<(f64, f64)> {
+        let (lr, norm) = (r.lr, r.norm);
+        if !r.applied {
+            self.optimizer.unstep();
+        }
         if let Some(s) = self.scaler.as_mut() {
-            s.update(norm.is_finite());
-            if !norm.is_finite() {
+            s.update(r.applied);
+            if !r.applied {
                 if s.scale < LossScaler::MIN {
                     return Err(Error::Invalid(format!(
                         "step {}: the gradients are not finite even with the loss scaled by {}; \
@@ -238,20 +329,12 @@ impl TrainState {
                 return Ok((lr, norm));
             }
         }
-        if !norm.is_finite() {
+        if !r.applied {
             return Err(Error::Invalid(format!(
                 "step {}: the gradient norm is {norm}; stopping, the last checkpoint is kept. Try a lower --lr or --max-grad-norm",
                 self.step + 1
             )));
         }
-        let cfg = &self.cfg;
-        let clip = if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm {
-            cfg.max_grad_norm / (norm + 1e-6)
-        } else {
-            1.0
-        };
-        self.optimizer
-            .step(&mut self.model, grads, lr, unscale * clip);
         self.step += 1;
         Ok((lr, norm))
     }

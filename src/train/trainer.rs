@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use serde_json::{Value, json};
 
 use super::objective::{Measured, Objective, Pass, StepStats};
-use super::state::TrainState;
+use super::state::{TrainState, split_at_sizes};
 use super::{PairLogps, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::Transformer;
@@ -28,6 +28,16 @@ impl StepGrads {
     pub fn pairs(&self) -> Option<(&PairLogps, &PairLogps)> {
         super::objective::spin::pairs(&self.measured)
     }
+}
+
+/// A step's forward and backward passes, their results still on the device.
+struct Passes {
+    grads: Vec<Tensor<1>>,
+    /// Each pass's loss `[1]`.
+    losses: Vec<Tensor<1>>,
+    /// What each pass measured, f32 `[n]` each.
+    measured: Vec<Tensor<1>>,
+    tokens: usize,
 }
 
 /// Metrics of one optimizer step, named as TRL names them.
@@ -95,12 +105,35 @@ impl Trainer {
     ///
     /// Under f16 loss scaling the gradients are those of the loss times
     /// [`TrainState::loss_scale`]; [`TrainState::update`] divides it out.
+    ///
+    /// Reads the measurements back (one blocking read); a training step does not call this but
+    /// reads them together with the update's outcome ([`Trainer::train_step`]).
     pub fn gradients(&self, micro: &[Vec<usize>]) -> Result<StepGrads> {
+        let p = self.passes(micro)?;
+        let sizes: Vec<usize> = p.measured.iter().map(|t| t.dims()[0]).collect();
+        let values = if p.measured.is_empty() {
+            vec![]
+        } else {
+            let all = Tensor::cat(p.measured, 0);
+            self.state.read_back(all, "log-probs")?
+        };
+        let objective = self.objective.behaviour(&self.state.cfg);
+        Ok(StepGrads {
+            grads: p.grads,
+            measured: objective.measure(micro, split_at_sizes(&values, &sizes)),
+            tokens: p.tokens,
+        })
+    }
+
+    /// The forward and backward passes of `micro`, their results left on the device.
+    fn passes(&self, micro: &[Vec<usize>]) -> Result<Passes> {
         let objective = self.objective.behaviour(&self.state.cfg);
         let mut pass = Pass::new(&self.state);
         let measured = objective.step(&mut pass, micro)?;
-        Ok(StepGrads {
-            grads: pass.into_grads(),
+        let (grads, losses) = pass.into_parts();
+        Ok(Passes {
+            grads,
+            losses,
             measured,
             tokens: micro.iter().flatten().map(|&i| objective.tokens(i)).sum(),
         })
@@ -108,20 +141,34 @@ impl Trainer {
 
     /// One optimizer step (its forward passes, backward, clipping, update). Fails on a
     /// non-finite loss or gradient, leaving the model as it was before the step.
+    ///
+    /// One blocking read per step: the update is issued with the device deciding on clipping
+    /// and on skipping a non-finite step, then the norm, that decision and the passes'
+    /// measurements come back together.
     pub fn train_step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
         let lengths = self.objective.behaviour(&self.state.cfg).lengths();
         let micro = self.state.micro_batches(&lengths);
-        let StepGrads {
+        let Passes {
             grads,
+            losses,
             measured,
             tokens,
-        } = self.gradients(&micro)?;
-        let stats = self.objective.behaviour(&self.state.cfg).stats(&measured);
+        } = self.passes(&micro)?;
+        let issued = self.state.issue_update(grads, losses, measured);
+        let mut read = self.state.read_issued(issued)?;
+        let objective = self.objective.behaviour(&self.state.cfg);
+        let measured = objective.measure(&micro, std::mem::take(&mut read.measured));
+        let stats = objective.stats(&measured);
+        drop(objective);
         if !stats.loss().is_finite() {
+            // The device skipped the update: a loss that is not finite fails its check.
+            if !read.applied {
+                self.state.optimizer.unstep();
+            }
             return Err(self.diverged(&stats, &measured));
         }
-        let (lr, norm) = self.state.update(grads)?;
+        let (lr, norm) = self.state.finish_update(&read)?;
         let secs = start.elapsed().as_secs_f64();
         Ok(StepMetrics {
             step: self.state.step,
@@ -130,7 +177,7 @@ impl Trainer {
             lr,
             grad_norm: norm,
             tokens_per_s: tokens as f64 / secs.max(1e-9),
-            loss_scale: self.state.scaler.map(|s| (s.scale, !norm.is_finite())),
+            loss_scale: self.state.scaler.map(|s| (s.scale, !read.applied)),
         })
     }
 

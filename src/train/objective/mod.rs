@@ -145,8 +145,14 @@ pub trait TrainObjective {
 
     /// The step's forward and backward passes over the micro-batches `micro` (indices of
     /// examples), each through [`Pass::backward`]; the step's loss is whatever mean the objective
-    /// takes over the whole step, times [`Pass::scale`].
-    fn step(&self, pass: &mut Pass, micro: &[Vec<usize>]) -> Result<Measured>;
+    /// takes over the whole step, times [`Pass::scale`]. Returns what each pass measured, left on
+    /// the device (f32, `[n]` each): the trainer reads it back once per step, after issuing the
+    /// update, and hands it to [`TrainObjective::measure`].
+    fn step(&self, pass: &mut Pass, micro: &[Vec<usize>]) -> Result<Vec<Tensor<1>>>;
+
+    /// The step's measurement from the host values of what [`TrainObjective::step`] returned,
+    /// one vector per pass.
+    fn measure(&self, micro: &[Vec<usize>], values: Vec<Vec<f32>>) -> Measured;
 
     /// The step's statistics from what it measured.
     fn stats(&self, measured: &Measured) -> StepStats;
@@ -160,11 +166,17 @@ pub trait TrainObjective {
 pub struct Pass<'a> {
     state: &'a TrainState,
     grads: Option<Vec<Tensor<1>>>,
+    /// Each pass's loss `[1]` (no autodiff), for the device's finiteness check.
+    losses: Vec<Tensor<1>>,
 }
 
 impl<'a> Pass<'a> {
     pub fn new(state: &'a TrainState) -> Self {
-        Self { state, grads: None }
+        Self {
+            state,
+            grads: None,
+            losses: vec![],
+        }
     }
 
     /// The factor on the loss: f16's loss scale, 1 otherwise ([`TrainState::update`] divides
@@ -190,6 +202,12 @@ impl<'a> Pass<'a> {
     ) -> Result<Tensor<1>> {
         let s = self.state;
         let (seed, chunk) = (s.dropout_seed(micro), s.cfg.max_logits);
+        let mut loss_value = None;
+        let loss_of = |lp| {
+            let (loss, measured) = loss_of(lp);
+            loss_value = Some(loss.clone().inner());
+            (loss, measured)
+        };
         let (g, measured) = if s.cfg.gradient_checkpointing {
             super::recompute::gradients(&s.model, seqs, s.pad_id, chunk, seed, loss_of)?
         } else {
@@ -197,6 +215,7 @@ impl<'a> Pass<'a> {
             let (loss, measured) = loss_of(lp);
             (param_grads(&s.model, &loss.backward())?, measured)
         };
+        self.losses.extend(loss_value);
         self.grads = Some(match self.grads.take() {
             None => g,
             Some(acc) => acc.into_iter().zip(g).map(|(a, b)| a + b).collect(),
@@ -204,8 +223,9 @@ impl<'a> Pass<'a> {
         Ok(measured)
     }
 
-    /// The step's summed gradients, aligned with [`crate::model::named::trainable_mut`].
-    pub fn into_grads(self) -> Vec<Tensor<1>> {
-        self.grads.unwrap_or_default()
+    /// The step's summed gradients, aligned with [`crate::model::named::trainable_mut`], and
+    /// each pass's loss `[1]` (as [`Pass::backward`] took it, times the scale).
+    pub fn into_parts(self) -> (Vec<Tensor<1>>, Vec<Tensor<1>>) {
+        (self.grads.unwrap_or_default(), self.losses)
     }
 }

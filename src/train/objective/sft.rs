@@ -1,10 +1,11 @@
 //! SFT's objective: next-token negative log-likelihood of the response tokens (prompt masked),
 //! the mean per response token over each optimizer step, as transformers' SFT trainer takes it.
 
+use burn::tensor::{DType, Tensor};
+
 use super::{Measured, Pass, StepStats, TrainObjective};
 use crate::error::Result;
 use crate::train::score::TokenizedPair;
-use crate::train::state::read_f32;
 
 /// One (prompt, response) row per example.
 pub const ROWS_PER_EXAMPLE: usize = 1;
@@ -35,29 +36,39 @@ impl TrainObjective for Sft<'_> {
     }
 
     /// The loss is the mean over the step's response tokens, whichever micro-batch they are in.
-    fn step(&self, pass: &mut Pass, micro: &[Vec<usize>]) -> Result<Measured> {
+    fn step(&self, pass: &mut Pass, micro: &[Vec<usize>]) -> Result<Vec<Tensor<1>>> {
         let n_tokens: usize = micro
             .iter()
             .flatten()
             .map(|&i| self.seqs[i].response.len())
             .sum();
         let scale = pass.scale();
-        let mut nll = 0.0;
+        let mut out = Vec::with_capacity(micro.len());
         for (k, idx) in micro.iter().enumerate() {
             let batch: Vec<TokenizedPair> = idx.iter().map(|&i| self.seqs[i].clone()).collect();
             let lp = pass.backward(&batch, k, |lp| {
                 let loss = lp.clone().sum().neg();
                 (loss.mul_scalar(scale / n_tokens.max(1) as f64), lp)
             })?;
-            nll -= read_f32(lp.inner(), "log-probs")?
-                .iter()
-                .map(|&x| x as f64)
-                .sum::<f64>();
+            out.push(lp.inner().cast(DType::F32)); // [response tokens of the pass]
         }
-        Ok(Measured::Nll {
+        Ok(out)
+    }
+
+    fn measure(&self, micro: &[Vec<usize>], values: Vec<Vec<f32>>) -> Measured {
+        let n_tokens: usize = micro
+            .iter()
+            .flatten()
+            .map(|&i| self.seqs[i].response.len())
+            .sum();
+        let mut nll = 0.0;
+        for lp in values {
+            nll -= lp.iter().map(|&x| x as f64).sum::<f64>();
+        }
+        Measured::Nll {
             nll,
             tokens: n_tokens,
-        })
+        }
     }
 
     fn stats(&self, measured: &Measured) -> StepStats {

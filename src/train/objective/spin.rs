@@ -3,13 +3,12 @@
 //! the pairwise loss of [`crate::train::loss`] (sigmoid, hinge or IPO) is averaged over the step's
 //! pairs. Metrics are TRL's reward statistics.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use super::{Measured, Pass, StepStats, TrainObjective};
 use crate::error::Result;
 use crate::train::loss::{PairLoss, pair_losses};
 use crate::train::score::{TokenizedPair, sequence_sums};
-use crate::train::state::read_f32;
 use crate::train::{PairLogps, TrainConfig, TrainPair, reward_stats};
 
 /// A pair puts its real and generated response through the forward pass together.
@@ -54,13 +53,12 @@ impl TrainObjective for Spin<'_> {
     }
 
     /// The loss is the mean over the step's pairs.
-    fn step(&self, pass: &mut Pass, micro: &[Vec<usize>]) -> Result<Measured> {
+    fn step(&self, pass: &mut Pass, micro: &[Vec<usize>]) -> Result<Vec<Tensor<1>>> {
         let (pairs, reference) = (self.pairs, self.reference);
         let n_step: usize = micro.iter().map(Vec::len).sum();
         let PairLoss { kind, beta } = self.loss;
         let scale = pass.scale();
-        let mut policy = PairLogps::default();
-        let mut seen = PairLogps::default();
+        let mut out = Vec::with_capacity(micro.len());
         for (k, idx) in micro.iter().enumerate() {
             // Real responses first, then generated: one forward pass for both.
             let b = idx.len();
@@ -82,7 +80,17 @@ impl TrainObjective for Spin<'_> {
                 let loss = pair_losses(kind, margin, beta).sum();
                 (loss.mul_scalar(scale / n_step as f64), logps)
             })?;
-            let lp = read_f32(logps.inner(), "log-probs")?;
+            out.push(logps.inner().cast(DType::F32)); // [2b]: real, then generated
+        }
+        Ok(out)
+    }
+
+    fn measure(&self, micro: &[Vec<usize>], values: Vec<Vec<f32>>) -> Measured {
+        let reference = self.reference;
+        let mut policy = PairLogps::default();
+        let mut seen = PairLogps::default();
+        for (idx, lp) in micro.iter().zip(values) {
+            let b = idx.len();
             for (k, &i) in idx.iter().enumerate() {
                 policy.real.push(lp[k] as f64);
                 policy.generated.push(lp[b + k] as f64);
@@ -90,10 +98,10 @@ impl TrainObjective for Spin<'_> {
                 seen.generated.push(reference.generated[i]);
             }
         }
-        Ok(Measured::Pairs {
+        Measured::Pairs {
             policy,
             reference: seen,
-        })
+        }
     }
 
     fn stats(&self, measured: &Measured) -> StepStats {

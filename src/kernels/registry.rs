@@ -9,7 +9,7 @@ use burn::tensor::Device;
 
 use super::bench::{self, BenchFn, BenchRow, BenchSizes};
 use super::common::{Shader, Variant};
-use super::{attention, logprobs, norm, rope_cache, rows_matmul, sample};
+use super::{attention, logprobs, norm, norm_train, rope_cache, rope_train, rows_matmul, sample};
 use crate::error::Result;
 
 /// Every registered kernel that has a benchmark against its twin on `device`, in the registry's
@@ -85,6 +85,10 @@ pub const KERNELS: &[KernelInfo] = &[
         &[&norm::SHADER], norm::variants, None),
     wgsl(("rope_cache_write", "rope_cache.rs", "kernels_decode.rs"),
         &[&rope_cache::SHADER], rope_cache::variants, None),
+    wgsl(("rms_norm_train", "norm_train.rs", "kernels_norm_rope.rs"),
+        &[&norm_train::FWD_SHADER, &norm_train::BWD_SHADER, &norm_train::DW_SHADER], norm_train::variants, None),
+    wgsl(("rope_train", "rope_train.rs", "kernels_norm_rope.rs"),
+        &[&rope_train::SHADER], rope_train::variants, None),
     cpu_only(("masked_softmax", "softmax.rs", "kernels_train.rs")),
     cpu_only(("swiglu", "swiglu.rs", "kernels_train.rs")),
     cpu_only(("adamw_step", "optim_step.rs", "kernels_train.rs")),

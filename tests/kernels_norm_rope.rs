@@ -136,25 +136,33 @@ fn rms_norm_train_autodiff_matches_burns_autodiff() {
             );
             let t3 =
                 |v: &[f32]| Tensor::<3>::from_data(TensorData::new(v.to_vec(), [b, s, n]), &device);
-            let grads_of = |fused: bool| {
+            // A frozen weight (LoRA) takes the backward that skips its gradient.
+            let grads_of = |fused: bool, train_w: bool| {
                 let xt = t3(&x).require_grad();
-                let wt =
-                    Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), &device).require_grad();
+                let wt = Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), &device);
+                let wt = if train_w { wt.require_grad() } else { wt };
                 let y = if fused {
                     rms_norm_train(xt.clone(), wt.clone(), eps, offset).0
                 } else {
                     naive_norm(xt.clone(), wt.clone(), eps, offset)
                 };
                 let grads = (y * t3(&r)).sum().backward();
-                (
-                    floats(xt.grad(&grads).unwrap()),
-                    floats(wt.grad(&grads).unwrap()),
-                )
+                let dw = wt.grad(&grads).map(floats);
+                (floats(xt.grad(&grads).unwrap()), dw)
             };
-            let ((a_x, a_w), (b_x, b_w)) = (grads_of(true), grads_of(false));
+            let ((a_x, a_w), (b_x, b_w)) = (grads_of(true, true), grads_of(false, true));
+            let (a_w, b_w) = (a_w.unwrap(), b_w.unwrap());
+            let (frozen_x, frozen_w) = grads_of(true, false);
+            assert!(frozen_w.is_none(), "a frozen weight got a gradient");
             let label = format!("{} offset {offset}", dev.description);
             assert_close(&format!("{label} dx"), &a_x, &wide(&b_x), 2e-5);
             assert_close(&format!("{label} dw"), &a_w, &wide(&b_w), 1e-4);
+            assert_close(
+                &format!("{label} frozen w dx"),
+                &frozen_x,
+                &wide(&b_x),
+                2e-5,
+            );
         }
     }
 }

@@ -85,6 +85,7 @@ impl RmsNormTrainBackend for Flex {
         inv: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         offset: f32,
+        weight_grad: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (dtype, wdtype, shape) = (x.dtype(), w.dtype(), x.shape());
         let (rows, n) = rows_and_width(&shape);
@@ -103,7 +104,7 @@ impl RmsNormTrainBackend for Flex {
                 .zip(cpu::read(&grad).par_chunks(per * n))
                 .zip(cpu::read(&inv).par_chunks(per))
                 .map(|(((dxs, xs), gs), invs)| {
-                    let mut part = vec![0f32; n];
+                    let mut part = vec![0f32; if weight_grad { n } else { 0 }];
                     for (((dr, xr), gr), &iv) in dxs
                         .chunks_mut(n)
                         .zip(xs.chunks(n))
@@ -118,6 +119,9 @@ impl RmsNormTrainBackend for Flex {
                         for i in 0..n {
                             let normed = xr[i] * iv;
                             dr[i] = iv * (gr[i] * f[i] - normed * mean);
+                            if !weight_grad {
+                                continue;
+                            }
                             let multiplied = if offset != 0.0 { normed } else { round(normed) };
                             part[i] += gr[i] * multiplied;
                         }

@@ -55,8 +55,9 @@ pub trait RmsNormTrainBackend: Backend {
         reference_forward::<Self>(x, w, eps, offset)
     }
 
-    /// `(dx` like x, `dw` like w`)` for upstream `grad` (like x), from the forward's `inv`.
-    #[fusion(meta = |x, w, _inv, _grad, _offset| (
+    /// `(dx` like x, `dw` like w`)` for upstream `grad` (like x), from the forward's `inv`. Without
+    /// `weight_grad` (a frozen weight: LoRA) dw is not computed and its values are unspecified.
+    #[fusion(meta = |x, w, _inv, _grad, _offset, _weight_grad| (
         TensorSpec::new(x.shape.clone(), x.dtype),
         TensorSpec::new(w.shape.clone(), w.dtype),
     ))]
@@ -66,7 +67,9 @@ pub trait RmsNormTrainBackend: Backend {
         inv: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         offset: f32,
+        weight_grad: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = weight_grad;
         reference_backward::<Self>(x, w, inv, grad, offset)
     }
 }
@@ -272,6 +275,7 @@ impl RmsNormTrainBackend for CubeBackend {
         inv: CubeTensor,
         grad: CubeTensor,
         offset: f32,
+        weight_grad: bool,
     ) -> (CubeTensor, CubeTensor) {
         if x.device.runtime() != RuntimeId::Wgpu {
             return reference_backward::<Self>(x, w, inv, grad, offset);
@@ -306,7 +310,9 @@ impl RmsNormTrainBackend for CubeBackend {
                 groups,
                 &[&x, &w, &inv, &grad, &dx, &part],
             );
-            launch_wgsl(source(&DW_SHADER), 256, n.div_ceil(256), &[&part, &dw]);
+            if weight_grad {
+                launch_wgsl(source(&DW_SHADER), 256, n.div_ceil(256), &[&part, &dw]);
+            }
         }
         (cast_to(dx, dtype), cast_to(dw, wdtype))
     }
@@ -325,7 +331,7 @@ impl<B: Backend + RmsNormTrainBackend> Backward<B, 2> for RmsNormTrainBackward {
         let [x_node, w_node] = ops.parents;
         let g = grads.consume::<B>(&ops.node);
         let (x, w, inv, offset) = ops.state;
-        let (dx, dw) = B::rms_norm_train_backward(x, w, inv, g, offset);
+        let (dx, dw) = B::rms_norm_train_backward(x, w, inv, g, offset, w_node.is_some());
         if let Some(node) = x_node {
             grads.register::<B>(node.id, dx);
         }
@@ -397,6 +403,7 @@ pub fn rms_norm_train_grad<const D: usize>(
         inv.into_dispatch(),
         grad.into_dispatch(),
         offset,
+        true,
     );
     (Tensor::from_dispatch(dx), Tensor::from_dispatch(dw))
 }

@@ -7,11 +7,18 @@
 //! [`crate::model::layers::RmsNorm::forward`] computed with burn ops: statistics in f32; with
 //! `offset = 0` (Llama) `y = elem(elem(x · inv) · elem(w))`, the normalised values cast back to
 //! x's dtype before the weight scales them; with an offset (Gemma) `y = elem(x · inv · (offset +
-//! w))` in f32. burn's autodiff of those ops runs ~8 launches forward and ~15 backward and keeps
-//! every intermediate; this op runs one forward and two backward, and keeps `x` and the per-row
+//! w))` in f32. burn's autodiff of those ops keeps every intermediate and launches each op forward
+//! and backward (on lavapipe a layer's two norms and two RoPEs took 69 launches per training step,
+//! 10 with these ops: docs/benchmarks.md); this op runs one launch forward and two backward (one
+//! for a frozen weight), and keeps `x` and the per-row
 //! `inv = 1 / sqrt(mean(x²) + eps)` ([rows] f32). Backward, with `n = x · inv`, `w'` the factor:
 //! `dx = inv · (dn − n · mean(dn · n))` for `dn = g · w'`, `dw = Σ_rows g · n` (summed per
 //! workgroup, then across workgroups: no atomics).
+//!
+//! dtypes: the shaders read f32 and (where the device's WGSL has it) f16 as they are; x and w may
+//! differ (f16 activations, f32 master weights). Any other dtype (bf16) is computed in f32 on
+//! wgpu, so there Llama's cast of `x · inv` back to bf16 is not rounded (the CPU loops and the
+//! twin round it).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

@@ -8,12 +8,13 @@
 // f32, Llama's normalised values cast back to the element type before the (element-typed)
 // weight scales them, Gemma's offset weight applied in f32. inv [R] (f32) is written for the
 // backward (rms_norm_train_bwd.wgsl), which then needs no second pass over x for it.
-// Algorithm: one workgroup of WG invocations per row; each sums the squares of elements lid,
-// lid + WG, …, the prelude's tree `reduce_sum` (this shader uses prelude.wgsl) gives the row's
-// sum, then each invocation scales its own elements. Math in f32 (an f16 square overflows past
-// 256).
-// Compile-time constants: R {{ r }}, N {{ n }}, EPS {{ eps }}, OFFSET {{ offset }}, WG {{ wg }}
-// (a power of two, ≤ 256). Element type {{ elem }} for x and y, {{ welem }} for w (f32 or f16;
+// Algorithm: workgroup k of G takes rows k, k + G, k + 2G, … (fewer, longer-lived workgroups:
+// on lavapipe one workgroup per row cost 3× the time), per row its WG invocations sum the
+// squares of elements lid, lid + WG, …, the prelude's tree `reduce_sum` (this shader uses
+// prelude.wgsl) gives the row's sum, then each invocation scales its own elements. Math in f32
+// (an f16 square overflows past 256).
+// Compile-time constants: R {{ r }}, N {{ n }}, G {{ g }}, EPS {{ eps }}, OFFSET {{ offset }},
+// WG {{ wg }} (a power of two, ≤ 256). Element type {{ elem }} for x and y, {{ welem }} for w (f32 or f16;
 // the `enable f16;` directive then put first by src/kernels/common.rs).
 //
 // Bindings (group 0), all read_write (cubecl sub-allocates tensors from shared buffers, and
@@ -22,7 +23,7 @@
 //   1 w   {{ welem }} [N]      read
 //   2 y   {{ elem }}  [R * N]  write
 //   3 inv f32         [R]      write
-// Dispatch: workgroups (x, y, 1) with x * y ≥ R (row = x + y * num_workgroups.x).
+// Dispatch: G workgroups (x, y, 1) with x * y ≥ G (k = x + y * num_workgroups.x).
 
 @group(0) @binding(0) var<storage, read_write> x: array<{{ elem }}>;
 @group(0) @binding(1) var<storage, read_write> w: array<{{ welem }}>;
@@ -31,6 +32,7 @@
 
 const R: u32 = {{ r }}u;
 const N: u32 = {{ n }}u;
+const G: u32 = {{ g }}u;
 const EPS: f32 = {{ eps }};
 const OFFSET: f32 = {{ offset }};
 const WG: u32 = {{ wg }}u;
@@ -39,11 +41,17 @@ const WG: u32 = {{ wg }}u;
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) groups: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    // Uniform across the workgroup, so the barriers below stay in uniform control flow.
-    let row = wid.x + wid.y * groups.x;
-    if (row >= R) {
+    // Uniform across the workgroup, so the barriers in norm_row stay in uniform control flow.
+    let k = wid.x + wid.y * groups.x;
+    if (k >= G) {
         return;
     }
+    for (var row = k; row < R; row += G) {
+        norm_row(row, lid);
+    }
+}
+
+fn norm_row(row: u32, lid: u32) {
     let base = row * N;
     var sq = 0.0;
     for (var i = lid; i < N; i += WG) {

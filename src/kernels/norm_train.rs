@@ -161,8 +161,9 @@ pub(crate) const FWD_SHADER: Shader = shader!("rms_norm_train_fwd.wgsl", prelude
 pub(crate) const BWD_SHADER: Shader = shader!("rms_norm_train_bwd.wgsl", prelude);
 pub(crate) const DW_SHADER: Shader = shader!("rms_norm_train_dw.wgsl");
 
-/// Most workgroups the backward splits the rows over: the dw pass then sums at most this many
-/// partials per column.
+/// Most workgroups the rows are split over: the dw pass then sums at most this many partials per
+/// column, and on lavapipe 1024 workgroups were slower than 256 (64 were faster still, but leave
+/// a real GPU's cores idle).
 const MAX_GROUPS: usize = 256;
 
 /// One instance of the three shaders: `[rows, n]`, the workgroup count of the backward, eps and
@@ -178,10 +179,12 @@ struct NormSource {
     w_f16: bool,
 }
 
-/// Workgroup size for rows of `n`: a power of two covering the row up to 256 (q/k norms over a
-/// 64-wide head would leave most of 256 invocations idle), at least 32.
+/// Workgroup size for rows of `n`: a power of two near n / 16 (16 columns per invocation, which
+/// bounds the backward's private accumulators), from 32 (one subgroup on most GPUs) to 256. Each
+/// halving of the workgroup removes a barrier from every row's reduction: on lavapipe, where a
+/// barrier is expensive, 256 invocations on 576-wide rows were 2-3× slower than 32.
 fn workgroup(n: usize) -> usize {
-    n.next_power_of_two().clamp(32, 256)
+    (n.next_power_of_two() / 16).clamp(32, 256)
 }
 
 impl KernelSource for NormSource {
@@ -261,17 +264,18 @@ impl RmsNormTrainBackend for CubeBackend {
         let y = new_tensor(&x, shape, elem_dtype(f16));
         let inv = new_f32(&x, Shape::new([rows]));
         if rows > 0 && n > 0 {
+            let groups = rows.min(MAX_GROUPS);
             let kernel = NormSource {
                 shader: &FWD_SHADER,
                 rows,
                 n,
-                groups: 0,
+                groups,
                 eps,
                 offset,
                 f16,
                 w_f16,
             };
-            launch_wgsl(kernel, workgroup(n) as u32, rows, &[&x, &w, &y, &inv]);
+            launch_wgsl(kernel, workgroup(n) as u32, groups, &[&x, &w, &y, &inv]);
         }
         (cast_to(y, dtype), inv)
     }

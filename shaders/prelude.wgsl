@@ -2,7 +2,7 @@
 //
 // WGSL has no #include: src/kernels/common.rs (`Shader::template`) puts this text before every
 // shader whose `Shader` constant sets `prelude` (token_logprobs_fwd, sample, rms_norm,
-// rope_cache_write), after the `enable f16;` directive where there is one. So a shader's line n is
+// rope_cache_write, rms_norm_train_fwd, rms_norm_train_bwd), after the `enable f16;` directive where there is one. So a shader's line n is
 // line n + (this file's lines) in a compiler's message.
 //
 // Provides:

@@ -41,7 +41,8 @@ impl BenchRow {
 /// Sizes of the benchmark cases.
 #[derive(Debug, Clone, Copy)]
 pub struct BenchSizes {
-    /// Rows of logits for the log-prob kernel.
+    /// Rows of logits for the log-prob kernel (and rows of the training RMSNorm, positions of its
+    /// RoPE).
     pub rows: usize,
     pub vocab: usize,
     /// Rows for the sampler, decode attention and (up to `MAX_ROWS`) the decode projections.
@@ -254,4 +255,78 @@ pub(crate) fn rows_matmul(device: &Device, sizes: &BenchSizes) -> Result<Vec<Ben
         rows.push(BenchRow::new(name, shape, times, (n * k * 4) as f64));
     }
     Ok(rows)
+}
+
+/// The training RMSNorm, forward then backward, over `rows` rows of SmolLM2's hidden width 576.
+pub(crate) fn rms_norm_train(device: &Device, sizes: &BenchSizes) -> Result<Vec<BenchRow>> {
+    use super::norm_train::{
+        rms_norm_train, rms_norm_train_grad, rms_norm_train_grad_twin, rms_norm_train_twin,
+    };
+    let (n, h) = (sizes.rows, 576);
+    let x = Tensor::<2>::random([n, h], Distribution::Normal(0.0, 1.0), device);
+    let g = Tensor::<2>::random([n, h], Distribution::Normal(0.0, 1.0), device);
+    let w = Tensor::<1>::random([h], Distribution::Normal(1.0, 0.1), device);
+    let times = time_pair(
+        device,
+        sizes.iters,
+        || {
+            let (_, inv) = rms_norm_train(x.clone(), w.clone(), 1e-5, 0.0);
+            Ok(rms_norm_train_grad(
+                x.clone(),
+                w.clone(),
+                inv,
+                g.clone(),
+                0.0,
+            ))
+        },
+        || {
+            let (_, inv) = rms_norm_train_twin(x.clone(), w.clone(), 1e-5, 0.0);
+            Ok(rms_norm_train_grad_twin(
+                x.clone(),
+                w.clone(),
+                inv,
+                g.clone(),
+                0.0,
+            ))
+        },
+    )?;
+    // Read: x twice, g once; written: y, dx.
+    let bytes = (5 * n * h * 4) as f64;
+    let shape = format!("[{n} x {h}] f32");
+    Ok(vec![BenchRow::new(
+        "rms_norm_train fwd + bwd",
+        shape,
+        times,
+        bytes,
+    )])
+}
+
+/// The training RoPE, forward then backward, on `rows` positions of 9 heads of 64 (SmolLM2's q).
+pub(crate) fn rope_train(device: &Device, sizes: &BenchSizes) -> Result<Vec<BenchRow>> {
+    use super::rope_train::{rope_train, rope_train_grad, rope_train_twin};
+    let (s, h, d) = (sizes.rows, 9, 64);
+    let x = Tensor::<4>::random([1, h, s, d], Distribution::Normal(0.0, 1.0), device);
+    let a = Tensor::<4>::random([1, 1, s, d / 2], Distribution::Uniform(-3.0, 3.0), device);
+    let (cos, sin) = (a.clone().cos(), a.sin());
+    let times = time_pair(
+        device,
+        sizes.iters,
+        || {
+            let y = rope_train(x.clone(), cos.clone(), sin.clone());
+            Ok(rope_train_grad(y, cos.clone(), sin.clone()))
+        },
+        || {
+            let y = rope_train_twin(x.clone(), cos.clone(), sin.clone(), false);
+            Ok(rope_train_twin(y, cos.clone(), sin.clone(), true))
+        },
+    )?;
+    // Read and written once each way.
+    let bytes = (4 * s * h * d * 4) as f64;
+    let shape = format!("[1 x {h} x {s} x {d}] f32");
+    Ok(vec![BenchRow::new(
+        "rope_train fwd + bwd",
+        shape,
+        times,
+        bytes,
+    )])
 }

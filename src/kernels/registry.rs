@@ -10,7 +10,8 @@ use burn::tensor::Device;
 use super::bench::{self, BenchFn, BenchRow, BenchSizes};
 use super::common::{Shader, Variant};
 use super::{
-    attention, flash_wgsl, logprobs, norm, optim_step, rope_cache, rows_matmul, sample,
+    attention, flash_wgsl, logprobs, norm, norm_train, optim_step, rope_cache, rope_train,
+    rows_matmul, sample,
 };
 use crate::error::Result;
 
@@ -91,6 +92,10 @@ pub const KERNELS: &[KernelInfo] = &[
         &[&flash_wgsl::FWD_SHADER, &flash_wgsl::BWD_DQ_SHADER, &flash_wgsl::BWD_DKDV_SHADER],
         flash_wgsl::variants, None),
     cpu_only(("flash_attention", "flash_attention.rs", "kernels_flash.rs")),
+    wgsl(("rms_norm_train", "norm_train.rs", "kernels_norm_rope.rs"),
+        &[&norm_train::FWD_SHADER, &norm_train::BWD_SHADER, &norm_train::DW_SHADER], norm_train::variants, Some(bench::rms_norm_train)),
+    wgsl(("rope_train", "rope_train.rs", "kernels_norm_rope.rs"),
+        &[&rope_train::SHADER], rope_train::variants, Some(bench::rope_train)),
     cpu_only(("masked_softmax", "softmax.rs", "kernels_train.rs")),
     cpu_only(("swiglu", "swiglu.rs", "kernels_train.rs")),
     wgsl(("rmsprop_step", "optim_step.rs", "kernels_train.rs"),

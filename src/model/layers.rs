@@ -7,6 +7,7 @@ use burn::tensor::{DType, Distribution, Tensor};
 
 use crate::hf::config::Activation;
 use crate::kernels::like;
+use crate::kernels::norm_train::rms_norm_train;
 
 /// Root-mean-square normalisation with a learned scale (no bias, no mean subtraction).
 #[derive(Module, Debug)]
@@ -23,15 +24,9 @@ impl RmsNorm {
     /// then back to it before the scale, as transformers' `LlamaRMSNorm` does; with an offset the
     /// scale too is applied in f32, as `Gemma3RMSNorm` does.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let dtype = x.dtype();
-        let x = like(x, DType::F32);
-        let ms = x.clone().square().mean_dim(D - 1); // [..., 1]
-        let inv = ms.add_scalar(self.eps).sqrt().recip();
-        if self.offset != 0.0 {
-            let w = like(self.weight.val(), DType::F32).add_scalar(self.offset);
-            return like(x * inv * w.unsqueeze::<D>(), dtype);
-        }
-        like(x * inv, dtype) * like(self.weight.val(), dtype).unsqueeze::<D>()
+        // One fused op forward and backward (kernels::norm_train, whose twin is the burn-ops
+        // form this method used to run).
+        rms_norm_train(x, self.weight.val(), self.eps, self.offset).0
     }
 
     /// The factor the normalised values are multiplied by, `offset + w` `[hidden]`.

@@ -56,12 +56,14 @@ pub struct BenchModelArgs {
 
 /// Time each WGSL kernel against its twin (median of --iters).
 ///
-/// The token log-prob kernel, the sampler, decode attention and the decode projections.
+/// The token log-prob kernel, the sampler, decode attention, the decode projections, and the
+/// training RMSNorm and RoPE (forward + backward).
 #[derive(Args, Debug)]
 pub struct KernelsArgs {
     #[command(flatten)]
     device: DeviceArgs,
-    /// Rows of logits for the log-prob kernel.
+    /// Rows of logits for the log-prob kernel (and rows of the training RMSNorm, positions of its
+    /// RoPE).
     #[arg(long, default_value_t = 1024)]
     rows: usize,
     /// Vocabulary size (columns of logits).

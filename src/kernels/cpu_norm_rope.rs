@@ -1,0 +1,191 @@
+//! The training step's RMSNorm and RoPE on the CPU backend, forward and backward, as Rust loops
+//! over rows on all cores: the CPU half of [`super::norm_train`] and [`super::rope_train`] (whose
+//! burn-ops twins define them; `tests/kernels_norm_rope.rs` holds both to f64 references).
+//!
+//! burn's CPU backend runs each op of the naive norm and rotation on one thread, one pass over
+//! memory per op; each function here is one parallel pass computing in f32, with the roundings to
+//! x's dtype the model's ops make (see `norm_train`'s header).
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{DType, Flex, TensorMetadata};
+use rayon::prelude::*;
+
+use super::cpu::{self, dot_f32};
+use super::norm_train::{RmsNormTrainBackend, rows_and_width};
+use super::rope_train::RopeTrainBackend;
+
+/// Elements per parallel task: large enough that a task outweighs its scheduling.
+const CHUNK: usize = 1 << 15;
+
+/// Rows of `width` per parallel task: about [`CHUNK`] elements.
+fn rows_per_task(width: usize) -> usize {
+    (CHUNK / width.max(1)).max(1)
+}
+
+/// Rounding of an f32 value to `dtype` (the casts of the model's ops), identity for f32.
+fn rounder(dtype: DType) -> fn(f32) -> f32 {
+    match dtype {
+        DType::F16 => |v| half::f16::from_f32(v).to_f32(),
+        DType::BF16 => |v| half::bf16::from_f32(v).to_f32(),
+        _ => |v| v,
+    }
+}
+
+/// The factor each normalised column is multiplied by: `offset + w` in f32, or `w` rounded to
+/// x's dtype (Llama casts the weight to the activations' dtype).
+fn factors(w: &[f32], offset: f32, round: fn(f32) -> f32) -> Vec<f32> {
+    if offset != 0.0 {
+        w.iter().map(|&v| offset + v).collect()
+    } else {
+        w.iter().map(|&v| round(v)).collect()
+    }
+}
+
+impl RmsNormTrainBackend for Flex {
+    fn rms_norm_train(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        eps: f32,
+        offset: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dtype, shape) = (x.dtype(), x.shape());
+        let (rows, n) = rows_and_width(&shape);
+        let round = rounder(dtype);
+        let (x, w) = (cpu::f32_dense(x), cpu::f32_dense(w));
+        let f = factors(cpu::read(&w), offset, round);
+        let mut y = vec![0f32; rows * n];
+        let mut inv = vec![0f32; rows];
+        if n > 0 {
+            let per = rows_per_task(n);
+            y.par_chunks_mut(per * n)
+                .zip(inv.par_chunks_mut(per))
+                .zip(cpu::read(&x).par_chunks(per * n))
+                .for_each(|((ys, invs), xs)| {
+                    for ((yr, xr), iv) in ys.chunks_mut(n).zip(xs.chunks(n)).zip(invs) {
+                        *iv = 1.0 / (dot_f32(xr, xr) / n as f32 + eps).sqrt();
+                        for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(&f) {
+                            *o = if offset != 0.0 {
+                                v * *iv * g
+                            } else {
+                                round(round(v * *iv) * g)
+                            };
+                        }
+                    }
+                });
+        }
+        (
+            cpu::cast_back(cpu::from_f32(y, shape), dtype),
+            cpu::from_f32(inv, [rows]),
+        )
+    }
+
+    fn rms_norm_train_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        inv: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        offset: f32,
+        weight_grad: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dtype, wdtype, shape) = (x.dtype(), w.dtype(), x.shape());
+        let (rows, n) = rows_and_width(&shape);
+        let round = rounder(dtype);
+        let (x, w) = (cpu::f32_dense(x), cpu::f32_dense(w));
+        let (inv, grad) = (cpu::f32_dense(inv), cpu::f32_dense(grad));
+        let f = factors(cpu::read(&w), offset, round);
+        let mut dx = vec![0f32; rows * n];
+        let mut dw = vec![0f32; n];
+        if n > 0 {
+            let per = rows_per_task(n);
+            // Each task's share of dw, summed below in task order (no shared accumulator).
+            let parts: Vec<Vec<f32>> = dx
+                .par_chunks_mut(per * n)
+                .zip(cpu::read(&x).par_chunks(per * n))
+                .zip(cpu::read(&grad).par_chunks(per * n))
+                .zip(cpu::read(&inv).par_chunks(per))
+                .map(|(((dxs, xs), gs), invs)| {
+                    let mut part = vec![0f32; if weight_grad { n } else { 0 }];
+                    for (((dr, xr), gr), &iv) in dxs
+                        .chunks_mut(n)
+                        .zip(xs.chunks(n))
+                        .zip(gs.chunks(n))
+                        .zip(invs)
+                    {
+                        let mut dot = 0f32;
+                        for ((&v, &g), &c) in xr.iter().zip(gr).zip(&f) {
+                            dot += g * c * v * iv;
+                        }
+                        let mean = dot / n as f32;
+                        for i in 0..n {
+                            let normed = xr[i] * iv;
+                            dr[i] = iv * (gr[i] * f[i] - normed * mean);
+                            if !weight_grad {
+                                continue;
+                            }
+                            let multiplied = if offset != 0.0 { normed } else { round(normed) };
+                            part[i] += gr[i] * multiplied;
+                        }
+                    }
+                    part
+                })
+                .collect();
+            for part in parts {
+                dw.iter_mut().zip(part).for_each(|(d, p)| *d += p);
+            }
+        }
+        (
+            cpu::cast_back(cpu::from_f32(dx, shape), dtype),
+            cpu::cast_back(cpu::from_f32(dw, [n]), wdtype),
+        )
+    }
+}
+
+impl RopeTrainBackend for Flex {
+    fn rope_train(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        let (dtype, shape) = (x.dtype(), x.shape());
+        let [b, h, s, d] = shape.dims::<4>();
+        let half = d / 2;
+        let angle_rows = cos.shape()[0];
+        assert!(
+            cos.shape().dims::<4>() == [angle_rows, 1, s, half]
+                && sin.shape() == cos.shape()
+                && (angle_rows == 1 || angle_rows == b),
+            "rope angles {:?} do not fit x {:?}",
+            cos.shape(),
+            shape
+        );
+        // The model's angles are in x's dtype already; read as f32 like every operand here.
+        let (x, cos, sin) = (cpu::f32_dense(x), cpu::f32_dense(cos), cpu::f32_dense(sin));
+        let (cos, sin) = (cpu::read(&cos), cpu::read(&sin));
+        let sign = if inverse { -1.0 } else { 1.0 };
+        let mut y = vec![0f32; shape.num_elements()];
+        if d > 0 {
+            let per = rows_per_task(d);
+            y.par_chunks_mut(per * d)
+                .zip(cpu::read(&x).par_chunks(per * d))
+                .enumerate()
+                .for_each(|(task, (ys, xs))| {
+                    for (i, (yr, xr)) in ys.chunks_mut(d).zip(xs.chunks(d)).enumerate() {
+                        // Row = (batch · h + head) · s + position.
+                        let row = task * per + i;
+                        let batch = if angle_rows == 1 { 0 } else { row / (h * s) };
+                        let at = (batch * s + row % s) * half;
+                        let (c, sn) = (&cos[at..at + half], &sin[at..at + half]);
+                        let (x1, x2) = xr.split_at(half);
+                        let (y1, y2) = yr.split_at_mut(half);
+                        for k in 0..half {
+                            let sk = sign * sn[k];
+                            y1[k] = x1[k] * c[k] - x2[k] * sk;
+                            y2[k] = x2[k] * c[k] + x1[k] * sk;
+                        }
+                    }
+                });
+        }
+        cpu::cast_back(cpu::from_f32(y, shape), dtype)
+    }
+}

@@ -237,11 +237,24 @@ pub fn reference_backward<B: Backend>(
     )
 }
 
+/// Rows a software rasterizer's kernels may span: lavapipe silently ends every loop of an
+/// invocation after 65535 iterations in all, which the WGSL kernels reach at about 19k keys per
+/// row or 28k query rows per kv head (`flash_wgsl.rs`); past these (with a margin) the twins run,
+/// which fail loudly (buffer limits) rather than return rows cut short.
+const SOFTWARE_MAX_KEYS: usize = 16 * 1024;
+const SOFTWARE_MAX_GROUP_ROWS: usize = 24 * 1024;
+
 /// Whether the WGSL kernels of `flash_wgsl.rs` run `q [B, H, S, D]` against `k [B, HKV, K, D]`
-/// on `q`'s device: a wgpu device and a head layout they take; anything else runs the twins.
+/// on `q`'s device: a wgpu device and a head layout they take (and, on a software rasterizer,
+/// lengths within its loop cap); anything else runs the twins.
 fn wgsl_runs(q: &CubeTensor, k: &CubeTensor) -> bool {
-    let (h, d, hkv) = (q.meta.shape()[1], q.meta.shape()[3], k.meta.shape()[1]);
-    q.device.runtime() == RuntimeId::Wgpu && flash_wgsl_supported(h, hkv, d)
+    let (h, s, d) = (q.meta.shape()[1], q.meta.shape()[2], q.meta.shape()[3]);
+    let (hkv, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
+    let software = q.client.properties().identity.physical.is_none();
+    let within_cap = keys <= SOFTWARE_MAX_KEYS && (h / hkv.max(1)) * s <= SOFTWARE_MAX_GROUP_ROWS;
+    q.device.runtime() == RuntimeId::Wgpu
+        && flash_wgsl_supported(h, hkv, d)
+        && (!software || within_cap)
 }
 
 // burn's fusion calls this implementation through the ops' `meta`.

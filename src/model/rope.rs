@@ -68,6 +68,7 @@ impl Rope {
             }
         }
         let shape = [b, 1, s, half];
+        crate::device::traffic::uploaded(2);
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),

@@ -71,6 +71,7 @@ impl TrainObjective for Spin<'_> {
                 .iter()
                 .map(|&i| (reference.real[i] - reference.generated[i]) as f32)
                 .collect();
+            crate::device::traffic::uploaded(1);
             let margin_ref =
                 Tensor::<1>::from_data(TensorData::new(margin_ref, [b]), &pass.device());
             let logps = pass.backward(&seqs, k, |lp| {

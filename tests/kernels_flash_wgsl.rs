@@ -14,7 +14,48 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use common::*;
 use wgspin::device::{self, DeviceSpec};
 use wgspin::kernels::common::{f16_kernel_available, set_poison_outputs};
-use wgspin::kernels::flash_wgsl::{flash_backward_gpu, flash_forward_gpu, flash_wgsl_supported};
+use wgspin::kernels::flash_attention::{FlashSaved, flash_attention, flash_attention_grad};
+use wgspin::kernels::flash_wgsl::flash_wgsl_supported;
+
+/// The op's forward on a wgpu device: its WGSL kernel (`flash_forward_wgsl`), for every case here
+/// passes `flash_wgsl_supported`.
+fn flash_forward_gpu(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    qpos: Tensor<2, Int>,
+    kpos: Tensor<2, Int>,
+    window: u32,
+    scale: f32,
+) -> (Tensor<4>, Tensor<3>) {
+    flash_attention(q, k, v, qpos, kpos, window, scale)
+}
+
+/// The op's backward on a wgpu device: its WGSL kernels (`flash_backward_wgsl`).
+#[allow(clippy::too_many_arguments)]
+fn flash_backward_gpu(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    out: Tensor<4>,
+    lse: Tensor<3>,
+    dout: Tensor<4>,
+    qpos: Tensor<2, Int>,
+    kpos: Tensor<2, Int>,
+    window: u32,
+    scale: f32,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let saved = FlashSaved {
+        out,
+        lse,
+        dout,
+        qpos,
+        kpos,
+        window,
+        scale,
+    };
+    flash_attention_grad(q, k, v, saved, false)
+}
 
 /// One problem: shapes, window, positions (negative = padding) and the random inputs.
 struct Case {

@@ -4,8 +4,8 @@
 //! launches). No `[S, K]` buffer exists in either: the backward recomputes the probabilities from
 //! the forward's row log-sum-exp. The custom autodiff op (`kernels/flash_attention.rs`, with the
 //! CPU kernel and the burn-ops twin) calls [`flash_forward_wgsl`] / [`flash_backward_wgsl`] from
-//! its `CubeBackend` implementation; [`flash_forward_gpu`] / [`flash_backward_gpu`] reach them from
-//! tensors for the tests and benchmarks.
+//! its `CubeBackend` implementation (where [`flash_wgsl_supported`] holds), which is how the
+//! tests and benchmarks reach them too.
 //!
 //! Contract (both directions): `q [B, H, S, D]`, `k`, `v [B, HKV, K, D]`, `qpos [B, S]`, `kpos
 //! [B, K]` (ints, negative = padding), `window` (0 = none), `scale`. H = HKV · G, query head h
@@ -19,13 +19,10 @@
 //! iterations per key (forward; 2.3 in dq) and 2.3 per query and head (dk/dv): on lavapipe, K up
 //! to ~19k and G · S up to ~28k. Real GPUs have no such cap.
 
-use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::ops::FloatTensorOps;
-use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate, into_contiguous};
-use burn::backend::{Backend, DType, Dispatch, Shape, TensorMetadata, backend_extension};
+use burn::backend::{DType, Shape, TensorMetadata};
 use burn::cubecl::prelude::KernelId;
-use burn::tensor::{Int, Tensor};
 
 use super::common::{
     Shader, Variant, as_i32, cast_to, contiguous_as, elem_dtype, launch_wgsl, new_f32, new_tensor,
@@ -158,7 +155,7 @@ fn info(like: &CubeTensor, [b, hkv, s, k]: [usize; 4], window: u32, scale: f32) 
 
 /// `(out [B, H, S, D]` in q's dtype, `lse [B, H, S]` f32`)`: one launch (plus casts where an
 /// input is not already contiguous in the element type). Shapes as [`flash_wgsl_supported`].
-pub(crate) fn flash_forward_wgsl(
+pub fn flash_forward_wgsl(
     q: CubeTensor,
     k: CubeTensor,
     v: CubeTensor,
@@ -197,7 +194,7 @@ pub(crate) fn flash_forward_wgsl(
 /// `(dq [B, H, S, D]` in q's dtype, `dk`, `dv [B, HKV, K, D]` in k's dtype`)` from the forward's
 /// `out` and `lse` and the upstream `dout`: two launches (dq and Δ, then dk and dv).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn flash_backward_wgsl(
+pub fn flash_backward_wgsl(
     q: CubeTensor,
     k: CubeTensor,
     v: CubeTensor,
@@ -254,139 +251,3 @@ pub(crate) fn flash_backward_wgsl(
 }
 
 // ---------------------------------------------------------------- tensor-level entry points
-
-fn forward_specs(q: &TensorSpec) -> (TensorSpec, TensorSpec) {
-    let [b, h, s, _] = [q.shape[0], q.shape[1], q.shape[2], q.shape[3]];
-    (
-        TensorSpec::new(q.shape.clone(), q.dtype),
-        TensorSpec::new(Shape::new([b, h, s]), DType::F32),
-    )
-}
-
-fn backward_specs(q: &TensorSpec, k: &TensorSpec) -> (TensorSpec, TensorSpec, TensorSpec) {
-    (
-        TensorSpec::new(q.shape.clone(), q.dtype),
-        TensorSpec::new(k.shape.clone(), k.dtype),
-        TensorSpec::new(k.shape.clone(), k.dtype),
-    )
-}
-
-/// The WGSL kernels as a backend extension, so tensors on a wgpu device (burn's fusion in front
-/// of the cube backend) reach them. wgpu devices only: other backends panic.
-#[backend_extension(Cube, Fusion)]
-pub trait FlashWgslBackend: Backend {
-    /// See [`flash_forward_wgsl`].
-    #[fusion(meta = |q, _k, _v, _qp, _kp, _w, _s| forward_specs(q))]
-    fn flash_wgsl_forward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        qpos: IntTensor<Self>,
-        kpos: IntTensor<Self>,
-        window: u32,
-        scale: f32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
-
-    /// See [`flash_backward_wgsl`].
-    #[allow(clippy::too_many_arguments)]
-    #[fusion(meta = |q, k, _v, _o, _l, _g, _qp, _kp, _w, _s| backward_specs(q, k))]
-    fn flash_wgsl_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        out: FloatTensor<Self>,
-        lse: FloatTensor<Self>,
-        dout: FloatTensor<Self>,
-        qpos: IntTensor<Self>,
-        kpos: IntTensor<Self>,
-        window: u32,
-        scale: f32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
-}
-
-impl FlashWgslBackend for CubeBackend {
-    fn flash_wgsl_forward(
-        q: CubeTensor,
-        k: CubeTensor,
-        v: CubeTensor,
-        qpos: CubeTensor,
-        kpos: CubeTensor,
-        window: u32,
-        scale: f32,
-    ) -> (CubeTensor, CubeTensor) {
-        flash_forward_wgsl(q, k, v, qpos, kpos, window, scale)
-    }
-
-    fn flash_wgsl_backward(
-        q: CubeTensor,
-        k: CubeTensor,
-        v: CubeTensor,
-        out: CubeTensor,
-        lse: CubeTensor,
-        dout: CubeTensor,
-        qpos: CubeTensor,
-        kpos: CubeTensor,
-        window: u32,
-        scale: f32,
-    ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        flash_backward_wgsl(q, k, v, out, lse, dout, qpos, kpos, window, scale)
-    }
-}
-
-/// The forward kernel on tensors of a wgpu device (not differentiable): `q [B, H, S, D]`, `k`,
-/// `v [B, HKV, K, D]`, `qpos [B, S]`, `kpos [B, K]` → `(out [B, H, S, D], lse [B, H, S])`.
-/// Callers check [`flash_wgsl_supported`].
-pub fn flash_forward_gpu(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    qpos: Tensor<2, Int>,
-    kpos: Tensor<2, Int>,
-    window: u32,
-    scale: f32,
-) -> (Tensor<4>, Tensor<3>) {
-    let (out, lse) = <Dispatch as FlashWgslBackend>::flash_wgsl_forward(
-        q.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
-        qpos.into_dispatch(),
-        kpos.into_dispatch(),
-        window,
-        scale,
-    );
-    (Tensor::from_dispatch(out), Tensor::from_dispatch(lse))
-}
-
-/// The backward kernels on tensors of a wgpu device: `(dq [B, H, S, D], dk, dv [B, HKV, K, D])`
-/// from the forward's `out`, `lse` and the upstream gradient `dout [B, H, S, D]`.
-#[allow(clippy::too_many_arguments)]
-pub fn flash_backward_gpu(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    out: Tensor<4>,
-    lse: Tensor<3>,
-    dout: Tensor<4>,
-    qpos: Tensor<2, Int>,
-    kpos: Tensor<2, Int>,
-    window: u32,
-    scale: f32,
-) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
-    let (dq, dk, dv) = <Dispatch as FlashWgslBackend>::flash_wgsl_backward(
-        q.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
-        out.into_dispatch(),
-        lse.into_dispatch(),
-        dout.into_dispatch(),
-        qpos.into_dispatch(),
-        kpos.into_dispatch(),
-        window,
-        scale,
-    );
-    (
-        Tensor::from_dispatch(dq),
-        Tensor::from_dispatch(dk),
-        Tensor::from_dispatch(dv),
-    )
-}

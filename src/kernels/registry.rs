@@ -88,7 +88,7 @@ pub const KERNELS: &[KernelInfo] = &[
         &[&norm::SHADER], norm::variants, None),
     wgsl(("rope_cache_write", "rope_cache.rs", "kernels_decode.rs"),
         &[&rope_cache::SHADER], rope_cache::variants, None),
-    wgsl(("flash_forward_gpu", "flash_wgsl.rs", "kernels_flash_wgsl.rs"),
+    wgsl(("flash_forward_wgsl", "flash_wgsl.rs", "kernels_flash_wgsl.rs"),
         &[&flash_wgsl::FWD_SHADER, &flash_wgsl::BWD_DQ_SHADER, &flash_wgsl::BWD_DKDV_SHADER],
         flash_wgsl::variants, None),
     cpu_only(("flash_attention", "flash_attention.rs", "kernels_flash.rs")),

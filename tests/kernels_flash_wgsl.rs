@@ -17,21 +17,9 @@ use wgspin::kernels::common::{f16_kernel_available, set_poison_outputs};
 use wgspin::kernels::flash_attention::{FlashSaved, flash_attention, flash_attention_grad};
 use wgspin::kernels::flash_wgsl::flash_wgsl_supported;
 
-/// The op's forward on a wgpu device: its WGSL kernel (`flash_forward_wgsl`), for every case here
-/// passes `flash_wgsl_supported`.
-fn flash_forward_gpu(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    qpos: Tensor<2, Int>,
-    kpos: Tensor<2, Int>,
-    window: u32,
-    scale: f32,
-) -> (Tensor<4>, Tensor<3>) {
-    flash_attention(q, k, v, qpos, kpos, window, scale)
-}
-
-/// The op's backward on a wgpu device: its WGSL kernels (`flash_backward_wgsl`).
+/// The op's backward on a wgpu device: its WGSL kernels (`flash_backward_wgsl`; the forward,
+/// `flash_attention` there, runs `flash_forward_wgsl` for every case here, all of which pass
+/// `flash_wgsl_supported`).
 #[allow(clippy::too_many_arguments)]
 fn flash_backward_gpu(
     q: Tensor<4>,
@@ -310,7 +298,7 @@ fn check(c: &Case, dev: &wgspin::device::ComputeDevice, dtype: DType, want: &Ref
     };
     let (qpos, kpos) = (ints(&c.qpos, s), ints(&c.kpos, nk));
     let label = format!("{} {:?} {}", dev.description, dtype, c.label());
-    let (out, lse) = flash_forward_gpu(
+    let (out, lse) = flash_attention(
         q.clone(),
         k.clone(),
         v.clone(),
@@ -518,7 +506,7 @@ fn bench_flash_wgsl_against_naive_autodiff() {
     );
     let dout = t4(&c.dout, [b, h, s, d], device);
     let flash = || {
-        let (out, lse) = flash_forward_gpu(q.clone(), k.clone(), v.clone(), pos(), pos(), 0, scale);
+        let (out, lse) = flash_attention(q.clone(), k.clone(), v.clone(), pos(), pos(), 0, scale);
         let (qq, kk, vv) = (q.clone(), k.clone(), v.clone());
         flash_backward_gpu(qq, kk, vv, out, lse, dout.clone(), pos(), pos(), 0, scale)
     };

@@ -9,15 +9,13 @@
 //! throughput is timed over the same steps: from that snapshot, which comes right after the
 //! blocking read-back of the warm-up steps, to the end of the run, which reads everything back.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::backend::DispatchDevice;
 use burn::cubecl::launched::LaunchedKernels;
-use burn::cubecl::logging::{LaunchObservation, LaunchObserver};
 
 use super::{GenOptions, GenRequest, GenStats, generate_observed};
+use crate::device::traffic::LaunchCount;
 use crate::error::Result;
 use crate::model::Transformer;
 
@@ -45,15 +43,6 @@ pub struct GenProfile {
     pub kv_cache_bytes: usize,
 }
 
-#[derive(Default)]
-struct CountLaunches(AtomicUsize);
-
-impl LaunchObserver for CountLaunches {
-    fn launched(&self, _kernel: &'static str) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Runs [`super::generate`] on `requests` and measures it (see the module docs).
 pub fn profile_generate(
     model: &Transformer,
@@ -61,9 +50,8 @@ pub fn profile_generate(
     opts: &GenOptions,
 ) -> Result<GenProfile> {
     let cube = matches!(model.device().as_dispatch(), DispatchDevice::Cube(_));
-    let launches = Arc::new(CountLaunches::default());
-    let _watching = LaunchObservation::new(launches.clone());
-    let count = || launches.0.load(Ordering::Relaxed);
+    let launches = LaunchCount::start();
+    let count = || launches.now();
     let mut before_warm = Some(LaunchedKernels::new());
     let mut warm_set = None;
     let mut after_warm = None;

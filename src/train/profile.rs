@@ -7,16 +7,13 @@
 //! are per step, from its start to its end; a step ends with its metrics read back, so the time
 //! covers the device's work.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::backend::DispatchDevice;
 use burn::cubecl::launched::LaunchedKernels;
-use burn::cubecl::logging::{LaunchObservation, LaunchObserver};
 
 use super::{StepMetrics, Trainer};
-use crate::device::traffic::Traffic;
+use crate::device::traffic::{LaunchCount, Traffic};
 use crate::error::Result;
 
 /// The measured steps of a training benchmark.
@@ -34,28 +31,18 @@ pub struct TrainProfile {
     pub skipped: usize,
 }
 
-#[derive(Default)]
-struct CountLaunches(AtomicUsize);
-
-impl LaunchObserver for CountLaunches {
-    fn launched(&self, _kernel: &'static str) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Runs `warmup` steps, then `steps` measured ones, of `trainer`.
 pub fn profile_train(trainer: &mut Trainer, warmup: usize, steps: usize) -> Result<TrainProfile> {
     let device = trainer.state.model.device().without_autodiff();
     let cube = matches!(device.as_dispatch(), DispatchDevice::Cube(_));
-    let launches = Arc::new(CountLaunches::default());
-    let _watching = LaunchObservation::new(launches.clone());
+    let launches = LaunchCount::start();
     let warm_set = LaunchedKernels::new();
     for _ in 0..warmup {
         trainer.train_step()?;
     }
     let warm_set = warm_set.finish();
     let after = LaunchedKernels::new();
-    let (l0, t0) = (launches.0.load(Ordering::Relaxed), Traffic::now());
+    let (l0, t0) = (launches.now(), Traffic::now());
     let (mut step_secs, mut skipped) = (Vec::with_capacity(steps), 0);
     for _ in 0..steps {
         let t = Instant::now();
@@ -69,7 +56,7 @@ pub fn profile_train(trainer: &mut Trainer, warmup: usize, steps: usize) -> Resu
     let new_kernels = after.iter().filter(|k| !warm_set.contains(*k)).count();
     Ok(TrainProfile {
         step_secs,
-        launches_per_step: cube.then(|| (launches.0.load(Ordering::Relaxed) - l0) as f64 / n),
+        launches_per_step: cube.then(|| (launches.now() - l0) as f64 / n),
         uploads_per_step: traffic.uploads as f64 / n,
         reads_per_step: traffic.reads as f64 / n,
         new_kernels_after_warmup: cube.then_some(new_kernels),

@@ -28,6 +28,8 @@
 //   6 w_out  f32 [N]  write
 //   7 s0_out f32 [N]  write
 //   8 s1_out f32 [N]  write (ADAMW; otherwise a placeholder)
+// w_out, s0_out and s1_out may be bound to the same memory as w, s0 and s1 (an update in place,
+// when nothing else holds them): each invocation reads its element before it writes it.
 // Dispatch: workgroups (x, y, 1) with x · y · 256 ≥ N (group = x + y * num_workgroups.x).
 
 @group(0) @binding(0) var<storage, read_write> w: array<f32>;

@@ -8,7 +8,8 @@
 //! - RMSprop and AdamW updates over several steps (torch's formulas, weight decay, a gradient
 //!   scale), and the sum of squares of the gradient norm; the device's probe of an update (the
 //!   clip of the norm it carries, and the skip of a probe that is not finite, which keeps
-//!   weights and state exactly even when the gradient holds NaN and inf).
+//!   weights and state exactly even when the gradient holds NaN and inf); an update in place
+//!   leaves tensors held elsewhere as they were.
 //!
 //! Tolerances (f32 against f64): |Δ| ≤ 1e-5 · max(1, |ref|) for values; the optimizer's weights
 //! after 3 steps ≤ 1e-5 · max(1, |ref|) (the update divides by √v + ε: relative error of f32).
@@ -302,6 +303,51 @@ fn device_probe_clips_or_skips_the_update() {
                 assert_eq!(floats(v), v0, "{label}: a skipped AdamW step changed v");
             }
         }
+    }
+}
+
+/// The update writes over the weights and state where nothing else holds them (the optimizer's
+/// own flat buffers) and beside them where something does: a tensor the caller kept still holds
+/// the old values afterwards, and both ways give the same update.
+#[test]
+fn an_update_leaves_the_tensors_others_hold_as_they_were() {
+    let mut rng = Rng(29);
+    let n = 5_003;
+    for dev in devices() {
+        let w0 = randn(&mut rng, n, 0.5);
+        let v0: Vec<f32> = randn(&mut rng, n, 1.0).iter().map(|x| x * x).collect();
+        let g = randn(&mut rng, n, 2.0);
+        let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), &dev.device);
+        let c = RmspropCoefs {
+            lr: 1e-2,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            grad_scale: 1.0,
+            max_grad_norm: 0.0,
+        };
+        let (w, v) = (t(&w0), t(&v0));
+        let (kept_w, kept_v) = (w.clone(), v.clone());
+        let (shared_w, shared_v) = rmsprop_step(w, t(&g), v, c);
+        let (own_w, own_v) = rmsprop_step(t(&w0), t(&g), t(&v0), c);
+        let label = &dev.description;
+        assert_eq!(
+            floats(kept_w),
+            w0,
+            "{label}: the update wrote a weight held elsewhere"
+        );
+        assert_eq!(
+            floats(kept_v),
+            v0,
+            "{label}: the update wrote a state held elsewhere"
+        );
+        assert_eq!(
+            floats(shared_w.clone()),
+            floats(own_w),
+            "{label}: w in place"
+        );
+        assert_eq!(floats(shared_v), floats(own_v), "{label}: v in place");
+        assert_ne!(floats(shared_w), w0, "{label}: the update changed nothing");
     }
 }
 

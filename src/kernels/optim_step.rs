@@ -244,8 +244,19 @@ fn launch(inputs: Vec<CubeTensor>, probe: CubeTensor, coefs: [f32; 9]) -> Vec<Cu
         w.client.create_from_slice(&bytes),
         DType::F32,
     );
-    let outs: Vec<CubeTensor> = (0..inputs.len() - 1)
-        .map(|_| new_f32(w, Shape::new([n])))
+    // w', s0', s1' are written over w, s0, s1 where nothing else holds those (the optimizer
+    // releases the parameters' views first): a step then needs no second copy of the weights
+    // and state. Each invocation reads its element before writing it, so this is safe.
+    let outs: Vec<CubeTensor> = [0, 2, 3][..inputs.len() - 1]
+        .iter()
+        .map(|&k| {
+            let t = &inputs[k];
+            if t.can_mut() {
+                t.clone()
+            } else {
+                new_f32(w, Shape::new([n]))
+            }
+        })
         .collect();
     // RMSprop binds a one-element placeholder for the second moment and its output.
     let dummy = new_f32(w, Shape::new([1]));

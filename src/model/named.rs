@@ -98,6 +98,27 @@ impl ParamRef<'_> {
         }
     }
 
+    /// Replaces the value with a placeholder of the same shape that holds no memory (one zero,
+    /// broadcast), so that the buffer the value was a view of has no other owner and the
+    /// optimizer's update writes it in place instead of beside it; [`ParamRef::set_flat`]
+    /// follows.
+    pub fn release(&mut self) {
+        match self {
+            ParamRef::One(p) => {
+                let old = p.val();
+                let inner = old.clone().inner();
+                let one = Tensor::<1>::zeros([1], (&inner.device(), inner.dtype()));
+                **p = Param::from_tensor(leaf_like(one.expand(old.dims()), &old));
+            }
+            ParamRef::Two(p) => {
+                let old = p.val();
+                let inner = old.clone().inner();
+                let one = Tensor::<2>::zeros([1, 1], (&inner.device(), inner.dtype()));
+                **p = Param::from_tensor(leaf_like(one.expand(old.dims()), &old));
+            }
+        }
+    }
+
     /// Replaces the value with `flat` (reshaped to this parameter's shape); under autodiff the
     /// new value is a fresh leaf that requires grad, with the old value's checkpointing strategy.
     pub fn set_flat(&mut self, flat: Tensor<1>) {

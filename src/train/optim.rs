@@ -201,19 +201,29 @@ impl Optimizer {
         self.layout.get_or_insert_with(|| Layout::new(&[]))
     }
 
-    /// The groups' flat weights of `model`: the buffers of the last update while the model
-    /// holds the parameters it set, else packed afresh.
-    fn flat_weights(&mut self, model: &mut Transformer) -> Vec<Tensor<1>> {
-        let params = trainable_mut(model);
+    /// The groups' flat weights of `model` for an update to write in place: the buffers of the
+    /// last update while the model holds the parameters it set, else packed afresh. The model's
+    /// parameters (views of those buffers) are released, so that the update owns them alone and
+    /// the step's peak holds one copy of the weights, not two; the update sets them again.
+    fn take_flat_weights(&mut self, model: &mut Transformer) -> Vec<Tensor<1>> {
+        // Laid out from the values before they are released.
+        let layout = self.layout(model).clone();
+        let mut params = trainable_mut(model);
         let ids: Vec<ParamId> = params.iter().map(|(_, p)| p.id()).collect();
-        if let Some((w, known)) = &self.weights
-            && *known == ids
-        {
-            return w.clone();
+        let kept = self.weights.take().filter(|(_, known)| *known == ids);
+        // Packing afresh: each value is dropped once copied into its group, so the weights are
+        // never held twice over.
+        let values: Option<Vec<Tensor<1>>> = kept
+            .is_none()
+            .then(|| params.iter().map(|(_, p)| p.value_flat()).collect());
+        for (_, p) in params.iter_mut() {
+            p.release();
         }
-        let values = params.iter().map(|(_, p)| p.value_flat()).collect();
         drop(params);
-        self.layout(model).clone().flatten(values)
+        match (kept, values) {
+            (Some((w, _)), _) => w,
+            (None, values) => layout.flatten(values.unwrap_or_default()),
+        }
     }
 
     /// Issues one update of every parameter of `model` with the flat gradient groups `grads`
@@ -232,7 +242,7 @@ impl Optimizer {
         let wd = self.cfg.weight_decay as f32;
         let (lr, grad_scale) = (lr as f32, grad_scale as f32);
         let max_grad_norm = max_grad_norm as f32;
-        let weights = self.flat_weights(model);
+        let weights = self.take_flat_weights(model);
         let layout = self.layout(model).clone();
         if self.state.len() != layout.groups.len() {
             self.state = vec![None; layout.groups.len()];

@@ -160,12 +160,14 @@ pub fn check_shapes(m: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// Bytes one layer keeps for its backward pass per token of a `seq`-token row, activations in
-/// `e`-byte floats: each RMSNorm's f32 input, normalised values and output; the shared input of
-/// q/k/v and of gate/up; q, k, v and their rotated copies; the attention probabilities (`heads ×
-/// seq` per token, the masked softmax's output, which the next matmul shares); the attention
-/// output; the MLP's gate and up (what the SwiGLU op keeps) and their product.
-pub fn layer_bytes_per_token(m: &ModelConfig, seq: usize, e: u64) -> u64 {
+/// Bytes one layer keeps for its backward pass per token, activations in `e`-byte floats: each
+/// RMSNorm's input (the fused norm keeps it and one f32 per row); the shared input of q/k/v and
+/// of gate/up; the per-head q/k norms' inputs; the rotated q and k and the v that the attention
+/// op keeps (RoPE keeps only the angles, shared by the layers), its output, the copy of it in
+/// token-major layout that the o projection keeps, and one f32 log-sum-exp per head; the MLP's
+/// gate and up (what the SwiGLU op keeps) and their product. Nothing grows with the sequence:
+/// the attention op recomputes its probabilities in the backward pass.
+pub fn layer_bytes_per_token(m: &ModelConfig, e: u64) -> u64 {
     let (h, i) = (m.hidden_size as u64, m.intermediate_size as u64);
     let (q, kv) = (
         (m.num_heads * m.head_dim) as u64,
@@ -174,21 +176,24 @@ pub fn layer_bytes_per_token(m: &ModelConfig, seq: usize, e: u64) -> u64 {
     // Two norms a layer (four with sandwich norms), plus the per-head q/k norms.
     let norm_count = if m.sandwich_norms { 4 } else { 2 };
     let head_norms = if m.qk_norm { q + kv } else { 0 };
-    let norms = (8 + e) * (norm_count * h + head_norms);
+    let norms = e * (norm_count * h + head_norms) + 4 * norm_count;
     let inputs = 2 * e * h;
-    let qkv = 2 * e * (q + 2 * kv) + 2 * e * q;
-    let attention = m.num_heads as u64 * seq as u64 * e;
+    let attention = e * (q + 2 * kv) + 2 * e * q + 4 * m.num_heads as u64;
     let mlp = 3 * e * i;
-    norms + inputs + qkv + attention + mlp
+    norms + inputs + attention + mlp
 }
 
-/// Bytes per attention score (row × head × query × key) that one layer's backward pass holds
-/// beyond what its forward kept (the gradients of the probabilities and scores), fitted to the
-/// CPU backend's measured peaks (`tests/memory.rs`): 12 in f32; 24 in f16, where the softmax's
-/// backward also holds f32 copies (SPIN on the Qwen2.5-0.5B shape, LoRA r=16, checkpointing, 1
-/// pair × 1024 tokens, peaked at 2401 MiB).
-const fn attention_backward(e: u64) -> u64 {
-    if e == 2 { 24 } else { 12 }
+/// Bytes per token that one layer's backward pass holds beyond what its forward kept: the
+/// attention op's backward on the CPU backend works on dense f32 copies of q, k, v, its output
+/// and the output's gradient, and returns dq, dk and dv in f32 and then in the activations'
+/// dtype; the MLP's gradients of gate, up and their product.
+fn layer_backward_per_token(m: &ModelConfig, e: u64) -> u64 {
+    let i = m.intermediate_size as u64;
+    let (q, kv) = (
+        (m.num_heads * m.head_dim) as u64,
+        (m.num_kv_heads * m.head_dim) as u64,
+    );
+    4 * (3 * q + 2 * kv) + (4 + e) * (q + 2 * kv) + 3 * e * i
 }
 
 /// The estimated peak of one optimizer step: `rows` sequences of `seq` tokens per forward pass
@@ -216,22 +221,20 @@ pub fn estimate(
         OptimizerKind::Rmsprop => 1,
         OptimizerKind::Adamw => 2,
     };
-    // Accumulating micro-batches holds the running sum beside the newest.
-    let grad_copies = if cfg.grad_accum > 1 { 2 } else { 1 };
+    // Two copies of the gradients at once: the per-parameter ones as the backward pass leaves
+    // them and the optimizer's flat groups they are packed into (accumulating micro-batches
+    // holds the running sum beside the newest instead).
+    let grad_copies = 2;
     let weight_copies = if !lora && e == 2 { params * 2 } else { 0 };
     // Settings as large as a user can type (`--batch-size 10^17`) saturate instead of wrapping,
     // so the estimate stays an upper bound that `--max-memory` refuses.
     let mul = |a: u64, b: u64| a.saturating_mul(b);
     let tokens = mul(rows as u64, seq as u64);
-    let layer = mul(layer_bytes_per_token(m, seq, e), tokens);
+    let layer = mul(layer_bytes_per_token(m, e), tokens);
     let layers = m.num_layers as u64;
     let hidden = m.hidden_size as u64 * e;
-    // One layer's backward pass at a time also holds the attention's temporaries: the gradients
-    // of the scores and probabilities, [`attention_backward`] bytes per score.
-    let backward = mul(
-        attention_backward(e) * m.num_heads as u64,
-        mul(seq as u64, tokens),
-    );
+    // One layer's backward pass at a time also holds its temporaries.
+    let backward = mul(layer_backward_per_token(m, e), tokens);
     let activations = backward.saturating_add(if cfg.gradient_checkpointing {
         // Every layer's input, one layer's activations and the gradient between layers.
         mul(mul(layers + 2, tokens), hidden).saturating_add(layer)

@@ -20,6 +20,7 @@ pub mod lse;
 pub mod norm;
 pub mod norm_train;
 pub mod optim_step;
+pub mod pack_flat;
 pub mod registry;
 pub mod rope_cache;
 pub mod rope_train;

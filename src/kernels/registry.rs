@@ -10,8 +10,8 @@ use burn::tensor::Device;
 use super::bench::{self, BenchFn, BenchRow, BenchSizes};
 use super::common::{Shader, Variant};
 use super::{
-    attention, flash_wgsl, logprobs, norm, norm_train, optim_step, rope_cache, rope_train,
-    rows_matmul, sample,
+    attention, flash_wgsl, logprobs, norm, norm_train, optim_step, pack_flat, rope_cache,
+    rope_train, rows_matmul, sample,
 };
 use crate::error::Result;
 
@@ -102,6 +102,8 @@ pub const KERNELS: &[KernelInfo] = &[
         &[&optim_step::SHADER], optim_step::variants, None),
     wgsl(("adamw_step", "optim_step.rs", "kernels_train.rs"),
         &[&optim_step::SHADER], optim_step::variants, None),
+    wgsl(("pack_flat", "pack_flat.rs", "kernels_pack.rs"),
+        &[&pack_flat::SHADER], pack_flat::variants, None),
 ];
 
 #[cfg(test)]

@@ -53,14 +53,13 @@ impl ParamRef<'_> {
             .map_err(|e| crate::error::Error::Device(format!("reading {name} back failed: {e:?}")))
     }
 
-    /// This parameter's gradient in `grads`, flattened `[numel]`.
-    pub fn grad_flat(&self, grads: &Gradients) -> Option<Tensor<1>> {
+    /// This parameter's gradient in `grads` as `[rows, cols]` (a vector's as `[1, n]`), as burn
+    /// gives it: a weight's is a transposed view (the linear layer computes `x · wᵀ`), and
+    /// flattening it here would copy it; the optimizer's packing reads it in place.
+    pub fn grad(&self, grads: &Gradients) -> Option<Tensor<2>> {
         match self {
-            ParamRef::One(p) => p.val().grad(grads),
-            ParamRef::Two(p) => p.val().grad(grads).map(|g| {
-                let [a, b] = g.dims();
-                g.reshape([a * b])
-            }),
+            ParamRef::One(p) => p.val().grad(grads).map(Tensor::unsqueeze),
+            ParamRef::Two(p) => p.val().grad(grads),
         }
     }
 

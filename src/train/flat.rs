@@ -10,6 +10,8 @@
 
 use burn::tensor::{DType, Tensor};
 
+use crate::kernels::pack_flat::pack_flat;
+
 /// Member offsets are multiples of this many elements (256 bytes of f32).
 pub const ALIGN: usize = 64;
 
@@ -82,29 +84,36 @@ impl Layout {
     /// Per group, its members' `tensors` (`[numel]` each, in trainable order) packed into one
     /// `[len]` buffer, zero in the padding. A group of one unpadded member is that tensor itself.
     pub fn flatten(&self, tensors: Vec<Tensor<1>>) -> Vec<Tensor<1>> {
-        let mut slots: Vec<Option<Tensor<1>>> = tensors.into_iter().map(Some).collect();
+        self.flatten_2d(tensors.into_iter().map(Tensor::unsqueeze).collect())
+    }
+
+    /// [`Layout::flatten`] of `[rows, cols]` tensors with `rows · cols = numel` in row-major
+    /// order, whatever their strides: the gradients as burn gives them (a weight's is a
+    /// transposed view), which the device packs without copying them contiguous first
+    /// ([`pack_flat`]: one launch per 16 members on wgpu; zeros and a `slice_assign` per member
+    /// on the CPU backend, as before).
+    pub fn flatten_2d(&self, tensors: Vec<Tensor<2>>) -> Vec<Tensor<1>> {
+        let mut slots: Vec<Option<Tensor<2>>> = tensors.into_iter().map(Some).collect();
         self.groups
             .iter()
             .map(|g| {
-                let mut take = |m: &Member| {
-                    slots[m.index]
-                        .take()
-                        .unwrap_or_else(|| unreachable!("parameter {} laid out twice", m.index))
-                };
-                let mut members = g.members.iter().map(|m| (m, take(m)));
-                let Some((first, t)) = members.next() else {
-                    unreachable!("a group has members");
-                };
-                if first.numel == g.len {
-                    return t;
+                let (offsets, mut sources): (Vec<usize>, Vec<Tensor<2>>) = g
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let t = slots[m.index].take().unwrap_or_else(|| {
+                            unreachable!("parameter {} laid out twice", m.index)
+                        });
+                        (m.offset, t)
+                    })
+                    .unzip();
+                let whole = matches!(g.members.as_slice(), [m] if m.numel == g.len);
+                match sources.pop() {
+                    // Reshaping a contiguous tensor is free; a strided one costs the copy
+                    // packing would.
+                    Some(t) if whole => t.reshape([g.len]),
+                    last => pack_flat(sources.into_iter().chain(last).collect(), &offsets, g.len),
                 }
-                let device = t.device();
-                let mut flat = Tensor::<1>::zeros([g.len], (&device, g.dtype)); // [len]
-                flat = flat.slice_assign(first.offset..first.offset + first.numel, t);
-                for (m, t) in members {
-                    flat = flat.slice_assign(m.offset..m.offset + m.numel, t);
-                }
-                flat
             })
             .collect()
     }
@@ -225,5 +234,24 @@ mod tests {
         for (t, v) in l.split(&flats).into_iter().zip(&values) {
             assert_eq!(t.into_data().try_to_vec::<f32>().unwrap(), *v);
         }
+    }
+
+    #[test]
+    fn flatten_2d_reads_strided_views_in_row_major_order() {
+        let device = crate::device::cpu_device().device;
+        let l = Layout::new(&[(15, DType::F32), (7, DType::F32)]);
+        // [3, 5] seen transposed as [5, 3]: element (i, j) is base (j, i).
+        let base: Vec<f32> = (0..15).map(|x| x as f32).collect();
+        let t =
+            Tensor::<2>::from_data(burn::tensor::TensorData::new(base.clone(), [3, 5]), &device);
+        let row: Vec<f32> = (0..7).map(|x| 100.0 + x as f32).collect();
+        let v = Tensor::<2>::from_data(burn::tensor::TensorData::new(row.clone(), [1, 7]), &device);
+        let flats = l.flatten_2d(vec![t.transpose(), v]);
+        let transposed: Vec<f32> = (0..5)
+            .flat_map(|i| (0..3).map(move |j| (j * 5 + i) as f32))
+            .collect();
+        let want = l.pack_host(&[Some(transposed), Some(row)]);
+        let got: Vec<f32> = flats[0].clone().into_data().try_to_vec().unwrap();
+        assert_eq!(got, want[0]);
     }
 }

@@ -15,10 +15,11 @@ use crate::error::{Error, Result};
 use crate::model::Transformer;
 use crate::model::named::{ParamRef, trainable_mut};
 
-/// Adds the gradients `grads` holds for `params` into `acc` (aligned with `params`).
-fn accumulate(params: &[(String, ParamRef)], grads: &Gradients, acc: &mut [Option<Tensor<1>>]) {
+/// Adds the gradients `grads` holds for `params` into `acc` (aligned with `params`; `[rows,
+/// cols]` as [`ParamRef::grad`] gives them, strided views summed as the values they hold).
+fn accumulate(params: &[(String, ParamRef)], grads: &Gradients, acc: &mut [Option<Tensor<2>>]) {
     for ((_, p), slot) in params.iter().zip(acc.iter_mut()) {
-        if let Some(g) = p.grad_flat(grads) {
+        if let Some(g) = p.grad(grads) {
             *slot = Some(match slot.take() {
                 Some(a) => a + g,
                 None => g,
@@ -38,12 +39,12 @@ pub fn gradients(
     max_logits: usize,
     dropout_seed: Option<u64>,
     loss_of: impl FnOnce(Tensor<1>) -> (Tensor<1>, Tensor<1>),
-) -> Result<(Vec<Tensor<1>>, Tensor<1>)> {
+) -> Result<(Vec<Tensor<2>>, Tensor<1>)> {
     let input = model_input(model, pairs, pad_id);
     let ctx = model.pass_context(&input);
     let mut listed = model.clone();
     let params = trainable_mut(&mut listed);
-    let mut acc: Vec<Option<Tensor<1>>> = vec![None; params.len()];
+    let mut acc: Vec<Option<Tensor<2>>> = vec![None; params.len()];
 
     // Forward without a graph: the parameters' plain values on an autodiff input that needs no
     // gradient (so LoRA dropout still applies), keeping each layer's input.

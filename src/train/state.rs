@@ -82,13 +82,14 @@ impl Plan {
     }
 }
 
-/// The gradient of every parameter in `grads`, aligned with [`trainable_mut`], flattened.
-pub fn param_grads(model: &Transformer, grads: &burn::tensor::Gradients) -> Result<Vec<Tensor<1>>> {
+/// The gradient of every parameter in `grads`, aligned with [`trainable_mut`], as
+/// [`crate::model::named::ParamRef::grad`] gives it (`[rows, cols]`, possibly a strided view).
+pub fn param_grads(model: &Transformer, grads: &burn::tensor::Gradients) -> Result<Vec<Tensor<2>>> {
     let mut m = model.clone();
     trainable_mut(&mut m)
         .iter()
         .map(|(name, p)| {
-            p.grad_flat(grads).ok_or_else(|| {
+            p.grad(grads).ok_or_else(|| {
                 Error::Device(format!(
                     "no gradient reached {name}; the model is not on an autodiff device"
                 ))
@@ -270,7 +271,7 @@ impl TrainState {
     /// settles the step on the host.
     pub fn issue_update(
         &mut self,
-        grads: Vec<Tensor<1>>,
+        grads: Vec<Tensor<2>>,
         losses: Vec<Tensor<1>>,
         measured: Vec<Tensor<1>>,
     ) -> Issued {
@@ -278,7 +279,7 @@ impl TrainState {
         let (total, warmup) = (self.plan.total_steps, self.plan.warmup_steps);
         let lr = lr_at(self.cfg.schedule, self.cfg.lr, self.step, total, warmup);
         let device = self.model.device();
-        let flat = self.optimizer.layout(&mut self.model).flatten(grads);
+        let flat = self.optimizer.layout(&mut self.model).flatten_2d(grads);
         let norm2 = sum_squares_flat(&flat, unscale).unwrap_or_else(|| Tensor::zeros([1], &device));
         let ctl = probe(norm2, losses);
         let coefs = (lr, unscale, self.cfg.max_grad_norm);

@@ -30,9 +30,16 @@ impl StepGrads {
     }
 }
 
+/// A gradient `[rows, cols]` flattened `[numel]` (a copy where it is a strided view).
+fn flat_grad(g: Tensor<2>) -> Tensor<1> {
+    let n = g.shape().num_elements();
+    g.reshape([n])
+}
+
 /// A step's forward and backward passes, their results still on the device.
 struct Passes {
-    grads: Vec<Tensor<1>>,
+    /// `[rows, cols]` per parameter, possibly strided views ([`crate::model::named::ParamRef::grad`]).
+    grads: Vec<Tensor<2>>,
     /// Each pass's loss `[1]`.
     losses: Vec<Tensor<1>>,
     /// What each pass measured, f32 `[n]` each.
@@ -119,7 +126,7 @@ impl Trainer {
         };
         let objective = self.objective.behaviour(&self.state.cfg);
         Ok(StepGrads {
-            grads: p.grads,
+            grads: p.grads.into_iter().map(flat_grad).collect(),
             measured: objective.measure(micro, split_at_sizes(&values, &sizes)),
             tokens: p.tokens,
         })

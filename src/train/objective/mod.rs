@@ -165,7 +165,8 @@ pub trait TrainObjective {
 /// accumulated over the step's micro-batches.
 pub struct Pass<'a> {
     state: &'a TrainState,
-    grads: Option<Vec<Tensor<1>>>,
+    /// `[rows, cols]` per parameter ([`crate::model::named::ParamRef::grad`]).
+    grads: Option<Vec<Tensor<2>>>,
     /// Each pass's loss `[1]` (no autodiff), for the device's finiteness check.
     losses: Vec<Tensor<1>>,
 }
@@ -225,7 +226,7 @@ impl<'a> Pass<'a> {
 
     /// The step's summed gradients, aligned with [`crate::model::named::trainable_mut`], and
     /// each pass's loss `[1]` (as [`Pass::backward`] took it, times the scale).
-    pub fn into_parts(self) -> (Vec<Tensor<1>>, Vec<Tensor<1>>) {
+    pub fn into_parts(self) -> (Vec<Tensor<2>>, Vec<Tensor<1>>) {
         (self.grads.unwrap_or_default(), self.losses)
     }
 }

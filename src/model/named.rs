@@ -97,8 +97,8 @@ impl ParamRef<'_> {
         }
     }
 
-    /// Replaces the value with a placeholder of the same shape that holds no memory (one zero,
-    /// broadcast), so that the buffer the value was a view of has no other owner and the
+    /// Replaces the value with a placeholder of the same shape that holds no memory (one
+    /// element, never written or read, broadcast: no fill launch), so that the buffer the value was a view of has no other owner and the
     /// optimizer's update writes it in place instead of beside it; [`ParamRef::set_flat`]
     /// follows.
     pub fn release(&mut self) {
@@ -106,13 +106,13 @@ impl ParamRef<'_> {
             ParamRef::One(p) => {
                 let old = p.val();
                 let inner = old.clone().inner();
-                let one = Tensor::<1>::zeros([1], (&inner.device(), inner.dtype()));
+                let one = Tensor::<1>::empty([1], (&inner.device(), inner.dtype()));
                 **p = Param::from_tensor(leaf_like(one.expand(old.dims()), &old));
             }
             ParamRef::Two(p) => {
                 let old = p.val();
                 let inner = old.clone().inner();
-                let one = Tensor::<2>::zeros([1, 1], (&inner.device(), inner.dtype()));
+                let one = Tensor::<2>::empty([1, 1], (&inner.device(), inner.dtype()));
                 **p = Param::from_tensor(leaf_like(one.expand(old.dims()), &old));
             }
         }

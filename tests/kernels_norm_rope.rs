@@ -6,7 +6,9 @@
 //!
 //! Shapes: widths below, at and not multiples of the kernels' workgroups (17, 96, 1000 for the
 //! norm; 7104 rotated pairs for RoPE), more rows than the norm backward's 256 workgroups, batch-
-//! shared and per-row angles, a transposed (strided) RoPE input.
+//! shared and per-row angles, a transposed (strided) RoPE input, and RoPE between the layouts
+//! (`rope_heads`: a projection's `[B, S, H, D]` heads in, `[B, H, S, D]` out, and the gradient
+//! back in `[B, S, H, D]`), through the op and through autodiff from a leaf as the model has it.
 //! Tolerances, |Δ| ≤ tol · max(1, |ref|): f32 values 2e-5, the weight gradient (a sum over up to
 //! 600 rows) 1e-4; f16 outputs 4e-3 against f64 (a few f16 roundings), 2e-3 against the twin.
 
@@ -18,7 +20,10 @@ use wgspin::kernels::common::set_poison_outputs;
 use wgspin::kernels::norm_train::{
     rms_norm_train, rms_norm_train_grad, rms_norm_train_grad_twin, rms_norm_train_twin,
 };
-use wgspin::kernels::rope_train::{rope_train, rope_train_grad, rope_train_twin};
+use wgspin::kernels::rope_train::{
+    HeadsLayout, rope_heads, rope_heads_grad, rope_layout_twin, rope_train, rope_train_grad,
+    rope_train_twin,
+};
 
 fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() * scale).collect()
@@ -342,5 +347,138 @@ fn rope_train_autodiff_matches_burns_autodiff() {
         };
         let (a, n) = (grads_of(true), grads_of(false));
         assert_close(&format!("{} rope dx", dev.description), &a, &wide(&n), 2e-5);
+    }
+}
+
+/// `v` `[B, N1, N2, D]` with dims 1 and 2 swapped (a `[B, H, S, D]` tensor as `[B, S, H, D]` and
+/// back), on the host.
+fn swap12<T: Copy + Default>(v: &[T], [b, n1, n2, d]: [usize; 4]) -> Vec<T> {
+    let mut out = vec![T::default(); v.len()];
+    for (bi, i1, i2) in
+        (0..b).flat_map(|bi| (0..n1).flat_map(move |i1| (0..n2).map(move |i2| (bi, i1, i2))))
+    {
+        let (from, to) = (
+            ((bi * n1 + i1) * n2 + i2) * d,
+            ((bi * n2 + i2) * n1 + i1) * d,
+        );
+        out[to..to + d].copy_from_slice(&v[from..from + d]);
+    }
+    out
+}
+
+#[test]
+fn rope_heads_reads_and_writes_the_projection_layout() {
+    use HeadsLayout::{Bhsd, Bshd};
+    set_poison_outputs(true);
+    let mut rng = Rng(66);
+    for dev in devices() {
+        for &([b, h, s, d], ab) in &[([1, 1, 1, 2], 1), ([2, 3, 5, 8], 2), ([2, 3, 37, 64], 1)] {
+            let len = b * h * s * d;
+            let x = randn(&mut rng, len, 1.0); // [B, H, S, D]
+            let (cos, sin) = angles(&mut rng, ab, s, d / 2);
+            let ta = |v: &[f32]| {
+                Tensor::<4>::from_data(TensorData::new(v.to_vec(), [ab, 1, s, d / 2]), &dev.device)
+            };
+            let t4 = |v: Vec<f32>, shape: [usize; 4]| {
+                Tensor::<4>::from_data(TensorData::new(v, shape), &dev.device)
+            };
+            let bshd = swap12(&x, [b, h, s, d]);
+            let want = rope_ref(&x, &cos, &sin, [b, h, s, d], ab, 1.0);
+            // The backward written in the projection's layout, [B, S, H, D].
+            let want_back = swap12(
+                &rope_ref(&x, &cos, &sin, [b, h, s, d], ab, -1.0),
+                [b, h, s, d],
+            );
+            let label = format!("{} heads [{b}, {h}, {s}, {d}] angles {ab}", dev.description);
+            let angles = || [ta(&cos), ta(&sin)];
+
+            // Contiguous [B, S, H, D] in (the model's projection), [B, H, S, D] out.
+            let y = rope_heads(t4(bshd.clone(), [b, s, h, d]), ta(&cos), ta(&sin));
+            assert_eq!(y.dims(), [b, h, s, d], "{label}: output dims");
+            assert_close(&format!("{label} op"), &floats(y), &want, 2e-5);
+            let y = rope_layout_twin(t4(bshd.clone(), [b, s, h, d]), angles(), false, Bshd, Bhsd);
+            assert_close(&format!("{label} twin"), &floats(y), &want, 2e-5);
+            // The same input as a strided view ([B, H, S, D] memory seen as [B, S, H, D]).
+            let view = || t4(x.clone(), [b, h, s, d]).swap_dims(1, 2);
+            let y = rope_heads(view(), ta(&cos), ta(&sin));
+            assert_close(&format!("{label} op, strided x"), &floats(y), &want, 2e-5);
+
+            // Backward: contiguous [B, H, S, D] gradient in, [B, S, H, D] out.
+            let g = rope_heads_grad(t4(x.clone(), [b, h, s, d]), ta(&cos), ta(&sin));
+            assert_eq!(g.dims(), [b, s, h, d], "{label}: backward dims");
+            assert_close(
+                &format!("{label} op backward"),
+                &floats(g),
+                &want_back,
+                2e-5,
+            );
+            let g = rope_layout_twin(t4(x.clone(), [b, h, s, d]), angles(), true, Bhsd, Bshd);
+            assert_close(
+                &format!("{label} twin backward"),
+                &floats(g),
+                &want_back,
+                2e-5,
+            );
+            // A strided gradient (a [B, S, H, D] tensor seen as [B, H, S, D]).
+            let strided = t4(bshd.clone(), [b, s, h, d]).swap_dims(1, 2);
+            let g = rope_heads_grad(strided, ta(&cos), ta(&sin));
+            assert_close(
+                &format!("{label} op backward, strided"),
+                &floats(g),
+                &want_back,
+                2e-5,
+            );
+
+            // f16, as the model's compute dtype makes x and the angles.
+            let (x16, c16, s16) = (to_f16(&x), to_f16(&cos), to_f16(&sin));
+            let want = rope_ref(&x16, &c16, &s16, [b, h, s, d], ab, 1.0);
+            let h16 = |t: Tensor<4>| t.cast(FloatDType::F16);
+            let xt = h16(t4(swap12(&x16, [b, h, s, d]), [b, s, h, d]));
+            let got = rope_heads(xt, h16(ta(&c16)), h16(ta(&s16)));
+            assert_eq!(got.dtype(), DType::F16, "{label}: f16 output");
+            assert_close(&format!("{label} f16"), &floats(got), &want, 4e-3);
+        }
+    }
+    set_poison_outputs(false);
+}
+
+/// The gradient of `Σ (rope(x) · r)` for x a strided view of a leaf, as the model makes it: the
+/// leaf `[B, S, H·D]` (a projection's output) reshaped to heads, then rotated by `rope_train` of
+/// its `swap_dims(1, 2)` view, by `rope_heads` of it directly, or by burn's autodiff of the naive
+/// ops; against the f64 reference (the rotation by −angle of r, in the leaf's layout).
+#[test]
+fn rope_gradients_through_views_of_a_leaf() {
+    let mut rng = Rng(67);
+    let [b, h, s, d] = [2, 3, 13, 16];
+    for dev in devices() {
+        let device = dev.device.clone().autodiff();
+        let x = randn(&mut rng, b * s * h * d, 1.0); // [B, S, H·D]
+        let r = randn(&mut rng, b * h * s * d, 1.0); // [B, H, S, D]
+        let (cos, sin) = angles(&mut rng, b, s, d / 2);
+        let t = |v: &[f32], shape: [usize; 4]| {
+            Tensor::<4>::from_data(TensorData::new(v.to_vec(), shape), &device)
+        };
+        let x_bhsd = swap12(&x, [b, s, h, d]);
+        let want_y = rope_ref(&x_bhsd, &cos, &sin, [b, h, s, d], b, 1.0);
+        let want_dx = swap12(
+            &rope_ref(&r, &cos, &sin, [b, h, s, d], b, -1.0),
+            [b, h, s, d],
+        );
+        for which in ["rope_train of the view", "rope_heads", "naive ops"] {
+            let leaf = Tensor::<3>::from_data(TensorData::new(x.clone(), [b, s, h * d]), &device)
+                .require_grad();
+            let heads = leaf.clone().reshape([b, s, h, d]);
+            let (c, sn) = (t(&cos, [b, 1, s, d / 2]), t(&sin, [b, 1, s, d / 2]));
+            let y = match which {
+                "rope_heads" => rope_heads(heads, c, sn),
+                "naive ops" => naive_rope(heads.swap_dims(1, 2), c, sn),
+                _ => rope_train(heads.swap_dims(1, 2), c, sn),
+            };
+            let label = format!("{} {which}", dev.description);
+            assert_close(&format!("{label} y"), &floats(y.clone()), &want_y, 2e-5);
+            let grads = (y * t(&r, [b, h, s, d])).sum().backward();
+            let dx = leaf.grad(&grads).expect("the leaf has a gradient");
+            assert_close(&format!("{label} dx"), &floats(dx), &want_dx, 2e-5);
+        }
     }
 }

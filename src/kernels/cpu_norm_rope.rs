@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::cpu::{self, dot_f32};
 use super::norm_train::{RmsNormTrainBackend, rows_and_width};
-use super::rope_train::RopeTrainBackend;
+use super::rope_train::{HeadsLayout, RopeTrainBackend};
 
 /// Elements per parallel task: large enough that a task outweighs its scheduling.
 const CHUNK: usize = 1 << 15;
@@ -146,9 +146,16 @@ impl RopeTrainBackend for Flex {
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
         inverse: bool,
+        x_layout: HeadsLayout,
+        y_layout: HeadsLayout,
     ) -> FloatTensor<Self> {
-        let (dtype, shape) = (x.dtype(), x.shape());
-        let [b, h, s, d] = shape.dims::<4>();
+        let (dtype, x_shape) = (x.dtype(), x.shape());
+        // Logical dims (b, h, s, d); `[n1, n2]` are x's dims 1 and 2, `[m1, m2]` y's.
+        let [b, n1, n2, d] = x_shape.dims::<4>();
+        let x_seq_first = x_layout == HeadsLayout::Bshd;
+        let y_seq_first = y_layout == HeadsLayout::Bshd;
+        let (h, s) = if x_seq_first { (n2, n1) } else { (n1, n2) };
+        let (m1, m2) = if y_seq_first { (s, h) } else { (h, s) };
         let half = d / 2;
         let angle_rows = cos.shape()[0];
         assert!(
@@ -157,24 +164,28 @@ impl RopeTrainBackend for Flex {
                 && (angle_rows == 1 || angle_rows == b),
             "rope angles {:?} do not fit x {:?}",
             cos.shape(),
-            shape
+            x_shape
         );
-        // The model's angles are in x's dtype already; read as f32 like every operand here.
+        // The model's angles are in x's dtype already; read as f32 like every operand here. x is
+        // dense in its own layout (a projection's heads are), so the only copy is of a view.
         let (x, cos, sin) = (cpu::f32_dense(x), cpu::f32_dense(cos), cpu::f32_dense(sin));
-        let (cos, sin) = (cpu::read(&cos), cpu::read(&sin));
+        let (xs, cos, sin) = (cpu::read(&x), cpu::read(&cos), cpu::read(&sin));
         let sign = if inverse { -1.0 } else { 1.0 };
-        let mut y = vec![0f32; shape.num_elements()];
+        let mut y = vec![0f32; x_shape.num_elements()];
         if d > 0 {
             let per = rows_per_task(d);
             y.par_chunks_mut(per * d)
-                .zip(cpu::read(&x).par_chunks(per * d))
                 .enumerate()
-                .for_each(|(task, (ys, xs))| {
-                    for (i, (yr, xr)) in ys.chunks_mut(d).zip(xs.chunks(d)).enumerate() {
-                        // Row = (batch · h + head) · s + position.
+                .for_each(|(task, ys)| {
+                    for (i, yr) in ys.chunks_mut(d).enumerate() {
+                        // y's row = (batch · m1 + a1) · m2 + a2, in y's layout.
                         let row = task * per + i;
-                        let batch = if angle_rows == 1 { 0 } else { row / (h * s) };
-                        let at = (batch * s + row % s) * half;
+                        let (a2, a1, batch) = (row % m2, (row / m2) % m1, row / (m1 * m2));
+                        let (hi, si) = if y_seq_first { (a2, a1) } else { (a1, a2) };
+                        let (r1, r2) = if x_seq_first { (si, hi) } else { (hi, si) };
+                        let xr = &xs[((batch * n1 + r1) * n2 + r2) * d..][..d];
+                        let ab = if angle_rows == 1 { 0 } else { batch };
+                        let at = (ab * s + si) * half;
                         let (c, sn) = (&cos[at..at + half], &sin[at..at + half]);
                         let (x1, x2) = xr.split_at(half);
                         let (y1, y2) = yr.split_at_mut(half);
@@ -186,6 +197,6 @@ impl RopeTrainBackend for Flex {
                     }
                 });
         }
-        cpu::cast_back(cpu::from_f32(y, shape), dtype)
+        cpu::cast_back(cpu::from_f32(y, [b, m1, m2, d]), dtype)
     }
 }

@@ -8,8 +8,14 @@
 //! `y1 = x1·cos − x2·sin`, `y2 = x2·cos + x1·sin`. burn's autodiff of that runs two slices, four
 //! products, two adds and a cat forward (each a launch, each intermediate kept) and their
 //! backward; this op runs one launch each way and keeps only the angles: the backward is the
-//! rotation's transpose, the rotation by the opposite angle (`sin` negated). `x` may be a
-//! transposed view (the heads of a projection): the kernel reads it through its strides.
+//! rotation's transpose, the rotation by the opposite angle (`sin` negated).
+//!
+//! Layouts: the op's operand and result each have their heads in a [`HeadsLayout`]. The model
+//! rotates a projection's heads `[B, S, H, D]` into the `[B, H, S, D]` the attention reads
+//! ([`rope_heads`]): the kernel reads x through its strides and writes y contiguous, and the
+//! backward writes the gradient back as `[B, S, H, D]`, x's layout, so autodiff's reshape to the
+//! projection's `[B, S, H·D]` is a view. Before, x was a `swap_dims` view and the gradient came
+//! back `[B, H, S, D]`: swapped and reshaped, it was copied (one launch for q, one for k).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -18,7 +24,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate};
-use burn::backend::{Autodiff, Backend, Dispatch, RuntimeId, TensorMetadata, backend_extension};
+use burn::backend::{
+    Autodiff, Backend, Dispatch, RuntimeId, Shape, TensorMetadata, backend_extension,
+};
 use burn::cubecl::prelude::KernelId;
 use burn::tensor::{Slice, Tensor};
 
@@ -26,24 +34,67 @@ use super::common::{
     Shader, Variant, cast_to, contiguous_as, elem_dtype, launch_wgsl, new_tensor, reads_f16, shader,
 };
 
+/// Where a RoPE operand's heads sit: after the batch (`[B, H, S, D]`, what attention reads) or
+/// after the positions (`[B, S, H, D]`, a projection's `[B, S, H·D]` split into heads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadsLayout {
+    /// `[B, H, S, D]`
+    Bhsd,
+    /// `[B, S, H, D]`
+    Bshd,
+}
+
+/// `shape` in `from`'s dims reordered to `to`'s (dims 1 and 2 swapped where they differ).
+fn relayout(shape: &Shape, from: HeadsLayout, to: HeadsLayout) -> Shape {
+    let mut dims = shape.dims::<4>();
+    if from != to {
+        dims.swap(1, 2);
+    }
+    Shape::new(dims)
+}
+
 #[backend_extension(Cube, Flex, Fusion, Autodiff)]
 pub trait RopeTrainBackend: Backend {
-    /// `x [B, H, S, D]` rotated by the angles of `cos`, `sin` `[B or 1, 1, S, D/2]` (by the
-    /// opposite angles when `inverse`: the backward), contiguous, in x's dtype.
-    #[fusion(meta = |x, _cos, _sin, _inverse| TensorSpec::new(x.shape.clone(), x.dtype))]
+    /// `x` (heads in `x_layout`) rotated by the angles of `cos`, `sin` `[B or 1, 1, S, D/2]`
+    /// (by the opposite angles when `inverse`: the backward), with its heads in `y_layout`,
+    /// contiguous, in x's dtype. The backward of (`x_layout`, `y_layout`) is the op with the two
+    /// swapped: the gradient comes back in x's layout.
+    #[fusion(meta = |x, _cos, _sin, _inverse, x_layout, y_layout| TensorSpec::new(
+        relayout(&x.shape, *x_layout, *y_layout),
+        x.dtype
+    ))]
     fn rope_train(
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
         inverse: bool,
+        x_layout: HeadsLayout,
+        y_layout: HeadsLayout,
     ) -> FloatTensor<Self> {
-        reference_rotate::<Self>(x, cos, sin, inverse)
+        reference_rotate::<Self>(x, cos, sin, inverse, x_layout, y_layout)
     }
 }
 
 /// burn-ops twin: the model's `rope::apply` as it was (in x's dtype), `sin` negated when
-/// `inverse`.
+/// `inverse`, the heads moved by `swap_dims` where the layouts ask.
 pub fn reference_rotate<B: Backend>(
+    x: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+    inverse: bool,
+    x_layout: HeadsLayout,
+    y_layout: HeadsLayout,
+) -> FloatTensor<B> {
+    let swap = |t: FloatTensor<B>, layout: HeadsLayout| match layout {
+        HeadsLayout::Bhsd => t,
+        HeadsLayout::Bshd => B::float_swap_dims(t, 1, 2),
+    };
+    let y = rotate::<B>(swap(x, x_layout), cos, sin, inverse); // [B, H, S, D]
+    swap(y, y_layout)
+}
+
+/// The rotation of `x [B, H, S, D]` in burn ops.
+fn rotate<B: Backend>(
     x: FloatTensor<B>,
     cos: FloatTensor<B>,
     sin: FloatTensor<B>,
@@ -78,33 +129,40 @@ pub fn reference_rotate<B: Backend>(
 
 pub(crate) const SHADER: Shader = shader!("rope_train.wgsl");
 
-/// One instance of the shader: x's shape and element strides, the angles' batch, the direction.
+/// One instance of the shader: x's logical shape `[B, H, S, D]` and its element strides by
+/// logical dim, the angles' batch, the direction, y's layout.
 struct RopeSource {
     shape: [usize; 4],
     strides: [usize; 4],
     angle_rows: usize,
     inverse: bool,
+    y_layout: HeadsLayout,
     f16: bool,
 }
 
 impl KernelSource for RopeSource {
     fn source(&self) -> SourceTemplate {
         let [b, h, s, d] = self.shape;
-        let [sb, sh, ss, sd] = self.strides;
+        let [xb, xh, xs, xd] = self.strides;
+        let seq_first = self.y_layout == HeadsLayout::Bshd;
+        let (n1, n2) = if seq_first { (s, h) } else { (h, s) };
         let mut t = SHADER.template(self.f16);
         for (name, v) in [
             ("b", b),
-            ("h", h),
+            ("n1", n1),
+            ("n2", n2),
             ("s", s),
             ("d", d),
             ("cb", self.angle_rows),
+            ("xb", xb),
+            ("xh", xh),
+            ("xs", xs),
+            ("xd", xd),
         ] {
             t = t.register(name, v.to_string());
         }
-        for (name, v) in [("sb", sb), ("sh", sh), ("ss", ss), ("sd", sd)] {
-            t = t.register(name, v.to_string());
-        }
         t.register("sign", if self.inverse { "-1.0" } else { "1.0" })
+            .register("y_seq_first", seq_first.to_string())
     }
     fn id(&self) -> KernelId {
         KernelId::new::<Self>().info((
@@ -112,6 +170,7 @@ impl KernelSource for RopeSource {
             self.strides,
             self.angle_rows,
             self.inverse,
+            self.y_layout == HeadsLayout::Bshd,
             self.f16,
         ))
     }
@@ -120,39 +179,55 @@ impl KernelSource for RopeSource {
     }
 }
 
-/// The shader in both directions, f32 and f16, completed (for the registry's validation test).
+/// The shader in both directions and both output layouts, f32 and f16, completed (for the
+/// registry's validation test).
 pub(crate) fn variants() -> Vec<Variant> {
     let mut out = vec![];
     for inverse in [false, true] {
-        for f16 in [false, true] {
-            let kernel = RopeSource {
-                shape: [2, 3, 5, 8],
-                strides: [120, 8, 24, 1],
-                angle_rows: 2,
-                inverse,
-                f16,
-            };
-            out.push(Variant::of(&kernel, &SHADER, f16));
+        for y_layout in [HeadsLayout::Bhsd, HeadsLayout::Bshd] {
+            for f16 in [false, true] {
+                let kernel = RopeSource {
+                    shape: [2, 3, 5, 8],
+                    strides: [120, 8, 24, 1],
+                    angle_rows: 2,
+                    inverse,
+                    y_layout,
+                    f16,
+                };
+                out.push(Variant::of(&kernel, &SHADER, f16));
+            }
         }
     }
     out
 }
 
 impl RopeTrainBackend for CubeBackend {
-    fn rope_train(x: CubeTensor, cos: CubeTensor, sin: CubeTensor, inverse: bool) -> CubeTensor {
+    fn rope_train(
+        x: CubeTensor,
+        cos: CubeTensor,
+        sin: CubeTensor,
+        inverse: bool,
+        x_layout: HeadsLayout,
+        y_layout: HeadsLayout,
+    ) -> CubeTensor {
         if x.device.runtime() != RuntimeId::Wgpu {
-            return reference_rotate::<Self>(x, cos, sin, inverse);
+            return reference_rotate::<Self>(x, cos, sin, inverse, x_layout, y_layout);
         }
-        let (dtype, shape) = (x.dtype, x.shape());
+        let dtype = x.dtype;
         let f16 = reads_f16(&x);
         let elem = elem_dtype(f16);
         // Read in place through its strides (no copy of a transposed view); only a dtype the
         // kernel does not read is cast (which makes it contiguous).
         let x = cast_to(x, elem);
         let st = x.meta.strides();
-        let strides = [st[0], st[1], st[2], st[3]];
+        // x's dims and strides by logical dim (b, h, s, d).
+        let logical = |v: [usize; 4]| match x_layout {
+            HeadsLayout::Bhsd => v,
+            HeadsLayout::Bshd => [v[0], v[2], v[1], v[3]],
+        };
+        let strides = logical([st[0], st[1], st[2], st[3]]);
+        let [b, h, s, d] = logical(x.shape().dims::<4>());
         let (cos, sin) = (contiguous_as(cos, elem), contiguous_as(sin, elem));
-        let [b, h, s, d] = shape.dims::<4>();
         let angle_rows = cos.shape()[0];
         assert!(
             cos.shape().dims::<4>() == [angle_rows, 1, s, d / 2]
@@ -160,9 +235,10 @@ impl RopeTrainBackend for CubeBackend {
                 && (angle_rows == 1 || angle_rows == b),
             "rope angles {:?} do not fit x {:?}",
             cos.shape(),
-            shape
+            x.shape()
         );
-        let y = new_tensor(&x, shape, elem);
+        let y_shape = relayout(&Shape::new([b, h, s, d]), HeadsLayout::Bhsd, y_layout);
+        let y = new_tensor(&x, y_shape, elem);
         let pairs = b * h * s * (d / 2);
         if pairs > 0 {
             let kernel = RopeSource {
@@ -170,6 +246,7 @@ impl RopeTrainBackend for CubeBackend {
                 strides,
                 angle_rows,
                 inverse,
+                y_layout,
                 f16,
             };
             launch_wgsl(kernel, 256, pairs.div_ceil(256), &[&x, &cos, &sin, &y]);
@@ -180,8 +257,12 @@ impl RopeTrainBackend for CubeBackend {
 
 // ---------------------------------------------------------------- autodiff
 
+/// The forward's (x, y) layouts: the backward reads the gradient in y's and writes it in x's.
 #[derive(Debug)]
-struct RopeTrainBackward;
+struct RopeTrainBackward {
+    x_layout: HeadsLayout,
+    y_layout: HeadsLayout,
+}
 
 impl<B: Backend + RopeTrainBackend> Backward<B, 1> for RopeTrainBackward {
     /// cos, sin
@@ -192,7 +273,8 @@ impl<B: Backend + RopeTrainBackend> Backward<B, 1> for RopeTrainBackward {
         let g = grads.consume::<B>(&ops.node);
         let (cos, sin) = ops.state;
         if let Some(node) = parent {
-            grads.register::<B>(node.id, B::rope_train(g, cos, sin, true));
+            let dx = B::rope_train(g, cos, sin, true, self.y_layout, self.x_layout);
+            grads.register::<B>(node.id, dx);
         }
     }
 }
@@ -203,6 +285,8 @@ impl<B: Backend + RopeTrainBackend, C: CheckpointStrategy> RopeTrainBackend for 
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
         inverse: bool,
+        x_layout: HeadsLayout,
+        y_layout: HeadsLayout,
     ) -> FloatTensor<Self> {
         let node = x.node();
         let (x, cos, sin) = (
@@ -210,12 +294,13 @@ impl<B: Backend + RopeTrainBackend, C: CheckpointStrategy> RopeTrainBackend for 
             cos.into_primitive(),
             sin.into_primitive(),
         );
-        match <RopeTrainBackward as Backward<B, 1>>::prepare::<C>(RopeTrainBackward, [node])
+        let backward = RopeTrainBackward { x_layout, y_layout };
+        match <RopeTrainBackward as Backward<B, 1>>::prepare::<C>(backward, [node])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = B::rope_train(x, cos.clone(), sin.clone(), inverse);
+                let y = B::rope_train(x, cos.clone(), sin.clone(), inverse, x_layout, y_layout);
                 // The backward of the inverse rotation is the forward one.
                 let (cos, sin) = match inverse {
                     false => (cos, sin),
@@ -223,40 +308,82 @@ impl<B: Backend + RopeTrainBackend, C: CheckpointStrategy> RopeTrainBackend for 
                 };
                 prep.finish((cos, sin), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::rope_train(x, cos, sin, inverse)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::rope_train(x, cos, sin, inverse, x_layout, y_layout))
+            }
         }
     }
 }
 
 // ---------------------------------------------------------------- tensor-level API
 
-/// `x [B, H, S, D]` rotated by `cos`, `sin` `[B or 1, 1, S, D/2]` (halves layout, as
-/// [`crate::model::rope::apply`]); differentiable in `x` (the angles are constants).
-pub fn rope_train(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+/// The op on the dispatch backend.
+fn dispatch(
+    x: Tensor<4>,
+    [cos, sin]: [Tensor<4>; 2],
+    inverse: bool,
+    x_layout: HeadsLayout,
+    y_layout: HeadsLayout,
+) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as RopeTrainBackend>::rope_train(
         x.into_dispatch(),
         cos.into_dispatch(),
         sin.into_dispatch(),
-        false,
+        inverse,
+        x_layout,
+        y_layout,
     ))
+}
+
+/// `x [B, H, S, D]` rotated by `cos`, `sin` `[B or 1, 1, S, D/2]` (halves layout, as
+/// [`crate::model::rope::apply`]); differentiable in `x` (the angles are constants).
+pub fn rope_train(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    use HeadsLayout::Bhsd;
+    dispatch(x, [cos, sin], false, Bhsd, Bhsd)
 }
 
 /// The backward alone: `dx` for upstream `grad [B, H, S, D]` (the rotation by −angle).
 pub fn rope_train_grad(grad: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as RopeTrainBackend>::rope_train(
-        grad.into_dispatch(),
-        cos.into_dispatch(),
-        sin.into_dispatch(),
-        true,
-    ))
+    use HeadsLayout::Bhsd;
+    dispatch(grad, [cos, sin], true, Bhsd, Bhsd)
 }
 
-/// The burn-ops twin of [`rope_train`] (`inverse` false) and [`rope_train_grad`] (true).
-pub fn rope_train_twin(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>, inverse: bool) -> Tensor<4> {
+/// A projection's heads `x [B, S, H, D]` rotated into `[B, H, S, D]` (what attention reads):
+/// [`rope_train`] of `x.swap_dims(1, 2)`, read without a copy, its gradient coming back
+/// contiguous `[B, S, H, D]`.
+pub fn rope_heads(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    use HeadsLayout::{Bhsd, Bshd};
+    dispatch(x, [cos, sin], false, Bshd, Bhsd)
+}
+
+/// The backward of [`rope_heads`] alone: `dx [B, S, H, D]` for upstream `grad [B, H, S, D]`.
+pub fn rope_heads_grad(grad: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    use HeadsLayout::{Bhsd, Bshd};
+    dispatch(grad, [cos, sin], true, Bhsd, Bshd)
+}
+
+/// The burn-ops twin of the op: [`rope_train`] (`inverse` false, both layouts `Bhsd`),
+/// [`rope_train_grad`] (`inverse` true), [`rope_heads`] (`Bshd` → `Bhsd`) and
+/// [`rope_heads_grad`] (`Bhsd` → `Bshd`, `inverse`).
+pub fn rope_layout_twin(
+    x: Tensor<4>,
+    [cos, sin]: [Tensor<4>; 2],
+    inverse: bool,
+    x_layout: HeadsLayout,
+    y_layout: HeadsLayout,
+) -> Tensor<4> {
     Tensor::from_dispatch(reference_rotate::<Dispatch>(
         x.into_dispatch(),
         cos.into_dispatch(),
         sin.into_dispatch(),
         inverse,
+        x_layout,
+        y_layout,
     ))
+}
+
+/// The burn-ops twin of [`rope_train`] (`inverse` false) and [`rope_train_grad`] (true).
+pub fn rope_train_twin(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>, inverse: bool) -> Tensor<4> {
+    use HeadsLayout::Bhsd;
+    rope_layout_twin(x, [cos, sin], inverse, Bhsd, Bhsd)
 }

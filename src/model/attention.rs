@@ -115,19 +115,21 @@ impl Attention {
         } = *ctx;
         let [b, s, _] = x.dims();
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // A projection split into heads, [b, s, n, d], normed per head where the family says.
         let heads = |t: Tensor<3>, n: usize, norm: &Option<RmsNorm>| {
             let t = t.reshape([b, s, n, d]);
-            let t = match norm {
+            match norm {
                 Some(norm) => norm.forward(t),
                 None => t,
-            };
-            t.swap_dims(1, 2)
+            }
         };
-        let q = heads(self.q.forward(x.clone()), h, &self.q_norm); // [b, h, s, d]
-        let k = heads(self.k.forward(x.clone()), hkv, &self.k_norm); // [b, hkv, s, d]
-        let v = heads(self.v.forward(x), hkv, &None); // [b, hkv, s, d]
-        let q = rope::apply(q, cos, sin);
-        let k = rope::apply(k, cos, sin);
+        let q = heads(self.q.forward(x.clone()), h, &self.q_norm); // [b, s, h, d]
+        let k = heads(self.k.forward(x.clone()), hkv, &self.k_norm); // [b, s, hkv, d]
+        // RoPE moves q's and k's heads to [b, h, s, d] itself: read in place, and the gradient
+        // handed back in the projection's layout (no copy either way).
+        let q = rope::apply_heads(q, cos, sin); // [b, h, s, d]
+        let k = rope::apply_heads(k, cos, sin); // [b, hkv, s, d]
+        let v = heads(self.v.forward(x), hkv, &None).swap_dims(1, 2); // [b, hkv, s, d]
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {

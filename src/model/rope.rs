@@ -5,7 +5,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::hf::config::{RopeConfig, RopeScaling};
-use crate::kernels::rope_train::rope_train;
+use crate::kernels::rope_train::{rope_heads, rope_train};
 
 /// Inverse frequencies, one per rotated pair (`head_dim / 2`).
 #[derive(Debug, Clone)]
@@ -82,4 +82,12 @@ pub fn apply(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     // One fused op forward and backward (kernels::rope_train, whose twin is the burn-ops form
     // this function used to run: two slices, four products, an add, a sub and a cat).
     rope_train(x, cos.clone(), sin.clone())
+}
+
+/// Rotates a projection's heads `x` `[batch, seq, heads, head_dim]` into
+/// `[batch, heads, seq, head_dim]`: [`apply`] of `x.swap_dims(1, 2)`, but the kernel reads the
+/// heads in place and hands the gradient back as `[batch, seq, heads, head_dim]`, so neither
+/// direction copies q or k between the layouts.
+pub fn apply_heads(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    rope_heads(x, cos.clone(), sin.clone())
 }

@@ -144,6 +144,8 @@ fn info(like: &CubeTensor, [b, hkv, s, k]: [usize; 4], window: u32, scale: f32) 
     .iter()
     .flat_map(|x| x.to_le_bytes())
     .collect();
+    // A host upload, counted for the profile line (`device::traffic`).
+    crate::device::traffic::uploaded(1);
     CubeTensor::new_contiguous(
         like.client.clone(),
         like.device.clone(),

@@ -191,6 +191,8 @@ fn launch_rows(shader: &'static Shader, f16: bool, [n, v]: [usize; 2], tensors: 
         .iter()
         .flat_map(|x| x.to_le_bytes())
         .collect();
+    // A host upload, counted for the profile line (`device::traffic`).
+    crate::device::traffic::uploaded(1);
     let info = CubeTensor::new_contiguous(
         like.client.clone(),
         like.device.clone(),

@@ -285,6 +285,8 @@ fn launch(
         .into_iter()
         .flat_map(|x| word(x).to_le_bytes())
         .collect();
+    // A host upload, counted for the profile line (`device::traffic`).
+    crate::device::traffic::uploaded(1);
     let info = CubeTensor::new_contiguous(
         out.client.clone(),
         out.device.clone(),

@@ -4,7 +4,7 @@
 //
 // For the weights w, the gradient g and the optimizer state [N] (RMSprop: s0 = square average v;
 // AdamW: s0 = first moment m, s1 = second moment v), and the probe p [1] (the squared norm of
-// the unscaled gradient, plus 0 · each loss: not finite when either is not):
+// the unscaled gradient, NaN where the step's loss is not finite: step_probe.wgsl):
 //   apply = p is finite; norm = sqrt(p)
 //   scale = GS · (MAXN / (norm + 1e-6) when MAXN > 0 and norm > MAXN, else 1)
 //   RMSprop: g' = g·scale + WD·w;  v' = A·v + (1 − A)·g'²;  w' = w − LR·g' / (sqrt(v') + EPS)

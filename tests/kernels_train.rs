@@ -8,7 +8,8 @@
 //! - RMSprop and AdamW updates over several steps (torch's formulas, weight decay, a gradient
 //!   scale), and the sum of squares of the gradient norm; the device's probe of an update (the
 //!   clip of the norm it carries, and the skip of a probe that is not finite, which keeps
-//!   weights and state exactly even when the gradient holds NaN and inf); an update in place
+//!   weights and state exactly even when the gradient holds NaN and inf), and the probe itself
+//!   (the norm where the step's loss is finite, NaN where not); an update in place
 //!   leaves tensors held elsewhere as they were.
 //!
 //! Tolerances (f32 against f64): |Δ| ≤ 1e-5 · max(1, |ref|) for values; the optimizer's weights
@@ -22,7 +23,7 @@ use common::{Rng, assert_close, devices, floats};
 use wgspin::kernels::optim_step::{
     AdamwCoefs, RmspropCoefs, StepControl, adamw_step, adamw_step_ctl, adamw_step_ctl_twin,
     adamw_step_twin, rmsprop_step, rmsprop_step_ctl, rmsprop_step_ctl_twin, rmsprop_step_twin,
-    sum_squares,
+    step_probe, step_probe_twin, sum_squares,
 };
 use wgspin::kernels::softmax::{masked_softmax, masked_softmax_grad};
 use wgspin::kernels::swiglu::{swiglu, swiglu_grad, swiglu_grad_twin, swiglu_twin};
@@ -301,6 +302,39 @@ fn device_probe_clips_or_skips_the_update() {
                 assert_eq!(floats(w), w0, "{label}: a skipped AdamW step changed w");
                 assert_eq!(floats(m), g, "{label}: a skipped AdamW step changed m");
                 assert_eq!(floats(v), v0, "{label}: a skipped AdamW step changed v");
+            }
+        }
+    }
+}
+
+/// `step_probe`: the squared norm where the step's summed loss is finite (whatever the norm
+/// holds, NaN and inf included, bit for bit), NaN where the loss is inf, −inf or NaN.
+#[test]
+fn step_probe_carries_the_norm_of_a_finite_loss_and_nan_otherwise() {
+    let norms = [0.0, 16.0, 3.0e38, f32::NAN, f32::INFINITY, 1e-30];
+    let losses = [
+        0.0,
+        -2.5,
+        1e30,
+        f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ];
+    for dev in devices() {
+        let t = |x: f32| Tensor::<1>::from_data(TensorData::new(vec![x], [1]), &dev.device);
+        type Probe = fn(Tensor<1>, Tensor<1>) -> Tensor<1>;
+        for (which, op) in [("op", step_probe as Probe), ("twin", step_probe_twin)] {
+            for n in norms {
+                for l in losses {
+                    let got = floats(op(t(n), t(l)))[0];
+                    let label = format!("{} {which}: norm² {n}, loss {l}", dev.description);
+                    if l.is_finite() {
+                        assert_eq!(got.to_bits(), n.to_bits(), "{label}: got {got}");
+                    } else {
+                        assert!(got.is_nan(), "{label}: got {got}, not NaN");
+                    }
+                }
             }
         }
     }

@@ -260,6 +260,10 @@ fn factor(probe: FloatTensor<Flex>, grad_scale: f32, max_grad_norm: f32) -> Opti
 }
 
 impl OptimStepBackend for Flex {
+    fn step_probe(norm2: FloatTensor<Self>, total: FloatTensor<Self>) -> FloatTensor<Self> {
+        super::optim_step::reference_probe::<Self>(norm2, total)
+    }
+
     fn rmsprop_step(
         w: FloatTensor<Self>,
         g: FloatTensor<Self>,

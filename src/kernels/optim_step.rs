@@ -7,7 +7,8 @@
 //! The update follows `torch.optim.RMSprop` (no momentum, not centered) and `torch.optim.AdamW`,
 //! on `g = grad · grad_scale · clip`; the caller owns the step count, bias corrections and
 //! learning rate. The clip and the skip come from `probe`, a `[1]` device value (the squared norm
-//! of the unscaled gradient plus 0 · each loss), so the host reads nothing before the update: a
+//! of the unscaled gradient, NaN where the step's loss is not finite: `step_probe`,
+//! `shaders/step_probe.wgsl`), so the host reads nothing before the update: a
 //! probe that is not finite keeps the weight and the state as they were; otherwise `clip =
 //! max_grad_norm / (√probe + 1e-6)` when `max_grad_norm > 0` and `√probe > max_grad_norm`, else 1
 //! (torch's `clip_grad_norm_`, the rule the host applied before), all in f32.
@@ -81,6 +82,11 @@ pub trait OptimStepBackend: Backend {
         c: AdamwCoefs,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
+    /// The update's probe `[1]` from the squared norm `norm2` `[1]` and the step's summed loss
+    /// `total` `[1]`: `norm2` where `total` is finite, NaN where it is not.
+    #[fusion(meta = |norm2, _total| like(norm2))]
+    fn step_probe(norm2: FloatTensor<Self>, total: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// `Σ (g · scale)²` as a `[1]` tensor.
     #[fusion(default)]
     fn sum_squares(g: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
@@ -129,6 +135,17 @@ fn applied<B: Backend>(
 ) -> FloatTensor<B> {
     let shape = old.shape();
     B::float_mask_where(new, B::bool_expand(keep.clone(), shape), old)
+}
+
+/// burn-ops twin of [`OptimStepBackend::step_probe`].
+pub fn reference_probe<B: Backend>(norm2: FloatTensor<B>, total: FloatTensor<B>) -> FloatTensor<B> {
+    let bools = burn::backend::get_device_settings::<B>(&total.device()).bool_dtype;
+    // By the backend's tests, not `total · 0`: GPU compilers may fold arithmetic on NaN away.
+    let bad = B::bool_or(
+        B::float_is_nan(total.clone(), bools),
+        B::float_is_inf(total, bools),
+    );
+    B::float_mask_fill(norm2, bad, f32::NAN.into())
 }
 
 /// burn-ops twin of [`OptimStepBackend::rmsprop_step`].
@@ -209,6 +226,27 @@ impl KernelSource for StepSource {
     }
 }
 
+pub(crate) const PROBE_SHADER: Shader = shader!("step_probe.wgsl");
+
+struct ProbeSource;
+
+impl KernelSource for ProbeSource {
+    fn source(&self) -> SourceTemplate {
+        PROBE_SHADER.template(false)
+    }
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>()
+    }
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}
+
+/// The probe's one instance, completed (for the registry's validation test).
+pub(crate) fn probe_variants() -> Vec<Variant> {
+    vec![Variant::of(&ProbeSource, &PROBE_SHADER, false)]
+}
+
 /// RMSprop and AdamW, completed (for the registry's validation test).
 pub(crate) fn variants() -> Vec<Variant> {
     [false, true]
@@ -274,6 +312,19 @@ fn launch(inputs: Vec<CubeTensor>, probe: CubeTensor, coefs: [f32; 9]) -> Vec<Cu
 }
 
 impl OptimStepBackend for CubeBackend {
+    fn step_probe(norm2: CubeTensor, total: CubeTensor) -> CubeTensor {
+        if !wgsl_runs(&norm2, &[&total]) {
+            return reference_probe::<Self>(norm2, total);
+        }
+        let (norm2, total) = (
+            contiguous_as(norm2, DType::F32),
+            contiguous_as(total, DType::F32),
+        );
+        let probe = new_f32(&norm2, Shape::new([1]));
+        launch_wgsl(ProbeSource, 1, 1, &[&norm2, &total, &probe]);
+        probe
+    }
+
     fn rmsprop_step(
         w: CubeTensor,
         g: CubeTensor,
@@ -350,7 +401,7 @@ fn adamw_op([w, g, m, v]: [Flat; 4], p: Flat, c: AdamwCoefs) -> (Flat, Flat, Fla
 }
 
 /// The device's value an update is decided on: `probe` `[1]`, the squared norm of the unscaled
-/// gradient plus 0 · each loss (see the module header).
+/// gradient, NaN where the step's loss is not finite (see the module header).
 #[derive(Clone, Debug)]
 pub struct StepControl {
     pub probe: Tensor<1>,
@@ -474,6 +525,23 @@ pub fn adamw_step_twin(
 ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
     let ctl = StepControl::always(&w.device());
     adamw_step_ctl_twin([w, g, m, v], &ctl, c)
+}
+
+/// The update's probe `[1]`: `norm2` `[1]` where the summed loss `total` `[1]` is finite, NaN
+/// where it is not.
+pub fn step_probe(norm2: Tensor<1>, total: Tensor<1>) -> Tensor<1> {
+    Tensor::from_dispatch(<Dispatch as OptimStepBackend>::step_probe(
+        norm2.into_dispatch(),
+        total.into_dispatch(),
+    ))
+}
+
+/// The burn-ops twin of [`step_probe`], for tests.
+pub fn step_probe_twin(norm2: Tensor<1>, total: Tensor<1>) -> Tensor<1> {
+    Tensor::from_dispatch(reference_probe::<Dispatch>(
+        norm2.into_dispatch(),
+        total.into_dispatch(),
+    ))
 }
 
 /// `Σ (g · scale)²` → `[1]`.

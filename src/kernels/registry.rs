@@ -102,6 +102,8 @@ pub const KERNELS: &[KernelInfo] = &[
         &[&optim_step::SHADER], optim_step::variants, None),
     wgsl(("adamw_step", "optim_step.rs", "kernels_train.rs"),
         &[&optim_step::SHADER], optim_step::variants, None),
+    wgsl(("step_probe", "optim_step.rs", "kernels_train.rs"),
+        &[&optim_step::PROBE_SHADER], optim_step::probe_variants, None),
     wgsl(("pack_flat", "pack_flat.rs", "kernels_pack.rs"),
         &[&pack_flat::SHADER], pack_flat::variants, None),
 ];

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::hf::weights::{HostTensor, StoredDtype, WeightFiles, write_safetensors};
 use crate::kernels::optim_step::{
-    AdamwCoefs, RmspropCoefs, StepControl, adamw_step_ctl, rmsprop_step_ctl, sum_squares,
+    AdamwCoefs, RmspropCoefs, StepControl, adamw_step_ctl, rmsprop_step_ctl, step_probe,
+    sum_squares,
 };
 use crate::model::Transformer;
 use crate::model::named::trainable_mut;
@@ -172,8 +173,7 @@ pub fn probe(norm2: Tensor<1>, losses: Vec<Tensor<1>>) -> StepControl {
         .map(|loss| loss.cast(DType::F32).sum()) // [1]
         .reduce(|a, b| a + b);
     let probe = match total {
-        // By the backend's tests, not `loss · 0`: GPU compilers may fold arithmetic on NaN away.
-        Some(t) => norm2.mask_fill(t.clone().is_nan().bool_or(t.is_inf()), f32::NAN),
+        Some(t) => step_probe(norm2, t),
         None => norm2,
     };
     StepControl { probe }

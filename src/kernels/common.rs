@@ -111,6 +111,21 @@ pub(crate) fn new_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
     new_tensor(like, shape, DType::F32)
 }
 
+/// A launch's parameter words (shapes, offsets, bit patterns of f32 constants) uploaded to
+/// `like`'s device as a `[words.len()]` tensor of `dtype` (U32, or F32 where the shader reads
+/// floats); counted as a host upload for the profile line (`device::traffic`).
+pub(crate) fn upload_words(like: &CubeTensor, words: &[u32], dtype: DType) -> CubeTensor {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    crate::device::traffic::uploaded(1);
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::new([words.len()]),
+        like.client.create_from_slice(&bytes),
+        dtype,
+    )
+}
+
 // ------------------------------------------------------------------------- sources
 
 /// A shader of `shaders/` as the kernels compile it. Declared next to its launch (`SHADER`

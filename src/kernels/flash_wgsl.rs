@@ -26,7 +26,7 @@ use burn::cubecl::prelude::KernelId;
 
 use super::common::{
     Shader, Variant, as_i32, cast_to, contiguous_as, elem_dtype, launch_wgsl, new_f32, new_tensor,
-    reads_f16, shader,
+    reads_f16, shader, upload_words,
 };
 
 pub(crate) const FWD_SHADER: Shader = shader!("flash_attention_fwd.wgsl");
@@ -133,26 +133,15 @@ pub(crate) fn variants() -> Vec<Variant> {
 
 /// The run-time shape every shader reads (binding `info`): B, HKV, S, K, window, scale's bits.
 fn info(like: &CubeTensor, [b, hkv, s, k]: [usize; 4], window: u32, scale: f32) -> CubeTensor {
-    let words: Vec<u8> = [
+    let words = [
         b as u32,
         hkv as u32,
         s as u32,
         k as u32,
         window,
         scale.to_bits(),
-    ]
-    .iter()
-    .flat_map(|x| x.to_le_bytes())
-    .collect();
-    // A host upload, counted for the profile line (`device::traffic`).
-    crate::device::traffic::uploaded(1);
-    CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        Shape::new([6]),
-        like.client.create_from_slice(&words),
-        DType::U32,
-    )
+    ];
+    upload_words(like, &words, DType::U32)
 }
 
 /// `(out [B, H, S, D]` in q's dtype, `lse [B, H, S]` f32`)`: one launch (plus casts where an

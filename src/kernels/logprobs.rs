@@ -24,7 +24,7 @@ use burn::tensor::{Int, Slice, Tensor};
 
 use super::common::{
     Shader, Variant, as_i32, cast_to, contiguous_as, elem_dtype, launch_wgsl, new_f32, new_tensor,
-    reads_f16, shader,
+    reads_f16, shader, upload_words,
 };
 
 fn row_spec(logits: &TensorSpec) -> TensorSpec {
@@ -187,19 +187,7 @@ fn kernel_input(logits: CubeTensor) -> (CubeTensor, bool) {
 /// their bindings.
 fn launch_rows(shader: &'static Shader, f16: bool, [n, v]: [usize; 2], tensors: &[&CubeTensor]) {
     let like = tensors[0];
-    let words: Vec<u8> = [n as u32, v as u32]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    // A host upload, counted for the profile line (`device::traffic`).
-    crate::device::traffic::uploaded(1);
-    let info = CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        Shape::new([2]),
-        like.client.create_from_slice(&words),
-        DType::U32,
-    );
+    let info = upload_words(like, &[n as u32, v as u32], DType::U32);
     let mut bound = tensors.to_vec();
     bound.push(&info);
     launch_wgsl(WgslSource { shader, f16 }, 256, n, &bound);

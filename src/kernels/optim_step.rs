@@ -21,7 +21,7 @@ use burn::backend::{Backend, DType, Dispatch, RuntimeId, Shape, backend_extensio
 use burn::cubecl::prelude::KernelId;
 use burn::tensor::Tensor;
 
-use super::common::{Shader, Variant, contiguous_as, launch_wgsl, new_f32, shader};
+use super::common::{Shader, Variant, contiguous_as, launch_wgsl, new_f32, shader, upload_words};
 
 /// RMSprop's coefficients for one step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -274,16 +274,7 @@ fn launch(inputs: Vec<CubeTensor>, probe: CubeTensor, coefs: [f32; 9]) -> Vec<Cu
     let probe = contiguous_as(probe, DType::F32);
     let w = &inputs[0];
     let n = w.shape().num_elements();
-    let bytes: Vec<u8> = coefs.iter().flat_map(|x| x.to_le_bytes()).collect();
-    // A host upload, counted for the profile line (`device::traffic`).
-    crate::device::traffic::uploaded(1);
-    let coefs = CubeTensor::new_contiguous(
-        w.client.clone(),
-        w.device.clone(),
-        Shape::new([coefs.len()]),
-        w.client.create_from_slice(&bytes),
-        DType::F32,
-    );
+    let coefs = upload_words(w, &coefs.map(f32::to_bits), DType::F32);
     // w', s0', s1' are written over w, s0, s1 where nothing else holds those (the optimizer
     // releases the parameters' views first): a step then needs no second copy of the weights
     // and state. Each invocation reads its element before writing it, so this is safe.

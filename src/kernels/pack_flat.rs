@@ -20,7 +20,7 @@ use burn::backend::{
 use burn::cubecl::prelude::KernelId;
 use burn::tensor::{Device, Slice, Tensor};
 
-use super::common::{Shader, Variant, is_wgpu, launch_wgsl, shader};
+use super::common::{Shader, Variant, is_wgpu, launch_wgsl, shader, upload_words};
 
 /// Sources one launch reads at most (the op's fixed arity; a device with fewer storage bindings
 /// takes several launches per op, see [`sources_per_launch`]).
@@ -281,19 +281,8 @@ fn launch(
         info.extend([off, rows * cols, cols.max(1), srow, scol]);
     }
     info.resize(HEAD + FIELDS * k, 0);
-    let bytes: Vec<u8> = info
-        .into_iter()
-        .flat_map(|x| word(x).to_le_bytes())
-        .collect();
-    // A host upload, counted for the profile line (`device::traffic`).
-    crate::device::traffic::uploaded(1);
-    let info = CubeTensor::new_contiguous(
-        out.client.clone(),
-        out.device.clone(),
-        Shape::new([bytes.len() / 4]),
-        out.client.create_from_slice(&bytes),
-        DType::U32,
-    );
+    let words: Vec<u32> = info.into_iter().map(word).collect();
+    let info = upload_words(out, &words, DType::U32);
     let mut bound: Vec<&CubeTensor> = vec![out, &info];
     // Unused slots bind the first source again: one compiled kernel serves every launch.
     let filler = sources.first().unwrap_or(out);

@@ -10,6 +10,8 @@
 //! row-major order at `offsets[k]..offsets[k] + rows_k · cols_k`, 0 elsewhere. Offsets ascend and
 //! the ranges do not overlap (the layout's members).
 
+use std::ops::Range;
+
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceTemplate, into_contiguous};
@@ -123,6 +125,31 @@ pub struct PackPlan {
     pub lo: usize,
     pub hi: usize,
     pub offsets: Vec<usize>,
+}
+
+impl PackPlan {
+    /// The plan cut into parts of at most `k` sources, in order: each part's range of sources and
+    /// its own plan. The parts' output ranges cover `[lo, hi)` without overlap: a part runs from
+    /// its first source's offset (the first part from `lo`) to the next part's (the last to `hi`).
+    fn parts(&self, k: usize) -> Vec<(Range<usize>, PackPlan)> {
+        let count = self.offsets.len();
+        let n = count.div_ceil(k.max(1)).max(1);
+        (0..n)
+            .map(|c| {
+                let (at, end) = (c * k, ((c + 1) * k).min(count));
+                let plan = PackPlan {
+                    lo: if c == 0 { self.lo } else { self.offsets[at] },
+                    hi: if c + 1 == n {
+                        self.hi
+                    } else {
+                        self.offsets[end]
+                    },
+                    offsets: self.offsets[at..end].to_vec(),
+                };
+                (at..end, plan)
+            })
+            .collect()
+    }
 }
 
 #[backend_extension(Cube, Flex, Fusion)]
@@ -313,22 +340,8 @@ impl PackFlatBackend for CubeBackend {
         let (sources, dims): (Vec<CubeTensor>, Vec<[usize; 4]>) =
             sources.into_iter().map(strided).unzip();
         // More sources than bindings: consecutive launches, each its own part of the range.
-        let chunks = sources.len().div_ceil(k).max(1);
-        for c in 0..chunks {
-            let at = c * k;
-            let end = (at + k).min(sources.len());
-            let lo = if c == 0 { plan.lo } else { plan.offsets[at] };
-            let hi = if c + 1 == chunks {
-                plan.hi
-            } else {
-                plan.offsets[end]
-            };
-            let part = PackPlan {
-                lo,
-                hi,
-                offsets: plan.offsets[at..end].to_vec(),
-            };
-            launch(&out, &sources[at..end], &dims[at..end], &part, k);
+        for (at, part) in plan.parts(k) {
+            launch(&out, &sources[at.clone()], &dims[at], &part, k);
         }
         out
     }
@@ -392,22 +405,17 @@ pub fn pack_flat_into(flat: Tensor<1>, sources: Vec<Tensor<2>>, offsets: &[usize
         }
         return pack_flat_twin(sources, offsets, len);
     }
-    let per_op = MAX_SOURCES;
-    let count = sources.len();
+    let whole = PackPlan {
+        lo: 0,
+        hi: len,
+        offsets: offsets.to_vec(),
+    };
     let mut flat = flat;
     let mut sources = sources.into_iter();
-    let ops = count.div_ceil(per_op).max(1);
-    for c in 0..ops {
-        let at = c * per_op;
-        let end = (at + per_op).min(count);
-        let plan = PackPlan {
-            lo: if c == 0 { 0 } else { offsets[at] },
-            hi: if c + 1 == ops { len } else { offsets[end] },
-            offsets: offsets[at..end].to_vec(),
-        };
+    for (at, plan) in whole.parts(MAX_SOURCES) {
         let part: Vec<FloatTensor<Dispatch>> = sources
             .by_ref()
-            .take(end - at)
+            .take(at.len())
             .map(Tensor::into_dispatch)
             .collect();
         flat = Tensor::from_dispatch(<Dispatch as PackFlatBackend>::pack_flat_into(

@@ -317,15 +317,26 @@ impl<B: Backend + RopeTrainBackend, C: CheckpointStrategy> RopeTrainBackend for 
 
 // ---------------------------------------------------------------- tensor-level API
 
-/// The op on the dispatch backend.
-fn dispatch(
+/// [`RopeTrainBackend::rope_train`] or its twin [`reference_rotate`] on the dispatch backend.
+type RopeOp = fn(
+    FloatTensor<Dispatch>,
+    FloatTensor<Dispatch>,
+    FloatTensor<Dispatch>,
+    bool,
+    HeadsLayout,
+    HeadsLayout,
+) -> FloatTensor<Dispatch>;
+
+/// `op` on tensors.
+fn run(
+    op: RopeOp,
     x: Tensor<4>,
     [cos, sin]: [Tensor<4>; 2],
     inverse: bool,
     x_layout: HeadsLayout,
     y_layout: HeadsLayout,
 ) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as RopeTrainBackend>::rope_train(
+    Tensor::from_dispatch(op(
         x.into_dispatch(),
         cos.into_dispatch(),
         sin.into_dispatch(),
@@ -333,6 +344,18 @@ fn dispatch(
         x_layout,
         y_layout,
     ))
+}
+
+/// The op on the dispatch backend.
+fn dispatch(
+    x: Tensor<4>,
+    angles: [Tensor<4>; 2],
+    inverse: bool,
+    x_layout: HeadsLayout,
+    y_layout: HeadsLayout,
+) -> Tensor<4> {
+    let op: RopeOp = <Dispatch as RopeTrainBackend>::rope_train;
+    run(op, x, angles, inverse, x_layout, y_layout)
 }
 
 /// `x [B, H, S, D]` rotated by `cos`, `sin` `[B or 1, 1, S, D/2]` (halves layout, as
@@ -367,19 +390,19 @@ pub fn rope_heads_grad(grad: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tenso
 /// [`rope_heads_grad`] (`Bhsd` → `Bshd`, `inverse`).
 pub fn rope_layout_twin(
     x: Tensor<4>,
-    [cos, sin]: [Tensor<4>; 2],
+    angles: [Tensor<4>; 2],
     inverse: bool,
     x_layout: HeadsLayout,
     y_layout: HeadsLayout,
 ) -> Tensor<4> {
-    Tensor::from_dispatch(reference_rotate::<Dispatch>(
-        x.into_dispatch(),
-        cos.into_dispatch(),
-        sin.into_dispatch(),
+    run(
+        reference_rotate::<Dispatch>,
+        x,
+        angles,
         inverse,
         x_layout,
         y_layout,
-    ))
+    )
 }
 
 /// The burn-ops twin of [`rope_train`] (`inverse` false) and [`rope_train_grad`] (true).

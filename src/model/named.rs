@@ -98,23 +98,13 @@ impl ParamRef<'_> {
     }
 
     /// Replaces the value with a placeholder of the same shape that holds no memory (one
-    /// element, never written or read, broadcast: no fill launch), so that the buffer the value was a view of has no other owner and the
-    /// optimizer's update writes it in place instead of beside it; [`ParamRef::set_flat`]
-    /// follows.
+    /// element, never written or read, broadcast: no fill launch), so that the buffer the value
+    /// was a view of has no other owner and the optimizer's update writes it in place instead of
+    /// beside it; [`ParamRef::set_flat`] follows.
     pub fn release(&mut self) {
         match self {
-            ParamRef::One(p) => {
-                let old = p.val();
-                let inner = old.clone().inner();
-                let one = Tensor::<1>::empty([1], (&inner.device(), inner.dtype()));
-                **p = Param::from_tensor(leaf_like(one.expand(old.dims()), &old));
-            }
-            ParamRef::Two(p) => {
-                let old = p.val();
-                let inner = old.clone().inner();
-                let one = Tensor::<2>::empty([1, 1], (&inner.device(), inner.dtype()));
-                **p = Param::from_tensor(leaf_like(one.expand(old.dims()), &old));
-            }
+            ParamRef::One(p) => **p = Param::from_tensor(placeholder(&p.val())),
+            ParamRef::Two(p) => **p = Param::from_tensor(placeholder(&p.val())),
         }
     }
 
@@ -130,6 +120,14 @@ impl ParamRef<'_> {
             }
         }
     }
+}
+
+/// [`ParamRef::release`]'s stand-in for `old`: one uninitialised element broadcast to its shape,
+/// in its dtype, on its device, with its autodiff context.
+fn placeholder<const D: usize>(old: &Tensor<D>) -> Tensor<D> {
+    let inner = old.clone().inner();
+    let one = Tensor::<D>::empty([1; D], (&inner.device(), inner.dtype()));
+    leaf_like(one.expand(old.dims()), old)
 }
 
 /// `t` with the autodiff context of `like`: plain when `like` is, else autodiff with `like`'s

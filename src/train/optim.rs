@@ -213,16 +213,17 @@ impl Optimizer {
         let kept = self.weights.take().filter(|(_, known)| *known == ids);
         // Packing afresh: each value is dropped once copied into its group, so the weights are
         // never held twice over.
-        let values: Option<Vec<Tensor<1>>> = kept
-            .is_none()
-            .then(|| params.iter().map(|(_, p)| p.value_flat()).collect());
+        let values: Vec<Tensor<1>> = match kept {
+            Some(_) => vec![],
+            None => params.iter().map(|(_, p)| p.value_flat()).collect(),
+        };
         for (_, p) in params.iter_mut() {
             p.release();
         }
         drop(params);
-        match (kept, values) {
-            (Some((w, _)), _) => w,
-            (None, values) => layout.flatten(values.unwrap_or_default()),
+        match kept {
+            Some((w, _)) => w,
+            None => layout.flatten(values),
         }
     }
 

@@ -347,28 +347,19 @@ fn run(
 }
 
 /// The op on the dispatch backend.
-fn dispatch(
-    x: Tensor<4>,
-    angles: [Tensor<4>; 2],
-    inverse: bool,
-    x_layout: HeadsLayout,
-    y_layout: HeadsLayout,
-) -> Tensor<4> {
-    let op: RopeOp = <Dispatch as RopeTrainBackend>::rope_train;
-    run(op, x, angles, inverse, x_layout, y_layout)
-}
+const OP: RopeOp = <Dispatch as RopeTrainBackend>::rope_train;
 
 /// `x [B, H, S, D]` rotated by `cos`, `sin` `[B or 1, 1, S, D/2]` (halves layout, as
 /// [`crate::model::rope::apply`]); differentiable in `x` (the angles are constants).
 pub fn rope_train(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     use HeadsLayout::Bhsd;
-    dispatch(x, [cos, sin], false, Bhsd, Bhsd)
+    run(OP, x, [cos, sin], false, Bhsd, Bhsd)
 }
 
 /// The backward alone: `dx` for upstream `grad [B, H, S, D]` (the rotation by −angle).
 pub fn rope_train_grad(grad: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     use HeadsLayout::Bhsd;
-    dispatch(grad, [cos, sin], true, Bhsd, Bhsd)
+    run(OP, grad, [cos, sin], true, Bhsd, Bhsd)
 }
 
 /// A projection's heads `x [B, S, H, D]` rotated into `[B, H, S, D]` (what attention reads):
@@ -376,13 +367,13 @@ pub fn rope_train_grad(grad: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tenso
 /// contiguous `[B, S, H, D]`.
 pub fn rope_heads(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     use HeadsLayout::{Bhsd, Bshd};
-    dispatch(x, [cos, sin], false, Bshd, Bhsd)
+    run(OP, x, [cos, sin], false, Bshd, Bhsd)
 }
 
 /// The backward of [`rope_heads`] alone: `dx [B, S, H, D]` for upstream `grad [B, H, S, D]`.
 pub fn rope_heads_grad(grad: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     use HeadsLayout::{Bhsd, Bshd};
-    dispatch(grad, [cos, sin], true, Bhsd, Bshd)
+    run(OP, grad, [cos, sin], true, Bhsd, Bshd)
 }
 
 /// The burn-ops twin of the op: [`rope_train`] (`inverse` false, both layouts `Bhsd`),
